@@ -1,0 +1,688 @@
+//! The topology file (TOML, see SPEC.md "Topology file") turned into a validated
+//! [`Config`]: parse, don't validate. Once a `Config` exists every id is well formed and
+//! unique, every address parses and is distinct, links name known nodes, relative paths
+//! are resolved against the file's directory and every tuning knob has a sensible value.
+//!
+//! This module owns the file format and its error messages (each names the file and the
+//! field). It reads the file and nothing else: it must not open sockets, touch data
+//! directories or read certificates.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::topology::Topology;
+
+/// Which graph the nodes replicate over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TopologyKind {
+    /// Every node links to every other node.
+    Mesh,
+    /// Nodes form a ring in file order; a down neighbour is bypassed to the next live node.
+    Ring(RingDirection),
+    /// Explicit undirected links from the `[[link]]` tables.
+    Edges,
+}
+
+/// The direction changes travel around a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RingDirection {
+    /// Changes travel both ways round the ring (the default).
+    Both,
+    /// Classic one-way circular replication: each node pushes to its successor only.
+    Forward,
+}
+
+impl TopologyKind {
+    /// The `topology` value of the file: `"mesh"`, `"ring"` or `"edges"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TopologyKind::Mesh => "mesh",
+            TopologyKind::Ring(_) => "ring",
+            TopologyKind::Edges => "edges",
+        }
+    }
+
+    /// Parses a `topology` value (`"mesh"`, `"ring"` meaning a two-way ring, `"edges"`).
+    pub fn from_name(name: &str) -> Option<TopologyKind> {
+        match name {
+            "mesh" => Some(TopologyKind::Mesh),
+            "ring" => Some(TopologyKind::Ring(RingDirection::Both)),
+            "edges" => Some(TopologyKind::Edges),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TopologyKind {
+    /// `mesh`, `ring`, `ring (forward)` or `edges`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TopologyKind::Ring(RingDirection::Forward) => f.write_str("ring (forward)"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// One node of the cluster, with its paths resolved against the file's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// Node id: `[A-Za-z0-9_-]{1,64}`, unique (also ignoring case, as it is a TLS name).
+    pub id: String,
+    /// QUIC (UDP) address peers dial.
+    pub peer: SocketAddr,
+    /// HTTP client API (TCP) address.
+    pub api: SocketAddr,
+    /// Data directory (default `data/<id>`).
+    pub data: PathBuf,
+    /// Node certificate, PEM (default `certs/<id>.pem`).
+    pub cert: PathBuf,
+    /// Node private key, PEM (default `certs/<id>.key`).
+    pub key: PathBuf,
+}
+
+/// Tuning knobs from the optional `[tuning]` table; every one has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tuning {
+    /// Period of the replication core's timer tick, in ms (default 100).
+    pub tick_ms: u64,
+    /// Period of the anti-entropy digest exchange with each neighbour, in ms (default 5000).
+    pub anti_entropy_ms: u64,
+    /// QUIC keep-alive interval, in ms (default 250); must be below `idle_timeout_ms`.
+    pub keep_alive_ms: u64,
+    /// A connection silent this long, in ms, is closed and its peer presumed down
+    /// (default 1000).
+    pub idle_timeout_ms: u64,
+    /// First reconnect delay after a failed dial, in ms (default 50); doubles per failure.
+    pub reconnect_min_ms: u64,
+    /// Ceiling of the reconnect delay, in ms (default 2000).
+    pub reconnect_max_ms: u64,
+    /// Messages queued per peer link before the sender waits (default 1024).
+    pub send_queue: usize,
+    /// Stored changes of a document after which it is compacted into one snapshot
+    /// (default 2000).
+    pub compact_after: usize,
+    /// Target size of one batch of changes in a message, in bytes (default 1 MiB); at most
+    /// [`crate::wire::BATCH_BUDGET`].
+    pub max_batch_bytes: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            tick_ms: 100,
+            anti_entropy_ms: 5000,
+            keep_alive_ms: 250,
+            idle_timeout_ms: 1000,
+            reconnect_min_ms: 50,
+            reconnect_max_ms: 2000,
+            send_queue: 1024,
+            compact_after: 2000,
+            max_batch_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// A validated cluster configuration.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Cluster id; peers presenting another id are refused.
+    pub cluster: String,
+    /// The topology kind.
+    pub topology: TopologyKind,
+    /// Cluster CA certificate (PEM), resolved against the file's directory.
+    pub ca: PathBuf,
+    /// Bearer token every HTTP request must present, if set.
+    pub api_token: Option<String>,
+    /// The nodes in file order (the ring order for a ring).
+    pub nodes: Vec<NodeSpec>,
+    /// Undirected links (only for [`TopologyKind::Edges`]).
+    pub links: Vec<(String, String)>,
+    /// Tuning knobs.
+    pub tuning: Tuning,
+}
+
+impl fmt::Debug for Config {
+    /// Like a derived `Debug`, with the API token redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("path", &self.path)
+            .field("cluster", &self.cluster)
+            .field("topology", &self.topology)
+            .field("ca", &self.ca)
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("nodes", &self.nodes)
+            .field("links", &self.links)
+            .field("tuning", &self.tuning)
+            .finish()
+    }
+}
+
+/// Why a topology file was refused. Every message names the file, and the field when
+/// there is one: `cluster.toml: node[2].id: duplicate id "n1"`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read the file: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not have the expected shape (the message carries
+    /// toml's line and column).
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// A field has a value that is not allowed.
+    #[error("{}: {field}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field, e.g. `node[2].id` (nodes and links counted from 1, in file order).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    cluster: Option<String>,
+    topology: Option<String>,
+    ring_direction: Option<String>,
+    tls: Option<RawTls>,
+    api: Option<RawApi>,
+    #[serde(default)]
+    node: Vec<RawNode>,
+    #[serde(default)]
+    link: Vec<RawLink>,
+    #[serde(default)]
+    tuning: Tuning,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: Option<String>,
+    peer: Option<String>,
+    api: Option<String>,
+    data: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    a: Option<String>,
+    b: Option<String>,
+}
+
+/// Longest cluster id accepted, in bytes.
+pub const MAX_CLUSTER_ID: usize = 128;
+
+/// Whether `id` is a valid node id: `[A-Za-z0-9_-]{1,64}`.
+pub fn is_valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Config {
+    /// Reads and validates the topology file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates `text` as a topology file; `path` names the file in messages and its
+    /// directory is the base of relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Checker { path }.check(raw)
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The static topology over the nodes (ring order = file order).
+    pub fn topology(&self) -> Topology {
+        Topology::new(
+            self.topology,
+            self.nodes.iter().map(|n| n.id.clone()).collect(),
+            self.links.clone(),
+        )
+    }
+}
+
+/// Validation of a parsed file; every error names `path`.
+struct Checker<'a> {
+    path: &'a Path,
+}
+
+impl Checker<'_> {
+    fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn base(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    fn check(&self, raw: RawFile) -> Result<Config, ConfigError> {
+        let cluster = self.cluster(raw.cluster)?;
+        let topology = self.topology(raw.topology, raw.ring_direction)?;
+        let base = self.base();
+        let ca = match raw.tls.and_then(|t| t.ca) {
+            Some(ca) if ca.trim().is_empty() => {
+                return Err(self.invalid("tls.ca", "empty path"));
+            }
+            Some(ca) => base.join(ca),
+            None => base.join("certs").join("ca.pem"),
+        };
+        let api_token = self.token(raw.api.and_then(|a| a.token))?;
+        let nodes = self.nodes(raw.node, &base)?;
+        let links = self.links(raw.link, topology, &nodes)?;
+        self.tuning(&raw.tuning)?;
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            cluster,
+            topology,
+            ca,
+            api_token,
+            nodes,
+            links,
+            tuning: raw.tuning,
+        })
+    }
+
+    fn cluster(&self, cluster: Option<String>) -> Result<String, ConfigError> {
+        let Some(cluster) = cluster else {
+            return Err(self.invalid(
+                "cluster",
+                "missing (the cluster id, e.g. cluster = \"demo\")",
+            ));
+        };
+        if cluster.trim().is_empty() {
+            return Err(self.invalid("cluster", "empty cluster id"));
+        }
+        if cluster.len() > MAX_CLUSTER_ID {
+            return Err(self.invalid(
+                "cluster",
+                format!(
+                    "cluster id is {} bytes long; at most {MAX_CLUSTER_ID}",
+                    cluster.len()
+                ),
+            ));
+        }
+        if cluster.chars().any(char::is_control) {
+            return Err(self.invalid("cluster", "cluster id contains control characters"));
+        }
+        Ok(cluster)
+    }
+
+    fn topology(
+        &self,
+        topology: Option<String>,
+        direction: Option<String>,
+    ) -> Result<TopologyKind, ConfigError> {
+        let Some(name) = topology else {
+            return Err(self.invalid("topology", "missing (\"mesh\", \"ring\" or \"edges\")"));
+        };
+        let Some(kind) = TopologyKind::from_name(&name) else {
+            return Err(self.invalid(
+                "topology",
+                format!("unknown topology {name:?}; expected \"mesh\", \"ring\" or \"edges\""),
+            ));
+        };
+        match (kind, direction.as_deref()) {
+            (_, None) => Ok(kind),
+            (TopologyKind::Ring(_), Some("both")) => Ok(TopologyKind::Ring(RingDirection::Both)),
+            (TopologyKind::Ring(_), Some("forward")) => {
+                Ok(TopologyKind::Ring(RingDirection::Forward))
+            }
+            (TopologyKind::Ring(_), Some(other)) => Err(self.invalid(
+                "ring_direction",
+                format!("unknown ring direction {other:?}; expected \"both\" or \"forward\""),
+            )),
+            (_, Some(_)) => Err(self.invalid(
+                "ring_direction",
+                format!("only allowed with topology = \"ring\", not {name:?}"),
+            )),
+        }
+    }
+
+    fn token(&self, token: Option<String>) -> Result<Option<String>, ConfigError> {
+        match token {
+            None => Ok(None),
+            Some(t) if t.is_empty() => Err(self.invalid(
+                "api.token",
+                "empty token; remove the key to disable authentication",
+            )),
+            Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => Err(self.invalid(
+                "api.token",
+                "the token must be printable ASCII without spaces (it goes in an HTTP header)",
+            )),
+            Some(t) => Ok(Some(t)),
+        }
+    }
+
+    fn nodes(&self, raw: Vec<RawNode>, base: &Path) -> Result<Vec<NodeSpec>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.invalid("node", "no [[node]] table; at least one node is needed"));
+        }
+        let mut nodes: Vec<NodeSpec> = Vec::with_capacity(raw.len());
+        let mut ids: HashMap<String, String> = HashMap::new();
+        let mut addresses: HashMap<SocketAddr, (String, &'static str)> = HashMap::new();
+        let mut data_dirs: HashMap<PathBuf, String> = HashMap::new();
+        for (i, node) in raw.into_iter().enumerate() {
+            let at = format!("node[{}]", i + 1);
+            let Some(id) = node.id else {
+                return Err(self.invalid(format!("{at}.id"), "missing"));
+            };
+            if !is_valid_node_id(&id) {
+                return Err(self.invalid(
+                    format!("{at}.id"),
+                    format!("invalid id {id:?}; expected 1 to 64 of A-Z a-z 0-9 _ -"),
+                ));
+            }
+            if let Some(first) = ids.insert(id.to_ascii_lowercase(), id.clone()) {
+                let message = if first == id {
+                    format!("duplicate id {id:?}")
+                } else {
+                    format!(
+                        "id {id:?} differs from {first:?} only by case; ids must differ \
+                         ignoring case (they are TLS names)"
+                    )
+                };
+                return Err(self.invalid(format!("{at}.id"), message));
+            }
+            let peer = self.address(&at, "peer", node.peer)?;
+            let api = self.address(&at, "api", node.api)?;
+            for (addr, kind) in [(peer, "peer"), (api, "api")] {
+                if addr.port() == 0 {
+                    // Port 0 means "any free port": never a clash.
+                    continue;
+                }
+                match addresses.get(&addr) {
+                    // A node may use one port for both: UDP and TCP do not clash.
+                    Some((other, _)) if *other == id => {}
+                    Some((other, other_kind)) => {
+                        return Err(self.invalid(
+                            format!("{at}.{kind}"),
+                            format!(
+                                "address {addr} is already the {other_kind} address of \
+                                 node {other:?}"
+                            ),
+                        ));
+                    }
+                    None => {
+                        addresses.insert(addr, (id.clone(), kind));
+                    }
+                }
+            }
+            let data =
+                self.path_field(&at, "data", node.data, base, || Path::new("data").join(&id))?;
+            if let Some(other) = data_dirs.insert(data.clone(), id.clone()) {
+                return Err(self.invalid(
+                    format!("{at}.data"),
+                    format!(
+                        "data directory {} is also used by node {other:?}",
+                        data.display()
+                    ),
+                ));
+            }
+            let cert = self.path_field(&at, "cert", node.cert, base, || {
+                Path::new("certs").join(format!("{id}.pem"))
+            })?;
+            let key = self.path_field(&at, "key", node.key, base, || {
+                Path::new("certs").join(format!("{id}.key"))
+            })?;
+            nodes.push(NodeSpec {
+                id,
+                peer,
+                api,
+                data,
+                cert,
+                key,
+            });
+        }
+        Ok(nodes)
+    }
+
+    fn address(
+        &self,
+        at: &str,
+        field: &str,
+        value: Option<String>,
+    ) -> Result<SocketAddr, ConfigError> {
+        let Some(text) = value else {
+            return Err(self.invalid(format!("{at}.{field}"), "missing (e.g. \"127.0.0.1:7101\")"));
+        };
+        text.parse().map_err(|_| {
+            self.invalid(
+                format!("{at}.{field}"),
+                format!("bad address {text:?}; expected IP:port like \"127.0.0.1:7101\""),
+            )
+        })
+    }
+
+    fn path_field(
+        &self,
+        at: &str,
+        field: &str,
+        value: Option<String>,
+        base: &Path,
+        default: impl FnOnce() -> PathBuf,
+    ) -> Result<PathBuf, ConfigError> {
+        match value {
+            Some(p) if p.trim().is_empty() => {
+                Err(self.invalid(format!("{at}.{field}"), "empty path"))
+            }
+            Some(p) => Ok(base.join(p)),
+            None => Ok(base.join(default())),
+        }
+    }
+
+    fn links(
+        &self,
+        raw: Vec<RawLink>,
+        kind: TopologyKind,
+        nodes: &[NodeSpec],
+    ) -> Result<Vec<(String, String)>, ConfigError> {
+        if kind != TopologyKind::Edges {
+            if raw.is_empty() {
+                return Ok(Vec::new());
+            }
+            return Err(self.invalid(
+                "link[1]",
+                format!(
+                    "[[link]] is only allowed with topology = \"edges\", not {:?}",
+                    kind.name()
+                ),
+            ));
+        }
+        if raw.is_empty() {
+            return Err(self.invalid(
+                "link",
+                "topology = \"edges\" needs [[link]] tables (a = \"n1\", b = \"n2\")",
+            ));
+        }
+        let known: HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        let mut links = Vec::with_capacity(raw.len());
+        for (i, link) in raw.into_iter().enumerate() {
+            let at = format!("link[{}]", i + 1);
+            let (Some(a), Some(b)) = (link.a, link.b) else {
+                return Err(self.invalid(at, "needs both ends, a and b"));
+            };
+            for (end, id) in [("a", &a), ("b", &b)] {
+                if !known.contains(id.as_str()) {
+                    return Err(self.invalid(format!("{at}.{end}"), format!("unknown node {id:?}")));
+                }
+            }
+            if a == b {
+                return Err(self.invalid(at, format!("links node {a:?} to itself")));
+            }
+            let key = if a < b {
+                (a.clone(), b.clone())
+            } else {
+                (b.clone(), a.clone())
+            };
+            if !seen.insert(key) {
+                return Err(self.invalid(at, format!("duplicate link between {a:?} and {b:?}")));
+            }
+            links.push((a, b));
+        }
+        self.check_connected(nodes, &links)?;
+        Ok(links)
+    }
+
+    /// Edges must leave no node isolated and no group of nodes cut off from the rest.
+    fn check_connected(
+        &self,
+        nodes: &[NodeSpec],
+        links: &[(String, String)],
+    ) -> Result<(), ConfigError> {
+        for (i, node) in nodes.iter().enumerate() {
+            if !links.iter().any(|(a, b)| *a == node.id || *b == node.id) {
+                return Err(self.invalid(
+                    format!("node[{}].id", i + 1),
+                    format!(
+                        "node {:?} has no [[link]]; with topology = \"edges\" every node needs one",
+                        node.id
+                    ),
+                ));
+            }
+        }
+        let Some(first) = nodes.first() else {
+            return Ok(());
+        };
+        let mut reached: HashSet<&str> = HashSet::from([first.id.as_str()]);
+        let mut stack = vec![first.id.as_str()];
+        while let Some(x) = stack.pop() {
+            for (a, b) in links {
+                let other = if a == x {
+                    b.as_str()
+                } else if b == x {
+                    a.as_str()
+                } else {
+                    continue;
+                };
+                if reached.insert(other) {
+                    stack.push(other);
+                }
+            }
+        }
+        if let Some(cut) = nodes.iter().find(|n| !reached.contains(n.id.as_str())) {
+            return Err(self.invalid(
+                "link",
+                format!(
+                    "the links do not connect node {:?} to node {:?}; changes could never \
+                     reach it",
+                    cut.id, first.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn tuning(&self, t: &Tuning) -> Result<(), ConfigError> {
+        let positive: [(&str, u64); 6] = [
+            ("tick_ms", t.tick_ms),
+            ("anti_entropy_ms", t.anti_entropy_ms),
+            ("keep_alive_ms", t.keep_alive_ms),
+            ("idle_timeout_ms", t.idle_timeout_ms),
+            ("reconnect_min_ms", t.reconnect_min_ms),
+            ("reconnect_max_ms", t.reconnect_max_ms),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(self.invalid(format!("tuning.{name}"), "must be at least 1"));
+            }
+        }
+        for (name, value) in [
+            ("send_queue", t.send_queue),
+            ("compact_after", t.compact_after),
+            ("max_batch_bytes", t.max_batch_bytes),
+        ] {
+            if value == 0 {
+                return Err(self.invalid(format!("tuning.{name}"), "must be at least 1"));
+            }
+        }
+        if t.idle_timeout_ms <= t.keep_alive_ms {
+            return Err(self.invalid(
+                "tuning.idle_timeout_ms",
+                format!(
+                    "{} must be greater than keep_alive_ms ({}), or idle links would be closed \
+                     between keep-alives",
+                    t.idle_timeout_ms, t.keep_alive_ms
+                ),
+            ));
+        }
+        if t.reconnect_max_ms < t.reconnect_min_ms {
+            return Err(self.invalid(
+                "tuning.reconnect_max_ms",
+                format!(
+                    "{} is below reconnect_min_ms ({})",
+                    t.reconnect_max_ms, t.reconnect_min_ms
+                ),
+            ));
+        }
+        if t.max_batch_bytes > crate::wire::BATCH_BUDGET {
+            return Err(self.invalid(
+                "tuning.max_batch_bytes",
+                format!(
+                    "{} is over the wire limit for a batch ({})",
+                    t.max_batch_bytes,
+                    crate::wire::BATCH_BUDGET
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

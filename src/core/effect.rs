@@ -1,0 +1,42 @@
+//! What the core asks its driver to do. The driver carries out effects in order.
+
+use automerge::ChangeHash;
+
+use crate::wire::Message;
+
+/// One action requested by the [`Replica`](super::Replica).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send `msg` to the connected peer `to`. If it cannot be queued, the driver calls
+    /// [`Replica::send_failed`](super::Replica::send_failed) so anti-entropy repairs later.
+    Send {
+        /// Peer node id.
+        to: String,
+        /// The message.
+        msg: Message,
+    },
+    /// Make these changes durable in one commit, then call
+    /// [`Replica::persisted`](super::Replica::persisted) with `token`.
+    Persist {
+        /// Identifies this batch.
+        token: u64,
+        /// Encoded changes, per document, in the order they were accepted.
+        docs: Vec<(String, Vec<Vec<u8>>)>,
+    },
+    /// Peer `by` has made the local change `hash` of `doc` durable.
+    Acked {
+        /// Document id.
+        doc: String,
+        /// The acknowledged local change.
+        hash: ChangeHash,
+        /// The node that has it on disk.
+        by: String,
+    },
+    /// The document's visible state changed (local or remote change); these are its heads.
+    Notify {
+        /// Document id.
+        doc: String,
+        /// New heads.
+        heads: Vec<ChangeHash>,
+    },
+}

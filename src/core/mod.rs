@@ -1,0 +1,53 @@
+//! The sans-IO replication core.
+//!
+//! [`Replica`] holds a node's documents and what it knows of its connected peers, and turns
+//! inputs (local changes, peer messages, ticks, storage confirmations) into [`Effect`]s
+//! (messages to send, batches to persist, acknowledgements, notifications). It owns the
+//! replication protocol: push and forwarding, batched application, deduplication,
+//! anti-entropy digests, repair with Automerge's sync protocol and durable acknowledgements.
+//!
+//! It must not touch tokio, sockets, files or clocks: time comes in as `now` (milliseconds
+//! of any monotonic clock) and randomness as the actor seed, so a simulation can drive it
+//! deterministically. The driver (`node`) and the simulation (`tests/sim.rs`) run it.
+
+mod docs;
+mod effect;
+mod peers;
+mod replica;
+mod router;
+
+pub use effect::Effect;
+pub use replica::{CoreConfig, CoreStats, LocalWrite, Replica};
+pub use router::{Flood, Router};
+
+/// Errors of the core. None of them leaves a partial change behind.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A stored snapshot or change could not be decoded; the document is not loaded.
+    #[error("document {doc:?}: stored data is corrupt: {detail}")]
+    CorruptStored {
+        /// Document id.
+        doc: String,
+        /// What failed to decode.
+        detail: String,
+    },
+    /// Automerge refused an operation; nothing was changed.
+    #[error("document {doc:?}: {source}")]
+    Automerge {
+        /// Document id.
+        doc: String,
+        /// The Automerge error.
+        source: Box<automerge::AutomergeError>,
+    },
+    /// Bytes given to merge are neither a saved document nor changes.
+    #[error("document {doc:?}: not Automerge data: {detail}")]
+    BadAutomergeData {
+        /// Document id.
+        doc: String,
+        /// Why the bytes were refused.
+        detail: String,
+    },
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,102 @@
+//! What a replica keeps per connected peer: the changes waiting to be pushed to it (its
+//! dirty documents), the Automerge sync sessions in progress with it, and whether it owes
+//! it a full anti-entropy digest.
+
+use std::collections::{BTreeMap, HashMap};
+
+use automerge::sync;
+use serde_bytes::ByteBuf;
+
+use crate::wire::{DocChanges, Message, BATCH_BUDGET};
+
+/// Key of one group of outgoing changes: (document, origin, want_ack).
+type GroupKey = (String, String, bool);
+
+/// A peer with a live link.
+pub(crate) struct Peer {
+    outbox: BTreeMap<GroupKey, Vec<ByteBuf>>,
+    outbox_bytes: usize,
+    /// Automerge sync sessions, by document, with the time of the last message.
+    pub(crate) sessions: HashMap<String, (sync::State, u64)>,
+    /// A push to this peer was dropped (or the link is new): send a full digest soon.
+    pub(crate) needs_full_digest: bool,
+}
+
+impl Peer {
+    pub(crate) fn new() -> Self {
+        Peer {
+            outbox: BTreeMap::new(),
+            outbox_bytes: 0,
+            sessions: HashMap::new(),
+            needs_full_digest: true,
+        }
+    }
+
+    /// Queues one change; returns false (and drops it) if the outbox is over `limit` bytes,
+    /// in which case the peer is marked for a full digest.
+    pub(crate) fn queue(
+        &mut self,
+        doc: &str,
+        origin: &str,
+        want_ack: bool,
+        bytes: &[u8],
+        limit: usize,
+    ) -> bool {
+        if self.outbox_bytes + bytes.len() > limit {
+            self.needs_full_digest = true;
+            return false;
+        }
+        self.outbox_bytes += bytes.len();
+        self.outbox
+            .entry((doc.to_string(), origin.to_string(), want_ack))
+            .or_default()
+            .push(ByteBuf::from(bytes.to_vec()));
+        true
+    }
+
+    /// Drains the outbox into as few Push messages as fit the batch budget.
+    pub(crate) fn drain_pushes(&mut self) -> Vec<Message> {
+        let mut messages = Vec::new();
+        let mut current: Vec<DocChanges> = Vec::new();
+        let mut size = 0usize;
+        for ((doc, origin, want_ack), changes) in std::mem::take(&mut self.outbox) {
+            let mut group = DocChanges {
+                doc,
+                origin,
+                changes: Vec::new(),
+                want_ack,
+            };
+            for change in changes {
+                let len = change.len() + 16;
+                if size + len > BATCH_BUDGET && size > 0 {
+                    if !group.changes.is_empty() {
+                        let next = DocChanges {
+                            doc: group.doc.clone(),
+                            origin: group.origin.clone(),
+                            changes: Vec::new(),
+                            want_ack,
+                        };
+                        current.push(std::mem::replace(&mut group, next));
+                    }
+                    messages.push(Message::Push(std::mem::take(&mut current)));
+                    size = 0;
+                }
+                size += len;
+                group.changes.push(change);
+            }
+            if !group.changes.is_empty() {
+                size += group.doc.len() + group.origin.len() + 8;
+                current.push(group);
+            }
+        }
+        if !current.is_empty() {
+            messages.push(Message::Push(current));
+        }
+        self.outbox_bytes = 0;
+        messages
+    }
+
+    pub(crate) fn outbox_bytes(&self) -> usize {
+        self.outbox_bytes
+    }
+}

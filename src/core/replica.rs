@@ -1,0 +1,757 @@
+//! [`Replica`]: the replication state machine of one node.
+//!
+//! Inputs: [`Replica::local_change`], [`Replica::merge`], [`Replica::handle_message`],
+//! [`Replica::peer_up`] / [`Replica::peer_down`], [`Replica::tick`],
+//! [`Replica::persisted`], [`Replica::send_failed`]. After a burst of inputs the driver
+//! calls [`Replica::flush`], which applies every pending remote change of a document in one
+//! Automerge call and drains every peer's queued changes into as few messages as fit, then
+//! takes the effects with [`Replica::drain_effects`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transaction;
+use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
+use serde_bytes::ByteBuf;
+
+use super::docs::{DocState, Docs};
+use super::peers::Peer;
+use super::{CoreError, Effect, Router};
+use crate::wire::{heads_digest, Ack, DigestEntry, Message};
+
+/// Tuning of the core; every field has a default.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Period of the anti-entropy digest sent to every peer, in ms.
+    pub anti_entropy_ms: u64,
+    /// Documents changed more recently than this are left out of periodic digests (their
+    /// pushes are still in flight); full digests on (re)connect include every document.
+    pub quiet_ms: u64,
+    /// A sync session with no message for this long is forgotten, in ms.
+    pub session_timeout_ms: u64,
+    /// Bytes of changes queued for one peer before further pushes to it are dropped (and
+    /// repaired by anti-entropy).
+    pub outbox_limit: usize,
+    /// How many remembered ack routes and awaited local acks, at most.
+    pub ack_memory: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            anti_entropy_ms: 5_000,
+            quiet_ms: 1_000,
+            session_timeout_ms: 10_000,
+            outbox_limit: 64 << 20,
+            ack_memory: 200_000,
+        }
+    }
+}
+
+/// Counters of what the core has done; exported as metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Local changes committed.
+    pub local_changes: u64,
+    /// Remote changes accepted (new to this node).
+    pub remote_changes: u64,
+    /// Calls to Automerge's batched apply.
+    pub apply_batches: u64,
+    /// Remote changes received that this node already had.
+    pub duplicates: u64,
+    /// Changes from peers that could not be decoded or applied.
+    pub bad_changes: u64,
+    /// Sync messages from peers that could not be decoded or applied.
+    pub bad_sync: u64,
+    /// Messages from peers that are not connected or not expected.
+    pub unexpected_messages: u64,
+    /// Digests sent.
+    pub digests_sent: u64,
+    /// Sync sessions started because a digest showed a difference.
+    pub repairs: u64,
+    /// Changes obtained through the sync protocol.
+    pub repaired_changes: u64,
+    /// Sync messages sent.
+    pub sync_sent: u64,
+    /// Changes not pushed because a peer's queue was full.
+    pub pushes_dropped: u64,
+    /// Durable acknowledgements sent by this node for remote changes.
+    pub acks_sent: u64,
+}
+
+/// The result of a local change.
+#[derive(Debug)]
+pub struct LocalWrite<R> {
+    /// What the closure returned.
+    pub value: R,
+    /// The new change, if the closure made any operation.
+    pub hash: Option<ChangeHash>,
+    /// The document's heads afterwards.
+    pub heads: Vec<ChangeHash>,
+    /// The change is durable once [`Effect::Persist`] with this token has been carried out.
+    pub persist_token: Option<u64>,
+}
+
+/// A bounded map that forgets its oldest entries.
+struct Memory<V> {
+    map: HashMap<ChangeHash, V>,
+    order: VecDeque<ChangeHash>,
+    cap: usize,
+}
+
+impl<V> Memory<V> {
+    fn new(cap: usize) -> Self {
+        Memory {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+    fn insert(&mut self, k: ChangeHash, v: V) {
+        if self.map.insert(k, v).is_none() {
+            self.order.push_back(k);
+        }
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+    fn get(&self, k: &ChangeHash) -> Option<&V> {
+        self.map.get(k)
+    }
+}
+
+/// Acks owed to one peer once a persist batch is durable: (peer, doc) → hashes.
+type AckWork = BTreeMap<(String, String), Vec<[u8; 32]>>;
+
+/// The replication state machine of one node.
+pub struct Replica {
+    id: String,
+    docs: Docs,
+    peers: BTreeMap<String, Peer>,
+    connected: Vec<String>,
+    router: Box<dyn Router>,
+    config: CoreConfig,
+    effects: Vec<Effect>,
+    /// Documents with pending remote changes.
+    dirty: BTreeSet<String>,
+    /// The persist batch being filled, its index by document, and its token.
+    batch: Vec<(String, Vec<Vec<u8>>)>,
+    batch_index: HashMap<String, usize>,
+    batch_acks: AckWork,
+    token: u64,
+    ack_work: HashMap<u64, AckWork>,
+    /// Which peer each want-ack change came from, to route acks back.
+    ack_routes: Memory<String>,
+    /// Local changes whose writer waits for acks, with their document.
+    awaited: Memory<String>,
+    last_anti_entropy: u64,
+    stats: CoreStats,
+}
+
+impl Replica {
+    /// A replica for node `id`. `actor_seed` makes the Automerge actor id of this run's
+    /// local changes: it must be fresh for every start of the node (random bytes in
+    /// production, seeded in a simulation), so a restarted node never reuses a sequence
+    /// number of a change it lost before persisting.
+    pub fn new(
+        id: impl Into<String>,
+        actor_seed: [u8; 16],
+        router: Box<dyn Router>,
+        config: CoreConfig,
+    ) -> Self {
+        let ack_memory = config.ack_memory;
+        Replica {
+            id: id.into(),
+            docs: Docs::new(ActorId::from(actor_seed)),
+            peers: BTreeMap::new(),
+            connected: Vec::new(),
+            router,
+            config,
+            effects: Vec::new(),
+            dirty: BTreeSet::new(),
+            batch: Vec::new(),
+            batch_index: HashMap::new(),
+            batch_acks: BTreeMap::new(),
+            token: 1,
+            ack_work: HashMap::new(),
+            ack_routes: Memory::new(ack_memory),
+            awaited: Memory::new(ack_memory),
+            last_anti_entropy: 0,
+            stats: CoreStats::default(),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Replaces the router (for example when the topology's live links change).
+    pub fn set_router(&mut self, router: Box<dyn Router>) {
+        self.router = router;
+    }
+
+    /// Loads a stored document at start-up: a snapshot (if any) and the changes appended
+    /// after it, applied in one batch. Corrupt data is an error and loads nothing.
+    pub fn load_doc(
+        &mut self,
+        id: &str,
+        snapshot: Option<&[u8]>,
+        changes: &[Vec<u8>],
+    ) -> Result<(), CoreError> {
+        let corrupt = |detail: String| CoreError::CorruptStored {
+            doc: id.to_string(),
+            detail,
+        };
+        let mut doc = match snapshot {
+            Some(bytes) => Automerge::load(bytes).map_err(|e| corrupt(format!("snapshot: {e}")))?,
+            None => Automerge::new(),
+        };
+        let mut decoded = Vec::with_capacity(changes.len());
+        for (i, bytes) in changes.iter().enumerate() {
+            let change = Change::from_bytes(bytes.clone())
+                .map_err(|e| corrupt(format!("change #{i}: {e}")))?;
+            decoded.push(change);
+        }
+        doc.apply_changes(decoded.iter().cloned())
+            .map_err(|e| corrupt(format!("applying changes: {e}")))?;
+        let state = self.docs.insert(id.to_string(), doc);
+        state.track_orphans(decoded);
+        Ok(())
+    }
+
+    /// Runs `f` as one Automerge transaction on `doc` (created if new). On `Err` the
+    /// transaction is rolled back and nothing changes. A change is pushed to peers and
+    /// queued for persistence; it is durable once the returned token is persisted.
+    pub fn local_change<R, E>(
+        &mut self,
+        now: u64,
+        doc: &str,
+        want_ack: bool,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E>,
+    ) -> Result<LocalWrite<R>, E> {
+        let state = self.docs.get_or_create(doc);
+        if state.has_pending() {
+            // Keep the causal order simple: pending remote changes go in first.
+            if state.apply_pending().is_ok() {
+                self.stats.apply_batches += 1;
+            }
+        }
+        let mut tx = state.doc.transaction();
+        let value = match f(&mut tx) {
+            Ok(v) => v,
+            Err(e) => {
+                tx.rollback();
+                self.docs.remove_if_empty(doc);
+                return Err(e);
+            }
+        };
+        let (hash, _) = tx.commit();
+        let heads = state.doc.get_heads();
+        let Some(hash) = hash else {
+            self.docs.remove_if_empty(doc);
+            return Ok(LocalWrite {
+                value,
+                hash: None,
+                heads,
+                persist_token: None,
+            });
+        };
+        let bytes = state
+            .doc
+            .get_change_by_hash(&hash)
+            .map(|c| c.raw_bytes().to_vec())
+            .unwrap_or_default();
+        state.last_change_ms = now;
+        self.stats.local_changes += 1;
+        if want_ack {
+            self.awaited.insert(hash, doc.to_string());
+        }
+        let me = self.id.clone();
+        self.accept_new(doc, &me, None, want_ack, vec![bytes]);
+        self.effects.push(Effect::Notify {
+            doc: doc.to_string(),
+            heads: heads.clone(),
+        });
+        Ok(LocalWrite {
+            value,
+            hash: Some(hash),
+            heads,
+            persist_token: Some(self.token),
+        })
+    }
+
+    /// Merges Automerge data (a saved document or concatenated changes) into `doc`. The
+    /// data is checked completely before anything changes. Returns how many changes were
+    /// new and the persist token that makes them durable.
+    pub fn merge(
+        &mut self,
+        now: u64,
+        doc: &str,
+        data: &[u8],
+    ) -> Result<(usize, Option<u64>), CoreError> {
+        let bad = |detail: String| CoreError::BadAutomergeData {
+            doc: doc.to_string(),
+            detail,
+        };
+        let mut scratch = Automerge::new();
+        scratch
+            .load_incremental(data)
+            .map_err(|e| bad(e.to_string()))?;
+        if !scratch.get_missing_deps(&[]).is_empty() {
+            return Err(bad(
+                "changes depend on history that the data does not contain".into(),
+            ));
+        }
+        self.apply_doc(doc);
+        let state = self.docs.get_or_create(doc);
+        let new = state.doc.get_changes_added(&scratch);
+        if new.is_empty() {
+            self.docs.remove_if_empty(doc);
+            return Ok((0, None));
+        }
+        let count = new.len();
+        let bytes: Vec<Vec<u8>> = new.iter().map(|c| c.raw_bytes().to_vec()).collect();
+        if let Err(source) = state.doc.apply_changes(new) {
+            return Err(CoreError::Automerge {
+                doc: doc.to_string(),
+                source: Box::new(source),
+            });
+        }
+        state.last_change_ms = now;
+        let heads = state.doc.get_heads();
+        let me = self.id.clone();
+        self.accept_new(doc, &me, None, false, bytes);
+        self.effects.push(Effect::Notify {
+            doc: doc.to_string(),
+            heads,
+        });
+        Ok((count, Some(self.token)))
+    }
+
+    /// A link to `peer` is up: it becomes a push target and gets a full digest.
+    pub fn peer_up(&mut self, now: u64, peer: &str) {
+        self.peers.insert(peer.to_string(), Peer::new());
+        self.refresh_connected();
+        self.send_digest(now, peer, true);
+    }
+
+    /// The link to `peer` is gone: its queue and sync sessions are dropped.
+    pub fn peer_down(&mut self, peer: &str) {
+        self.peers.remove(peer);
+        self.refresh_connected();
+    }
+
+    /// A message for `peer` could not be queued: anti-entropy will repair.
+    pub fn send_failed(&mut self, peer: &str) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.needs_full_digest = true;
+        }
+        self.stats.pushes_dropped += 1;
+    }
+
+    /// The persist batch `token` is durable: acknowledge it to the peers waiting for it.
+    pub fn persisted(&mut self, token: u64) {
+        let Some(work) = self.ack_work.remove(&token) else {
+            return;
+        };
+        for ((peer, doc), hashes) in work {
+            if self.peers.contains_key(&peer) {
+                self.stats.acks_sent += 1;
+                self.effects.push(Effect::Send {
+                    to: peer,
+                    msg: Message::Ack(Ack {
+                        doc,
+                        by: self.id.clone(),
+                        hashes,
+                    }),
+                });
+            }
+        }
+    }
+
+    /// Periodic work: anti-entropy digests and expiry of stale sync sessions.
+    pub fn tick(&mut self, now: u64) {
+        let timeout = self.config.session_timeout_ms;
+        for peer in self.peers.values_mut() {
+            peer.sessions
+                .retain(|_, (_, last)| now.saturating_sub(*last) < timeout);
+        }
+        let periodic = now.saturating_sub(self.last_anti_entropy) >= self.config.anti_entropy_ms;
+        if periodic {
+            self.last_anti_entropy = now;
+        }
+        let peers: Vec<(String, bool)> = self
+            .peers
+            .iter()
+            .map(|(id, p)| (id.clone(), p.needs_full_digest))
+            .collect();
+        for (peer, full) in peers {
+            if full || periodic {
+                self.send_digest(now, &peer, full);
+            }
+        }
+    }
+
+    /// Handles one message from a connected peer.
+    pub fn handle_message(&mut self, now: u64, from: &str, msg: Message) {
+        if !self.peers.contains_key(from) {
+            self.stats.unexpected_messages += 1;
+            return;
+        }
+        match msg {
+            Message::Push(groups) => {
+                for g in groups {
+                    self.receive_push(now, from, g.doc, g.origin, g.want_ack, g.changes);
+                }
+            }
+            Message::Ack(ack) => self.receive_ack(from, ack),
+            Message::Digest(entries) => self.receive_digest(now, from, entries),
+            Message::Sync { doc, data } => self.receive_sync(now, from, &doc, &data),
+            Message::Hello(_) => self.stats.unexpected_messages += 1,
+        }
+    }
+
+    /// Applies pending remote changes (one Automerge call per document), emits the persist
+    /// batch and drains every peer's queue into messages.
+    pub fn flush(&mut self) {
+        for doc in std::mem::take(&mut self.dirty) {
+            self.apply_doc(&doc);
+        }
+        if !self.batch.is_empty() {
+            let token = self.token;
+            self.token += 1;
+            self.batch_index.clear();
+            let acks = std::mem::take(&mut self.batch_acks);
+            if !acks.is_empty() {
+                self.ack_work.insert(token, acks);
+            }
+            self.effects.push(Effect::Persist {
+                token,
+                docs: std::mem::take(&mut self.batch),
+            });
+        }
+        for (id, peer) in self.peers.iter_mut() {
+            for msg in peer.drain_pushes() {
+                self.effects.push(Effect::Send {
+                    to: id.clone(),
+                    msg,
+                });
+            }
+        }
+    }
+
+    /// Takes the effects produced so far, in order.
+    pub fn drain_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The document, if this node has it.
+    pub fn doc(&self, id: &str) -> Option<&Automerge> {
+        self.docs.get(id).map(|d| &d.doc)
+    }
+
+    /// Every document with its heads, in id order.
+    pub fn heads(&self) -> Vec<(String, Vec<ChangeHash>)> {
+        self.docs
+            .iter()
+            .map(|(id, d)| (id.clone(), d.doc.get_heads()))
+            .collect()
+    }
+
+    /// Number of documents.
+    pub fn doc_count(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// A snapshot for compaction: the saved document and the changes it cannot contain
+    /// (received, but waiting for dependencies).
+    pub fn snapshot(&self, id: &str) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+        self.docs.get(id).map(|d| (d.doc.save(), d.orphan_bytes()))
+    }
+
+    /// Connected peers, in id order.
+    pub fn connected(&self) -> &[String] {
+        &self.connected
+    }
+
+    /// Bytes of changes queued for `peer`, if connected.
+    pub fn queued_bytes(&self, peer: &str) -> Option<usize> {
+        self.peers.get(peer).map(|p| p.outbox_bytes())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &CoreStats {
+        &self.stats
+    }
+
+    fn refresh_connected(&mut self) {
+        self.connected = self.peers.keys().cloned().collect();
+    }
+
+    /// Applies a document's pending changes, persisting the ones Automerge accepted.
+    fn apply_doc(&mut self, doc: &str) {
+        let Some(state) = self.docs.get_mut(doc) else {
+            return;
+        };
+        if !state.has_pending() {
+            return;
+        }
+        self.stats.apply_batches += 1;
+        match state.apply_pending() {
+            Ok(true) => {
+                let heads = state.doc.get_heads();
+                self.effects.push(Effect::Notify {
+                    doc: doc.to_string(),
+                    heads,
+                });
+            }
+            Ok(false) => {}
+            Err(_) => self.stats.bad_changes += 1,
+        }
+    }
+
+    /// Records new changes (already in or pending for the document): persist them, push
+    /// them on, and owe acks to `from` if asked.
+    fn accept_new(
+        &mut self,
+        doc: &str,
+        origin: &str,
+        from: Option<&str>,
+        want_ack: bool,
+        changes: Vec<Vec<u8>>,
+    ) {
+        let targets = self.router.targets(&self.id, origin, from, &self.connected);
+        for target in &targets {
+            let Some(peer) = self.peers.get_mut(target) else {
+                continue;
+            };
+            for bytes in &changes {
+                if !peer.queue(doc, origin, want_ack, bytes, self.config.outbox_limit) {
+                    self.stats.pushes_dropped += 1;
+                }
+            }
+        }
+        if want_ack {
+            if let Some(from) = from {
+                let hashes = self
+                    .batch_acks
+                    .entry((from.to_string(), doc.to_string()))
+                    .or_default();
+                for bytes in &changes {
+                    if let Ok(c) = Change::from_bytes(bytes.clone()) {
+                        hashes.push(c.hash().0);
+                    }
+                }
+            }
+        }
+        let index = match self.batch_index.get(doc) {
+            Some(&i) => i,
+            None => {
+                self.batch.push((doc.to_string(), Vec::new()));
+                self.batch_index
+                    .insert(doc.to_string(), self.batch.len() - 1);
+                self.batch.len() - 1
+            }
+        };
+        self.batch[index].1.extend(changes);
+    }
+
+    fn receive_push(
+        &mut self,
+        now: u64,
+        from: &str,
+        doc: String,
+        origin: String,
+        want_ack: bool,
+        changes: Vec<ByteBuf>,
+    ) {
+        let state = self.docs.get_or_create(&doc);
+        let mut fresh = Vec::new();
+        for bytes in changes {
+            let bytes = bytes.into_vec();
+            match Change::from_bytes(bytes.clone()) {
+                Ok(change) => {
+                    let hash = change.hash();
+                    if state.push_pending(change) {
+                        if want_ack {
+                            self.ack_routes.insert(hash, from.to_string());
+                        }
+                        fresh.push(bytes);
+                    } else {
+                        self.stats.duplicates += 1;
+                    }
+                }
+                Err(_) => self.stats.bad_changes += 1,
+            }
+        }
+        if fresh.is_empty() {
+            self.docs.remove_if_empty(&doc);
+            return;
+        }
+        state.last_change_ms = now;
+        self.stats.remote_changes += fresh.len() as u64;
+        self.dirty.insert(doc.clone());
+        self.accept_new(&doc, &origin, Some(from), want_ack, fresh);
+    }
+
+    fn receive_ack(&mut self, from: &str, ack: Ack) {
+        let mut relay: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
+        for raw in ack.hashes {
+            let hash = ChangeHash(raw);
+            if self.awaited.get(&hash).is_some() {
+                self.effects.push(Effect::Acked {
+                    doc: ack.doc.clone(),
+                    hash,
+                    by: ack.by.clone(),
+                });
+            } else if let Some(route) = self.ack_routes.get(&hash) {
+                if route != from && self.peers.contains_key(route) {
+                    relay.entry(route.clone()).or_default().push(raw);
+                }
+            }
+        }
+        for (to, hashes) in relay {
+            self.effects.push(Effect::Send {
+                to,
+                msg: Message::Ack(Ack {
+                    doc: ack.doc.clone(),
+                    by: ack.by.clone(),
+                    hashes,
+                }),
+            });
+        }
+    }
+
+    fn send_digest(&mut self, now: u64, peer: &str, full: bool) {
+        const ENTRIES_PER_MESSAGE: usize = 20_000;
+        let quiet = self.config.quiet_ms;
+        let entries: Vec<DigestEntry> = self
+            .docs
+            .iter()
+            .filter(|(_, d)| full || now.saturating_sub(d.last_change_ms) >= quiet)
+            .map(|(id, d)| DigestEntry {
+                doc: id.clone(),
+                heads: digest_of(&d.doc.get_heads()),
+            })
+            .collect();
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.needs_full_digest = false;
+        }
+        if entries.is_empty() {
+            return;
+        }
+        self.stats.digests_sent += 1;
+        let mut entries = entries;
+        while !entries.is_empty() {
+            let rest = entries.split_off(entries.len().min(ENTRIES_PER_MESSAGE));
+            self.effects.push(Effect::Send {
+                to: peer.to_string(),
+                msg: Message::Digest(entries),
+            });
+            entries = rest;
+        }
+    }
+
+    fn receive_digest(&mut self, now: u64, from: &str, entries: Vec<DigestEntry>) {
+        for entry in entries {
+            let mine = self
+                .docs
+                .get(&entry.doc)
+                .map(|d| digest_of(&d.doc.get_heads()))
+                .unwrap_or_else(|| digest_of(&[]));
+            let active = self
+                .peers
+                .get(from)
+                .is_some_and(|p| p.sessions.contains_key(&entry.doc));
+            if mine != entry.heads && !active {
+                self.start_sync(now, from, &entry.doc);
+            }
+        }
+    }
+
+    fn start_sync(&mut self, now: u64, peer: &str, doc: &str) {
+        self.apply_doc(doc);
+        let state = self.docs.get_or_create(doc);
+        let mut session = sync::State::new();
+        let msg = state.doc.generate_sync_message(&mut session);
+        self.stats.repairs += 1;
+        if let Some(msg) = msg {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.sessions.insert(doc.to_string(), (session, now));
+            }
+            self.stats.sync_sent += 1;
+            self.effects.push(Effect::Send {
+                to: peer.to_string(),
+                msg: Message::Sync {
+                    doc: doc.to_string(),
+                    data: ByteBuf::from(msg.encode()),
+                },
+            });
+        }
+    }
+
+    fn receive_sync(&mut self, now: u64, from: &str, doc: &str, data: &[u8]) {
+        let Ok(msg) = sync::Message::decode(data) else {
+            self.stats.bad_sync += 1;
+            return;
+        };
+        self.apply_doc(doc);
+        let Some(peer) = self.peers.get_mut(from) else {
+            return;
+        };
+        let (mut session, _) = peer
+            .sessions
+            .remove(doc)
+            .unwrap_or_else(|| (sync::State::new(), now));
+        let state: &mut DocState = self.docs.get_or_create(doc);
+        let before = state.doc.get_heads();
+        if state.doc.receive_sync_message(&mut session, msg).is_err() {
+            self.stats.bad_sync += 1;
+            self.docs.remove_if_empty(doc);
+            return;
+        }
+        let after = state.doc.get_heads();
+        if after != before {
+            let new: Vec<Vec<u8>> = state
+                .doc
+                .get_changes(&before)
+                .iter()
+                .map(|c| c.raw_bytes().to_vec())
+                .collect();
+            state.last_change_ms = now;
+            self.stats.repaired_changes += new.len() as u64;
+            self.effects.push(Effect::Notify {
+                doc: doc.to_string(),
+                heads: after,
+            });
+            let me = self.id.clone();
+            self.accept_new(doc, &me, Some(from), false, new);
+        }
+        let state = self.docs.get_or_create(doc);
+        let reply = state.doc.generate_sync_message(&mut session);
+        match reply {
+            Some(reply) => {
+                if let Some(p) = self.peers.get_mut(from) {
+                    p.sessions.insert(doc.to_string(), (session, now));
+                }
+                self.stats.sync_sent += 1;
+                self.effects.push(Effect::Send {
+                    to: from.to_string(),
+                    msg: Message::Sync {
+                        doc: doc.to_string(),
+                        data: ByteBuf::from(reply.encode()),
+                    },
+                });
+            }
+            None => self.docs.remove_if_empty(doc),
+        }
+    }
+}
+
+fn digest_of(heads: &[ChangeHash]) -> u64 {
+    let raw: Vec<[u8; 32]> = heads.iter().map(|h| h.0).collect();
+    heads_digest(&raw)
+}

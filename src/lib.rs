@@ -1,0 +1,34 @@
+//! concordant: a multi-master replication engine for Automerge documents.
+//!
+//! Every node accepts writes; nodes gossip Automerge changes over QUIC with mutual TLS
+//! along a topology (mesh, ring or any graph of links) and converge.
+//!
+//! # Layout
+//! - [`config`]: topology file → validated [`Config`].
+//! - [`topology`]: pure graph logic: neighbours, ring failover, forwarding targets.
+//! - [`certs`]: cluster CA and node certificates (generation and loading).
+//! - [`init`]: `concordant init`, writing a new cluster directory.
+//! - [`core`]: the sans-IO replication core (no tokio, sockets, files or clocks).
+//! - [`wire`]: the peer protocol: versioned messages, framing, limits.
+//! - [`transport`]: QUIC endpoint, mutual TLS, connections and reconnects.
+//! - [`storage`]: durable store (redb) and an in-memory store for tests and simulation.
+//! - [`ops`] and [`json`]: the JSON operations of the HTTP API and documents as JSON.
+//! - [`demo`]: `concordant demo`, a local cluster showing failure and catch-up.
+//! - [`node`]: the driver joining core, transport and storage; the embeddable [`Node`].
+#![deny(missing_docs)]
+
+pub use config::Config;
+pub use node::{Error, Node, NodeBuilder};
+
+pub mod certs;
+pub mod config;
+pub mod core;
+pub mod demo;
+pub mod init;
+pub mod json;
+pub mod node;
+pub mod ops;
+pub mod storage;
+pub mod topology;
+pub mod transport;
+pub mod wire;

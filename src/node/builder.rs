@@ -1,0 +1,147 @@
+//! [`NodeConfig`]: everything one node needs, from a topology file or from a builder (for
+//! tests and embedding).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::certs::TlsIdentity;
+use crate::config::{Config, TopologyKind, Tuning};
+use crate::storage::MemoryStore;
+use crate::topology::Topology;
+
+use super::{Error, Node};
+
+/// Where a node keeps its data.
+#[derive(Clone)]
+pub enum StorageChoice {
+    /// A durable store in this directory.
+    Dir(PathBuf),
+    /// An in-memory store (tests, simulations); clones share data.
+    Memory(MemoryStore),
+}
+
+/// Everything one node needs to run.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: String,
+    /// Cluster id.
+    pub cluster: String,
+    /// The topology (every node of the cluster, this one included).
+    pub topology: Topology,
+    /// Peer (QUIC) addresses of the other nodes, where known.
+    pub peers: BTreeMap<String, SocketAddr>,
+    /// Address to bind for peers.
+    pub listen: SocketAddr,
+    /// TLS identity (cluster CA, certificate, key).
+    pub identity: TlsIdentity,
+    /// Storage.
+    pub storage: StorageChoice,
+    /// Tuning knobs.
+    pub tuning: Tuning,
+}
+
+impl NodeConfig {
+    /// The configuration of node `id` of a loaded topology file (certificates are read).
+    pub fn from_file(config: &Config, id: &str) -> Result<NodeConfig, Error> {
+        let me = config
+            .node(id)
+            .ok_or_else(|| Error::UnknownNode(id.to_string()))?;
+        let identity = crate::certs::load_identity(&config.ca, &me.cert, &me.key)?;
+        let peers = config
+            .nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .map(|n| (n.id.clone(), n.peer))
+            .collect();
+        Ok(NodeConfig {
+            id: id.to_string(),
+            cluster: config.cluster.clone(),
+            topology: config.topology(),
+            peers,
+            listen: me.peer,
+            identity,
+            storage: StorageChoice::Dir(me.data.clone()),
+            tuning: config.tuning.clone(),
+        })
+    }
+}
+
+/// Builds a [`NodeConfig`] in code. Defaults: listen on 127.0.0.1:0, in-memory storage,
+/// a mesh of this node and its peers, default tuning.
+pub struct NodeBuilder {
+    config: NodeConfig,
+    topology: Option<Topology>,
+}
+
+impl NodeBuilder {
+    /// A node `id` of cluster `cluster` with its TLS identity.
+    pub fn new(id: &str, cluster: &str, identity: TlsIdentity) -> Self {
+        NodeBuilder {
+            config: NodeConfig {
+                id: id.to_string(),
+                cluster: cluster.to_string(),
+                topology: Topology::new(TopologyKind::Mesh, vec![id.to_string()], Vec::new()),
+                peers: BTreeMap::new(),
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                identity,
+                storage: StorageChoice::Memory(MemoryStore::new()),
+                tuning: Tuning::default(),
+            },
+            topology: None,
+        }
+    }
+
+    /// The cluster's topology (must contain this node).
+    pub fn topology(mut self, topology: Topology) -> Self {
+        self.topology = Some(topology);
+        self
+    }
+
+    /// A peer's QUIC address.
+    pub fn peer(mut self, id: &str, addr: SocketAddr) -> Self {
+        self.config.peers.insert(id.to_string(), addr);
+        self
+    }
+
+    /// The address to bind for peers.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.config.listen = addr;
+        self
+    }
+
+    /// Durable storage in `dir`.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.storage = StorageChoice::Dir(dir.into());
+        self
+    }
+
+    /// In-memory storage shared with `store`'s other clones.
+    pub fn memory(mut self, store: MemoryStore) -> Self {
+        self.config.storage = StorageChoice::Memory(store);
+        self
+    }
+
+    /// Tuning knobs.
+    pub fn tuning(mut self, tuning: Tuning) -> Self {
+        self.config.tuning = tuning;
+        self
+    }
+
+    /// The configuration.
+    pub fn build(self) -> NodeConfig {
+        let mut config = self.config;
+        config.topology = self.topology.unwrap_or_else(|| {
+            let mut nodes = vec![config.id.clone()];
+            nodes.extend(config.peers.keys().cloned());
+            Topology::new(TopologyKind::Mesh, nodes, Vec::new())
+        });
+        config
+    }
+
+    /// Builds and starts the node.
+    pub async fn start(self) -> Result<Node, Error> {
+        Node::start(self.build()).await
+    }
+}

@@ -1,0 +1,431 @@
+//! The driver task: owns the [`Replica`], feeds it commands, transport events, storage
+//! confirmations and ticks, batches whatever is ready before each flush, and carries out
+//! the effects (sends, persists, acks, notifications).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::links::{LinkChanges, Links};
+use super::store_thread::{self, StoreDone, StoreJob};
+use super::writes::Writes;
+use super::{
+    Ack, Command, DocEvent, Error, Node, NodeConfig, NodeStatus, PeerStatus, StorageChoice,
+};
+use crate::config::{RingDirection, TopologyKind};
+use crate::core::{CoreConfig, Effect, Replica};
+use crate::storage::{RedbStore, Store};
+use crate::transport::{SendError, Transport, TransportConfig, TransportEvent};
+
+/// Inputs handled before each flush, at most (bounds latency under load).
+const BATCH_INPUTS: usize = 512;
+
+pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
+    if !config.topology.nodes().iter().any(|n| n == &config.id) {
+        return Err(Error::UnknownNode(config.id.clone()));
+    }
+    let storage = config.storage.clone();
+    let (store, stored) = tokio::task::spawn_blocking(move || {
+        let mut store: Box<dyn Store> = match storage {
+            StorageChoice::Dir(dir) => Box::new(RedbStore::open(&dir)?),
+            StorageChoice::Memory(m) => Box::new(m),
+        };
+        let docs = store.load_all()?;
+        Ok::<_, Error>((store, docs))
+    })
+    .await
+    .map_err(|_| Error::Stopped)??;
+
+    let tuning = &config.tuning;
+    let core_config = CoreConfig {
+        anti_entropy_ms: tuning.anti_entropy_ms,
+        quiet_ms: (tuning.anti_entropy_ms / 2).clamp(1, 1_000),
+        ..CoreConfig::default()
+    };
+    let mut replica = Replica::new(
+        config.id.clone(),
+        rand::random(),
+        Box::new(config.topology.clone()),
+        core_config,
+    );
+    let location = store.location();
+    for doc in &stored {
+        replica
+            .load_doc(&doc.id, doc.snapshot.as_deref(), &doc.changes)
+            .map_err(|source| Error::Load {
+                location: location.clone(),
+                source: Box::new(source),
+            })?;
+    }
+    tracing::info!(node = %config.id, docs = stored.len(), store = %location, "loaded");
+    drop(stored);
+
+    let (events_tx, events) = mpsc::channel(4096);
+    let members = config
+        .topology
+        .nodes()
+        .iter()
+        .filter(|n| **n != config.id)
+        .cloned()
+        .collect();
+    let transport = Transport::bind(
+        TransportConfig {
+            cluster: config.cluster.clone(),
+            node: config.id.clone(),
+            listen: config.listen,
+            identity: config.identity.clone(),
+            members,
+            keep_alive: Duration::from_millis(tuning.keep_alive_ms),
+            idle_timeout: Duration::from_millis(tuning.idle_timeout_ms),
+            reconnect_min: Duration::from_millis(tuning.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(tuning.reconnect_max_ms),
+            send_queue: tuning.send_queue,
+        },
+        events_tx,
+    )
+    .await?;
+    let peer_addr = transport.local_addr();
+    tracing::info!(node = %config.id, addr = %peer_addr, "listening for peers");
+
+    let (done_tx, dones) = mpsc::unbounded_channel();
+    let jobs = store_thread::spawn(store, tuning.compact_after, done_tx);
+    let (commands_tx, commands) = mpsc::channel(1024);
+    let others = config.topology.nodes().len().saturating_sub(1);
+    let driver = Driver {
+        id: config.id.clone(),
+        cluster: config.cluster.clone(),
+        topology_name: topology_name(config.topology.kind()),
+        links: Links::new(&config.id, config.topology.clone()),
+        replica,
+        transport,
+        addrs: config.peers.clone(),
+        jobs,
+        writes: Writes::default(),
+        subscribers: HashMap::new(),
+        compacting: HashSet::new(),
+        started: Instant::now(),
+        others,
+        tick: Duration::from_millis(tuning.tick_ms.max(1)),
+    };
+    tokio::spawn(driver.run(commands, events, dones));
+    Ok(Node {
+        id: config.id,
+        peer_addr,
+        commands: commands_tx,
+    })
+}
+
+fn topology_name(kind: TopologyKind) -> String {
+    match kind {
+        TopologyKind::Mesh => "mesh",
+        TopologyKind::Ring(RingDirection::Both) => "ring",
+        TopologyKind::Ring(RingDirection::Forward) => "ring-forward",
+        TopologyKind::Edges => "edges",
+    }
+    .to_string()
+}
+
+struct Driver {
+    id: String,
+    cluster: String,
+    topology_name: String,
+    links: Links,
+    replica: Replica,
+    transport: Transport,
+    addrs: BTreeMap<String, std::net::SocketAddr>,
+    jobs: std_mpsc::Sender<StoreJob>,
+    writes: Writes,
+    subscribers: HashMap<String, broadcast::Sender<DocEvent>>,
+    compacting: HashSet<String>,
+    started: Instant,
+    others: usize,
+    tick: Duration,
+}
+
+enum Input {
+    Command(Command),
+    Event(TransportEvent),
+    Done(StoreDone),
+    Tick,
+}
+
+impl Driver {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut events: mpsc::Receiver<TransportEvent>,
+        mut dones: mpsc::UnboundedReceiver<StoreDone>,
+    ) {
+        let initial = self.links.start();
+        self.apply_links(initial);
+        let mut tick = tokio::time::interval(self.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let first = tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => Input::Command(cmd),
+                    None => {
+                        self.stop(None).await;
+                        return;
+                    }
+                },
+                Some(ev) = events.recv() => Input::Event(ev),
+                Some(done) = dones.recv() => Input::Done(done),
+                _ = tick.tick() => Input::Tick,
+            };
+            let mut next = Some(first);
+            let mut handled = 0;
+            while let Some(input) = next.take() {
+                if let Input::Command(Command::Shutdown(reply)) = input {
+                    self.stop(Some(reply)).await;
+                    return;
+                }
+                self.handle(input);
+                handled += 1;
+                if handled >= BATCH_INPUTS {
+                    break;
+                }
+                next = if let Ok(done) = dones.try_recv() {
+                    Some(Input::Done(done))
+                } else if let Ok(ev) = events.try_recv() {
+                    Some(Input::Event(ev))
+                } else if let Ok(cmd) = commands.try_recv() {
+                    Some(Input::Command(cmd))
+                } else {
+                    None
+                };
+            }
+            self.replica.flush();
+            self.run_effects();
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Command(cmd) => self.command(now, cmd),
+            Input::Event(TransportEvent::Up(peer)) => {
+                tracing::info!(node = %self.id, peer = %peer, "peer up");
+                self.replica.peer_up(now, &peer);
+                let changes = self.links.mark_up(&peer);
+                self.apply_links(changes);
+            }
+            Input::Event(TransportEvent::Down(peer)) => {
+                self.replica.peer_down(&peer);
+                let changes = self.links.mark_down(&peer);
+                self.apply_links(changes);
+            }
+            Input::Event(TransportEvent::DialFailed(peer)) => {
+                let changes = self.links.mark_down(&peer);
+                self.apply_links(changes);
+            }
+            Input::Event(TransportEvent::Message { from, msg }) => {
+                self.replica.handle_message(now, &from, msg)
+            }
+            Input::Done(done) => self.store_done(done),
+            Input::Tick => {
+                self.replica.tick(now);
+                self.writes.expire(now);
+                self.subscribers.retain(|_, s| s.receiver_count() > 0);
+            }
+        }
+    }
+
+    fn command(&mut self, now: u64, cmd: Command) {
+        match cmd {
+            Command::Change {
+                doc,
+                ack,
+                timeout,
+                f,
+                started,
+                outcome,
+            } => {
+                let want_ack = !matches!(ack, Ack::Local);
+                match self.replica.local_change(now, &doc, want_ack, f) {
+                    Err(e) => {
+                        let _ = started.send(Err(Error::Change(e)));
+                    }
+                    Ok(w) => match (w.hash, w.persist_token) {
+                        (Some(hash), Some(token)) => {
+                            let deadline = now + timeout.as_millis() as u64;
+                            self.writes.wait(
+                                token,
+                                hash,
+                                w.heads,
+                                ack,
+                                self.others,
+                                deadline,
+                                outcome,
+                            );
+                            let _ = started.send(Ok(Some(())));
+                        }
+                        _ => {
+                            let _ = started.send(Ok(None));
+                        }
+                    },
+                }
+            }
+            Command::Merge { doc, data, reply } => {
+                let answer = match self.replica.merge(now, &doc, &data) {
+                    Err(e) => Err(Error::Merge(Box::new(e))),
+                    Ok((count, None)) => Ok((count, None)),
+                    Ok((count, Some(token))) => {
+                        let (tx, rx) = oneshot::channel();
+                        self.writes.wait_durable(token, tx);
+                        Ok((count, Some(rx)))
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Read(f) => f(&self.replica),
+            Command::Subscribe { doc, reply } => {
+                let sender = self
+                    .subscribers
+                    .entry(doc)
+                    .or_insert_with(|| broadcast::channel(1024).0);
+                let _ = reply.send(sender.subscribe());
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::SetPeerAddr(id, addr) => {
+                self.addrs.insert(id.clone(), addr);
+                if self.links.wants(&id) {
+                    self.transport.connect(&id, addr);
+                }
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn store_done(&mut self, done: StoreDone) {
+        match done {
+            StoreDone::Appended {
+                tokens,
+                result,
+                compact,
+            } => {
+                if let Err(e) = &result {
+                    tracing::error!(node = %self.id, "storage append failed: {e}");
+                }
+                for token in tokens {
+                    self.writes.persisted(token, &result);
+                    if result.is_ok() {
+                        self.replica.persisted(token);
+                    }
+                }
+                for doc in compact {
+                    if self.compacting.contains(&doc) {
+                        continue;
+                    }
+                    if let Some((snapshot, keep)) = self.replica.snapshot(&doc) {
+                        self.compacting.insert(doc.clone());
+                        let _ = self.jobs.send(StoreJob::Compact {
+                            doc,
+                            snapshot,
+                            keep,
+                        });
+                    }
+                }
+            }
+            StoreDone::Compacted { doc, result } => {
+                if let Err(e) = result {
+                    tracing::warn!(node = %self.id, doc = %doc, "compaction failed, log kept: {e}");
+                }
+                self.compacting.remove(&doc);
+            }
+        }
+    }
+
+    fn run_effects(&mut self) {
+        loop {
+            let effects = self.replica.drain_effects();
+            if effects.is_empty() {
+                return;
+            }
+            for effect in effects {
+                match effect {
+                    Effect::Send { to, msg } => match self.transport.send(&to, msg) {
+                        Ok(()) => {}
+                        Err(SendError::Full) => self.replica.send_failed(&to),
+                        Err(SendError::NotConnected) => {}
+                    },
+                    Effect::Persist { token, docs } => {
+                        if self.jobs.send(StoreJob::Append { token, docs }).is_err() {
+                            self.writes
+                                .persisted(token, &Err("the storage thread has stopped".into()));
+                        }
+                    }
+                    Effect::Acked { hash, by, .. } => self.writes.acked(&hash, &by),
+                    Effect::Notify { doc, heads } => {
+                        if let Some(s) = self.subscribers.get(&doc) {
+                            let _ = s.send(DocEvent { doc, heads });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_links(&mut self, changes: LinkChanges) {
+        for peer in changes.connect {
+            match self.addrs.get(&peer) {
+                Some(addr) => self.transport.connect(&peer, *addr),
+                None => tracing::debug!(node = %self.id, peer = %peer, "no address yet"),
+            }
+        }
+        for peer in changes.disconnect {
+            self.transport.disconnect(&peer);
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let connected = self.transport.connected();
+        let desired = self.links.desired();
+        let peers = self
+            .links
+            .topology_nodes()
+            .into_iter()
+            .filter(|n| *n != self.id)
+            .map(|id| PeerStatus {
+                connected: connected.contains(&id),
+                linked: desired.contains(&id),
+                down: self.links.down().contains(&id),
+                queued_bytes: self.replica.queued_bytes(&id).unwrap_or(0),
+                id,
+            })
+            .collect();
+        NodeStatus {
+            node: self.id.clone(),
+            cluster: self.cluster.clone(),
+            topology: self.topology_name.clone(),
+            peers,
+            docs: self.replica.doc_count(),
+            pending_writes: self.writes.len(),
+            core: self.replica.stats().clone(),
+            transport: self.transport.stats(),
+        }
+    }
+
+    /// Flushes everything to storage, waits for it, closes the transport.
+    async fn stop(&mut self, reply: Option<oneshot::Sender<()>>) {
+        self.replica.flush();
+        self.run_effects();
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(StoreJob::Barrier(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+        }
+        self.transport.shutdown().await;
+        tracing::info!(node = %self.id, "stopped");
+        if let Some(reply) = reply {
+            let _ = reply.send(());
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! The embeddable node: the driver that joins the replication core, the QUIC transport and
+//! durable storage, and the [`Node`] handle applications use.
+//!
+//! This is the only module that imports core, transport and storage together. One task
+//! (see `driver`) owns the [`Replica`](crate::core::Replica); everything else talks to it
+//! through a bounded command channel, so no lock is held across an await.
+
+mod builder;
+mod driver;
+mod links;
+mod store_thread;
+mod writes;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use automerge::transaction::Transaction;
+use automerge::{Automerge, ChangeHash};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use crate::ops::Ack;
+pub use builder::{NodeBuilder, NodeConfig, StorageChoice};
+
+use crate::core::{CoreError, CoreStats, Replica};
+use crate::transport::TransportStats;
+
+/// Errors of the node layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The topology file is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Certificates could not be loaded.
+    #[error(transparent)]
+    Cert(#[from] crate::certs::CertError),
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// A stored document is corrupt; the node does not start.
+    #[error("{location}: {source}")]
+    Load {
+        /// The store's location (file path).
+        location: String,
+        /// What failed.
+        source: Box<CoreError>,
+    },
+    /// The transport could not start.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// The node id is not in the topology.
+    #[error("node {0:?} is not in the topology")]
+    UnknownNode(String),
+    /// The node has shut down.
+    #[error("the node has shut down")]
+    Stopped,
+    /// The change function failed; nothing was written.
+    #[error("change refused: {0}")]
+    Change(Box<dyn std::error::Error + Send + Sync>),
+    /// Automerge data given to merge was refused; nothing was written.
+    #[error(transparent)]
+    Merge(Box<CoreError>),
+    /// The write was accepted and is durable here, but fewer peers than asked acknowledged
+    /// it before the timeout. It keeps replicating.
+    #[error("write concern not met before the timeout: acknowledged by {acked_by:?}")]
+    AckTimeout {
+        /// Heads after the write.
+        heads: Vec<ChangeHash>,
+        /// Peers that did acknowledge.
+        acked_by: Vec<String>,
+    },
+    /// The write could not be made durable; it is not acknowledged.
+    #[error("storage failed: {0}")]
+    StorageFailed(String),
+}
+
+/// The outcome of a write.
+#[derive(Debug, Clone)]
+pub struct Written<R> {
+    /// What the change function returned.
+    pub value: R,
+    /// The document's heads after the write.
+    pub heads: Vec<ChangeHash>,
+    /// Peers that acknowledged the write as durable (empty for `Ack::Local`).
+    pub acked_by: Vec<String>,
+}
+
+/// A change notification for a subscribed document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocEvent {
+    /// Document id.
+    pub doc: String,
+    /// Heads after the change.
+    pub heads: Vec<ChangeHash>,
+}
+
+/// One peer as seen by this node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerStatus {
+    /// Node id.
+    pub id: String,
+    /// A live connection exists.
+    pub connected: bool,
+    /// The topology (after healing) wants a link to it.
+    pub linked: bool,
+    /// Believed down (dial failed or connection lost).
+    pub down: bool,
+    /// Bytes of changes queued for it.
+    pub queued_bytes: usize,
+}
+
+/// A node's view of itself.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    /// Node id.
+    pub node: String,
+    /// Cluster id.
+    pub cluster: String,
+    /// Topology name ("mesh", "ring", "ring-forward", "edges").
+    pub topology: String,
+    /// Every other node of the topology.
+    pub peers: Vec<PeerStatus>,
+    /// Number of documents.
+    pub docs: usize,
+    /// Writes waiting for durability or acknowledgements.
+    pub pending_writes: usize,
+    /// Replication counters.
+    pub core: CoreStats,
+    /// Transport counters.
+    pub transport: TransportStats,
+}
+
+/// How a write finished, as the driver reports it.
+#[derive(Debug)]
+pub(crate) enum WriteOutcome {
+    Done {
+        heads: Vec<ChangeHash>,
+        acked_by: Vec<String>,
+    },
+    TimedOut {
+        heads: Vec<ChangeHash>,
+        acked_by: Vec<String>,
+    },
+    StorageFailed(String),
+}
+
+type ChangeFn = Box<
+    dyn FnOnce(&mut Transaction<'_>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send,
+>;
+type ReadFn = Box<dyn FnOnce(&Replica) + Send>;
+
+/// A merge accepted by the driver: new changes, and when they will be durable.
+pub(crate) type MergeStarted = (usize, Option<oneshot::Receiver<WriteOutcome>>);
+
+/// Requests from handles to the driver task.
+pub(crate) enum Command {
+    Change {
+        doc: String,
+        ack: Ack,
+        timeout: Duration,
+        f: ChangeFn,
+        /// Answered at once if the change failed or made no operation; otherwise the
+        /// outcome comes on `outcome`.
+        started: oneshot::Sender<Result<Option<()>, Error>>,
+        outcome: oneshot::Sender<WriteOutcome>,
+    },
+    Merge {
+        doc: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<MergeStarted, Error>>,
+    },
+    Read(ReadFn),
+    Subscribe {
+        doc: String,
+        reply: oneshot::Sender<broadcast::Receiver<DocEvent>>,
+    },
+    Status(oneshot::Sender<NodeStatus>),
+    SetPeerAddr(String, SocketAddr),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A running node. Cheap to clone; every clone talks to the same node.
+#[derive(Clone)]
+pub struct Node {
+    id: String,
+    peer_addr: SocketAddr,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Node {
+    /// Starts a node: opens its store and loads every document, binds the QUIC endpoint
+    /// and starts linking to its peers.
+    pub async fn start(config: NodeConfig) -> Result<Node, Error> {
+        driver::start(config).await
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The bound QUIC address (useful with port 0).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// Runs `f` as one Automerge transaction on `doc` (created if new) and waits until
+    /// the change is durable on this node. If `f` fails nothing is written.
+    pub async fn change<R, E, F>(&self, doc: &str, f: F) -> Result<Written<R>, Error>
+    where
+        R: Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+    {
+        self.change_with(doc, Ack::Local, Duration::from_secs(5), f)
+            .await
+    }
+
+    /// Like [`Node::change`], with a write concern: also durable on `ack` peers, waiting at
+    /// most `timeout` for them ([`Error::AckTimeout`] past it; the write stays accepted).
+    pub async fn change_with<R, E, F>(
+        &self,
+        doc: &str,
+        ack: Ack,
+        timeout: Duration,
+        f: F,
+    ) -> Result<Written<R>, Error>
+    where
+        R: Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+    {
+        let (value_tx, value_rx) = oneshot::channel();
+        let f: ChangeFn = Box::new(move |tx| {
+            let value = f(tx).map_err(Into::into)?;
+            let _ = value_tx.send(value);
+            Ok(())
+        });
+        let (started_tx, started_rx) = oneshot::channel();
+        let (outcome_tx, outcome_rx) = oneshot::channel();
+        self.send(Command::Change {
+            doc: doc.to_string(),
+            ack,
+            timeout,
+            f,
+            started: started_tx,
+            outcome: outcome_tx,
+        })
+        .await?;
+        let started = started_rx.await.map_err(|_| Error::Stopped)??;
+        let value = value_rx.await.map_err(|_| Error::Stopped)?;
+        match started {
+            None => {
+                let heads = self.with_doc(doc, |d| d.get_heads()).await?;
+                Ok(Written {
+                    value,
+                    heads: heads.unwrap_or_default(),
+                    acked_by: Vec::new(),
+                })
+            }
+            Some(()) => finish(outcome_rx.await.map_err(|_| Error::Stopped)?, value),
+        }
+    }
+
+    /// Applies the SPEC's JSON operations as one atomic change with the request's write
+    /// concern.
+    pub async fn apply_ops(
+        &self,
+        doc: &str,
+        request: crate::ops::WriteRequest,
+    ) -> Result<Written<()>, Error> {
+        let timeout = Duration::from_millis(request.timeout_ms);
+        let ack = request.ack;
+        let ops = request.ops;
+        self.change_with(doc, ack, timeout, move |tx| crate::ops::apply_ops(tx, &ops))
+            .await
+    }
+
+    /// Merges Automerge data (a saved document or changes) into `doc`; returns the number
+    /// of new changes once they are durable. Bad data is refused and changes nothing.
+    pub async fn merge(&self, doc: &str, data: Vec<u8>) -> Result<usize, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Merge {
+            doc: doc.to_string(),
+            data,
+            reply: tx,
+        })
+        .await?;
+        let (count, outcome) = rx.await.map_err(|_| Error::Stopped)??;
+        if let Some(outcome) = outcome {
+            finish(outcome.await.map_err(|_| Error::Stopped)?, ())?;
+        }
+        Ok(count)
+    }
+
+    /// Runs `f` on the document, if this node has it.
+    pub async fn with_doc<R: Send + 'static>(
+        &self,
+        doc: &str,
+        f: impl FnOnce(&Automerge) -> R + Send + 'static,
+    ) -> Result<Option<R>, Error> {
+        let doc = doc.to_string();
+        self.read(move |r| r.doc(&doc).map(f)).await
+    }
+
+    /// The document as plain JSON, if this node has it.
+    pub async fn json(&self, doc: &str) -> Result<Option<serde_json::Value>, Error> {
+        self.with_doc(doc, crate::json::doc_to_json).await
+    }
+
+    /// The document in Automerge's binary format, if this node has it.
+    pub async fn save(&self, doc: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.with_doc(doc, |d| d.save()).await
+    }
+
+    /// Every document with its heads, in id order.
+    pub async fn docs(&self) -> Result<Vec<(String, Vec<ChangeHash>)>, Error> {
+        self.read(|r| r.heads()).await
+    }
+
+    /// A stream of change notifications for `doc` (local and remote changes). A receiver
+    /// that falls behind loses old events (`Lagged`); it never slows the node.
+    pub async fn subscribe(&self, doc: &str) -> Result<broadcast::Receiver<DocEvent>, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Subscribe {
+            doc: doc.to_string(),
+            reply: tx,
+        })
+        .await?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Status of the node and its peers.
+    pub async fn status(&self) -> Result<NodeStatus, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Status(tx)).await?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Tells the node where peer `id` listens (for clusters whose nodes bind port 0).
+    pub async fn set_peer_addr(&self, id: &str, addr: SocketAddr) -> Result<(), Error> {
+        self.send(Command::SetPeerAddr(id.to_string(), addr)).await
+    }
+
+    /// Stops the node: pending changes are flushed to storage, connections closed.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Shutdown(tx)).await?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Replica) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Read(Box::new(move |r| {
+            let _ = tx.send(f(r));
+        })))
+        .await?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), Error> {
+        self.commands.send(cmd).await.map_err(|_| Error::Stopped)
+    }
+}
+
+fn finish<R>(outcome: WriteOutcome, value: R) -> Result<Written<R>, Error> {
+    match outcome {
+        WriteOutcome::Done { heads, acked_by } => Ok(Written {
+            value,
+            heads,
+            acked_by,
+        }),
+        WriteOutcome::TimedOut { heads, acked_by } => Err(Error::AckTimeout { heads, acked_by }),
+        WriteOutcome::StorageFailed(e) => Err(Error::StorageFailed(e)),
+    }
+}

@@ -1,0 +1,122 @@
+//! The storage thread: runs blocking store calls off the async runtime and groups every
+//! queued append into one durable commit (one fsync for many writes under load).
+
+use std::sync::mpsc as std_mpsc;
+
+use tokio::sync::mpsc;
+
+use crate::storage::{StorageError, Store};
+
+/// Work for the storage thread.
+pub(crate) enum StoreJob {
+    Append {
+        token: u64,
+        docs: Vec<(String, Vec<Vec<u8>>)>,
+    },
+    Compact {
+        doc: String,
+        snapshot: Vec<u8>,
+        keep: Vec<Vec<u8>>,
+    },
+    /// Answered once every job queued before it is done.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// What the storage thread reports back.
+pub(crate) enum StoreDone {
+    /// These persist batches are durable (or failed together).
+    Appended {
+        tokens: Vec<u64>,
+        result: Result<(), String>,
+        /// Documents whose change log has grown past the compaction threshold.
+        compact: Vec<String>,
+    },
+    /// A compaction finished: `Ok`, or failed with the old state intact.
+    Compacted {
+        doc: String,
+        result: Result<(), StorageError>,
+    },
+}
+
+/// Starts the thread; it ends when the job sender is dropped.
+pub(crate) fn spawn(
+    mut store: Box<dyn Store>,
+    compact_after: usize,
+    done: mpsc::UnboundedSender<StoreDone>,
+) -> std_mpsc::Sender<StoreJob> {
+    let (tx, rx) = std_mpsc::channel::<StoreJob>();
+    std::thread::Builder::new()
+        .name("concordant-store".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut jobs = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    jobs.push(more);
+                }
+                run_jobs(store.as_mut(), jobs, compact_after, &done);
+            }
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| tracing::error!("cannot start the storage thread: {e}"));
+    tx
+}
+
+/// Runs jobs in order; consecutive appends share one commit. Order matters: a compaction's
+/// snapshot holds exactly the changes appended before it was queued.
+fn run_jobs(
+    store: &mut dyn Store,
+    jobs: Vec<StoreJob>,
+    compact_after: usize,
+    done: &mpsc::UnboundedSender<StoreDone>,
+) {
+    let mut tokens = Vec::new();
+    let mut batch: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    for job in jobs {
+        match job {
+            StoreJob::Append { token, docs } => {
+                tokens.push(token);
+                batch.extend(docs);
+            }
+            StoreJob::Compact {
+                doc,
+                snapshot,
+                keep,
+            } => {
+                commit(store, &mut tokens, &mut batch, compact_after, done);
+                let result = store.compact(&doc, snapshot, keep);
+                let _ = done.send(StoreDone::Compacted { doc, result });
+            }
+            StoreJob::Barrier(reply) => {
+                commit(store, &mut tokens, &mut batch, compact_after, done);
+                let _ = reply.send(());
+            }
+        }
+    }
+    commit(store, &mut tokens, &mut batch, compact_after, done);
+}
+
+fn commit(
+    store: &mut dyn Store,
+    tokens: &mut Vec<u64>,
+    batch: &mut Vec<(String, Vec<Vec<u8>>)>,
+    compact_after: usize,
+    done: &mpsc::UnboundedSender<StoreDone>,
+) {
+    if tokens.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(batch);
+    let mut docs: Vec<String> = batch.iter().map(|(d, _)| d.clone()).collect();
+    let result = store.append(batch).map_err(|e| e.to_string());
+    docs.sort();
+    docs.dedup();
+    let compact = docs
+        .into_iter()
+        .filter(|d| store.log_len(d) >= compact_after)
+        .collect();
+    let _ = done.send(StoreDone::Appended {
+        tokens: std::mem::take(tokens),
+        result,
+        compact,
+    });
+}

@@ -1,0 +1,183 @@
+//! The acceptor side: the accept loop and the acceptor's handshake. A dialer's Hello is
+//! checked (version, cluster, membership, certificate valid for the claimed id) before we
+//! send anything; a refusal closes the connection with an error code and reason and is
+//! counted. An accepted connection goes to `state.rs` for admission, with our Hello as the
+//! first frame its writer sends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls_pki_types::CertificateDer;
+
+use super::dial::{HANDSHAKE_TIMEOUT, HELLO_TIMEOUT};
+use super::frames::{FrameError, FrameReader};
+use super::state::{code, wait_closing, Inner, NewLink};
+use super::stats::Reject;
+use super::tls::is_tls_failure;
+use crate::certs::cert_node_id_matches;
+use crate::wire::{self, Hello, Message, PROTOCOL_VERSION};
+
+/// Accepts connections until the endpoint closes or the transport shuts down.
+pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
+    let mut closing = inner.closing_rx();
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = wait_closing(&mut closing) => None,
+        };
+        let Some(incoming) = incoming else {
+            break;
+        };
+        tokio::spawn(accept_one(inner.clone(), incoming));
+    }
+}
+
+/// The leaf certificate the client presented.
+fn peer_leaf_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.into_iter().next()
+}
+
+/// Closes `conn`, counting why; `detail` is logged, `reason` is what the peer is told.
+fn refuse(
+    inner: &Inner,
+    conn: &quinn::Connection,
+    remote: SocketAddr,
+    kind: Reject,
+    reason: &str,
+    detail: String,
+) {
+    inner.rejected.inc(kind);
+    let code = match kind {
+        Reject::WrongCluster => code::WRONG_CLUSTER,
+        Reject::UnknownNode => code::UNKNOWN_NODE,
+        Reject::CertMismatch => code::CERT_MISMATCH,
+        Reject::BadFrame => code::BAD_FRAME,
+        Reject::BadHello | Reject::Tls => code::BAD_HELLO,
+    };
+    tracing::warn!(%remote, reason, detail, "refused a connection");
+    conn.close(code, reason.as_bytes());
+}
+
+enum HelloError {
+    Lost,
+    Frame(FrameError),
+}
+
+async fn read_hello(conn: &quinn::Connection) -> Result<(FrameReader, Message), HelloError> {
+    let recv = conn.accept_uni().await.map_err(|_| HelloError::Lost)?;
+    let mut frames = FrameReader::new(recv);
+    match frames.read().await {
+        Ok((msg, _)) => Ok((frames, msg)),
+        Err(FrameError::Lost(_)) => Err(HelloError::Lost),
+        Err(e) => Err(HelloError::Frame(e)),
+    }
+}
+
+/// Handshake of one incoming connection.
+async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Err(_) => {
+            tracing::debug!(%remote, "incoming handshake timed out");
+            return;
+        }
+        Ok(Err(e)) => {
+            if is_tls_failure(&e) {
+                inner.rejected.inc(Reject::Tls);
+                tracing::warn!(%remote, error = %e, "TLS handshake failed");
+            } else {
+                tracing::debug!(%remote, error = %e, "incoming connection failed");
+            }
+            return;
+        }
+        Ok(Ok(conn)) => conn,
+    };
+    let (frames, msg) = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&conn)).await {
+        Err(_) => {
+            let detail = "no hello in time".to_string();
+            return refuse(&inner, &conn, remote, Reject::BadHello, "no hello", detail);
+        }
+        Ok(Err(HelloError::Lost)) => return,
+        Ok(Err(HelloError::Frame(e))) => {
+            let detail = e.to_string();
+            return refuse(&inner, &conn, remote, Reject::BadHello, "bad hello", detail);
+        }
+        Ok(Ok(x)) => x,
+    };
+    let Message::Hello(hello) = msg else {
+        let detail = format!("first message is {}", msg.kind());
+        return refuse(
+            &inner,
+            &conn,
+            remote,
+            Reject::BadHello,
+            "expected hello",
+            detail,
+        );
+    };
+    if let Err((kind, reason)) = check_hello(&inner, &conn, &hello) {
+        let detail = format!(
+            "hello claims node {:?} of cluster {:?}, version {}",
+            hello.node, hello.cluster, hello.version
+        );
+        return refuse(&inner, &conn, remote, kind, reason, detail);
+    }
+    let send = match tokio::time::timeout(HELLO_TIMEOUT, conn.open_uni()).await {
+        Ok(Ok(send)) => send,
+        _ => {
+            conn.close(code::DONE, b"cannot open a stream");
+            return;
+        }
+    };
+    let answer = wire::encode(&Message::Hello(Hello {
+        cluster: inner.settings.cluster.clone(),
+        node: inner.settings.node.clone(),
+        version: PROTOCOL_VERSION,
+    }));
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode our hello");
+            conn.close(code::DONE, b"internal error");
+            return;
+        }
+    };
+    inner.await_own_dial(&hello.node, HELLO_TIMEOUT).await;
+    let new = NewLink {
+        conn,
+        send,
+        frames,
+        first_frame: Some(answer),
+        dial_generation: None,
+    };
+    if let Err(refusal) = inner.admit(&hello.node, new).await {
+        tracing::debug!(peer = hello.node, ?refusal, "incoming connection not kept");
+    }
+}
+
+/// The acceptor's checks of a dialer's Hello, in order.
+fn check_hello(
+    inner: &Inner,
+    conn: &quinn::Connection,
+    hello: &Hello,
+) -> Result<(), (Reject, &'static str)> {
+    if hello.version != PROTOCOL_VERSION {
+        return Err((Reject::BadHello, "unsupported protocol version"));
+    }
+    if hello.cluster != inner.settings.cluster {
+        return Err((Reject::WrongCluster, "wrong cluster"));
+    }
+    if !inner.is_member(&hello.node) {
+        return Err((Reject::UnknownNode, "unknown node"));
+    }
+    let cert_ok = peer_leaf_cert(conn).is_some_and(|c| cert_node_id_matches(&c, &hello.node));
+    if !cert_ok {
+        return Err((
+            Reject::CertMismatch,
+            "certificate does not match the node id",
+        ));
+    }
+    Ok(())
+}

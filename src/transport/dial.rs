@@ -1,0 +1,301 @@
+//! The dialer side: one loop per wanted peer that dials whenever the peer has no link (with
+//! capped exponential backoff and jitter between attempts), and the dialer's handshake: send
+//! our Hello on a new stream, read and check the acceptor's Hello, hand the connection to
+//! `state.rs` for admission. Does not decide duplicates (see `state.rs`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+
+use super::frames::{FrameError, FrameReader};
+use super::state::{code, wait_closing, DialPermit, Inner, NewLink, Refusal};
+use super::stats::{PeerCounters, Reject};
+use super::tls::is_tls_failure;
+use super::TransportEvent;
+use crate::wire::{self, Hello, Message, WireError, PROTOCOL_VERSION};
+
+/// Longest wait for the QUIC/TLS handshake (the idle timeout usually ends it sooner).
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the Hello exchange once the TLS handshake is done.
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A dial loop's peer and its controls.
+pub(crate) struct DialTarget {
+    pub(crate) peer: String,
+    pub(crate) addr: SocketAddr,
+    /// Identifies this wish to link; a connection dialed for an older one is refused.
+    pub(crate) generation: u64,
+    /// Completes (with an error) when the wish is withdrawn.
+    pub(crate) cancel: watch::Receiver<()>,
+    /// Number of live links to the peer, in either direction.
+    pub(crate) links: watch::Receiver<usize>,
+    pub(crate) counters: Arc<PeerCounters>,
+}
+
+/// Capped exponential backoff with jitter: delays lie in `[max(min, d/2), d]` where `d`
+/// doubles from `min` up to `max`.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            attempt: 0,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    fn next(&mut self) -> Duration {
+        let factor = 1u32 << self.attempt.min(20);
+        self.attempt = self.attempt.saturating_add(1);
+        let ceiling = self.min.saturating_mul(factor).min(self.max);
+        let floor = (ceiling / 2).max(self.min);
+        if floor >= ceiling {
+            return ceiling;
+        }
+        rand::rng().random_range(floor..=ceiling)
+    }
+}
+
+/// How a dial attempt ended, short of failing.
+enum Outcome {
+    /// The link is up.
+    Up,
+    /// The peer keeps another connection with us; nothing to do while it lives.
+    Duplicate,
+    /// The link is no longer wanted or the transport is closing.
+    Stopped,
+}
+
+/// Why a dial attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("cannot start connecting: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connection failed: {0}")]
+    Connection(quinn::ConnectionError),
+    #[error("refused by the peer (code {code}): {reason}")]
+    Refused { code: u64, reason: String },
+    #[error("timed out waiting for the {0}")]
+    Timeout(&'static str),
+    #[error("bad hello from the peer: {0}")]
+    Hello(String),
+    #[error("cannot encode our hello: {0}")]
+    Encode(#[from] WireError),
+}
+
+/// Keeps dialing `t.peer` while it is wanted and has no link.
+pub(crate) async fn dial_loop(inner: Arc<Inner>, mut t: DialTarget) {
+    let mut closing = inner.closing_rx();
+    let mut backoff = Backoff::new(inner.settings.reconnect_min, inner.settings.reconnect_max);
+    let mut delay: Option<Duration> = None;
+    loop {
+        let stop = tokio::select! {
+            _ = t.cancel.changed() => true,
+            _ = wait_closing(&mut closing) => true,
+            r = t.links.wait_for(|n| *n == 0) => r.is_err(),
+        };
+        if stop {
+            return;
+        }
+        if let Some(d) = delay.take() {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = t.cancel.changed() => return,
+                _ = wait_closing(&mut closing) => return,
+            }
+        }
+        match inner.begin_dial(&t.peer, t.generation) {
+            DialPermit::Go => {}
+            DialPermit::HasLink => continue,
+            DialPermit::Stop => return,
+        }
+        let outcome = dial_once(&inner, &t).await;
+        inner.end_dial(&t.peer);
+        match outcome {
+            Ok(Outcome::Up) => {
+                backoff.reset();
+                delay = Some(backoff.next());
+            }
+            Ok(Outcome::Duplicate) => delay = Some(backoff.next()),
+            Ok(Outcome::Stopped) => return,
+            Err(e) => {
+                if matches!(e, DialError::Refused { .. } | DialError::Hello(_)) {
+                    tracing::warn!(peer = t.peer, addr = %t.addr, error = %e, "dial failed");
+                } else {
+                    tracing::debug!(peer = t.peer, addr = %t.addr, error = %e, "dial failed");
+                }
+                t.counters.inc_dial_failures();
+                inner.emit(TransportEvent::DialFailed(t.peer.clone())).await;
+                delay = Some(backoff.next());
+            }
+        }
+    }
+}
+
+/// What went wrong during the Hello exchange.
+enum ExchangeError {
+    Connection,
+    Frame(FrameError),
+}
+
+impl From<quinn::ConnectionError> for ExchangeError {
+    fn from(_: quinn::ConnectionError) -> Self {
+        ExchangeError::Connection
+    }
+}
+
+impl From<quinn::WriteError> for ExchangeError {
+    fn from(_: quinn::WriteError) -> Self {
+        ExchangeError::Connection
+    }
+}
+
+async fn exchange_hellos(
+    conn: &quinn::Connection,
+    hello: &[u8],
+) -> Result<(quinn::SendStream, FrameReader, Message), ExchangeError> {
+    let mut send = conn.open_uni().await?;
+    send.write_all(hello).await?;
+    let recv = conn.accept_uni().await?;
+    let mut frames = FrameReader::new(recv);
+    let (msg, _) = frames.read().await.map_err(ExchangeError::Frame)?;
+    Ok((send, frames, msg))
+}
+
+/// Closes `conn` as refused by us, counting why.
+fn refuse(inner: &Inner, conn: &quinn::Connection, kind: Reject, why: String) -> DialError {
+    inner.rejected.inc(kind);
+    let code = match kind {
+        Reject::WrongCluster => code::WRONG_CLUSTER,
+        _ => code::BAD_HELLO,
+    };
+    conn.close(code, why.as_bytes());
+    DialError::Hello(why)
+}
+
+/// Turns a failed exchange into an outcome, from the connection's close reason.
+fn exchange_failed(
+    inner: &Inner,
+    conn: &quinn::Connection,
+    err: ExchangeError,
+) -> Result<Outcome, DialError> {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+            if close.error_code == code::DUPLICATE {
+                return Ok(Outcome::Duplicate);
+            }
+            Err(DialError::Refused {
+                code: close.error_code.into_inner(),
+                reason: String::from_utf8_lossy(&close.reason).into_owned(),
+            })
+        }
+        Some(e) => {
+            if is_tls_failure(&e) {
+                inner.rejected.inc(Reject::Tls);
+            }
+            Err(DialError::Connection(e))
+        }
+        None => {
+            let why = match err {
+                ExchangeError::Frame(e) => format!("no valid hello: {e}"),
+                ExchangeError::Connection => "connection failed during the hello".to_string(),
+            };
+            Err(refuse(inner, conn, Reject::BadHello, why))
+        }
+    }
+}
+
+/// One dial attempt: TLS handshake, Hello exchange, admission.
+async fn dial_once(inner: &Arc<Inner>, t: &DialTarget) -> Result<Outcome, DialError> {
+    let Some(endpoint) = inner.endpoint() else {
+        return Ok(Outcome::Stopped);
+    };
+    let connecting = endpoint.connect_with(inner.client_config.clone(), t.addr, &t.peer)?;
+    drop(endpoint);
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Err(_) => return Err(DialError::Timeout("TLS handshake")),
+        Ok(Err(e)) => {
+            if is_tls_failure(&e) {
+                inner.rejected.inc(Reject::Tls);
+            }
+            return Err(DialError::Connection(e));
+        }
+        Ok(Ok(conn)) => conn,
+    };
+    let hello = wire::encode(&Message::Hello(Hello {
+        cluster: inner.settings.cluster.clone(),
+        node: inner.settings.node.clone(),
+        version: PROTOCOL_VERSION,
+    }))?;
+    let (send, frames, answer) =
+        match tokio::time::timeout(HELLO_TIMEOUT, exchange_hellos(&conn, &hello)).await {
+            Err(_) => {
+                if let Some(reason) = conn.close_reason() {
+                    return Err(DialError::Connection(reason));
+                }
+                let why = "no hello from the peer in time".to_string();
+                return Err(refuse(inner, &conn, Reject::BadHello, why));
+            }
+            Ok(Err(e)) => return exchange_failed(inner, &conn, e),
+            Ok(Ok(x)) => x,
+        };
+    let Message::Hello(h) = answer else {
+        let why = format!("expected a hello, got {}", answer.kind());
+        return Err(refuse(inner, &conn, Reject::BadHello, why));
+    };
+    if h.cluster != inner.settings.cluster {
+        let why = format!("peer is in cluster {:?}", h.cluster);
+        return Err(refuse(inner, &conn, Reject::WrongCluster, why));
+    }
+    if h.version != PROTOCOL_VERSION || h.node != t.peer {
+        let why = format!("peer says it is {:?} version {}", h.node, h.version);
+        return Err(refuse(inner, &conn, Reject::BadHello, why));
+    }
+    let new = NewLink {
+        conn,
+        send,
+        frames,
+        first_frame: None,
+        dial_generation: Some(t.generation),
+    };
+    match inner.admit(&t.peer, new).await {
+        Ok(()) => Ok(Outcome::Up),
+        Err(Refusal::Duplicate) => Ok(Outcome::Duplicate),
+        Err(Refusal::NotWanted | Refusal::Closing) => Ok(Outcome::Stopped),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_between_min_and_max_and_grows() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        let mut b = Backoff::new(min, max);
+        let mut last_ceiling = Duration::ZERO;
+        for i in 0..40 {
+            let d = b.next();
+            assert!(d >= min && d <= max, "attempt {i}: {d:?}");
+            let ceiling = min.saturating_mul(1 << i.min(20)).min(max);
+            assert!(d <= ceiling && d >= (ceiling / 2).max(min));
+            assert!(ceiling >= last_ceiling);
+            last_ceiling = ceiling;
+        }
+        b.reset();
+        assert_eq!(b.next(), min);
+    }
+}

@@ -1,0 +1,168 @@
+//! The two tasks of one link: the reader decodes frames from the peer's stream and forwards
+//! them as events (waiting when the owner is slow: backpressure), and owns the link's end;
+//! the writer drains the peer's send queue and writes batches of frames on our stream.
+//! A malformed frame or an unexpected Hello is counted and closes the connection; nothing
+//! here panics on what the peer sends. Admission and events live in `state.rs`.
+
+use std::sync::Arc;
+
+use super::frames::{FrameError, FrameReader};
+use super::state::{code, wait_closing, Inner, SharedQueue, WriterGuard};
+use super::stats::{PeerCounters, Reject};
+use super::TransportEvent;
+use crate::wire::{self, Message};
+
+/// A batch is written once it holds this many bytes (or the queue is empty).
+const BATCH_BYTES: usize = 1024 * 1024;
+
+/// What a writer needs.
+pub(crate) struct WriterArgs {
+    pub(crate) peer: String,
+    pub(crate) conn: quinn::Connection,
+    pub(crate) send: quinn::SendStream,
+    pub(crate) first_frame: Option<Vec<u8>>,
+    pub(crate) queue: SharedQueue,
+    pub(crate) counters: Arc<PeerCounters>,
+}
+
+/// Reads frames until the connection ends, then tells the state the link is gone.
+pub(crate) async fn run_reader(
+    inner: Arc<Inner>,
+    peer: String,
+    id: u64,
+    conn: quinn::Connection,
+    mut frames: FrameReader,
+    counters: Arc<PeerCounters>,
+) {
+    let mut closing = inner.closing_rx();
+    loop {
+        match frames.read().await {
+            Ok((Message::Hello(_), _)) => {
+                inner.rejected.inc(Reject::BadHello);
+                tracing::warn!(peer, "unexpected hello after the handshake; closing");
+                conn.close(code::BAD_HELLO, b"unexpected hello");
+                break;
+            }
+            Ok((msg, len)) => {
+                counters.received(len as u64);
+                let ev = TransportEvent::Message {
+                    from: peer.clone(),
+                    msg,
+                };
+                if !inner.deliver(ev, &mut closing).await {
+                    break;
+                }
+            }
+            Err(FrameError::Finished) => break,
+            Err(e) if e.is_malformed() => {
+                inner.rejected.inc(Reject::BadFrame);
+                tracing::warn!(peer, error = %e, "malformed frame; closing the connection");
+                conn.close(code::BAD_FRAME, b"malformed frame");
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(peer, error = %e, "connection ended");
+                break;
+            }
+        }
+    }
+    conn.close(code::DONE, b"link closed");
+    inner.link_gone(&peer, id).await;
+}
+
+/// Appends `msg`'s frame to `buf`; false (counted, logged) if it cannot be encoded.
+fn push_frame(buf: &mut Vec<u8>, msg: &Message, peer: &str, counters: &PeerCounters) -> bool {
+    match wire::encode(msg) {
+        Ok(frame) => {
+            buf.extend_from_slice(&frame);
+            true
+        }
+        Err(e) => {
+            counters.inc_dropped_unencodable();
+            tracing::warn!(peer, kind = msg.kind(), error = %e, "dropping unencodable message");
+            false
+        }
+    }
+}
+
+/// Takes queued messages (at least `first` if given) into one batch of frames.
+fn fill_batch(
+    buf: &mut Vec<u8>,
+    first: Option<Message>,
+    rx: &mut tokio::sync::mpsc::Receiver<Message>,
+    peer: &str,
+    counters: &PeerCounters,
+) -> u64 {
+    buf.clear();
+    let mut count = 0;
+    if let Some(m) = first {
+        count += u64::from(push_frame(buf, &m, peer, counters));
+    }
+    while buf.len() < BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(m) => count += u64::from(push_frame(buf, &m, peer, counters)),
+            Err(_) => break,
+        }
+    }
+    count
+}
+
+/// Writes the first frame, then drains the peer's queue until the connection closes. On
+/// shutdown, writes what is queued, finishes the stream and waits for the peer to read it.
+pub(crate) async fn run_writer(inner: Arc<Inner>, args: WriterArgs, _guard: WriterGuard) {
+    let WriterArgs {
+        peer,
+        conn,
+        mut send,
+        first_frame,
+        queue,
+        counters,
+    } = args;
+    let mut closing = inner.closing_rx();
+    if let Some(frame) = first_frame {
+        if send.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+    let mut rx = tokio::select! {
+        biased;
+        _ = conn.closed() => return,
+        _ = wait_closing(&mut closing) => {
+            finish(&mut send).await;
+            return;
+        }
+        rx = queue.lock() => rx,
+    };
+    let mut buf = Vec::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = conn.closed() => return,
+            _ = wait_closing(&mut closing) => None,
+            m = rx.recv() => match m {
+                Some(m) => Some(m),
+                None => return,
+            },
+        };
+        let flushing = next.is_none();
+        let count = fill_batch(&mut buf, next, &mut rx, &peer, &counters);
+        if !buf.is_empty() {
+            if send.write_all(&buf).await.is_err() {
+                return;
+            }
+            counters.sent(count, buf.len() as u64);
+        }
+        if flushing && buf.is_empty() {
+            finish(&mut send).await;
+            return;
+        }
+    }
+}
+
+/// Finishes the stream and waits until the peer has read it (bounded by `shutdown`, which
+/// closes the connection after its flush timeout).
+async fn finish(send: &mut quinn::SendStream) {
+    if send.finish().is_ok() {
+        let _ = send.stopped().await;
+    }
+}

@@ -1,0 +1,258 @@
+//! The QUIC transport: one endpoint per node, mutual TLS against the cluster CA, one
+//! connection per pair of peers, reconnects with backoff, bounded per-peer send queues.
+//!
+//! It owns sockets, TLS and connection lifecycles, and turns frames into
+//! [`TransportEvent`]s. It does not decide what to send or to whom (that is the core's and
+//! the node driver's business) and it does not interpret messages beyond the handshake:
+//! the byte format belongs to [`crate::wire`].
+//!
+//! # Protocol
+//! - Mutual TLS 1.3: each side presents a certificate signed by the cluster CA; the dialer
+//!   checks that the acceptor's certificate is valid for the node id it dialed (the TLS
+//!   server name), ALPN is [`crate::wire::ALPN`].
+//! - The dialer opens a unidirectional stream and sends [`Message::Hello`]. The acceptor
+//!   checks cluster, version, membership and that the client certificate is valid for the
+//!   claimed id; it refuses by closing the connection (application error code and reason,
+//!   nothing else sent). Only then does it open its own stream and answer with its Hello.
+//! - After the Hellos, each side sends its messages as frames on its one long-lived stream.
+//! - One connection per pair: when both sides dialed, only the node with the smaller id
+//!   resolves the duplicate, keeping the connection it dialed, so both sides keep the same
+//!   one and neither emits Down/Up for it. A new connection dialed by the same side as an
+//!   existing one replaces it (the old one is stale: its dialer lost it).
+//!
+//! # Files
+//! - `tls.rs`: rustls and quinn configuration.
+//! - `frames.rs`: reading frames from a stream.
+//! - `stats.rs`: counters and the [`TransportStats`] snapshot.
+//! - `state.rs`: the shared state, link admission and removal, events.
+//! - `dial.rs`: the dial loop with backoff and the dialer's handshake.
+//! - `accept.rs`: the accept loop and the acceptor's handshake.
+//! - `link.rs`: the reader and writer task of one connection.
+
+mod accept;
+mod dial;
+mod frames;
+mod link;
+mod state;
+mod stats;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::certs::TlsIdentity;
+use crate::wire::Message;
+
+use state::Inner;
+pub use stats::{PeerStats, RejectedStats, TrafficTotals, TransportStats};
+
+/// Everything a transport needs to run.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Cluster id; a peer whose Hello names another cluster is refused.
+    pub cluster: String,
+    /// This node's id; its certificate must be valid for it as a DNS name.
+    pub node: String,
+    /// UDP address to bind (port 0 picks a free port; see [`Transport::local_addr`]).
+    pub listen: SocketAddr,
+    /// Cluster CA, this node's certificate chain and key.
+    pub identity: TlsIdentity,
+    /// Node ids allowed to connect (and to be dialed). This node's own id may be listed.
+    pub members: Vec<String>,
+    /// QUIC keep-alive interval; must be below `idle_timeout`.
+    pub keep_alive: Duration,
+    /// A connection silent for this long is considered dead.
+    pub idle_timeout: Duration,
+    /// Smallest delay between two dial attempts (also the delay before redialing a link
+    /// that dropped).
+    pub reconnect_min: Duration,
+    /// Largest delay between two dial attempts.
+    pub reconnect_max: Duration,
+    /// Capacity of each peer's send queue, in messages.
+    pub send_queue: usize,
+}
+
+impl TransportConfig {
+    /// A configuration with the default timings: keep-alive 250 ms, idle timeout 1 s,
+    /// reconnect backoff 100 ms to 2 s, 1024 queued messages per peer.
+    pub fn new(
+        cluster: impl Into<String>,
+        node: impl Into<String>,
+        listen: SocketAddr,
+        identity: TlsIdentity,
+        members: Vec<String>,
+    ) -> Self {
+        TransportConfig {
+            cluster: cluster.into(),
+            node: node.into(),
+            listen,
+            identity,
+            members,
+            keep_alive: Duration::from_millis(250),
+            idle_timeout: Duration::from_secs(1),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(2),
+            send_queue: 1024,
+        }
+    }
+}
+
+/// What the transport reports to its owner, in order per peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// The first connection to this peer completed its handshake.
+    Up(String),
+    /// The last connection to this peer is gone.
+    Down(String),
+    /// One dial attempt to this peer failed (another follows after a backoff).
+    DialFailed(String),
+    /// A message arrived from a connected peer.
+    Message {
+        /// The peer's node id (authenticated by its certificate).
+        from: String,
+        /// The message.
+        msg: Message,
+    },
+}
+
+/// Errors that prevent a transport from starting. Nothing is left running after one.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind the QUIC endpoint on {addr}: {source}")]
+    Bind {
+        /// The address from the configuration.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The certificates or key could not be turned into a TLS configuration.
+    #[error("TLS configuration of node {node}: {reason}")]
+    Tls {
+        /// This node's id.
+        node: String,
+        /// What rustls or quinn refused.
+        reason: String,
+    },
+    /// A field of the [`TransportConfig`] is unusable.
+    #[error("invalid transport configuration, field `{field}`: {reason}")]
+    Config {
+        /// The offending field.
+        field: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+/// Why [`Transport::send`] did not queue a message. The message is dropped either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// No live connection to that peer.
+    NotConnected,
+    /// The peer's send queue is full; the caller repairs later (anti-entropy).
+    Full,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::NotConnected => f.write_str("peer not connected"),
+            SendError::Full => f.write_str("peer send queue full"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// A running QUIC endpoint with its connections. Cheap to clone; every clone drives the same
+/// endpoint. Call [`Transport::shutdown`] to stop it; dropping the last clone closes the
+/// endpoint abruptly.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+    _guard: Arc<CloseOnDrop>,
+}
+
+/// Closes the endpoint when the last [`Transport`] handle goes away (tasks only hold
+/// `Inner`, so they cannot keep it alive forever).
+struct CloseOnDrop(Arc<Inner>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close_now();
+    }
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("node", &self.inner.settings.node)
+            .field("local_addr", &self.inner.local_addr)
+            .finish()
+    }
+}
+
+impl Transport {
+    /// Binds the endpoint and starts accepting connections. Events go to `events`; the
+    /// transport waits when it is full (backpressure on the peers).
+    pub async fn bind(
+        cfg: TransportConfig,
+        events: mpsc::Sender<TransportEvent>,
+    ) -> Result<Transport, TransportError> {
+        let inner = Inner::bind(cfg, events)?;
+        let endpoint = inner.endpoint().ok_or_else(|| TransportError::Config {
+            field: "listen",
+            reason: "endpoint closed while starting".into(),
+        })?;
+        tokio::spawn(accept::accept_loop(inner.clone(), endpoint));
+        Ok(Transport {
+            _guard: Arc::new(CloseOnDrop(inner.clone())),
+            inner,
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The link to `peer` is wanted: dial it (with capped exponential backoff and jitter
+    /// between `reconnect_min` and `reconnect_max`) until connected, and redial whenever it
+    /// drops, until [`Transport::disconnect`]. Idempotent; a new `addr` replaces the old one.
+    /// Emits [`TransportEvent::DialFailed`] after each failed attempt. A peer that is not a
+    /// member, or this node itself, is ignored (logged).
+    pub fn connect(&self, peer: &str, addr: SocketAddr) {
+        self.inner.connect(peer, addr);
+    }
+
+    /// The link is no longer wanted from our side: stop dialing and close the connection if
+    /// we dialed it. A connection the peer dialed stays while the peer wants it.
+    pub fn disconnect(&self, peer: &str) {
+        self.inner.disconnect(peer);
+    }
+
+    /// Queues `msg` on the peer's bounded send queue without waiting.
+    pub fn send(&self, peer: &str, msg: Message) -> Result<(), SendError> {
+        self.inner.send(peer, msg)
+    }
+
+    /// Peers with a live connection, sorted.
+    pub fn connected(&self) -> Vec<String> {
+        self.inner.connected()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TransportStats {
+        self.inner.stats()
+    }
+
+    /// Closes every connection gracefully (queued frames are flushed first, waiting at most
+    /// about a second) and stops the endpoint. No events are emitted afterwards. Once every
+    /// handle is dropped the UDP port is free again.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown().await;
+    }
+}

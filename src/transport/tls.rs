@@ -1,0 +1,124 @@
+//! TLS and QUIC configuration of the transport: mutual TLS 1.3 (ring) against the cluster
+//! CA only, the wire ALPN, and the QUIC transport parameters (keep-alive, idle timeout,
+//! receive windows). Public so that tests and tools can speak to a node with a raw quinn
+//! endpoint. Builds configurations only; it opens no sockets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, VarInt};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+use super::TransportError;
+use crate::certs::TlsIdentity;
+use crate::wire::ALPN;
+
+/// Receive window of one stream: large enough that a busy link never waits on flow control
+/// over loopback or a LAN, small enough to bound memory per connection.
+const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// Receive window of a whole connection (its two streams in practice).
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
+/// QUIC timings of every connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Keep-alive interval.
+    pub keep_alive: Duration,
+    /// Idle timeout after which a silent connection is dead.
+    pub idle_timeout: Duration,
+}
+
+fn tls_error(node: &str, reason: impl std::fmt::Display) -> TransportError {
+    TransportError::Tls {
+        node: node.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(node: &str, identity: &TlsIdentity) -> Result<Arc<RootCertStore>, TransportError> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(identity.ca.clone())
+        .map_err(|e| tls_error(node, format!("cluster CA certificate: {e}")))?;
+    Ok(Arc::new(roots))
+}
+
+/// QUIC transport parameters: keep-alive and idle timeout from `timing`, one incoming
+/// unidirectional stream, no bidirectional streams, generous receive windows.
+pub fn transport_params(timing: Timing) -> Result<quinn::TransportConfig, TransportError> {
+    let idle = IdleTimeout::try_from(timing.idle_timeout).map_err(|e| TransportError::Config {
+        field: "idle_timeout",
+        reason: e.to_string(),
+    })?;
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(timing.keep_alive))
+        .max_idle_timeout(Some(idle))
+        .max_concurrent_bidi_streams(VarInt::from_u32(0))
+        .max_concurrent_uni_streams(VarInt::from_u32(1))
+        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
+        .send_window(u64::from(CONNECTION_WINDOW));
+    Ok(t)
+}
+
+/// The acceptor's configuration: presents `identity`'s chain and requires a client
+/// certificate signed by the cluster CA.
+pub fn server_config(
+    node: &str,
+    identity: &TlsIdentity,
+    timing: Timing,
+) -> Result<quinn::ServerConfig, TransportError> {
+    let provider = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(roots(node, identity)?, provider.clone())
+            .build()
+            .map_err(|e| tls_error(node, format!("client verifier: {e}")))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_error(node, e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| tls_error(node, format!("node certificate or key: {e}")))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| tls_error(node, e))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport_params(timing)?));
+    Ok(cfg)
+}
+
+/// The dialer's configuration: trusts only the cluster CA and presents `identity`'s chain
+/// as client certificate. The server name given when connecting must be the peer's id.
+pub fn client_config(
+    node: &str,
+    identity: &TlsIdentity,
+    timing: Timing,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let roots = roots(node, identity)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_error(node, e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| tls_error(node, format!("node certificate or key: {e}")))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| tls_error(node, e))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport_params(timing)?));
+    Ok(cfg)
+}
+
+/// Whether a connection error is a failed TLS handshake (a TLS alert, sent or received).
+pub fn is_tls_failure(err: &quinn::ConnectionError) -> bool {
+    let code = match err {
+        quinn::ConnectionError::TransportError(e) => u64::from(e.code),
+        quinn::ConnectionError::ConnectionClosed(c) => u64::from(c.error_code),
+        _ => return false,
+    };
+    (0x100..0x200).contains(&code)
+}

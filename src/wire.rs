@@ -1,0 +1,368 @@
+//! The wire protocol: the one place that knows how messages between peers look on the wire.
+//!
+//! A frame is a 4-byte big-endian payload length followed by the payload. The payload's
+//! first byte is the protocol version ([`PROTOCOL_VERSION`]); the rest is the bincode 2
+//! (serde, standard config) encoding of a [`Message`]. A payload is never larger than
+//! [`MAX_FRAME`]: the length is checked before anything is allocated, and bincode decodes
+//! with the same limit, so hostile bytes cannot make a node allocate more than that.
+//!
+//! This module owns encoding and decoding only. It does not touch sockets (see `transport`)
+//! nor decide what to send (see `core`).
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// Version of the peer protocol; also part of the QUIC ALPN.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// ALPN protocol id negotiated by QUIC; a peer speaking another version fails the handshake.
+pub const ALPN: &[u8] = b"concordant/1";
+
+/// Largest payload accepted or produced, in bytes.
+pub const MAX_FRAME: usize = 32 * 1024 * 1024;
+
+/// Size of the length prefix of every frame.
+pub const HEADER_LEN: usize = 4;
+
+/// What the core aims for when it packs changes into one message: well under [`MAX_FRAME`]
+/// so that framing and per-item overhead never push a batch over the limit.
+pub const BATCH_BUDGET: usize = MAX_FRAME / 4;
+
+/// Errors from decoding or encoding a frame. None of them leaves any state behind.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The length prefix announces a payload over [`MAX_FRAME`]; the frame is refused unread.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// Announced or produced payload length.
+        len: usize,
+        /// The limit, [`MAX_FRAME`].
+        max: usize,
+    },
+    /// A payload of length zero carries no version byte.
+    #[error("empty frame")]
+    Empty,
+    /// The version byte is not one this build speaks.
+    #[error("unknown protocol version {found} (this node speaks {PROTOCOL_VERSION})")]
+    UnknownVersion {
+        /// The version byte received.
+        found: u8,
+    },
+    /// The bytes are not a valid message of this version.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The payload decoded, but bytes were left over after the message.
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+    /// A message could not be encoded (never expected for well-formed values).
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+/// First message on every connection, in both directions: who is speaking and for which
+/// cluster. The acceptor answers only after it has checked the dialer's hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Cluster id; a peer of another cluster is refused.
+    pub cluster: String,
+    /// The sender's node id; must match the node id in its TLS certificate.
+    pub node: String,
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub version: u8,
+}
+
+/// Changes of one document that originated at one node, pushed to a neighbour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocChanges {
+    /// Document id.
+    pub doc: String,
+    /// Node at which these changes were written; decides where they are forwarded.
+    pub origin: String,
+    /// Encoded Automerge changes.
+    pub changes: Vec<ByteBuf>,
+    /// The writer waits for durable acknowledgements of these changes.
+    pub want_ack: bool,
+}
+
+/// Durable acknowledgement: node `by` has these changes of `doc` on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Document id.
+    pub doc: String,
+    /// The node that has made the changes durable.
+    pub by: String,
+    /// Hashes of the acknowledged changes.
+    pub hashes: Vec<[u8; 32]>,
+}
+
+/// One entry of an anti-entropy digest: a document and a hash of its sorted heads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestEntry {
+    /// Document id.
+    pub doc: String,
+    /// [`heads_digest`] of the sender's heads of `doc`.
+    pub heads: u64,
+}
+
+/// Every message between peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Connection handshake.
+    Hello(Hello),
+    /// New changes, grouped by document and origin.
+    Push(Vec<DocChanges>),
+    /// Durable acknowledgement, routed back toward the writer.
+    Ack(Ack),
+    /// Anti-entropy digest of (document, heads) pairs; possibly one of several chunks.
+    Digest(Vec<DigestEntry>),
+    /// One Automerge sync-protocol message for one document.
+    Sync {
+        /// Document id.
+        doc: String,
+        /// Encoded `automerge::sync::Message`.
+        data: ByteBuf,
+    },
+}
+
+impl Message {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Push(_) => "push",
+            Message::Ack(_) => "ack",
+            Message::Digest(_) => "digest",
+            Message::Sync { .. } => "sync",
+        }
+    }
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME>()
+}
+
+/// Encodes `msg` as a complete frame (length prefix included).
+pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out.push(PROTOCOL_VERSION);
+    bincode::serde::encode_into_std_write(msg, &mut out, config())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    let len = out.len() - HEADER_LEN;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    let len32 = u32::try_from(len).map_err(|_| WireError::TooLarge {
+        len,
+        max: MAX_FRAME,
+    })?;
+    out[..HEADER_LEN].copy_from_slice(&len32.to_be_bytes());
+    Ok(out)
+}
+
+/// Reads a length prefix and checks it against [`MAX_FRAME`] before anything is allocated.
+pub fn frame_len(header: [u8; HEADER_LEN]) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    if len == 0 {
+        return Err(WireError::Empty);
+    }
+    Ok(len)
+}
+
+/// Decodes one payload (the bytes after the length prefix).
+pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
+    if payload.len() > MAX_FRAME {
+        return Err(WireError::TooLarge {
+            len: payload.len(),
+            max: MAX_FRAME,
+        });
+    }
+    let (&version, body) = payload.split_first().ok_or(WireError::Empty)?;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::UnknownVersion { found: version });
+    }
+    let (msg, used): (Message, usize) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(WireError::Trailing(body.len() - used));
+    }
+    Ok(msg)
+}
+
+/// Decodes the first complete frame of `buf`: `Ok(None)` if more bytes are needed,
+/// otherwise the message and how many bytes of `buf` it used.
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(Message, usize)>, WireError> {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let mut h = [0u8; HEADER_LEN];
+    h.copy_from_slice(header);
+    let len = frame_len(h)?;
+    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Ok(None);
+    };
+    Ok(Some((decode_payload(payload)?, HEADER_LEN + len)))
+}
+
+/// A stable 64-bit digest of a document's heads (order-independent), for anti-entropy.
+/// FNV-1a over the sorted 32-byte hashes: heads are already cryptographic hashes, so this
+/// only has to be deterministic across nodes and builds.
+pub fn heads_digest(heads: &[[u8; 32]]) -> u64 {
+    let mut sorted: Vec<&[u8; 32]> = heads.iter().collect();
+    sorted.sort_unstable();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for head in sorted {
+        for &b in head.iter() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Message> {
+        vec![
+            Message::Hello(Hello {
+                cluster: "demo".into(),
+                node: "n1".into(),
+                version: PROTOCOL_VERSION,
+            }),
+            Message::Push(vec![DocChanges {
+                doc: "d".into(),
+                origin: "n2".into(),
+                changes: vec![ByteBuf::from(vec![1, 2, 3]), ByteBuf::from(vec![])],
+                want_ack: true,
+            }]),
+            Message::Ack(Ack {
+                doc: "d".into(),
+                by: "n3".into(),
+                hashes: vec![[7; 32]],
+            }),
+            Message::Digest(vec![DigestEntry {
+                doc: "x".into(),
+                heads: 42,
+            }]),
+            Message::Sync {
+                doc: "d".into(),
+                data: ByteBuf::from(vec![0x42; 100]),
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trip_every_message() {
+        for msg in sample() {
+            let bytes = encode(&msg).unwrap();
+            let (back, used) = decode_frame(&bytes).unwrap().unwrap();
+            assert_eq!(back, msg);
+            assert_eq!(used, bytes.len());
+        }
+    }
+
+    #[test]
+    fn truncated_frames_ask_for_more() {
+        for msg in sample() {
+            let bytes = encode(&msg).unwrap();
+            for cut in 0..bytes.len() {
+                assert!(
+                    decode_frame(&bytes[..cut]).unwrap().is_none(),
+                    "cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_payload_is_malformed() {
+        for msg in sample() {
+            let bytes = encode(&msg).unwrap();
+            let payload = &bytes[HEADER_LEN..];
+            for cut in 1..payload.len() {
+                assert!(decode_payload(&payload[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_reading() {
+        let header = ((MAX_FRAME as u32) + 1).to_be_bytes();
+        assert!(matches!(frame_len(header), Err(WireError::TooLarge { .. })));
+        let mut buf = header.to_vec();
+        buf.extend_from_slice(&[0; 16]);
+        assert!(matches!(
+            decode_frame(&buf),
+            Err(WireError::TooLarge { .. })
+        ));
+        assert!(matches!(frame_len([0; 4]), Err(WireError::Empty)));
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let mut bytes = encode(&sample()[0]).unwrap();
+        bytes[HEADER_LEN] = 9;
+        match decode_frame(&bytes) {
+            Err(WireError::UnknownVersion { found: 9 }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // A fixed pseudo-random stream; every prefix and every start offset is decoded.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let garbage: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for start in 0..256 {
+            let _ = decode_payload(&garbage[start..]);
+            let mut p = vec![PROTOCOL_VERSION];
+            p.extend_from_slice(&garbage[start..start + 64]);
+            let _ = decode_payload(&p);
+        }
+    }
+
+    #[test]
+    fn huge_inner_length_does_not_allocate() {
+        // A Push claiming 2^60 documents: must fail, not allocate.
+        let mut p = vec![PROTOCOL_VERSION, 1];
+        p.extend_from_slice(&[0xff, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        assert!(decode_payload(&p).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let bytes = encode(&sample()[3]).unwrap();
+        let mut payload = bytes[HEADER_LEN..].to_vec();
+        payload.push(0);
+        assert!(matches!(
+            decode_payload(&payload),
+            Err(WireError::Trailing(1))
+        ));
+    }
+
+    #[test]
+    fn heads_digest_ignores_order() {
+        let a = [[1u8; 32], [2u8; 32]];
+        let b = [[2u8; 32], [1u8; 32]];
+        assert_eq!(heads_digest(&a), heads_digest(&b));
+        assert_ne!(heads_digest(&a), heads_digest(&a[..1]));
+        assert_ne!(heads_digest(&[]), heads_digest(&a[..1]));
+    }
+}
