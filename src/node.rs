@@ -1,1 +1,0 @@
-//! Placeholder: node (being written).
