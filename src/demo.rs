@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use automerge::transaction::Transactable;
 use automerge::{ChangeHash, ObjType, ReadDoc, ROOT};
 
-use crate::certs::{test_identities, TlsIdentity};
 use crate::config::{RingDirection, TopologyKind, Tuning};
-use crate::node::{Node, NodeBuilder};
-use crate::topology::Topology;
+use crate::local::{LocalCluster, LocalError};
+use crate::node::Node;
 
 /// Errors of the demo.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +21,9 @@ pub enum DemoError {
     /// A node failed.
     #[error(transparent)]
     Node(#[from] crate::node::Error),
+    /// The local cluster failed.
+    #[error(transparent)]
+    Local(#[from] LocalError),
     /// Replicas did not converge in time.
     #[error("replicas did not converge within {0:?}")]
     NoConvergence(Duration),
@@ -31,37 +33,14 @@ const NODES: usize = 5;
 const WRITES_PER_NODE: usize = 200;
 const DOC: &str = "demo";
 
+/// The demo's view of a [`LocalCluster`]: the demo document on every node.
 struct Cluster {
-    dir: tempfile::TempDir,
-    ids: Vec<String>,
-    identities: Vec<TlsIdentity>,
-    topology: Topology,
-    nodes: Vec<Option<Node>>,
-    tuning: Tuning,
+    local: LocalCluster,
 }
 
 impl Cluster {
-    fn builder(&self, i: usize) -> NodeBuilder {
-        NodeBuilder::new(&self.ids[i], "demo", self.identities[i].clone())
-            .topology(self.topology.clone())
-            .data_dir(self.dir.path().join(&self.ids[i]))
-            .tuning(self.tuning.clone())
-    }
-
-    async fn start(&mut self, i: usize, listen: std::net::SocketAddr) -> Result<(), DemoError> {
-        let node = self.builder(i).listen(listen).start().await?;
-        for (j, other) in self.nodes.iter().enumerate() {
-            if let Some(other) = other {
-                other.set_peer_addr(&self.ids[i], node.peer_addr()).await?;
-                node.set_peer_addr(&self.ids[j], other.peer_addr()).await?;
-            }
-        }
-        self.nodes[i] = Some(node);
-        Ok(())
-    }
-
     fn live(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().flatten()
+        self.local.live()
     }
 
     /// Heads of the demo document on every live node.
@@ -124,13 +103,9 @@ async fn write_burst(node: Node, id: String, count: usize) -> Result<(), DemoErr
 async fn burst_all(cluster: &Cluster, count: usize) -> Result<Duration, DemoError> {
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for (i, node) in cluster.nodes.iter().enumerate() {
-        if let Some(node) = node {
-            tasks.push(tokio::spawn(write_burst(
-                node.clone(),
-                cluster.ids[i].clone(),
-                count,
-            )));
+    for (i, id) in cluster.local.ids().iter().enumerate() {
+        if let Some(node) = cluster.local.node(i) {
+            tasks.push(tokio::spawn(write_burst(node.clone(), id.clone(), count)));
         }
     }
     for t in tasks {
@@ -141,42 +116,38 @@ async fn burst_all(cluster: &Cluster, count: usize) -> Result<Duration, DemoErro
 
 /// Runs the demo, printing as it goes. Returns whether every replica ended identical.
 pub async fn run() -> Result<bool, DemoError> {
-    let ids: Vec<String> = (1..=NODES).map(|i| format!("n{i}")).collect();
-    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let identities =
-        test_identities("demo", &id_refs).map_err(|e| DemoError::Setup(e.to_string()))?;
-    let dir = tempfile::tempdir().map_err(|e| DemoError::Setup(e.to_string()))?;
-    let topology = Topology::new(
-        TopologyKind::Ring(RingDirection::Both),
-        ids.clone(),
-        Vec::new(),
-    );
     let tuning = Tuning {
         anti_entropy_ms: 1_000,
         ..Tuning::default()
     };
-    let mut cluster = Cluster {
-        dir,
-        ids,
-        identities,
-        topology,
-        nodes: (0..NODES).map(|_| None).collect(),
+    let local = LocalCluster::start(
+        "demo",
+        NODES,
+        TopologyKind::Ring(RingDirection::Both),
+        Vec::new(),
         tuning,
-    };
+    )
+    .await?;
+    let cluster = Cluster { local };
     println!("concordant demo: {NODES} nodes in a ring (n1-n2-n3-n4-n5-n1), QUIC + mutual TLS on 127.0.0.1,");
     println!(
         "durable storage (redb, fsync) in {}",
-        cluster.dir.path().display()
+        cluster.local.dir().display()
     );
-    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    for i in 0..NODES {
-        cluster.start(i, any).await?;
+    let start = Instant::now();
+    if cluster.local.wait_linked(Duration::from_secs(10)).await? {
+        println!(
+            "   all {NODES} nodes linked in {} ms",
+            start.elapsed().as_millis()
+        );
+    } else {
+        println!("   (not every link came up within 10 s)");
     }
-    wait_links(&cluster, NODES, Duration::from_secs(10)).await;
+    let mut cluster = cluster;
 
     // One node creates the shared list and counter; concurrent creation of the same key
     // on several nodes would be a conflict with one winner.
-    if let Some(n1) = &cluster.nodes[0] {
+    if let Some(n1) = cluster.local.node(0) {
         n1.change(DOC, |tx| {
             tx.put_object(ROOT, "log", ObjType::List)?;
             tx.put(ROOT, "writes", automerge::ScalarValue::counter(0))?;
@@ -194,17 +165,8 @@ pub async fn run() -> Result<bool, DemoError> {
     report(&cluster, took, conv).await?;
 
     let victim = 2;
-    let victim_addr = cluster.nodes[victim]
-        .as_ref()
-        .map(|n| n.peer_addr())
-        .unwrap_or(any);
-    println!(
-        "\n2. stopping {} (its neighbours n2 and n4 lose their link)",
-        cluster.ids[victim]
-    );
-    if let Some(node) = cluster.nodes[victim].take() {
-        node.shutdown().await?;
-    }
+    println!("\n2. stopping n3 (its neighbours n2 and n4 lose their link)");
+    cluster.local.stop_node(victim).await?;
     wait_healed(&cluster, Duration::from_secs(10)).await?;
 
     println!("\n3. the other four keep writing: {WRITES_PER_NODE} entries each");
@@ -212,19 +174,13 @@ pub async fn run() -> Result<bool, DemoError> {
     let conv = cluster.wait_converged(Duration::from_secs(30)).await?;
     report(&cluster, took, conv).await?;
 
-    println!(
-        "\n4. restarting {} from its data directory",
-        cluster.ids[victim]
-    );
+    println!("\n4. restarting n3 from its data directory");
     let restart = Instant::now();
-    cluster.start(victim, victim_addr).await?;
-    if let Some(node) = &cluster.nodes[victim] {
-        println!(
-            "   {} reloaded {} entries from disk; catching up...",
-            cluster.ids[victim],
-            cluster.items(node).await?
-        );
-    }
+    let node = cluster.local.start_node(victim).await?.clone();
+    println!(
+        "   n3 reloaded {} entries from disk; catching up...",
+        cluster.items(&node).await?
+    );
     let conv = cluster.wait_converged(Duration::from_secs(30)).await?;
     println!(
         "   caught up {:.0} ms after the restart began ({} ms after the node was running)",
@@ -234,17 +190,15 @@ pub async fn run() -> Result<bool, DemoError> {
 
     println!("\n5. final state");
     let ok = final_check(&cluster).await?;
-    for node in cluster.live() {
-        node.shutdown().await?;
-    }
+    cluster.local.shutdown().await?;
     Ok(ok)
 }
 
 async fn report(cluster: &Cluster, took: Duration, conv: Duration) -> Result<(), DemoError> {
     let mut counts = Vec::new();
-    for (i, node) in cluster.nodes.iter().enumerate() {
-        if let Some(node) = node {
-            counts.push(format!("{}={}", cluster.ids[i], cluster.items(node).await?));
+    for (i, id) in cluster.local.ids().iter().enumerate() {
+        if let Some(node) = cluster.local.node(i) {
+            counts.push(format!("{id}={}", cluster.items(node).await?));
         }
     }
     println!(
@@ -256,62 +210,30 @@ async fn report(cluster: &Cluster, took: Duration, conv: Duration) -> Result<(),
     Ok(())
 }
 
-async fn wait_links(cluster: &Cluster, nodes: usize, limit: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        let mut up = 0;
-        for node in cluster.live() {
-            if let Ok(s) = node.status().await {
-                if s.peers.iter().filter(|p| p.linked && p.connected).count() >= 2 {
-                    up += 1;
-                }
-            }
-        }
-        if up == nodes {
-            println!(
-                "   all {nodes} nodes linked in {} ms",
-                start.elapsed().as_millis()
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    println!("   (not every link came up within {limit:?})");
-}
-
 async fn wait_healed(cluster: &Cluster, limit: Duration) -> Result<(), DemoError> {
     let start = Instant::now();
     while start.elapsed() < limit {
-        let mut healed = Vec::new();
+        let mut healed = true;
+        let mut bridge = false;
         for node in cluster.live() {
             let s = node.status().await?;
-            let ring_ok = s.peers.iter().filter(|p| p.linked && p.connected).count() >= 2;
-            if ring_ok {
-                for p in s.peers.iter().filter(|p| p.linked && p.connected) {
-                    healed.push(format!("{}-{}", s.node, p.id));
-                }
-            } else {
-                healed.clear();
-                break;
-            }
-        }
-        if !healed.is_empty() {
-            let around: Vec<&String> = healed
+            let up: Vec<&str> = s
+                .peers
                 .iter()
-                .filter(|l| l.as_str() == "n2-n4" || l.as_str() == "n4-n2")
+                .filter(|p| p.linked && p.connected)
+                .map(|p| p.id.as_str())
                 .collect();
+            healed &= up.len() >= 2;
+            bridge |= s.node == "n2" && up.contains(&"n4");
+        }
+        if healed && bridge {
             println!(
-                "   ring healed in {} ms: {}",
-                start.elapsed().as_millis(),
-                if around.is_empty() {
-                    "links re-formed".to_string()
-                } else {
-                    "n2 and n4 now link directly".to_string()
-                }
+                "   ring healed in {} ms: n2 and n4 now link directly",
+                start.elapsed().as_millis()
             );
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     println!("   (ring did not heal within {limit:?})");
     Ok(())
@@ -325,30 +247,28 @@ async fn final_check(cluster: &Cluster) -> Result<bool, DemoError> {
     }
     let expected = WRITES_PER_NODE * NODES + WRITES_PER_NODE * (NODES - 1);
     let mut ok = heads.windows(2).all(|w| w[0] == w[1]) && jsons.windows(2).all(|w| w[0] == w[1]);
-    for (i, node) in cluster.nodes.iter().enumerate() {
-        if let Some(node) = node {
-            let items = cluster.items(node).await?;
-            let writes = node
-                .with_doc(DOC, |d| match d.get(ROOT, "writes") {
-                    Ok(Some((automerge::Value::Scalar(s), _))) => match s.as_ref() {
-                        automerge::ScalarValue::Counter(c) => i64::from(c),
-                        _ => -1,
-                    },
+    for (i, id) in cluster.local.ids().iter().enumerate() {
+        let Some(node) = cluster.local.node(i) else {
+            continue;
+        };
+        let items = cluster.items(node).await?;
+        let writes = node
+            .with_doc(DOC, |d| match d.get(ROOT, "writes") {
+                Ok(Some((automerge::Value::Scalar(s), _))) => match s.as_ref() {
+                    automerge::ScalarValue::Counter(c) => i64::from(c),
                     _ => -1,
-                })
-                .await?
-                .unwrap_or(-1);
-            let head = heads[i]
-                .iter()
-                .map(|h| hex::encode(&h.0[..4]))
-                .collect::<Vec<_>>()
-                .join(",");
-            println!(
-                "   {}: {items} entries, counter {writes}, heads [{head}]",
-                cluster.ids[i]
-            );
-            ok &= items == expected && writes == expected as i64;
-        }
+                },
+                _ => -1,
+            })
+            .await?
+            .unwrap_or(-1);
+        let head = heads[i]
+            .iter()
+            .map(|h| hex::encode(&h.0[..4]))
+            .collect::<Vec<_>>()
+            .join(",");
+        println!("   {id}: {items} entries, counter {writes}, heads [{head}]");
+        ok &= items == expected && writes == expected as i64;
     }
     if ok {
         println!("\nconverged: all {NODES} replicas have identical heads and identical JSON ({expected} entries each)");

@@ -15,17 +15,25 @@
 //! - [`ops`] and [`json`]: the JSON operations of the HTTP API and documents as JSON.
 //! - [`demo`]: `concordant demo`, a local cluster showing failure and catch-up.
 //! - [`node`]: the driver joining core, transport and storage; the embeddable [`Node`].
+//! - [`local`]: a local cluster of N nodes in one process (demo, bench, experiments).
+//! - [`bench`]: `concordant bench`, the convergence benchmark.
+//! - [`api`]: the HTTP API of a node (axum): JSON endpoints, change events, metrics.
+//! - [`client`]: an HTTP client for the API and the command line's client commands.
 #![deny(missing_docs)]
 
 pub use config::Config;
 pub use node::{Error, Node, NodeBuilder};
 
+pub mod api;
+pub mod bench;
 pub mod certs;
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod demo;
 pub mod init;
 pub mod json;
+pub mod local;
 pub mod node;
 pub mod ops;
 pub mod storage;

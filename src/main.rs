@@ -1,10 +1,13 @@
 //! The `concordant` command line: parses flags, sets up logging and calls the library.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use concordant::client::{self, Client};
 use concordant::config::{Config, RingDirection, TopologyKind};
 use concordant::init::{init_cluster, InitOptions};
 use concordant::node::{Node, NodeConfig};
@@ -64,6 +67,121 @@ enum Command {
     },
     /// A five-node local cluster in a few seconds: writes, a node stopped, catch-up.
     Demo,
+    /// The convergence benchmark: N nodes in this process over real QUIC on loopback.
+    Bench(BenchArgs),
+    /// Print a document as JSON.
+    Get {
+        /// Document id.
+        doc: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Apply operations to a document as one atomic change.
+    Op {
+        /// Document id (created if new).
+        doc: String,
+        /// A JSON list of ops, one op object, or a whole request
+        /// (e.g. '{"op":"set","path":["title"],"value":"hello"}').
+        #[arg(long)]
+        ops: String,
+        /// Write concern: local (default), a number of peers, or all.
+        #[arg(long)]
+        ack: Option<String>,
+        /// How long to wait for the write concern, in milliseconds (default 5000).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List a node's documents with their heads.
+    Docs {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A node's status; with --config and no --node, a table of every node (exit status 0
+    /// only if every node answers, all its links are up and all heads match).
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Check that a node serves (no token needed).
+    Health {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a document's change events (new heads) as they happen.
+    Watch {
+        /// Document id.
+        doc: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which node a client command talks to.
+#[derive(clap::Args)]
+struct Target {
+    /// Topology file: the node's API address and the token come from it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The node of the topology file to talk to.
+    #[arg(long)]
+    node: Option<String>,
+    /// The node's API URL, e.g. http://127.0.0.1:8101 (instead of --config and --node).
+    #[arg(long, conflicts_with_all = ["config", "node"])]
+    url: Option<String>,
+    /// The API token (with --url).
+    #[arg(long, requires = "url")]
+    token: Option<String>,
+}
+
+impl Target {
+    fn client(&self) -> Result<Client> {
+        match (&self.url, &self.config, &self.node) {
+            (Some(url), _, _) => Ok(Client::new(url, self.token.clone())?),
+            (None, Some(config), Some(node)) => {
+                let config = Config::load(config)?;
+                Ok(Client::for_node(&config, node)?)
+            }
+            (None, Some(_), None) => bail!("--config needs --node ID to choose a node"),
+            (None, None, _) => bail!("say which node: --config FILE --node ID, or --url URL"),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Topology (ring: both directions).
+    #[arg(long, value_enum, default_value = "mesh")]
+    topology: BenchTopology,
+    /// Documents the writes are spread over.
+    #[arg(long, default_value_t = 100)]
+    docs: usize,
+    /// Writes in the throughput and catch-up phases.
+    #[arg(long, default_value_t = 20_000)]
+    writes: usize,
+    /// Aim for this many writes per second in the throughput phase.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Samples in the latency phase.
+    #[arg(long, default_value_t = 500)]
+    samples: usize,
+    /// Print one last line of JSON with the results.
+    #[arg(long)]
+    json: bool,
+    /// Write the full results (per-write latencies included) to this JSON file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchTopology {
+    Mesh,
+    Ring,
+    RingForward,
 }
 
 fn main() -> ExitCode {
@@ -120,13 +238,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             logging("info");
             let config = Config::load(&config)?;
             let node_config = NodeConfig::from_file(&config, &id)?;
-            runtime.block_on(async {
-                let node = Node::start(node_config).await?;
-                tracing::info!(node = %id, "running; stop with Ctrl-C or SIGTERM");
-                shutdown_signal().await?;
-                node.shutdown().await?;
-                Ok(ExitCode::SUCCESS)
-            })
+            let api = config
+                .node(&id)
+                .map(|n| n.api)
+                .context("node missing from the topology")?;
+            runtime.block_on(run_nodes(
+                vec![(node_config, api)],
+                config.api_token.clone(),
+            ))
         }
         Command::Up { config } => {
             logging("info");
@@ -137,22 +256,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let configs = config
                 .nodes
                 .iter()
-                .map(|n| NodeConfig::from_file(&config, &n.id))
-                .collect::<Result<Vec<_>, _>>()?;
-            runtime.block_on(async {
-                let mut nodes = Vec::new();
-                for c in configs {
-                    nodes.push(Node::start(c).await?);
-                }
-                tracing::info!(
-                    nodes = nodes.len(),
-                    "cluster running; stop with Ctrl-C or SIGTERM"
-                );
-                shutdown_signal().await?;
-                for node in nodes {
-                    node.shutdown().await?;
-                }
-                Ok(ExitCode::SUCCESS)
+                .map(|n| Ok((NodeConfig::from_file(&config, &n.id)?, n.api)))
+                .collect::<Result<Vec<_>>>()?;
+            runtime.block_on(run_nodes(configs, config.api_token.clone()))
+        }
+        Command::Bench(args) => {
+            logging("error");
+            let opts = concordant::bench::BenchOptions {
+                nodes: args.nodes,
+                topology: match args.topology {
+                    BenchTopology::Mesh => TopologyKind::Mesh,
+                    BenchTopology::Ring => TopologyKind::Ring(RingDirection::Both),
+                    BenchTopology::RingForward => TopologyKind::Ring(RingDirection::Forward),
+                },
+                docs: args.docs,
+                writes: args.writes,
+                rate: args.rate,
+                latency_samples: args.samples,
+                progress: true,
+            };
+            let report = runtime.block_on(concordant::bench::run(&opts))?;
+            println!("{}", report.human());
+            if let Some(path) = &args.out {
+                std::fs::write(path, report.full_json())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("full results written to {}", path.display());
+            }
+            if args.json {
+                println!("{}", report.summary_json());
+            }
+            Ok(if report.converged {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             })
         }
         Command::Demo => {
@@ -164,6 +300,101 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Get { doc, target } => {
+            runtime.block_on(async { print_json(&client::get(&target.client()?, &doc).await?) })
+        }
+        Command::Op {
+            doc,
+            ops,
+            ack,
+            timeout_ms,
+            target,
+        } => runtime.block_on(async {
+            let request = client::op_request(&ops, ack.as_deref(), timeout_ms)?;
+            print_json(&client::op(&target.client()?, &doc, &request).await?)
+        }),
+        Command::Docs { target } => {
+            runtime.block_on(async { print_json(&client::docs(&target.client()?).await?) })
+        }
+        Command::Health { target } => {
+            runtime.block_on(async { print_json(&client::health(&target.client()?).await?) })
+        }
+        Command::Status { target } => runtime.block_on(async {
+            match (&target.config, &target.node, &target.url) {
+                (Some(config), None, None) => {
+                    let config = Config::load(config)?;
+                    let cluster = client::cluster_status(&config, Duration::from_secs(5)).await;
+                    print!("{}", cluster.table());
+                    Ok(if cluster.healthy() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+                _ => print_json(&client::status(&target.client()?).await?),
+            }
+        }),
+        Command::Watch { doc, target } => runtime.block_on(async {
+            let mut events = client::watch(&target.client()?, &doc).await?;
+            while let Some(event) = events.next().await? {
+                println!("{}", event.data);
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs nodes, each with its HTTP API, until SIGINT or SIGTERM; then stops the APIs and
+/// shuts the nodes down cleanly. Every API address is bound before any node starts.
+async fn run_nodes(
+    configs: Vec<(NodeConfig, SocketAddr)>,
+    token: Option<String>,
+) -> Result<ExitCode> {
+    let mut listeners = Vec::new();
+    for (config, api) in &configs {
+        let listener = concordant::api::bind(*api)
+            .await
+            .with_context(|| format!("node {}", config.id))?;
+        listeners.push(listener);
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut nodes = Vec::new();
+    let mut servers = tokio::task::JoinSet::new();
+    for ((config, _), listener) in configs.into_iter().zip(listeners) {
+        let id = config.id.clone();
+        let node = Node::start(config)
+            .await
+            .with_context(|| format!("node {id}"))?;
+        let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let server = concordant::api::serve(node.clone(), listener, token.clone(), stopped);
+        servers.spawn(async move { server.await.with_context(|| format!("node {id}")) });
+        nodes.push(node);
+    }
+    tracing::info!(nodes = nodes.len(), "running; stop with Ctrl-C or SIGTERM");
+    let failed = tokio::select! {
+        r = shutdown_signal() => { r?; None }
+        Some(done) = servers.join_next() => Some(match done {
+            Ok(Ok(())) => anyhow::anyhow!("an HTTP API stopped unexpectedly"),
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!("an HTTP API task failed: {e}"),
+        }),
+    };
+    let _ = stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    for node in nodes {
+        node.shutdown().await?;
+    }
+    match failed {
+        None => Ok(ExitCode::SUCCESS),
+        Some(e) => Err(e),
     }
 }
 

@@ -715,18 +715,22 @@ impl Replica {
         }
         let after = state.doc.get_heads();
         if after != before {
-            let new: Vec<Vec<u8>> = state
-                .doc
-                .get_changes(&before)
-                .iter()
-                .map(|c| c.raw_bytes().to_vec())
-                .collect();
+            let changes = state.doc.get_changes(&before);
+            let hashes: Vec<[u8; 32]> = changes.iter().map(|c| c.hash().0).collect();
+            let new: Vec<Vec<u8>> = changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
             state.last_change_ms = now;
             self.stats.repaired_changes += new.len() as u64;
             self.effects.push(Effect::Notify {
                 doc: doc.to_string(),
                 heads: after,
             });
+            // Acknowledge repaired changes to the peer they came from once durable, like
+            // pushed ones: a write whose push was lost (dead connection, full queue) would
+            // otherwise never meet its write concern although every node has it.
+            self.batch_acks
+                .entry((from.to_string(), doc.to_string()))
+                .or_default()
+                .extend(hashes);
             let me = self.id.clone();
             self.accept_new(doc, &me, Some(from), false, new);
         }

@@ -254,7 +254,7 @@ impl Driver {
                     }
                     Ok(w) => match (w.hash, w.persist_token) {
                         (Some(hash), Some(token)) => {
-                            let deadline = now + timeout.as_millis() as u64;
+                            let deadline = now.saturating_add(timeout.as_millis() as u64);
                             self.writes.wait(
                                 token,
                                 hash,
@@ -418,11 +418,13 @@ impl Driver {
     async fn stop(&mut self, reply: Option<oneshot::Sender<()>>) {
         self.replica.flush();
         self.run_effects();
+        self.transport.shutdown().await;
+        // Everything queued is committed, then the store is closed (its file released, so
+        // the same data directory can be opened again at once).
         let (tx, rx) = oneshot::channel();
-        if self.jobs.send(StoreJob::Barrier(tx)).is_ok() {
+        if self.jobs.send(StoreJob::Close(tx)).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
         }
-        self.transport.shutdown().await;
         tracing::info!(node = %self.id, "stopped");
         if let Some(reply) = reply {
             let _ = reply.send(());

@@ -18,8 +18,8 @@ pub(crate) enum StoreJob {
         snapshot: Vec<u8>,
         keep: Vec<Vec<u8>>,
     },
-    /// Answered once every job queued before it is done.
-    Barrier(tokio::sync::oneshot::Sender<()>),
+    /// Closes the store (releasing its file) and answers; later jobs are refused.
+    Close(tokio::sync::oneshot::Sender<()>),
 }
 
 /// What the storage thread reports back.
@@ -53,7 +53,11 @@ pub(crate) fn spawn(
                 while let Ok(more) = rx.try_recv() {
                     jobs.push(more);
                 }
-                run_jobs(store.as_mut(), jobs, compact_after, &done);
+                if let Some(close) = run_jobs(store.as_mut(), jobs, compact_after, &done) {
+                    drop(store);
+                    let _ = close.send(());
+                    return;
+                }
             }
         })
         .map(|_| ())
@@ -62,13 +66,14 @@ pub(crate) fn spawn(
 }
 
 /// Runs jobs in order; consecutive appends share one commit. Order matters: a compaction's
-/// snapshot holds exactly the changes appended before it was queued.
+/// snapshot holds exactly the changes appended before it was queued. Returns the reply of
+/// a `Close` job, after which nothing more runs.
 fn run_jobs(
     store: &mut dyn Store,
     jobs: Vec<StoreJob>,
     compact_after: usize,
     done: &mpsc::UnboundedSender<StoreDone>,
-) {
+) -> Option<tokio::sync::oneshot::Sender<()>> {
     let mut tokens = Vec::new();
     let mut batch: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
     for job in jobs {
@@ -86,13 +91,14 @@ fn run_jobs(
                 let result = store.compact(&doc, snapshot, keep);
                 let _ = done.send(StoreDone::Compacted { doc, result });
             }
-            StoreJob::Barrier(reply) => {
+            StoreJob::Close(reply) => {
                 commit(store, &mut tokens, &mut batch, compact_after, done);
-                let _ = reply.send(());
+                return Some(reply);
             }
         }
     }
     commit(store, &mut tokens, &mut batch, compact_after, done);
+    None
 }
 
 fn commit(
@@ -107,7 +113,15 @@ fn commit(
     }
     let batch = std::mem::take(batch);
     let mut docs: Vec<String> = batch.iter().map(|(d, _)| d.clone()).collect();
+    let changes: usize = batch.iter().map(|(_, c)| c.len()).sum();
+    let started = std::time::Instant::now();
     let result = store.append(batch).map_err(|e| e.to_string());
+    tracing::debug!(
+        changes,
+        batches = tokens.len(),
+        micros = started.elapsed().as_micros() as u64,
+        "storage commit"
+    );
     docs.sort();
     docs.dedup();
     let compact = docs

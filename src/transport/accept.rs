@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 
+use super::admit::NewLink;
 use super::dial::{HANDSHAKE_TIMEOUT, HELLO_TIMEOUT};
 use super::frames::{FrameError, FrameReader};
-use super::state::{code, wait_closing, Inner, NewLink};
+use super::state::{code, wait_closing, Inner};
 use super::stats::Reject;
 use super::tls::is_tls_failure;
 use crate::certs::cert_node_id_matches;
@@ -28,7 +29,7 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
         let Some(incoming) = incoming else {
             break;
         };
-        tokio::spawn(accept_one(inner.clone(), incoming));
+        inner.spawn(accept_one(inner.clone(), incoming));
     }
 }
 
@@ -144,7 +145,8 @@ async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
             return;
         }
     };
-    inner.await_own_dial(&hello.node, HELLO_TIMEOUT).await;
+    // Well within the dialer's own hello timeout.
+    inner.await_own_dial(&hello.node, HELLO_TIMEOUT / 2).await;
     let new = NewLink {
         conn,
         send,

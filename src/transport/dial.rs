@@ -10,11 +10,13 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::watch;
 
+use super::admit::{DialPermit, NewLink, Refusal};
 use super::frames::{FrameError, FrameReader};
-use super::state::{code, wait_closing, DialPermit, Inner, NewLink, Refusal};
+use super::state::{code, wait_closing, Inner};
 use super::stats::{PeerCounters, Reject};
 use super::tls::is_tls_failure;
 use super::TransportEvent;
+use crate::certs::node_dns_name;
 use crate::wire::{self, Hello, Message, WireError, PROTOCOL_VERSION};
 
 /// Longest wait for the QUIC/TLS handshake (the idle timeout usually ends it sooner).
@@ -30,8 +32,8 @@ pub(crate) struct DialTarget {
     pub(crate) generation: u64,
     /// Completes (with an error) when the wish is withdrawn.
     pub(crate) cancel: watch::Receiver<()>,
-    /// Number of live links to the peer, in either direction.
-    pub(crate) links: watch::Receiver<usize>,
+    /// Whether the peer has a link, in either direction.
+    pub(crate) connected: watch::Receiver<bool>,
     pub(crate) counters: Arc<PeerCounters>,
 }
 
@@ -104,7 +106,7 @@ pub(crate) async fn dial_loop(inner: Arc<Inner>, mut t: DialTarget) {
         let stop = tokio::select! {
             _ = t.cancel.changed() => true,
             _ = wait_closing(&mut closing) => true,
-            r = t.links.wait_for(|n| *n == 0) => r.is_err(),
+            r = t.connected.wait_for(|c| !*c) => r.is_err(),
         };
         if stop {
             return;
@@ -222,7 +224,8 @@ async fn dial_once(inner: &Arc<Inner>, t: &DialTarget) -> Result<Outcome, DialEr
     let Some(endpoint) = inner.endpoint() else {
         return Ok(Outcome::Stopped);
     };
-    let connecting = endpoint.connect_with(inner.client_config.clone(), t.addr, &t.peer)?;
+    let server_name = node_dns_name(&t.peer);
+    let connecting = endpoint.connect_with(inner.client_config.clone(), t.addr, &server_name)?;
     drop(endpoint);
     let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
         Err(_) => return Err(DialError::Timeout("TLS handshake")),

@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use super::frames::{FrameError, FrameReader};
-use super::state::{code, wait_closing, Inner, SharedQueue, WriterGuard};
+use super::peers::SharedQueue;
+use super::state::{code, wait_closing, Inner, WriterGuard};
 use super::stats::{PeerCounters, Reject};
 use super::TransportEvent;
 use crate::wire::{self, Message};
@@ -151,6 +152,9 @@ pub(crate) async fn run_writer(inner: Arc<Inner>, args: WriterArgs, _guard: Writ
                 return;
             }
             counters.sent(count, buf.len() as u64);
+        }
+        if buf.capacity() > 4 * BATCH_BYTES {
+            buf = Vec::new(); // do not keep a huge message's buffer for the link's lifetime
         }
         if flushing && buf.is_empty() {
             finish(&mut send).await;

@@ -9,30 +9,43 @@
 //! # Protocol
 //! - Mutual TLS 1.3: each side presents a certificate signed by the cluster CA; the dialer
 //!   checks that the acceptor's certificate is valid for the node id it dialed (the TLS
-//!   server name), ALPN is [`crate::wire::ALPN`].
+//!   server name is [`crate::certs::node_dns_name`] of the id); ALPN is
+//!   [`crate::wire::ALPN`].
 //! - The dialer opens a unidirectional stream and sends [`Message::Hello`]. The acceptor
 //!   checks cluster, version, membership and that the client certificate is valid for the
 //!   claimed id; it refuses by closing the connection (application error code and reason,
 //!   nothing else sent). Only then does it open its own stream and answer with its Hello.
 //! - After the Hellos, each side sends its messages as frames on its one long-lived stream.
-//! - One connection per pair: when both sides dialed, only the node with the smaller id
-//!   resolves the duplicate, keeping the connection it dialed, so both sides keep the same
-//!   one and neither emits Down/Up for it. A new connection dialed by the same side as an
-//!   existing one replaces it (the old one is stale: its dialer lost it).
+//! - One connection per pair: a node dials only while it has no link to the peer. When both
+//!   dial at once, the node with the smaller id refuses the other's connection (waiting for
+//!   its own attempt first) and keeps the one it dialed; the refused one never carried a
+//!   message and causes no event. Any other new connection replaces an existing one, which is
+//!   stale (its dialer only dialed because it had lost it): the owner sees Down then Up.
+//!
+//! # Delivery
+//! Messages to one peer arrive in the order they were queued, once at most: a message
+//! queued when the link drops is lost (the queue belongs to one Up..Down period), and
+//! `send` refuses at once when the queue is full. Repair is the caller's job (anti-entropy
+//! on Up and periodically). Received messages wait for room in the event channel, which
+//! slows the sending peer down through QUIC flow control.
 //!
 //! # Files
 //! - `tls.rs`: rustls and quinn configuration.
 //! - `frames.rs`: reading frames from a stream.
 //! - `stats.rs`: counters and the [`TransportStats`] snapshot.
-//! - `state.rs`: the shared state, link admission and removal, events.
+//! - `state.rs`: the shared state and the operations of the handle.
+//! - `peers.rs`: the per-peer records.
+//! - `admit.rs`: which connection is a peer's link; Up and Down events.
 //! - `dial.rs`: the dial loop with backoff and the dialer's handshake.
 //! - `accept.rs`: the accept loop and the acceptor's handshake.
 //! - `link.rs`: the reader and writer task of one connection.
 
 mod accept;
+mod admit;
 mod dial;
 mod frames;
 mod link;
+mod peers;
 mod state;
 mod stats;
 pub mod tls;
@@ -46,6 +59,7 @@ use tokio::sync::mpsc;
 use crate::certs::TlsIdentity;
 use crate::wire::Message;
 
+pub use state::code;
 use state::Inner;
 pub use stats::{PeerStats, RejectedStats, TrafficTotals, TransportStats};
 
@@ -54,7 +68,8 @@ pub use stats::{PeerStats, RejectedStats, TrafficTotals, TransportStats};
 pub struct TransportConfig {
     /// Cluster id; a peer whose Hello names another cluster is refused.
     pub cluster: String,
-    /// This node's id; its certificate must be valid for it as a DNS name.
+    /// This node's id; its certificate must be valid for it (see
+    /// [`crate::certs::node_dns_name`]).
     pub node: String,
     /// UDP address to bind (port 0 picks a free port; see [`Transport::local_addr`]).
     pub listen: SocketAddr,
@@ -207,7 +222,7 @@ impl Transport {
             field: "listen",
             reason: "endpoint closed while starting".into(),
         })?;
-        tokio::spawn(accept::accept_loop(inner.clone(), endpoint));
+        inner.spawn(accept::accept_loop(inner.clone(), endpoint));
         Ok(Transport {
             _guard: Arc::new(CloseOnDrop(inner.clone())),
             inner,

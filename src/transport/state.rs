@@ -1,14 +1,12 @@
-//! The transport's shared state: settings, the endpoint, the peers with their links and
-//! send queues, and the rules that decide which connection becomes (or stays) a peer's link.
-//! Every change to a peer's set of links happens under one async `transitions` lock that is
-//! held until the resulting Up/Down event has been delivered, so events of a peer are
-//! emitted in the order the changes happened. The std mutex on the state itself is never
-//! held across an await.
+//! The transport's shared core: settings, the endpoint, the peer table, the event channel
+//! and the shutdown flag, plus the operations of the public handle (connect, disconnect,
+//! send, stats, shutdown). The std mutex on the peer table is never held across an await.
 //!
-//! Does not read or write streams (see `link.rs`) nor perform handshakes (`dial.rs`,
-//! `accept.rs`).
+//! Link admission and removal are in `admit.rs`; streams are read and written in `link.rs`;
+//! handshakes are in `dial.rs` and `accept.rs`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,40 +15,40 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
-use super::frames::FrameReader;
-use super::stats::{PeerCounters, PeerStats, RejectCounters, TransportStats};
+use super::peers::{Peers, Wanted};
+use super::stats::{PeerStats, RejectCounters, TransportStats};
 use super::tls::{self, Timing};
-use super::{link, SendError, TransportConfig, TransportError, TransportEvent};
+use super::{SendError, TransportConfig, TransportError, TransportEvent};
 use crate::wire::Message;
 
 /// How long `shutdown` waits for queued frames to be written and read by the peers.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long `shutdown` waits for the peers to acknowledge the closes.
-const IDLE_TIMEOUT: Duration = Duration::from_millis(500);
+const IDLE_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// Application error codes used when this node closes a connection.
-pub(crate) mod code {
+/// Application error codes this node sends when it closes a connection.
+pub mod code {
     use quinn::VarInt;
     /// The peer finished its stream, or the link is no longer used.
-    pub(crate) const DONE: VarInt = VarInt::from_u32(0);
+    pub const DONE: VarInt = VarInt::from_u32(0);
     /// This node is shutting down.
-    pub(crate) const SHUTDOWN: VarInt = VarInt::from_u32(1);
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(1);
     /// The Hello named another cluster.
-    pub(crate) const WRONG_CLUSTER: VarInt = VarInt::from_u32(2);
+    pub const WRONG_CLUSTER: VarInt = VarInt::from_u32(2);
     /// The Hello was missing, malformed, late, unexpected or of another version.
-    pub(crate) const BAD_HELLO: VarInt = VarInt::from_u32(3);
+    pub const BAD_HELLO: VarInt = VarInt::from_u32(3);
     /// The Hello named a node that is not a member.
-    pub(crate) const UNKNOWN_NODE: VarInt = VarInt::from_u32(4);
+    pub const UNKNOWN_NODE: VarInt = VarInt::from_u32(4);
     /// The Hello named a node the certificate is not valid for.
-    pub(crate) const CERT_MISMATCH: VarInt = VarInt::from_u32(5);
+    pub const CERT_MISMATCH: VarInt = VarInt::from_u32(5);
     /// A malformed frame after the handshake.
-    pub(crate) const BAD_FRAME: VarInt = VarInt::from_u32(6);
-    /// Another connection between the same two nodes is kept instead.
-    pub(crate) const DUPLICATE: VarInt = VarInt::from_u32(7);
-    /// A newer connection from the same dialer replaced this one.
-    pub(crate) const REPLACED: VarInt = VarInt::from_u32(8);
+    pub const BAD_FRAME: VarInt = VarInt::from_u32(6);
+    /// Both nodes dialed; the connection dialed by the node with the smaller id is kept.
+    pub const DUPLICATE: VarInt = VarInt::from_u32(7);
+    /// A newer connection between the same two nodes replaced this (stale) one.
+    pub const REPLACED: VarInt = VarInt::from_u32(8);
     /// The dialer no longer wants the link.
-    pub(crate) const DISCONNECT: VarInt = VarInt::from_u32(9);
+    pub const DISCONNECT: VarInt = VarInt::from_u32(9);
 }
 
 /// The parts of [`TransportConfig`] used after start-up.
@@ -63,107 +61,6 @@ pub(crate) struct Settings {
     pub(crate) send_queue: usize,
 }
 
-/// The receiving end of a peer's send queue, shared by the writers of its links: the writer
-/// holding the lock drains it, so queued messages survive a switch between duplicate links.
-pub(crate) type SharedQueue = Arc<tokio::sync::Mutex<mpsc::Receiver<Message>>>;
-
-/// The queue of one connected period of a peer (from Up to Down).
-struct Session {
-    tx: mpsc::Sender<Message>,
-    rx: SharedQueue,
-}
-
-/// Our wish to keep a link to a peer; dropping it cancels the dial loop.
-struct Wanted {
-    addr: SocketAddr,
-    generation: u64,
-    _cancel: watch::Sender<()>,
-}
-
-/// One live, handshaken connection.
-struct Link {
-    id: u64,
-    conn: quinn::Connection,
-    dialed_by_us: bool,
-}
-
-struct Peer {
-    wanted: Option<Wanted>,
-    links: Vec<Link>,
-    session: Option<Session>,
-    counters: Arc<PeerCounters>,
-    link_count: watch::Sender<usize>,
-    /// A dial attempt of ours is in progress (see [`Inner::begin_dial`]).
-    dialing: watch::Sender<bool>,
-}
-
-impl Peer {
-    fn new() -> Self {
-        Peer {
-            wanted: None,
-            links: Vec::new(),
-            session: None,
-            counters: Arc::default(),
-            link_count: watch::Sender::new(0),
-            dialing: watch::Sender::new(false),
-        }
-    }
-}
-
-#[derive(Default)]
-struct State {
-    peers: HashMap<String, Peer>,
-}
-
-impl State {
-    fn peer(&mut self, id: &str) -> &mut Peer {
-        self.peers.entry(id.to_string()).or_insert_with(Peer::new)
-    }
-}
-
-/// A handshaken connection offered to [`Inner::admit`].
-pub(crate) struct NewLink {
-    pub(crate) conn: quinn::Connection,
-    pub(crate) send: quinn::SendStream,
-    pub(crate) frames: FrameReader,
-    /// The first frame to write (the acceptor's Hello), if not written yet.
-    pub(crate) first_frame: Option<Vec<u8>>,
-    /// `Some(generation)` if we dialed it: admitted only while that dial is still wanted.
-    pub(crate) dial_generation: Option<u64>,
-}
-
-/// Why [`Inner::admit`] refused a connection (it has been closed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    /// We already keep the connection we dialed (we have the smaller id).
-    Duplicate,
-    /// The dial that made it is no longer wanted.
-    NotWanted,
-    /// The transport is shutting down.
-    Closing,
-}
-
-/// Whether a dial loop may dial now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DialPermit {
-    /// Dial; the attempt is marked in progress until [`Inner::end_dial`].
-    Go,
-    /// The peer has a link (it appeared meanwhile): wait for it to drop.
-    HasLink,
-    /// The link is no longer wanted (or the transport is closing): stop.
-    Stop,
-}
-
-/// What admitting a link does to the peer's events.
-enum Change {
-    /// No event (another link already carries the peer).
-    Silent,
-    /// The first link: Up.
-    Up,
-    /// A stale link was replaced by a newer one from the same dialer: Down then Up.
-    Restarted,
-}
-
 /// Everything shared by the transport's handle and tasks.
 pub(crate) struct Inner {
     pub(crate) settings: Settings,
@@ -172,8 +69,9 @@ pub(crate) struct Inner {
     pub(crate) rejected: RejectCounters,
     events: mpsc::Sender<TransportEvent>,
     endpoint: Mutex<Option<quinn::Endpoint>>,
-    state: Mutex<State>,
-    transitions: tokio::sync::Mutex<()>,
+    peers: Mutex<Peers>,
+    /// Held across every change of a peer's link and the delivery of its event.
+    pub(super) transitions: tokio::sync::Mutex<()>,
     closing: watch::Sender<bool>,
     writers: watch::Sender<usize>,
     next_id: AtomicU64,
@@ -187,17 +85,10 @@ fn config_error(field: &'static str, reason: impl Into<String>) -> TransportErro
     }
 }
 
-fn check_id(field: &'static str, id: &str) -> Result<(), TransportError> {
-    rustls_pki_types::DnsName::try_from(id)
-        .map(|_| ())
-        .map_err(|_| config_error(field, format!("node id {id:?} is not a valid DNS name")))
-}
-
 fn validate(cfg: &TransportConfig) -> Result<(), TransportError> {
     if cfg.cluster.is_empty() {
         return Err(config_error("cluster", "empty"));
     }
-    check_id("node", &cfg.node)?;
     let cert_ok = cfg
         .identity
         .chain
@@ -208,9 +99,6 @@ fn validate(cfg: &TransportConfig) -> Result<(), TransportError> {
             "identity",
             format!("the certificate is not valid for node id {:?}", cfg.node),
         ));
-    }
-    for m in &cfg.members {
-        check_id("members", m)?;
     }
     if cfg.keep_alive.is_zero() || cfg.keep_alive >= cfg.idle_timeout {
         return Err(config_error(
@@ -253,6 +141,8 @@ impl Inner {
             addr: cfg.listen,
             source,
         };
+        let rt = Handle::try_current()
+            .map_err(|e| bind_error(std::io::Error::other(format!("no tokio runtime: {e}"))))?;
         let endpoint = quinn::Endpoint::server(server, cfg.listen).map_err(bind_error)?;
         let local_addr = endpoint.local_addr().map_err(bind_error)?;
         Ok(Arc::new(Inner {
@@ -269,18 +159,29 @@ impl Inner {
             rejected: RejectCounters::default(),
             events,
             endpoint: Mutex::new(Some(endpoint)),
-            state: Mutex::new(State::default()),
+            peers: Mutex::new(Peers::default()),
             transitions: tokio::sync::Mutex::new(()),
             closing: watch::Sender::new(false),
             writers: watch::Sender::new(0),
             next_id: AtomicU64::new(1),
-            rt: Handle::current(),
+            rt,
         }))
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    /// The peer table. Never hold the guard across an await.
+    pub(super) fn peers(&self) -> MutexGuard<'_, Peers> {
         // A poisoned lock only means another task panicked mid-update of plain data.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs a task on the transport's runtime.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.rt.spawn(task);
+    }
+
+    /// Whether `shutdown` has started (or the last handle was dropped).
+    pub(super) fn is_closing(&self) -> bool {
+        *self.closing.borrow()
     }
 
     /// The endpoint, unless the transport has shut down.
@@ -291,7 +192,7 @@ impl Inner {
             .clone()
     }
 
-    fn next_id(&self) -> u64 {
+    pub(super) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -333,191 +234,6 @@ impl Inner {
         }
     }
 
-    /// Makes a handshaken connection a link of `peer` (emitting Up if it is the first) and
-    /// starts its reader and writer, or closes it and says why not.
-    pub(crate) async fn admit(self: &Arc<Self>, peer: &str, new: NewLink) -> Result<(), Refusal> {
-        let _order = self.transitions.lock().await;
-        let dialed_by_us = new.dial_generation.is_some();
-        let id = self.next_id();
-        let decided = {
-            let mut st = self.state();
-            self.decide(&mut st, peer, &new, id)
-        };
-        let (change, queue, counters) = match decided {
-            Ok(d) => d,
-            Err(refusal) => {
-                let (code, reason): (_, &[u8]) = match refusal {
-                    Refusal::Duplicate => (code::DUPLICATE, b"duplicate connection"),
-                    Refusal::NotWanted => (code::DISCONNECT, b"link no longer wanted"),
-                    Refusal::Closing => (code::SHUTDOWN, b"node shutting down"),
-                };
-                new.conn.close(code, reason);
-                return Err(refusal);
-            }
-        };
-        tracing::debug!(peer, dialed_by_us, "link up");
-        match change {
-            Change::Silent => {}
-            Change::Up => self.emit(TransportEvent::Up(peer.to_string())).await,
-            Change::Restarted => {
-                self.emit(TransportEvent::Down(peer.to_string())).await;
-                self.emit(TransportEvent::Up(peer.to_string())).await;
-            }
-        }
-        self.writers.send_modify(|n| *n += 1);
-        let guard = WriterGuard(self.clone());
-        self.rt.spawn(link::run_writer(
-            self.clone(),
-            link::WriterArgs {
-                peer: peer.to_string(),
-                conn: new.conn.clone(),
-                send: new.send,
-                first_frame: new.first_frame,
-                queue,
-                counters: counters.clone(),
-            },
-            guard,
-        ));
-        self.rt.spawn(link::run_reader(
-            self.clone(),
-            peer.to_string(),
-            id,
-            new.conn,
-            new.frames,
-            counters,
-        ));
-        Ok(())
-    }
-
-    /// The admission rules (see the module docs of `transport`), applied to the state.
-    fn decide(
-        &self,
-        st: &mut State,
-        peer: &str,
-        new: &NewLink,
-        id: u64,
-    ) -> Result<(Change, SharedQueue, Arc<PeerCounters>), Refusal> {
-        if *self.closing.borrow() {
-            return Err(Refusal::Closing);
-        }
-        let dialed_by_us = new.dial_generation.is_some();
-        let we_are_smaller = self.settings.node.as_str() < peer;
-        let send_queue = self.settings.send_queue;
-        let p = st.peer(peer);
-        if let Some(generation) = new.dial_generation {
-            if p.wanted.as_ref().map(|w| w.generation) != Some(generation) {
-                return Err(Refusal::NotWanted);
-            }
-        }
-        if we_are_smaller
-            && !dialed_by_us
-            && (*p.dialing.borrow() || p.links.iter().any(|l| l.dialed_by_us))
-        {
-            return Err(Refusal::Duplicate);
-        }
-        let had_links = !p.links.is_empty();
-        let mut stale = false;
-        p.links.retain(|l| {
-            if l.dialed_by_us == dialed_by_us {
-                l.conn
-                    .close(code::REPLACED, b"replaced by a newer connection");
-                stale = true;
-                false
-            } else if we_are_smaller && dialed_by_us {
-                l.conn.close(code::DUPLICATE, b"duplicate connection");
-                false
-            } else {
-                true
-            }
-        });
-        let change = if !had_links {
-            Change::Up
-        } else if stale && p.links.is_empty() {
-            Change::Restarted
-        } else {
-            Change::Silent
-        };
-        if !matches!(change, Change::Silent) || p.session.is_none() {
-            let (tx, rx) = mpsc::channel(send_queue);
-            p.session = Some(Session {
-                tx,
-                rx: Arc::new(tokio::sync::Mutex::new(rx)),
-            });
-        }
-        p.links.push(Link {
-            id,
-            conn: new.conn.clone(),
-            dialed_by_us,
-        });
-        p.link_count.send_replace(p.links.len());
-        let queue = match &p.session {
-            Some(s) => s.rx.clone(),
-            None => return Err(Refusal::Closing),
-        };
-        Ok((change, queue, p.counters.clone()))
-    }
-
-    /// Checks, atomically with admissions, that `peer` is still wanted by the dial loop of
-    /// `generation` and has no link, and if so marks a dial attempt in progress.
-    pub(crate) fn begin_dial(&self, peer: &str, generation: u64) -> DialPermit {
-        if *self.closing.borrow() {
-            return DialPermit::Stop;
-        }
-        let mut st = self.state();
-        let p = st.peer(peer);
-        if p.wanted.as_ref().map(|w| w.generation) != Some(generation) {
-            return DialPermit::Stop;
-        }
-        if !p.links.is_empty() {
-            return DialPermit::HasLink;
-        }
-        p.dialing.send_replace(true);
-        DialPermit::Go
-    }
-
-    /// Ends the dial attempt marked by [`Inner::begin_dial`].
-    pub(crate) fn end_dial(&self, peer: &str) {
-        if let Some(p) = self.state().peers.get(peer) {
-            p.dialing.send_replace(false);
-        }
-    }
-
-    /// When a peer with a larger id dials us while we are dialing it, waits (bounded) for our
-    /// own attempt to finish: if it succeeds, the peer's connection is refused as a duplicate
-    /// before either side used it, so no message is ever lost in a connection that is
-    /// dropped. Returns at once when we are not dialing.
-    pub(crate) async fn await_own_dial(&self, peer: &str, limit: Duration) {
-        if self.settings.node.as_str() >= peer {
-            return;
-        }
-        let mut dialing = self.state().peer(peer).dialing.subscribe();
-        let _ = tokio::time::timeout(limit, dialing.wait_for(|d| !*d)).await;
-    }
-
-    /// Called by a link's reader when its connection is over: forgets the link and emits
-    /// Down if it was the peer's last.
-    pub(crate) async fn link_gone(&self, peer: &str, id: u64) {
-        let _order = self.transitions.lock().await;
-        let down = {
-            let mut st = self.state();
-            let Some(p) = st.peers.get_mut(peer) else {
-                return;
-            };
-            let before = p.links.len();
-            p.links.retain(|l| l.id != id);
-            p.link_count.send_replace(p.links.len());
-            let last = before > 0 && p.links.is_empty();
-            if last {
-                p.session = None;
-            }
-            last
-        };
-        if down {
-            tracing::debug!(peer, "link down");
-            self.emit(TransportEvent::Down(peer.to_string())).await;
-        }
-    }
-
     /// See [`super::Transport::connect`].
     pub(crate) fn connect(self: &Arc<Self>, peer: &str, addr: SocketAddr) {
         if !self.is_member(peer) {
@@ -527,14 +243,14 @@ impl Inner {
             );
             return;
         }
-        if *self.closing.borrow() {
+        if self.is_closing() {
             return;
         }
         let generation = self.next_id();
         let (cancel_tx, cancel_rx) = watch::channel(());
-        let (links, counters) = {
-            let mut st = self.state();
-            let p = st.peer(peer);
+        let (connected, counters) = {
+            let mut peers = self.peers();
+            let p = peers.get_or_create(peer);
             if p.wanted.as_ref().is_some_and(|w| w.addr == addr) {
                 return;
             }
@@ -543,16 +259,16 @@ impl Inner {
                 generation,
                 _cancel: cancel_tx,
             });
-            (p.link_count.subscribe(), p.counters.clone())
+            (p.connected.subscribe(), p.counters.clone())
         };
-        self.rt.spawn(super::dial::dial_loop(
+        self.spawn(super::dial::dial_loop(
             self.clone(),
             super::dial::DialTarget {
                 peer: peer.to_string(),
                 addr,
                 generation,
                 cancel: cancel_rx,
-                links,
+                connected,
                 counters,
             },
         ));
@@ -560,10 +276,10 @@ impl Inner {
 
     /// See [`super::Transport::disconnect`].
     pub(crate) fn disconnect(&self, peer: &str) {
-        let mut st = self.state();
-        if let Some(p) = st.peers.get_mut(peer) {
+        let mut peers = self.peers();
+        if let Some(p) = peers.by_id.get_mut(peer) {
             p.wanted = None;
-            for l in p.links.iter().filter(|l| l.dialed_by_us) {
+            if let Some(l) = p.link.as_ref().filter(|l| l.dialed_by_us) {
                 l.conn.close(code::DISCONNECT, b"link no longer wanted");
             }
         }
@@ -571,8 +287,8 @@ impl Inner {
 
     /// See [`super::Transport::send`].
     pub(crate) fn send(&self, peer: &str, msg: Message) -> Result<(), SendError> {
-        let st = self.state();
-        let Some(p) = st.peers.get(peer) else {
+        let peers = self.peers();
+        let Some(p) = peers.by_id.get(peer) else {
             return Err(SendError::NotConnected);
         };
         let Some(session) = &p.session else {
@@ -590,11 +306,11 @@ impl Inner {
 
     /// See [`super::Transport::connected`].
     pub(crate) fn connected(&self) -> Vec<String> {
-        let st = self.state();
-        let mut out: Vec<String> = st
-            .peers
+        let peers = self.peers();
+        let mut out: Vec<String> = peers
+            .by_id
             .iter()
-            .filter(|(_, p)| !p.links.is_empty())
+            .filter(|(_, p)| p.link.is_some())
             .map(|(id, _)| id.clone())
             .collect();
         out.sort();
@@ -603,68 +319,74 @@ impl Inner {
 
     /// See [`super::Transport::stats`].
     pub(crate) fn stats(&self) -> TransportStats {
-        let st = self.state();
-        let peers: BTreeMap<String, PeerStats> = st
-            .peers
+        let connections = self.endpoint().map_or(0, |ep| ep.open_connections());
+        let peers = self.peers();
+        let by_peer: BTreeMap<String, PeerStats> = peers
+            .by_id
             .iter()
             .map(|(id, p)| {
                 let depth = p
                     .session
                     .as_ref()
                     .map_or(0, |s| self.settings.send_queue - s.tx.capacity());
-                let stats = p
-                    .counters
-                    .snapshot(!p.links.is_empty(), p.links.len(), depth);
-                (id.clone(), stats)
+                (id.clone(), p.counters.snapshot(p.link.is_some(), depth))
             })
             .collect();
-        TransportStats::new(peers, self.rejected.snapshot())
+        TransportStats::new(by_peer, connections, self.rejected.snapshot())
+    }
+
+    /// Stops dialing and accepting; every later admission is refused.
+    fn begin_closing(&self) {
+        self.closing.send_replace(true);
+        for p in self.peers().by_id.values_mut() {
+            p.wanted = None;
+        }
+    }
+
+    fn take_endpoint(&self) -> Option<quinn::Endpoint> {
+        self.endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// See [`super::Transport::shutdown`].
     pub(crate) async fn shutdown(&self) {
-        self.closing.send_replace(true);
-        for p in self.state().peers.values_mut() {
-            p.wanted = None;
-        }
+        self.begin_closing();
         let mut writers = self.writers.subscribe();
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, writers.wait_for(|n| *n == 0)).await;
-        let conns: Vec<quinn::Connection> = {
-            let mut st = self.state();
-            let mut conns = Vec::new();
-            for p in st.peers.values_mut() {
-                conns.extend(p.links.drain(..).map(|l| l.conn));
+        let conns: Vec<quinn::Connection> = self
+            .peers()
+            .by_id
+            .values_mut()
+            .filter_map(|p| {
                 p.session = None;
-                p.link_count.send_replace(0);
-            }
-            conns
-        };
+                p.set_link(None).map(|l| l.conn)
+            })
+            .collect();
         for c in conns {
             c.close(code::SHUTDOWN, b"node shutting down");
         }
-        let endpoint = self
-            .endpoint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(ep) = endpoint {
+        if let Some(ep) = self.take_endpoint() {
             ep.close(code::SHUTDOWN, b"node shutting down");
             let _ = tokio::time::timeout(IDLE_TIMEOUT, ep.wait_idle()).await;
+            // Connections closed during their handshake drain for three probe timeouts
+            // (seconds without an RTT sample) and keep the endpoint, and so our UDP port,
+            // alive meanwhile. Move them to a throwaway socket so the port is free now;
+            // quinn keeps the previous socket until traffic arrives on the new one, hence
+            // twice.
+            for _ in 0..2 {
+                if let Ok(spare) = std::net::UdpSocket::bind((self.local_addr.ip(), 0)) {
+                    let _ = ep.rebind(spare);
+                }
+            }
         }
     }
 
     /// Stops everything at once (the last handle was dropped without `shutdown`).
     pub(crate) fn close_now(&self) {
-        self.closing.send_replace(true);
-        for p in self.state().peers.values_mut() {
-            p.wanted = None;
-        }
-        let endpoint = self
-            .endpoint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(ep) = endpoint {
+        self.begin_closing();
+        if let Some(ep) = self.take_endpoint() {
             ep.close(code::SHUTDOWN, b"node shutting down");
         }
     }
@@ -677,6 +399,14 @@ pub(crate) async fn wait_closing(closing: &mut watch::Receiver<bool>) {
 
 /// Counts a running writer; `shutdown` waits for the count to reach zero.
 pub(crate) struct WriterGuard(Arc<Inner>);
+
+impl WriterGuard {
+    /// Counts one more writer until the guard is dropped.
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        inner.writers.send_modify(|n| *n += 1);
+        WriterGuard(inner)
+    }
+}
 
 impl Drop for WriterGuard {
     fn drop(&mut self) {

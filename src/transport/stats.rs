@@ -48,10 +48,9 @@ impl PeerCounters {
         add(&self.dial_failures, 1);
     }
 
-    pub(crate) fn snapshot(&self, connected: bool, links: usize, queue_depth: usize) -> PeerStats {
+    pub(crate) fn snapshot(&self, connected: bool, queue_depth: usize) -> PeerStats {
         PeerStats {
             connected,
-            links,
             queue_depth,
             bytes_sent: get(&self.bytes_sent),
             bytes_received: get(&self.bytes_received),
@@ -117,8 +116,6 @@ impl RejectCounters {
 pub struct PeerStats {
     /// Whether a live connection exists.
     pub connected: bool,
-    /// Live connections (1 in steady state; 2 briefly while a duplicate is resolved).
-    pub links: usize,
     /// Messages waiting in the send queue.
     pub queue_depth: usize,
     /// Frame bytes written to the peer.
@@ -179,12 +176,19 @@ pub struct TransportStats {
     pub peers: BTreeMap<String, PeerStats>,
     /// Sums over `peers`.
     pub totals: TrafficTotals,
+    /// QUIC connections open at the endpoint, including ones being set up, refused or
+    /// closed but not yet drained.
+    pub connections: usize,
     /// Refused connections by reason.
     pub rejected: RejectedStats,
 }
 
 impl TransportStats {
-    pub(crate) fn new(peers: BTreeMap<String, PeerStats>, rejected: RejectedStats) -> Self {
+    pub(crate) fn new(
+        peers: BTreeMap<String, PeerStats>,
+        connections: usize,
+        rejected: RejectedStats,
+    ) -> Self {
         let mut totals = TrafficTotals::default();
         for p in peers.values() {
             totals.bytes_sent += p.bytes_sent;
@@ -197,6 +201,7 @@ impl TransportStats {
         TransportStats {
             peers,
             totals,
+            connections,
             rejected,
         }
     }

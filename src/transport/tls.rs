@@ -93,7 +93,8 @@ pub fn server_config(
 }
 
 /// The dialer's configuration: trusts only the cluster CA and presents `identity`'s chain
-/// as client certificate. The server name given when connecting must be the peer's id.
+/// as client certificate. The server name given when connecting must be
+/// [`crate::certs::node_dns_name`] of the peer's id.
 pub fn client_config(
     node: &str,
     identity: &TlsIdentity,

@@ -1,0 +1,245 @@
+//! The JSON endpoints: health, status, the document list, documents, ops, and Automerge
+//! binary export and import.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::heads_json;
+use super::{is_valid_doc_id, AppState, HttpError, MAX_DOC_ID, MAX_TIMEOUT_MS};
+use crate::node::NodeStatus;
+use crate::ops::{parse_write_request, Ack};
+
+type Answer = Result<Response, HttpError>;
+
+/// The document id of the path, checked.
+pub(crate) fn doc_id(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
+    let Path(id) =
+        path.map_err(|e| HttpError::bad_request(format!("bad path: {}", e.body_text())))?;
+    if is_valid_doc_id(&id) {
+        Ok(id)
+    } else {
+        let shown: String = id.chars().take(64).collect();
+        Err(HttpError::bad_request(format!(
+            "invalid document id {shown:?}: ids are 1 to {MAX_DOC_ID} characters of \
+             A-Z a-z 0-9 _ . ~ -"
+        )))
+    }
+}
+
+/// The request body, or the error answer (413 when over the limit).
+fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, HttpError> {
+    body.map_err(|e| {
+        let status = e.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "request body is larger than the limit of this server".to_string()
+        } else {
+            format!("cannot read the request body: {}", e.body_text())
+        };
+        HttpError::new(status, message)
+    })
+}
+
+/// `GET /v1/health`.
+pub(crate) async fn health(State(state): State<AppState>) -> Answer {
+    state
+        .node
+        .status()
+        .await
+        .map_err(|e| HttpError::from_node("", e))?;
+    Ok(Json(json!({"status": "ok", "node": state.node.id()})).into_response())
+}
+
+/// `GET /v1/status`.
+pub(crate) async fn status(State(state): State<AppState>) -> Answer {
+    let status = state
+        .node
+        .status()
+        .await
+        .map_err(|e| HttpError::from_node("", e))?;
+    Ok(Json(status_json(&status)).into_response())
+}
+
+fn status_json(s: &NodeStatus) -> Value {
+    let peers: Vec<Value> = s
+        .peers
+        .iter()
+        .map(|p| {
+            let t = s.transport.peers.get(&p.id).cloned().unwrap_or_default();
+            json!({
+                "id": p.id,
+                "connected": p.connected,
+                "linked": p.linked,
+                "down": p.down,
+                "queued_bytes": p.queued_bytes,
+                "send_queue": t.queue_depth,
+                "bytes_sent": t.bytes_sent,
+                "bytes_received": t.bytes_received,
+                "messages_sent": t.messages_sent,
+                "messages_received": t.messages_received,
+            })
+        })
+        .collect();
+    let c = &s.core;
+    let r = &s.transport.rejected;
+    json!({
+        "node": s.node,
+        "cluster": s.cluster,
+        "topology": s.topology,
+        "peers": peers,
+        "docs": s.docs,
+        "pending_writes": s.pending_writes,
+        "core": {
+            "local_changes": c.local_changes,
+            "remote_changes": c.remote_changes,
+            "apply_batches": c.apply_batches,
+            "duplicates": c.duplicates,
+            "bad_changes": c.bad_changes,
+            "bad_sync": c.bad_sync,
+            "unexpected_messages": c.unexpected_messages,
+            "repairs": c.repairs,
+            "repaired_changes": c.repaired_changes,
+            "pushes_dropped": c.pushes_dropped,
+        },
+        "rejected_connections": {
+            "bad_frame": r.bad_frame,
+            "bad_hello": r.bad_hello,
+            "wrong_cluster": r.wrong_cluster,
+            "unknown_node": r.unknown_node,
+            "cert_mismatch": r.cert_mismatch,
+            "tls": r.tls,
+        },
+    })
+}
+
+/// `GET /v1/docs`.
+pub(crate) async fn list_docs(State(state): State<AppState>) -> Answer {
+    let docs = state
+        .node
+        .docs()
+        .await
+        .map_err(|e| HttpError::from_node("", e))?;
+    let list: Vec<Value> = docs
+        .iter()
+        .map(|(id, heads)| json!({"id": id, "heads": heads_json(heads)}))
+        .collect();
+    Ok(Json(Value::Array(list)).into_response())
+}
+
+/// `GET /v1/docs/{id}`.
+pub(crate) async fn get_doc(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let id = doc_id(path)?;
+    match state.node.json(&id).await {
+        Ok(Some(doc)) => Ok(Json(doc).into_response()),
+        Ok(None) => Err(no_such_doc(&id)),
+        Err(e) => Err(HttpError::from_node(&id, e)),
+    }
+}
+
+fn no_such_doc(id: &str) -> HttpError {
+    HttpError::not_found(format!("this node has no document {id:?}"))
+}
+
+/// `POST /v1/docs/{id}/ops`.
+pub(crate) async fn post_ops(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let id = doc_id(path)?;
+    let raw = body(raw)?;
+    let request = parse_write_request(&raw).map_err(|e| {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        HttpError::new(status, format!("document {id:?}: {e}"))
+    })?;
+    if let Ack::Peers(k) = request.ack {
+        if k > state.others {
+            return Err(HttpError::bad_request(format!(
+                "\"ack\": {k} peers asked, but the topology has only {} other node(s)",
+                state.others
+            )));
+        }
+    }
+    if request.timeout_ms > MAX_TIMEOUT_MS {
+        return Err(HttpError::bad_request(format!(
+            "\"timeout_ms\": {} is more than the limit of {MAX_TIMEOUT_MS}",
+            request.timeout_ms
+        )));
+    }
+    let written = state
+        .node
+        .apply_ops(&id, request)
+        .await
+        .map_err(|e| HttpError::from_node(&id, e))?;
+    state.counters.write_accepted();
+    Ok(Json(json!({
+        "heads": heads_json(&written.heads),
+        "acked_by": written.acked_by,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/docs/{id}/automerge`.
+pub(crate) async fn get_automerge(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let id = doc_id(path)?;
+    match state.node.save(&id).await {
+        Ok(Some(bytes)) => Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            Bytes::from(bytes),
+        )
+            .into_response()),
+        Ok(None) => Err(no_such_doc(&id)),
+        Err(e) => Err(HttpError::from_node(&id, e)),
+    }
+}
+
+/// `POST /v1/docs/{id}/automerge`.
+pub(crate) async fn post_automerge(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let id = doc_id(path)?;
+    let raw = body(raw)?;
+    if raw.is_empty() {
+        return Err(HttpError::bad_request(format!(
+            "document {id:?}: the body is empty; expected Automerge data (a saved document \
+             or changes)"
+        )));
+    }
+    let new_changes = state
+        .node
+        .merge(&id, raw.to_vec())
+        .await
+        .map_err(|e| HttpError::from_node(&id, e))?;
+    let heads = state
+        .node
+        .with_doc(&id, |d| d.get_heads())
+        .await
+        .map_err(|e| HttpError::from_node(&id, e))?
+        .unwrap_or_default();
+    Ok(Json(json!({"new_changes": new_changes, "heads": heads_json(&heads)})).into_response())
+}
+
+/// Any path that is not an endpoint.
+pub(crate) async fn not_found(method: Method, uri: Uri) -> HttpError {
+    HttpError::not_found(format!("no endpoint {method} {}", uri.path()))
+}
+
+/// A known path with a method it does not serve.
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> HttpError {
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not accept {method}", uri.path()),
+    )
+}

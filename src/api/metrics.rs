@@ -1,0 +1,367 @@
+//! `GET /metrics`: the node's counters in the Prometheus text format, and the API's own
+//! counters ([`ApiCounters`]).
+//!
+//! # Metrics
+//! Gauges: `concordant_docs`, `concordant_pending_writes` (writes waiting for durability or
+//! acknowledgements), `concordant_peers`, `concordant_peers_connected`,
+//! `concordant_peer_connected{peer}`, `concordant_peer_down{peer}`,
+//! `concordant_peer_send_queue_messages{peer}` (messages waiting in the link's send queue),
+//! `concordant_peer_lag_bytes{peer}`, `concordant_quic_connections`.
+//!
+//! Counters: `concordant_writes_accepted_total` (local changes committed, through the API
+//! or embedded), `concordant_api_writes_total` (writes answered 200 over HTTP),
+//! `concordant_remote_changes_applied_total`, `concordant_apply_batches_total`,
+//! `concordant_duplicate_changes_total`, `concordant_bad_input_total{source,kind}` (source
+//! `core`: kinds `bad_change`, `bad_sync`, `unexpected_message`; `transport`: refused
+//! connections by kind `bad_frame`, `bad_hello`, `wrong_cluster`, `unknown_node`,
+//! `cert_mismatch`, `tls`; `api`: refused requests by HTTP status, 4xx),
+//! `concordant_api_responses_total{status}` (every answer by status),
+//! `concordant_peer_bytes_sent_total{peer}`, `concordant_peer_bytes_received_total{peer}`,
+//! `concordant_peer_messages_sent_total{peer}`, `concordant_peer_messages_received_total{peer}`
+//! (frame bytes and messages on the wire), `concordant_peer_dropped_messages_total{peer}`
+//! (refused by a full send queue), `concordant_peer_dial_failures_total{peer}`,
+//! `concordant_pushes_dropped_total`, `concordant_anti_entropy_digests_sent_total`,
+//! `concordant_anti_entropy_repairs_total` (sync sessions started because a digest showed
+//! a difference), `concordant_anti_entropy_repaired_changes_total`,
+//! `concordant_sync_messages_sent_total`, `concordant_acks_sent_total`.
+//!
+//! # Replication lag
+//! Per peer, the lag is what this node has and has not yet handed to the peer's link:
+//! `concordant_peer_lag_bytes{peer}` is the bytes of changes queued for the peer in the
+//! replication core (0 when the queue drained), and `concordant_peer_send_queue_messages`
+//! the messages waiting to be written to its connection. While a peer is not connected
+//! nothing is queued for it (`concordant_peer_connected` is 0): anti-entropy repairs the
+//! difference when it comes back. Pushes dropped because a queue was full
+//! (`concordant_pushes_dropped_total`, `concordant_peer_dropped_messages_total`) are also
+//! left to anti-entropy: a rising count means peers lag behind this node.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{AppState, HttpError};
+use crate::node::{NodeStatus, PeerStatus};
+use crate::transport::PeerStats;
+
+/// The API's own counters.
+#[derive(Debug, Default)]
+pub struct ApiCounters {
+    writes: AtomicU64,
+    responses: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl ApiCounters {
+    /// A write was answered 200.
+    pub fn write_accepted(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An answer with this status was sent.
+    pub fn response(&self, status: u16) {
+        if let Ok(mut map) = self.responses.lock() {
+            *map.entry(status).or_insert(0) += 1;
+        }
+    }
+
+    /// Writes answered 200.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Answers sent, by status.
+    pub fn responses(&self) -> BTreeMap<u16, u64> {
+        self.responses.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+/// Middleware: counts every answer by status.
+pub(crate) async fn count_responses(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    state.counters.response(response.status().as_u16());
+    response
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, HttpError> {
+    let status = state
+        .node
+        .status()
+        .await
+        .map_err(|e| HttpError::from_node("", e))?;
+    let text = render(&status, &state.counters);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// Prometheus text for a node status and the API counters.
+pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
+    let mut m = Metrics::default();
+    let c = &s.core;
+    m.gauge(
+        "concordant_docs",
+        "Documents on this node.",
+        &[],
+        s.docs as u64,
+    );
+    m.gauge(
+        "concordant_pending_writes",
+        "Writes waiting for durability or acknowledgements.",
+        &[],
+        s.pending_writes as u64,
+    );
+    m.gauge(
+        "concordant_peers",
+        "Other nodes of the topology.",
+        &[],
+        s.peers.len() as u64,
+    );
+    let connected = s.peers.iter().filter(|p| p.connected).count();
+    m.gauge(
+        "concordant_peers_connected",
+        "Peers with a live connection.",
+        &[],
+        connected as u64,
+    );
+    m.gauge(
+        "concordant_quic_connections",
+        "QUIC connections open at the endpoint (also ones being set up or drained).",
+        &[],
+        s.transport.connections as u64,
+    );
+    m.counter(
+        "concordant_writes_accepted_total",
+        "Local changes committed (API and embedded writes).",
+        &[],
+        c.local_changes,
+    );
+    m.counter(
+        "concordant_api_writes_total",
+        "Writes answered 200 over HTTP.",
+        &[],
+        api.writes(),
+    );
+    m.counter(
+        "concordant_remote_changes_applied_total",
+        "Changes from peers applied (new to this node).",
+        &[],
+        c.remote_changes,
+    );
+    m.counter(
+        "concordant_apply_batches_total",
+        "Batched Automerge apply calls.",
+        &[],
+        c.apply_batches,
+    );
+    m.counter(
+        "concordant_duplicate_changes_total",
+        "Changes received that this node already had.",
+        &[],
+        c.duplicates,
+    );
+
+    let bad = "concordant_bad_input_total";
+    let bad_help = "Bad input refused, by interface (core, transport, api) and kind.";
+    let r = &s.transport.rejected;
+    let mut bad_rows: Vec<(&str, String, u64)> = vec![
+        ("core", "bad_change".into(), c.bad_changes),
+        ("core", "bad_sync".into(), c.bad_sync),
+        ("core", "unexpected_message".into(), c.unexpected_messages),
+        ("transport", "bad_frame".into(), r.bad_frame),
+        ("transport", "bad_hello".into(), r.bad_hello),
+        ("transport", "wrong_cluster".into(), r.wrong_cluster),
+        ("transport", "unknown_node".into(), r.unknown_node),
+        ("transport", "cert_mismatch".into(), r.cert_mismatch),
+        ("transport", "tls".into(), r.tls),
+    ];
+    let responses = api.responses();
+    for (status, n) in &responses {
+        if (400..500).contains(status) {
+            bad_rows.push(("api", status.to_string(), *n));
+        }
+    }
+    for (source, kind, n) in &bad_rows {
+        m.counter(
+            bad,
+            bad_help,
+            &[("source", source), ("kind", kind.as_str())],
+            *n,
+        );
+    }
+    for (status, n) in &responses {
+        m.counter(
+            "concordant_api_responses_total",
+            "HTTP answers by status.",
+            &[("status", &status.to_string())],
+            *n,
+        );
+    }
+
+    type PeerValue = fn(&PeerStatus, &PeerStats) -> u64;
+    let per_peer: [(&str, &str, &str, PeerValue); 10] = [
+        (
+            "concordant_peer_connected",
+            "gauge",
+            "1 if a live connection to the peer exists.",
+            |p, _| u64::from(p.connected),
+        ),
+        (
+            "concordant_peer_down",
+            "gauge",
+            "1 if the peer is believed down.",
+            |p, _| u64::from(p.down),
+        ),
+        (
+            "concordant_peer_lag_bytes",
+            "gauge",
+            "Bytes of changes queued for the peer, not yet handed to its link.",
+            |p, _| p.queued_bytes as u64,
+        ),
+        (
+            "concordant_peer_send_queue_messages",
+            "gauge",
+            "Messages waiting in the peer's send queue.",
+            |_, t| t.queue_depth as u64,
+        ),
+        (
+            "concordant_peer_bytes_sent_total",
+            "counter",
+            "Frame bytes written to the peer.",
+            |_, t| t.bytes_sent,
+        ),
+        (
+            "concordant_peer_bytes_received_total",
+            "counter",
+            "Frame bytes read from the peer.",
+            |_, t| t.bytes_received,
+        ),
+        (
+            "concordant_peer_messages_sent_total",
+            "counter",
+            "Messages written to the peer.",
+            |_, t| t.messages_sent,
+        ),
+        (
+            "concordant_peer_messages_received_total",
+            "counter",
+            "Messages read from the peer.",
+            |_, t| t.messages_received,
+        ),
+        (
+            "concordant_peer_dropped_messages_total",
+            "counter",
+            "Messages refused because the peer's send queue was full.",
+            |_, t| t.dropped_full,
+        ),
+        (
+            "concordant_peer_dial_failures_total",
+            "counter",
+            "Failed dial attempts to the peer.",
+            |_, t| t.dial_failures,
+        ),
+    ];
+    for (name, kind, help, value) in per_peer {
+        for p in &s.peers {
+            let t = s.transport.peers.get(&p.id).cloned().unwrap_or_default();
+            m.sample(name, kind, help, &[("peer", &p.id)], value(p, &t));
+        }
+    }
+
+    m.counter(
+        "concordant_pushes_dropped_total",
+        "Changes not pushed because a peer's queue was full (left to anti-entropy).",
+        &[],
+        c.pushes_dropped,
+    );
+    m.counter(
+        "concordant_anti_entropy_digests_sent_total",
+        "Anti-entropy digests sent.",
+        &[],
+        c.digests_sent,
+    );
+    m.counter(
+        "concordant_anti_entropy_repairs_total",
+        "Sync sessions started because a digest showed a difference.",
+        &[],
+        c.repairs,
+    );
+    m.counter(
+        "concordant_anti_entropy_repaired_changes_total",
+        "Changes obtained through the sync protocol.",
+        &[],
+        c.repaired_changes,
+    );
+    m.counter(
+        "concordant_sync_messages_sent_total",
+        "Automerge sync messages sent.",
+        &[],
+        c.sync_sent,
+    );
+    m.counter(
+        "concordant_acks_sent_total",
+        "Durable acknowledgements sent for remote changes.",
+        &[],
+        c.acks_sent,
+    );
+    m.out
+}
+
+/// Writes samples, with `# HELP` and `# TYPE` once per family (samples of a family must
+/// be written together).
+#[derive(Default)]
+struct Metrics {
+    out: String,
+    last_family: String,
+}
+
+impl Metrics {
+    fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: u64) {
+        self.sample(name, "gauge", help, labels, value);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: u64) {
+        self.sample(name, "counter", help, labels, value);
+    }
+
+    fn sample(&mut self, name: &str, kind: &str, help: &str, labels: &[(&str, &str)], v: u64) {
+        if self.last_family != name {
+            let _ = writeln!(self.out, "# HELP {name} {help}");
+            let _ = writeln!(self.out, "# TYPE {name} {kind}");
+            self.last_family = name.to_string();
+        }
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(val));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {v}");
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,202 @@
+//! The HTTP API of one node (axum): JSON endpoints over a [`Node`], server-sent events for
+//! document changes, Prometheus metrics, the bearer-token check and the body limit.
+//!
+//! Owns: the router, the mapping of node errors to HTTP statuses and `{"error": ...}`
+//! bodies, the API's own counters. Must not touch: the replication core, storage or the
+//! transport (it only calls the [`Node`] handle), nor parse ops itself ([`crate::ops`] does).
+//!
+//! # Endpoints
+//! | method and path | answer |
+//! | --- | --- |
+//! | `GET /v1/health` | `{"status":"ok","node":id}`; never needs the token (503 once the node stopped) |
+//! | `GET /v1/status` | node, cluster, topology, peers (`id`, `connected`, `linked`, `down`, `queued_bytes`, traffic), `docs`, `pending_writes`, core counters |
+//! | `GET /v1/docs` | `[{"id","heads":[hex...]}]` in id order |
+//! | `GET /v1/docs/{id}` | the document as JSON; 404 if absent |
+//! | `POST /v1/docs/{id}/ops` | `{"heads","acked_by"}`; 400 malformed, 409 does not fit, 504 write concern not met |
+//! | `GET /v1/docs/{id}/automerge` | `application/octet-stream` saved document; 404 if absent |
+//! | `POST /v1/docs/{id}/automerge` | merges the raw body: `{"new_changes":n,"heads":[...]}`; 400 if not Automerge data |
+//! | `GET /v1/docs/{id}/watch` | server-sent events `change` with `{"doc","heads"}` per change |
+//! | `GET /metrics` | Prometheus text format (see [`metrics`]) |
+//!
+//! # Decisions
+//! - Document ids are `[A-Za-z0-9_.~-]{1,256}` after percent-decoding; anything else is 400.
+//! - Every error, including unknown paths (404), wrong methods (405), a missing or wrong
+//!   token (401) and an oversized body (413), answers `{"error": "<what and why>"}`.
+//! - An integer `ack` larger than the number of other nodes of the topology is 400 (it can
+//!   never be met); `timeout_ms` above [`MAX_TIMEOUT_MS`] is 400.
+//! - A write-concern timeout is 504 `{"error","heads","acked_by"}`: the change is durable
+//!   here and keeps replicating.
+//! - The token is compared in constant time; only `GET /v1/health` is exempt.
+//! - A watcher that falls behind skips the events it missed (each event carries the full
+//!   heads, so the next one is current); the node never waits for a watcher. Watch streams
+//!   end when the server shuts down, so shutdown never waits for them.
+
+mod auth;
+mod error;
+mod handlers;
+pub mod metrics;
+mod watch;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::node::Node;
+
+pub use error::HttpError;
+
+/// The default largest request body accepted, in bytes (16 MiB); larger bodies get 413.
+pub const DEFAULT_BODY_LIMIT: usize = 16 << 20;
+
+/// The longest write-concern wait a request may ask for (`timeout_ms`), in milliseconds.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// The longest document id accepted, in bytes.
+pub const MAX_DOC_ID: usize = 256;
+
+/// Errors of the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The listening address could not be bound.
+    #[error("cannot bind the HTTP API at {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The node did not answer while the server started (it has stopped).
+    #[error("HTTP API: {0}")]
+    Node(#[from] crate::node::Error),
+    /// Serving failed.
+    #[error("HTTP API at {addr}: {source}")]
+    Serve {
+        /// The bound address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Settings of the API server.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// If set, every request but `GET /v1/health` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// The largest request body accepted, in bytes.
+    pub body_limit: usize,
+}
+
+impl ApiOptions {
+    /// Options with this token and the default body limit.
+    pub fn new(token: Option<String>) -> Self {
+        ApiOptions {
+            token,
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+}
+
+/// Whether `id` is a valid document id: `[A-Za-z0-9_.~-]{1,256}`.
+pub fn is_valid_doc_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_DOC_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'~' | b'-'))
+}
+
+/// What every handler shares.
+pub(crate) struct Shared {
+    pub(crate) node: Node,
+    pub(crate) token: Option<String>,
+    /// Number of other nodes in the topology (the largest integer `ack`).
+    pub(crate) others: usize,
+    pub(crate) counters: metrics::ApiCounters,
+    /// Becomes true when the server shuts down; watch streams end then.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+pub(crate) type AppState = Arc<Shared>;
+
+/// Binds a TCP listener for the API at `addr`.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Bind { addr, source })
+}
+
+/// Serves the API of `node` on `listener` until `shutdown` completes, with the default
+/// body limit. If `token` is set, requests need it (see [`ApiOptions::token`]).
+pub async fn serve(
+    node: Node,
+    listener: TcpListener,
+    token: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    serve_with(node, listener, ApiOptions::new(token), shutdown).await
+}
+
+/// Like [`serve`], with every option.
+pub async fn serve_with(
+    node: Node,
+    listener: TcpListener,
+    options: ApiOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let others = node.status().await?.peers.len();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        node: node.clone(),
+        token: options.token,
+        others,
+        counters: metrics::ApiCounters::default(),
+        stopping: stop_rx,
+    });
+    let app = router(shared, options.body_limit);
+    tracing::info!(node = %node.id(), addr = %addr, "HTTP API listening");
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await
+        .map_err(|source| ApiError::Serve { addr, source })
+}
+
+fn router(state: AppState, body_limit: usize) -> Router {
+    Router::new()
+        .route("/v1/health", get(handlers::health))
+        .route("/v1/status", get(handlers::status))
+        .route("/v1/docs", get(handlers::list_docs))
+        .route("/v1/docs/{id}", get(handlers::get_doc))
+        .route("/v1/docs/{id}/ops", post(handlers::post_ops))
+        .route(
+            "/v1/docs/{id}/automerge",
+            get(handlers::get_automerge).post(handlers::post_automerge),
+        )
+        .route("/v1/docs/{id}/watch", get(watch::watch))
+        .route("/metrics", get(metrics::metrics))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_responses,
+        ))
+        .with_state(state)
+}

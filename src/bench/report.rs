@@ -1,0 +1,141 @@
+//! The benchmark's results: the SPEC's fields, a readable summary and the full JSON.
+
+use serde::Serialize;
+
+use super::phases::{Catchup, Throughput};
+use super::{topology_name, BenchOptions};
+
+/// Results of one run. Serialises to the SPEC's JSON fields (plus extras).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Always "concordant".
+    pub system: &'static str,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Topology name.
+    pub topology: &'static str,
+    /// Documents.
+    pub docs: usize,
+    /// Writes per phase.
+    pub writes: usize,
+    /// Median single-write latency until every node shows it, µs.
+    pub latency_p50_us: u64,
+    /// 99th percentile, µs.
+    pub latency_p99_us: u64,
+    /// Maximum, µs.
+    pub latency_max_us: u64,
+    /// Throughput phase: seconds from the first write until every node has all.
+    pub converge_s: f64,
+    /// Throughput phase: writes / converge_s.
+    pub writes_per_s: f64,
+    /// Throughput phase: bytes on the wire (UDP payload of QUIC packets: the transport's
+    /// stream bytes, all nodes, both directions counted once as sent) / writes.
+    pub bytes_per_write: f64,
+    /// Catch-up phase: seconds from the restart until the node has every write.
+    pub catchup_s: f64,
+    /// True only if every replica ended with identical heads.
+    pub converged: bool,
+    /// Storage used by every node.
+    pub storage: &'static str,
+    /// Resident memory of the whole process divided by the number of nodes, bytes.
+    pub memory_per_node_bytes: Option<u64>,
+    /// Samples in the latency phase.
+    pub latency_samples: usize,
+    /// The write rate asked for, if any.
+    pub rate: Option<u64>,
+    /// Every latency sample, µs, in order (only in `--out`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latencies_us: Option<Vec<u64>>,
+    /// Progress of every replica during the throughput phase: (ms, node, changes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Vec<(u64, usize, u64)>>,
+}
+
+impl BenchReport {
+    pub(crate) fn new(
+        opts: &BenchOptions,
+        mut latencies: Vec<u64>,
+        throughput: Throughput,
+        catchup: Catchup,
+        converged: bool,
+        memory: Option<u64>,
+    ) -> Self {
+        let samples = latencies.clone();
+        latencies.sort_unstable();
+        let pct = |p: f64| -> u64 {
+            if latencies.is_empty() {
+                return 0;
+            }
+            let idx = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+            latencies[idx.min(latencies.len() - 1)]
+        };
+        BenchReport {
+            system: "concordant",
+            nodes: opts.nodes,
+            topology: topology_name(opts.topology),
+            docs: opts.docs,
+            writes: opts.writes,
+            latency_p50_us: pct(0.50),
+            latency_p99_us: pct(0.99),
+            latency_max_us: latencies.last().copied().unwrap_or(0),
+            converge_s: throughput.seconds,
+            writes_per_s: opts.writes as f64 / throughput.seconds.max(1e-9),
+            bytes_per_write: throughput.bytes as f64 / opts.writes as f64,
+            catchup_s: catchup.seconds,
+            converged,
+            storage: "redb, fsync on every commit",
+            memory_per_node_bytes: memory,
+            latency_samples: samples.len(),
+            rate: opts.rate,
+            latencies_us: Some(samples),
+            progress: Some(throughput.progress),
+        }
+    }
+
+    /// The one-line JSON of `--json` (without per-sample arrays).
+    pub fn summary_json(&self) -> String {
+        let mut short = self.clone();
+        short.latencies_us = None;
+        short.progress = None;
+        serde_json::to_string(&short).unwrap_or_default()
+    }
+
+    /// Everything, per-write latencies included (`--out`).
+    pub fn full_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// A readable summary.
+    pub fn human(&self) -> String {
+        let mem = self
+            .memory_per_node_bytes
+            .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+            .unwrap_or_else(|| "n/a".into());
+        format!(
+            "concordant bench: {} nodes, {}, {} docs, {} writes ({})\n\
+             latency (write at one node → visible on all): p50 {} µs, p99 {} µs, max {} µs ({} samples)\n\
+             throughput: {} writes converged on every node in {:.3} s = {:.0} writes/s\n\
+             wire: {:.0} bytes per write\n\
+             catch-up: {} missed writes in {:.3} s after restart\n\
+             memory: {} per node\n\
+             converged: {}",
+            self.nodes,
+            self.topology,
+            self.docs,
+            self.writes,
+            self.storage,
+            self.latency_p50_us,
+            self.latency_p99_us,
+            self.latency_max_us,
+            self.latency_samples,
+            self.writes,
+            self.converge_s,
+            self.writes_per_s,
+            self.bytes_per_write,
+            self.writes,
+            self.catchup_s,
+            mem,
+            self.converged
+        )
+    }
+}

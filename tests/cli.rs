@@ -1,0 +1,237 @@
+//! The command line end to end: `concordant init`, `concordant up` as a child process on
+//! free loopback ports, then the client commands against it with the token from the file.
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_concordant");
+/// Bound on any wait in these tests.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Kills the child process when dropped (also when a test fails).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A base port P such that UDP P+1..=P+n and TCP P+1001..=P+1000+n are free right now.
+fn free_base_port(n: u16) -> u16 {
+    for attempt in 0..200u32 {
+        let seed = std::process::id()
+            .wrapping_mul(7919)
+            .wrapping_add(attempt * 104_729);
+        let base = 20_000 + (seed % 40_000) as u16;
+        let udp_free = (1..=n).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok());
+        let tcp_free = (1..=n).all(|i| TcpListener::bind(("127.0.0.1", base + 1000 + i)).is_ok());
+        if udp_free && tcp_free {
+            return base;
+        }
+    }
+    panic!("no free base port found");
+}
+
+fn init(dir: &Path, nodes: u16) -> (PathBuf, u16) {
+    let base = free_base_port(nodes);
+    let out = run(&[
+        "init",
+        "--nodes",
+        &nodes.to_string(),
+        "--topology",
+        "mesh",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--base-port",
+        &base.to_string(),
+    ]);
+    assert!(out.status.success(), "init failed: {}", stderr(&out));
+    (dir.join("cluster.toml"), base)
+}
+
+fn up(config: &Path, log: &Path) -> Running {
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new(BIN)
+        .args(["up", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("concordant up starts");
+    Running(child)
+}
+
+/// Runs a command until it succeeds; returns its output.
+fn until_ok(args: &[&str], child: &mut Running, log: &Path) -> Output {
+    let start = Instant::now();
+    loop {
+        let out = run(args);
+        if out.status.success() {
+            return out;
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "concordant up exited ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "{args:?} did not succeed in time: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn up_and_client_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, base) = init(dir.path(), 3);
+    let config = config.to_str().unwrap().to_string();
+    let c = config.as_str();
+    let log = dir.path().join("up.log");
+    let mut child = up(Path::new(c), &log);
+
+    for node in ["n1", "n2", "n3"] {
+        let out = until_ok(&["health", "--config", c, "--node", node], &mut child, &log);
+        let health: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(health["node"], node);
+    }
+
+    // Every link up (the table exits 0 once every node answers and all heads match).
+    let table_args = ["status", "--config", c];
+    until_ok(&table_args, &mut child, &log);
+
+    // A write through n1 acknowledged by every node, then read on n2 and n3.
+    let set = r#"{"op":"set","path":["greeting"],"value":"hello"}"#;
+    let op = [
+        "op", "doc1", "--config", c, "--node", "n1", "--ops", set, "--ack", "all",
+    ];
+    let out = run(&op);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(written["acked_by"], json!(["n2", "n3"]));
+    for node in ["n2", "n3"] {
+        let out = run(&["get", "doc1", "--config", c, "--node", node]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(doc, json!({"greeting": "hello"}));
+    }
+
+    // A list of ops, then `docs`.
+    let ops = r#"[{"op":"counter","path":["c"],"value":1},{"op":"inc","path":["c"],"by":2}]"#;
+    let out = run(&["op", "doc2", "--config", c, "--node", "n2", "--ops", ops]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["docs", "--config", c, "--node", "n2"]);
+    let docs: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(docs.as_array().unwrap().len(), 2);
+
+    // One node's status.
+    let out = run(&["status", "--config", c, "--node", "n3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(status["node"], "n3");
+    assert_eq!(status["peers"].as_array().unwrap().len(), 2);
+
+    // The cluster table: every node reachable, links up, heads matching.
+    let out = until_ok(&table_args, &mut child, &log);
+    let table = stdout(&out);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NODE"), "{table}");
+    assert_eq!(lines.len(), 4, "{table}");
+    for (line, node) in lines[1..].iter().zip(["n1", "n2", "n3"]) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[0], node, "{table}");
+        assert_eq!(&cells[2..], ["yes", "2/2", "2", "0", "match"], "{table}");
+    }
+
+    // --url with and without the token.
+    let url = format!("http://127.0.0.1:{}", base + 1001);
+    let token = std::fs::read_to_string(c)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("token = \"")?
+                .strip_suffix('"')
+                .map(str::to_string)
+        })
+        .expect("the file has a token");
+    let out = run(&["get", "doc1", "--url", &url, "--token", &token]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["get", "doc1", "--url", &url]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+    let out = run(&["get", "doc1", "--url", &url, "--token", "wrong"]);
+    assert!(!out.status.success());
+    let out = run(&["health", "--url", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Errors of the server: a non-zero exit and the server's message.
+    let out = run(&["get", "nothing", "--url", &url, "--token", &token]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    let inc = r#"{"op":"inc","path":["greeting"],"by":1}"#;
+    let out = run(&["op", "doc1", "--url", &url, "--token", &token, "--ops", inc]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("409"), "{}", stderr(&out));
+    let out = run(&[
+        "op", "doc1", "--url", &url, "--token", &token, "--ops", "[oops",
+    ]);
+    assert!(!out.status.success());
+    let out = run(&["get", "doc1"]);
+    assert!(!out.status.success());
+
+    // A second cluster on the same ports cannot bind: a clear error and a non-zero exit.
+    let other = tempfile::tempdir().unwrap();
+    let other_config = other.path().join("cluster.toml");
+    let out = run(&[
+        "init",
+        "--nodes",
+        "3",
+        "--topology",
+        "mesh",
+        "--dir",
+        other.path().to_str().unwrap(),
+        "--base-port",
+        &base.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["up", "--config", other_config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot bind the HTTP API"),
+        "{}",
+        stderr(&out)
+    );
+
+    // With the cluster stopped, the table says so and exits non-zero.
+    drop(child);
+    let out = run(&table_args);
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains("NO"), "{}", stdout(&out));
+}
