@@ -99,7 +99,7 @@ fn apply(c: &mut Criterion) {
         b.iter(|| {
             raw.iter()
                 .map(|b| Change::from_bytes(b.clone()).expect("valid change"))
-                .count()
+                .collect::<Vec<_>>()
         })
     });
     g.finish();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 pub use report::BenchReport;
 
-use crate::config::{RingDirection, TopologyKind, Tuning};
+use crate::config::{TopologyKind, Tuning};
 use crate::local::{LocalCluster, LocalError};
 
 /// Options of a benchmark run.
@@ -81,8 +81,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     };
     progress(format!(
         "starting {} nodes ({}) over QUIC on 127.0.0.1, storage redb with fsync",
-        opts.nodes,
-        topology_name(opts.topology)
+        opts.nodes, opts.topology
     ));
     let mut cluster =
         LocalCluster::start("bench", opts.nodes, opts.topology, Vec::new(), tuning).await?;
@@ -100,14 +99,4 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     Ok(BenchReport::new(
         opts, latencies, throughput, catchup, converged, memory,
     ))
-}
-
-/// The SPEC's name of a topology.
-pub fn topology_name(kind: TopologyKind) -> &'static str {
-    match kind {
-        TopologyKind::Mesh => "mesh",
-        TopologyKind::Ring(RingDirection::Both) => "ring",
-        TopologyKind::Ring(RingDirection::Forward) => "ring-forward",
-        TopologyKind::Edges => "edges",
-    }
 }

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::phases::{Catchup, Throughput};
-use super::{topology_name, BenchOptions};
+use super::BenchOptions;
 
 /// Results of one run. Serialises to the SPEC's JSON fields (plus extras).
 #[derive(Debug, Clone, Serialize)]
@@ -13,7 +13,7 @@ pub struct BenchReport {
     /// Number of nodes.
     pub nodes: usize,
     /// Topology name.
-    pub topology: &'static str,
+    pub topology: String,
     /// Documents.
     pub docs: usize,
     /// Writes per phase.
@@ -72,7 +72,7 @@ impl BenchReport {
         BenchReport {
             system: "concordant",
             nodes: opts.nodes,
-            topology: topology_name(opts.topology),
+            topology: opts.topology.to_string(),
             docs: opts.docs,
             writes: opts.writes,
             latency_p50_us: pct(0.50),

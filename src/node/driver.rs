@@ -14,7 +14,6 @@ use super::writes::Writes;
 use super::{
     Ack, Command, DocEvent, Error, Node, NodeConfig, NodeStatus, PeerStatus, StorageChoice,
 };
-use crate::config::{RingDirection, TopologyKind};
 use crate::core::{CoreConfig, Effect, Replica};
 use crate::storage::{RedbStore, Store};
 use crate::transport::{SendError, Transport, TransportConfig, TransportEvent};
@@ -96,7 +95,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     let driver = Driver {
         id: config.id.clone(),
         cluster: config.cluster.clone(),
-        topology_name: topology_name(config.topology.kind()),
+        topology_name: config.topology.kind().to_string(),
         links: Links::new(&config.id, config.topology.clone()),
         replica,
         transport,
@@ -115,16 +114,6 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         peer_addr,
         commands: commands_tx,
     })
-}
-
-fn topology_name(kind: TopologyKind) -> String {
-    match kind {
-        TopologyKind::Mesh => "mesh",
-        TopologyKind::Ring(RingDirection::Both) => "ring",
-        TopologyKind::Ring(RingDirection::Forward) => "ring-forward",
-        TopologyKind::Edges => "edges",
-    }
-    .to_string()
 }
 
 struct Driver {
