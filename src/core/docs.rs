@@ -6,6 +6,19 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
+/// What [`DocState::apply_pending`] did.
+#[derive(Default)]
+pub(crate) struct Applied {
+    /// The heads changed.
+    pub(crate) changed: bool,
+    /// Changes Automerge applied besides the pending ones: changes it had queued (they
+    /// arrived through the sync protocol before their dependencies) and that were never
+    /// accepted, so the caller must persist and forward them now.
+    pub(crate) extra: Vec<Vec<u8>>,
+    /// Pending changes Automerge refused (encoded): they must not be persisted or pushed.
+    pub(crate) rejected: Vec<Vec<u8>>,
+}
+
 /// One document and its replication bookkeeping.
 pub(crate) struct DocState {
     pub(crate) doc: Automerge,
@@ -52,19 +65,52 @@ impl DocState {
         !self.pending.is_empty()
     }
 
-    /// Applies every pending change in one Automerge call. Returns whether heads changed.
-    pub(crate) fn apply_pending(&mut self) -> Result<bool, automerge::AutomergeError> {
+    /// Applies every pending change in one Automerge call. If Automerge refuses the batch
+    /// (a change reuses an actor's sequence number), applies them one by one instead and
+    /// reports the refused ones, so one bad change does not drop the good ones with it.
+    pub(crate) fn apply_pending(&mut self) -> Applied {
+        let mut applied = Applied::default();
         if self.pending.is_empty() {
-            return Ok(false);
+            return applied;
         }
         let before = self.doc.get_heads();
+        let queued_before = !self.doc.get_missing_deps(&[]).is_empty();
         let pending = std::mem::take(&mut self.pending);
-        self.pending_hashes.clear();
-        let result = self.doc.apply_changes(pending.iter().cloned());
-        if result.is_ok() {
-            self.track_orphans(pending);
+        let mut accepted = std::mem::take(&mut self.pending_hashes);
+        if self.doc.apply_changes(pending.iter().cloned()).is_err() {
+            for change in &pending {
+                if self.doc.apply_changes([change.clone()]).is_err() {
+                    accepted.remove(&change.hash());
+                    applied.rejected.push(change.raw_bytes().to_vec());
+                }
+            }
         }
-        result.map(|()| self.doc.get_heads() != before)
+        applied.changed = self.doc.get_heads() != before;
+        if applied.changed && queued_before {
+            applied.extra = self.unaccepted_since(&before, &accepted);
+        }
+        self.track_orphans(
+            pending
+                .into_iter()
+                .filter(|c| accepted.contains(&c.hash()))
+                .collect(),
+        );
+        applied
+    }
+
+    /// Changes applied since `before` that are neither in `accepted` nor tracked orphans
+    /// (which were persisted when they arrived).
+    pub(crate) fn unaccepted_since(
+        &self,
+        before: &[ChangeHash],
+        accepted: &HashSet<ChangeHash>,
+    ) -> Vec<Vec<u8>> {
+        self.doc
+            .get_changes(before)
+            .iter()
+            .filter(|c| !accepted.contains(&c.hash()) && !self.orphans.contains_key(&c.hash()))
+            .map(|c| c.raw_bytes().to_vec())
+            .collect()
     }
 
     /// After an apply: remember the changes Automerge queued, forget the ones it now has.

@@ -96,6 +96,22 @@ impl Peer {
         messages
     }
 
+    /// Drops queued changes of `doc` that turned out to be invalid.
+    pub(crate) fn forget(&mut self, doc: &str, rejected: &[Vec<u8>]) {
+        for ((d, _, _), changes) in self.outbox.iter_mut() {
+            if d == doc {
+                changes.retain(|c| {
+                    let bad = rejected.iter().any(|r| r.as_slice() == c.as_slice());
+                    if bad {
+                        self.outbox_bytes -= c.len();
+                    }
+                    !bad
+                });
+            }
+        }
+        self.outbox.retain(|_, changes| !changes.is_empty());
+    }
+
     pub(crate) fn outbox_bytes(&self) -> usize {
         self.outbox_bytes
     }

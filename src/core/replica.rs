@@ -232,13 +232,9 @@ impl Replica {
         want_ack: bool,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E>,
     ) -> Result<LocalWrite<R>, E> {
+        // Keep the causal order simple: pending remote changes go in first.
+        self.apply_doc(doc);
         let state = self.docs.get_or_create(doc);
-        if state.has_pending() {
-            // Keep the causal order simple: pending remote changes go in first.
-            if state.apply_pending().is_ok() {
-                self.stats.apply_batches += 1;
-            }
-        }
         let mut tx = state.doc.transaction();
         let value = match f(&mut tx) {
             Ok(v) => v,
@@ -300,12 +296,24 @@ impl Replica {
         scratch
             .load_incremental(data)
             .map_err(|e| bad(e.to_string()))?;
-        if !scratch.get_missing_deps(&[]).is_empty() {
-            return Err(bad(
-                "changes depend on history that the data does not contain".into(),
-            ));
-        }
         self.apply_doc(doc);
+        let missing = scratch.get_missing_deps(&[]);
+        if !missing.is_empty() {
+            // Changes made on top of history (`save_after`): fine if the document has it.
+            let Some(existing) = self.docs.get(doc).filter(|d| {
+                missing
+                    .iter()
+                    .all(|h| d.doc.get_change_meta_by_hash(h).is_some())
+            }) else {
+                return Err(bad(
+                    "changes depend on history that neither the data nor the document has".into(),
+                ));
+            };
+            scratch = existing.doc.clone();
+            scratch
+                .load_incremental(data)
+                .map_err(|e| bad(e.to_string()))?;
+        }
         let state = self.docs.get_or_create(doc);
         let new = state.doc.get_changes_added(&scratch);
         if new.is_empty() {
@@ -313,12 +321,20 @@ impl Replica {
             return Ok((0, None));
         }
         let count = new.len();
-        let bytes: Vec<Vec<u8>> = new.iter().map(|c| c.raw_bytes().to_vec()).collect();
+        let mut bytes: Vec<Vec<u8>> = new.iter().map(|c| c.raw_bytes().to_vec()).collect();
+        let accepted: std::collections::HashSet<ChangeHash> =
+            new.iter().map(|c| c.hash()).collect();
+        let before = state.doc.get_heads();
+        let queued_before = !state.doc.get_missing_deps(&[]).is_empty();
         if let Err(source) = state.doc.apply_changes(new) {
             return Err(CoreError::Automerge {
                 doc: doc.to_string(),
                 source: Box::new(source),
             });
+        }
+        if queued_before {
+            // Changes Automerge had queued may have become applicable: persist them too.
+            bytes.extend(state.unaccepted_since(&before, &accepted));
         }
         state.last_change_ms = now;
         let heads = state.doc.get_heads();
@@ -500,16 +516,43 @@ impl Replica {
             return;
         }
         self.stats.apply_batches += 1;
-        match state.apply_pending() {
-            Ok(true) => {
-                let heads = state.doc.get_heads();
-                self.effects.push(Effect::Notify {
-                    doc: doc.to_string(),
-                    heads,
-                });
+        let applied = state.apply_pending();
+        if applied.changed {
+            let heads = state.doc.get_heads();
+            self.effects.push(Effect::Notify {
+                doc: doc.to_string(),
+                heads,
+            });
+        }
+        if !applied.extra.is_empty() {
+            let me = self.id.clone();
+            self.accept_new(doc, &me, None, false, applied.extra);
+        }
+        if !applied.rejected.is_empty() {
+            self.stats.bad_changes += applied.rejected.len() as u64;
+            self.unaccept(doc, &applied.rejected);
+        }
+    }
+
+    /// Takes back changes accepted by `accept_new` that Automerge then refused: they leave
+    /// the persist batch being filled, the peers' queues and the acks owed (none of these
+    /// has been flushed yet: pending changes are always applied before a flush ends).
+    fn unaccept(&mut self, doc: &str, rejected: &[Vec<u8>]) {
+        if let Some(&i) = self.batch_index.get(doc) {
+            self.batch[i].1.retain(|c| !rejected.contains(c));
+        }
+        for peer in self.peers.values_mut() {
+            peer.forget(doc, rejected);
+        }
+        let hashes: Vec<[u8; 32]> = rejected
+            .iter()
+            .filter_map(|b| Change::from_bytes(b.clone()).ok())
+            .map(|c| c.hash().0)
+            .collect();
+        for ((_, d), owed) in self.batch_acks.iter_mut() {
+            if d == doc {
+                owed.retain(|h| !hashes.contains(h));
             }
-            Ok(false) => {}
-            Err(_) => self.stats.bad_changes += 1,
         }
     }
 
@@ -712,6 +755,14 @@ impl Replica {
             self.stats.bad_sync += 1;
             self.docs.remove_if_empty(doc);
             return;
+        }
+        // Automerge never resends a change it has sent in this session. If the message that
+        // carried it was lost (a failed send), the peer asks for it in `need` forever and the
+        // session ping-pongs without end: send what the peer explicitly needs again.
+        if let Some(need) = session.their_need.as_ref() {
+            for hash in need {
+                session.sent_hashes.remove(hash);
+            }
         }
         let after = state.doc.get_heads();
         if after != before {

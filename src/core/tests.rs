@@ -1,1 +1,243 @@
-//! Unit tests of the replica (being written).
+//! Unit tests of the replica, driven by hand through an effect-collecting harness.
+//!
+//! Each test wires two or three [`Replica`]s together: effects are collected after
+//! `flush()`, messages go through the wire codec and are delivered in order by the test,
+//! persists complete when the test says so. This file holds the harness; the tests are in
+//! `tests/flow.rs` (push, batching, forwarding, acks), `tests/repair.rs` (anti-entropy and
+//! sync) and `tests/input.rs` (bad input, merge, load and snapshots). Owns nothing else.
+
+mod flow;
+mod input;
+mod repair;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use automerge::transaction::{Transactable, Transaction};
+use automerge::{AutoCommit, Automerge, ChangeHash, ObjType, ReadDoc, ROOT};
+use serde_bytes::ByteBuf;
+
+use super::{CoreConfig, CoreError, Effect, Flood, Replica};
+use crate::wire::{self, DocChanges, Message};
+
+type TxResult<R> = Result<R, automerge::AutomergeError>;
+/// The documents of one persist batch, as in [`Effect::Persist`].
+type Batch = Vec<(String, Vec<Vec<u8>>)>;
+
+fn seed(id: &str, run: u8) -> [u8; 16] {
+    let mut s = [run; 16];
+    for (i, b) in id.bytes().enumerate().take(15) {
+        s[i + 1] = b;
+    }
+    s
+}
+
+fn replica(id: &str) -> Replica {
+    replica_with(id, CoreConfig::default())
+}
+
+fn replica_with(id: &str, config: CoreConfig) -> Replica {
+    Replica::new(id, seed(id, 1), Box::new(Flood), config)
+}
+
+/// Passes a message through the codec, as the transport would.
+fn via_wire(msg: &Message) -> Message {
+    let bytes = wire::encode(msg).unwrap();
+    let (back, used) = wire::decode_frame(&bytes).unwrap().unwrap();
+    assert_eq!(used, bytes.len());
+    back
+}
+
+fn effects(r: &mut Replica) -> Vec<Effect> {
+    r.flush();
+    r.drain_effects()
+}
+
+fn put(r: &mut Replica, now: u64, doc: &str, key: &str, value: i64, want_ack: bool) -> ChangeHash {
+    r.local_change(
+        now,
+        doc,
+        want_ack,
+        |tx: &mut Transaction<'_>| -> TxResult<()> {
+            tx.put(ROOT, key, value)?;
+            Ok(())
+        },
+    )
+    .unwrap()
+    .hash
+    .unwrap()
+}
+
+fn sends(effects: &[Effect]) -> Vec<(String, Message)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { to, msg } => Some((to.clone(), msg.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn persists(effects: &[Effect]) -> Vec<(u64, Batch)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist { token, docs } => Some((*token, docs.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pushes_to(effects: &[Effect], to: &str) -> Vec<DocChanges> {
+    sends(effects)
+        .into_iter()
+        .filter(|(t, _)| t == to)
+        .flat_map(|(_, m)| match m {
+            Message::Push(groups) => groups,
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn change_bytes(doc: &Automerge, hash: ChangeHash) -> Vec<u8> {
+    doc.get_change_by_hash(&hash).unwrap().raw_bytes().to_vec()
+}
+
+/// A few replicas, a FIFO network through the codec, and durable storage per node.
+struct Cluster {
+    nodes: BTreeMap<String, Replica>,
+    /// (from, to, message) in flight.
+    net: VecDeque<(String, String, Message)>,
+    /// Persists not yet completed: (node, token).
+    pending_persists: Vec<(String, u64)>,
+    /// Durable changes per node and document.
+    stored: BTreeMap<String, BTreeMap<String, Vec<Vec<u8>>>>,
+    /// Acks seen by writers: (writer, doc, hash, by).
+    acked: Vec<(String, String, ChangeHash, String)>,
+    /// Complete persists as soon as they are requested.
+    auto_persist: bool,
+    now: u64,
+}
+
+impl Cluster {
+    fn new(ids: &[&str], config: CoreConfig) -> Self {
+        Cluster {
+            nodes: ids
+                .iter()
+                .map(|id| (id.to_string(), replica_with(id, config.clone())))
+                .collect(),
+            net: VecDeque::new(),
+            pending_persists: Vec::new(),
+            stored: BTreeMap::new(),
+            acked: Vec::new(),
+            auto_persist: true,
+            now: 1_000,
+        }
+    }
+
+    fn node(&mut self, id: &str) -> &mut Replica {
+        self.nodes.get_mut(id).unwrap()
+    }
+
+    fn link(&mut self, a: &str, b: &str) {
+        let now = self.now;
+        self.node(a).peer_up(now, b);
+        self.node(b).peer_up(now, a);
+        self.pump(a);
+        self.pump(b);
+    }
+
+    fn unlink(&mut self, a: &str, b: &str) {
+        self.node(a).peer_down(b);
+        self.node(b).peer_down(a);
+        self.net
+            .retain(|(f, t, _)| !((f == a && t == b) || (f == b && t == a)));
+    }
+
+    /// Flushes `id` and carries out its effects.
+    fn pump(&mut self, id: &str) {
+        let list = effects(self.node(id));
+        self.carry_out(id, list);
+    }
+
+    fn carry_out(&mut self, id: &str, list: Vec<Effect>) {
+        for effect in list {
+            match effect {
+                Effect::Send { to, msg } => {
+                    self.net.push_back((id.to_string(), to, via_wire(&msg)))
+                }
+                Effect::Persist { token, docs } => {
+                    let store = self.stored.entry(id.to_string()).or_default();
+                    for (doc, changes) in docs {
+                        store.entry(doc).or_default().extend(changes);
+                    }
+                    self.pending_persists.push((id.to_string(), token));
+                }
+                Effect::Acked { doc, hash, by } => self.acked.push((id.to_string(), doc, hash, by)),
+                Effect::Notify { .. } => {}
+            }
+        }
+        if self.auto_persist {
+            self.complete_persists();
+        }
+    }
+
+    fn complete_persists(&mut self) {
+        while let Some((id, token)) = self.pending_persists.pop() {
+            self.node(&id).persisted(token);
+            let list = effects(self.node(&id));
+            for effect in &list {
+                assert!(
+                    !matches!(effect, Effect::Persist { .. }),
+                    "persisted() persists"
+                );
+            }
+            self.carry_out(&id, list);
+        }
+    }
+
+    /// Delivers messages until the network is empty.
+    fn run(&mut self) {
+        for _ in 0..100_000 {
+            let Some((from, to, msg)) = self.net.pop_front() else {
+                return;
+            };
+            if !self.nodes.contains_key(&to) {
+                continue; // a peer played by the test itself
+            }
+            let now = self.now;
+            self.node(&to).handle_message(now, &from, msg);
+            self.pump(&to);
+        }
+        panic!("network did not become quiet");
+    }
+
+    /// Advances time, ticks every node and delivers until quiet.
+    fn tick_all(&mut self, ms: u64) {
+        self.now += ms;
+        let ids: Vec<String> = self.nodes.keys().cloned().collect();
+        for id in ids {
+            let now = self.now;
+            self.node(&id).tick(now);
+            self.pump(&id);
+        }
+        self.run();
+    }
+
+    fn put(&mut self, id: &str, doc: &str, key: &str, value: i64, want_ack: bool) -> ChangeHash {
+        let now = self.now;
+        put(self.node(id), now, doc, key, value, want_ack)
+    }
+
+    fn heads(&self, id: &str) -> Vec<(String, Vec<ChangeHash>)> {
+        self.nodes[id].heads()
+    }
+
+    /// A fresh replica of `id` loaded from its storage only.
+    fn reload(&self, id: &str) -> Replica {
+        let mut r = Replica::new(id, seed(id, 2), Box::new(Flood), CoreConfig::default());
+        for (doc, changes) in self.stored.get(id).cloned().unwrap_or_default() {
+            r.load_doc(&doc, None, &changes).unwrap();
+        }
+        r
+    }
+}

@@ -1,0 +1,214 @@
+//! Anti-entropy: digests, the sync protocol, dropped pushes, and changes that arrive
+//! before their dependencies.
+
+use super::*;
+
+#[test]
+fn reconnect_repairs_missed_pushes_both_ways() {
+    let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
+    c.link("a", "b");
+    put(c.node("a"), 10, "d", "base", 0, false);
+    c.pump("a");
+    c.run();
+    assert_eq!(c.heads("a"), c.heads("b"));
+    c.unlink("a", "b");
+    for i in 0..3 {
+        put(c.node("a"), 20, "d", &format!("a{i}"), i, false);
+        put(c.node("b"), 20, "d", &format!("b{i}"), i, false);
+    }
+    // A whole document that b never saw.
+    put(c.node("a"), 20, "only-a", "x", 1, false);
+    c.pump("a");
+    c.pump("b");
+    assert!(c.net.is_empty(), "nothing sent while disconnected");
+    assert_ne!(c.heads("a"), c.heads("b"));
+    c.link("a", "b");
+    c.run();
+    assert_eq!(c.heads("a"), c.heads("b"));
+    assert_eq!(c.heads("a").len(), 2);
+    let (sa, sb) = (c.nodes["a"].stats().clone(), c.nodes["b"].stats().clone());
+    assert!(sa.repairs + sb.repairs > 0);
+    assert_eq!(sa.repaired_changes, 3);
+    assert_eq!(sb.repaired_changes, 4);
+    // Repaired changes were persisted: a restart from storage has them.
+    for id in ["a", "b"] {
+        assert_eq!(c.reload(id).heads(), c.heads(id), "storage of {id}");
+    }
+}
+
+#[test]
+fn digest_mismatch_on_tick_starts_sync() {
+    let config = CoreConfig {
+        anti_entropy_ms: 500,
+        quiet_ms: 100,
+        ..CoreConfig::default()
+    };
+    let mut c = Cluster::new(&["a", "b"], config);
+    c.link("a", "b");
+    c.run();
+    c.put("a", "d", "k", 1, false);
+    // The push is lost on the way.
+    let list = effects(c.node("a"));
+    assert_eq!(pushes_to(&list, "b").len(), 1);
+    assert!(c.heads("b").is_empty());
+    c.tick_all(1_000);
+    assert_eq!(c.heads("a"), c.heads("b"));
+    assert!(c.nodes["b"].stats().repairs >= 1);
+    assert!(c.nodes["a"].stats().digests_sent >= 1);
+}
+
+#[test]
+fn send_failed_triggers_full_digest_on_next_tick() {
+    let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
+    c.link("a", "b");
+    c.run();
+    c.put("a", "d", "k", 1, false);
+    effects(c.node("a")); // the push could not be queued
+    c.node("a").send_failed("b");
+    assert_eq!(c.nodes["a"].stats().pushes_dropped, 1);
+    // Not yet periodic, yet the digest goes out (it is a full one: the doc is not quiet).
+    c.tick_all(1);
+    assert_eq!(c.heads("a"), c.heads("b"));
+}
+
+#[test]
+fn outbox_limit_drops_pushes_then_anti_entropy_repairs() {
+    let config = CoreConfig {
+        outbox_limit: 300,
+        ..CoreConfig::default()
+    };
+    let mut c = Cluster::new(&["a", "b"], config);
+    c.link("a", "b");
+    c.run();
+    for i in 0..20 {
+        c.put("a", "d", &format!("key-{i}"), i, false);
+    }
+    assert!(c.nodes["a"].queued_bytes("b").unwrap() <= 300);
+    let dropped = c.nodes["a"].stats().pushes_dropped;
+    assert!(dropped > 0, "some pushes dropped");
+    c.pump("a");
+    c.run();
+    assert_eq!(c.nodes["a"].queued_bytes("b"), Some(0));
+    assert_ne!(c.heads("a"), c.heads("b"), "b got only part of it");
+    c.tick_all(1);
+    assert_eq!(c.heads("a"), c.heads("b"));
+}
+
+/// A change that arrives through the sync protocol before its dependency is queued by
+/// Automerge; when the dependency then arrives by push, Automerge applies both. The queued
+/// one must be persisted and forwarded too, or a local write on top of it is stuck after a
+/// restart (its dependency is nowhere in storage).
+#[test]
+fn change_queued_by_sync_then_unblocked_by_push_is_persisted_and_forwarded() {
+    let mut a = replica("a");
+    let c1 = put(&mut a, 1, "d", "x", 1, false);
+    let c2 = put(&mut a, 2, "d", "y", 2, false);
+    let doc_a = a.doc("d").unwrap();
+    let (c1_bytes, c2_bytes) = (change_bytes(doc_a, c1), change_bytes(doc_a, c2));
+    let mut c = Cluster::new(&["b", "c"], CoreConfig::default());
+    let now = c.now;
+    c.node("b").peer_up(now, "a");
+    c.link("b", "c");
+    c.run();
+    let sync_msg = automerge::sync::Message {
+        heads: vec![c2],
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: automerge::sync::ChunkList::from(vec![c2_bytes.clone()]),
+        flags: None,
+        version: automerge::sync::MessageVersion::V1,
+    };
+    c.node("b").handle_message(
+        now,
+        "a",
+        Message::Sync {
+            doc: "d".into(),
+            data: ByteBuf::from(sync_msg.encode()),
+        },
+    );
+    let list = effects(c.node("b"));
+    assert!(
+        c.nodes["b"].heads().iter().all(|(_, h)| h.is_empty()),
+        "c2 waits for c1"
+    );
+    let replies = sends(&list);
+    assert!(replies.iter().all(|(to, _)| to == "a"), "{replies:?}");
+    c.node("b").handle_message(
+        now,
+        "a",
+        Message::Push(vec![DocChanges {
+            doc: "d".into(),
+            origin: "a".into(),
+            changes: vec![ByteBuf::from(c1_bytes)],
+            want_ack: false,
+        }]),
+    );
+    c.pump("b");
+    c.run();
+    assert_eq!(c.heads("b"), a.heads());
+    assert_eq!(c.heads("c"), a.heads(), "c2 is forwarded to c as well");
+    let stored = c.stored["b"]["d"].clone();
+    assert!(
+        stored.contains(&c2_bytes),
+        "b has applied c2 but not persisted it"
+    );
+    // A write on top of c2 that b acknowledges must survive b's restart.
+    let local = c.put("b", "d", "z", 3, true);
+    c.pump("b");
+    c.run();
+    let reloaded = c.reload("b");
+    assert!(
+        reloaded
+            .doc("d")
+            .unwrap()
+            .get_change_meta_by_hash(&local)
+            .is_some(),
+        "b's persisted write is stuck behind a change b never persisted"
+    );
+}
+
+/// A sync message that carried changes is lost (the driver could not send it). Automerge
+/// never resends a change within a session, so when the peer later asks for it in `need`,
+/// the session must resend it instead of answering empty-handed forever.
+#[test]
+fn lost_sync_message_does_not_wedge_the_session() {
+    let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
+    c.link("a", "b");
+    c.put("a", "d", "k0", 0, false);
+    c.pump("a");
+    c.run();
+    c.unlink("a", "b");
+    c.put("a", "d", "k1", 1, false);
+    c.put("a", "d", "k2", 2, false);
+    c.pump("a");
+    c.link("a", "b");
+    // Deliver until a's first sync message with changes, which is lost.
+    for _ in 0..100 {
+        let (from, to, msg) = c.net.pop_front().expect("the sync reaches a");
+        if let Message::Sync { data, .. } = &msg {
+            let sync = automerge::sync::Message::decode(data).unwrap();
+            if from == "a" && !sync.changes.is_empty() {
+                c.node("a").send_failed("b");
+                break;
+            }
+        }
+        let now = c.now;
+        c.node(&to).handle_message(now, &from, msg);
+        c.pump(&to);
+    }
+    c.run();
+    // b's side of the session expires, a's does not; a digest from a starts a new one.
+    c.now += CoreConfig::default().session_timeout_ms + 1;
+    let now = c.now;
+    c.node("b").tick(now);
+    c.pump("b");
+    let heads: Vec<[u8; 32]> = c.heads("a")[0].1.iter().map(|h| h.0).collect();
+    let digest = Message::Digest(vec![wire::DigestEntry {
+        doc: "d".into(),
+        heads: wire::heads_digest(&heads),
+    }]);
+    c.node("b").handle_message(now, "a", digest);
+    c.pump("b");
+    c.run(); // without the resend, a and b ping-pong here forever
+    assert_eq!(c.heads("a"), c.heads("b"));
+}

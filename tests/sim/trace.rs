@@ -1,0 +1,99 @@
+//! The event trace printed with `CONCORDANT_SIM_TRACE=1`: messages with the documents and
+//! changes they carry, and a node's heads.
+
+use automerge::{ChangeHash, ReadDoc};
+use concordant::wire;
+
+use super::world::Sim;
+
+pub(crate) fn short(hash: &ChangeHash) -> String {
+    hash.to_string()[..8].to_string()
+}
+
+pub(crate) fn describe_changes(changes: &[Vec<u8>]) -> String {
+    let hashes: Vec<String> = changes
+        .iter()
+        .map(|c| {
+            automerge::Change::from_bytes(c.clone())
+                .map(|c| short(&c.hash()))
+                .unwrap_or_else(|_| "bad".into())
+        })
+        .collect();
+    hashes.join(",")
+}
+
+pub(crate) fn describe_batch(docs: &[(String, Vec<Vec<u8>>)]) -> String {
+    docs.iter()
+        .map(|(d, c)| format!("{d}[{}]", describe_changes(c)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// For the trace: a message with the documents and changes it carries.
+pub(crate) fn describe(msg: &wire::Message) -> String {
+    match msg {
+        wire::Message::Push(groups) => {
+            let parts: Vec<String> = groups
+                .iter()
+                .map(|g| {
+                    let changes: Vec<Vec<u8>> = g.changes.iter().map(|c| c.to_vec()).collect();
+                    format!(
+                        "{}@{}{}[{}]",
+                        g.doc,
+                        g.origin,
+                        if g.want_ack { "!" } else { "" },
+                        describe_changes(&changes)
+                    )
+                })
+                .collect();
+            format!("push {}", parts.join(" "))
+        }
+        wire::Message::Sync { doc, data } => match automerge::sync::Message::decode(data) {
+            Ok(m) => {
+                let chunks: Vec<Vec<u8>> = m.changes.iter().map(|c| c.to_vec()).collect();
+                let changes = [describe_changes(&chunks)];
+                let heads: Vec<String> = m.heads.iter().map(short).collect();
+                let need: Vec<String> = m.need.iter().map(short).collect();
+                format!(
+                    "sync {doc} heads [{}] need [{}] changes [{}]",
+                    heads.join(","),
+                    need.join(","),
+                    changes.join(",")
+                )
+            }
+            Err(_) => format!("sync {doc} (undecodable)"),
+        },
+        wire::Message::Ack(a) => format!("ack {} by {} ({})", a.doc, a.by, a.hashes.len()),
+        wire::Message::Digest(e) => format!("digest of {} docs", e.len()),
+        wire::Message::Hello(_) => "hello".into(),
+    }
+}
+
+impl Sim {
+    /// A node's heads per document, how many dependencies it misses, and its error counters.
+    pub(crate) fn describe_heads(&self, i: usize) -> String {
+        let Some(r) = self.nodes[i].replica.as_ref() else {
+            return "down".into();
+        };
+        let parts: Vec<String> = r
+            .heads()
+            .iter()
+            .map(|(d, h)| {
+                let queued = r.doc(d).map_or(0, |doc| doc.get_missing_deps(&[]).len());
+                let heads: Vec<String> = h.iter().map(short).collect();
+                if queued > 0 {
+                    format!("{d}[{}](missing {queued})", heads.join(","))
+                } else {
+                    format!("{d}[{}]", heads.join(","))
+                }
+            })
+            .collect();
+        let stats = r.stats();
+        format!(
+            "{} bad_sync {} bad_changes {}",
+            parts.join(" "),
+            stats.bad_sync,
+            stats.bad_changes
+        )
+    }
+}
