@@ -25,8 +25,9 @@ pub(crate) struct DocState {
     /// Remote changes accepted but not yet applied (applied together by `apply_pending`).
     pending: Vec<Change>,
     pending_hashes: HashSet<ChangeHash>,
-    /// Changes received whose dependencies are missing: Automerge queues them, and they
-    /// are not in `save()`, so compaction must keep them.
+    /// Changes received whose dependencies are missing (Automerge holds them back). They
+    /// are tracked here for deduplication, and compaction keeps them next to the snapshot
+    /// explicitly rather than relying on `save()` to include Automerge's queue.
     orphans: HashMap<ChangeHash, Vec<u8>>,
     /// When the document last changed (for anti-entropy: busy documents wait).
     pub(crate) last_change_ms: u64,
