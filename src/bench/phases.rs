@@ -204,6 +204,26 @@ async fn wait_counts(
     }
 }
 
+/// Waits until every node has identical heads for every document.
+async fn wait_same_heads(nodes: &[Node], limit: Duration) -> Result<(), BenchError> {
+    let start = Instant::now();
+    loop {
+        let mut all = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            all.push(node.docs().await?);
+        }
+        if all.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(BenchError::Timeout(format!(
+                "replicas did not reach identical heads within {limit:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 fn limit_for(writes: usize) -> Duration {
     Duration::from_secs(60 + writes as u64 / 200)
 }
@@ -236,7 +256,13 @@ pub(crate) async fn throughput(
         progress,
     )
     .await?;
+    let counted = start.elapsed().as_secs_f64();
+    // The counters say every node accepted W changes; also wait for identical heads.
+    wait_same_heads(&nodes, limit_for(opts.writes)).await?;
     let seconds = start.elapsed().as_secs_f64();
+    progress(format!(
+        "throughput: counts complete at {counted:.3} s, identical heads at {seconds:.3} s"
+    ));
     while let Some(done) = writers.join_next().await {
         done.map_err(|_| crate::node::Error::Stopped)??;
     }
@@ -287,7 +313,15 @@ pub(crate) async fn catchup(
         start.elapsed().as_millis()
     ));
     let limit = limit_for(opts.writes);
+    let mut linked = false;
     loop {
+        if !linked && node.status().await?.peers.iter().any(|p| p.connected) {
+            linked = true;
+            progress(format!(
+                "catch-up: first link up {} ms after the restart began",
+                start.elapsed().as_millis()
+            ));
+        }
         if node.docs().await? == reference {
             break;
         }
@@ -298,9 +332,14 @@ pub(crate) async fn catchup(
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok(Catchup {
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    let seconds = start.elapsed().as_secs_f64();
+    let core = node.status().await?.core;
+    progress(format!(
+        "catch-up: done in {seconds:.3} s: {} sync sessions started, {} sync messages sent, \
+         {} changes repaired, {} duplicates",
+        core.repairs, core.sync_sent, core.repaired_changes, core.duplicates
+    ));
+    Ok(Catchup { seconds })
 }
 
 /// True if every running node has identical heads for every document.

@@ -49,6 +49,9 @@ fn roots(node: &str, identity: &TlsIdentity) -> Result<Arc<RootCertStore>, Trans
     Ok(Arc::new(roots))
 }
 
+/// Round-trip time assumed before the first sample.
+const INITIAL_RTT: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// QUIC transport parameters: keep-alive and idle timeout from `timing`, one incoming
 /// unidirectional stream, no bidirectional streams, generous receive windows.
 pub fn transport_params(timing: Timing) -> Result<quinn::TransportConfig, TransportError> {
@@ -57,7 +60,12 @@ pub fn transport_params(timing: Timing) -> Result<quinn::TransportConfig, Transp
         reason: e.to_string(),
     })?;
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(timing.keep_alive))
+    // QUIC assumes 333 ms before it has measured the path, so a handshake packet lost to a
+    // peer that was down is resent only after about a second, which delays reconnecting to
+    // a restarted node. Cluster links are short (the idle timeout is already about a
+    // second), so start from a LAN-sized estimate; a real sample replaces it at once.
+    t.initial_rtt(INITIAL_RTT)
+        .keep_alive_interval(Some(timing.keep_alive))
         .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
         .max_concurrent_uni_streams(VarInt::from_u32(1))
