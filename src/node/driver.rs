@@ -253,10 +253,10 @@ impl Driver {
                                 deadline,
                                 outcome,
                             );
-                            let _ = started.send(Ok(Some(())));
+                            let _ = started.send(Ok(true));
                         }
                         _ => {
-                            let _ = started.send(Ok(None));
+                            let _ = started.send(Ok(false));
                         }
                     },
                 }

@@ -158,9 +158,9 @@ pub(crate) enum Command {
         ack: Ack,
         timeout: Duration,
         f: ChangeFn,
-        /// Answered at once if the change failed or made no operation; otherwise the
-        /// outcome comes on `outcome`.
-        started: oneshot::Sender<Result<Option<()>, Error>>,
+        /// Answered at once: `Err` if the change failed, `Ok(false)` if it made no
+        /// operation, `Ok(true)` if it made a change whose outcome comes on `outcome`.
+        started: oneshot::Sender<Result<bool, Error>>,
         outcome: oneshot::Sender<WriteOutcome>,
     },
     Merge {
@@ -246,19 +246,17 @@ impl Node {
             outcome: outcome_tx,
         })
         .await?;
-        let started = started_rx.await.map_err(|_| Error::Stopped)??;
+        let changed = started_rx.await.map_err(|_| Error::Stopped)??;
         let value = value_rx.await.map_err(|_| Error::Stopped)?;
-        match started {
-            None => {
-                let heads = self.with_doc(doc, |d| d.get_heads()).await?;
-                Ok(Written {
-                    value,
-                    heads: heads.unwrap_or_default(),
-                    acked_by: Vec::new(),
-                })
-            }
-            Some(()) => finish(outcome_rx.await.map_err(|_| Error::Stopped)?, value),
+        if changed {
+            return finish(outcome_rx.await.map_err(|_| Error::Stopped)?, value);
         }
+        let heads = self.with_doc(doc, |d| d.get_heads()).await?;
+        Ok(Written {
+            value,
+            heads: heads.unwrap_or_default(),
+            acked_by: Vec::new(),
+        })
     }
 
     /// Applies the SPEC's JSON operations as one atomic change with the request's write
