@@ -28,7 +28,6 @@ use automerge::transaction::Transactable;
 use automerge::{Automerge, AutomergeError, ObjType, ReadDoc, Value, ROOT};
 use concordant::certs::test_identities;
 use concordant::config::{RingDirection, TopologyKind};
-use concordant::storage::StorageError;
 use concordant::topology::Topology;
 use concordant::{Node, NodeBuilder};
 
@@ -159,7 +158,7 @@ pub async fn run() -> anyhow::Result<Vec<Todo>> {
 
     println!("\n4. restarting n3 on the same port ({n3_addr}) from its data directory");
     let restart_began = Instant::now();
-    let n3 = restart(builder(2).listen(n3_addr)).await?;
+    let n3 = builder(2).listen(n3_addr).start().await?;
     for other in &nodes[..2] {
         other.set_peer_addr("n3", n3.peer_addr()).await?;
         n3.set_peer_addr(other.id(), other.peer_addr()).await?;
@@ -194,24 +193,6 @@ pub async fn run() -> anyhow::Result<Vec<Todo>> {
     print_todos(&lists[0]);
     println!("\nconverged: the list is identical on n1, n2 and n3");
     Ok(lists.swap_remove(0))
-}
-
-/// Starts a node again on its old data directory. `Node::shutdown` can return a moment
-/// before the storage thread has released the database file, so a start that finds the
-/// store still locked is retried for up to 5 s.
-async fn restart(builder: NodeBuilder) -> anyhow::Result<Node> {
-    let config = builder.build();
-    let start = Instant::now();
-    loop {
-        match Node::start(config.clone()).await {
-            Err(concordant::Error::Storage(StorageError::Locked { .. }))
-                if start.elapsed() < Duration::from_secs(5) =>
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            other => return Ok(other?),
-        }
-    }
 }
 
 /// Adds item `id` (a new map under the root).
