@@ -57,15 +57,10 @@ impl Cluster {
     }
 
     async fn wait_converged(&self, limit: Duration) -> Result<Duration, DemoError> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            let heads = self.heads().await?;
-            if heads.windows(2).all(|w| w[0] == w[1]) && !heads[0].is_empty() {
-                return Ok(start.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Err(DemoError::NoConvergence(limit))
+        self.local
+            .wait_converged(limit)
+            .await?
+            .ok_or(DemoError::NoConvergence(limit))
     }
 
     async fn items(&self, node: &Node) -> Result<usize, DemoError> {

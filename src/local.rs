@@ -133,6 +133,28 @@ impl LocalCluster {
         Ok(false)
     }
 
+    /// True if every running node has the same documents with identical heads.
+    pub async fn converged(&self) -> Result<bool, LocalError> {
+        let mut all = Vec::new();
+        for node in self.live() {
+            all.push(node.docs().await?);
+        }
+        Ok(all.windows(2).all(|w| w[0] == w[1]))
+    }
+
+    /// Waits until [`LocalCluster::converged`]; returns how long that took, or `None` if
+    /// it did not happen within `limit`.
+    pub async fn wait_converged(&self, limit: Duration) -> Result<Option<Duration>, LocalError> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.converged().await? {
+                return Ok(Some(start.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(None)
+    }
+
     /// Stops every node.
     pub async fn shutdown(mut self) -> Result<(), LocalError> {
         for i in 0..self.nodes.len() {

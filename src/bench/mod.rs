@@ -93,7 +93,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let latencies = phases::latency(&cluster, opts, &progress).await?;
     let throughput = phases::throughput(&cluster, opts, &progress).await?;
     let catchup = phases::catchup(&mut cluster, opts, &progress).await?;
-    let converged = phases::converged(&cluster).await?;
+    let converged = cluster.converged().await?;
     let memory = phases::memory_per_node_bytes(opts.nodes);
     cluster.shutdown().await?;
     Ok(BenchReport::new(

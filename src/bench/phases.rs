@@ -204,26 +204,6 @@ async fn wait_counts(
     }
 }
 
-/// Waits until every node has identical heads for every document.
-async fn wait_same_heads(nodes: &[Node], limit: Duration) -> Result<(), BenchError> {
-    let start = Instant::now();
-    loop {
-        let mut all = Vec::with_capacity(nodes.len());
-        for node in nodes {
-            all.push(node.docs().await?);
-        }
-        if all.windows(2).all(|w| w[0] == w[1]) {
-            return Ok(());
-        }
-        if start.elapsed() > limit {
-            return Err(BenchError::Timeout(format!(
-                "replicas did not reach identical heads within {limit:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 fn limit_for(writes: usize) -> Duration {
     Duration::from_secs(60 + writes as u64 / 200)
 }
@@ -258,7 +238,12 @@ pub(crate) async fn throughput(
     .await?;
     let counted = start.elapsed().as_secs_f64();
     // The counters say every node accepted W changes; also wait for identical heads.
-    wait_same_heads(&nodes, limit_for(opts.writes)).await?;
+    let limit = limit_for(opts.writes);
+    if cluster.wait_converged(limit).await?.is_none() {
+        return Err(BenchError::Timeout(format!(
+            "replicas did not reach identical heads within {limit:?}"
+        )));
+    }
     let seconds = start.elapsed().as_secs_f64();
     progress(format!(
         "throughput: counts complete at {counted:.3} s, identical heads at {seconds:.3} s"
@@ -340,15 +325,6 @@ pub(crate) async fn catchup(
         core.repairs, core.sync_sent, core.repaired_changes, core.duplicates
     ));
     Ok(Catchup { seconds })
-}
-
-/// True if every running node has identical heads for every document.
-pub(crate) async fn converged(cluster: &LocalCluster) -> Result<bool, BenchError> {
-    let mut all = Vec::new();
-    for node in cluster.live() {
-        all.push(node.docs().await?);
-    }
-    Ok(all.windows(2).all(|w| w[0] == w[1]))
 }
 
 /// Resident memory of this process divided by the nodes in it (Linux; None elsewhere).
