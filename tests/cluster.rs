@@ -16,6 +16,7 @@ use common::{
 use concordant::certs::{generate_ca, TlsIdentity};
 use concordant::config::{RingDirection, TopologyKind};
 use concordant::node::{Ack, Node, NodeBuilder};
+use concordant::storage::{RedbStore, Store};
 use concordant::Error;
 use serde_json::json;
 
@@ -335,6 +336,18 @@ async fn restarted_node_keeps_its_data() {
     let before = cluster.node(0).docs().await.expect("docs");
     let json_before = cluster.node(0).json(DOC).await.expect("json");
     cluster.stop_all().await;
+
+    // A graceful stop compacts long logs, so the restart loads a snapshot.
+    {
+        let mut store = RedbStore::open(&cluster.data_dir(0)).expect("store");
+        let stored = store.load_all().expect("load");
+        let shared = stored.iter().find(|d| d.id == DOC).expect("shared doc");
+        assert!(
+            shared.snapshot.is_some() && shared.changes.is_empty(),
+            "log of {} changes left after a graceful stop",
+            shared.changes.len()
+        );
+    }
 
     let n1 = cluster.start_node(0).await;
     assert_eq!(

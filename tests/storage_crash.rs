@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use concordant::storage::{RedbStore, Store, StoredDoc};
+use concordant::storage::{Compaction, RedbStore, Store, StoredDoc};
 use rand::Rng;
 
 const CHILD_ENV: &str = "CONCORDANT_CRASH_CHILD";
@@ -128,7 +128,11 @@ fn child_loop(dir: &Path, compact_every: Option<usize>) {
                 snapshot.extend_from_slice(&entry);
             }
             store
-                .compact(doc, snapshot.clone(), keep.clone())
+                .compact(vec![Compaction {
+                    doc: doc.to_string(),
+                    snapshot: snapshot.clone(),
+                    keep: keep.clone(),
+                }])
                 .expect("compact");
             *log = keep;
         }

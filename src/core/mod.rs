@@ -17,7 +17,7 @@ mod replica;
 mod router;
 
 pub use effect::Effect;
-pub use replica::{CoreConfig, CoreStats, LocalWrite, Replica};
+pub use replica::{CoreConfig, CoreStats, LoadedDoc, LocalWrite, Replica};
 pub use router::{Flood, Router};
 
 /// Errors of the core. None of them leaves a partial change behind.

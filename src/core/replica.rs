@@ -201,25 +201,15 @@ impl Replica {
         snapshot: Option<&[u8]>,
         changes: &[Vec<u8>],
     ) -> Result<(), CoreError> {
-        let corrupt = |detail: String| CoreError::CorruptStored {
-            doc: id.to_string(),
-            detail,
-        };
-        let mut doc = match snapshot {
-            Some(bytes) => Automerge::load(bytes).map_err(|e| corrupt(format!("snapshot: {e}")))?,
-            None => Automerge::new(),
-        };
-        let mut decoded = Vec::with_capacity(changes.len());
-        for (i, bytes) in changes.iter().enumerate() {
-            let change = Change::from_bytes(bytes.clone())
-                .map_err(|e| corrupt(format!("change #{i}: {e}")))?;
-            decoded.push(change);
-        }
-        doc.apply_changes(decoded.iter().cloned())
-            .map_err(|e| corrupt(format!("applying changes: {e}")))?;
-        let state = self.docs.insert(id.to_string(), doc);
-        state.track_orphans(decoded);
+        let loaded = LoadedDoc::decode(id, snapshot, changes)?;
+        self.insert_loaded(loaded);
         Ok(())
+    }
+
+    /// Adds a document decoded by [`LoadedDoc::decode`] (which may run on other threads).
+    pub fn insert_loaded(&mut self, loaded: LoadedDoc) {
+        let state = self.docs.insert(loaded.id, loaded.doc);
+        state.track_orphans(loaded.changes);
     }
 
     /// Runs `f` as one Automerge transaction on `doc` (created if new). On `Err` the
@@ -782,8 +772,10 @@ impl Replica {
                 .entry((from.to_string(), doc.to_string()))
                 .or_default()
                 .extend(hashes);
-            let me = self.id.clone();
-            self.accept_new(doc, &me, Some(from), false, new);
+            // Pass them on as if `from` had written them: the topology's routing then
+            // spreads them away from `from` (into a healed ring's other side) and not back
+            // to nodes that sync with `from` themselves (a mesh sends nothing on).
+            self.accept_new(doc, from, Some(from), false, new);
         }
         let state = self.docs.get_or_create(doc);
         let reply = state.doc.generate_sync_message(&mut session);
@@ -803,6 +795,45 @@ impl Replica {
             }
             None => self.docs.remove_if_empty(doc),
         }
+    }
+}
+
+/// A stored document decoded and loaded, ready for [`Replica::insert_loaded`].
+pub struct LoadedDoc {
+    id: String,
+    doc: Automerge,
+    changes: Vec<Change>,
+}
+
+impl LoadedDoc {
+    /// Loads the snapshot (if any) and applies the changes appended after it in one batch.
+    /// Needs no replica, so documents can be decoded in parallel. Corrupt data is an error.
+    pub fn decode(
+        id: &str,
+        snapshot: Option<&[u8]>,
+        changes: &[Vec<u8>],
+    ) -> Result<LoadedDoc, CoreError> {
+        let corrupt = |detail: String| CoreError::CorruptStored {
+            doc: id.to_string(),
+            detail,
+        };
+        let mut doc = match snapshot {
+            Some(bytes) => Automerge::load(bytes).map_err(|e| corrupt(format!("snapshot: {e}")))?,
+            None => Automerge::new(),
+        };
+        let mut decoded = Vec::with_capacity(changes.len());
+        for (i, bytes) in changes.iter().enumerate() {
+            let change = Change::from_bytes(bytes.clone())
+                .map_err(|e| corrupt(format!("change #{i}: {e}")))?;
+            decoded.push(change);
+        }
+        doc.apply_changes(decoded.iter().cloned())
+            .map_err(|e| corrupt(format!("applying changes: {e}")))?;
+        Ok(LoadedDoc {
+            id: id.to_string(),
+            doc,
+            changes: decoded,
+        })
     }
 }
 

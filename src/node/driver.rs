@@ -11,12 +11,13 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::links::{LinkChanges, Links};
 use super::store_thread::{self, StoreDone, StoreJob};
 use super::writes::Writes;
-use super::{
-    Ack, Command, DocEvent, Error, Node, NodeConfig, NodeStatus, PeerStatus, StorageChoice,
-};
+use super::{Ack, Command, DocEvent, Error, Node, NodeConfig, NodeStatus, PeerStatus};
 use crate::core::{CoreConfig, Effect, Replica};
-use crate::storage::{RedbStore, Store};
+use crate::storage::Compaction;
 use crate::transport::{SendError, Transport, TransportConfig, TransportEvent};
+
+/// At shutdown, documents with at least this many logged changes are compacted.
+const COMPACT_AT_STOP: usize = 8;
 
 /// Inputs handled before each flush, at most (bounds latency under load).
 const BATCH_INPUTS: usize = 512;
@@ -26,16 +27,9 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         return Err(Error::UnknownNode(config.id.clone()));
     }
     let storage = config.storage.clone();
-    let (store, stored) = tokio::task::spawn_blocking(move || {
-        let mut store: Box<dyn Store> = match storage {
-            StorageChoice::Dir(dir) => Box::new(RedbStore::open(&dir)?),
-            StorageChoice::Memory(m) => Box::new(m),
-        };
-        let docs = store.load_all()?;
-        Ok::<_, Error>((store, docs))
-    })
-    .await
-    .map_err(|_| Error::Stopped)??;
+    let (store, loaded) = tokio::task::spawn_blocking(move || super::load::open_and_load(storage))
+        .await
+        .map_err(|_| Error::Stopped)??;
 
     let tuning = &config.tuning;
     let core_config = CoreConfig {
@@ -49,17 +43,11 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         Box::new(config.topology.clone()),
         core_config,
     );
-    let location = store.location();
-    for doc in &stored {
-        replica
-            .load_doc(&doc.id, doc.snapshot.as_deref(), &doc.changes)
-            .map_err(|source| Error::Load {
-                location: location.clone(),
-                source: Box::new(source),
-            })?;
+    let docs = loaded.len();
+    for doc in loaded {
+        replica.insert_loaded(doc);
     }
-    tracing::info!(node = %config.id, docs = stored.len(), store = %location, "loaded");
-    drop(stored);
+    tracing::info!(node = %config.id, docs, store = %store.location(), "loaded");
 
     let (events_tx, events) = mpsc::channel(4096);
     let members = config
@@ -310,25 +298,19 @@ impl Driver {
                         self.replica.persisted(token);
                     }
                 }
-                for doc in compact {
-                    if self.compacting.contains(&doc) {
-                        continue;
-                    }
-                    if let Some((snapshot, keep)) = self.replica.snapshot(&doc) {
-                        self.compacting.insert(doc.clone());
-                        let _ = self.jobs.send(StoreJob::Compact {
-                            doc,
-                            snapshot,
-                            keep,
-                        });
-                    }
-                }
+                let docs: Vec<String> = compact
+                    .into_iter()
+                    .filter(|doc| !self.compacting.contains(doc))
+                    .collect();
+                self.compact(docs);
             }
-            StoreDone::Compacted { doc, result } => {
+            StoreDone::Compacted { docs, result } => {
                 if let Err(e) = result {
-                    tracing::warn!(node = %self.id, doc = %doc, "compaction failed, log kept: {e}");
+                    tracing::warn!(node = %self.id, docs = docs.len(), "compaction failed, logs kept: {e}");
                 }
-                self.compacting.remove(&doc);
+                for doc in docs {
+                    self.compacting.remove(&doc);
+                }
             }
         }
     }
@@ -403,11 +385,43 @@ impl Driver {
         }
     }
 
-    /// Flushes everything to storage, waits for it, closes the transport.
+    /// Queues one compaction of these documents (snapshots taken now).
+    fn compact(&mut self, docs: Vec<String>) {
+        let compactions: Vec<Compaction> = docs
+            .into_iter()
+            .filter_map(|doc| {
+                let (snapshot, keep) = self.replica.snapshot(&doc)?;
+                Some(Compaction {
+                    doc,
+                    snapshot,
+                    keep,
+                })
+            })
+            .collect();
+        if compactions.is_empty() {
+            return;
+        }
+        self.compacting
+            .extend(compactions.iter().map(|c| c.doc.clone()));
+        let _ = self.jobs.send(StoreJob::Compact(compactions));
+    }
+
+    /// Flushes everything to storage, compacts long logs (a restart then loads snapshots,
+    /// several times faster than replaying changes), closes the transport and the store.
     async fn stop(&mut self, reply: Option<oneshot::Sender<()>>) {
         self.replica.flush();
         self.run_effects();
         self.transport.shutdown().await;
+        let (tx, rx) = oneshot::channel();
+        if self
+            .jobs
+            .send(StoreJob::LongLogs(COMPACT_AT_STOP, tx))
+            .is_ok()
+        {
+            if let Ok(Ok(docs)) = tokio::time::timeout(Duration::from_secs(30), rx).await {
+                self.compact(docs);
+            }
+        }
         // Everything queued is committed, then the store is closed (its file released, so
         // the same data directory can be opened again at once).
         let (tx, rx) = oneshot::channel();

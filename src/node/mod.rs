@@ -8,6 +8,7 @@
 mod builder;
 mod driver;
 mod links;
+mod load;
 mod store_thread;
 mod writes;
 

@@ -5,7 +5,7 @@ use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::mpsc;
 
-use crate::storage::{StorageError, Store};
+use crate::storage::{Compaction, StorageError, Store};
 
 /// Work for the storage thread.
 pub(crate) enum StoreJob {
@@ -13,11 +13,12 @@ pub(crate) enum StoreJob {
         token: u64,
         docs: Vec<(String, Vec<Vec<u8>>)>,
     },
-    Compact {
-        doc: String,
-        snapshot: Vec<u8>,
-        keep: Vec<Vec<u8>>,
-    },
+    /// Replaces these documents' logs with their snapshots (one commit for the run of
+    /// consecutive compactions).
+    Compact(Vec<Compaction>),
+    /// Commits what is queued, then answers with the documents whose log holds at least
+    /// this many changes (to compact them before closing).
+    LongLogs(usize, tokio::sync::oneshot::Sender<Vec<String>>),
     /// Closes the store (releasing its file) and answers; later jobs are refused.
     Close(tokio::sync::oneshot::Sender<()>),
 }
@@ -33,7 +34,7 @@ pub(crate) enum StoreDone {
     },
     /// A compaction finished: `Ok`, or failed with the old state intact.
     Compacted {
-        doc: String,
+        docs: Vec<String>,
         result: Result<(), StorageError>,
     },
 }
@@ -65,9 +66,9 @@ pub(crate) fn spawn(
     tx
 }
 
-/// Runs jobs in order; consecutive appends share one commit. Order matters: a compaction's
-/// snapshot holds exactly the changes appended before it was queued. Returns the reply of
-/// a `Close` job, after which nothing more runs.
+/// Runs jobs in order; consecutive appends share one commit, and so do consecutive
+/// compactions. Order matters: a compaction's snapshot holds exactly the changes appended
+/// before it was queued. Returns the reply of a `Close` job, after which nothing more runs.
 fn run_jobs(
     store: &mut dyn Store,
     jobs: Vec<StoreJob>,
@@ -76,20 +77,23 @@ fn run_jobs(
 ) -> Option<tokio::sync::oneshot::Sender<()>> {
     let mut tokens = Vec::new();
     let mut batch: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    let mut compactions: Vec<Compaction> = Vec::new();
     for job in jobs {
+        if !matches!(job, StoreJob::Compact(_)) {
+            compact(store, &mut compactions, done);
+        }
         match job {
             StoreJob::Append { token, docs } => {
                 tokens.push(token);
                 batch.extend(docs);
             }
-            StoreJob::Compact {
-                doc,
-                snapshot,
-                keep,
-            } => {
+            StoreJob::Compact(docs) => {
                 commit(store, &mut tokens, &mut batch, compact_after, done);
-                let result = store.compact(&doc, snapshot, keep);
-                let _ = done.send(StoreDone::Compacted { doc, result });
+                compactions.extend(docs);
+            }
+            StoreJob::LongLogs(min, reply) => {
+                commit(store, &mut tokens, &mut batch, compact_after, done);
+                let _ = reply.send(store.docs_with_log(min));
             }
             StoreJob::Close(reply) => {
                 commit(store, &mut tokens, &mut batch, compact_after, done);
@@ -97,8 +101,23 @@ fn run_jobs(
             }
         }
     }
+    compact(store, &mut compactions, done);
     commit(store, &mut tokens, &mut batch, compact_after, done);
     None
+}
+
+fn compact(
+    store: &mut dyn Store,
+    compactions: &mut Vec<Compaction>,
+    done: &mpsc::UnboundedSender<StoreDone>,
+) {
+    if compactions.is_empty() {
+        return;
+    }
+    let compactions = std::mem::take(compactions);
+    let docs = compactions.iter().map(|c| c.doc.clone()).collect();
+    let result = store.compact(compactions);
+    let _ = done.send(StoreDone::Compacted { docs, result });
 }
 
 fn commit(

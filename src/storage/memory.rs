@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{StorageError, Store, StoredDoc};
+use super::{Compaction, StorageError, Store, StoredDoc};
 
 /// One document's committed state.
 #[derive(Debug, Default, Clone)]
@@ -60,22 +60,28 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn compact(
-        &mut self,
-        doc: &str,
-        snapshot: Vec<u8>,
-        keep: Vec<Vec<u8>>,
-    ) -> Result<(), StorageError> {
-        let new = MemDoc {
-            snapshot: Some(snapshot),
-            changes: keep,
-        };
-        self.lock().insert(doc.to_string(), new);
+    fn compact(&mut self, docs: Vec<Compaction>) -> Result<(), StorageError> {
+        let mut map = self.lock();
+        for c in docs {
+            let new = MemDoc {
+                snapshot: Some(c.snapshot),
+                changes: c.keep,
+            };
+            map.insert(c.doc, new);
+        }
         Ok(())
     }
 
     fn log_len(&self, doc: &str) -> usize {
         self.lock().get(doc).map_or(0, |d| d.changes.len())
+    }
+
+    fn docs_with_log(&self, min: usize) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, d)| d.changes.len() >= min)
+            .map(|(doc, _)| doc.clone())
+            .collect()
     }
 
     fn location(&self) -> String {

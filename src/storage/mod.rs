@@ -28,11 +28,23 @@ pub use redb_store::{RedbStore, DB_FILE, FORMAT_VERSION};
 pub struct StoredDoc {
     /// Document id.
     pub id: String,
-    /// The snapshot written by the last [`Store::compact`], if any.
+    /// The snapshot written by the last [`Store::compact`] of this document, if any.
     pub snapshot: Option<Vec<u8>>,
     /// Changes appended since that snapshot (including the `keep` list of the compaction),
     /// in append order.
     pub changes: Vec<Vec<u8>>,
+}
+
+/// One document's compaction: its new snapshot and the changes the snapshot does not
+/// contain, which replace the document's whole log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compaction {
+    /// Document id.
+    pub doc: String,
+    /// The saved document.
+    pub snapshot: Vec<u8>,
+    /// Changes that must stay in the log (not in the snapshot).
+    pub keep: Vec<Vec<u8>>,
 }
 
 /// A storage failure. Every variant names the file (or "memory") it concerns.
@@ -114,20 +126,18 @@ pub trait Store: Send + 'static {
     /// Ok, all of it is on disk; on Err, none of it is visible.
     fn append(&mut self, batch: Vec<(String, Vec<Vec<u8>>)>) -> Result<(), StorageError>;
 
-    /// Atomically replaces `doc`'s snapshot and ALL its appended changes with `snapshot`
-    /// followed by `keep` (changes the snapshot does not contain). One durable commit. A
-    /// crash at any instant leaves either the old or the new state, never a mix that loses
-    /// data.
-    fn compact(
-        &mut self,
-        doc: &str,
-        snapshot: Vec<u8>,
-        keep: Vec<Vec<u8>>,
-    ) -> Result<(), StorageError>;
+    /// Atomically replaces, for every given document, its snapshot and ALL its appended
+    /// changes with `snapshot` followed by `keep` (changes the snapshot does not contain).
+    /// One durable commit for all of them. A crash at any instant leaves either the old or
+    /// the new state, never a mix that loses data.
+    fn compact(&mut self, docs: Vec<Compaction>) -> Result<(), StorageError>;
 
     /// Number of changes appended to `doc` since its last compaction (0 for unknown docs).
     /// After a compaction this counts its `keep` list.
     fn log_len(&self, doc: &str) -> usize;
+
+    /// Documents whose [`Store::log_len`] is at least `min`.
+    fn docs_with_log(&self, min: usize) -> Vec<String>;
 
     /// Human-readable location, for messages ("/path/to/concordant.redb" or "memory").
     fn location(&self) -> String;

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::checksum::{log_key, seal, snapshot_key, unseal};
-use super::{StorageError, Store, StoredDoc};
+use super::{Compaction, StorageError, Store, StoredDoc};
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "concordant.redb";
@@ -221,35 +221,36 @@ impl RedbStore {
         Ok(updated)
     }
 
-    /// Replaces `doc`'s snapshot and log in one commit; returns its new counters.
-    fn write_compact(
-        &self,
-        doc: &str,
-        snapshot: &[u8],
-        keep: &[Vec<u8>],
-    ) -> Result<DocLog, StorageError> {
-        const ACTION: &str = "compacting a document";
-        let mut next = self.logs.get(doc).copied().unwrap_or_default();
+    /// Replaces each document's snapshot and log, all in one commit; returns their new
+    /// counters.
+    fn write_compact(&self, docs: &[Compaction]) -> Result<Vec<(String, DocLog)>, StorageError> {
+        const ACTION: &str = "compacting documents";
+        let mut updated = Vec::with_capacity(docs.len());
         let txn = self.begin(ACTION)?;
         {
             let mut log = txn.open_table(LOG).map_err(|e| self.err(ACTION, e))?;
-            log.retain_in((doc, 0u64)..=(doc, u64::MAX), |_, _| false)
-                .map_err(|e| self.err(ACTION, e))?;
-            for change in keep {
-                let sealed = seal(&log_key(doc, next.next_seq), change);
-                log.insert((doc, next.next_seq), sealed.as_slice())
-                    .map_err(|e| self.err(ACTION, e))?;
-                next.next_seq += 1;
-            }
             let mut snapshots = txn.open_table(SNAPSHOTS).map_err(|e| self.err(ACTION, e))?;
-            let sealed = seal(&snapshot_key(doc), snapshot);
-            snapshots
-                .insert(doc, sealed.as_slice())
-                .map_err(|e| self.err(ACTION, e))?;
+            for c in docs {
+                let doc = c.doc.as_str();
+                let mut next = self.logs.get(doc).copied().unwrap_or_default();
+                log.retain_in((doc, 0u64)..=(doc, u64::MAX), |_, _| false)
+                    .map_err(|e| self.err(ACTION, e))?;
+                for change in &c.keep {
+                    let sealed = seal(&log_key(doc, next.next_seq), change);
+                    log.insert((doc, next.next_seq), sealed.as_slice())
+                        .map_err(|e| self.err(ACTION, e))?;
+                    next.next_seq += 1;
+                }
+                let sealed = seal(&snapshot_key(doc), &c.snapshot);
+                snapshots
+                    .insert(doc, sealed.as_slice())
+                    .map_err(|e| self.err(ACTION, e))?;
+                next.len = c.keep.len();
+                updated.push((c.doc.clone(), next));
+            }
         }
         self.commit(txn, ACTION)?;
-        next.len = keep.len();
-        Ok(next)
+        Ok(updated)
     }
 
     /// Scans the log keys (not the changes) to rebuild per-document counters.
@@ -284,19 +285,26 @@ impl Store for RedbStore {
         Ok(())
     }
 
-    fn compact(
-        &mut self,
-        doc: &str,
-        snapshot: Vec<u8>,
-        keep: Vec<Vec<u8>>,
-    ) -> Result<(), StorageError> {
-        let log = guarded(&self.path, || self.write_compact(doc, &snapshot, &keep))?;
-        self.logs.insert(doc.to_string(), log);
+    fn compact(&mut self, docs: Vec<Compaction>) -> Result<(), StorageError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        // Counters are updated only once the commit succeeded.
+        let updated = guarded(&self.path, || self.write_compact(&docs))?;
+        self.logs.extend(updated);
         Ok(())
     }
 
     fn log_len(&self, doc: &str) -> usize {
         self.logs.get(doc).map_or(0, |log| log.len)
+    }
+
+    fn docs_with_log(&self, min: usize) -> Vec<String> {
+        self.logs
+            .iter()
+            .filter(|(_, log)| log.len >= min)
+            .map(|(doc, _)| doc.clone())
+            .collect()
     }
 
     fn location(&self) -> String {

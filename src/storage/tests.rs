@@ -31,6 +31,14 @@ fn doc(id: &str, snapshot: Option<&str>, changes: Vec<Vec<u8>>) -> StoredDoc {
     }
 }
 
+fn one(doc: &str, snapshot: &str, keep: Vec<Vec<u8>>) -> Vec<Compaction> {
+    vec![Compaction {
+        doc: doc.into(),
+        snapshot: bytes(snapshot),
+        keep,
+    }]
+}
+
 fn round_trip(reopen: Reopen) {
     let mut s = reopen();
     assert!(load(s.as_mut()).is_empty());
@@ -67,8 +75,7 @@ fn compaction(reopen: Reopen) {
     ])
     .unwrap();
     // The snapshot holds a/0..4; a/4 is not in it and is kept.
-    s.compact("a", bytes("snap0-4"), changes("a", 4..5))
-        .unwrap();
+    s.compact(one("a", "snap0-4", changes("a", 4..5))).unwrap();
     assert_eq!(s.log_len("a"), 1);
     s.append(vec![("a".into(), changes("a", 5..7))]).unwrap();
     assert_eq!(s.log_len("a"), 3);
@@ -83,7 +90,7 @@ fn compaction(reopen: Reopen) {
     assert_eq!(docs[1], doc("b", None, changes("b", 0..2)));
 
     // A second compaction replaces the first snapshot and the whole log.
-    s.compact("a", bytes("snap0-7"), vec![]).unwrap();
+    s.compact(one("a", "snap0-7", vec![])).unwrap();
     assert_eq!(s.log_len("a"), 0);
     s.append(vec![("a".into(), changes("a", 7..8))]).unwrap();
     drop(s);
@@ -95,13 +102,34 @@ fn compaction(reopen: Reopen) {
     assert_eq!(s.log_len("a"), 1);
 
     // Compacting an unknown document creates it.
-    s.compact("new", bytes("snap"), changes("new", 0..1))
-        .unwrap();
+    s.compact(one("new", "snap", changes("new", 0..1))).unwrap();
     drop(s);
     let mut s = reopen();
     assert_eq!(
         load(s.as_mut())[2],
         doc("new", Some("snap"), changes("new", 0..1))
+    );
+
+    // Several documents in one compaction; the others keep their logs.
+    s.append(vec![("b".into(), changes("b", 2..4))]).unwrap();
+    let mut both = one("a", "snapA", vec![]);
+    both.extend(one("b", "snapB", changes("b", 3..4)));
+    s.compact(both).unwrap();
+    s.compact(Vec::new()).unwrap();
+    assert_eq!((s.log_len("a"), s.log_len("b")), (0, 1));
+    let mut long = s.docs_with_log(1);
+    long.sort();
+    assert_eq!(long, vec!["b".to_string(), "new".to_string()]);
+    assert!(s.docs_with_log(2).is_empty());
+    drop(s);
+    let mut s = reopen();
+    assert_eq!(
+        load(s.as_mut()),
+        vec![
+            doc("a", Some("snapA"), vec![]),
+            doc("b", Some("snapB"), changes("b", 3..4)),
+            doc("new", Some("snap"), changes("new", 0..1)),
+        ]
     );
 }
 
@@ -281,7 +309,7 @@ fn filled(dir: &Path) -> Vec<StoredDoc> {
             .collect();
         s.append(batch).unwrap();
     }
-    s.compact("doc3", bytes("snapshot of doc3"), changes("doc3", 9..10))
+    s.compact(one("doc3", "snapshot of doc3", changes("doc3", 9..10)))
         .unwrap();
     s.append(vec![("marked".into(), vec![bytes("MARKER-0123456789")])])
         .unwrap();
