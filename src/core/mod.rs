@@ -12,6 +12,7 @@
 
 mod docs;
 mod effect;
+mod gate;
 mod peers;
 mod replica;
 mod router;

@@ -15,6 +15,7 @@ use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 use serde_bytes::ByteBuf;
 
 use super::docs::{DocState, Docs};
+use super::gate::{Admit, SyncGate};
 use super::peers::Peer;
 use super::{CoreError, Effect, Router};
 use crate::wire::{heads_digest, Ack, DigestEntry, Message};
@@ -29,6 +30,9 @@ pub struct CoreConfig {
     pub quiet_ms: u64,
     /// A sync session with no message for this long is forgotten, in ms.
     pub session_timeout_ms: u64,
+    /// While a repair of a document waits for its first answer, other peers' repairs of
+    /// it wait too, for at most this long, in ms (see the `gate` module).
+    pub repair_hold_ms: u64,
     /// Bytes of changes queued for one peer before further pushes to it are dropped (and
     /// repaired by anti-entropy).
     pub outbox_limit: usize,
@@ -42,6 +46,7 @@ impl Default for CoreConfig {
             anti_entropy_ms: 5_000,
             quiet_ms: 1_000,
             session_timeout_ms: 10_000,
+            repair_hold_ms: 300,
             outbox_limit: 64 << 20,
             ack_memory: 200_000,
         }
@@ -147,6 +152,7 @@ pub struct Replica {
     /// Local changes whose writer waits for acks, with their document.
     awaited: Memory<String>,
     last_anti_entropy: u64,
+    gate: SyncGate,
     stats: CoreStats,
 }
 
@@ -179,6 +185,7 @@ impl Replica {
             ack_routes: Memory::new(ack_memory),
             awaited: Memory::new(ack_memory),
             last_anti_entropy: 0,
+            gate: SyncGate::default(),
             stats: CoreStats::default(),
         }
     }
@@ -344,10 +351,14 @@ impl Replica {
         self.send_digest(now, peer, true);
     }
 
-    /// The link to `peer` is gone: its queue and sync sessions are dropped.
-    pub fn peer_down(&mut self, peer: &str) {
+    /// The link to `peer` is gone: its queue and sync sessions are dropped, and repairs
+    /// held for an answer from it go ahead.
+    pub fn peer_down(&mut self, now: u64, peer: &str) {
         self.peers.remove(peer);
         self.refresh_connected();
+        for doc in self.gate.peer_down(peer) {
+            self.release_held(now, &doc);
+        }
     }
 
     /// A message for `peer` could not be queued: anti-entropy will repair.
@@ -384,6 +395,9 @@ impl Replica {
         for peer in self.peers.values_mut() {
             peer.sessions
                 .retain(|_, (_, last)| now.saturating_sub(*last) < timeout);
+        }
+        for doc in self.gate.expire(now, self.config.repair_hold_ms) {
+            self.release_held(now, &doc);
         }
         let periodic = now.saturating_sub(self.last_anti_entropy) >= self.config.anti_entropy_ms;
         if periodic {
@@ -699,7 +713,7 @@ impl Replica {
                 .peers
                 .get(from)
                 .is_some_and(|p| p.sessions.contains_key(&entry.doc));
-            if mine != entry.heads && !active {
+            if mine != entry.heads && !active && self.gate.may_start(&entry.doc, from) {
                 self.start_sync(now, from, &entry.doc);
             }
         }
@@ -715,6 +729,7 @@ impl Replica {
             if let Some(p) = self.peers.get_mut(peer) {
                 p.sessions.insert(doc.to_string(), (session, now));
             }
+            self.gate.started(doc, peer, now);
             self.stats.sync_sent += 1;
             self.effects.push(Effect::Send {
                 to: peer.to_string(),
@@ -727,6 +742,32 @@ impl Replica {
     }
 
     fn receive_sync(&mut self, now: u64, from: &str, doc: &str, data: &[u8]) {
+        if sync::Message::decode(data).is_err() {
+            self.stats.bad_sync += 1;
+            return;
+        }
+        let in_session = self
+            .peers
+            .get(from)
+            .is_some_and(|p| p.sessions.contains_key(doc));
+        match self.gate.admit(doc, from, in_session, data, now) {
+            Admit::Held => {}
+            Admit::Process => self.process_sync(now, from, doc, data),
+            Admit::ProcessThenRelease => {
+                self.process_sync(now, from, doc, data);
+                self.release_held(now, doc);
+            }
+        }
+    }
+
+    /// Answers the repairs of `doc` the gate held, if it no longer waits for any answer.
+    fn release_held(&mut self, now: u64, doc: &str) {
+        for (peer, data) in self.gate.release(doc) {
+            self.process_sync(now, &peer, doc, &data);
+        }
+    }
+
+    fn process_sync(&mut self, now: u64, from: &str, doc: &str, data: &[u8]) {
         let Ok(msg) = sync::Message::decode(data) else {
             self.stats.bad_sync += 1;
             return;

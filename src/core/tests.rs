@@ -147,8 +147,9 @@ impl Cluster {
     }
 
     fn unlink(&mut self, a: &str, b: &str) {
-        self.node(a).peer_down(b);
-        self.node(b).peer_down(a);
+        let now = self.now;
+        self.node(a).peer_down(now, b);
+        self.node(b).peer_down(now, a);
         self.net
             .retain(|(f, t, _)| !((f == a && t == b) || (f == b && t == a)));
     }

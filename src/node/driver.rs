@@ -194,7 +194,7 @@ impl Driver {
                 self.apply_links(changes);
             }
             Input::Event(TransportEvent::Down(peer)) => {
-                self.replica.peer_down(&peer);
+                self.replica.peer_down(now, &peer);
                 let changes = self.links.mark_down(&peer);
                 self.apply_links(changes);
             }

@@ -144,6 +144,7 @@ impl Sim {
             anti_entropy_ms: 500,
             quiet_ms: 200,
             session_timeout_ms: 2_000,
+            repair_hold_ms: rng.random_range(50..=400),
             outbox_limit: if rng.random_bool(0.2) { 2_000 } else { 1 << 20 },
             ack_memory: 10_000,
         };
@@ -313,7 +314,7 @@ impl Sim {
                 if want {
                     r.peer_up(now, &peer);
                 } else {
-                    r.peer_down(&peer);
+                    r.peer_down(now, &peer);
                 }
             }
         }

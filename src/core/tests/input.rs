@@ -99,7 +99,7 @@ fn messages_from_unconnected_peers_are_ignored() {
     assert!(effects(&mut b).is_empty());
     // After the link goes down, its messages are ignored again.
     b.peer_up(2, "a");
-    b.peer_down("a");
+    b.peer_down(2, "a");
     effects(&mut b);
     b.handle_message(3, "a", push);
     assert_eq!(b.stats().unexpected_messages, 3);
