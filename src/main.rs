@@ -152,29 +152,65 @@ impl Target {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// Number of nodes.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, conflicts_with = "sweep")]
     nodes: usize,
     /// Topology (ring: both directions).
-    #[arg(long, value_enum, default_value = "mesh")]
+    #[arg(long, value_enum, default_value = "mesh", conflicts_with = "sweep")]
     topology: BenchTopology,
     /// Documents the writes are spread over.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, conflicts_with = "sweep")]
     docs: usize,
-    /// Writes in the throughput and catch-up phases.
-    #[arg(long, default_value_t = 20_000)]
-    writes: usize,
+    /// Writes in the throughput and catch-up phases [default: 20000; 5000 with --sweep].
+    #[arg(long)]
+    writes: Option<usize>,
     /// Aim for this many writes per second in the throughput phase.
     #[arg(long)]
     rate: Option<u64>,
     /// Samples in the latency phase.
     #[arg(long, default_value_t = 500)]
     samples: usize,
-    /// Print one last line of JSON with the results.
+    /// Print one last line of JSON with the results (with --sweep: one JSON array).
     #[arg(long)]
     json: bool,
-    /// Write the full results (per-write latencies included) to this JSON file.
+    /// Write the full results (per-write latencies included) to this JSON file
+    /// (with --sweep: the table, or the JSON array with --json).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Draw the latency CDF and every replica's progress into this SVG file.
+    #[arg(long, conflicts_with = "sweep")]
+    plot: Option<PathBuf>,
+    /// Run the benchmark over a grid of nodes × topologies × docs, each configuration in
+    /// its own process, and print a Markdown table.
+    #[arg(long)]
+    sweep: bool,
+    /// Node counts of the sweep.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "3,5,9,16",
+        requires = "sweep"
+    )]
+    sweep_nodes: Vec<usize>,
+    /// Topologies of the sweep.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "mesh,ring",
+        requires = "sweep"
+    )]
+    sweep_topologies: Vec<BenchTopology>,
+    /// Document counts of the sweep.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,100,10000",
+        requires = "sweep"
+    )]
+    sweep_docs: Vec<usize>,
+    /// Seconds after which one configuration of the sweep is killed and reported failed.
+    #[arg(long, default_value_t = 600, requires = "sweep")]
+    sweep_timeout: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -182,6 +218,16 @@ enum BenchTopology {
     Mesh,
     Ring,
     RingForward,
+}
+
+impl From<BenchTopology> for TopologyKind {
+    fn from(t: BenchTopology) -> Self {
+        match t {
+            BenchTopology::Mesh => TopologyKind::Mesh,
+            BenchTopology::Ring => TopologyKind::Ring(RingDirection::Both),
+            BenchTopology::RingForward => TopologyKind::Ring(RingDirection::Forward),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -260,17 +306,45 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .collect::<Result<Vec<_>>>()?;
             runtime.block_on(run_nodes(configs, config.api_token.clone()))
         }
+        Command::Bench(args) if args.sweep => {
+            let opts = concordant::bench::sweep::SweepOptions {
+                exe: std::env::current_exe().context("cannot find this executable")?,
+                nodes: args.sweep_nodes,
+                topologies: args.sweep_topologies.into_iter().map(Into::into).collect(),
+                docs: args.sweep_docs,
+                writes: args.writes.unwrap_or(5_000),
+                samples: args.samples,
+                rate: args.rate,
+                timeout: Duration::from_secs(args.sweep_timeout),
+                progress: true,
+            };
+            let rows = concordant::bench::sweep::run(&opts)?;
+            let text = if args.json {
+                concordant::bench::sweep::json(&rows)
+            } else {
+                concordant::bench::sweep::markdown(&rows)
+            };
+            println!("{}", text.trim_end());
+            if let Some(path) = &args.out {
+                concordant::bench::sweep::write_to(path, &text)?;
+                eprintln!("sweep written to {}", path.display());
+            }
+            Ok(if rows.iter().all(|r| r.converged()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Bench(args) => {
             logging("error");
+            for path in [&args.out, &args.plot].into_iter().flatten() {
+                check_parent_dir(path)?;
+            }
             let opts = concordant::bench::BenchOptions {
                 nodes: args.nodes,
-                topology: match args.topology {
-                    BenchTopology::Mesh => TopologyKind::Mesh,
-                    BenchTopology::Ring => TopologyKind::Ring(RingDirection::Both),
-                    BenchTopology::RingForward => TopologyKind::Ring(RingDirection::Forward),
-                },
+                topology: args.topology.into(),
                 docs: args.docs,
-                writes: args.writes,
+                writes: args.writes.unwrap_or(20_000),
                 rate: args.rate,
                 latency_samples: args.samples,
                 progress: true,
@@ -281,6 +355,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 std::fs::write(path, report.full_json())
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 println!("full results written to {}", path.display());
+            }
+            if let Some(path) = &args.plot {
+                concordant::bench::plot::write_svg(&report, path)?;
+                println!("plot written to {}", path.display());
             }
             if args.json {
                 println!("{}", report.summary_json());
@@ -342,6 +420,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
     }
+}
+
+/// Fails early, before a long run, if a results file cannot be created for want of its
+/// directory.
+fn check_parent_dir(path: &std::path::Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn print_json(value: &serde_json::Value) -> Result<ExitCode> {

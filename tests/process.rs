@@ -3,175 +3,28 @@
 //! (a clean shutdown, after catching up); plus the refusals of `node` with an invalid
 //! file and of `init` over an existing cluster.
 //!
-//! There is no HTTP API yet, so writes are driven from node n3 running in this process
-//! (from the same topology file); n1 and n2 are child processes, and what n1 stored is
-//! checked by opening its store directly once it has stopped.
+//! Writes are driven from node n3 running in this process (from the same topology file), so
+//! their hashes and acknowledgements are seen directly; n1 and n2 are child processes, and
+//! what n1 stored is checked by opening its store directly once it has stopped. The
+//! process harness is `common::procs`.
+
+mod common;
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use automerge::{Automerge, Change, ChangeHash};
+use automerge::ChangeHash;
+use common::procs::{
+    free_base_port, missing, run, stored_hashes, ChildGuard, BIN, POLL, TUNING, WAIT,
+};
 use concordant::config::Config;
 use concordant::node::{Ack, Node, NodeConfig};
-use concordant::storage::{RedbStore, Store};
 
-const BIN: &str = env!("CARGO_BIN_EXE_concordant");
 const DOC: &str = "log";
-/// Bound on every wait for a process or a link.
-const WAIT: Duration = Duration::from_secs(15);
 /// How often to retry the whole set-up when a port turns out to be taken.
 const PORT_ATTEMPTS: usize = 5;
-/// Poll period.
-const POLL: Duration = Duration::from_millis(20);
-/// Small timings so the cluster reacts fast.
-const TUNING: &str = "\n[tuning]\ntick_ms = 50\nanti_entropy_ms = 300\nkeep_alive_ms = 200\n\
-                      idle_timeout_ms = 1000\nreconnect_min_ms = 50\nreconnect_max_ms = 400\n";
-
-/// A child process that is killed (SIGKILL) and reaped when dropped, even on panic.
-struct ChildGuard {
-    name: String,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl ChildGuard {
-    /// Runs `concordant node --config <config> --id <id>` with RUST_LOG=info and its
-    /// stderr in `log`.
-    fn node(config: &Path, id: &str, log: PathBuf) -> ChildGuard {
-        let stderr = File::create(&log).expect("log file");
-        let child = Command::new(BIN)
-            .args(["node", "--config"])
-            .arg(config)
-            .args(["--id", id])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn concordant node");
-        ChildGuard {
-            name: id.to_string(),
-            log,
-            child: Some(child),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The exit status if the process has ended.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    /// Waits for the process to end, at most `WAIT`.
-    async fn wait(&mut self) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.exited() {
-                self.child = None;
-                return status;
-            }
-            if start.elapsed() > WAIT {
-                panic!(
-                    "{} did not exit within {WAIT:?}; log:\n{}",
-                    self.name,
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// Waits until the log contains `needle`, at most `WAIT`.
-    async fn wait_log(&mut self, needle: &str) {
-        let start = Instant::now();
-        while !self.log_text().contains(needle) {
-            if let Some(status) = self.exited() {
-                panic!("{} exited with {status}:\n{}", self.name, self.log_text());
-            }
-            if start.elapsed() > WAIT {
-                panic!(
-                    "{} did not log {needle:?} within {WAIT:?}:\n{}",
-                    self.name,
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// SIGKILL, then reap.
-    async fn kill(&mut self) -> ExitStatus {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-        }
-        self.wait().await
-    }
-
-    /// SIGTERM (a graceful stop), then wait for the exit.
-    async fn terminate(&mut self) -> ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {} failed", self.pid());
-        self.wait().await
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn run(args: &[&str], dir: Option<&Path>) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args);
-    if let Some(dir) = dir {
-        cmd.arg("--dir").arg(dir);
-    }
-    cmd.stdin(Stdio::null()).output().expect("run concordant")
-}
-
-/// A base port P such that UDP P+1..P+3 and TCP P+1001..P+1003 on 127.0.0.1 are free now.
-fn free_base_port() -> u16 {
-    for _ in 0..200 {
-        let probe = UdpSocket::bind("127.0.0.1:0").expect("bind probe");
-        let port = probe.local_addr().expect("addr").port();
-        drop(probe);
-        let Some(base) = port.checked_sub(1) else {
-            continue;
-        };
-        if base.checked_add(1003 + 1).is_none() {
-            continue;
-        }
-        let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        let udp: Vec<_> = (1..=3).map(|i| UdpSocket::bind(at(base + i))).collect();
-        let tcp: Vec<_> = (1001..=1003)
-            .map(|i| TcpListener::bind(at(base + i)))
-            .collect();
-        if udp.iter().all(Result::is_ok) && tcp.iter().all(Result::is_ok) {
-            return base;
-        }
-    }
-    panic!("no free base port found");
-}
 
 /// A running three-node cluster: n1 and n2 as processes, n3 in this process.
 struct Cluster {
@@ -189,7 +42,7 @@ impl Cluster {
     async fn start() -> Cluster {
         let mut dir = tempfile::tempdir().expect("temp dir");
         for attempt in 1..=PORT_ATTEMPTS {
-            let base = free_base_port().to_string();
+            let base = free_base_port(3).to_string();
             let out = run(
                 &[
                     "init",
@@ -212,8 +65,8 @@ impl Cluster {
 
             let logs = dir.path().join("logs");
             std::fs::create_dir_all(&logs).expect("logs dir");
-            let n1 = ChildGuard::node(&config_path, "n1", logs.join("n1.log"));
-            let n2 = ChildGuard::node(&config_path, "n2", logs.join("n2.log"));
+            let n1 = ChildGuard::node(&config_path, "n1", logs.join("n1.log"), None);
+            let n2 = ChildGuard::node(&config_path, "n2", logs.join("n2.log"), None);
             let n3 =
                 match Node::start(NodeConfig::from_file(&config, "n3").expect("n3 config")).await {
                     Ok(n3) => n3,
@@ -309,33 +162,6 @@ impl Cluster {
     }
 }
 
-/// Every change hash stored in the store at `dir` (snapshot and log).
-fn stored_hashes(dir: &Path) -> BTreeSet<ChangeHash> {
-    let mut store = RedbStore::open(dir).unwrap_or_else(|e| panic!("open store: {e}"));
-    let docs = store
-        .load_all()
-        .unwrap_or_else(|e| panic!("load store: {e}"));
-    let mut hashes = BTreeSet::new();
-    for doc in docs {
-        if let Some(snapshot) = &doc.snapshot {
-            let loaded = Automerge::load(snapshot).expect("stored snapshot loads");
-            hashes.extend(loaded.get_changes(&[]).iter().map(Change::hash));
-        }
-        for bytes in doc.changes {
-            let change = Change::from_bytes(bytes).expect("stored change decodes");
-            hashes.insert(change.hash());
-        }
-    }
-    hashes
-}
-
-fn missing(want: &[ChangeHash], have: &BTreeSet<ChangeHash>) -> Vec<String> {
-    want.iter()
-        .filter(|h| !have.contains(h))
-        .map(|h| hex::encode(&h.0[..4]))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node_keeps_what_it_acknowledged_and_catches_up_after_restart() {
     let mut cluster = Cluster::start().await;
@@ -375,7 +201,7 @@ async fn killed_node_keeps_what_it_acknowledged_and_catches_up_after_restart() {
             .path()
             .join("logs")
             .join(format!("n1-{round}.log"));
-        cluster.n1 = Some(ChildGuard::node(&cluster.config_path, "n1", log));
+        cluster.n1 = Some(ChildGuard::node(&cluster.config_path, "n1", log, None));
         if let Err(log) = cluster.wait_connected(&["n1", "n2"]).await {
             panic!("n1 exited after its restart:\n{log}");
         }

@@ -6,10 +6,16 @@
 //! all nodes, timed until every node has all of them, with the bytes on the wire;
 //! (3) catch-up — one node stopped while W writes happen elsewhere, timed from its restart
 //! until it has them all; then every replica's heads are compared.
+//!
+//! [`plot`] draws a run as SVG; [`sweep`] runs the benchmark over a grid of sizes, each
+//! configuration in its own process.
 
 mod phases;
+pub mod plot;
 mod report;
+pub mod sweep;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use report::BenchReport;
@@ -51,6 +57,22 @@ pub enum BenchError {
     /// A phase did not finish in time.
     #[error("{0}")]
     Timeout(String),
+    /// A results file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The plot could not be drawn.
+    #[error("cannot draw the plot {}: {message}", path.display())]
+    Plot {
+        /// The SVG file asked for.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Runs the benchmark.
@@ -71,6 +93,11 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let tuning = Tuning {
         // Keep periodic anti-entropy out of the measured phases; connects still sync.
         anti_entropy_ms: 60_000,
+        // All nodes share this process's cores: with many nodes a busy moment must not
+        // look like a dead peer (a dropped link resyncs and inflates the bytes). Graceful
+        // stops (the catch-up phase) close links at once, so this delays no measurement.
+        keep_alive_ms: 1_000,
+        idle_timeout_ms: 10_000,
         send_queue: 8192,
         ..Tuning::default()
     };

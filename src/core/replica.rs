@@ -145,6 +145,10 @@ pub struct Replica {
     batch: Vec<(String, Vec<Vec<u8>>)>,
     batch_index: HashMap<String, usize>,
     batch_acks: AckWork,
+    /// Acks owed for changes received with missing dependencies (Automerge holds them
+    /// back): a change is acknowledged only once it is applied, so that the acknowledging
+    /// node can rebuild it from its own storage. Moved to `batch_acks` when it applies.
+    deferred_acks: AckWork,
     token: u64,
     ack_work: HashMap<u64, AckWork>,
     /// Which peer each want-ack change came from, to route acks back.
@@ -180,6 +184,7 @@ impl Replica {
             batch: Vec::new(),
             batch_index: HashMap::new(),
             batch_acks: BTreeMap::new(),
+            deferred_acks: BTreeMap::new(),
             token: 1,
             ack_work: HashMap::new(),
             ack_routes: Memory::new(ack_memory),
@@ -440,7 +445,8 @@ impl Replica {
         for doc in std::mem::take(&mut self.dirty) {
             self.apply_doc(&doc);
         }
-        if !self.batch.is_empty() {
+        self.settle_acks();
+        if !self.batch.is_empty() || !self.batch_acks.is_empty() {
             let token = self.token;
             self.token += 1;
             self.batch_index.clear();
@@ -509,6 +515,54 @@ impl Replica {
 
     fn refresh_connected(&mut self) {
         self.connected = self.peers.keys().cloned().collect();
+    }
+
+    /// Defers the acks of the batch being filled whose changes Automerge holds back
+    /// (missing dependencies), and owes with this batch the deferred acks whose changes
+    /// have been applied since: their dependencies are in this batch or an earlier one, so
+    /// they are durable once this batch is. At most `ack_memory` acks wait; past that an
+    /// ack is dropped (its writer's write concern times out).
+    fn settle_acks(&mut self) {
+        let docs = &self.docs;
+        let applied = |doc: &str, h: &[u8; 32]| {
+            docs.get(doc)
+                .is_some_and(|d| d.doc.get_change_meta_by_hash(&ChangeHash(*h)).is_some())
+        };
+        let mut waiting: usize = self.deferred_acks.values().map(Vec::len).sum();
+        for ((peer, doc), hashes) in self.deferred_acks.iter_mut() {
+            let (ready, still): (Vec<[u8; 32]>, Vec<[u8; 32]>) =
+                hashes.iter().partition(|h| applied(doc, h));
+            if !ready.is_empty() {
+                waiting -= ready.len();
+                self.batch_acks
+                    .entry((peer.clone(), doc.clone()))
+                    .or_default()
+                    .extend(ready);
+                *hashes = still;
+            }
+        }
+        self.deferred_acks.retain(|_, hashes| !hashes.is_empty());
+        for ((peer, doc), hashes) in self.batch_acks.iter_mut() {
+            if hashes.iter().all(|h| applied(doc, h)) {
+                continue;
+            }
+            let (ready, held): (Vec<[u8; 32]>, Vec<[u8; 32]>) =
+                hashes.iter().partition(|h| applied(doc, h));
+            *hashes = ready;
+            let room = self.config.ack_memory.saturating_sub(waiting);
+            waiting += held.len().min(room);
+            self.deferred_acks
+                .entry((peer.clone(), doc.clone()))
+                .or_default()
+                .extend(held.into_iter().take(room));
+        }
+        self.batch_acks.retain(|_, hashes| {
+            // A change repaired by sync may be owed twice (deferred, and as repaired).
+            hashes.sort_unstable();
+            hashes.dedup();
+            !hashes.is_empty()
+        });
+        self.deferred_acks.retain(|_, hashes| !hashes.is_empty());
     }
 
     /// Applies a document's pending changes, persisting the ones Automerge accepted.

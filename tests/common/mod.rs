@@ -7,6 +7,11 @@
 //! its internals.
 #![allow(dead_code)]
 
+pub mod checker;
+pub mod faults;
+pub mod procs;
+pub mod workload;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -97,6 +102,10 @@ pub struct TestCluster {
     pub topology: Topology,
     /// Tuning of every node.
     pub tuning: Tuning,
+    /// Where node `i` reaches node `j` (`routes[i][j]`) instead of `j`'s own address, when
+    /// set: the fault-injection relays of [`faults::Net`]. Nodes then never learn each
+    /// other's own addresses, so every packet between two nodes crosses a relay.
+    pub routes: Option<Vec<Vec<SocketAddr>>>,
     nodes: Vec<Option<Node>>,
     /// Last bound address of each node (kept when stopped, reused on restart).
     addrs: Vec<Option<SocketAddr>>,
@@ -116,6 +125,7 @@ impl TestCluster {
             identities,
             topology,
             tuning: test_tuning(),
+            routes: None,
             nodes: (0..n).map(|_| None).collect(),
             addrs: vec![None; n],
         }
@@ -192,6 +202,10 @@ impl TestCluster {
         self.addrs[i] = Some(node.peer_addr());
         for j in 0..self.len() {
             if j == i {
+                continue;
+            }
+            if let Some(routes) = &self.routes {
+                node.set_peer_addr(&self.ids[j], routes[i][j]).await?;
                 continue;
             }
             if let Some(addr) = self.addrs[j] {

@@ -186,3 +186,34 @@ fn restart_from_persisted_batches_has_every_acked_change() {
         assert_eq!(c.reload(id).heads(), c.heads(id));
     }
 }
+
+#[test]
+fn change_waiting_for_dependencies_is_acked_only_once_applicable_and_durable() {
+    let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
+    c.link("a", "b");
+    c.run();
+    // b never gets the push of a's first change; the second depends on it.
+    let first = c.put("a", "d", "k", 1, false);
+    c.pump("a");
+    c.net.clear();
+    let second = c.put("a", "d", "k", 2, true);
+    c.pump("a");
+    c.run();
+    assert!(
+        c.acked.is_empty(),
+        "b acknowledged a change it cannot apply (its dependency is missing)"
+    );
+    assert!(
+        c.reload("b")
+            .heads()
+            .iter()
+            .all(|(_, h)| !h.contains(&second)),
+        "b cannot show the change from its storage either"
+    );
+    // Anti-entropy brings the dependency: then both are durable and b acknowledges.
+    c.tick_all(10_000);
+    assert_eq!(c.acked, vec![("a".into(), "d".into(), second, "b".into())]);
+    let reloaded = c.reload("b").heads();
+    assert_eq!(reloaded, c.heads("a"));
+    assert!(reloaded[0].1.contains(&second) && !reloaded[0].1.contains(&first));
+}
