@@ -61,18 +61,11 @@ fn acked_at(workload: &Workload, nodes: &[String]) -> usize {
     nodes.iter().map(|n| workload.acked_by(n)).sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_sigkill_restarts_of_every_node_lose_no_acknowledged_write() {
-    let rounds = env_usize("CONCORDANT_CRASH_ROUNDS", 1);
-    let n = 4;
-    let mut cluster = ProcCluster::start(n, "ring").await;
-    let docs = doc_names(2);
-    create_docs(&cluster.access(0), &docs).await;
-
-    // On every node: one writer acknowledged locally, one acknowledged by a peer too.
+/// On every node: one writer acknowledged locally, one acknowledged by a peer too.
+fn write_everywhere(cluster: &ProcCluster, docs: &[String]) -> Workload {
     let mut workload = Workload::new(shared_history());
     let local = WriteSpec {
-        docs: docs.clone(),
+        docs: docs.to_vec(),
         ack: json!("local"),
         timeout_ms: 2000,
         budget: None,
@@ -81,10 +74,22 @@ async fn rolling_sigkill_restarts_of_every_node_lose_no_acknowledged_write() {
         ack: json!(1),
         ..local.clone()
     };
-    for i in 0..n {
+    for i in 0..cluster.ids().len() {
         workload.spawn(&cluster.id(i), cluster.access(i), 1, &local);
         workload.spawn(&cluster.id(i), cluster.access(i), 1, &one_peer);
     }
+    workload
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_sigkill_restarts_of_every_node_lose_no_acknowledged_write() {
+    let rounds = env_usize("CONCORDANT_CRASH_ROUNDS", 1);
+    let n = 4;
+    let mut cluster = ProcCluster::start(n, "ring").await;
+    let docs = doc_names(2);
+    create_docs(&cluster.access(0), &docs).await;
+
+    let mut workload = write_everywhere(&cluster, &docs);
     let started = Instant::now();
     for round in 1..=rounds {
         for i in 0..n {
@@ -122,22 +127,7 @@ async fn all_nodes_killed_within_a_second_and_restarted_lose_no_acknowledged_wri
     let mut cluster = ProcCluster::start(n, "mesh").await;
     let docs = doc_names(2);
     create_docs(&cluster.access(0), &docs).await;
-    // On every node: one writer acknowledged locally, one acknowledged by a peer too.
-    let mut workload = Workload::new(shared_history());
-    let local = WriteSpec {
-        docs,
-        ack: json!("local"),
-        timeout_ms: 2000,
-        budget: None,
-    };
-    let one_peer = WriteSpec {
-        ack: json!(1),
-        ..local.clone()
-    };
-    for i in 0..n {
-        workload.spawn(&cluster.id(i), cluster.access(i), 1, &local);
-        workload.spawn(&cluster.id(i), cluster.access(i), 1, &one_peer);
-    }
+    let mut workload = write_everywhere(&cluster, &docs);
     let all = cluster.ids();
     for round in 1..=rounds {
         wait_acked(&workload, &all, acked_at(&workload, &all), 40).await;

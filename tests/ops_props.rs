@@ -1,13 +1,17 @@
-//! Property tests of the JSON ops: parsing never panics, and applying random ops to a
-//! real Automerge document agrees with a plain in-memory model of the documented
-//! semantics (same result, same status, same JSON), while a rolled-back transaction
-//! leaves the document exactly as it was.
+//! Property tests of the JSON ops: parsing never panics (arbitrary bytes, arbitrary JSON,
+//! valid requests with corrupted bytes, nesting of any depth), whatever parses applies to
+//! a document without panicking, and applying random ops to a real Automerge document
+//! agrees with a plain in-memory model of the documented semantics (same result, same
+//! status, same JSON), while a rolled-back transaction leaves the document exactly as it
+//! was. The `ops_parse` fuzz target (`fuzz/`) explores the same inputs for longer.
 
 use std::collections::BTreeMap;
 
 use automerge::Automerge;
 use concordant::json::doc_to_json;
-use concordant::ops::{apply_ops, parse_ops, parse_write_request, Op, PathElem, MAX_COUNTER};
+use concordant::ops::{
+    apply_ops, parse_ops, parse_write_request, Op, PathElem, MAX_COUNTER, MAX_DEPTH,
+};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -339,6 +343,79 @@ fn setup_ops() -> Value {
     ])
 }
 
+/// One corruption of a request body: overwrite, insert or delete a byte somewhere.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Overwrite(prop::sample::Index, u8),
+    Insert(prop::sample::Index, u8),
+    Delete(prop::sample::Index),
+}
+
+fn arb_mutation() -> impl Strategy<Value = Mutation> {
+    // JSON punctuation and digits more often than other bytes, to keep it near-JSON.
+    let byte = prop_oneof![
+        prop::sample::select(b"{}[],:\"0123456789-.eE \\".to_vec()),
+        any::<u8>(),
+    ];
+    prop_oneof![
+        (any::<prop::sample::Index>(), byte.clone()).prop_map(|(i, b)| Mutation::Overwrite(i, b)),
+        (any::<prop::sample::Index>(), byte).prop_map(|(i, b)| Mutation::Insert(i, b)),
+        any::<prop::sample::Index>().prop_map(Mutation::Delete),
+    ]
+}
+
+fn mutate(body: &mut Vec<u8>, m: &Mutation) {
+    match m {
+        Mutation::Overwrite(i, b) if !body.is_empty() => {
+            let i = i.index(body.len());
+            body[i] = *b;
+        }
+        Mutation::Insert(i, b) => {
+            let i = i.index(body.len() + 1);
+            body.insert(i, *b);
+        }
+        Mutation::Delete(i) if !body.is_empty() => {
+            body.remove(i.index(body.len()));
+        }
+        _ => {}
+    }
+}
+
+/// Applies parsed ops to an empty document and to the [`setup_ops`] document: each
+/// attempt succeeds or is refused as not fitting the document (409), never a panic.
+fn applies_without_panic(ops: &[Op]) -> Result<(), TestCaseError> {
+    let setup = parse_ops(&setup_ops()).unwrap();
+    for start in [&[][..], &setup[..]] {
+        let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        apply_ops(&mut tx, start).unwrap();
+        tx.commit();
+        let mut tx = doc.transaction();
+        match apply_ops(&mut tx, ops) {
+            Ok(()) => {
+                tx.commit();
+            }
+            Err(e) => {
+                prop_assert_eq!(e.status(), 409, "{}", e);
+                tx.rollback();
+            }
+        }
+        // What was written reads back.
+        let _ = doc_to_json(&doc);
+    }
+    Ok(())
+}
+
+/// A `set` of `value` at `["a"]` whose value is `depth` nested lists (or maps) around 1.
+fn nested_set_body(depth: usize, maps: bool) -> String {
+    let (open, close) = if maps { (r#"{"k":"#, "}") } else { ("[", "]") };
+    format!(
+        r#"{{"ops":[{{"op":"set","path":["a"],"value":{}1{}}}]}}"#,
+        open.repeat(depth),
+        close.repeat(depth)
+    )
+}
+
 // ------------------------------------------------------------------ properties
 
 proptest! {
@@ -366,6 +443,51 @@ proptest! {
                     prop_assert_eq!(again, Ok(req));
                 }
                 Err(e) => prop_assert_eq!(e.status(), 400),
+            }
+        }
+    }
+
+    #[test]
+    fn corrupted_requests_never_panic(
+        ops in prop::collection::vec(arb_op(), 1..4),
+        mutations in prop::collection::vec(arb_mutation(), 1..5),
+    ) {
+        let mut body = json!({"ops": Value::Array(ops.iter().map(Op::to_json).collect())})
+            .to_string()
+            .into_bytes();
+        for m in &mutations {
+            mutate(&mut body, m);
+        }
+        match parse_write_request(&body) {
+            Ok(req) => applies_without_panic(&req.ops)?,
+            Err(e) => prop_assert_eq!(e.status(), 400),
+        }
+    }
+
+    #[test]
+    fn whatever_parses_applies_without_panic(
+        ops in prop::collection::vec(prop_oneof![arb_op_like(), arb_op().prop_map(|op| op.to_json())], 1..5),
+    ) {
+        if let Ok(parsed) = parse_ops(&Value::Array(ops)) {
+            applies_without_panic(&parsed)?;
+        }
+    }
+
+    #[test]
+    fn nesting_of_any_depth_is_refused_or_applied(depth in prop_oneof![0usize..4096, 90usize..110], maps in any::<bool>()) {
+        // The path ["a"] takes one level below the root; the value gets the rest.
+        let fits = depth < MAX_DEPTH;
+        match parse_write_request(nested_set_body(depth, maps).as_bytes()) {
+            Ok(req) => {
+                prop_assert!(fits, "depth {} parsed", depth);
+                let mut doc = Automerge::new();
+                let mut tx = doc.transaction();
+                apply_ops(&mut tx, &req.ops).unwrap();
+                tx.commit();
+            }
+            Err(e) => {
+                prop_assert!(!fits, "depth {}: {}", depth, e);
+                prop_assert_eq!(e.status(), 400);
             }
         }
     }
@@ -475,4 +597,23 @@ proptest! {
         let loaded = Automerge::load(&doc.save()).unwrap();
         prop_assert_eq!(doc_to_json(&loaded), model.to_json());
     }
+}
+
+/// The fuzz target's seed inputs (`fuzz/seeds/ops_parse`) stay valid requests that apply
+/// to an empty document.
+#[test]
+fn fuzz_seeds_parse_and_apply() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/ops_parse");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let body = std::fs::read(&path).unwrap();
+        let req = parse_write_request(&body).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        apply_ops(&mut tx, &req.ops).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        tx.commit();
+        seen += 1;
+    }
+    assert!(seen >= 3, "only {seen} seeds in {}", dir.display());
 }

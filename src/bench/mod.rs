@@ -12,12 +12,14 @@
 
 mod phases;
 pub mod plot;
+mod probe;
 mod report;
 pub mod sweep;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use probe::LatencyProbe;
 pub use report::BenchReport;
 
 use crate::config::{TopologyKind, Tuning};

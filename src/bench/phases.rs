@@ -1,14 +1,12 @@
 //! The benchmark's phases, each measured on a running [`LocalCluster`].
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
-use automerge::{ChangeHash, ROOT};
-use tokio::sync::mpsc;
+use automerge::ROOT;
 use tokio::task::JoinSet;
 
-use super::{BenchError, BenchOptions};
+use super::{BenchError, BenchOptions, LatencyProbe};
 use crate::local::LocalCluster;
 use crate::node::Node;
 
@@ -49,59 +47,16 @@ pub(crate) async fn latency(
     opts: &BenchOptions,
     progress: &dyn Fn(String),
 ) -> Result<Vec<u64>, BenchError> {
-    const DOC: &str = "bench-latency";
-    let nodes: Vec<Node> = cluster.live().cloned().collect();
-    // Each node's notifications are timestamped by a task as they arrive.
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Instant, Vec<ChangeHash>)>();
-    let mut watchers = JoinSet::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let mut sub = node.subscribe(DOC).await?;
-        let tx = tx.clone();
-        watchers.spawn(async move {
-            loop {
-                match sub.recv().await {
-                    Ok(ev) => {
-                        if tx.send((i, Instant::now(), ev.heads)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return,
-                }
-            }
-        });
-    }
-    drop(tx);
+    let mut probe = LatencyProbe::new(cluster.live().cloned().collect(), "bench-latency").await?;
     let mut samples = Vec::with_capacity(opts.latency_samples);
     let mut last_report = Instant::now();
     for n in 0..opts.latency_samples {
-        let writer = &nodes[n % nodes.len()];
-        let start = Instant::now();
-        let written = writer
-            .change(DOC, move |tx| tx.put(ROOT, "seq", n as u64))
-            .await?;
-        let Some(hash) = written.heads.first().copied() else {
-            return Err(BenchError::Timeout("a latency write made no change".into()));
+        let Some(took) = probe.write(Duration::from_secs(10)).await? else {
+            return Err(BenchError::Timeout(format!(
+                "latency write {n} was not visible on every node within 10 s"
+            )));
         };
-        let mut seen: BTreeMap<usize, Instant> = BTreeMap::new();
-        let deadline = start + Duration::from_secs(10);
-        while seen.len() < nodes.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, rx.recv()).await {
-                Ok(Some((i, at, heads))) => {
-                    if heads.contains(&hash) {
-                        seen.entry(i).or_insert(at);
-                    }
-                }
-                _ => {
-                    return Err(BenchError::Timeout(format!(
-                        "latency write {n} was not visible on every node within 10 s"
-                    )))
-                }
-            }
-        }
-        let last = seen.values().max().copied().unwrap_or(start);
-        samples.push(last.saturating_duration_since(start).as_micros() as u64);
+        samples.push(took.as_micros() as u64);
         if last_report.elapsed() > Duration::from_secs(1) {
             progress(format!(
                 "latency: {}/{} samples",
@@ -111,7 +66,6 @@ pub(crate) async fn latency(
             last_report = Instant::now();
         }
     }
-    watchers.abort_all();
     progress(format!("latency: {} samples done", samples.len()));
     Ok(samples)
 }

@@ -1,0 +1,94 @@
+//! Criterion benches of in-process convergence latency: real nodes in this process
+//! ([`LocalCluster`]: QUIC with mutual TLS on 127.0.0.1, redb storage with fsync in a
+//! temporary directory), a 3-node mesh and a 5-node two-way ring. One iteration is one
+//! single-op write at one node (writers rotating) timed until every node shows it, by the
+//! same [`LatencyProbe`] as the latency phase of `concordant bench`.
+//!
+//! Run: `cargo bench --bench convergence`.
+
+use std::time::Duration;
+
+use concordant::bench::LatencyProbe;
+use concordant::config::{RingDirection, TopologyKind, Tuning};
+use concordant::local::LocalCluster;
+use criterion::{criterion_group, criterion_main, Criterion};
+use tokio::runtime::Runtime;
+
+/// How long one write may take to reach every node before the bench fails.
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Starts `n` linked nodes in `kind` and benches one write until visible everywhere.
+fn bench_cluster(c: &mut Criterion, name: &str, n: usize, kind: TopologyKind) {
+    let rt = runtime();
+    let tuning = Tuning {
+        // As `concordant bench`: periodic anti-entropy stays out of the measurement.
+        anti_entropy_ms: 60_000,
+        ..Tuning::default()
+    };
+    let (cluster, mut probe) = rt.block_on(async {
+        let cluster = LocalCluster::start("crit", n, kind, Vec::new(), tuning)
+            .await
+            .expect("cluster starts");
+        let linked = cluster
+            .wait_linked(Duration::from_secs(20))
+            .await
+            .expect("status");
+        assert!(linked, "links did not come up within 20 s");
+        let nodes = cluster.live().cloned().collect();
+        let probe = LatencyProbe::new(nodes, "crit-latency")
+            .await
+            .expect("subscribes");
+        (cluster, probe)
+    });
+    let mut g = c.benchmark_group("convergence");
+    g.sample_size(30);
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(6));
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += probe
+                        .write(LIMIT)
+                        .await
+                        .expect("node running")
+                        .expect("write visible on every node within the limit");
+                }
+                total
+            })
+        })
+    });
+    g.finish();
+    drop(probe);
+    rt.block_on(cluster.shutdown()).expect("clean shutdown");
+}
+
+fn mesh3(c: &mut Criterion) {
+    bench_cluster(
+        c,
+        "3-node mesh, write until visible on all",
+        3,
+        TopologyKind::Mesh,
+    );
+}
+
+fn ring5(c: &mut Criterion) {
+    let ring = TopologyKind::Ring(RingDirection::Both);
+    bench_cluster(
+        c,
+        "5-node ring (both ways), write until visible on all",
+        5,
+        ring,
+    );
+}
+
+criterion_group!(benches, mesh3, ring5);
+criterion_main!(benches);
