@@ -19,8 +19,13 @@ use super::TransportEvent;
 use crate::certs::node_dns_name;
 use crate::wire::{self, Hello, Message, WireError, PROTOCOL_VERSION};
 
-/// Longest wait for the QUIC/TLS handshake (the idle timeout usually ends it sooner).
+/// Longest wait for an incoming connection's QUIC/TLS handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the QUIC/TLS handshake of one dial attempt, whatever the idle timeout.
+/// QUIC resends an unanswered handshake ever more rarely (its probe timeout doubles), so an
+/// attempt begun while the peer was down reaches it late once it is back; a fresh attempt
+/// after this long finds it sooner. Ample for links with round trips up to ~300 ms.
+const DIAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait for the Hello exchange once the TLS handshake is done.
 pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -227,7 +232,7 @@ async fn dial_once(inner: &Arc<Inner>, t: &DialTarget) -> Result<Outcome, DialEr
     let server_name = node_dns_name(&t.peer);
     let connecting = endpoint.connect_with(inner.client_config.clone(), t.addr, &server_name)?;
     drop(endpoint);
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+    let conn = match tokio::time::timeout(DIAL_HANDSHAKE_TIMEOUT, connecting).await {
         Err(_) => return Err(DialError::Timeout("TLS handshake")),
         Ok(Err(e)) => {
             if is_tls_failure(&e) {
