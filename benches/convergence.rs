@@ -2,7 +2,8 @@
 //! ([`LocalCluster`]: QUIC with mutual TLS on 127.0.0.1, redb storage with fsync in a
 //! temporary directory), a 3-node mesh and a 5-node two-way ring. One iteration is one
 //! single-op write at one node (writers rotating) timed until every node shows it, by the
-//! same [`LatencyProbe`] as the latency phase of `concordant bench`.
+//! same [`LatencyProbe`] as the latency phase of `concordant bench`; each sample writes to
+//! a fresh document.
 //!
 //! Run: `cargo bench --bench convergence`.
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use concordant::bench::LatencyProbe;
 use concordant::config::{RingDirection, TopologyKind, Tuning};
 use concordant::local::LocalCluster;
+use concordant::node::Node;
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokio::runtime::Runtime;
 
@@ -32,7 +34,7 @@ fn bench_cluster(c: &mut Criterion, name: &str, n: usize, kind: TopologyKind) {
         anti_entropy_ms: 60_000,
         ..Tuning::default()
     };
-    let (cluster, mut probe) = rt.block_on(async {
+    let (cluster, nodes) = rt.block_on(async {
         let cluster = LocalCluster::start("crit", n, kind, Vec::new(), tuning)
             .await
             .expect("cluster starts");
@@ -41,19 +43,25 @@ fn bench_cluster(c: &mut Criterion, name: &str, n: usize, kind: TopologyKind) {
             .await
             .expect("status");
         assert!(linked, "links did not come up within 20 s");
-        let nodes = cluster.live().cloned().collect();
-        let probe = LatencyProbe::new(nodes, "crit-latency")
-            .await
-            .expect("subscribes");
-        (cluster, probe)
+        let nodes: Vec<Node> = cluster.live().cloned().collect();
+        (cluster, nodes)
     });
     let mut g = c.benchmark_group("convergence");
     g.sample_size(30);
     g.warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(6));
+    let mut sample = 0;
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
+            // A fresh document per sample: Automerge's cost of applying a remote change
+            // grows with the document's history, which would otherwise grow by thousands
+            // of writes over the run and dominate the figure.
+            sample += 1;
+            let doc = format!("crit-latency-{sample}");
             rt.block_on(async {
+                let mut probe = LatencyProbe::new(nodes.clone(), &doc)
+                    .await
+                    .expect("subscribes");
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     total += probe
@@ -67,7 +75,6 @@ fn bench_cluster(c: &mut Criterion, name: &str, n: usize, kind: TopologyKind) {
         })
     });
     g.finish();
-    drop(probe);
     rt.block_on(cluster.shutdown()).expect("clean shutdown");
 }
 
