@@ -17,8 +17,10 @@ use std::time::Duration;
 use common::checker::{check, Effect, History, ReplicaState, WriteId};
 use common::faults::{LinkFaults, LinkStats, Net};
 use common::workload::{finish, prepare, Workload, DOCS};
-use common::{ops, TestCluster, CONVERGE_TIMEOUT};
+use common::{ops, ops_with, TestCluster, CONVERGE_TIMEOUT, LINK_TIMEOUT};
 use concordant::config::{RingDirection, TopologyKind};
+use concordant::node::Ack;
+use concordant::topology::Topology;
 use serde_json::{json, Value};
 
 const RING: TopologyKind = TopologyKind::Ring(RingDirection::Both);
@@ -292,4 +294,37 @@ fn checker_finds_lost_writes_bad_counters_and_divergence() {
     assert_eq!(v.counters.len(), 1, "{v}");
     assert_eq!(v.diverged.len(), 1, "{v}");
     assert!(v.to_string().contains("lost = 2"), "{v}");
+}
+
+/// A write with write concern "all" made while its node is cut off is answered once the
+/// link heals, with every other node's acknowledgement, on a chain n1 - n2 - n3 - n4 (an
+/// edge-list topology, so nothing links around): n2 gets the change by repair, n3 and n4
+/// by pushes of repaired changes, and their acks come back along that path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_concern_all_is_met_once_a_cut_chain_heals() {
+    let name = "chain ack all";
+    let mut cluster = TestCluster::new(4, TopologyKind::Edges);
+    let link = |a: &str, b: &str| (a.to_string(), b.to_string());
+    let chain = vec![link("n1", "n2"), link("n2", "n3"), link("n3", "n4")];
+    cluster.topology = Topology::new(TopologyKind::Edges, cluster.ids.clone(), chain);
+    let net = Net::attach(&mut cluster, rand::random()).await;
+    net.start_all(&mut cluster).await;
+    cluster.wait_linked(LINK_TIMEOUT).await;
+    net.partition(&[0], &[1, 2, 3]);
+    let writer = cluster.node(0);
+    let write = tokio::spawn(async move {
+        let ops = json!([{"op": "set", "path": ["all-acked"], "value": 1}]);
+        ops_with(&writer, "chain", ops, Ack::All, Duration::from_secs(30)).await
+    });
+    tokio::time::sleep(secs(1.0)).await;
+    assert!(!write.is_finished(), "{name}: answered while n1 is cut off");
+    net.heal();
+    let written = write
+        .await
+        .expect("writer task")
+        .expect("ack all met after the heal");
+    let mut by = written.acked_by.clone();
+    by.sort();
+    assert_eq!(by, vec!["n2", "n3", "n4"], "{name}: acknowledged by");
+    cluster.shutdown().await;
 }

@@ -125,6 +125,9 @@ impl<V> Memory<V> {
     fn get(&self, k: &ChangeHash) -> Option<&V> {
         self.map.get(k)
     }
+    fn get_mut(&mut self, k: &ChangeHash) -> Option<&mut V> {
+        self.map.get_mut(k)
+    }
 }
 
 /// Acks owed to one peer once a persist batch is durable: (peer, doc) → hashes.
@@ -151,8 +154,11 @@ pub struct Replica {
     deferred_acks: AckWork,
     token: u64,
     ack_work: HashMap<u64, AckWork>,
-    /// Which peer each want-ack change came from, to route acks back.
+    /// Which peer each want-ack or repaired change came from, to route acks back.
     ack_routes: Memory<String>,
+    /// Whose acks of each change this node has relayed: each at most once, so acks end
+    /// even where routes form a loop (routes are forgotten across restarts).
+    relayed: Memory<Vec<String>>,
     /// Local changes whose writer waits for acks, with their document.
     awaited: Memory<String>,
     last_anti_entropy: u64,
@@ -188,6 +194,7 @@ impl Replica {
             token: 1,
             ack_work: HashMap::new(),
             ack_routes: Memory::new(ack_memory),
+            relayed: Memory::new(ack_memory),
             awaited: Memory::new(ack_memory),
             last_anti_entropy: 0,
             gate: SyncGate::default(),
@@ -614,8 +621,8 @@ impl Replica {
         }
     }
 
-    /// Records new changes (already in or pending for the document): persist them, push
-    /// them on, and owe acks to `from` if asked.
+    /// Records new changes (already in or pending for the document): persist them and push
+    /// them on (asking the next nodes for acks if `want_ack`).
     fn accept_new(
         &mut self,
         doc: &str,
@@ -632,19 +639,6 @@ impl Replica {
             for bytes in &changes {
                 if !peer.queue(doc, origin, want_ack, bytes, self.config.outbox_limit) {
                     self.stats.pushes_dropped += 1;
-                }
-            }
-        }
-        if want_ack {
-            if let Some(from) = from {
-                let hashes = self
-                    .batch_acks
-                    .entry((from.to_string(), doc.to_string()))
-                    .or_default();
-                for bytes in &changes {
-                    if let Ok(c) = Change::from_bytes(bytes.clone()) {
-                        hashes.push(c.hash().0);
-                    }
                 }
             }
         }
@@ -671,6 +665,7 @@ impl Replica {
     ) {
         let state = self.docs.get_or_create(&doc);
         let mut fresh = Vec::new();
+        let mut owed = Vec::new();
         for bytes in changes {
             let bytes = bytes.into_vec();
             match Change::from_bytes(bytes.clone()) {
@@ -679,6 +674,7 @@ impl Replica {
                     if state.push_pending(change) {
                         if want_ack {
                             self.ack_routes.insert(hash, from.to_string());
+                            owed.push(hash.0);
                         }
                         fresh.push(bytes);
                     } else {
@@ -695,6 +691,12 @@ impl Replica {
         state.last_change_ms = now;
         self.stats.remote_changes += fresh.len() as u64;
         self.dirty.insert(doc.clone());
+        if !owed.is_empty() {
+            self.batch_acks
+                .entry((from.to_string(), doc.clone()))
+                .or_default()
+                .extend(owed);
+        }
         self.accept_new(&doc, &origin, Some(from), want_ack, fresh);
     }
 
@@ -708,9 +710,12 @@ impl Replica {
                     hash,
                     by: ack.by.clone(),
                 });
-            } else if let Some(route) = self.ack_routes.get(&hash) {
-                if route != from && self.peers.contains_key(route) {
-                    relay.entry(route.clone()).or_default().push(raw);
+            } else if let Some(route) = self.ack_routes.get(&hash).cloned() {
+                if route != from
+                    && self.peers.contains_key(&route)
+                    && self.first_relay(hash, &ack.by)
+                {
+                    relay.entry(route).or_default().push(raw);
                 }
             }
         }
@@ -723,6 +728,21 @@ impl Replica {
                     hashes,
                 }),
             });
+        }
+    }
+
+    /// True the first time this node relays `by`'s ack of `hash`.
+    fn first_relay(&mut self, hash: ChangeHash, by: &str) -> bool {
+        match self.relayed.get_mut(&hash) {
+            Some(list) if list.iter().any(|b| b == by) => false,
+            Some(list) => {
+                list.push(by.to_string());
+                true
+            }
+            None => {
+                self.relayed.insert(hash, vec![by.to_string()]);
+                true
+            }
         }
     }
 
@@ -861,8 +881,15 @@ impl Replica {
                 heads: after,
             });
             // Acknowledge repaired changes to the peer they came from once durable, like
-            // pushed ones: a write whose push was lost (dead connection, full queue) would
-            // otherwise never meet its write concern although every node has it.
+            // pushed ones, and route the acks of the nodes they are passed on to back the
+            // same way: a write whose push was lost (dead connection, full queue, partition)
+            // still meets its write concern once the change is everywhere.
+            for hash in &hashes {
+                let hash = ChangeHash(*hash);
+                if self.ack_routes.get(&hash).is_none() {
+                    self.ack_routes.insert(hash, from.to_string());
+                }
+            }
             self.batch_acks
                 .entry((from.to_string(), doc.to_string()))
                 .or_default()
@@ -870,7 +897,7 @@ impl Replica {
             // Pass them on as if `from` had written them: the topology's routing then
             // spreads them away from `from` (into a healed ring's other side) and not back
             // to nodes that sync with `from` themselves (a mesh sends nothing on).
-            self.accept_new(doc, from, Some(from), false, new);
+            self.accept_new(doc, from, Some(from), true, new);
         }
         let state = self.docs.get_or_create(doc);
         let reply = state.doc.generate_sync_message(&mut session);

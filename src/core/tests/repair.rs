@@ -212,3 +212,32 @@ fn lost_sync_message_does_not_wedge_the_session() {
     c.run(); // without the resend, a and b ping-pong here forever
     assert_eq!(c.heads("a"), c.heads("b"));
 }
+
+#[test]
+fn write_missed_by_a_partition_is_acked_by_every_node_once_repaired() {
+    // A chain a - b - c: c hears of a's changes only through b.
+    let mut c = Cluster::new(&["a", "b", "c"], CoreConfig::default());
+    c.link("a", "b");
+    c.link("b", "c");
+    c.run();
+    c.unlink("a", "b");
+    let hash = c.put("a", "d", "k", 1, true);
+    c.pump("a");
+    c.run();
+    assert!(c.acked.is_empty(), "nobody could have it yet");
+    // Healed: b repairs the change from a and pushes it on to c; both acks reach a.
+    c.link("a", "b");
+    c.run();
+    let mut by: Vec<&str> = c
+        .acked
+        .iter()
+        .filter(|(writer, _, h, _)| writer == "a" && *h == hash)
+        .map(|(_, _, _, by)| by.as_str())
+        .collect();
+    by.sort_unstable();
+    by.dedup();
+    assert_eq!(by, vec!["b", "c"]);
+    for id in ["b", "c"] {
+        assert_eq!(c.reload(id).heads(), c.heads("a"), "storage of {id}");
+    }
+}
