@@ -171,6 +171,22 @@ impl Inner {
         }
     }
 
+    /// Reports a failed dial attempt to `peer`, unless a link to it came up meanwhile (the
+    /// peer dialed us): under the transitions lock, so the report never follows that link's
+    /// Up (which would leave the peer believed down while connected).
+    pub(crate) async fn dial_failed(&self, peer: &str) {
+        let _order = self.transitions.lock().await;
+        let linked = self
+            .peers()
+            .by_id
+            .get(peer)
+            .is_some_and(|p| p.link.is_some());
+        if !linked {
+            self.emit(TransportEvent::DialFailed(peer.to_string()))
+                .await;
+        }
+    }
+
     /// Checks, atomically with admissions, that `peer` is still wanted by the dial loop of
     /// `generation` and has no link, and if so marks a dial attempt in progress.
     pub(crate) fn begin_dial(&self, peer: &str, generation: u64) -> DialPermit {

@@ -15,7 +15,6 @@ use super::frames::{FrameError, FrameReader};
 use super::state::{code, wait_closing, Inner};
 use super::stats::{PeerCounters, Reject};
 use super::tls::is_tls_failure;
-use super::TransportEvent;
 use crate::certs::node_dns_name;
 use crate::wire::{self, Hello, Message, WireError, PROTOCOL_VERSION};
 
@@ -144,7 +143,7 @@ pub(crate) async fn dial_loop(inner: Arc<Inner>, mut t: DialTarget) {
                     tracing::debug!(peer = t.peer, addr = %t.addr, error = %e, "dial failed");
                 }
                 t.counters.inc_dial_failures();
-                inner.emit(TransportEvent::DialFailed(t.peer.clone())).await;
+                inner.dial_failed(&t.peer).await;
                 delay = Some(backoff.next());
             }
         }

@@ -122,7 +122,8 @@ pub enum TransportEvent {
     Up(String),
     /// The last connection to this peer is gone.
     Down(String),
-    /// One dial attempt to this peer failed (another follows after a backoff).
+    /// One dial attempt to this peer failed and it has no link (another attempt follows
+    /// after a backoff).
     DialFailed(String),
     /// A message arrived from a connected peer.
     Message {
