@@ -13,12 +13,15 @@
 mod docs;
 mod effect;
 mod gate;
+mod loaded;
+mod memory;
 mod peers;
 mod replica;
 mod router;
 
 pub use effect::Effect;
-pub use replica::{CoreConfig, CoreStats, LoadedDoc, LocalWrite, Replica};
+pub use loaded::LoadedDoc;
+pub use replica::{CoreConfig, CoreStats, LocalWrite, Replica};
 pub use router::{Flood, Router};
 
 /// Errors of the core. None of them leaves a partial change behind.

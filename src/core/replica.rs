@@ -7,7 +7,9 @@
 //! Automerge call and drains every peer's queued changes into as few messages as fit, then
 //! takes the effects with [`Replica::drain_effects`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+mod acks;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transaction;
@@ -16,6 +18,8 @@ use serde_bytes::ByteBuf;
 
 use super::docs::{DocState, Docs};
 use super::gate::{Admit, SyncGate};
+use super::loaded::LoadedDoc;
+use super::memory::Memory;
 use super::peers::Peer;
 use super::{CoreError, Effect, Router};
 use crate::wire::{heads_digest, Ack, DigestEntry, Message};
@@ -95,39 +99,6 @@ pub struct LocalWrite<R> {
     pub heads: Vec<ChangeHash>,
     /// The change is durable once [`Effect::Persist`] with this token has been carried out.
     pub persist_token: Option<u64>,
-}
-
-/// A bounded map that forgets its oldest entries.
-struct Memory<V> {
-    map: HashMap<ChangeHash, V>,
-    order: VecDeque<ChangeHash>,
-    cap: usize,
-}
-
-impl<V> Memory<V> {
-    fn new(cap: usize) -> Self {
-        Memory {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            cap,
-        }
-    }
-    fn insert(&mut self, k: ChangeHash, v: V) {
-        if self.map.insert(k, v).is_none() {
-            self.order.push_back(k);
-        }
-        while self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
-            }
-        }
-    }
-    fn get(&self, k: &ChangeHash) -> Option<&V> {
-        self.map.get(k)
-    }
-    fn get_mut(&mut self, k: &ChangeHash) -> Option<&mut V> {
-        self.map.get_mut(k)
-    }
 }
 
 /// Acks owed to one peer once a persist batch is durable: (peer, doc) → hashes.
@@ -524,54 +495,6 @@ impl Replica {
         self.connected = self.peers.keys().cloned().collect();
     }
 
-    /// Defers the acks of the batch being filled whose changes Automerge holds back
-    /// (missing dependencies), and owes with this batch the deferred acks whose changes
-    /// have been applied since: their dependencies are in this batch or an earlier one, so
-    /// they are durable once this batch is. At most `ack_memory` acks wait; past that an
-    /// ack is dropped (its writer's write concern times out).
-    fn settle_acks(&mut self) {
-        let docs = &self.docs;
-        let applied = |doc: &str, h: &[u8; 32]| {
-            docs.get(doc)
-                .is_some_and(|d| d.doc.get_change_meta_by_hash(&ChangeHash(*h)).is_some())
-        };
-        let mut waiting: usize = self.deferred_acks.values().map(Vec::len).sum();
-        for ((peer, doc), hashes) in self.deferred_acks.iter_mut() {
-            let (ready, still): (Vec<[u8; 32]>, Vec<[u8; 32]>) =
-                hashes.iter().partition(|h| applied(doc, h));
-            if !ready.is_empty() {
-                waiting -= ready.len();
-                self.batch_acks
-                    .entry((peer.clone(), doc.clone()))
-                    .or_default()
-                    .extend(ready);
-                *hashes = still;
-            }
-        }
-        self.deferred_acks.retain(|_, hashes| !hashes.is_empty());
-        for ((peer, doc), hashes) in self.batch_acks.iter_mut() {
-            if hashes.iter().all(|h| applied(doc, h)) {
-                continue;
-            }
-            let (ready, held): (Vec<[u8; 32]>, Vec<[u8; 32]>) =
-                hashes.iter().partition(|h| applied(doc, h));
-            *hashes = ready;
-            let room = self.config.ack_memory.saturating_sub(waiting);
-            waiting += held.len().min(room);
-            self.deferred_acks
-                .entry((peer.clone(), doc.clone()))
-                .or_default()
-                .extend(held.into_iter().take(room));
-        }
-        self.batch_acks.retain(|_, hashes| {
-            // A change repaired by sync may be owed twice (deferred, and as repaired).
-            hashes.sort_unstable();
-            hashes.dedup();
-            !hashes.is_empty()
-        });
-        self.deferred_acks.retain(|_, hashes| !hashes.is_empty());
-    }
-
     /// Applies a document's pending changes, persisting the ones Automerge accepted.
     fn apply_doc(&mut self, doc: &str) {
         let Some(state) = self.docs.get_mut(doc) else {
@@ -698,52 +621,6 @@ impl Replica {
                 .extend(owed);
         }
         self.accept_new(&doc, &origin, Some(from), want_ack, fresh);
-    }
-
-    fn receive_ack(&mut self, from: &str, ack: Ack) {
-        let mut relay: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
-        for raw in ack.hashes {
-            let hash = ChangeHash(raw);
-            if self.awaited.get(&hash).is_some() {
-                self.effects.push(Effect::Acked {
-                    doc: ack.doc.clone(),
-                    hash,
-                    by: ack.by.clone(),
-                });
-            } else if let Some(route) = self.ack_routes.get(&hash).cloned() {
-                if route != from
-                    && self.peers.contains_key(&route)
-                    && self.first_relay(hash, &ack.by)
-                {
-                    relay.entry(route).or_default().push(raw);
-                }
-            }
-        }
-        for (to, hashes) in relay {
-            self.effects.push(Effect::Send {
-                to,
-                msg: Message::Ack(Ack {
-                    doc: ack.doc.clone(),
-                    by: ack.by.clone(),
-                    hashes,
-                }),
-            });
-        }
-    }
-
-    /// True the first time this node relays `by`'s ack of `hash`.
-    fn first_relay(&mut self, hash: ChangeHash, by: &str) -> bool {
-        match self.relayed.get_mut(&hash) {
-            Some(list) if list.iter().any(|b| b == by) => false,
-            Some(list) => {
-                list.push(by.to_string());
-                true
-            }
-            None => {
-                self.relayed.insert(hash, vec![by.to_string()]);
-                true
-            }
-        }
     }
 
     fn send_digest(&mut self, now: u64, peer: &str, full: bool) {
@@ -917,45 +794,6 @@ impl Replica {
             }
             None => self.docs.remove_if_empty(doc),
         }
-    }
-}
-
-/// A stored document decoded and loaded, ready for [`Replica::insert_loaded`].
-pub struct LoadedDoc {
-    id: String,
-    doc: Automerge,
-    changes: Vec<Change>,
-}
-
-impl LoadedDoc {
-    /// Loads the snapshot (if any) and applies the changes appended after it in one batch.
-    /// Needs no replica, so documents can be decoded in parallel. Corrupt data is an error.
-    pub fn decode(
-        id: &str,
-        snapshot: Option<&[u8]>,
-        changes: &[Vec<u8>],
-    ) -> Result<LoadedDoc, CoreError> {
-        let corrupt = |detail: String| CoreError::CorruptStored {
-            doc: id.to_string(),
-            detail,
-        };
-        let mut doc = match snapshot {
-            Some(bytes) => Automerge::load(bytes).map_err(|e| corrupt(format!("snapshot: {e}")))?,
-            None => Automerge::new(),
-        };
-        let mut decoded = Vec::with_capacity(changes.len());
-        for (i, bytes) in changes.iter().enumerate() {
-            let change = Change::from_bytes(bytes.clone())
-                .map_err(|e| corrupt(format!("change #{i}: {e}")))?;
-            decoded.push(change);
-        }
-        doc.apply_changes(decoded.iter().cloned())
-            .map_err(|e| corrupt(format!("applying changes: {e}")))?;
-        Ok(LoadedDoc {
-            id: id.to_string(),
-            doc,
-            changes: decoded,
-        })
     }
 }
 

@@ -1,0 +1,45 @@
+//! [`LoadedDoc`]: a stored document decoded at start-up, before it joins a replica.
+
+use automerge::{Automerge, Change};
+
+use super::CoreError;
+
+/// A stored document decoded and loaded, ready for
+/// [`Replica::insert_loaded`](super::Replica::insert_loaded).
+pub struct LoadedDoc {
+    pub(crate) id: String,
+    pub(crate) doc: Automerge,
+    pub(crate) changes: Vec<Change>,
+}
+
+impl LoadedDoc {
+    /// Loads the snapshot (if any) and applies the changes appended after it in one batch.
+    /// Needs no replica, so documents can be decoded in parallel. Corrupt data is an error.
+    pub fn decode(
+        id: &str,
+        snapshot: Option<&[u8]>,
+        changes: &[Vec<u8>],
+    ) -> Result<LoadedDoc, CoreError> {
+        let corrupt = |detail: String| CoreError::CorruptStored {
+            doc: id.to_string(),
+            detail,
+        };
+        let mut doc = match snapshot {
+            Some(bytes) => Automerge::load(bytes).map_err(|e| corrupt(format!("snapshot: {e}")))?,
+            None => Automerge::new(),
+        };
+        let mut decoded = Vec::with_capacity(changes.len());
+        for (i, bytes) in changes.iter().enumerate() {
+            let change = Change::from_bytes(bytes.clone())
+                .map_err(|e| corrupt(format!("change #{i}: {e}")))?;
+            decoded.push(change);
+        }
+        doc.apply_changes(decoded.iter().cloned())
+            .map_err(|e| corrupt(format!("applying changes: {e}")))?;
+        Ok(LoadedDoc {
+            id: id.to_string(),
+            doc,
+            changes: decoded,
+        })
+    }
+}

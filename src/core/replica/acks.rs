@@ -1,0 +1,109 @@
+//! Durable acknowledgements of the replica: which acks wait for a change to apply
+//! ([`Replica::settle_acks`]), and how acks of other nodes reach the writer, relayed along
+//! the path each change took ([`Replica::receive_ack`]).
+
+use std::collections::BTreeMap;
+
+use automerge::ChangeHash;
+
+use super::Replica;
+use crate::core::Effect;
+use crate::wire::{Ack, Message};
+
+impl Replica {
+    /// Defers the acks of the batch being filled whose changes Automerge holds back
+    /// (missing dependencies), and owes with this batch the deferred acks whose changes
+    /// have been applied since: their dependencies are in this batch or an earlier one, so
+    /// they are durable once this batch is. At most `ack_memory` acks wait; past that an
+    /// ack is dropped (its writer's write concern times out).
+    pub(super) fn settle_acks(&mut self) {
+        let docs = &self.docs;
+        let applied = |doc: &str, h: &[u8; 32]| {
+            docs.get(doc)
+                .is_some_and(|d| d.doc.get_change_meta_by_hash(&ChangeHash(*h)).is_some())
+        };
+        let mut waiting: usize = self.deferred_acks.values().map(Vec::len).sum();
+        for ((peer, doc), hashes) in self.deferred_acks.iter_mut() {
+            let (ready, still): (Vec<[u8; 32]>, Vec<[u8; 32]>) =
+                hashes.iter().partition(|h| applied(doc, h));
+            if !ready.is_empty() {
+                waiting -= ready.len();
+                self.batch_acks
+                    .entry((peer.clone(), doc.clone()))
+                    .or_default()
+                    .extend(ready);
+                *hashes = still;
+            }
+        }
+        self.deferred_acks.retain(|_, hashes| !hashes.is_empty());
+        for ((peer, doc), hashes) in self.batch_acks.iter_mut() {
+            if hashes.iter().all(|h| applied(doc, h)) {
+                continue;
+            }
+            let (ready, held): (Vec<[u8; 32]>, Vec<[u8; 32]>) =
+                hashes.iter().partition(|h| applied(doc, h));
+            *hashes = ready;
+            let room = self.config.ack_memory.saturating_sub(waiting);
+            waiting += held.len().min(room);
+            self.deferred_acks
+                .entry((peer.clone(), doc.clone()))
+                .or_default()
+                .extend(held.into_iter().take(room));
+        }
+        self.batch_acks.retain(|_, hashes| {
+            // A change repaired by sync may be owed twice (deferred, and as repaired).
+            hashes.sort_unstable();
+            hashes.dedup();
+            !hashes.is_empty()
+        });
+        self.deferred_acks.retain(|_, hashes| !hashes.is_empty());
+    }
+
+    /// An ack from `from`: reported if this node's own write awaits it, else relayed once
+    /// along the route the change came by.
+    pub(super) fn receive_ack(&mut self, from: &str, ack: Ack) {
+        let mut relay: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
+        for raw in ack.hashes {
+            let hash = ChangeHash(raw);
+            if self.awaited.get(&hash).is_some() {
+                self.effects.push(Effect::Acked {
+                    doc: ack.doc.clone(),
+                    hash,
+                    by: ack.by.clone(),
+                });
+            } else if let Some(route) = self.ack_routes.get(&hash).cloned() {
+                if route != from
+                    && self.peers.contains_key(&route)
+                    && self.first_relay(hash, &ack.by)
+                {
+                    relay.entry(route).or_default().push(raw);
+                }
+            }
+        }
+        for (to, hashes) in relay {
+            self.effects.push(Effect::Send {
+                to,
+                msg: Message::Ack(Ack {
+                    doc: ack.doc.clone(),
+                    by: ack.by.clone(),
+                    hashes,
+                }),
+            });
+        }
+    }
+
+    /// True the first time this node relays `by`'s ack of `hash`.
+    fn first_relay(&mut self, hash: ChangeHash, by: &str) -> bool {
+        match self.relayed.get_mut(&hash) {
+            Some(list) if list.iter().any(|b| b == by) => false,
+            Some(list) => {
+                list.push(by.to_string());
+                true
+            }
+            None => {
+                self.relayed.insert(hash, vec![by.to_string()]);
+                true
+            }
+        }
+    }
+}
