@@ -138,13 +138,7 @@ pub async fn run() -> anyhow::Result<Vec<Count>> {
         task.await??;
     }
     wait_converged(&connected).await?;
-    let connected_peers = cut_off
-        .status()
-        .await?
-        .peers
-        .iter()
-        .filter(|p| p.connected)
-        .count();
+    let connected_peers = cut_off.status().await?.connected_peers().len();
     println!("   paris, lyon and nice agree; lille is connected to {connected_peers} peers");
     println!("   paris sees {:?}", stock(&nodes[0]).await?);
     println!("   lille sees {:?}", stock(&cut_off).await?);

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -117,12 +116,7 @@ impl Cluster {
                 }
             }
             let status = self.n3.status().await.expect("n3 status");
-            let connected: BTreeSet<&str> = status
-                .peers
-                .iter()
-                .filter(|p| p.connected)
-                .map(|p| p.id.as_str())
-                .collect();
+            let connected = status.connected_peers();
             if peers.iter().all(|p| connected.contains(p)) {
                 return Ok(());
             }

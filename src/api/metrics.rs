@@ -131,7 +131,7 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         &[],
         s.peers.len() as u64,
     );
-    let connected = s.peers.iter().filter(|p| p.connected).count();
+    let connected = s.connected_peers().len();
     m.gauge(
         "concordant_peers_connected",
         "Peers with a live connection.",

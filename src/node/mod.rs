@@ -130,6 +130,17 @@ pub struct NodeStatus {
     pub transport: TransportStats,
 }
 
+impl NodeStatus {
+    /// Ids of the peers with a live connection, in topology order.
+    pub fn connected_peers(&self) -> Vec<&str> {
+        self.peers
+            .iter()
+            .filter(|p| p.connected)
+            .map(|p| p.id.as_str())
+            .collect()
+    }
+}
+
 /// How a write finished, as the driver reports it.
 #[derive(Debug)]
 pub(crate) enum WriteOutcome {

@@ -371,6 +371,14 @@ impl ReplicaState {
             docs,
         }
     }
+
+    /// The value under `key` of the map at `map` in `doc`, if this replica has it.
+    pub fn added(&self, doc: &str, map: &[String], key: &str) -> Option<&Value> {
+        self.docs
+            .get(doc)
+            .and_then(|d| lookup(&d.json, map))
+            .and_then(|m| m.get(key))
+    }
 }
 
 /// An acknowledged (or refused) add that a replica does not hold as it should.
@@ -524,11 +532,7 @@ fn check_adds(history: &History, replicas: &[ReplicaState], verdict: &mut Verdic
                 continue;
             };
             for r in replicas {
-                let got = r
-                    .docs
-                    .get(doc)
-                    .and_then(|d| lookup(&d.json, map))
-                    .and_then(|m| m.get(key));
+                let got = r.added(doc, map, key);
                 let what = match (w.outcome, got) {
                     (Outcome::Acked(_), None) => format!("{doc}/{map:?} has no key {key:?}"),
                     (Outcome::Acked(_), Some(v)) if v != value => {

@@ -318,13 +318,8 @@ impl TestCluster {
                     .topology
                     .desired_links(&self.ids[i], &|n: &str| stopped.contains(n));
                 let status = node.status().await.expect("status");
-                let connected: BTreeSet<&str> = status
-                    .peers
-                    .iter()
-                    .filter(|p| p.connected)
-                    .map(|p| p.id.as_str())
-                    .collect();
-                if !want.iter().all(|w| connected.contains(w.as_str())) {
+                let connected = status.connected_peers();
+                if !want.iter().all(|w| connected.contains(&w.as_str())) {
                     ok = false;
                     break;
                 }

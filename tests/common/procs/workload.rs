@@ -233,12 +233,7 @@ pub fn missing_acked(
             if w.node != node && !by_peer {
                 continue;
             }
-            let got = state
-                .docs
-                .get(doc)
-                .and_then(|d| map.iter().try_fold(&d.json, |v, k| v.get(k)))
-                .and_then(|m| m.get(key));
-            if got != Some(value) {
+            if state.added(doc, map, key) != Some(value) {
                 out.push(format!("{doc}/{key}"));
             }
         }
