@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT};
-use concordant::storage::{MemoryStore, RedbStore, Store};
+use concordant::storage::{DocAppend, MemoryStore, RedbStore, Store};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 /// Documents the changes of a group commit are spread over.
@@ -26,17 +26,22 @@ fn small_change() -> Vec<u8> {
     change.raw_bytes().to_vec()
 }
 
-/// One change for one document.
-fn single_batch(change: &[u8]) -> Vec<(String, Vec<Vec<u8>>)> {
-    vec![("doc-0".to_string(), vec![change.to_vec()])]
+/// One change for one document, with its heads (the index row is written too).
+fn single_batch(change: &[u8]) -> Vec<DocAppend> {
+    vec![DocAppend {
+        doc: "doc-0".to_string(),
+        changes: vec![change.to_vec()],
+        heads: vec![[7; 32]],
+    }]
 }
 
 /// [`GROUP_CHANGES`] changes spread over [`GROUP_DOCS`] documents, as one commit.
-fn group_batch(change: &[u8]) -> Vec<(String, Vec<Vec<u8>>)> {
+fn group_batch(change: &[u8]) -> Vec<DocAppend> {
     (0..GROUP_DOCS)
-        .map(|d| {
-            let changes = vec![change.to_vec(); GROUP_CHANGES / GROUP_DOCS];
-            (format!("doc-{d}"), changes)
+        .map(|d| DocAppend {
+            doc: format!("doc-{d}"),
+            changes: vec![change.to_vec(); GROUP_CHANGES / GROUP_DOCS],
+            heads: vec![[7; 32]],
         })
         .collect()
 }

@@ -90,7 +90,7 @@ pub struct NodeSpec {
 pub struct Tuning {
     /// Period of the replication core's timer tick, in ms (default 100).
     pub tick_ms: u64,
-    /// Period of the anti-entropy digest exchange with each neighbour, in ms (default 5000).
+    /// Period of the reconciliation with each neighbour, in ms (default 5000).
     pub anti_entropy_ms: u64,
     /// QUIC keep-alive interval, in ms (default 250); must be below `idle_timeout_ms`.
     pub keep_alive_ms: u64,
@@ -109,6 +109,11 @@ pub struct Tuning {
     /// Target size of one batch of changes in a message, in bytes (default 1 MiB); at most
     /// [`crate::wire::BATCH_BUDGET`].
     pub max_batch_bytes: usize,
+    /// Documents kept in memory, at most (default 4096); others are read from storage on
+    /// use. Documents whose changes are not yet durable stay besides.
+    pub cache_docs: usize,
+    /// Encoded bytes of the documents kept in memory, at most (default 64 MiB).
+    pub cache_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -123,6 +128,8 @@ impl Default for Tuning {
             send_queue: 1024,
             compact_after: 2000,
             max_batch_bytes: 1024 * 1024,
+            cache_docs: 4096,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -646,6 +653,8 @@ impl Checker<'_> {
             ("send_queue", t.send_queue),
             ("compact_after", t.compact_after),
             ("max_batch_bytes", t.max_batch_bytes),
+            ("cache_docs", t.cache_docs),
+            ("cache_bytes", t.cache_bytes),
         ] {
             if value == 0 {
                 return Err(self.invalid(format!("tuning.{name}"), "must be at least 1"));

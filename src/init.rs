@@ -255,6 +255,8 @@ fn cluster_toml(opts: &InitOptions, cluster: &str, ids: &[String], token: &str) 
         ("send_queue", t.send_queue),
         ("compact_after", t.compact_after),
         ("max_batch_bytes", t.max_batch_bytes),
+        ("cache_docs", t.cache_docs),
+        ("cache_bytes", t.cache_bytes),
     ] {
         let _ = writeln!(out, "# {name} = {value}");
     }

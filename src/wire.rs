@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of the peer protocol; also part of the QUIC ALPN.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// ALPN protocol id negotiated by QUIC; a peer speaking another version fails the handshake.
-pub const ALPN: &[u8] = b"concordant/1";
+pub const ALPN: &[u8] = b"concordant/2";
 
 /// Largest payload accepted or produced, in bytes.
 pub const MAX_FRAME: usize = 32 * 1024 * 1024;
@@ -95,13 +95,39 @@ pub struct Ack {
     pub hashes: Vec<[u8; 32]>,
 }
 
-/// One entry of an anti-entropy digest: a document and a hash of its sorted heads.
+/// Reconciliation: fingerprints of nodes of one level of the sender's tree over its set of
+/// (document, heads digest) pairs (see `core::reconcile`). The receiver compares them with
+/// its own and answers with the children of the nodes that differ, or with the items of
+/// the leaf buckets that differ.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DigestEntry {
+pub struct Fingerprints {
+    /// Tree level of these nodes (1 = the root's children).
+    pub level: u8,
+    /// (node index within the level, fingerprint).
+    pub nodes: Vec<(u32, u64)>,
+}
+
+/// Reconciliation: every (document, heads digest) pair the sender holds in one leaf bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Leaf bucket index.
+    pub bucket: u32,
+    /// (document id, [`heads_digest`] of its heads).
+    pub docs: Vec<(String, u64)>,
+}
+
+/// Bulk repair: the sender's heads of a document that differs between the two nodes. The
+/// receiver sends the changes the sender lacks (all of them if `heads` is empty); if it
+/// lacks some of the sender's changes itself, it answers with its own heads (`reply` set),
+/// and a reply never gets a reply: concurrent histories go to Automerge's sync protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Want {
     /// Document id.
     pub doc: String,
-    /// [`heads_digest`] of the sender's heads of `doc`.
-    pub heads: u64,
+    /// The sender's heads of it (empty: the sender does not have it).
+    pub heads: Vec<[u8; 32]>,
+    /// This answers a `Want` of the receiver.
+    pub reply: bool,
 }
 
 /// Every message between peers.
@@ -111,10 +137,14 @@ pub enum Message {
     Hello(Hello),
     /// New changes, grouped by document and origin.
     Push(Vec<DocChanges>),
-    /// Durable acknowledgement, routed back toward the writer.
-    Ack(Ack),
-    /// Anti-entropy digest of (document, heads) pairs; possibly one of several chunks.
-    Digest(Vec<DigestEntry>),
+    /// Durable acknowledgements, routed back toward the writers.
+    Ack(Vec<Ack>),
+    /// Reconciliation: fingerprints of tree nodes.
+    Fingerprints(Fingerprints),
+    /// Reconciliation: the items of leaf buckets whose fingerprints differ.
+    Items(Vec<Bucket>),
+    /// Bulk repair: heads of documents that differ; the receiver sends what is missing.
+    Want(Vec<Want>),
     /// One Automerge sync-protocol message for one document.
     Sync {
         /// Document id.
@@ -131,7 +161,9 @@ impl Message {
             Message::Hello(_) => "hello",
             Message::Push(_) => "push",
             Message::Ack(_) => "ack",
-            Message::Digest(_) => "digest",
+            Message::Fingerprints(_) => "fingerprints",
+            Message::Items(_) => "items",
+            Message::Want(_) => "want",
             Message::Sync { .. } => "sync",
         }
     }
@@ -160,6 +192,21 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
     })?;
     out[..HEADER_LEN].copy_from_slice(&len32.to_be_bytes());
     Ok(out)
+}
+
+/// The size of `msg`'s encoded frame in bytes (length prefix included), without encoding it
+/// into memory.
+pub fn encoded_len(msg: &Message) -> usize {
+    struct Count(usize);
+    impl bincode::enc::write::Writer for Count {
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            self.0 += bytes.len();
+            Ok(())
+        }
+    }
+    let mut count = Count(HEADER_LEN + 1);
+    let _ = bincode::serde::encode_into_writer(msg, &mut count, config());
+    count.0
 }
 
 /// Reads a length prefix and checks it against [`MAX_FRAME`] before anything is allocated.
@@ -245,14 +292,23 @@ mod tests {
                 changes: vec![ByteBuf::from(vec![1, 2, 3]), ByteBuf::from(vec![])],
                 want_ack: true,
             }]),
-            Message::Ack(Ack {
+            Message::Ack(vec![Ack {
                 doc: "d".into(),
                 by: "n3".into(),
                 hashes: vec![[7; 32]],
+            }]),
+            Message::Fingerprints(Fingerprints {
+                level: 1,
+                nodes: vec![(3, 42)],
             }),
-            Message::Digest(vec![DigestEntry {
+            Message::Items(vec![Bucket {
+                bucket: 7,
+                docs: vec![("x".into(), 42)],
+            }]),
+            Message::Want(vec![Want {
                 doc: "x".into(),
-                heads: 42,
+                heads: vec![[9; 32]],
+                reply: false,
             }]),
             Message::Sync {
                 doc: "d".into(),
@@ -268,6 +324,13 @@ mod tests {
             let (back, used) = decode_frame(&bytes).unwrap().unwrap();
             assert_eq!(back, msg);
             assert_eq!(used, bytes.len());
+        }
+    }
+
+    #[test]
+    fn encoded_len_is_the_frame_length() {
+        for msg in sample() {
+            assert_eq!(encoded_len(&msg), encode(&msg).unwrap().len());
         }
     }
 

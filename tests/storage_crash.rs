@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use concordant::storage::{Compaction, RedbStore, Store, StoredDoc};
+use concordant::storage::{Compaction, DocAppend, RedbStore, Store, StoredDoc};
 use rand::Rng;
 
 const CHILD_ENV: &str = "CONCORDANT_CRASH_CHILD";
@@ -32,6 +32,13 @@ const FIRST_ACK_TIMEOUT: Duration = Duration::from_secs(60);
 /// The bytes of change `n` of `doc`.
 fn change(doc: &str, n: u64) -> Vec<u8> {
     format!("{doc}:{n}:{};", "x".repeat((n % 40) as usize)).into_bytes()
+}
+
+/// The stand-in heads recorded with a document's first `n` changes.
+fn heads_of(n: u64) -> [u8; 32] {
+    let mut heads = [0; 32];
+    heads[..8].copy_from_slice(&n.to_le_bytes());
+    heads
 }
 
 /// Checks `doc` holds exactly changes `0..k` (snapshot first, then the log, each log entry
@@ -58,6 +65,7 @@ fn verify(doc: &StoredDoc) -> u64 {
 fn stored_counts(dir: &Path) -> HashMap<String, u64> {
     let mut store = RedbStore::open(dir).expect("the store reopens after SIGKILL");
     let docs = store.load_all().expect("the store loads after SIGKILL");
+    let reader = store.reader();
     let mut counts = HashMap::new();
     for doc in &docs {
         assert!(
@@ -67,6 +75,11 @@ fn stored_counts(dir: &Path) -> HashMap<String, u64> {
         );
         let k = verify(doc);
         assert_eq!(store.log_len(&doc.id), doc.changes.len());
+        // The index entry was written in the same commit as the changes.
+        assert_eq!(
+            reader.heads(&doc.id).expect("heads"),
+            Some(vec![heads_of(k)])
+        );
         counts.insert(doc.id.clone(), k);
     }
     counts
@@ -101,10 +114,16 @@ fn child_loop(dir: &Path, compact_every: Option<usize>) {
                     change(doc, *n - 1)
                 })
                 .collect();
-            batch.push((doc.to_string(), changes));
+            // The "heads" of a document here: its change count, so the index can be checked.
+            let heads = vec![heads_of(*n)];
+            batch.push(DocAppend {
+                doc: doc.to_string(),
+                changes,
+                heads,
+            });
         }
         store.append(batch.clone()).expect("append");
-        for (doc, changes) in batch {
+        for DocAppend { doc, changes, .. } in batch {
             let n = next[&doc];
             let log = &mut state.entry(doc.clone()).or_default().1;
             log.extend(changes.iter().cloned());

@@ -4,8 +4,8 @@
 //! corrupted length prefix, is an error or a request for more bytes, never a message.
 
 use concordant::wire::{
-    decode_frame, decode_payload, encode, frame_len, Ack, DigestEntry, DocChanges, Hello, Message,
-    WireError, HEADER_LEN, MAX_FRAME, PROTOCOL_VERSION,
+    decode_frame, decode_payload, encode, frame_len, Ack, Bucket, DocChanges, Fingerprints, Hello,
+    Message, Want, WireError, HEADER_LEN, MAX_FRAME, PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
 use serde_bytes::ByteBuf;
@@ -46,14 +46,33 @@ fn arb_message() -> impl Strategy<Value = Message> {
         arb_string(),
         prop::collection::vec(any::<[u8; 32]>(), 0..4),
     )
-        .prop_map(|(doc, by, hashes)| Message::Ack(Ack { doc, by, hashes }));
-    let digest = prop::collection::vec(
-        (arb_string(), any::<u64>()).prop_map(|(doc, heads)| DigestEntry { doc, heads }),
-        0..6,
+        .prop_map(|(doc, by, hashes)| Message::Ack(vec![Ack { doc, by, hashes }]));
+    let fingerprints = (
+        any::<u8>(),
+        prop::collection::vec((any::<u32>(), any::<u64>()), 0..6),
     )
-    .prop_map(Message::Digest);
+        .prop_map(|(level, nodes)| Message::Fingerprints(Fingerprints { level, nodes }));
+    let items = prop::collection::vec(
+        (
+            any::<u32>(),
+            prop::collection::vec((arb_string(), any::<u64>()), 0..4),
+        )
+            .prop_map(|(bucket, docs)| Bucket { bucket, docs }),
+        0..4,
+    )
+    .prop_map(Message::Items);
+    let want = prop::collection::vec(
+        (
+            arb_string(),
+            prop::collection::vec(any::<[u8; 32]>(), 0..3),
+            any::<bool>(),
+        )
+            .prop_map(|(doc, heads, reply)| Want { doc, heads, reply }),
+        0..4,
+    )
+    .prop_map(Message::Want);
     let sync = (arb_string(), arb_bytes()).prop_map(|(doc, data)| Message::Sync { doc, data });
-    prop_oneof![hello, push, ack, digest, sync]
+    prop_oneof![hello, push, ack, fingerprints, items, want, sync]
 }
 
 /// Arbitrary bytes, often shaped like a payload (version byte, small variant index) so

@@ -92,6 +92,8 @@ fn status_json(s: &NodeStatus) -> Value {
         "topology": s.topology,
         "peers": peers,
         "docs": s.docs,
+        "docs_loaded": s.docs_loaded,
+        "cache_bytes": s.cache_bytes,
         "pending_writes": s.pending_writes,
         "core": {
             "local_changes": c.local_changes,
@@ -104,6 +106,14 @@ fn status_json(s: &NodeStatus) -> Value {
             "repairs": c.repairs,
             "repaired_changes": c.repaired_changes,
             "pushes_dropped": c.pushes_dropped,
+            "doc_loads": c.doc_loads,
+            "doc_evictions": c.doc_evictions,
+            "doc_load_errors": c.doc_load_errors,
+            "reconcile_rounds": c.reconcile_rounds,
+            "reconcile_messages": c.reconcile_messages,
+            "reconcile_bytes": c.reconcile_bytes,
+            "wants_sent": c.wants_sent,
+            "repair_changes_sent": c.repair_changes_sent,
         },
         "rejected_connections": {
             "bad_frame": r.bad_frame,

@@ -2,7 +2,8 @@
 //! counters ([`ApiCounters`]).
 //!
 //! # Metrics
-//! Gauges: `concordant_docs`, `concordant_pending_writes` (writes waiting for durability or
+//! Gauges: `concordant_docs` (documents stored), `concordant_docs_loaded` (documents in
+//! memory), `concordant_cache_bytes` (their encoded bytes), `concordant_pending_writes` (writes waiting for durability or
 //! acknowledgements), `concordant_peers`, `concordant_peers_connected`,
 //! `concordant_peer_connected{peer}`, `concordant_peer_down{peer}`,
 //! `concordant_peer_send_queue_messages{peer}` (messages waiting in the link's send queue),
@@ -20,9 +21,13 @@
 //! `concordant_peer_messages_sent_total{peer}`, `concordant_peer_messages_received_total{peer}`
 //! (frame bytes and messages on the wire), `concordant_peer_dropped_messages_total{peer}`
 //! (refused by a full send queue), `concordant_peer_dial_failures_total{peer}`,
-//! `concordant_pushes_dropped_total`, `concordant_anti_entropy_digests_sent_total`,
-//! `concordant_anti_entropy_repairs_total` (sync sessions started because a digest showed
-//! a difference), `concordant_anti_entropy_repaired_changes_total`,
+//! `concordant_pushes_dropped_total`, `concordant_doc_loads_total`,
+//! `concordant_doc_evictions_total`, `concordant_doc_load_errors_total`,
+//! `concordant_reconcile_rounds_total`, `concordant_reconcile_messages_total`,
+//! `concordant_reconcile_bytes_total`, `concordant_repair_wants_total` (documents asked of a
+//! peer), `concordant_repair_changes_sent_total`, `concordant_anti_entropy_repairs_total`
+//! (sync sessions started for diverged histories),
+//! `concordant_anti_entropy_repaired_changes_total`,
 //! `concordant_sync_messages_sent_total`, `concordant_acks_sent_total`.
 //!
 //! # Replication lag
@@ -118,6 +123,18 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         "Documents on this node.",
         &[],
         s.docs as u64,
+    );
+    m.gauge(
+        "concordant_docs_loaded",
+        "Documents in memory.",
+        &[],
+        s.docs_loaded as u64,
+    );
+    m.gauge(
+        "concordant_cache_bytes",
+        "Encoded bytes of the documents in memory.",
+        &[],
+        s.cache_bytes as u64,
     );
     m.gauge(
         "concordant_pending_writes",
@@ -288,15 +305,53 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         &[],
         c.pushes_dropped,
     );
-    m.counter(
-        "concordant_anti_entropy_digests_sent_total",
-        "Anti-entropy digests sent.",
-        &[],
-        c.digests_sent,
-    );
+    for (name, help, value) in [
+        (
+            "concordant_doc_loads_total",
+            "Documents read from storage into memory.",
+            c.doc_loads,
+        ),
+        (
+            "concordant_doc_evictions_total",
+            "Documents dropped from memory.",
+            c.doc_evictions,
+        ),
+        (
+            "concordant_doc_load_errors_total",
+            "Documents that could not be read from storage.",
+            c.doc_load_errors,
+        ),
+        (
+            "concordant_reconcile_rounds_total",
+            "Reconciliations opened with a peer.",
+            c.reconcile_rounds,
+        ),
+        (
+            "concordant_reconcile_messages_total",
+            "Reconciliation messages sent (fingerprints, bucket items, wants).",
+            c.reconcile_messages,
+        ),
+        (
+            "concordant_reconcile_bytes_total",
+            "Encoded bytes of reconciliation messages sent.",
+            c.reconcile_bytes,
+        ),
+        (
+            "concordant_repair_wants_total",
+            "Documents asked of a peer by bulk repair.",
+            c.wants_sent,
+        ),
+        (
+            "concordant_repair_changes_sent_total",
+            "Changes sent to peers by bulk repair.",
+            c.repair_changes_sent,
+        ),
+    ] {
+        m.counter(name, help, &[], value);
+    }
     m.counter(
         "concordant_anti_entropy_repairs_total",
-        "Sync sessions started because a digest showed a difference.",
+        "Sync sessions started for documents whose histories diverged.",
         &[],
         c.repairs,
     );

@@ -1,10 +1,23 @@
-//! The documents of one replica: each an Automerge document plus the remote changes
-//! waiting to be applied in one batch, and the changes Automerge holds back because their
-//! dependencies have not arrived yet.
+//! The documents of one replica: an index of every document it has (id → digest of its
+//! heads, kept in the reconciliation tree) and a bounded cache of loaded Automerge
+//! documents, each with the remote changes waiting to be applied in one batch and the
+//! changes Automerge holds back because their dependencies have not arrived yet.
+//!
+//! A document not in memory is read from the store ([`DocReader`]) on first use. The cache
+//! has a budget by count and by bytes (the encoded size of what a document holds); past it,
+//! the least recently used documents are dropped, except pinned ones: those with changes
+//! not yet durable, pending or held back. A dropped document is exactly what the store
+//! holds, so reading it again gives the same heads.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
+
+use super::reconcile::Index;
+use super::{CoreError, LoadedDoc};
+use crate::storage::DocReader;
+use crate::wire::heads_digest;
 
 /// What [`DocState::apply_pending`] did.
 #[derive(Default)]
@@ -31,16 +44,25 @@ pub(crate) struct DocState {
     orphans: HashMap<ChangeHash, Vec<u8>>,
     /// When the document last changed (for anti-entropy: busy documents wait).
     pub(crate) last_change_ms: u64,
+    /// The persist batch that last took changes of this document (0: none this run).
+    pub(crate) persist_token: u64,
+    /// Encoded bytes the document holds (stored size when loaded, plus changes since).
+    pub(crate) size: usize,
+    /// Position in the cache's use order.
+    stamp: u64,
 }
 
 impl DocState {
-    fn new(actor: &ActorId) -> Self {
+    fn new(doc: Automerge) -> Self {
         DocState {
-            doc: Automerge::new().with_actor(actor.clone()),
+            doc,
             pending: Vec::new(),
             pending_hashes: HashSet::new(),
             orphans: HashMap::new(),
             last_change_ms: 0,
+            persist_token: 0,
+            size: 0,
+            stamp: 0,
         }
     }
 
@@ -132,61 +154,280 @@ impl DocState {
     pub(crate) fn orphan_bytes(&self) -> Vec<Vec<u8>> {
         self.orphans.values().cloned().collect()
     }
+
+    /// Changes are held back waiting for their dependencies.
+    pub(crate) fn has_orphans(&self) -> bool {
+        !self.orphans.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.doc.get_heads().is_empty() && !self.has_pending() && self.orphans.is_empty()
+    }
 }
 
-/// All documents of a replica, by id.
+/// Budget of the document cache.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    /// Documents in memory, at most (pinned ones excepted).
+    pub(crate) docs: usize,
+    /// Encoded bytes of documents in memory, at most (pinned ones excepted).
+    pub(crate) bytes: usize,
+}
+
+/// Counters of the cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CacheStats {
+    pub(crate) loads: u64,
+    pub(crate) evictions: u64,
+    pub(crate) load_errors: u64,
+}
+
+/// Every document of a replica: the index of all, and the loaded ones.
 pub(crate) struct Docs {
     actor: ActorId,
-    map: BTreeMap<String, DocState>,
+    loaded: HashMap<String, DocState>,
+    /// Use order of loaded documents: stamp → id (oldest first).
+    order: BTreeMap<u64, String>,
+    clock: u64,
+    bytes: usize,
+    index: Index,
+    source: Option<Arc<dyn DocReader>>,
+    budget: Budget,
+    pub(crate) stats: CacheStats,
 }
 
 impl Docs {
-    pub(crate) fn new(actor: ActorId) -> Self {
+    pub(crate) fn new(actor: ActorId, budget: Budget) -> Self {
         Docs {
             actor,
-            map: BTreeMap::new(),
+            loaded: HashMap::new(),
+            order: BTreeMap::new(),
+            clock: 0,
+            bytes: 0,
+            index: Index::new(),
+            source: None,
+            budget,
+            stats: CacheStats::default(),
         }
     }
 
-    pub(crate) fn get(&self, id: &str) -> Option<&DocState> {
-        self.map.get(id)
+    /// Reads documents that are not in memory from `source` from now on; without a source
+    /// every document stays in memory.
+    pub(crate) fn set_source(&mut self, source: Arc<dyn DocReader>) {
+        self.source = Some(source);
     }
 
-    pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut DocState> {
-        self.map.get_mut(id)
-    }
-
-    pub(crate) fn get_or_create(&mut self, id: &str) -> &mut DocState {
-        if !self.map.contains_key(id) {
-            self.map.insert(id.to_string(), DocState::new(&self.actor));
+    /// Records a stored document's heads without loading it (start-up).
+    pub(crate) fn index_stored(&mut self, id: &str, heads: &[[u8; 32]]) {
+        if !heads.is_empty() {
+            self.index.set(id, heads_digest(heads));
         }
-        self.map
+    }
+
+    pub(crate) fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The loaded document, without loading it or changing the use order.
+    pub(crate) fn peek(&self, id: &str) -> Option<&DocState> {
+        self.loaded.get(id)
+    }
+
+    /// The loaded document, mutably, without loading it or changing the use order.
+    pub(crate) fn peek_mut(&mut self, id: &str) -> Option<&mut DocState> {
+        self.loaded.get_mut(id)
+    }
+
+    /// The store documents are read from, if any.
+    pub(crate) fn source(&self) -> Option<&Arc<dyn DocReader>> {
+        self.source.as_ref()
+    }
+
+    /// The document, loaded from the store if needed; `None` if this node does not have it.
+    pub(crate) fn get(&mut self, id: &str) -> Result<Option<&mut DocState>, CoreError> {
+        if !self.loaded.contains_key(id) && !self.load(id)? {
+            return Ok(None);
+        }
+        self.touch(id);
+        Ok(self.loaded.get_mut(id))
+    }
+
+    /// The document, loaded from the store or created empty.
+    pub(crate) fn get_or_create(&mut self, id: &str) -> Result<&mut DocState, CoreError> {
+        if !self.loaded.contains_key(id) && !self.load(id)? {
+            let doc = Automerge::new().with_actor(self.actor.clone());
+            self.insert_state(id.to_string(), DocState::new(doc));
+        }
+        self.touch(id);
+        self.loaded
             .get_mut(id)
-            .expect("inserted just above when missing")
+            .ok_or_else(|| CoreError::CorruptStored {
+                doc: id.to_string(),
+                detail: "document vanished from the cache".into(),
+            })
+    }
+
+    /// The document's heads: from memory if loaded, else from the store's index (no load).
+    pub(crate) fn heads(&self, id: &str) -> Result<Vec<ChangeHash>, CoreError> {
+        if let Some(d) = self.loaded.get(id) {
+            return Ok(d.doc.get_heads());
+        }
+        let Some(source) = &self.source else {
+            return Ok(Vec::new());
+        };
+        let heads = source.heads(id).map_err(|e| storage_error(id, e))?;
+        Ok(heads
+            .unwrap_or_default()
+            .into_iter()
+            .map(ChangeHash)
+            .collect())
+    }
+
+    /// Adds a decoded document (start-up without a store, or tests).
+    pub(crate) fn insert(&mut self, loaded: LoadedDoc) {
+        let LoadedDoc { id, doc, changes } = loaded;
+        let mut state = DocState::new(doc.with_actor(self.actor.clone()));
+        state.track_orphans(changes);
+        self.insert_state(id.clone(), state);
+        self.refresh(&id);
+    }
+
+    /// Updates the index after the document's heads may have changed.
+    pub(crate) fn refresh(&mut self, id: &str) {
+        match self.loaded.get(id).map(|d| d.doc.get_heads()) {
+            Some(heads) if !heads.is_empty() => {
+                let raw: Vec<[u8; 32]> = heads.iter().map(|h| h.0).collect();
+                self.index.set(id, heads_digest(&raw));
+            }
+            Some(_) => self.index.remove(id),
+            None => {}
+        }
+    }
+
+    /// Counts bytes a document now holds in addition.
+    pub(crate) fn grew(&mut self, id: &str, bytes: usize) {
+        if let Some(d) = self.loaded.get_mut(id) {
+            d.size += bytes;
+            self.bytes += bytes;
+        }
     }
 
     /// Removes a document that holds nothing (a failed first write must not leave it).
     pub(crate) fn remove_if_empty(&mut self, id: &str) {
-        let empty = self.map.get(id).is_some_and(|d| {
-            d.doc.get_heads().is_empty() && !d.has_pending() && d.orphans.is_empty()
-        });
-        if empty {
-            self.map.remove(id);
+        if self.loaded.get(id).is_some_and(DocState::is_empty) {
+            self.drop_loaded(id);
+            self.index.remove(id);
         }
     }
 
-    pub(crate) fn insert(&mut self, id: String, doc: Automerge) -> &mut DocState {
-        let mut state = DocState::new(&self.actor);
-        state.doc = doc.with_actor(self.actor.clone());
-        self.map.insert(id.clone(), state);
-        self.map.get_mut(&id).expect("inserted just above")
+    /// Drops least recently used documents until the cache is within its budget; documents
+    /// for which `pinned` is true stay. Only with a store to read them back from.
+    pub(crate) fn evict(&mut self, pinned: impl Fn(&str, &DocState) -> bool) {
+        if self.source.is_none() {
+            return;
+        }
+        let mut kept = Vec::new();
+        while self.loaded.len() > self.budget.docs || self.bytes > self.budget.bytes {
+            let Some((stamp, id)) = self.order.pop_first() else {
+                break;
+            };
+            match self.loaded.get(&id) {
+                Some(state) if pinned(&id, state) || state.has_pending() => {
+                    kept.push((stamp, id));
+                }
+                Some(_) => {
+                    if let Some(state) = self.loaded.remove(&id) {
+                        self.bytes -= state.size;
+                        self.stats.evictions += 1;
+                    }
+                }
+                None => {}
+            }
+        }
+        self.order.extend(kept);
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &DocState)> {
-        self.map.iter()
-    }
-
+    /// Documents this node has (in the index, or in memory with content).
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.index.len()
+    }
+
+    pub(crate) fn loaded_len(&self) -> usize {
+        self.loaded.len()
+    }
+
+    pub(crate) fn loaded_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Ids of the loaded documents (any order).
+    pub(crate) fn loaded_ids(&self) -> impl Iterator<Item = &String> {
+        self.loaded.keys()
+    }
+
+    /// Reads `id` from the store into the cache; false if it is not stored.
+    fn load(&mut self, id: &str) -> Result<bool, CoreError> {
+        let Some(source) = &self.source else {
+            return Ok(false);
+        };
+        let stored = match source.read(id) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                self.stats.load_errors += 1;
+                return Err(storage_error(id, e));
+            }
+        };
+        let size = stored.snapshot.as_ref().map_or(0, Vec::len)
+            + stored.changes.iter().map(Vec::len).sum::<usize>();
+        let loaded = LoadedDoc::decode(id, stored.snapshot.as_deref(), &stored.changes)
+            .inspect_err(|_| self.stats.load_errors += 1)?;
+        self.stats.loads += 1;
+        let LoadedDoc { doc, changes, .. } = loaded;
+        let mut state = DocState::new(doc.with_actor(self.actor.clone()));
+        state.track_orphans(changes);
+        state.size = size;
+        self.insert_state(id.to_string(), state);
+        self.bytes += size;
+        self.refresh(id);
+        Ok(true)
+    }
+
+    fn insert_state(&mut self, id: String, mut state: DocState) {
+        self.clock += 1;
+        state.stamp = self.clock;
+        self.order.insert(self.clock, id.clone());
+        if let Some(old) = self.loaded.insert(id, state) {
+            self.order.remove(&old.stamp);
+            self.bytes -= old.size;
+        }
+    }
+
+    fn touch(&mut self, id: &str) {
+        let Some(state) = self.loaded.get_mut(id) else {
+            return;
+        };
+        if state.stamp == self.clock {
+            return;
+        }
+        self.clock += 1;
+        if let Some(key) = self.order.remove(&state.stamp) {
+            self.order.insert(self.clock, key);
+        }
+        state.stamp = self.clock;
+    }
+
+    fn drop_loaded(&mut self, id: &str) {
+        if let Some(state) = self.loaded.remove(id) {
+            self.order.remove(&state.stamp);
+            self.bytes -= state.size;
+        }
+    }
+}
+
+fn storage_error(doc: &str, e: crate::storage::StorageError) -> CoreError {
+    CoreError::Storage {
+        doc: doc.to_string(),
+        detail: e.to_string(),
     }
 }

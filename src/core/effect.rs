@@ -2,6 +2,7 @@
 
 use automerge::ChangeHash;
 
+use crate::storage::DocAppend;
 use crate::wire::Message;
 
 /// One action requested by the [`Replica`](super::Replica).
@@ -20,8 +21,9 @@ pub enum Effect {
     Persist {
         /// Identifies this batch.
         token: u64,
-        /// Encoded changes, per document, in the order they were accepted.
-        docs: Vec<(String, Vec<Vec<u8>>)>,
+        /// Encoded changes per document, in the order they were accepted, with the
+        /// document's heads once they are stored (the store's index records them).
+        docs: Vec<DocAppend>,
     },
     /// Peer `by` has made the local change `hash` of `doc` durable.
     Acked {

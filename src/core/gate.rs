@@ -13,9 +13,13 @@
 //! Waiting is bounded: a repair whose answer does not come within the hold time stops
 //! holding the others (lost message, slow or dead peer).
 //!
+//! Bulk repair uses the same bookkeeping: a document asked of one peer (a `Want`) is not
+//! asked of another until that peer answers or the hold time passes, and the number of
+//! documents awaited from a peer bounds how many more are asked of it.
+//!
 //! Owns only this bookkeeping; the replica decides what to send and applies messages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Held opening messages at most (beyond this they are answered at once).
 const MAX_HELD: usize = 100_000;
@@ -28,6 +32,8 @@ pub(crate) struct SyncGate {
     /// document → opening messages from other peers: (peer, data, received at).
     held: BTreeMap<String, Vec<(String, Vec<u8>, u64)>>,
     held_count: usize,
+    /// Entries of `awaiting` per peer.
+    per_peer: HashMap<String, usize>,
 }
 
 /// What to do with an incoming sync message.
@@ -49,8 +55,46 @@ impl SyncGate {
 
     /// This node started a repair of `doc` with `peer` at `now`.
     pub(crate) fn started(&mut self, doc: &str, peer: &str, now: u64) {
+        if self
+            .awaiting
+            .insert((doc.to_string(), peer.to_string()), now)
+            .is_none()
+        {
+            *self.per_peer.entry(peer.to_string()).or_default() += 1;
+        }
+    }
+
+    /// `peer` answered about `doc` (outside a sync session: changes or a want): true if
+    /// this node was waiting for it, in which case held openings may now be released.
+    pub(crate) fn answered(&mut self, doc: &str, peer: &str) -> bool {
+        self.forget(doc, peer)
+    }
+
+    /// True if a repair of `doc` started with `peer` waits for its answer.
+    pub(crate) fn is_awaiting(&self, doc: &str, peer: &str) -> bool {
         self.awaiting
-            .insert((doc.to_string(), peer.to_string()), now);
+            .contains_key(&(doc.to_string(), peer.to_string()))
+    }
+
+    /// Repairs started with `peer` still waiting for their answer.
+    pub(crate) fn awaiting_from(&self, peer: &str) -> usize {
+        self.per_peer.get(peer).copied().unwrap_or(0)
+    }
+
+    fn forget(&mut self, doc: &str, peer: &str) -> bool {
+        let found = self
+            .awaiting
+            .remove(&(doc.to_string(), peer.to_string()))
+            .is_some();
+        if found {
+            if let Some(n) = self.per_peer.get_mut(peer) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_peer.remove(peer);
+                }
+            }
+        }
+        found
     }
 
     /// Decides about a sync message from `peer` for `doc`; `in_session` tells whether a
@@ -63,11 +107,7 @@ impl SyncGate {
         data: &[u8],
         now: u64,
     ) -> Admit {
-        if self
-            .awaiting
-            .remove(&(doc.to_string(), peer.to_string()))
-            .is_some()
-        {
+        if self.forget(doc, peer) {
             return Admit::ProcessThenRelease;
         }
         if !in_session && self.held_count < MAX_HELD && self.waiting_for_other(doc, peer) {
@@ -102,6 +142,7 @@ impl SyncGate {
             }
             p != peer
         });
+        self.per_peer.remove(peer);
         for list in self.held.values_mut() {
             let before = list.len();
             list.retain(|(p, _, _)| p != peer);
@@ -115,13 +156,18 @@ impl SyncGate {
     /// openings may now be released.
     pub(crate) fn expire(&mut self, now: u64, hold_ms: u64) -> Vec<String> {
         let mut freed: Vec<String> = Vec::new();
-        self.awaiting.retain(|(doc, _), since| {
+        let per_peer = &mut self.per_peer;
+        self.awaiting.retain(|(doc, peer), since| {
             let keep = now.saturating_sub(*since) < hold_ms;
             if !keep {
                 freed.push(doc.clone());
+                if let Some(n) = per_peer.get_mut(peer) {
+                    *n = n.saturating_sub(1);
+                }
             }
             keep
         });
+        self.per_peer.retain(|_, n| *n > 0);
         freed
     }
 

@@ -13,6 +13,16 @@ pub struct LoadedDoc {
 }
 
 impl LoadedDoc {
+    /// The document id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The document's heads.
+    pub fn heads(&self) -> Vec<[u8; 32]> {
+        self.doc.get_heads().iter().map(|h| h.0).collect()
+    }
+
     /// Loads the snapshot (if any) and applies the changes appended after it in one batch.
     /// Needs no replica, so documents can be decoded in parallel. Corrupt data is an error.
     pub fn decode(

@@ -4,7 +4,9 @@
 //! inputs (local changes, peer messages, ticks, storage confirmations) into [`Effect`]s
 //! (messages to send, batches to persist, acknowledgements, notifications). It owns the
 //! replication protocol: push and forwarding, batched application, deduplication,
-//! anti-entropy digests, repair with Automerge's sync protocol and durable acknowledgements.
+//! reconciliation of document sets (`reconcile`), bulk repair, repair of diverged histories
+//! with Automerge's sync protocol, and durable acknowledgements. Documents are held in a
+//! bounded cache over the node's store (`docs`).
 //!
 //! It must not touch tokio, sockets, files or clocks: time comes in as `now` (milliseconds
 //! of any monotonic clock) and randomness as the actor seed, so a simulation can drive it
@@ -16,12 +18,13 @@ mod gate;
 mod loaded;
 mod memory;
 mod peers;
+mod reconcile;
 mod replica;
 mod router;
 
 pub use effect::Effect;
 pub use loaded::LoadedDoc;
-pub use replica::{CoreConfig, CoreStats, LocalWrite, Replica};
+pub use replica::{ChangeError, CoreConfig, CoreStats, DocCounts, LocalWrite, Replica};
 pub use router::{Flood, Router};
 
 /// Errors of the core. None of them leaves a partial change behind.
@@ -42,6 +45,14 @@ pub enum CoreError {
         doc: String,
         /// The Automerge error.
         source: Box<automerge::AutomergeError>,
+    },
+    /// The document could not be read from the store; nothing was changed.
+    #[error("document {doc:?}: cannot read it from the store: {detail}")]
+    Storage {
+        /// Document id.
+        doc: String,
+        /// What failed.
+        detail: String,
     },
     /// Bytes given to merge are neither a saved document nor changes.
     #[error("document {doc:?}: not Automerge data: {detail}")]

@@ -1,8 +1,8 @@
 //! What a replica keeps per connected peer: the changes waiting to be pushed to it (its
-//! dirty documents), the Automerge sync sessions in progress with it, and whether it owes
-//! it a full anti-entropy digest.
+//! dirty documents), the Automerge sync sessions in progress with it, the documents to ask
+//! it for (bulk repair), and whether it is due a reconciliation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use automerge::sync;
 use serde_bytes::ByteBuf;
@@ -18,22 +18,31 @@ pub(crate) struct Peer {
     outbox_bytes: usize,
     /// Automerge sync sessions, by document, with the time of the last message.
     pub(crate) sessions: HashMap<String, (sync::State, u64)>,
-    /// A push to this peer was dropped (or the link is new): send a full digest soon.
-    pub(crate) needs_full_digest: bool,
+    /// A push to this peer was dropped: reconcile with it at the next tick.
+    pub(crate) needs_reconcile: bool,
+    /// Documents to ask this peer for, with whether the ask answers one of its own, and
+    /// the same documents as a set (each is queued once).
+    wants: VecDeque<(String, bool)>,
+    wanted: HashSet<String>,
+    /// When the link came up.
+    pub(crate) since: u64,
 }
 
 impl Peer {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(since: u64) -> Self {
         Peer {
             outbox: BTreeMap::new(),
             outbox_bytes: 0,
             sessions: HashMap::new(),
-            needs_full_digest: true,
+            needs_reconcile: false,
+            wants: VecDeque::new(),
+            wanted: HashSet::new(),
+            since,
         }
     }
 
     /// Queues one change; returns false (and drops it) if the outbox is over `limit` bytes,
-    /// in which case the peer is marked for a full digest.
+    /// in which case the peer is marked for reconciliation.
     pub(crate) fn queue(
         &mut self,
         doc: &str,
@@ -43,7 +52,7 @@ impl Peer {
         limit: usize,
     ) -> bool {
         if self.outbox_bytes + bytes.len() > limit {
-            self.needs_full_digest = true;
+            self.needs_reconcile = true;
             return false;
         }
         self.outbox_bytes += bytes.len();
@@ -110,6 +119,24 @@ impl Peer {
             }
         }
         self.outbox.retain(|_, changes| !changes.is_empty());
+    }
+
+    /// Queues `doc` to be asked of this peer, unless it is queued already.
+    pub(crate) fn want(&mut self, doc: String, reply: bool) {
+        if self.wanted.insert(doc.clone()) {
+            self.wants.push_back((doc, reply));
+        }
+    }
+
+    /// The next document to ask this peer for.
+    pub(crate) fn next_want(&mut self) -> Option<(String, bool)> {
+        let (doc, reply) = self.wants.pop_front()?;
+        self.wanted.remove(&doc);
+        Some((doc, reply))
+    }
+
+    pub(crate) fn wants_queued(&self) -> bool {
+        !self.wants.is_empty()
     }
 
     pub(crate) fn outbox_bytes(&self) -> usize {

@@ -6,31 +6,38 @@
 //! calls [`Replica::flush`], which applies every pending remote change of a document in one
 //! Automerge call and drains every peer's queued changes into as few messages as fit, then
 //! takes the effects with [`Replica::drain_effects`].
+//!
+//! Documents live in a bounded cache over the node's store (see `docs`): a replica given a
+//! store with [`Replica::set_store`] reads documents on first use and drops idle ones.
+//! Anti-entropy and repair are in `repair`, acknowledgements in `acks`.
 
 mod acks;
+mod repair;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
-use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transaction;
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 use serde_bytes::ByteBuf;
 
-use super::docs::{DocState, Docs};
-use super::gate::{Admit, SyncGate};
+use super::docs::{Budget, Docs};
+use super::gate::SyncGate;
 use super::loaded::LoadedDoc;
 use super::memory::Memory;
 use super::peers::Peer;
 use super::{CoreError, Effect, Router};
-use crate::wire::{heads_digest, Ack, DigestEntry, Message};
+use crate::storage::{DocAppend, DocReader};
+use crate::wire::{Ack, Message};
 
 /// Tuning of the core; every field has a default.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
-    /// Period of the anti-entropy digest sent to every peer, in ms.
+    /// Period of the reconciliation opened with every peer, in ms.
     pub anti_entropy_ms: u64,
-    /// Documents changed more recently than this are left out of periodic digests (their
-    /// pushes are still in flight); full digests on (re)connect include every document.
+    /// Documents changed here more recently than this are not repaired when reconciliation
+    /// finds them different (their pushes are still in flight), except on a link younger
+    /// than this (nothing was in flight on it).
     pub quiet_ms: u64,
     /// A sync session with no message for this long is forgotten, in ms.
     pub session_timeout_ms: u64,
@@ -42,6 +49,13 @@ pub struct CoreConfig {
     pub outbox_limit: usize,
     /// How many remembered ack routes and awaited local acks, at most.
     pub ack_memory: usize,
+    /// Documents kept in memory, at most (documents with changes not yet durable stay
+    /// besides). Only with a store ([`Replica::set_store`]); without one all stay.
+    pub cache_docs: usize,
+    /// Encoded bytes of the documents kept in memory, at most (likewise).
+    pub cache_bytes: usize,
+    /// Documents asked of one peer by bulk repair and not answered yet, at most.
+    pub want_window: usize,
 }
 
 impl Default for CoreConfig {
@@ -53,6 +67,9 @@ impl Default for CoreConfig {
             repair_hold_ms: 300,
             outbox_limit: 64 << 20,
             ack_memory: 200_000,
+            cache_docs: 4_096,
+            cache_bytes: 64 << 20,
+            want_window: 2_048,
         }
     }
 }
@@ -74,9 +91,17 @@ pub struct CoreStats {
     pub bad_sync: u64,
     /// Messages from peers that are not connected or not expected.
     pub unexpected_messages: u64,
-    /// Digests sent.
-    pub digests_sent: u64,
-    /// Sync sessions started because a digest showed a difference.
+    /// Reconciliations opened with a peer.
+    pub reconcile_rounds: u64,
+    /// Reconciliation messages (fingerprints, bucket items, wants) sent.
+    pub reconcile_messages: u64,
+    /// Encoded bytes of those messages.
+    pub reconcile_bytes: u64,
+    /// Documents asked of a peer by bulk repair.
+    pub wants_sent: u64,
+    /// Changes sent to peers by bulk repair.
+    pub repair_changes_sent: u64,
+    /// Sync sessions started for documents whose histories diverged on both sides.
     pub repairs: u64,
     /// Changes obtained through the sync protocol.
     pub repaired_changes: u64,
@@ -86,6 +111,32 @@ pub struct CoreStats {
     pub pushes_dropped: u64,
     /// Durable acknowledgements sent by this node for remote changes.
     pub acks_sent: u64,
+    /// Documents read from the store into memory.
+    pub doc_loads: u64,
+    /// Documents dropped from memory.
+    pub doc_evictions: u64,
+    /// Documents that could not be read from the store.
+    pub doc_load_errors: u64,
+}
+
+/// What a replica holds: documents stored and in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DocCounts {
+    /// Documents this node has.
+    pub stored: usize,
+    /// Documents in memory.
+    pub loaded: usize,
+    /// Encoded bytes of the documents in memory.
+    pub loaded_bytes: usize,
+}
+
+/// A local change could not be made; nothing was written.
+#[derive(Debug)]
+pub enum ChangeError<E> {
+    /// The change function failed.
+    Refused(E),
+    /// The document could not be read from the store.
+    Core(CoreError),
 }
 
 /// The result of a local change.
@@ -117,6 +168,8 @@ pub struct Replica {
     dirty: BTreeSet<String>,
     /// The persist batch being filled, its index by document, and its token.
     batch: Vec<(String, Vec<Vec<u8>>)>,
+    /// Persist batches emitted and not yet durable.
+    unpersisted: BTreeSet<u64>,
     batch_index: HashMap<String, usize>,
     batch_acks: AckWork,
     /// Acks owed for changes received with missing dependencies (Automerge holds them
@@ -133,6 +186,8 @@ pub struct Replica {
     /// Local changes whose writer waits for acks, with their document.
     awaited: Memory<String>,
     last_anti_entropy: u64,
+    /// The latest `now` given to any input (for work done in `flush`).
+    now: u64,
     gate: SyncGate,
     stats: CoreStats,
 }
@@ -149,9 +204,13 @@ impl Replica {
         config: CoreConfig,
     ) -> Self {
         let ack_memory = config.ack_memory;
+        let budget = Budget {
+            docs: config.cache_docs,
+            bytes: config.cache_bytes,
+        };
         Replica {
             id: id.into(),
-            docs: Docs::new(ActorId::from(actor_seed)),
+            docs: Docs::new(ActorId::from(actor_seed), budget),
             peers: BTreeMap::new(),
             connected: Vec::new(),
             router,
@@ -159,6 +218,7 @@ impl Replica {
             effects: Vec::new(),
             dirty: BTreeSet::new(),
             batch: Vec::new(),
+            unpersisted: BTreeSet::new(),
             batch_index: HashMap::new(),
             batch_acks: BTreeMap::new(),
             deferred_acks: BTreeMap::new(),
@@ -168,6 +228,7 @@ impl Replica {
             relayed: Memory::new(ack_memory),
             awaited: Memory::new(ack_memory),
             last_anti_entropy: 0,
+            now: 0,
             gate: SyncGate::default(),
             stats: CoreStats::default(),
         }
@@ -181,6 +242,25 @@ impl Replica {
     /// Replaces the router (for example when the topology's live links change).
     pub fn set_router(&mut self, router: Box<dyn Router>) {
         self.router = router;
+    }
+
+    /// Backs the replica with a store: documents not in memory are read from `reader`, and
+    /// the least recently used ones are dropped past the cache budget. `index` lists every
+    /// stored document with its heads (read at start-up, without loading documents).
+    pub fn set_store<'a>(
+        &mut self,
+        reader: Arc<dyn DocReader>,
+        index: impl IntoIterator<Item = (&'a str, &'a [[u8; 32]])>,
+    ) {
+        self.docs.set_source(reader);
+        for (doc, heads) in index {
+            self.docs.index_stored(doc, heads);
+        }
+    }
+
+    /// Records one stored document's heads without loading it (see [`Replica::set_store`]).
+    pub fn index_stored(&mut self, doc: &str, heads: &[[u8; 32]]) {
+        self.docs.index_stored(doc, heads);
     }
 
     /// Loads a stored document at start-up: a snapshot (if any) and the changes appended
@@ -198,8 +278,7 @@ impl Replica {
 
     /// Adds a document decoded by [`LoadedDoc::decode`] (which may run on other threads).
     pub fn insert_loaded(&mut self, loaded: LoadedDoc) {
-        let state = self.docs.insert(loaded.id, loaded.doc);
-        state.track_orphans(loaded.changes);
+        self.docs.insert(loaded);
     }
 
     /// Runs `f` as one Automerge transaction on `doc` (created if new). On `Err` the
@@ -211,17 +290,18 @@ impl Replica {
         doc: &str,
         want_ack: bool,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E>,
-    ) -> Result<LocalWrite<R>, E> {
+    ) -> Result<LocalWrite<R>, ChangeError<E>> {
+        self.now = self.now.max(now);
         // Keep the causal order simple: pending remote changes go in first.
         self.apply_doc(doc);
-        let state = self.docs.get_or_create(doc);
+        let state = self.docs.get_or_create(doc).map_err(ChangeError::Core)?;
         let mut tx = state.doc.transaction();
         let value = match f(&mut tx) {
             Ok(v) => v,
             Err(e) => {
                 tx.rollback();
                 self.docs.remove_if_empty(doc);
-                return Err(e);
+                return Err(ChangeError::Refused(e));
             }
         };
         let (hash, _) = tx.commit();
@@ -241,6 +321,7 @@ impl Replica {
             .map(|c| c.raw_bytes().to_vec())
             .unwrap_or_default();
         state.last_change_ms = now;
+        self.docs.refresh(doc);
         self.stats.local_changes += 1;
         if want_ack {
             self.awaited.insert(hash, doc.to_string());
@@ -280,7 +361,8 @@ impl Replica {
         let missing = scratch.get_missing_deps(&[]);
         if !missing.is_empty() {
             // Changes made on top of history (`save_after`): fine if the document has it.
-            let Some(existing) = self.docs.get(doc).filter(|d| {
+            let existing = self.docs.get(doc)?;
+            let Some(existing) = existing.filter(|d| {
                 missing
                     .iter()
                     .all(|h| d.doc.get_change_meta_by_hash(h).is_some())
@@ -294,7 +376,7 @@ impl Replica {
                 .load_incremental(data)
                 .map_err(|e| bad(e.to_string()))?;
         }
-        let state = self.docs.get_or_create(doc);
+        let state = self.docs.get_or_create(doc)?;
         let new = state.doc.get_changes_added(&scratch);
         if new.is_empty() {
             self.docs.remove_if_empty(doc);
@@ -318,6 +400,7 @@ impl Replica {
         }
         state.last_change_ms = now;
         let heads = state.doc.get_heads();
+        self.docs.refresh(doc);
         let me = self.id.clone();
         self.accept_new(doc, &me, None, false, bytes);
         self.effects.push(Effect::Notify {
@@ -327,11 +410,15 @@ impl Replica {
         Ok((count, Some(self.token)))
     }
 
-    /// A link to `peer` is up: it becomes a push target and gets a full digest.
+    /// A link to `peer` is up: it becomes a push target, and the node of the two with the
+    /// smaller id opens a reconciliation (see `repair`).
     pub fn peer_up(&mut self, now: u64, peer: &str) {
-        self.peers.insert(peer.to_string(), Peer::new());
+        self.now = self.now.max(now);
+        self.peers.insert(peer.to_string(), Peer::new(now));
         self.refresh_connected();
-        self.send_digest(now, peer, true);
+        if self.opens_with(peer) {
+            self.open_reconcile(peer);
+        }
     }
 
     /// The link to `peer` is gone: its queue and sync sessions are dropped, and repairs
@@ -347,33 +434,37 @@ impl Replica {
     /// A message for `peer` could not be queued: anti-entropy will repair.
     pub fn send_failed(&mut self, peer: &str) {
         if let Some(p) = self.peers.get_mut(peer) {
-            p.needs_full_digest = true;
+            p.needs_reconcile = true;
         }
         self.stats.pushes_dropped += 1;
     }
 
     /// The persist batch `token` is durable: acknowledge it to the peers waiting for it.
     pub fn persisted(&mut self, token: u64) {
+        self.unpersisted.remove(&token);
         let Some(work) = self.ack_work.remove(&token) else {
             return;
         };
+        let mut by_peer: BTreeMap<String, Vec<Ack>> = BTreeMap::new();
         for ((peer, doc), hashes) in work {
             if self.peers.contains_key(&peer) {
                 self.stats.acks_sent += 1;
-                self.effects.push(Effect::Send {
-                    to: peer,
-                    msg: Message::Ack(Ack {
-                        doc,
-                        by: self.id.clone(),
-                        hashes,
-                    }),
+                by_peer.entry(peer).or_default().push(Ack {
+                    doc,
+                    by: self.id.clone(),
+                    hashes,
                 });
             }
         }
+        for (peer, acks) in by_peer {
+            self.send_acks(&peer, acks);
+        }
     }
 
-    /// Periodic work: anti-entropy digests and expiry of stale sync sessions.
+    /// Periodic work: reconciliation with every peer, expiry of stale sync sessions and of
+    /// repairs waiting too long for an answer.
     pub fn tick(&mut self, now: u64) {
+        self.now = self.now.max(now);
         let timeout = self.config.session_timeout_ms;
         for peer in self.peers.values_mut() {
             peer.sessions
@@ -386,20 +477,24 @@ impl Replica {
         if periodic {
             self.last_anti_entropy = now;
         }
-        let peers: Vec<(String, bool)> = self
+        // A peer still being asked for documents is not reconciled again until that ends.
+        let due: Vec<String> = self
             .peers
             .iter()
-            .map(|(id, p)| (id.clone(), p.needs_full_digest))
+            .filter(|(id, p)| {
+                ((periodic && self.id.as_str() < id.as_str()) || p.needs_reconcile)
+                    && !p.wants_queued()
+            })
+            .map(|(id, _)| id.clone())
             .collect();
-        for (peer, full) in peers {
-            if full || periodic {
-                self.send_digest(now, &peer, full);
-            }
+        for peer in due {
+            self.open_reconcile(&peer);
         }
     }
 
     /// Handles one message from a connected peer.
     pub fn handle_message(&mut self, now: u64, from: &str, msg: Message) {
+        self.now = self.now.max(now);
         if !self.peers.contains_key(from) {
             self.stats.unexpected_messages += 1;
             return;
@@ -410,11 +505,14 @@ impl Replica {
                     self.receive_push(now, from, g.doc, g.origin, g.want_ack, g.changes);
                 }
             }
-            Message::Ack(ack) => self.receive_ack(from, ack),
-            Message::Digest(entries) => self.receive_digest(now, from, entries),
+            Message::Ack(acks) => self.receive_acks(from, acks),
+            Message::Fingerprints(f) => self.receive_fingerprints(from, f),
+            Message::Items(buckets) => self.receive_items(now, from, buckets),
+            Message::Want(wants) => self.receive_wants(now, from, wants),
             Message::Sync { doc, data } => self.receive_sync(now, from, &doc, &data),
             Message::Hello(_) => self.stats.unexpected_messages += 1,
         }
+        self.evict();
     }
 
     /// Applies pending remote changes (one Automerge call per document), emits the persist
@@ -432,11 +530,23 @@ impl Replica {
             if !acks.is_empty() {
                 self.ack_work.insert(token, acks);
             }
-            self.effects.push(Effect::Persist {
-                token,
-                docs: std::mem::take(&mut self.batch),
-            });
+            let docs = std::mem::take(&mut self.batch)
+                .into_iter()
+                .map(|(doc, changes)| {
+                    let heads = self.docs.peek(&doc).map_or_else(Vec::new, |d| {
+                        d.doc.get_heads().iter().map(|h| h.0).collect()
+                    });
+                    DocAppend {
+                        doc,
+                        changes,
+                        heads,
+                    }
+                })
+                .collect();
+            self.unpersisted.insert(token);
+            self.effects.push(Effect::Persist { token, docs });
         }
+        self.pump_wants();
         for (id, peer) in self.peers.iter_mut() {
             for msg in peer.drain_pushes() {
                 self.effects.push(Effect::Send {
@@ -445,6 +555,7 @@ impl Replica {
                 });
             }
         }
+        self.evict();
     }
 
     /// Takes the effects produced so far, in order.
@@ -452,28 +563,66 @@ impl Replica {
         std::mem::take(&mut self.effects)
     }
 
-    /// The document, if this node has it.
+    /// The document if it is in memory (see [`Replica::load`] for any document).
     pub fn doc(&self, id: &str) -> Option<&Automerge> {
-        self.docs.get(id).map(|d| &d.doc)
+        self.docs.peek(id).map(|d| &d.doc)
     }
 
-    /// Every document with its heads, in id order.
-    pub fn heads(&self) -> Vec<(String, Vec<ChangeHash>)> {
-        self.docs
-            .iter()
-            .map(|(id, d)| (id.clone(), d.doc.get_heads()))
-            .collect()
+    /// The document, read from the store if it is not in memory; `None` if this node does
+    /// not have it.
+    pub fn load(&mut self, id: &str) -> Result<Option<&Automerge>, CoreError> {
+        self.apply_doc(id);
+        let state = self.docs.get(id)?;
+        Ok(state.map(|d| &d.doc))
     }
 
-    /// Number of documents.
+    /// Every document with its heads, in id order: stored documents from the store's
+    /// index, documents in memory from memory.
+    pub fn heads(&self) -> Result<Vec<(String, Vec<ChangeHash>)>, CoreError> {
+        let mut all: BTreeMap<String, Vec<ChangeHash>> = BTreeMap::new();
+        if let Some(reader) = self.docs.source() {
+            let stored = reader.all_heads().map_err(|e| CoreError::Storage {
+                doc: "*".into(),
+                detail: e.to_string(),
+            })?;
+            for (id, heads) in stored {
+                all.insert(id, heads.into_iter().map(ChangeHash).collect());
+            }
+        }
+        for id in self.docs.loaded_ids() {
+            if let Some(d) = self.docs.peek(id) {
+                all.insert(id.clone(), d.doc.get_heads());
+            }
+        }
+        all.retain(|_, heads| !heads.is_empty());
+        Ok(all.into_iter().collect())
+    }
+
+    /// Number of documents this node has.
     pub fn doc_count(&self) -> usize {
         self.docs.len()
     }
 
+    /// Documents stored and in memory.
+    pub fn doc_counts(&self) -> DocCounts {
+        DocCounts {
+            stored: self.docs.len(),
+            loaded: self.docs.loaded_len(),
+            loaded_bytes: self.docs.loaded_bytes(),
+        }
+    }
+
+    /// A fingerprint of every (document, heads) pair this node has: equal on two nodes
+    /// exactly when they hold the same heads of the same documents (up to a 2^-64 chance).
+    pub fn fingerprint(&self) -> u64 {
+        self.docs.index().root()
+    }
+
     /// A snapshot for compaction: the saved document and the changes it cannot contain
-    /// (received, but waiting for dependencies).
-    pub fn snapshot(&self, id: &str) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
-        self.docs.get(id).map(|d| (d.doc.save(), d.orphan_bytes()))
+    /// (received, but waiting for dependencies). Reads the document if it is not in memory.
+    pub fn snapshot(&mut self, id: &str) -> Result<Option<(Vec<u8>, Vec<Vec<u8>>)>, CoreError> {
+        self.apply_doc(id);
+        Ok(self.docs.get(id)?.map(|d| (d.doc.save(), d.orphan_bytes())))
     }
 
     /// Connected peers, in id order.
@@ -487,8 +636,25 @@ impl Replica {
     }
 
     /// Counters.
-    pub fn stats(&self) -> &CoreStats {
-        &self.stats
+    pub fn stats(&self) -> CoreStats {
+        let cache = self.docs.stats;
+        CoreStats {
+            doc_loads: cache.loads,
+            doc_evictions: cache.evictions,
+            doc_load_errors: cache.load_errors,
+            ..self.stats.clone()
+        }
+    }
+
+    /// Drops documents past the cache budget, keeping those with changes not yet durable.
+    fn evict(&mut self) {
+        let current = self.token;
+        let unpersisted = &self.unpersisted;
+        self.docs.evict(|_, d| {
+            d.has_orphans()
+                || (d.persist_token != 0
+                    && (d.persist_token >= current || unpersisted.contains(&d.persist_token)))
+        });
     }
 
     fn refresh_connected(&mut self) {
@@ -497,7 +663,7 @@ impl Replica {
 
     /// Applies a document's pending changes, persisting the ones Automerge accepted.
     fn apply_doc(&mut self, doc: &str) {
-        let Some(state) = self.docs.get_mut(doc) else {
+        let Some(state) = self.docs.peek_mut(doc) else {
             return;
         };
         if !state.has_pending() {
@@ -507,6 +673,7 @@ impl Replica {
         let applied = state.apply_pending();
         if applied.changed {
             let heads = state.doc.get_heads();
+            self.docs.refresh(doc);
             self.effects.push(Effect::Notify {
                 doc: doc.to_string(),
                 heads,
@@ -565,6 +732,11 @@ impl Replica {
                 }
             }
         }
+        let bytes: usize = changes.iter().map(Vec::len).sum();
+        self.docs.grew(doc, bytes);
+        if let Some(state) = self.docs.peek_mut(doc) {
+            state.persist_token = self.token;
+        }
         let index = match self.batch_index.get(doc) {
             Some(&i) => i,
             None => {
@@ -586,7 +758,14 @@ impl Replica {
         want_ack: bool,
         changes: Vec<ByteBuf>,
     ) {
-        let state = self.docs.get_or_create(&doc);
+        if self.gate.answered(&doc, from) {
+            self.release_held(now, &doc);
+        }
+        let state = match self.docs.get_or_create(&doc) {
+            Ok(state) => state,
+            // Not acknowledged, so not lost: anti-entropy brings the changes again.
+            Err(_) => return,
+        };
         let mut fresh = Vec::new();
         let mut owed = Vec::new();
         for bytes in changes {
@@ -622,182 +801,4 @@ impl Replica {
         }
         self.accept_new(&doc, &origin, Some(from), want_ack, fresh);
     }
-
-    fn send_digest(&mut self, now: u64, peer: &str, full: bool) {
-        const ENTRIES_PER_MESSAGE: usize = 20_000;
-        let quiet = self.config.quiet_ms;
-        let entries: Vec<DigestEntry> = self
-            .docs
-            .iter()
-            .filter(|(_, d)| full || now.saturating_sub(d.last_change_ms) >= quiet)
-            .map(|(id, d)| DigestEntry {
-                doc: id.clone(),
-                heads: digest_of(&d.doc.get_heads()),
-            })
-            .collect();
-        if let Some(p) = self.peers.get_mut(peer) {
-            p.needs_full_digest = false;
-        }
-        if entries.is_empty() {
-            return;
-        }
-        self.stats.digests_sent += 1;
-        let mut entries = entries;
-        while !entries.is_empty() {
-            let rest = entries.split_off(entries.len().min(ENTRIES_PER_MESSAGE));
-            self.effects.push(Effect::Send {
-                to: peer.to_string(),
-                msg: Message::Digest(entries),
-            });
-            entries = rest;
-        }
-    }
-
-    fn receive_digest(&mut self, now: u64, from: &str, entries: Vec<DigestEntry>) {
-        for entry in entries {
-            let mine = self
-                .docs
-                .get(&entry.doc)
-                .map(|d| digest_of(&d.doc.get_heads()))
-                .unwrap_or_else(|| digest_of(&[]));
-            let active = self
-                .peers
-                .get(from)
-                .is_some_and(|p| p.sessions.contains_key(&entry.doc));
-            if mine != entry.heads && !active && self.gate.may_start(&entry.doc, from) {
-                self.start_sync(now, from, &entry.doc);
-            }
-        }
-    }
-
-    fn start_sync(&mut self, now: u64, peer: &str, doc: &str) {
-        self.apply_doc(doc);
-        let state = self.docs.get_or_create(doc);
-        let mut session = sync::State::new();
-        let msg = state.doc.generate_sync_message(&mut session);
-        self.stats.repairs += 1;
-        if let Some(msg) = msg {
-            if let Some(p) = self.peers.get_mut(peer) {
-                p.sessions.insert(doc.to_string(), (session, now));
-            }
-            self.gate.started(doc, peer, now);
-            self.stats.sync_sent += 1;
-            self.effects.push(Effect::Send {
-                to: peer.to_string(),
-                msg: Message::Sync {
-                    doc: doc.to_string(),
-                    data: ByteBuf::from(msg.encode()),
-                },
-            });
-        }
-    }
-
-    fn receive_sync(&mut self, now: u64, from: &str, doc: &str, data: &[u8]) {
-        if sync::Message::decode(data).is_err() {
-            self.stats.bad_sync += 1;
-            return;
-        }
-        let in_session = self
-            .peers
-            .get(from)
-            .is_some_and(|p| p.sessions.contains_key(doc));
-        match self.gate.admit(doc, from, in_session, data, now) {
-            Admit::Held => {}
-            Admit::Process => self.process_sync(now, from, doc, data),
-            Admit::ProcessThenRelease => {
-                self.process_sync(now, from, doc, data);
-                self.release_held(now, doc);
-            }
-        }
-    }
-
-    /// Answers the repairs of `doc` the gate held, if it no longer waits for any answer.
-    fn release_held(&mut self, now: u64, doc: &str) {
-        for (peer, data) in self.gate.release(doc) {
-            self.process_sync(now, &peer, doc, &data);
-        }
-    }
-
-    fn process_sync(&mut self, now: u64, from: &str, doc: &str, data: &[u8]) {
-        let Ok(msg) = sync::Message::decode(data) else {
-            self.stats.bad_sync += 1;
-            return;
-        };
-        self.apply_doc(doc);
-        let Some(peer) = self.peers.get_mut(from) else {
-            return;
-        };
-        let (mut session, _) = peer
-            .sessions
-            .remove(doc)
-            .unwrap_or_else(|| (sync::State::new(), now));
-        let state: &mut DocState = self.docs.get_or_create(doc);
-        let before = state.doc.get_heads();
-        if state.doc.receive_sync_message(&mut session, msg).is_err() {
-            self.stats.bad_sync += 1;
-            self.docs.remove_if_empty(doc);
-            return;
-        }
-        // Automerge never resends a change it has sent in this session. If the message that
-        // carried it was lost (a failed send), the peer asks for it in `need` forever and the
-        // session ping-pongs without end: send what the peer explicitly needs again.
-        if let Some(need) = session.their_need.as_ref() {
-            for hash in need {
-                session.sent_hashes.remove(hash);
-            }
-        }
-        let after = state.doc.get_heads();
-        if after != before {
-            let changes = state.doc.get_changes(&before);
-            let hashes: Vec<[u8; 32]> = changes.iter().map(|c| c.hash().0).collect();
-            let new: Vec<Vec<u8>> = changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
-            state.last_change_ms = now;
-            self.stats.repaired_changes += new.len() as u64;
-            self.effects.push(Effect::Notify {
-                doc: doc.to_string(),
-                heads: after,
-            });
-            // Acknowledge repaired changes to the peer they came from once durable, like
-            // pushed ones, and route the acks of the nodes they are passed on to back the
-            // same way: a write whose push was lost (dead connection, full queue, partition)
-            // still meets its write concern once the change is everywhere.
-            for hash in &hashes {
-                let hash = ChangeHash(*hash);
-                if self.ack_routes.get(&hash).is_none() {
-                    self.ack_routes.insert(hash, from.to_string());
-                }
-            }
-            self.batch_acks
-                .entry((from.to_string(), doc.to_string()))
-                .or_default()
-                .extend(hashes);
-            // Pass them on as if `from` had written them: the topology's routing then
-            // spreads them away from `from` (into a healed ring's other side) and not back
-            // to nodes that sync with `from` themselves (a mesh sends nothing on).
-            self.accept_new(doc, from, Some(from), true, new);
-        }
-        let state = self.docs.get_or_create(doc);
-        let reply = state.doc.generate_sync_message(&mut session);
-        match reply {
-            Some(reply) => {
-                if let Some(p) = self.peers.get_mut(from) {
-                    p.sessions.insert(doc.to_string(), (session, now));
-                }
-                self.stats.sync_sent += 1;
-                self.effects.push(Effect::Send {
-                    to: from.to_string(),
-                    msg: Message::Sync {
-                        doc: doc.to_string(),
-                        data: ByteBuf::from(reply.encode()),
-                    },
-                });
-            }
-            None => self.docs.remove_if_empty(doc),
-        }
-    }
-}
-
-fn digest_of(heads: &[ChangeHash]) -> u64 {
-    let raw: Vec<[u8; 32]> = heads.iter().map(|h| h.0).collect();
-    heads_digest(&raw)
 }

@@ -81,7 +81,12 @@ fn persists(effects: &[Effect]) -> Vec<(u64, Batch)> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Persist { token, docs } => Some((*token, docs.clone())),
+            Effect::Persist { token, docs } => Some((
+                *token,
+                docs.iter()
+                    .map(|d| (d.doc.clone(), d.changes.clone()))
+                    .collect(),
+            )),
             _ => None,
         })
         .collect()
@@ -168,8 +173,8 @@ impl Cluster {
                 }
                 Effect::Persist { token, docs } => {
                     let store = self.stored.entry(id.to_string()).or_default();
-                    for (doc, changes) in docs {
-                        store.entry(doc).or_default().extend(changes);
+                    for d in docs {
+                        store.entry(d.doc).or_default().extend(d.changes);
                     }
                     self.pending_persists.push((id.to_string(), token));
                 }
@@ -230,7 +235,7 @@ impl Cluster {
     }
 
     fn heads(&self, id: &str) -> Vec<(String, Vec<ChangeHash>)> {
-        self.nodes[id].heads()
+        self.nodes[id].heads().unwrap()
     }
 
     /// A fresh replica of `id` loaded from its storage only.

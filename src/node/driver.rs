@@ -12,7 +12,7 @@ use super::links::{LinkChanges, Links};
 use super::store_thread::{self, StoreDone, StoreJob};
 use super::writes::Writes;
 use super::{Ack, Command, DocEvent, Error, Node, NodeConfig, NodeStatus, PeerStatus};
-use crate::core::{CoreConfig, Effect, Replica};
+use crate::core::{ChangeError, CoreConfig, Effect, Replica};
 use crate::storage::Compaction;
 use crate::transport::{SendError, Transport, TransportConfig, TransportEvent};
 
@@ -26,28 +26,26 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     if !config.topology.nodes().iter().any(|n| n == &config.id) {
         return Err(Error::UnknownNode(config.id.clone()));
     }
-    let storage = config.storage.clone();
-    let (store, loaded) = tokio::task::spawn_blocking(move || super::load::open_and_load(storage))
-        .await
-        .map_err(|_| Error::Stopped)??;
-
     let tuning = &config.tuning;
     let core_config = CoreConfig {
         anti_entropy_ms: tuning.anti_entropy_ms,
         quiet_ms: (tuning.anti_entropy_ms / 2).clamp(1, 1_000),
+        cache_docs: tuning.cache_docs,
+        cache_bytes: tuning.cache_bytes,
         ..CoreConfig::default()
     };
-    let mut replica = Replica::new(
+    let replica = Replica::new(
         config.id.clone(),
         rand::random(),
         Box::new(config.topology.clone()),
         core_config,
     );
-    let docs = loaded.len();
-    for doc in loaded {
-        replica.insert_loaded(doc);
-    }
-    tracing::info!(node = %config.id, docs, store = %store.location(), "loaded");
+    let storage = config.storage.clone();
+    let (store, replica) =
+        tokio::task::spawn_blocking(move || super::load::open_store(storage, replica))
+            .await
+            .map_err(|_| Error::Stopped)??;
+    tracing::info!(node = %config.id, docs = replica.doc_count(), store = %store.location(), "store open");
 
     let (events_tx, events) = mpsc::channel(4096);
     let members = config
@@ -226,8 +224,14 @@ impl Driver {
             } => {
                 let want_ack = !matches!(ack, Ack::Local);
                 match self.replica.local_change(now, &doc, want_ack, f) {
-                    Err(e) => {
+                    Err(ChangeError::Refused(e)) => {
                         let _ = started.send(Err(Error::Change(e)));
+                    }
+                    Err(ChangeError::Core(e)) => {
+                        let _ = started.send(Err(Error::Load {
+                            location: "the node's store".into(),
+                            source: Box::new(e),
+                        }));
                     }
                     Ok(w) => match (w.hash, w.persist_token) {
                         (Some(hash), Some(token)) => {
@@ -261,7 +265,7 @@ impl Driver {
                 };
                 let _ = reply.send(answer);
             }
-            Command::Read(f) => f(&self.replica),
+            Command::Read(f) => f(&mut self.replica),
             Command::Subscribe { doc, reply } => {
                 let sender = self
                     .subscribers
@@ -373,14 +377,17 @@ impl Driver {
                 id,
             })
             .collect();
+        let counts = self.replica.doc_counts();
         NodeStatus {
             node: self.id.clone(),
             cluster: self.cluster.clone(),
             topology: self.topology_name.clone(),
             peers,
-            docs: self.replica.doc_count(),
+            docs: counts.stored,
+            docs_loaded: counts.loaded,
+            cache_bytes: counts.loaded_bytes,
             pending_writes: self.writes.len(),
-            core: self.replica.stats().clone(),
+            core: self.replica.stats(),
             transport: self.transport.stats(),
         }
     }
@@ -390,7 +397,14 @@ impl Driver {
         let compactions: Vec<Compaction> = docs
             .into_iter()
             .filter_map(|doc| {
-                let (snapshot, keep) = self.replica.snapshot(&doc)?;
+                let (snapshot, keep) = match self.replica.snapshot(&doc) {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::warn!(node = %self.id, "not compacted: {e}");
+                        return None;
+                    }
+                };
                 Some(Compaction {
                     doc,
                     snapshot,

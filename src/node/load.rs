@@ -1,29 +1,60 @@
-//! Start-up loading: opens the node's store and decodes every stored document into a
-//! [`LoadedDoc`], spread over the machine's cores (Automerge loading is CPU-bound and
-//! documents are independent). Runs on a blocking thread, never on the async runtime.
+//! Start-up: opens the node's store and gives the replica its index of documents (id and
+//! heads), without reading any document: documents are read when first used. A store
+//! written before the index existed (format 1) is indexed once here: its documents are
+//! decoded, spread over the machine's cores, and their heads recorded. Runs on a blocking
+//! thread, never on the async runtime.
 
 use std::thread;
 
 use super::builder::StorageChoice;
 use super::Error;
-use crate::core::LoadedDoc;
+use crate::core::{LoadedDoc, Replica};
 use crate::storage::{RedbStore, Store, StoredDoc};
 
-/// Opens the store and decodes all its documents. A corrupt document fails the whole load.
-pub(crate) fn open_and_load(
+/// Opens the store and indexes `replica` over it. A corrupt index row, or a corrupt
+/// document of a store being indexed, fails the start.
+pub(crate) fn open_store(
     storage: StorageChoice,
-) -> Result<(Box<dyn Store>, Vec<LoadedDoc>), Error> {
+    mut replica: Replica,
+) -> Result<(Box<dyn Store>, Replica), Error> {
     let mut store: Box<dyn Store> = match storage {
         StorageChoice::Dir(dir) => Box::new(RedbStore::open(&dir)?),
         StorageChoice::Memory(m) => Box::new(m),
     };
-    let stored = store.load_all()?;
-    let location = store.location();
-    let docs = decode_parallel(stored).map_err(|source| Error::Load {
-        location,
-        source: Box::new(source),
+    let mut unindexed = Vec::new();
+    store.scan_index(&mut |doc, heads| match heads {
+        Some(heads) => replica.index_stored(doc, heads),
+        None => unindexed.push(doc.to_string()),
     })?;
-    Ok((store, docs))
+    let reader = store.reader();
+    if !unindexed.is_empty() {
+        tracing::info!(
+            docs = unindexed.len(),
+            store = %store.location(),
+            "indexing documents stored by an older version (once)"
+        );
+        let mut stored = Vec::with_capacity(unindexed.len());
+        for doc in &unindexed {
+            if let Some(d) = reader.read(doc)? {
+                stored.push(d);
+            }
+        }
+        let location = store.location();
+        let decoded = decode_parallel(stored).map_err(|source| Error::Load {
+            location,
+            source: Box::new(source),
+        })?;
+        let heads: Vec<(String, Vec<[u8; 32]>)> = decoded
+            .iter()
+            .map(|d| (d.id().to_string(), d.heads()))
+            .collect();
+        store.set_heads(heads.clone())?;
+        for (doc, heads) in &heads {
+            replica.index_stored(doc, heads);
+        }
+    }
+    replica.set_store(reader, std::iter::empty());
+    Ok((store, replica))
 }
 
 fn decode_parallel(stored: Vec<StoredDoc>) -> Result<Vec<LoadedDoc>, crate::core::CoreError> {

@@ -120,8 +120,12 @@ pub struct NodeStatus {
     pub topology: String,
     /// Every other node of the topology.
     pub peers: Vec<PeerStatus>,
-    /// Number of documents.
+    /// Number of documents stored.
     pub docs: usize,
+    /// Documents in memory, and their encoded bytes.
+    pub docs_loaded: usize,
+    /// Encoded bytes of the documents in memory.
+    pub cache_bytes: usize,
     /// Writes waiting for durability or acknowledgements.
     pub pending_writes: usize,
     /// Replication counters.
@@ -158,7 +162,7 @@ pub(crate) enum WriteOutcome {
 type ChangeFn = Box<
     dyn FnOnce(&mut Transaction<'_>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send,
 >;
-type ReadFn = Box<dyn FnOnce(&Replica) + Send>;
+type ReadFn = Box<dyn FnOnce(&mut Replica) + Send>;
 
 /// A merge accepted by the driver: new changes, and when they will be durable.
 pub(crate) type MergeStarted = (usize, Option<oneshot::Receiver<WriteOutcome>>);
@@ -199,8 +203,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts a node: opens its store and loads every document, binds the QUIC endpoint
-    /// and starts linking to its peers.
+    /// Starts a node: opens its store and reads its index of documents (documents are read
+    /// on first use), binds the QUIC endpoint and starts linking to its peers.
     pub async fn start(config: NodeConfig) -> Result<Node, Error> {
         driver::start(config).await
     }
@@ -302,14 +306,20 @@ impl Node {
         Ok(count)
     }
 
-    /// Runs `f` on the document, if this node has it.
+    /// Runs `f` on the document, if this node has it (read from storage if it is not in
+    /// memory).
     pub async fn with_doc<R: Send + 'static>(
         &self,
         doc: &str,
         f: impl FnOnce(&Automerge) -> R + Send + 'static,
     ) -> Result<Option<R>, Error> {
         let doc = doc.to_string();
-        self.read(move |r| r.doc(&doc).map(f)).await
+        self.read(move |r| r.load(&doc).map(|d| d.map(f)))
+            .await?
+            .map_err(|e| Error::Load {
+                location: "the node's store".into(),
+                source: Box::new(e),
+            })
     }
 
     /// The document as plain JSON, if this node has it.
@@ -324,7 +334,10 @@ impl Node {
 
     /// Every document with its heads, in id order.
     pub async fn docs(&self) -> Result<Vec<(String, Vec<ChangeHash>)>, Error> {
-        self.read(|r| r.heads()).await
+        self.read(|r| r.heads()).await?.map_err(|e| Error::Load {
+            location: "the node's store".into(),
+            source: Box::new(e),
+        })
     }
 
     /// A stream of change notifications for `doc` (local and remote changes). A receiver
@@ -360,7 +373,7 @@ impl Node {
 
     async fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Replica) -> R + Send + 'static,
+        f: impl FnOnce(&mut Replica) -> R + Send + 'static,
     ) -> Result<R, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Read(Box::new(move |r| {

@@ -5,13 +5,13 @@ use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::mpsc;
 
-use crate::storage::{Compaction, StorageError, Store};
+use crate::storage::{Compaction, DocAppend, StorageError, Store};
 
 /// Work for the storage thread.
 pub(crate) enum StoreJob {
     Append {
         token: u64,
-        docs: Vec<(String, Vec<Vec<u8>>)>,
+        docs: Vec<DocAppend>,
     },
     /// Replaces these documents' logs with their snapshots (one commit for the run of
     /// consecutive compactions).
@@ -76,7 +76,7 @@ fn run_jobs(
     done: &mpsc::UnboundedSender<StoreDone>,
 ) -> Option<tokio::sync::oneshot::Sender<()>> {
     let mut tokens = Vec::new();
-    let mut batch: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    let mut batch: Vec<DocAppend> = Vec::new();
     let mut compactions: Vec<Compaction> = Vec::new();
     for job in jobs {
         if !matches!(job, StoreJob::Compact(_)) {
@@ -123,7 +123,7 @@ fn compact(
 fn commit(
     store: &mut dyn Store,
     tokens: &mut Vec<u64>,
-    batch: &mut Vec<(String, Vec<Vec<u8>>)>,
+    batch: &mut Vec<DocAppend>,
     compact_after: usize,
     done: &mpsc::UnboundedSender<StoreDone>,
 ) {
@@ -131,8 +131,8 @@ fn commit(
         return;
     }
     let batch = std::mem::take(batch);
-    let mut docs: Vec<String> = batch.iter().map(|(d, _)| d.clone()).collect();
-    let changes: usize = batch.iter().map(|(_, c)| c.len()).sum();
+    let mut docs: Vec<String> = batch.iter().map(|d| d.doc.clone()).collect();
+    let changes: usize = batch.iter().map(|d| d.changes.len()).sum();
     let started = std::time::Instant::now();
     let result = store.append(batch).map_err(|e| e.to_string());
     tracing::debug!(

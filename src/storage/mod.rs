@@ -1,22 +1,35 @@
-//! Durable storage of documents as opaque bytes.
+//! Durable storage of documents as opaque bytes, with a per-document index.
 //!
-//! Owns: the [`Store`] trait, its error type, and two implementations: [`RedbStore`] (a redb
-//! database file, every commit fsync'd) and [`MemoryStore`] (shared in-memory data for tests
-//! and the deterministic simulation).
+//! Owns: the [`Store`] trait (the writer, driven from one dedicated thread), the
+//! [`DocReader`] trait (single-document reads from any thread), their error type, and two
+//! implementations: [`RedbStore`] (a redb database file, every commit fsync'd) and
+//! [`MemoryStore`] (shared in-memory data for tests and the deterministic simulation).
 //!
 //! Must not touch: Automerge semantics. A stored document is a snapshot (an Automerge
 //! `save()`) plus the changes appended since; storage never decodes them, the caller does.
-//! No networking, no tokio: a store is driven from one dedicated thread.
+//! Heads are opaque 32-byte values the caller computes and hands over with its writes.
+//! No networking, no tokio.
 //!
-//! Durability model: [`Store::append`] writes a batch for many documents in one durable
-//! commit, so under load many writes share one fsync. [`Store::compact`] replaces a
+//! Scale model: opening a store reads nothing per document. Each document has an index
+//! entry (its log bookkeeping and its heads), so the caller can list every document and its
+//! heads with [`Store::scan_index`] without reading document data, and load one document
+//! when it needs it with [`DocReader::read`].
+//!
+//! Durability model: [`Store::append`] writes changes and heads for many documents in one
+//! durable commit, so under load many writes share one fsync. [`Store::compact`] replaces a
 //! document's snapshot and log in one atomic commit, so a crash at any instant leaves
-//! either the old state or the new one.
+//! either the old state or the new one. The index entries are written in the same commits
+//! as the data they describe. A [`DocReader`] sees every commit that returned before a
+//! read began, concurrently with later writes.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 mod checksum;
+mod index;
 mod memory;
+mod migrate;
+mod redb_reader;
 mod redb_store;
 
 pub use memory::MemoryStore;
@@ -47,6 +60,24 @@ pub struct Compaction {
     pub keep: Vec<Vec<u8>>,
 }
 
+/// A document's heads as the index stores them: raw 32-byte change hashes.
+pub type Heads = Vec<[u8; 32]>;
+
+/// What [`Store::scan_index`] calls for each document: its id and its heads (None: not
+/// known).
+pub type IndexVisitor<'a> = dyn FnMut(&str, Option<&[[u8; 32]]>) + 'a;
+
+/// One document's appended changes and its heads once they are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocAppend {
+    /// Document id.
+    pub doc: String,
+    /// Encoded changes to append, in order (may be empty: then only `heads` is recorded).
+    pub changes: Vec<Vec<u8>>,
+    /// The document's heads once these changes are applied, recorded in its index entry.
+    pub heads: Vec<[u8; 32]>,
+}
+
 /// A storage failure. Every variant names the file (or "memory") it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -67,8 +98,11 @@ pub enum StorageError {
         /// What is damaged.
         detail: String,
     },
-    /// The file was written by a different, unknown format version.
-    #[error("store {path} has format version {found}; this build reads only version {supported}")]
+    /// The file was written by a different, unknown format version. Nothing was changed.
+    #[error(
+        "store {path} has format version {found}; this build reads only version {supported} \
+         (and migrates version 1)"
+    )]
     UnsupportedVersion {
         /// The database file.
         path: PathBuf,
@@ -104,6 +138,12 @@ pub enum StorageError {
         /// What went wrong.
         detail: String,
     },
+    /// The store was closed (dropped); a [`DocReader`] that outlived it cannot read.
+    #[error("store {path} is closed")]
+    Closed {
+        /// The database file.
+        path: PathBuf,
+    },
     /// Any other database error during a read or write transaction.
     #[error("store {path}: {action} failed: {detail}")]
     Db {
@@ -116,30 +156,70 @@ pub enum StorageError {
     },
 }
 
-/// A durable store of documents. Implementations must be `Send + 'static` (used from a
-/// dedicated thread).
+/// A durable store of documents: the single writer. Implementations must be
+/// `Send + 'static` (used from a dedicated thread).
 pub trait Store: Send + 'static {
-    /// Every stored document (order unspecified).
+    /// Every stored document, in id order (reads everything: for tools and tests).
     fn load_all(&mut self) -> Result<Vec<StoredDoc>, StorageError>;
 
-    /// Appends changes for several documents in ONE durable commit (fsync). When it returns
+    /// Calls `f` for every document of the index with its heads (None: not known, a store
+    /// migrated from format 1), without reading document data. Order: by id. `f` must not
+    /// write to this store.
+    fn scan_index(&self, f: &mut IndexVisitor<'_>) -> Result<(), StorageError>;
+
+    /// Records the heads of documents (after a migration), in one durable commit. Documents
+    /// not in the index are ignored. All or nothing.
+    fn set_heads(&mut self, heads: Vec<(String, Vec<[u8; 32]>)>) -> Result<(), StorageError>;
+
+    /// Appends changes and records heads for several documents in ONE durable commit
+    /// (fsync). A [`DocAppend`] with no changes still records its heads (creating the index
+    /// entry if needed); for a document listed twice, the later heads win. When it returns
     /// Ok, all of it is on disk; on Err, none of it is visible.
-    fn append(&mut self, batch: Vec<(String, Vec<Vec<u8>>)>) -> Result<(), StorageError>;
+    fn append(&mut self, batch: Vec<DocAppend>) -> Result<(), StorageError>;
 
     /// Atomically replaces, for every given document, its snapshot and ALL its appended
     /// changes with `snapshot` followed by `keep` (changes the snapshot does not contain).
     /// One durable commit for all of them. A crash at any instant leaves either the old or
-    /// the new state, never a mix that loses data.
+    /// the new state, never a mix that loses data. Heads in the index are unchanged (unknown
+    /// for a document compacted before it was ever appended to); the log length becomes
+    /// `keep.len()`.
     fn compact(&mut self, docs: Vec<Compaction>) -> Result<(), StorageError>;
 
-    /// Number of changes appended to `doc` since its last compaction (0 for unknown docs).
-    /// After a compaction this counts its `keep` list.
+    /// Number of changes in `doc`'s log: appended since its last compaction, counting that
+    /// compaction's `keep` list (from the index; 0 for unknown documents or if it cannot be
+    /// read).
     fn log_len(&self, doc: &str) -> usize;
 
-    /// Documents whose [`Store::log_len`] is at least `min`.
+    /// Documents appended to or compacted since the store was opened whose
+    /// [`Store::log_len`] is at least `min` (order unspecified).
     fn docs_with_log(&self, min: usize) -> Vec<String>;
 
     /// Human-readable location, for messages ("/path/to/concordant.redb" or "memory").
+    fn location(&self) -> String;
+
+    /// A handle that reads from any thread, concurrently with this store's writes; every
+    /// read sees every commit that returned before it began. A reader does not keep the
+    /// store open: once the store is dropped, [`RedbStore`]'s readers fail with
+    /// [`StorageError::Closed`] (the file is released at once).
+    fn reader(&self) -> Arc<dyn DocReader>;
+}
+
+/// Reads single documents; shared with the replication core for on-demand loading.
+pub trait DocReader: Send + Sync {
+    /// The document's snapshot and log (checksums verified), or None if it is not stored.
+    fn read(&self, doc: &str) -> Result<Option<StoredDoc>, StorageError>;
+
+    /// The document's heads from the index: Ok(None) if not stored or heads unknown.
+    fn heads(&self, doc: &str) -> Result<Option<Vec<[u8; 32]>>, StorageError>;
+
+    /// Every stored document's heads from the index, in id order (for listings; unknown
+    /// heads are left out).
+    fn all_heads(&self) -> Result<Vec<(String, Heads)>, StorageError>;
+
+    /// Number of documents in the index.
+    fn count(&self) -> Result<usize, StorageError>;
+
+    /// Human-readable location, for messages.
     fn location(&self) -> String;
 }
 

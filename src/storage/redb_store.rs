@@ -1,59 +1,70 @@
 //! [`RedbStore`]: the durable [`Store`] in one redb database file, `DIR/concordant.redb`.
 //!
-//! Owns the file layout and its format version. Must not touch Automerge: values are opaque.
+//! Owns the file layout, its format version and every write. Must not touch Automerge:
+//! values are opaque. Reads live in [`super::redb_reader`], the format-1 migration in
+//! [`super::migrate`].
 //!
-//! Tables:
+//! Tables (format version 2):
 //! - `meta: &str -> u64`: `format_version` = [`FORMAT_VERSION`].
+//! - `docs: &str -> &[u8]`: the index, one entry per document: its log's next sequence
+//!   number and length and its heads ([`super::index`]). Every stored document has one;
+//!   written in the same commit as the data it describes.
 //! - `snapshots: &str -> &[u8]`: per document, the snapshot of its last compaction.
 //! - `log: (&str, u64) -> &[u8]`: per document and sequence number, an appended change.
 //!
 //! Every value is sealed with a checksum over its key and bytes ([`super::checksum`]),
-//! verified by `load_all`. redb panics on some damaged files (e.g. truncated ones); every
-//! call into redb runs under `catch_unwind` and such a panic becomes
+//! verified when read. redb panics on some damaged files (e.g. truncated ones); every
+//! call into redb, reads included, runs under `catch_unwind` and such a panic becomes
 //! [`StorageError::Corrupt`] (the crate is built with `panic = "unwind"`).
 //!
 //! Every commit uses `Durability::Immediate` (fsync before `commit` returns). A new file is
 //! initialised under a temporary name and renamed into place, so `concordant.redb` always is
 //! a complete store: an empty, foreign or damaged file there is reported, never replaced.
-//! Per-document sequence counters and log lengths live in memory, rebuilt on open.
+//! Opening reads the format version only: nothing per document is loaded or rebuilt (after
+//! a crash, though, redb itself first walks the whole file to rebuild its allocator state:
+//! ~1.5 s for a 385 MiB store of 1M documents; redb's `quick_repair` would avoid that at
+//! about 2.4x the cost of each small commit). The store remembers only the log lengths of
+//! the documents it wrote since it was opened.
+//! The database is shared (weakly) with [`DocReader`] handles, whose read transactions run
+//! concurrently with this store's writes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, Table, TableDefinition, WriteTransaction};
 
-use super::checksum::{log_key, seal, snapshot_key, unseal};
-use super::{Compaction, StorageError, Store, StoredDoc};
+use super::checksum::{log_key, seal, seal_index, snapshot_key};
+use super::index::IndexRow;
+use super::migrate::migrate_v1;
+use super::redb_reader::{get_row, Reads, RedbReader};
+use super::{Compaction, DocAppend, DocReader, IndexVisitor, StorageError, Store, StoredDoc};
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "concordant.redb";
 /// Name under which a new database is initialised before it is renamed to [`DB_FILE`].
 const TMP_FILE: &str = "concordant.redb.tmp";
-/// The on-disk format version this build reads and writes.
-pub const FORMAT_VERSION: u64 = 1;
+/// The on-disk format version this build reads and writes (it also migrates version 1).
+pub const FORMAT_VERSION: u64 = 2;
+/// redb's page cache per store (its default, 1 GiB, would hold a large store in memory;
+/// the operating system's page cache serves the rest).
+const CACHE_BYTES: usize = 32 << 20;
 
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
-const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
-const VERSION_KEY: &str = "format_version";
-
-/// Per-document bookkeeping of the log table.
-#[derive(Debug, Default, Clone, Copy)]
-struct DocLog {
-    /// Sequence number of the next appended change.
-    next_seq: u64,
-    /// Changes in the log (appended since the last compaction, plus its `keep`).
-    len: usize,
-}
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(super) const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
+pub(super) const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+pub(super) const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
+pub(super) const VERSION_KEY: &str = "format_version";
 
 /// A [`Store`] backed by a redb database file; every commit is fsync'd.
 pub struct RedbStore {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
-    logs: HashMap<String, DocLog>,
+    /// Log lengths of the documents appended to or compacted since the store was opened.
+    touched: HashMap<String, usize>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -66,8 +77,9 @@ impl std::fmt::Debug for RedbStore {
 
 impl RedbStore {
     /// Opens the store in `dir` (created if missing), creating `dir/concordant.redb` if it
-    /// does not exist. A file that is not a concordant store, is damaged, or has another
-    /// format version is refused with an error naming it.
+    /// does not exist, and migrating a format-1 file to format 2 (one durable commit). A
+    /// file that is not a concordant store, is damaged, or has an unknown format version is
+    /// refused with an error naming it.
     pub fn open(dir: &Path) -> Result<RedbStore, StorageError> {
         fs::create_dir_all(dir).map_err(|source| StorageError::Io {
             path: dir.to_path_buf(),
@@ -94,15 +106,15 @@ impl RedbStore {
         &self.path
     }
 
-    fn err(&self, action: &'static str, e: impl Into<redb::Error>) -> StorageError {
-        db_error(&self.path, action, e)
+    fn reads(&self) -> Reads<'_> {
+        Reads {
+            db: &self.db,
+            path: &self.path,
+        }
     }
 
-    fn corrupt(&self, detail: String) -> StorageError {
-        StorageError::Corrupt {
-            path: self.path.clone(),
-            detail,
-        }
+    fn err(&self, action: &'static str, e: impl Into<redb::Error>) -> StorageError {
+        db_error(&self.path, action, e)
     }
 
     /// Starts a write transaction that fsyncs on commit.
@@ -120,168 +132,154 @@ impl RedbStore {
         })
     }
 
-    /// Reads every document; also returns the log bookkeeping it implies.
-    fn read_all(&self) -> Result<(Vec<StoredDoc>, HashMap<String, DocLog>), StorageError> {
-        const ACTION: &str = "reading documents";
-        let txn = self.db.begin_read().map_err(|e| self.err(ACTION, e))?;
-        let mut docs: HashMap<String, StoredDoc> = HashMap::new();
-        let snapshots = txn.open_table(SNAPSHOTS).map_err(|e| self.err(ACTION, e))?;
-        for entry in snapshots.iter().map_err(|e| self.err(ACTION, e))? {
-            let (id, snapshot) = entry.map_err(|e| self.err(ACTION, e))?;
-            let id = id.value();
-            let snapshot = unseal(&snapshot_key(id), snapshot.value()).ok_or_else(|| {
-                self.corrupt(format!(
-                    "the snapshot of document {id:?} fails its checksum"
-                ))
-            })?;
-            let doc = docs
-                .entry(id.to_string())
-                .or_insert_with(|| empty_doc(id.to_string()));
-            doc.snapshot = Some(snapshot.to_vec());
+    /// The index row of `doc` as changed so far in this transaction (read on first use; a
+    /// new row if the document has none).
+    fn row<'r>(
+        &self,
+        rows: &'r mut BTreeMap<String, IndexRow>,
+        docs: &Table<&str, &[u8]>,
+        doc: &str,
+        action: &'static str,
+    ) -> Result<&'r mut IndexRow, StorageError> {
+        if !rows.contains_key(doc) {
+            let row = get_row(docs, &self.path, action, doc)?.unwrap_or_default();
+            rows.insert(doc.to_string(), row);
         }
-        let mut logs: HashMap<String, DocLog> = HashMap::new();
-        let log = txn.open_table(LOG).map_err(|e| self.err(ACTION, e))?;
-        // Keys sort by (doc, seq), so each document's changes come in append order.
-        for entry in log.iter().map_err(|e| self.err(ACTION, e))? {
-            let (key, change) = entry.map_err(|e| self.err(ACTION, e))?;
-            let (id, seq) = key.value();
-            let change = unseal(&log_key(id, seq), change.value()).ok_or_else(|| {
-                self.corrupt(format!(
-                    "change {seq} of document {id:?} fails its checksum"
-                ))
-            })?;
-            let doc = match docs.get_mut(id) {
-                Some(doc) => doc,
-                None => docs
-                    .entry(id.to_string())
-                    .or_insert_with(|| empty_doc(id.to_string())),
-            };
-            doc.changes.push(change.to_vec());
-            note_seq(&mut logs, id, seq);
-        }
-        Ok((docs.into_values().collect(), logs))
+        rows.get_mut(doc).ok_or_else(|| StorageError::Db {
+            path: self.path.clone(),
+            action,
+            detail: "an index row vanished while in use".into(),
+        })
     }
 
-    /// Refuses a file that is not a concordant store or has another format version.
-    fn check_format(&self) -> Result<(), StorageError> {
-        const ACTION: &str = "reading the format version";
-        let txn = self.db.begin_read().map_err(|e| self.err(ACTION, e))?;
-        let meta = txn.open_table(META).map_err(|e| match e {
-            redb::TableError::TableDoesNotExist(_) => StorageError::Corrupt {
-                path: self.path.clone(),
-                detail: "no `meta` table: this redb file is not a concordant store".into(),
-            },
-            e => self.err(ACTION, e),
-        })?;
-        let found = meta
-            .get(VERSION_KEY)
-            .map_err(|e| self.err(ACTION, e))?
-            .map(|v| v.value())
-            .ok_or_else(|| StorageError::Corrupt {
-                path: self.path.clone(),
-                detail: format!("the `meta` table has no `{VERSION_KEY}`"),
-            })?;
-        if found != FORMAT_VERSION {
-            return Err(StorageError::UnsupportedVersion {
-                path: self.path.clone(),
-                found,
-                supported: FORMAT_VERSION,
-            });
+    /// Writes the changed index rows (in key order).
+    fn put_rows(
+        &self,
+        docs: &mut Table<&str, &[u8]>,
+        rows: &BTreeMap<String, IndexRow>,
+        action: &'static str,
+    ) -> Result<(), StorageError> {
+        for (doc, row) in rows {
+            let sealed = seal_index(doc, &row.encode());
+            docs.insert(doc.as_str(), sealed.as_slice())
+                .map_err(|e| self.err(action, e))?;
         }
-        // Both data tables must exist (they are created with the file).
-        txn.open_table(SNAPSHOTS).map_err(|e| self.err(ACTION, e))?;
-        txn.open_table(LOG).map_err(|e| self.err(ACTION, e))?;
         Ok(())
     }
 
-    /// Appends `batch` in one commit; returns the documents' new counters.
-    fn write_append(
-        &self,
-        batch: &[(String, Vec<Vec<u8>>)],
-    ) -> Result<HashMap<String, DocLog>, StorageError> {
+    /// Appends `batch` and records heads in one commit; returns the documents' new log
+    /// lengths.
+    fn write_append(&self, batch: &[DocAppend]) -> Result<Vec<(String, usize)>, StorageError> {
         const ACTION: &str = "appending changes";
-        let mut updated: HashMap<String, DocLog> = HashMap::new();
+        let mut rows = BTreeMap::new();
         let txn = self.begin(ACTION)?;
         {
+            let mut docs = txn.open_table(DOCS).map_err(|e| self.err(ACTION, e))?;
             let mut log = txn.open_table(LOG).map_err(|e| self.err(ACTION, e))?;
-            for (doc, changes) in batch {
-                let entry = updated
-                    .entry(doc.clone())
-                    .or_insert_with(|| self.logs.get(doc).copied().unwrap_or_default());
-                for change in changes {
-                    let sealed = seal(&log_key(doc, entry.next_seq), change);
-                    log.insert((doc.as_str(), entry.next_seq), sealed.as_slice())
+            for append in batch {
+                let doc = append.doc.as_str();
+                let row = self.row(&mut rows, &docs, doc, ACTION)?;
+                for change in &append.changes {
+                    let sealed = seal(&log_key(doc, row.next_seq), change);
+                    log.insert((doc, row.next_seq), sealed.as_slice())
                         .map_err(|e| self.err(ACTION, e))?;
-                    entry.next_seq += 1;
-                    entry.len += 1;
+                    row.next_seq += 1;
+                    row.log_len += 1;
                 }
+                row.heads = Some(append.heads.clone());
             }
+            self.put_rows(&mut docs, &rows, ACTION)?;
         }
         self.commit(txn, ACTION)?;
-        Ok(updated)
+        Ok(log_lens(rows))
     }
 
     /// Replaces each document's snapshot and log, all in one commit; returns their new
-    /// counters.
-    fn write_compact(&self, docs: &[Compaction]) -> Result<Vec<(String, DocLog)>, StorageError> {
+    /// log lengths.
+    fn write_compact(
+        &self,
+        compactions: &[Compaction],
+    ) -> Result<Vec<(String, usize)>, StorageError> {
         const ACTION: &str = "compacting documents";
-        let mut updated = Vec::with_capacity(docs.len());
+        let mut rows = BTreeMap::new();
         let txn = self.begin(ACTION)?;
         {
+            let mut docs = txn.open_table(DOCS).map_err(|e| self.err(ACTION, e))?;
             let mut log = txn.open_table(LOG).map_err(|e| self.err(ACTION, e))?;
             let mut snapshots = txn.open_table(SNAPSHOTS).map_err(|e| self.err(ACTION, e))?;
-            for c in docs {
+            for c in compactions {
                 let doc = c.doc.as_str();
-                let mut next = self.logs.get(doc).copied().unwrap_or_default();
+                let row = self.row(&mut rows, &docs, doc, ACTION)?;
                 log.retain_in((doc, 0u64)..=(doc, u64::MAX), |_, _| false)
                     .map_err(|e| self.err(ACTION, e))?;
+                // Sequence numbers keep counting: no key of the replaced log is reused.
                 for change in &c.keep {
-                    let sealed = seal(&log_key(doc, next.next_seq), change);
-                    log.insert((doc, next.next_seq), sealed.as_slice())
+                    let sealed = seal(&log_key(doc, row.next_seq), change);
+                    log.insert((doc, row.next_seq), sealed.as_slice())
                         .map_err(|e| self.err(ACTION, e))?;
-                    next.next_seq += 1;
+                    row.next_seq += 1;
                 }
+                row.log_len = c.keep.len() as u64;
                 let sealed = seal(&snapshot_key(doc), &c.snapshot);
                 snapshots
                     .insert(doc, sealed.as_slice())
                     .map_err(|e| self.err(ACTION, e))?;
-                next.len = c.keep.len();
-                updated.push((c.doc.clone(), next));
             }
+            self.put_rows(&mut docs, &rows, ACTION)?;
         }
         self.commit(txn, ACTION)?;
-        Ok(updated)
+        Ok(log_lens(rows))
     }
 
-    /// Scans the log keys (not the changes) to rebuild per-document counters.
-    fn read_logs(&self) -> Result<HashMap<String, DocLog>, StorageError> {
-        const ACTION: &str = "scanning the change log";
-        let txn = self.db.begin_read().map_err(|e| self.err(ACTION, e))?;
-        let log = txn.open_table(LOG).map_err(|e| self.err(ACTION, e))?;
-        let mut logs = HashMap::new();
-        for entry in log.iter().map_err(|e| self.err(ACTION, e))? {
-            let (key, _) = entry.map_err(|e| self.err(ACTION, e))?;
-            let (id, seq) = key.value();
-            note_seq(&mut logs, id, seq);
+    /// Records the heads of the indexed documents among `heads`, in one commit.
+    fn write_heads(&self, heads: &[(String, Vec<[u8; 32]>)]) -> Result<(), StorageError> {
+        const ACTION: &str = "recording heads";
+        let mut rows = BTreeMap::new();
+        let txn = self.begin(ACTION)?;
+        {
+            let mut docs = txn.open_table(DOCS).map_err(|e| self.err(ACTION, e))?;
+            for (doc, doc_heads) in heads {
+                if let Some(mut row) = get_row(&docs, &self.path, ACTION, doc)? {
+                    row.heads = Some(doc_heads.clone());
+                    rows.insert(doc.clone(), row);
+                }
+            }
+            self.put_rows(&mut docs, &rows, ACTION)?;
         }
-        Ok(logs)
+        self.commit(txn, ACTION)
     }
+}
+
+fn log_lens(rows: BTreeMap<String, IndexRow>) -> Vec<(String, usize)> {
+    rows.into_iter()
+        .map(|(doc, row)| (doc, usize::try_from(row.log_len).unwrap_or(usize::MAX)))
+        .collect()
 }
 
 impl Store for RedbStore {
     fn load_all(&mut self) -> Result<Vec<StoredDoc>, StorageError> {
-        let (docs, logs) = guarded(&self.path, || self.read_all())?;
-        self.logs = logs;
-        Ok(docs)
+        guarded(&self.path, || self.reads().load_all())
     }
 
-    fn append(&mut self, batch: Vec<(String, Vec<Vec<u8>>)>) -> Result<(), StorageError> {
-        if batch.iter().all(|(_, changes)| changes.is_empty()) {
+    fn scan_index(&self, f: &mut IndexVisitor<'_>) -> Result<(), StorageError> {
+        // Guarded inside, so that a panic of `f` is not taken for a damaged file.
+        self.reads().scan(f)
+    }
+
+    fn set_heads(&mut self, heads: Vec<(String, Vec<[u8; 32]>)>) -> Result<(), StorageError> {
+        if heads.is_empty() {
             return Ok(());
         }
-        // Counters are updated only once the commit succeeded.
+        guarded(&self.path, || self.write_heads(&heads))
+    }
+
+    fn append(&mut self, batch: Vec<DocAppend>) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Log lengths are remembered only once the commit succeeded.
         let updated = guarded(&self.path, || self.write_append(&batch))?;
-        self.logs.extend(updated);
+        self.touched.extend(updated);
         Ok(())
     }
 
@@ -289,26 +287,40 @@ impl Store for RedbStore {
         if docs.is_empty() {
             return Ok(());
         }
-        // Counters are updated only once the commit succeeded.
+        // Log lengths are remembered only once the commit succeeded.
         let updated = guarded(&self.path, || self.write_compact(&docs))?;
-        self.logs.extend(updated);
+        self.touched.extend(updated);
         Ok(())
     }
 
     fn log_len(&self, doc: &str) -> usize {
-        self.logs.get(doc).map_or(0, |log| log.len)
+        // This store is the file's only writer, so what it wrote is what the index holds.
+        if let Some(&len) = self.touched.get(doc) {
+            return len;
+        }
+        match guarded(&self.path, || self.reads().row(doc)) {
+            Ok(row) => row.map_or(0, |row| usize::try_from(row.log_len).unwrap_or(usize::MAX)),
+            Err(e) => {
+                tracing::warn!("cannot read the log length of {doc:?}: {e}");
+                0
+            }
+        }
     }
 
     fn docs_with_log(&self, min: usize) -> Vec<String> {
-        self.logs
+        self.touched
             .iter()
-            .filter(|(_, log)| log.len >= min)
+            .filter(|(_, &len)| len >= min)
             .map(|(doc, _)| doc.clone())
             .collect()
     }
 
     fn location(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn reader(&self) -> Arc<dyn DocReader> {
+        Arc::new(RedbReader::new(&self.db, &self.path))
     }
 }
 
@@ -337,6 +349,8 @@ fn create_new(dir: &Path, path: &Path) -> Result<(), StorageError> {
                 .map_err(|e| db_error(&tmp, ACTION, e))?;
             meta.insert(VERSION_KEY, FORMAT_VERSION)
                 .map_err(|e| db_error(&tmp, ACTION, e))?;
+            txn.open_table(DOCS)
+                .map_err(|e| db_error(&tmp, ACTION, e))?;
             txn.open_table(SNAPSHOTS)
                 .map_err(|e| db_error(&tmp, ACTION, e))?;
             txn.open_table(LOG).map_err(|e| db_error(&tmp, ACTION, e))?;
@@ -359,7 +373,7 @@ fn create_new(dir: &Path, path: &Path) -> Result<(), StorageError> {
         .map_err(|e| io_err(dir, "syncing the data directory", e))
 }
 
-/// Opens an existing file, checks its format version and rebuilds the log bookkeeping.
+/// Opens an existing file and checks its format version, migrating a format-1 file.
 fn open_existing(path: &Path) -> Result<RedbStore, StorageError> {
     let len = fs::metadata(path)
         .map_err(|source| StorageError::Io {
@@ -375,59 +389,89 @@ fn open_existing(path: &Path) -> Result<RedbStore, StorageError> {
             detail: "the file is empty (truncated?)".into(),
         });
     }
-    let db = Database::open(path).map_err(|e| match e {
-        // redb's answers to a wrong magic number and to a file shorter than its header.
-        redb::DatabaseError::Storage(redb::StorageError::Io(io))
-            if io.kind() == io::ErrorKind::InvalidData =>
-        {
-            StorageError::Corrupt {
-                path: path.to_path_buf(),
-                detail: "not a redb database (bad magic number or header)".into(),
+    let db = redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .open(path)
+        .map_err(|e| match e {
+            // redb's answers to a wrong magic number and to a file shorter than its header.
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == io::ErrorKind::InvalidData =>
+            {
+                StorageError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: "not a redb database (bad magic number or header)".into(),
+                }
             }
-        }
-        redb::DatabaseError::Storage(redb::StorageError::Io(io))
-            if io.kind() == io::ErrorKind::UnexpectedEof =>
-        {
-            StorageError::Corrupt {
-                path: path.to_path_buf(),
-                detail: "the file ends inside its header (truncated)".into(),
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == io::ErrorKind::UnexpectedEof =>
+            {
+                StorageError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: "the file ends inside its header (truncated)".into(),
+                }
             }
+            e => match db_error(path, "opening the database", e) {
+                StorageError::Db { path, detail, .. } => StorageError::Open { path, detail },
+                other => other,
+            },
+        })?;
+    match format_version(&db, path)? {
+        FORMAT_VERSION => {}
+        1 => migrate_v1(&db, path)?,
+        found => {
+            return Err(StorageError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found,
+                supported: FORMAT_VERSION,
+            })
         }
-        e => match db_error(path, "opening the database", e) {
-            StorageError::Db { path, detail, .. } => StorageError::Open { path, detail },
-            other => other,
-        },
-    })?;
-    let mut store = RedbStore {
-        db,
-        path: path.to_path_buf(),
-        logs: HashMap::new(),
-    };
-    store.check_format()?;
-    store.logs = store.read_logs()?;
-    Ok(store)
-}
-
-fn empty_doc(id: String) -> StoredDoc {
-    StoredDoc {
-        id,
-        snapshot: None,
-        changes: Vec::new(),
     }
+    check_tables(&db, path)?;
+    Ok(RedbStore {
+        db: Arc::new(db),
+        path: path.to_path_buf(),
+        touched: HashMap::new(),
+    })
 }
 
-/// Counts one log entry `(id, seq)` into `logs`.
-fn note_seq(logs: &mut HashMap<String, DocLog>, id: &str, seq: u64) {
-    let log = match logs.get_mut(id) {
-        Some(log) => log,
-        None => logs.entry(id.to_string()).or_default(),
+/// The file's format version; a file without one is not a concordant store.
+fn format_version(db: &Database, path: &Path) -> Result<u64, StorageError> {
+    const ACTION: &str = "reading the format version";
+    let corrupt = |detail: String| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
     };
-    log.len += 1;
-    log.next_seq = log.next_seq.max(seq.saturating_add(1));
+    let txn = db.begin_read().map_err(|e| db_error(path, ACTION, e))?;
+    let meta = txn.open_table(META).map_err(|e| match e {
+        redb::TableError::TableDoesNotExist(_) => {
+            corrupt("no `meta` table: this redb file is not a concordant store".into())
+        }
+        e => db_error(path, ACTION, e),
+    })?;
+    meta.get(VERSION_KEY)
+        .map_err(|e| db_error(path, ACTION, e))?
+        .map(|v| v.value())
+        .ok_or_else(|| corrupt(format!("the `meta` table has no `{VERSION_KEY}`")))
+}
+
+/// Every table of the current format must exist (they are created with the file).
+fn check_tables(db: &Database, path: &Path) -> Result<(), StorageError> {
+    const ACTION: &str = "checking the tables";
+    let txn = db.begin_read().map_err(|e| db_error(path, ACTION, e))?;
+    txn.open_table(DOCS)
+        .map_err(|e| db_error(path, ACTION, e))?;
+    txn.open_table(SNAPSHOTS)
+        .map_err(|e| db_error(path, ACTION, e))?;
+    txn.open_table(LOG).map_err(|e| db_error(path, ACTION, e))?;
+    Ok(())
 }
 
 /// Maps any redb error to a [`StorageError`] naming `path`.
-fn db_error(path: &Path, action: &'static str, e: impl Into<redb::Error>) -> StorageError {
+pub(super) fn db_error(
+    path: &Path,
+    action: &'static str,
+    e: impl Into<redb::Error>,
+) -> StorageError {
     let path = path.to_path_buf();
     match e.into() {
         redb::Error::Corrupted(detail) => StorageError::Corrupt { path, detail },
@@ -455,7 +499,10 @@ fn db_error(path: &Path, action: &'static str, e: impl Into<redb::Error>) -> Sto
 
 /// Runs `f`, turning a panic inside redb (which happens on some damaged files, e.g.
 /// truncated ones) into [`StorageError::Corrupt`]: a bad file must never crash the node.
-fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
+pub(super) fn guarded<T>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
         let text = if let Some(s) = panic.downcast_ref::<&str>() {
             (*s).to_string()

@@ -8,7 +8,7 @@ use automerge::ChangeHash;
 
 use super::Replica;
 use crate::core::Effect;
-use crate::wire::{Ack, Message};
+use crate::wire::{Ack, Message, BATCH_BUDGET};
 
 impl Replica {
     /// Defers the acks of the batch being filled whose changes Automerge holds back
@@ -19,7 +19,7 @@ impl Replica {
     pub(super) fn settle_acks(&mut self) {
         let docs = &self.docs;
         let applied = |doc: &str, h: &[u8; 32]| {
-            docs.get(doc)
+            docs.peek(doc)
                 .is_some_and(|d| d.doc.get_change_meta_by_hash(&ChangeHash(*h)).is_some())
         };
         let mut waiting: usize = self.deferred_acks.values().map(Vec::len).sum();
@@ -59,11 +59,51 @@ impl Replica {
         self.deferred_acks.retain(|_, hashes| !hashes.is_empty());
     }
 
-    /// An ack from `from`: reported if this node's own write awaits it, else relayed once
-    /// along the route the change came by.
-    pub(super) fn receive_ack(&mut self, from: &str, ack: Ack) {
+    /// Acks from `from`: each reported if this node's own write awaits it, else relayed
+    /// once along the route the change came by (one message per next hop).
+    pub(super) fn receive_acks(&mut self, from: &str, acks: Vec<Ack>) {
+        let mut relays: BTreeMap<String, Vec<Ack>> = BTreeMap::new();
+        for ack in acks {
+            for (to, hashes) in self.receive_ack(from, &ack) {
+                relays.entry(to).or_default().push(Ack {
+                    doc: ack.doc.clone(),
+                    by: ack.by.clone(),
+                    hashes,
+                });
+            }
+        }
+        for (to, acks) in relays {
+            self.send_acks(&to, acks);
+        }
+    }
+
+    /// Sends acks to `to`, as many per message as fit a batch.
+    pub(super) fn send_acks(&mut self, to: &str, acks: Vec<Ack>) {
+        let mut chunk = Vec::new();
+        let mut size = 0;
+        for ack in acks {
+            size += ack.doc.len() + ack.by.len() + 32 * ack.hashes.len() + 8;
+            chunk.push(ack);
+            if size >= BATCH_BUDGET / 4 {
+                size = 0;
+                self.effects.push(Effect::Send {
+                    to: to.to_string(),
+                    msg: Message::Ack(std::mem::take(&mut chunk)),
+                });
+            }
+        }
+        if !chunk.is_empty() {
+            self.effects.push(Effect::Send {
+                to: to.to_string(),
+                msg: Message::Ack(chunk),
+            });
+        }
+    }
+
+    /// One ack from `from`: reports it if awaited; returns the relays it needs.
+    fn receive_ack(&mut self, from: &str, ack: &Ack) -> BTreeMap<String, Vec<[u8; 32]>> {
         let mut relay: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
-        for raw in ack.hashes {
+        for &raw in &ack.hashes {
             let hash = ChangeHash(raw);
             if self.awaited.get(&hash).is_some() {
                 self.effects.push(Effect::Acked {
@@ -80,16 +120,7 @@ impl Replica {
                 }
             }
         }
-        for (to, hashes) in relay {
-            self.effects.push(Effect::Send {
-                to,
-                msg: Message::Ack(Ack {
-                    doc: ack.doc.clone(),
-                    by: ack.by.clone(),
-                    hashes,
-                }),
-            });
-        }
+        relay
     }
 
     /// True the first time this node relays `by`'s ack of `hash`.

@@ -1,5 +1,5 @@
-//! Anti-entropy: digests, the sync protocol, dropped pushes, and changes that arrive
-//! before their dependencies.
+//! Anti-entropy: reconciliation, bulk repair, the sync protocol for diverged histories,
+//! dropped pushes, and changes that arrive before their dependencies.
 
 use super::*;
 
@@ -27,17 +27,23 @@ fn reconnect_repairs_missed_pushes_both_ways() {
     assert_eq!(c.heads("a"), c.heads("b"));
     assert_eq!(c.heads("a").len(), 2);
     let (sa, sb) = (c.nodes["a"].stats().clone(), c.nodes["b"].stats().clone());
+    // "d" diverged: the sync protocol repairs it; "only-a" is sent whole by bulk repair.
     assert!(sa.repairs + sb.repairs > 0);
     assert_eq!(sa.repaired_changes, 3);
-    assert_eq!(sb.repaired_changes, 4);
+    assert_eq!(sb.repaired_changes, 3);
+    assert_eq!(sa.repair_changes_sent, 1);
     // Repaired changes were persisted: a restart from storage has them.
     for id in ["a", "b"] {
-        assert_eq!(c.reload(id).heads(), c.heads(id), "storage of {id}");
+        assert_eq!(
+            c.reload(id).heads().unwrap(),
+            c.heads(id),
+            "storage of {id}"
+        );
     }
 }
 
 #[test]
-fn digest_mismatch_on_tick_starts_sync() {
+fn lost_push_is_repaired_by_reconciliation_on_tick() {
     let config = CoreConfig {
         anti_entropy_ms: 500,
         quiet_ms: 100,
@@ -53,12 +59,15 @@ fn digest_mismatch_on_tick_starts_sync() {
     assert!(c.heads("b").is_empty());
     c.tick_all(1_000);
     assert_eq!(c.heads("a"), c.heads("b"));
-    assert!(c.nodes["b"].stats().repairs >= 1);
-    assert!(c.nodes["a"].stats().digests_sent >= 1);
+    let (sa, sb) = (c.nodes["a"].stats(), c.nodes["b"].stats());
+    assert!(sa.reconcile_rounds >= 1, "a opens: its id is the smaller");
+    // b lacks the document: it is sent whole, or asked for; no sync session is needed.
+    assert_eq!(sa.repair_changes_sent, 1);
+    assert_eq!(sa.repairs + sb.repairs, 0);
 }
 
 #[test]
-fn send_failed_triggers_full_digest_on_next_tick() {
+fn send_failed_triggers_reconciliation_on_next_tick() {
     let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
     c.link("a", "b");
     c.run();
@@ -66,7 +75,7 @@ fn send_failed_triggers_full_digest_on_next_tick() {
     effects(c.node("a")); // the push could not be queued
     c.node("a").send_failed("b");
     assert_eq!(c.nodes["a"].stats().pushes_dropped, 1);
-    // Not yet periodic, yet the digest goes out (it is a full one: the doc is not quiet).
+    // Not yet periodic, yet a reconciliation opens.
     c.tick_all(1);
     assert_eq!(c.heads("a"), c.heads("b"));
 }
@@ -128,7 +137,11 @@ fn change_queued_by_sync_then_unblocked_by_push_is_persisted_and_forwarded() {
     );
     let list = effects(c.node("b"));
     assert!(
-        c.nodes["b"].heads().iter().all(|(_, h)| h.is_empty()),
+        c.nodes["b"]
+            .heads()
+            .unwrap()
+            .iter()
+            .all(|(_, h)| h.is_empty()),
         "c2 waits for c1"
     );
     let replies = sends(&list);
@@ -145,8 +158,12 @@ fn change_queued_by_sync_then_unblocked_by_push_is_persisted_and_forwarded() {
     );
     c.pump("b");
     c.run();
-    assert_eq!(c.heads("b"), a.heads());
-    assert_eq!(c.heads("c"), a.heads(), "c2 is forwarded to c as well");
+    assert_eq!(c.heads("b"), a.heads().unwrap());
+    assert_eq!(
+        c.heads("c"),
+        a.heads().unwrap(),
+        "c2 is forwarded to c as well"
+    );
     let stored = c.stored["b"]["d"].clone();
     assert!(
         stored.contains(&c2_bytes),
@@ -180,7 +197,10 @@ fn lost_sync_message_does_not_wedge_the_session() {
     c.unlink("a", "b");
     c.put("a", "d", "k1", 1, false);
     c.put("a", "d", "k2", 2, false);
+    // b writes too: the histories diverge, which the sync protocol repairs.
+    c.put("b", "d", "b1", 1, false);
     c.pump("a");
+    c.pump("b");
     c.link("a", "b");
     // Deliver until a's first sync message with changes, which is lost.
     for _ in 0..100 {
@@ -197,17 +217,19 @@ fn lost_sync_message_does_not_wedge_the_session() {
         c.pump(&to);
     }
     c.run();
-    // b's side of the session expires, a's does not; a digest from a starts a new one.
+    // b's side of the session expires, a's does not; a's heads (as a reply to a want of
+    // b's) that b cannot place start a new one.
     c.now += CoreConfig::default().session_timeout_ms + 1;
     let now = c.now;
     c.node("b").tick(now);
     c.pump("b");
     let heads: Vec<[u8; 32]> = c.heads("a")[0].1.iter().map(|h| h.0).collect();
-    let digest = Message::Digest(vec![wire::DigestEntry {
+    let want = Message::Want(vec![wire::Want {
         doc: "d".into(),
-        heads: wire::heads_digest(&heads),
+        heads,
+        reply: true,
     }]);
-    c.node("b").handle_message(now, "a", digest);
+    c.node("b").handle_message(now, "a", want);
     c.pump("b");
     c.run(); // without the resend, a and b ping-pong here forever
     assert_eq!(c.heads("a"), c.heads("b"));
@@ -238,6 +260,10 @@ fn write_missed_by_a_partition_is_acked_by_every_node_once_repaired() {
     by.dedup();
     assert_eq!(by, vec!["b", "c"]);
     for id in ["b", "c"] {
-        assert_eq!(c.reload(id).heads(), c.heads("a"), "storage of {id}");
+        assert_eq!(
+            c.reload(id).heads().unwrap(),
+            c.heads("a"),
+            "storage of {id}"
+        );
     }
 }

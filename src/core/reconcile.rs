@@ -1,0 +1,461 @@
+//! Range-based set reconciliation of (document id, heads digest) pairs: [`Index`].
+//!
+//! Two replicas find which documents differ between them (different heads digest, or held
+//! by one side only) at a cost that grows with the number of differences, not with the
+//! number of documents.
+//!
+//! # The tree
+//! Every document falls in one of 65,536 leaf buckets: the top 16 bits of a stable 64-bit
+//! hash of its id (FNV-1a 64 with the splitmix64 finaliser; the same on every build and
+//! platform). Above the buckets sits a fixed tree of fanout 16: level 0 is the root (1
+//! node), level 1 has 16 nodes, level 2 256, level 3 4,096 and level 4 the 65,536 buckets.
+//! The node of bucket `b` at level `L` is `b >> (4 * (4 - L))`.
+//!
+//! An item's hash mixes its id hash and its digest; a node's fingerprint is the XOR of the
+//! hashes of the items below it, so equal sets have equal fingerprints everywhere. Setting
+//! or removing a document XORs the old item out of and the new one into its bucket and the
+//! bucket's 4 ancestors: five word updates, no rescans.
+//!
+//! # The exchange
+//! A sends [`Index::opening`] (the 16 level-1 fingerprints). Each side answers what it
+//! received with [`Index::answer`]: for each node whose fingerprint differs from its own,
+//! the fingerprints of the node's 16 children (one level down), or, at level 4, its items
+//! of that bucket ([`Answer::Buckets`]). The exchange ends with [`Answer::Equal`] or with
+//! buckets, which the receiver compares with its own by [`Index::diff`]:
+//!
+//! ```text
+//! A: opening (level 1) → B: level 2 → A: level 3 → B: level 4 → A: buckets → B: diff
+//! ```
+//!
+//! So B, not A, learns the differences, with both digests (A's are in `theirs`), and must
+//! act on them (ask for what A has, send what A lacks). Every answer handles each node on
+//! its own: a caller may split a received list of nodes into chunks and answer each chunk
+//! separately to bound a message's size (useful at level 4, where two very different sets
+//! make the buckets answer as large as the sets). The exchange is not a snapshot: a set
+//! that changes between messages may produce a difference that is already repaired (its
+//! repair finds nothing to do) or miss one that appeared meanwhile (the next exchange or
+//! push finds it).
+//!
+//! Input from a peer is untrusted: levels and indices out of range are ignored, so are
+//! nodes and buckets not listed in strictly ascending index order (honest answers always
+//! are; this bounds an answer by the tree's size, whatever is sent), and docs listed under
+//! a bucket they do not belong to. Nothing here panics on input.
+//!
+//! # Costs (measured; see the tests and the commit message)
+//! - Equal sets: the opening (16 fingerprints, 193 bytes at 12 bytes a node) and an empty
+//!   answer: one round trip, 194 bytes, whatever the number of documents.
+//! - d differences among N documents: 5 messages (2.5 round trips); each difference costs
+//!   at most 16 fingerprints at each of the 4 levels below the root (log16 of the 65,536
+//!   buckets) plus its bucket's items (N / 65,536 on average), so O(d · log N) bytes while
+//!   N stays within a few million and d well under the 4,096 level-3 nodes; beyond that the
+//!   levels saturate and the cost approaches a full list. Measured with 28-byte ids
+//!   (12 bytes a fingerprint, id + 8 an item): at N = 20,000, 1 difference 812 bytes, 10
+//!   differences 5.9 KB, 500 differences 156 KB (the full list would be 720 KB); at
+//!   N = 1,000,000, 1 difference 1.6 KB.
+//! - Memory: a bucket's items are packed into one byte vector (per item the id's length as
+//!   LEB128, its bytes and the digest's 8 bytes), grown by an eighth at a time. With 28-byte
+//!   ids at 1,000,000 documents: 40.6 MB allocated, i.e. 2.1 MB for the empty tree and 38.5
+//!   bytes per document; the process grew by 44 bytes per document (allocator overhead
+//!   included). A `Vec<(Box<str>, u64)>` per bucket took 63 bytes allocated and 87 bytes of
+//!   process growth per document (a 16-byte box and a separate allocation per id).
+//! - Time (release build, 2 busy cores): 1,000,000 `set`s of new documents in 0.6–0.9 s,
+//!   as many replacing `set`s, `get`s or `remove`s in about 0.5–0.8 s (mostly cache misses
+//!   on the bucket: a random bucket is cold at that size); iterating all in 40 ms; the
+//!   whole exchange for 1 difference among 1,000,000 in 25 µs of computation.
+//!
+//! Owns only the index and the exchange's logic: no I/O, no clocks, no Automerge; what a
+//! digest is and what to do about a difference are the caller's business.
+
+/// Bits per level of the tree: fanout 16.
+const FANOUT_BITS: u32 = 4;
+/// Children of a node.
+const FANOUT: usize = 1 << FANOUT_BITS;
+/// The level of the leaf buckets (levels below the root).
+pub(crate) const LEAF_LEVEL: u8 = 4;
+/// Number of leaf buckets.
+const BUCKETS: usize = 1 << (FANOUT_BITS * LEAF_LEVEL as u32);
+/// Mixed into an item's digest so that an item hash is not a function of the id alone.
+const ITEM_SEED: u64 = 0x243f_6a88_85a3_08d3;
+
+/// The set of (document id, digest) pairs of one replica, with the fingerprint tree.
+pub(crate) struct Index {
+    /// Fingerprints by level: `fps[l]` holds the 16^l nodes of level `l`; `fps[0][0]` is
+    /// the root.
+    fps: [Vec<u64>; LEAF_LEVEL as usize + 1],
+    /// The items of each bucket, packed (see [`push_entry`]).
+    leaves: Vec<Vec<u8>>,
+    /// Number of documents.
+    len: usize,
+}
+
+/// What a node answers to the fingerprints it receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Nothing differs.
+    Equal,
+    /// Fingerprints of the children of the differing nodes, at this level (ascending).
+    Fingerprints(u8, Vec<(u32, u64)>),
+    /// Our items of the differing leaf buckets (ascending buckets; an empty list for a
+    /// bucket we have nothing in).
+    Buckets(Vec<(u32, Vec<(String, u64)>)>),
+}
+
+/// A document whose digest differs between two replicas or that only one of them holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Difference {
+    /// The document id.
+    pub(crate) doc: String,
+    /// Our digest, if we hold the document.
+    pub(crate) ours: Option<u64>,
+    /// The peer's digest, if it holds the document.
+    pub(crate) theirs: Option<u64>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index::new()
+    }
+}
+
+impl Index {
+    /// An empty index (about 2 MB: the tree's fingerprints and the bucket table).
+    pub(crate) fn new() -> Index {
+        Index {
+            fps: std::array::from_fn(|level| vec![0; level_size(level as u8)]),
+            leaves: vec![Vec::new(); BUCKETS],
+            len: 0,
+        }
+    }
+
+    /// Inserts or replaces the document's digest.
+    pub(crate) fn set(&mut self, doc: &str, digest: u64) {
+        let h = id_hash(doc);
+        let b = bucket_of_hash(h);
+        let leaf = &mut self.leaves[b];
+        let delta = match find(leaf, doc.as_bytes()) {
+            Some(e) if e.digest == digest => return,
+            Some(e) => {
+                leaf[e.end - 8..e.end].copy_from_slice(&digest.to_le_bytes());
+                item_hash(h, e.digest) ^ item_hash(h, digest)
+            }
+            None => {
+                push_entry(leaf, doc.as_bytes(), digest);
+                self.len += 1;
+                item_hash(h, digest)
+            }
+        };
+        self.update(b, delta);
+    }
+
+    /// Removes the document (no-op if absent).
+    pub(crate) fn remove(&mut self, doc: &str) {
+        let h = id_hash(doc);
+        let b = bucket_of_hash(h);
+        let leaf = &mut self.leaves[b];
+        let Some(e) = find(leaf, doc.as_bytes()) else {
+            return;
+        };
+        leaf.drain(e.start..e.end);
+        if leaf.capacity() >= 2 * leaf.len() + 64 {
+            leaf.shrink_to_fit();
+        }
+        self.len -= 1;
+        self.update(b, item_hash(h, e.digest));
+    }
+
+    /// The document's digest, if the index holds the document.
+    pub(crate) fn get(&self, doc: &str) -> Option<u64> {
+        find(&self.leaves[bucket_of(doc) as usize], doc.as_bytes()).map(|e| e.digest)
+    }
+
+    /// Number of documents.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Every (document, digest), in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.leaves.iter().flat_map(|leaf| items(leaf))
+    }
+
+    /// The root's fingerprint (equal sets have equal roots; the empty set's is 0).
+    pub(crate) fn root(&self) -> u64 {
+        self.fps[0][0]
+    }
+
+    /// What a node sends to open a reconciliation: the 16 level-1 fingerprints.
+    pub(crate) fn opening(&self) -> (u8, Vec<(u32, u64)>) {
+        (1, indexed(&self.fps[1], 0).collect())
+    }
+
+    /// Answers fingerprints received at `level` for the given node indices: for every node
+    /// whose fingerprint differs from ours: if level < 4, our fingerprints of its 16
+    /// children (at level+1); if level == 4, our items of that bucket. Level 0 (the root,
+    /// index 0) is accepted too. Ignores out-of-range levels and indices and nodes not in
+    /// strictly ascending order, so the answer never exceeds one level of the tree.
+    pub(crate) fn answer(&self, level: u8, nodes: &[(u32, u64)]) -> Answer {
+        let Some(ours) = self.fps.get(usize::from(level)) else {
+            return Answer::Equal;
+        };
+        let differing = ascending(nodes)
+            .filter(|&(i, fp)| ours.get(i).is_some_and(|&f| f != fp))
+            .map(|(i, _)| i);
+        if level < LEAF_LEVEL {
+            let children = &self.fps[usize::from(level) + 1];
+            let out: Vec<(u32, u64)> = differing
+                .flat_map(|i| indexed(&children[i * FANOUT..(i + 1) * FANOUT], i * FANOUT))
+                .collect();
+            if out.is_empty() {
+                Answer::Equal
+            } else {
+                Answer::Fingerprints(level + 1, out)
+            }
+        } else {
+            let out: Vec<(u32, Vec<(String, u64)>)> = differing
+                .map(|b| {
+                    let list = items(&self.leaves[b])
+                        .map(|(doc, digest)| (doc.to_string(), digest))
+                        .collect();
+                    (b as u32, list)
+                })
+                .collect();
+            if out.is_empty() {
+                Answer::Equal
+            } else {
+                Answer::Buckets(out)
+            }
+        }
+    }
+
+    /// Compares the peer's full item lists of some buckets with ours: every document whose
+    /// digest differs or that only one side has, with (ours, theirs), by bucket then id.
+    /// Buckets out of range or not in strictly ascending order are ignored, so is a doc
+    /// listed under the wrong bucket; of a doc listed twice in a bucket, the first counts.
+    pub(crate) fn diff(&self, buckets: &[(u32, Vec<(String, u64)>)]) -> Vec<Difference> {
+        let mut out = Vec::new();
+        let mut next = 0;
+        for (b, list) in buckets {
+            let b = *b as usize;
+            if b < next || b >= BUCKETS {
+                continue;
+            }
+            next = b + 1;
+            let mut theirs: Vec<(&str, u64)> = list
+                .iter()
+                .filter(|(doc, _)| bucket_of(doc) as usize == b)
+                .map(|(doc, digest)| (doc.as_str(), *digest))
+                .collect();
+            // Stable: of duplicates, the first listed stays first and is kept.
+            theirs.sort_by(|x, y| x.0.cmp(y.0));
+            theirs.dedup_by(|later, earlier| later.0 == earlier.0);
+            let mut ours: Vec<(&str, u64)> = items(&self.leaves[b]).collect();
+            ours.sort_unstable_by(|x, y| x.0.cmp(y.0));
+            merge(&ours, &theirs, &mut out);
+        }
+        out
+    }
+
+    /// Bytes this index holds on the heap (capacities; the allocator's own overhead, about
+    /// 16 bytes per non-empty bucket, is not counted).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let fps: usize = self.fps.iter().map(|l| l.capacity() * 8).sum();
+        let table = self.leaves.capacity() * std::mem::size_of::<Vec<u8>>();
+        fps + table + self.leaves.iter().map(Vec::capacity).sum::<usize>()
+    }
+
+    /// XORs `delta` into bucket `b` and its ancestors.
+    fn update(&mut self, b: usize, delta: u64) {
+        for (level, fps) in self.fps.iter_mut().enumerate() {
+            fps[b >> (FANOUT_BITS as usize * (LEAF_LEVEL as usize - level))] ^= delta;
+        }
+    }
+}
+
+/// Number of nodes at `level`.
+fn level_size(level: u8) -> usize {
+    1 << (FANOUT_BITS * u32::from(level))
+}
+
+/// `(first + i, fps[i])` for every i.
+fn indexed(fps: &[u64], first: usize) -> impl Iterator<Item = (u32, u64)> + '_ {
+    fps.iter()
+        .enumerate()
+        .map(move |(i, &fp)| ((first + i) as u32, fp))
+}
+
+/// The nodes whose index is greater than every index before it.
+fn ascending(nodes: &[(u32, u64)]) -> impl Iterator<Item = (usize, u64)> + '_ {
+    let mut next = 0;
+    nodes.iter().filter_map(move |&(i, fp)| {
+        let i = i as usize;
+        if i < next {
+            return None;
+        }
+        next = i.saturating_add(1);
+        Some((i, fp))
+    })
+}
+
+/// Appends the differences of two lists sorted by id, each id once.
+fn merge(ours: &[(&str, u64)], theirs: &[(&str, u64)], out: &mut Vec<Difference>) {
+    let difference = |doc: &str, ours, theirs| Difference {
+        doc: doc.to_string(),
+        ours,
+        theirs,
+    };
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (ours.get(i), theirs.get(j)) {
+            (Some(&(o, og)), Some(&(t, tg))) => match o.cmp(t) {
+                std::cmp::Ordering::Less => {
+                    out.push(difference(o, Some(og), None));
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push(difference(t, None, Some(tg)));
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    if og != tg {
+                        out.push(difference(o, Some(og), Some(tg)));
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            },
+            (Some(&(o, og)), None) => {
+                out.push(difference(o, Some(og), None));
+                i += 1;
+            }
+            (None, Some(&(t, tg))) => {
+                out.push(difference(t, None, Some(tg)));
+                j += 1;
+            }
+            (None, None) => return,
+        }
+    }
+}
+
+// ---- Hashes: fixed algorithms, identical on every build and platform. ----
+
+/// FNV-1a, 64 bits.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The splitmix64 finaliser: a bijection that spreads every input bit over the output.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The stable 64-bit hash of a document id.
+fn id_hash(doc: &str) -> u64 {
+    mix(fnv1a(doc.as_bytes()))
+}
+
+/// The leaf bucket of an id hash: its top 16 bits.
+fn bucket_of_hash(h: u64) -> usize {
+    (h >> (64 - FANOUT_BITS * LEAF_LEVEL as u32)) as usize
+}
+
+/// The leaf bucket of a document (the same on every replica).
+pub(crate) fn bucket_of(doc: &str) -> u32 {
+    bucket_of_hash(id_hash(doc)) as u32
+}
+
+/// The hash of an item: its id hash mixed with its digest.
+fn item_hash(id_hash: u64, digest: u64) -> u64 {
+    mix(id_hash ^ mix(digest ^ ITEM_SEED))
+}
+
+// ---- Packed buckets: per item, the id's length (LEB128), its bytes, the digest (LE). ----
+
+/// One item of a packed bucket, by position.
+struct Entry<'a> {
+    /// Where the item starts.
+    start: usize,
+    /// Where it ends (the digest is the 8 bytes before).
+    end: usize,
+    id: &'a [u8],
+    digest: u64,
+}
+
+/// Appends an item to a packed bucket, growing it by at most an eighth beyond the need.
+fn push_entry(leaf: &mut Vec<u8>, id: &[u8], digest: u64) {
+    let header = (usize::BITS - id.len().leading_zeros()).div_ceil(7).max(1) as usize;
+    let need = header + id.len() + 8;
+    if leaf.capacity() - leaf.len() < need {
+        leaf.reserve_exact(need.max(leaf.len() / 8));
+    }
+    let mut n = id.len();
+    while n >= 0x80 {
+        leaf.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    leaf.push(n as u8);
+    leaf.extend_from_slice(id);
+    leaf.extend_from_slice(&digest.to_le_bytes());
+}
+
+/// The items of a packed bucket.
+fn entries(leaf: &[u8]) -> impl Iterator<Item = Entry<'_>> {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        let start = pos;
+        let (mut len, mut shift) = (0usize, 0u32);
+        loop {
+            let byte = *leaf.get(pos)?;
+            pos += 1;
+            len |= usize::from(byte & 0x7f).checked_shl(shift)?;
+            if byte < 0x80 {
+                break;
+            }
+            shift += 7;
+        }
+        let id = leaf.get(pos..pos.checked_add(len)?)?;
+        pos += len;
+        let digest = u64::from_le_bytes(leaf.get(pos..pos + 8)?.try_into().ok()?);
+        pos += 8;
+        Some(Entry {
+            start,
+            end: pos,
+            id,
+            digest,
+        })
+    })
+}
+
+/// Where an item is in a packed bucket, and its digest.
+struct Slot {
+    start: usize,
+    end: usize,
+    digest: u64,
+}
+
+/// The item of `id` in a packed bucket.
+fn find(leaf: &[u8], id: &[u8]) -> Option<Slot> {
+    // The last byte first: cheaper than a call to memcmp for every item of the bucket.
+    entries(leaf)
+        .find(|e| e.id.len() == id.len() && e.id.last() == id.last() && e.id == id)
+        .map(|e| Slot {
+            start: e.start,
+            end: e.end,
+            digest: e.digest,
+        })
+}
+
+/// The (id, digest) pairs of a packed bucket. Ids were written from `&str`, so the UTF-8
+/// check never fails.
+fn items(leaf: &[u8]) -> impl Iterator<Item = (&str, u64)> {
+    entries(leaf).filter_map(|e| Some((std::str::from_utf8(e.id).ok()?, e.digest)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+//! Anti-entropy of the replica: what makes replication correct when pushes are lost.
+//!
+//! - Reconciliation (`core::reconcile`): on every new link, periodically, and after a
+//!   dropped push, a node sends a peer the fingerprints of the top of its tree over its
+//!   (document, heads digest) pairs. The two descend only where fingerprints differ and end
+//!   with the item lists of the differing leaf buckets. Equal replicas exchange one small
+//!   message; d differences cost O(d log N) bytes whatever the number N of documents.
+//! - Bulk repair: for each differing document the comparing node sends its heads in a
+//!   `Want` (many documents per message, at most `want_window` awaiting an answer per
+//!   peer, the rest queued). A peer that has everything those heads name answers with the
+//!   changes after them (`get_changes`, no round trips), pushed in batches like any other
+//!   changes. A peer that lacks some of them answers with its own heads; if neither side
+//!   has all of the other's heads, the histories diverged and Automerge's sync protocol
+//!   repairs that document.
+//! - Of two peers, the one with the smaller id opens the reconciliations (on a new link and
+//!   periodically; either opens after it dropped a push to the other), so the other is the
+//!   one that compares and asks: asks seldom cross, and a crossing ask is left to the next
+//!   round rather than answered twice.
+//! - As before, a document is repaired with one peer at a time (`gate`).
+
+use automerge::sync::{self, SyncDoc};
+use automerge::ChangeHash;
+use serde_bytes::ByteBuf;
+
+use super::Replica;
+use crate::core::reconcile::Answer;
+use crate::core::Effect;
+use crate::wire::{self, Bucket, Fingerprints, Message, Want, BATCH_BUDGET};
+
+impl Replica {
+    /// True if this node opens the periodic reconciliations with `peer`: one side per
+    /// pair, so that the other side alone compares and asks, and asks never cross.
+    pub(super) fn opens_with(&self, peer: &str) -> bool {
+        self.id.as_str() < peer
+    }
+
+    /// Opens a reconciliation with `peer`.
+    pub(super) fn open_reconcile(&mut self, peer: &str) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.needs_reconcile = false;
+        }
+        let (level, nodes) = self.docs.index().opening();
+        self.stats.reconcile_rounds += 1;
+        self.send_reconcile(peer, Message::Fingerprints(Fingerprints { level, nodes }));
+    }
+
+    pub(super) fn receive_fingerprints(&mut self, from: &str, f: Fingerprints) {
+        match self.docs.index().answer(f.level, &f.nodes) {
+            Answer::Equal => {}
+            Answer::Fingerprints(level, nodes) => {
+                self.send_reconcile(from, Message::Fingerprints(Fingerprints { level, nodes }))
+            }
+            Answer::Buckets(buckets) => {
+                let mut chunk = Vec::new();
+                let mut size = 0;
+                for (bucket, docs) in buckets {
+                    size += 8 + docs.iter().map(|(d, _)| d.len() + 10).sum::<usize>();
+                    chunk.push(Bucket { bucket, docs });
+                    if size >= BATCH_BUDGET / 4 {
+                        size = 0;
+                        self.send_reconcile(from, Message::Items(std::mem::take(&mut chunk)));
+                    }
+                }
+                if !chunk.is_empty() {
+                    self.send_reconcile(from, Message::Items(chunk));
+                }
+            }
+        }
+    }
+
+    /// The peer's items of buckets that differ: documents that differ are asked for, or
+    /// sent whole where the peer has none of them.
+    pub(super) fn receive_items(&mut self, now: u64, from: &str, buckets: Vec<Bucket>) {
+        let buckets: Vec<(u32, Vec<(String, u64)>)> =
+            buckets.into_iter().map(|b| (b.bucket, b.docs)).collect();
+        let quiet = self.config.quiet_ms;
+        let young = self
+            .peers
+            .get(from)
+            .is_some_and(|p| now.saturating_sub(p.since) < quiet);
+        for d in self.docs.index().diff(&buckets) {
+            // Busy documents wait: their pushes are in flight (not on a new link).
+            let busy = !young
+                && self
+                    .docs
+                    .peek(&d.doc)
+                    .is_some_and(|s| now.saturating_sub(s.last_change_ms) < quiet);
+            if busy {
+                continue;
+            }
+            if d.ours.is_some() && d.theirs.is_none() {
+                self.send_missing(from, &d.doc, &[]);
+            } else if let Some(p) = self.peers.get_mut(from) {
+                p.want(d.doc, false);
+            }
+        }
+    }
+
+    /// Answers a peer's heads of documents: the changes it lacks, or our own heads where we
+    /// lack some of its changes.
+    pub(super) fn receive_wants(&mut self, now: u64, from: &str, wants: Vec<Want>) {
+        for want in wants {
+            if want.reply && self.gate.answered(&want.doc, from) {
+                self.release_held(now, &want.doc);
+            }
+            let theirs: Vec<ChangeHash> = want.heads.iter().copied().map(ChangeHash).collect();
+            self.apply_doc(&want.doc);
+            let known = match self.docs.get(&want.doc) {
+                Err(_) => continue,
+                Ok(None) => None,
+                Ok(Some(state)) => Some(
+                    theirs
+                        .iter()
+                        .all(|h| state.doc.get_change_meta_by_hash(h).is_some()),
+                ),
+            };
+            match known {
+                // We have all they have: send the rest.
+                Some(true) => self.send_missing(from, &want.doc, &theirs),
+                // We lack some of theirs: ask with our heads, once.
+                Some(false) | None if !want.reply => {
+                    if !theirs.is_empty() {
+                        if let Some(p) = self.peers.get_mut(from) {
+                            p.want(want.doc, true);
+                        }
+                    }
+                }
+                // Both sides lack some of the other's changes: the histories diverged.
+                Some(false) => {
+                    let active = self
+                        .peers
+                        .get(from)
+                        .is_some_and(|p| p.sessions.contains_key(&want.doc));
+                    if !active && self.gate.may_start(&want.doc, from) {
+                        self.start_sync(now, from, &want.doc);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Queues for `peer` the changes of `doc` that follow `heads` (all of them if empty),
+    /// as repaired changes: the peer acknowledges them and passes them on as if this node
+    /// had written them.
+    fn send_missing(&mut self, peer: &str, doc: &str, heads: &[ChangeHash]) {
+        let Ok(Some(state)) = self.docs.get(doc) else {
+            return;
+        };
+        let changes: Vec<Vec<u8>> = state
+            .doc
+            .get_changes(heads)
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        // Asked for, and bounded by the want window: not subject to the outbox limit.
+        for bytes in &changes {
+            p.queue(doc, &self.id, true, bytes, usize::MAX);
+        }
+        self.stats.repair_changes_sent += changes.len() as u64;
+    }
+
+    /// Sends queued wants to every peer, up to the window of unanswered ones.
+    pub(super) fn pump_wants(&mut self) {
+        let now = self.now;
+        let window = self.config.want_window;
+        let ids: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.wants_queued())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for peer in ids {
+            let mut out = Vec::new();
+            let mut size = 0;
+            while self.gate.awaiting_from(&peer) < window {
+                let Some((doc, reply)) = self.peers.get_mut(&peer).and_then(|p| p.next_want())
+                else {
+                    break;
+                };
+                if !self.gate.may_start(&doc, &peer) || self.gate.is_awaiting(&doc, &peer) {
+                    // Already asked (of this peer or another one); a later reconciliation
+                    // sees what is left.
+                    continue;
+                }
+                let Ok(heads) = self.docs.heads(&doc) else {
+                    continue;
+                };
+                self.gate.started(&doc, &peer, now);
+                self.stats.wants_sent += 1;
+                size += doc.len() + 32 * heads.len() + 8;
+                out.push(Want {
+                    doc,
+                    heads: heads.iter().map(|h| h.0).collect(),
+                    reply,
+                });
+                if size >= BATCH_BUDGET / 4 {
+                    size = 0;
+                    self.send_reconcile(&peer, Message::Want(std::mem::take(&mut out)));
+                }
+            }
+            if !out.is_empty() {
+                self.send_reconcile(&peer, Message::Want(out));
+            }
+        }
+    }
+
+    fn send_reconcile(&mut self, to: &str, msg: Message) {
+        self.stats.reconcile_messages += 1;
+        self.stats.reconcile_bytes += wire::encoded_len(&msg) as u64;
+        self.effects.push(Effect::Send {
+            to: to.to_string(),
+            msg,
+        });
+    }
+
+    pub(super) fn start_sync(&mut self, now: u64, peer: &str, doc: &str) {
+        self.apply_doc(doc);
+        let Ok(state) = self.docs.get_or_create(doc) else {
+            return;
+        };
+        let mut session = sync::State::new();
+        let msg = state.doc.generate_sync_message(&mut session);
+        self.stats.repairs += 1;
+        if let Some(msg) = msg {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.sessions.insert(doc.to_string(), (session, now));
+            }
+            self.gate.started(doc, peer, now);
+            self.stats.sync_sent += 1;
+            self.effects.push(Effect::Send {
+                to: peer.to_string(),
+                msg: Message::Sync {
+                    doc: doc.to_string(),
+                    data: ByteBuf::from(msg.encode()),
+                },
+            });
+        }
+        self.docs.remove_if_empty(doc);
+    }
+
+    pub(super) fn receive_sync(&mut self, now: u64, from: &str, doc: &str, data: &[u8]) {
+        use crate::core::gate::Admit;
+        if sync::Message::decode(data).is_err() {
+            self.stats.bad_sync += 1;
+            return;
+        }
+        let in_session = self
+            .peers
+            .get(from)
+            .is_some_and(|p| p.sessions.contains_key(doc));
+        match self.gate.admit(doc, from, in_session, data, now) {
+            Admit::Held => {}
+            Admit::Process => self.process_sync(now, from, doc, data),
+            Admit::ProcessThenRelease => {
+                self.process_sync(now, from, doc, data);
+                self.release_held(now, doc);
+            }
+        }
+    }
+
+    /// Answers the repairs of `doc` the gate held, if it no longer waits for any answer.
+    pub(super) fn release_held(&mut self, now: u64, doc: &str) {
+        for (peer, data) in self.gate.release(doc) {
+            self.process_sync(now, &peer, doc, &data);
+        }
+    }
+
+    fn process_sync(&mut self, now: u64, from: &str, doc: &str, data: &[u8]) {
+        let Ok(msg) = sync::Message::decode(data) else {
+            self.stats.bad_sync += 1;
+            return;
+        };
+        self.apply_doc(doc);
+        if !self.peers.contains_key(from) {
+            return;
+        }
+        let Ok(state) = self.docs.get_or_create(doc) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(from) else {
+            return;
+        };
+        let (mut session, _) = peer
+            .sessions
+            .remove(doc)
+            .unwrap_or_else(|| (sync::State::new(), now));
+        let before = state.doc.get_heads();
+        if state.doc.receive_sync_message(&mut session, msg).is_err() {
+            self.stats.bad_sync += 1;
+            self.docs.remove_if_empty(doc);
+            return;
+        }
+        // Automerge never resends a change it has sent in this session. If the message that
+        // carried it was lost (a failed send), the peer asks for it in `need` forever and the
+        // session ping-pongs without end: send what the peer explicitly needs again.
+        if let Some(need) = session.their_need.as_ref() {
+            for hash in need {
+                session.sent_hashes.remove(hash);
+            }
+        }
+        let after = state.doc.get_heads();
+        if after != before {
+            let changes = state.doc.get_changes(&before);
+            let hashes: Vec<[u8; 32]> = changes.iter().map(|c| c.hash().0).collect();
+            let new: Vec<Vec<u8>> = changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
+            state.last_change_ms = now;
+            self.docs.refresh(doc);
+            self.stats.repaired_changes += new.len() as u64;
+            self.effects.push(Effect::Notify {
+                doc: doc.to_string(),
+                heads: after,
+            });
+            // Acknowledge repaired changes to the peer they came from once durable, like
+            // pushed ones, and route the acks of the nodes they are passed on to back the
+            // same way: a write whose push was lost (dead connection, full queue, partition)
+            // still meets its write concern once the change is everywhere.
+            for hash in &hashes {
+                let hash = ChangeHash(*hash);
+                if self.ack_routes.get(&hash).is_none() {
+                    self.ack_routes.insert(hash, from.to_string());
+                }
+            }
+            self.batch_acks
+                .entry((from.to_string(), doc.to_string()))
+                .or_default()
+                .extend(hashes);
+            // Pass them on as if `from` had written them: the topology's routing then
+            // spreads them away from `from` (into a healed ring's other side) and not back
+            // to nodes that sync with `from` themselves (a mesh sends nothing on).
+            self.accept_new(doc, from, Some(from), true, new);
+        }
+        let Ok(state) = self.docs.get_or_create(doc) else {
+            return;
+        };
+        let reply = state.doc.generate_sync_message(&mut session);
+        match reply {
+            Some(reply) => {
+                if let Some(p) = self.peers.get_mut(from) {
+                    p.sessions.insert(doc.to_string(), (session, now));
+                }
+                self.stats.sync_sent += 1;
+                self.effects.push(Effect::Send {
+                    to: from.to_string(),
+                    msg: Message::Sync {
+                        doc: doc.to_string(),
+                        data: ByteBuf::from(reply.encode()),
+                    },
+                });
+            }
+            None => self.docs.remove_if_empty(doc),
+        }
+    }
+}
