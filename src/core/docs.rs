@@ -8,6 +8,10 @@
 //! the least recently used documents are dropped, except pinned ones: those with changes
 //! not yet durable, pending or held back. A dropped document is exactly what the store
 //! holds, so reading it again gives the same heads.
+//!
+//! Changes that extend a document not in memory directly (see `history`) are accepted
+//! without loading it: until they are durable they wait here (`unsaved`), and a load in the
+//! meantime applies them over what the store holds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -182,6 +186,14 @@ pub(crate) struct CacheStats {
     pub(crate) load_errors: u64,
 }
 
+/// Changes accepted for a document that is not in memory, not yet durable.
+struct Unsaved {
+    heads: Vec<ChangeHash>,
+    changes: Vec<Change>,
+    /// The persist batch that took the last of them.
+    token: u64,
+}
+
 /// Every document of a replica: the index of all, and the loaded ones.
 pub(crate) struct Docs {
     actor: ActorId,
@@ -192,6 +204,7 @@ pub(crate) struct Docs {
     bytes: usize,
     index: Index,
     source: Option<Arc<dyn DocReader>>,
+    unsaved: HashMap<String, Unsaved>,
     budget: Budget,
     pub(crate) stats: CacheStats,
 }
@@ -206,6 +219,7 @@ impl Docs {
             bytes: 0,
             index: Index::new(),
             source: None,
+            unsaved: HashMap::new(),
             budget,
             stats: CacheStats::default(),
         }
@@ -272,6 +286,9 @@ impl Docs {
         if let Some(d) = self.loaded.get(id) {
             return Ok(d.doc.get_heads());
         }
+        if let Some(u) = self.unsaved.get(id) {
+            return Ok(u.heads.clone());
+        }
         let Some(source) = &self.source else {
             return Ok(Vec::new());
         };
@@ -304,12 +321,101 @@ impl Docs {
         }
     }
 
-    /// Counts bytes a document now holds in addition.
-    pub(crate) fn grew(&mut self, id: &str, bytes: usize) {
+    /// Records that persist batch `token` takes `bytes` more of the document's changes.
+    pub(crate) fn batched(&mut self, id: &str, token: u64, bytes: usize) {
         if let Some(d) = self.loaded.get_mut(id) {
             d.size += bytes;
+            d.persist_token = token;
             self.bytes += bytes;
+        } else if let Some(u) = self.unsaved.get_mut(id) {
+            u.token = token;
         }
+    }
+
+    /// True if the document has the change (applied in memory, or accepted unloaded).
+    pub(crate) fn has_change(&self, id: &str, hash: &ChangeHash) -> bool {
+        match self.loaded.get(id) {
+            Some(d) => d.doc.get_change_meta_by_hash(hash).is_some(),
+            None => self
+                .unsaved
+                .get(id)
+                .is_some_and(|u| u.changes.iter().any(|c| c.hash() == *hash)),
+        }
+    }
+
+    /// Accepts changes of a document that is not in memory without loading it, if they
+    /// extend its history directly (`history::fast_forward`). Returns the indexes of the
+    /// changes that are new and the document's heads after them; `None`: load it instead.
+    pub(crate) fn append_unloaded(
+        &mut self,
+        id: &str,
+        changes: &[Change],
+    ) -> Result<Option<(Vec<usize>, Vec<ChangeHash>)>, CoreError> {
+        if self.loaded.contains_key(id) || self.source.is_none() {
+            return Ok(None);
+        }
+        let base = self.heads(id)?;
+        let Some((heads, fresh)) = super::history::fast_forward(&base, changes) else {
+            return Ok(None);
+        };
+        if fresh.is_empty() {
+            return Ok(Some((fresh, heads)));
+        }
+        let entry = self.unsaved.entry(id.to_string()).or_insert(Unsaved {
+            heads: Vec::new(),
+            changes: Vec::new(),
+            token: 0,
+        });
+        entry.heads = heads.clone();
+        entry
+            .changes
+            .extend(fresh.iter().map(|&i| changes[i].clone()));
+        let raw: Vec<[u8; 32]> = heads.iter().map(|h| h.0).collect();
+        self.index.set(id, heads_digest(&raw));
+        Ok(Some((fresh, heads)))
+    }
+
+    /// Forgets accepted unloaded changes once durable (`durable(token)` is true); the
+    /// store has them then.
+    pub(crate) fn settle_unsaved(&mut self, durable: impl Fn(u64) -> bool) {
+        self.unsaved.retain(|_, u| !durable(u.token));
+    }
+
+    /// The changes of an unloaded document after `after`, from its stored log (and the
+    /// changes accepted unloaded), without loading it; `None` if that needs the document.
+    pub(crate) fn stored_changes_after(
+        &self,
+        id: &str,
+        after: &[ChangeHash],
+    ) -> Result<Option<Vec<Vec<u8>>>, CoreError> {
+        let Some(source) = &self.source else {
+            return Ok(None);
+        };
+        if self.loaded.contains_key(id) {
+            return Ok(None);
+        }
+        let Some(stored) = source.read(id).map_err(|e| storage_error(id, e))? else {
+            return Ok(None);
+        };
+        let mut log = Vec::with_capacity(stored.changes.len());
+        for bytes in stored.changes {
+            match Change::from_bytes(bytes) {
+                Ok(c) => log.push(c),
+                Err(_) => return Ok(None),
+            }
+        }
+        if let Some(u) = self.unsaved.get(id) {
+            log.extend(u.changes.iter().cloned());
+        }
+        let in_log: HashSet<ChangeHash> = log.iter().map(|c| c.hash()).collect();
+        if !after.iter().all(|h| in_log.contains(h))
+            && !(after.is_empty() && stored.snapshot.is_none())
+        {
+            return Ok(None);
+        }
+        let heads = self.heads(id)?;
+        Ok(super::history::changes_after(&log, &heads, after)
+            .map(|list| list.iter().map(|c| c.raw_bytes().to_vec()).collect()))
     }
 
     /// Removes a document that holds nothing (a failed first write must not leave it).
@@ -383,10 +489,23 @@ impl Docs {
         let loaded = LoadedDoc::decode(id, stored.snapshot.as_deref(), &stored.changes)
             .inspect_err(|_| self.stats.load_errors += 1)?;
         self.stats.loads += 1;
-        let LoadedDoc { doc, changes, .. } = loaded;
+        let LoadedDoc {
+            mut doc, changes, ..
+        } = loaded;
+        let mut persist_token = 0;
+        if let Some(u) = self.unsaved.remove(id) {
+            // Accepted while unloaded and not yet durable: the store does not have them.
+            doc.apply_changes(u.changes)
+                .map_err(|e| CoreError::CorruptStored {
+                    doc: id.to_string(),
+                    detail: format!("changes accepted unloaded do not apply: {e}"),
+                })?;
+            persist_token = u.token;
+        }
         let mut state = DocState::new(doc.with_actor(self.actor.clone()));
         state.track_orphans(changes);
         state.size = size;
+        state.persist_token = persist_token;
         self.insert_state(id.to_string(), state);
         self.bytes += size;
         self.refresh(id);

@@ -15,6 +15,7 @@
 mod docs;
 mod effect;
 mod gate;
+mod history;
 mod loaded;
 mod memory;
 mod peers;

@@ -164,6 +164,7 @@ impl Index {
     }
 
     /// The document's digest, if the index holds the document.
+    #[cfg(test)]
     pub(crate) fn get(&self, doc: &str) -> Option<u64> {
         find(&self.leaves[bucket_of(doc) as usize], doc.as_bytes()).map(|e| e.digest)
     }
@@ -174,6 +175,7 @@ impl Index {
     }
 
     /// Every (document, digest), in no particular order.
+    #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
         self.leaves.iter().flat_map(|leaf| items(leaf))
     }
@@ -257,6 +259,7 @@ impl Index {
 
     /// Bytes this index holds on the heap (capacities; the allocator's own overhead, about
     /// 16 bytes per non-empty bucket, is not counted).
+    #[cfg(test)]
     pub(crate) fn heap_bytes(&self) -> usize {
         let fps: usize = self.fps.iter().map(|l| l.capacity() * 8).sum();
         let table = self.leaves.capacity() * std::mem::size_of::<Vec<u8>>();

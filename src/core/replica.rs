@@ -69,7 +69,7 @@ impl Default for CoreConfig {
             ack_memory: 200_000,
             cache_docs: 4_096,
             cache_bytes: 64 << 20,
-            want_window: 2_048,
+            want_window: 512,
         }
     }
 }
@@ -533,9 +533,11 @@ impl Replica {
             let docs = std::mem::take(&mut self.batch)
                 .into_iter()
                 .map(|(doc, changes)| {
-                    let heads = self.docs.peek(&doc).map_or_else(Vec::new, |d| {
-                        d.doc.get_heads().iter().map(|h| h.0).collect()
-                    });
+                    let heads = match self.docs.peek(&doc) {
+                        Some(d) => d.doc.get_heads(),
+                        None => self.docs.heads(&doc).unwrap_or_default(),
+                    };
+                    let heads = heads.iter().map(|h| h.0).collect();
                     DocAppend {
                         doc,
                         changes,
@@ -650,6 +652,8 @@ impl Replica {
     fn evict(&mut self) {
         let current = self.token;
         let unpersisted = &self.unpersisted;
+        self.docs
+            .settle_unsaved(|t| t < current && !unpersisted.contains(&t));
         self.docs.evict(|_, d| {
             d.has_orphans()
                 || (d.persist_token != 0
@@ -733,10 +737,7 @@ impl Replica {
             }
         }
         let bytes: usize = changes.iter().map(Vec::len).sum();
-        self.docs.grew(doc, bytes);
-        if let Some(state) = self.docs.peek_mut(doc) {
-            state.persist_token = self.token;
-        }
+        self.docs.batched(doc, self.token, bytes);
         let index = match self.batch_index.get(doc) {
             Some(&i) => i,
             None => {
@@ -761,38 +762,61 @@ impl Replica {
         if self.gate.answered(&doc, from) {
             self.release_held(now, &doc);
         }
-        let state = match self.docs.get_or_create(&doc) {
-            Ok(state) => state,
-            // Not acknowledged, so not lost: anti-entropy brings the changes again.
-            Err(_) => return,
-        };
-        let mut fresh = Vec::new();
-        let mut owed = Vec::new();
+        let mut decoded = Vec::with_capacity(changes.len());
         for bytes in changes {
-            let bytes = bytes.into_vec();
-            match Change::from_bytes(bytes.clone()) {
-                Ok(change) => {
-                    let hash = change.hash();
-                    if state.push_pending(change) {
-                        if want_ack {
-                            self.ack_routes.insert(hash, from.to_string());
-                            owed.push(hash.0);
-                        }
-                        fresh.push(bytes);
-                    } else {
-                        self.stats.duplicates += 1;
-                    }
-                }
+            match Change::from_bytes(bytes.into_vec()) {
+                Ok(change) => decoded.push(change),
                 Err(_) => self.stats.bad_changes += 1,
             }
+        }
+        let total = decoded.len();
+        // A document not in memory whose history these changes extend directly takes them
+        // without being loaded; otherwise they wait for the next batched apply.
+        let (accepted, loaded) = match self.docs.append_unloaded(&doc, &decoded) {
+            Ok(Some((fresh, heads))) => {
+                if !fresh.is_empty() {
+                    self.effects.push(Effect::Notify {
+                        doc: doc.clone(),
+                        heads,
+                    });
+                }
+                let picked: Vec<Change> = fresh.iter().map(|&i| decoded[i].clone()).collect();
+                (picked, false)
+            }
+            Ok(None) => {
+                // Not acknowledged, so not lost: anti-entropy brings the changes again.
+                let Ok(state) = self.docs.get_or_create(&doc) else {
+                    return;
+                };
+                let picked = decoded
+                    .into_iter()
+                    .filter(|c| state.push_pending(c.clone()))
+                    .collect();
+                (picked, true)
+            }
+            Err(_) => return,
+        };
+        self.stats.duplicates += (total - accepted.len()) as u64;
+        let mut fresh = Vec::with_capacity(accepted.len());
+        let mut owed = Vec::new();
+        for change in accepted {
+            if want_ack {
+                self.ack_routes.insert(change.hash(), from.to_string());
+                owed.push(change.hash().0);
+            }
+            fresh.push(change.raw_bytes().to_vec());
         }
         if fresh.is_empty() {
             self.docs.remove_if_empty(&doc);
             return;
         }
-        state.last_change_ms = now;
         self.stats.remote_changes += fresh.len() as u64;
-        self.dirty.insert(doc.clone());
+        if loaded {
+            if let Some(state) = self.docs.peek_mut(&doc) {
+                state.last_change_ms = now;
+            }
+            self.dirty.insert(doc.clone());
+        }
         if !owed.is_empty() {
             self.batch_acks
                 .entry((from.to_string(), doc.clone()))

@@ -6,6 +6,7 @@
 //! `tests/flow.rs` (push, batching, forwarding, acks), `tests/repair.rs` (anti-entropy and
 //! sync) and `tests/input.rs` (bad input, merge, load and snapshots). Owns nothing else.
 
+mod cache;
 mod flow;
 mod input;
 mod repair;

@@ -18,10 +18,7 @@ impl Replica {
     /// ack is dropped (its writer's write concern times out).
     pub(super) fn settle_acks(&mut self) {
         let docs = &self.docs;
-        let applied = |doc: &str, h: &[u8; 32]| {
-            docs.peek(doc)
-                .is_some_and(|d| d.doc.get_change_meta_by_hash(&ChangeHash(*h)).is_some())
-        };
+        let applied = |doc: &str, h: &[u8; 32]| docs.has_change(doc, &ChangeHash(*h));
         let mut waiting: usize = self.deferred_acks.values().map(Vec::len).sum();
         for ((peer, doc), hashes) in self.deferred_acks.iter_mut() {
             let (ready, still): (Vec<[u8; 32]>, Vec<[u8; 32]>) =

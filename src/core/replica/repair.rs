@@ -104,6 +104,11 @@ impl Replica {
                 self.release_held(now, &want.doc);
             }
             let theirs: Vec<ChangeHash> = want.heads.iter().copied().map(ChangeHash).collect();
+            // From the stored log where it holds what they lack (no load).
+            if let Ok(Some(changes)) = self.docs.stored_changes_after(&want.doc, &theirs) {
+                self.queue_repair(from, &want.doc, changes);
+                continue;
+            }
             self.apply_doc(&want.doc);
             let known = match self.docs.get(&want.doc) {
                 Err(_) => continue,
@@ -144,6 +149,9 @@ impl Replica {
     /// as repaired changes: the peer acknowledges them and passes them on as if this node
     /// had written them.
     fn send_missing(&mut self, peer: &str, doc: &str, heads: &[ChangeHash]) {
+        if let Ok(Some(changes)) = self.docs.stored_changes_after(doc, heads) {
+            return self.queue_repair(peer, doc, changes);
+        }
         let Ok(Some(state)) = self.docs.get(doc) else {
             return;
         };
@@ -153,6 +161,10 @@ impl Replica {
             .iter()
             .map(|c| c.raw_bytes().to_vec())
             .collect();
+        self.queue_repair(peer, doc, changes);
+    }
+
+    fn queue_repair(&mut self, peer: &str, doc: &str, changes: Vec<Vec<u8>>) {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
