@@ -30,7 +30,8 @@ fn runtime() -> Runtime {
 fn bench_cluster(c: &mut Criterion, name: &str, n: usize, kind: TopologyKind) {
     let rt = runtime();
     let tuning = Tuning {
-        // As `concordant bench`: periodic anti-entropy stays out of the measurement.
+        // Periodic anti-entropy stays out of these latency samples (`concordant bench`
+        // runs it at the default period and measures its cost in an idle phase).
         anti_entropy_ms: 60_000,
         ..Tuning::default()
     };

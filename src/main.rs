@@ -169,6 +169,25 @@ struct BenchArgs {
     /// Samples in the latency phase.
     #[arg(long, default_value_t = 500)]
     samples: usize,
+    /// Before the nodes start, put this many identical one-change documents
+    /// (pre-0000000…) into every node's store, so the cluster starts converged at that
+    /// scale (the time it takes is reported as preload_s, outside every phase). With at
+    /// least --docs of them, the writes go to preloaded documents spread evenly over
+    /// them; else to new documents. 1,000,000 documents: --nodes 3 --preload 1000000.
+    #[arg(long, default_value_t = 0, conflicts_with = "sweep")]
+    preload: usize,
+    /// Internal: only put the --preload documents into the stores in these data
+    /// directories, then exit (a run with --preload does this in a child process, so
+    /// that the preload's memory is not counted as the nodes').
+    #[arg(long, hide = true, conflicts_with = "sweep")]
+    preload_into: Vec<PathBuf>,
+    /// Seconds of the idle phase's window (peer traffic once converged); raised to two
+    /// anti-entropy periods if shorter (10 s with the default period).
+    #[arg(long, default_value_t = 5.0)]
+    idle_secs: f64,
+    /// Period of the nodes' anti-entropy (reconciliation with each neighbour), ms.
+    #[arg(long, default_value_t = 5_000)]
+    anti_entropy_ms: u64,
     /// Print one last line of JSON with the results (with --sweep: one JSON array).
     #[arg(long)]
     json: bool,
@@ -200,7 +219,10 @@ struct BenchArgs {
         requires = "sweep"
     )]
     sweep_topologies: Vec<BenchTopology>,
-    /// Document counts of the sweep.
+    /// Document counts of the sweep. A count of 100,000 or more also preloads that many
+    /// documents into every node's store (as --preload) and spreads the writes over them:
+    /// the 1,000,000-document row is `--sweep-nodes 3 --sweep-topologies mesh
+    /// --sweep-docs 1000000` (give it a --sweep-timeout to match).
     #[arg(
         long,
         value_delimiter = ',',
@@ -315,6 +337,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 writes: args.writes.unwrap_or(5_000),
                 samples: args.samples,
                 rate: args.rate,
+                idle_secs: args.idle_secs,
+                anti_entropy_ms: args.anti_entropy_ms,
                 timeout: Duration::from_secs(args.sweep_timeout),
                 progress: true,
             };
@@ -335,6 +359,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Bench(args) if !args.preload_into.is_empty() => {
+            concordant::bench::preload_into(&args.preload_into, args.preload, true)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(args) => {
             logging("error");
             for path in [&args.out, &args.plot].into_iter().flatten() {
@@ -348,6 +376,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 rate: args.rate,
                 latency_samples: args.samples,
                 progress: true,
+                preload: args.preload,
+                idle_secs: args.idle_secs,
+                anti_entropy_ms: args.anti_entropy_ms,
+                preload_exe: Some(std::env::current_exe().context("cannot find this executable")?),
             };
             let report = runtime.block_on(concordant::bench::run(&opts))?;
             println!("{}", report.human());

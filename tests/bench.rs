@@ -1,5 +1,6 @@
 //! Runs `concordant bench` once at a tiny size so it cannot rot, and checks the SPEC's
-//! JSON fields, the `--plot` SVG and a tiny `--sweep` through the built binary.
+//! JSON fields, the `--plot` SVG and a tiny `--sweep` through the built binary. The runs
+//! are too small for their figures to mean anything: only presence and sanity are checked.
 
 use std::process::Command;
 
@@ -8,15 +9,22 @@ use concordant::config::{RingDirection, TopologyKind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_bench_runs_and_reports_every_field() {
-    for topology in [TopologyKind::Mesh, TopologyKind::Ring(RingDirection::Both)] {
+    // The mesh writes to preloaded documents, the ring to new ones.
+    for (topology, preload) in [
+        (TopologyKind::Mesh, 200),
+        (TopologyKind::Ring(RingDirection::Both), 0),
+    ] {
         let opts = BenchOptions {
             nodes: 3,
             topology,
             docs: 2,
             writes: 60,
-            rate: None,
             latency_samples: 5,
-            progress: false,
+            preload,
+            // A short anti-entropy period keeps the idle window (two periods) short.
+            idle_secs: 0.5,
+            anti_entropy_ms: 500,
+            ..BenchOptions::default()
         };
         let report = tokio::time::timeout(std::time::Duration::from_secs(60), run(&opts))
             .await
@@ -27,6 +35,11 @@ async fn tiny_bench_runs_and_reports_every_field() {
         assert!(report.latency_p50_us > 0 && report.latency_p50_us <= report.latency_max_us);
         assert!(report.writes_per_s > 0.0 && report.bytes_per_write > 0.0);
         assert!(report.catchup_s > 0.0);
+        assert!(report.restart_s > 0.0 && report.first_link_s >= report.restart_s);
+        assert!(report.idle_bytes_per_s >= 0.0 && report.idle_bytes_per_s.is_finite());
+        assert!(report.idle_window_s >= 1.0, "two anti-entropy periods");
+        assert_eq!(report.preload, preload);
+        assert!(report.preload_s >= 0.0 && (preload == 0) == (report.preload_s == 0.0));
         let json: serde_json::Value =
             serde_json::from_str(&report.summary_json()).expect("one line of JSON");
         for field in [
@@ -46,6 +59,20 @@ async fn tiny_bench_runs_and_reports_every_field() {
         ] {
             assert!(json.get(field).is_some(), "missing {field} in {json}");
         }
+        let memory = cfg!(target_os = "linux").then_some("memory_per_node_bytes");
+        for field in memory.into_iter().chain([
+            "idle_bytes_per_s",
+            "restart_s",
+            "first_link_s",
+            "preload",
+            "preload_s",
+        ]) {
+            assert!(
+                json.get(field).is_some_and(serde_json::Value::is_number),
+                "{field} is not a number in {json}"
+            );
+        }
+        assert_eq!(json["preload"], preload);
         assert_eq!(json["system"], "concordant");
         assert_eq!(json["nodes"], 3);
         assert!(
@@ -90,12 +117,13 @@ fn check_plot(report: &concordant::bench::BenchReport) {
 async fn bad_options_are_refused() {
     let opts = BenchOptions {
         nodes: 1,
-        topology: TopologyKind::Mesh,
-        docs: 1,
-        writes: 1,
-        rate: None,
-        latency_samples: 1,
-        progress: false,
+        ..BenchOptions::default()
+    };
+    assert!(run(&opts).await.is_err());
+    let opts = BenchOptions {
+        nodes: 2,
+        anti_entropy_ms: 0,
+        ..BenchOptions::default()
     };
     assert!(run(&opts).await.is_err());
 }
@@ -113,6 +141,7 @@ fn sweep(args: &[&str]) -> (bool, String, String) {
             "1",
         ])
         .args(["--sweep-nodes", "2,3", "--writes", "40", "--samples", "5"])
+        .args(["--idle-secs", "0.5", "--anti-entropy-ms", "500"])
         .args(args)
         .output()
         .expect("concordant runs");
@@ -137,11 +166,14 @@ fn tiny_sweep_prints_a_row_per_configuration() {
     for (row, nodes) in rows.iter().zip([2, 3]) {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         assert_eq!(
-            cells[1..5],
-            [nodes.to_string().as_str(), "mesh", "1", "40"],
+            cells[1..6],
+            [nodes.to_string().as_str(), "mesh", "1", "0", "40"],
             "{row}"
         );
-        assert_eq!(cells[11], "true", "{row}");
+        for (i, name) in [(11, "idle B/s"), (12, "restart s"), (13, "first link s")] {
+            assert!(cells[i].parse::<f64>().is_ok(), "{name}: {row}");
+        }
+        assert_eq!(cells[15], "true", "{row}");
     }
     assert_eq!(
         stderr.matches("sweep [").count(),
@@ -169,4 +201,30 @@ fn a_failing_configuration_is_reported_and_the_sweep_goes_on() {
         );
         assert!(row.get("converged").is_none(), "{row}");
     }
+}
+
+#[test]
+fn the_cli_preloads_in_a_child_process_and_reports_the_new_fields() {
+    let out = Command::new(env!("CARGO_BIN_EXE_concordant"))
+        .args(["bench", "--nodes", "2", "--docs", "3", "--writes", "30"])
+        .args(["--samples", "3", "--preload", "150", "--json"])
+        .args(["--idle-secs", "0.5", "--anti-entropy-ms", "500"])
+        .output()
+        .expect("concordant runs");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("preload: 150/150 documents in each of 2 stores"),
+        "the child's progress is shown: {stderr}"
+    );
+    let line = stdout.lines().last().expect("a JSON line");
+    let json: serde_json::Value = serde_json::from_str(line).expect("one line of JSON");
+    assert_eq!(json["preload"], 150);
+    assert_eq!(json["converged"], true);
+    assert!(json["preload_s"].as_f64().unwrap() > 0.0);
+    let restart = json["restart_s"].as_f64().unwrap();
+    assert!(restart > 0.0 && json["first_link_s"].as_f64().unwrap() >= restart);
+    assert!(json["idle_bytes_per_s"].as_f64().unwrap() >= 0.0);
+    assert!(stdout.contains("idle: ") && stdout.contains("first link after"));
 }

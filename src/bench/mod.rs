@@ -1,17 +1,42 @@
 //! `concordant bench`: the convergence benchmark of the SPEC, over real QUIC on loopback
 //! with real storage (redb, fsync on every commit), all nodes in this process.
 //!
+//! Before the nodes start, `--preload N` puts the same N one-change documents
+//! (`pre-0000000`…) into every node's store, so that the cluster starts converged with N
+//! documents. The CLI does it in a child process (see [`BenchOptions::preload_exe`]), so
+//! that the preload's memory is not counted as the nodes'; its time is reported
+//! (`preload_s`) but is no phase. The measured writes go to `--docs` D documents: with at
+//! least D preloaded documents, to preloaded ones spread evenly over them (every N/D-th),
+//! else to new documents `doc-*`.
+//!
 //! Phases: (1) latency — single writes at one node, writers rotating, each timed until
 //! every node shows it; (2) throughput — W single-op writes spread over D documents and
-//! all nodes, timed until every node has all of them, with the bytes on the wire;
-//! (3) catch-up — one node stopped while W writes happen elsewhere, timed from its restart
-//! until it has them all; then every replica's heads are compared.
+//! all nodes, timed until every node's counters show all of them, then every replica's
+//! listing is compared (should they differ, the time runs on until they agree);
+//! (3) idle — once converged and settled (1 s), the peer bytes every node sends over a
+//! window of `--idle-secs`, at least two anti-entropy periods, per node per second;
+//! (4) catch-up — one node stopped while W writes happen elsewhere, then restarted and
+//! timed until it serves (`restart_s`: `Node::start` returned and its status answered),
+//! until its first link (`first_link_s`) and until it has every missed write
+//! (`catchup_s`: its counters show them and its listing equals a live node's); then every
+//! replica's listing is compared (`converged`).
+//!
+//! Listings grow with the documents (about 1.5 s per 1,000,000) and run in the node's event
+//! loop, holding it up meanwhile: the phases compare them only once the counters are
+//! complete, and space further comparisons out. They also allocate in this process (about
+//! 130 bytes per document, one listing at a time), which the memory figure includes.
+//!
+//! Periodic anti-entropy runs at the node's default period (5,000 ms, `--anti-entropy-ms`)
+//! during every phase: reconciling converged replicas costs next to nothing, and the idle
+//! phase measures what it does cost. Resident memory of the process per node is sampled
+//! after the idle phase and at the end; the larger sample is reported.
 //!
 //! [`plot`] draws a run as SVG; [`sweep`] runs the benchmark over a grid of sizes, each
 //! configuration in its own process.
 
 mod phases;
 pub mod plot;
+mod preload;
 mod probe;
 mod report;
 pub mod sweep;
@@ -42,6 +67,46 @@ pub struct BenchOptions {
     pub latency_samples: usize,
     /// Print progress lines to stderr.
     pub progress: bool,
+    /// Documents put into every node's store before the nodes start (identical on every
+    /// node, so the cluster starts converged).
+    pub preload: usize,
+    /// Seconds of the idle window (raised to two anti-entropy periods if shorter).
+    pub idle_secs: f64,
+    /// Period of the nodes' anti-entropy, ms.
+    pub anti_entropy_ms: u64,
+    /// The `concordant` executable to run the preload in (`concordant bench --preload N
+    /// --preload-into DIR...`), so that what it allocates (Automerge documents, redb's
+    /// cache of every store it fills) is no part of this process's resident memory, which
+    /// the memory figure divides among the nodes. None: preload in this process.
+    pub preload_exe: Option<PathBuf>,
+}
+
+impl Default for BenchOptions {
+    /// The CLI's defaults: 5 nodes in a mesh, 100 documents, 20,000 writes, 500 latency
+    /// samples, no preload, a 5 s idle window (10 s with the default anti-entropy period).
+    fn default() -> Self {
+        BenchOptions {
+            nodes: 5,
+            topology: TopologyKind::Mesh,
+            docs: 100,
+            writes: 20_000,
+            rate: None,
+            latency_samples: 500,
+            progress: false,
+            preload: 0,
+            idle_secs: 5.0,
+            anti_entropy_ms: Tuning::default().anti_entropy_ms,
+            preload_exe: None,
+        }
+    }
+}
+
+impl BenchOptions {
+    /// The idle window: `idle_secs`, but at least two anti-entropy periods.
+    pub fn idle_window(&self) -> Duration {
+        let two_periods = Duration::from_millis(self.anti_entropy_ms.saturating_mul(2));
+        Duration::from_secs_f64(self.idle_secs.max(0.0)).max(two_periods)
+    }
 }
 
 /// Errors of a benchmark run.
@@ -56,6 +121,12 @@ pub enum BenchError {
     /// A node failed.
     #[error(transparent)]
     Node(#[from] crate::node::Error),
+    /// A store could not be preloaded.
+    #[error("preload: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// The preloaded documents could not be made.
+    #[error("preload: {0}")]
+    Preload(String),
     /// A phase did not finish in time.
     #[error("{0}")]
     Timeout(String),
@@ -87,14 +158,18 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             "--docs and --writes must be at least 1".into(),
         ));
     }
+    if opts.anti_entropy_ms == 0 || !opts.idle_secs.is_finite() {
+        return Err(BenchError::Options(
+            "--anti-entropy-ms must be at least 1 and --idle-secs a number".into(),
+        ));
+    }
     if matches!(opts.topology, TopologyKind::Edges) {
         return Err(BenchError::Options(
             "the benchmark runs mesh or ring topologies".into(),
         ));
     }
     let tuning = Tuning {
-        // Keep periodic anti-entropy out of the measured phases; connects still sync.
-        anti_entropy_ms: 60_000,
+        anti_entropy_ms: opts.anti_entropy_ms,
         // All nodes share this process's cores: with many nodes a busy moment must not
         // look like a dead peer (a dropped link resyncs and inflates the bytes). Graceful
         // stops (the catch-up phase) close links at once, so this delays no measurement.
@@ -108,12 +183,14 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             eprintln!("bench: {msg}");
         }
     };
+    let mut cluster =
+        LocalCluster::prepare("bench", opts.nodes, opts.topology, Vec::new(), tuning)?;
+    let preload_s = preload_stores(&cluster, opts).await?;
     progress(format!(
         "starting {} nodes ({}) over QUIC on 127.0.0.1, storage redb with fsync",
         opts.nodes, opts.topology
     ));
-    let mut cluster =
-        LocalCluster::start("bench", opts.nodes, opts.topology, Vec::new(), tuning).await?;
+    cluster.start_all().await?;
     if !cluster.wait_linked(Duration::from_secs(20)).await? {
         return Err(BenchError::Timeout(
             "links did not come up within 20 s".into(),
@@ -121,11 +198,92 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     }
     let latencies = phases::latency(&cluster, opts, &progress).await?;
     let throughput = phases::throughput(&cluster, opts, &progress).await?;
+    let idle = phases::idle(&cluster, opts, &progress).await?;
+    let mut memory = phases::memory_per_node_bytes(opts.nodes);
     let catchup = phases::catchup(&mut cluster, opts, &progress).await?;
+    memory = memory.max(phases::memory_per_node_bytes(opts.nodes));
     let converged = cluster.converged().await?;
-    let memory = phases::memory_per_node_bytes(opts.nodes);
     cluster.shutdown().await?;
     Ok(BenchReport::new(
-        opts, latencies, throughput, catchup, converged, memory,
+        opts,
+        report::Measured {
+            latencies,
+            throughput,
+            idle,
+            catchup,
+            converged,
+            memory,
+            preload_s,
+        },
     ))
+}
+
+/// Puts `count` identical one-change documents (`pre-0000000`…) into the store in each
+/// of `dirs`: the child process of a run with `--preload` (`concordant bench --preload N
+/// --preload-into DIR...`). Blocking.
+pub fn preload_into(dirs: &[PathBuf], count: usize, progress: bool) -> Result<(), BenchError> {
+    preload::preload(dirs, count, &|msg| {
+        if progress {
+            eprintln!("bench: {msg}");
+        }
+    })
+}
+
+/// Puts `opts.preload` documents into every node's store (nodes not started yet), in a
+/// child process if `opts.preload_exe` says so; returns the seconds it took.
+async fn preload_stores(cluster: &LocalCluster, opts: &BenchOptions) -> Result<f64, BenchError> {
+    if opts.preload == 0 {
+        return Ok(0.0);
+    }
+    let dirs: Vec<PathBuf> = (0..opts.nodes).map(|i| cluster.data_dir(i)).collect();
+    let (count, verbose, exe) = (opts.preload, opts.progress, opts.preload_exe.clone());
+    let start = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || match exe {
+        None => preload_into(&dirs, count, verbose),
+        Some(exe) => preload_child(&exe, &dirs, count, verbose),
+    })
+    .await
+    .map_err(|e| BenchError::Preload(format!("the preload task failed: {e}")))??;
+    let seconds = start.elapsed().as_secs_f64();
+    if opts.progress {
+        let rss = phases::memory_per_node_bytes(1)
+            .map(|b| format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0)))
+            .unwrap_or_else(|| "n/a".into());
+        eprintln!(
+            "bench: preload: {count} documents on each of {} nodes in {seconds:.1} s \
+             (not part of any phase); this process's resident memory now {rss}",
+            opts.nodes
+        );
+    }
+    Ok(seconds)
+}
+
+/// Runs the preload in a child process of `exe`; its progress goes to this stderr.
+fn preload_child(
+    exe: &std::path::Path,
+    dirs: &[PathBuf],
+    count: usize,
+    progress: bool,
+) -> Result<(), BenchError> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["bench", "--preload", &count.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    if !progress {
+        cmd.stderr(std::process::Stdio::null());
+    }
+    for dir in dirs {
+        cmd.arg("--preload-into").arg(dir);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| BenchError::Preload(format!("cannot run {}: {e}", exe.display())))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(BenchError::Preload(format!(
+            "the preload process {} failed ({status})",
+            exe.display()
+        )))
+    }
 }

@@ -1,13 +1,15 @@
 //! The benchmark's phases, each measured on a running [`LocalCluster`].
 
+use std::hash::RandomState;
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
 use automerge::ROOT;
 use tokio::task::JoinSet;
 
+use super::preload::Targets;
 use super::{BenchError, BenchOptions, LatencyProbe};
-use crate::local::LocalCluster;
+use crate::local::{listing_digest, LocalCluster};
 use crate::node::Node;
 
 /// Writes in flight per node in the throughput phases (each waits for its fsync; under
@@ -21,9 +23,22 @@ pub(crate) struct Throughput {
     pub(crate) progress: Vec<(u64, usize, u64)>,
 }
 
+/// Result of the idle phase.
+pub(crate) struct Idle {
+    /// Peer bytes sent per node per second.
+    pub(crate) bytes_per_s: f64,
+    /// Length of the window, seconds.
+    pub(crate) window_s: f64,
+}
+
 /// Result of the catch-up phase.
 pub(crate) struct Catchup {
+    /// From the restart until the node had every missed write.
     pub(crate) seconds: f64,
+    /// From the restart until the node served (`Node::start` returned, status answered).
+    pub(crate) restart_s: f64,
+    /// From the restart until the node had a connected peer.
+    pub(crate) first_link_s: f64,
 }
 
 /// Changes a node holds that it did not have at start-up: local, pushed and repaired.
@@ -70,12 +85,12 @@ pub(crate) async fn latency(
     Ok(samples)
 }
 
-/// Issues `writes` single-op writes from the given nodes, spread over `docs` documents,
+/// Issues `writes` single-op writes from the given nodes, spread over the `targets`,
 /// `IN_FLIGHT` at a time per node, optionally paced to `rate` writes/s overall.
 fn spawn_writers(
     writers: Vec<Node>,
     writes: usize,
-    docs: usize,
+    targets: Targets,
     rate: Option<u64>,
     tag: &'static str,
 ) -> JoinSet<Result<(), crate::node::Error>> {
@@ -99,7 +114,7 @@ fn spawn_writers(
                 }
                 let node = node.clone();
                 inflight.spawn(async move {
-                    let doc = format!("doc-{}", j % docs);
+                    let doc = targets.doc(j);
                     let key = format!("{tag}{j}");
                     node.change(&doc, move |tx| tx.put(ROOT, key, j as u64))
                         .await
@@ -158,8 +173,38 @@ async fn wait_counts(
     }
 }
 
-fn limit_for(writes: usize) -> Duration {
-    Duration::from_secs(60 + writes as u64 / 200)
+/// Time limit of a phase: 60 s, plus 5 ms per write, plus 1 ms per 100 documents (the
+/// listings compared grow with them).
+fn limit_for(opts: &BenchOptions) -> Duration {
+    let docs = opts.docs.max(opts.preload) as u64;
+    Duration::from_secs(60 + opts.writes as u64 / 200) + Duration::from_millis(docs / 100)
+}
+
+/// Compares every running node's listing (see [`LocalCluster::converged`]) until they
+/// agree, or fails once `limit` has passed since `start`. Each listing holds up its node's
+/// event loop, so comparisons are spaced to leave the nodes most of their time. Returns
+/// whether the first comparison agreed, and how long the last one took.
+async fn wait_agree(
+    cluster: &LocalCluster,
+    start: Instant,
+    limit: Duration,
+) -> Result<(bool, Duration), BenchError> {
+    let mut first = true;
+    loop {
+        let began = Instant::now();
+        let same = cluster.converged().await?;
+        let took = began.elapsed();
+        if same {
+            return Ok((first, took));
+        }
+        if start.elapsed() > limit {
+            return Err(BenchError::Timeout(format!(
+                "replicas did not reach identical heads within {limit:?}"
+            )));
+        }
+        first = false;
+        tokio::time::sleep((took * 2).max(Duration::from_millis(2))).await;
+    }
 }
 
 /// W single-op writes over D documents from every node, until every node has all.
@@ -174,33 +219,36 @@ pub(crate) async fn throughput(
         target.push(changes_seen(node).await? + opts.writes as u64);
     }
     let bytes_before = wire_bytes(cluster).await?;
+    let targets = Targets::new(opts.docs, opts.preload);
     progress(format!(
-        "throughput: {} writes over {} docs from {} nodes",
+        "throughput: {} writes over {} {}docs from {} nodes",
         opts.writes,
         opts.docs,
+        if targets.preloaded() {
+            "preloaded "
+        } else {
+            ""
+        },
         nodes.len()
     ));
+    let limit = limit_for(opts);
     let start = Instant::now();
-    let mut writers = spawn_writers(nodes.clone(), opts.writes, opts.docs, opts.rate, "t");
-    let samples = wait_counts(
-        &nodes,
-        &target,
-        limit_for(opts.writes),
-        "throughput",
-        progress,
-    )
-    .await?;
+    let mut writers = spawn_writers(nodes.clone(), opts.writes, targets, opts.rate, "t");
+    let samples = wait_counts(&nodes, &target, limit, "throughput", progress).await?;
     let counted = start.elapsed().as_secs_f64();
-    // The counters say every node accepted W changes; also wait for identical heads.
-    let limit = limit_for(opts.writes);
-    if cluster.wait_converged(limit).await?.is_none() {
-        return Err(BenchError::Timeout(format!(
-            "replicas did not reach identical heads within {limit:?}"
-        )));
-    }
-    let seconds = start.elapsed().as_secs_f64();
+    // The counters say every node received W changes; the heads must agree too. The time
+    // stops at the counts if the first comparison agrees (listing many documents takes a
+    // while and is no part of the convergence), else when a later comparison has agreed.
+    let (first, took) = wait_agree(cluster, start, limit).await?;
+    let seconds = if first {
+        counted
+    } else {
+        start.elapsed().as_secs_f64()
+    };
     progress(format!(
-        "throughput: counts complete at {counted:.3} s, identical heads at {seconds:.3} s"
+        "throughput: counts complete at {counted:.3} s, identical heads at {seconds:.3} s \
+         (the last comparison of the listings took {} ms)",
+        took.as_millis()
     ));
     while let Some(done) = writers.join_next().await {
         done.map_err(|_| crate::node::Error::Stopped)??;
@@ -210,6 +258,36 @@ pub(crate) async fn throughput(
         seconds,
         bytes,
         progress: samples,
+    })
+}
+
+/// Converged and quiet: after 1 s to settle, the peer bytes every node sends over the
+/// idle window, per node per second.
+pub(crate) async fn idle(
+    cluster: &LocalCluster,
+    opts: &BenchOptions,
+    progress: &dyn Fn(String),
+) -> Result<Idle, BenchError> {
+    let window = opts.idle_window();
+    progress(format!(
+        "idle: settling 1 s, then counting peer bytes for {:.1} s (anti-entropy every {} ms)",
+        window.as_secs_f64(),
+        opts.anti_entropy_ms
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = wire_bytes(cluster).await?;
+    let start = Instant::now();
+    tokio::time::sleep(window).await;
+    let bytes = wire_bytes(cluster).await?.saturating_sub(before);
+    let window_s = start.elapsed().as_secs_f64();
+    let nodes = cluster.live().count().max(1);
+    let bytes_per_s = bytes as f64 / nodes as f64 / window_s;
+    progress(format!(
+        "idle: {bytes} bytes sent by {nodes} nodes in {window_s:.1} s = {bytes_per_s:.0} B/s per node"
+    ));
+    Ok(Idle {
+        bytes_per_s,
+        window_s,
     })
 }
 
@@ -227,19 +305,18 @@ pub(crate) async fn catchup(
     for node in &nodes {
         target.push(changes_seen(node).await? + opts.writes as u64);
     }
-    let mut writers = spawn_writers(nodes.clone(), opts.writes, opts.docs, opts.rate, "c");
-    wait_counts(
-        &nodes,
-        &target,
-        limit_for(opts.writes),
-        "catch-up writes",
-        progress,
-    )
-    .await?;
+    let limit = limit_for(opts);
+    let targets = Targets::new(opts.docs, opts.preload);
+    let mut writers = spawn_writers(nodes.clone(), opts.writes, targets, opts.rate, "c");
+    wait_counts(&nodes, &target, limit, "catch-up writes", progress).await?;
     while let Some(done) = writers.join_next().await {
         done.map_err(|_| crate::node::Error::Stopped)??;
     }
-    let reference = nodes[0].docs().await?;
+    // What the restarted node must end with: the digest of a live node's listing, once the
+    // live nodes agree (counts can be complete a moment before every change is applied).
+    wait_agree(cluster, Instant::now(), limit).await?;
+    let state = RandomState::new();
+    let reference = listing_digest(&nodes[0], &state).await?;
     progress(format!(
         "catch-up: restarting {} ({} writes behind)",
         cluster.ids()[victim],
@@ -247,22 +324,62 @@ pub(crate) async fn catchup(
     ));
     let start = Instant::now();
     let node = cluster.start_node(victim).await?.clone();
+    let mut status = node.status().await?;
+    let restart_s = start.elapsed().as_secs_f64();
     progress(format!(
-        "catch-up: node running again after {} ms (store opened and loaded)",
-        start.elapsed().as_millis()
+        "catch-up: node serving again after {} ms (store opened, status answered)",
+        (restart_s * 1000.0).round()
     ));
-    let limit = limit_for(opts.writes);
-    let mut linked = false;
-    loop {
-        if !linked && node.status().await?.peers.iter().any(|p| p.connected) {
-            linked = true;
+    let mut first_link_s = None;
+    // The node's counters are polled every millisecond; its listing (which grows with the
+    // documents) is compared once they show every missed write, or now and then should
+    // they never do (a repair that counts changes differently). The time stops at the
+    // counts if the first comparison after them agrees, else at the start of the first
+    // comparison that agrees: a listing runs in the node's event loop, so it reads the
+    // state the node had when it began. As each listing holds the node up, failed ones are
+    // spaced to leave the node most of its time.
+    let mut counted = None::<f64>;
+    let mut compared_since_counted = false;
+    let mut next_listing = Instant::now() + Duration::from_millis(500);
+    let (seconds, listing_took) = loop {
+        if first_link_s.is_none() && status.peers.iter().any(|p| p.connected) {
+            let at = start.elapsed().as_secs_f64();
+            first_link_s = Some(at);
             progress(format!(
                 "catch-up: first link up {} ms after the restart began",
-                start.elapsed().as_millis()
+                (at * 1000.0).round()
             ));
         }
-        if node.docs().await? == reference {
-            break;
+        let seen =
+            status.core.local_changes + status.core.remote_changes + status.core.repaired_changes;
+        if counted.is_none() && seen >= opts.writes as u64 {
+            let at = start.elapsed().as_secs_f64();
+            counted = Some(at);
+            next_listing = Instant::now();
+            progress(format!(
+                "catch-up: counters show every missed write after {} ms",
+                (at * 1000.0).round()
+            ));
+        }
+        if Instant::now() >= next_listing {
+            let began = start.elapsed().as_secs_f64();
+            let listed = Instant::now();
+            let same = listing_digest(&node, &state).await? == reference;
+            let took = listed.elapsed();
+            if same {
+                let at = match counted {
+                    Some(c) if !compared_since_counted => c,
+                    _ => began,
+                };
+                break (at, took);
+            }
+            compared_since_counted = counted.is_some();
+            let pause = if counted.is_some() {
+                (took * 2).max(Duration::from_millis(2))
+            } else {
+                (took * 4).max(Duration::from_millis(500))
+            };
+            next_listing = Instant::now() + pause;
         }
         if start.elapsed() > limit {
             return Err(BenchError::Timeout(format!(
@@ -270,15 +387,26 @@ pub(crate) async fn catchup(
             )));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let seconds = start.elapsed().as_secs_f64();
+        status = node.status().await?;
+    };
+    // Catching up needs a link: if none was seen between two polls, it was up by the end.
+    let first_link_s = first_link_s.unwrap_or(seconds).max(restart_s);
     let core = node.status().await?.core;
     progress(format!(
-        "catch-up: done in {seconds:.3} s: {} sync sessions started, {} sync messages sent, \
-         {} changes repaired, {} duplicates",
-        core.repairs, core.sync_sent, core.repaired_changes, core.duplicates
+        "catch-up: done in {seconds:.3} s (listing compared in {} ms): {} changes received, \
+         {} sync sessions started, {} sync messages sent, {} changes repaired, {} duplicates",
+        listing_took.as_millis(),
+        core.remote_changes,
+        core.repairs,
+        core.sync_sent,
+        core.repaired_changes,
+        core.duplicates
     ));
-    Ok(Catchup { seconds })
+    Ok(Catchup {
+        seconds,
+        restart_s,
+        first_link_s,
+    })
 }
 
 /// Resident memory of this process divided by the nodes in it (Linux; None elsewhere).

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::phases::{Catchup, Throughput};
+use super::phases::{Catchup, Idle, Throughput};
 use super::BenchOptions;
 
 /// Results of one run. Serialises to the SPEC's JSON fields (plus extras).
@@ -33,11 +33,27 @@ pub struct BenchReport {
     pub bytes_per_write: f64,
     /// Catch-up phase: seconds from the restart until the node has every write.
     pub catchup_s: f64,
+    /// Catch-up phase: seconds from the restart until the node serves (`Node::start`
+    /// returned and its status answered).
+    pub restart_s: f64,
+    /// Catch-up phase: seconds from the restart until the node has a connected peer.
+    pub first_link_s: f64,
+    /// Idle phase: peer bytes sent per node per second, converged and quiet.
+    pub idle_bytes_per_s: f64,
+    /// Idle phase: length of the window, seconds.
+    pub idle_window_s: f64,
+    /// Period of the nodes' anti-entropy during every phase, ms.
+    pub anti_entropy_ms: u64,
+    /// Documents put into every node's store before the nodes started.
+    pub preload: usize,
+    /// Seconds the preload took (no part of any phase).
+    pub preload_s: f64,
     /// True only if every replica ended with identical heads.
     pub converged: bool,
     /// Storage used by every node.
     pub storage: &'static str,
-    /// Resident memory of the whole process divided by the number of nodes, bytes.
+    /// Resident memory of the whole process divided by the number of nodes, bytes: the
+    /// larger of the samples after the idle phase and at the end.
     pub memory_per_node_bytes: Option<u64>,
     /// Samples in the latency phase.
     pub latency_samples: usize,
@@ -51,15 +67,28 @@ pub struct BenchReport {
     pub progress: Option<Vec<(u64, usize, u64)>>,
 }
 
+/// What a run measured, phase by phase.
+pub(crate) struct Measured {
+    pub(crate) latencies: Vec<u64>,
+    pub(crate) throughput: Throughput,
+    pub(crate) idle: Idle,
+    pub(crate) catchup: Catchup,
+    pub(crate) converged: bool,
+    pub(crate) memory: Option<u64>,
+    pub(crate) preload_s: f64,
+}
+
 impl BenchReport {
-    pub(crate) fn new(
-        opts: &BenchOptions,
-        mut latencies: Vec<u64>,
-        throughput: Throughput,
-        catchup: Catchup,
-        converged: bool,
-        memory: Option<u64>,
-    ) -> Self {
+    pub(crate) fn new(opts: &BenchOptions, measured: Measured) -> Self {
+        let Measured {
+            mut latencies,
+            throughput,
+            idle,
+            catchup,
+            converged,
+            memory,
+            preload_s,
+        } = measured;
         let samples = latencies.clone();
         latencies.sort_unstable();
         let pct = |p: f64| -> u64 {
@@ -82,6 +111,13 @@ impl BenchReport {
             writes_per_s: opts.writes as f64 / throughput.seconds.max(1e-9),
             bytes_per_write: throughput.bytes as f64 / opts.writes as f64,
             catchup_s: catchup.seconds,
+            restart_s: catchup.restart_s,
+            first_link_s: catchup.first_link_s,
+            idle_bytes_per_s: idle.bytes_per_s,
+            idle_window_s: idle.window_s,
+            anti_entropy_ms: opts.anti_entropy_ms,
+            preload: opts.preload,
+            preload_s,
             converged,
             storage: "redb, fsync on every commit",
             memory_per_node_bytes: memory,
@@ -111,12 +147,23 @@ impl BenchReport {
             .memory_per_node_bytes
             .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
             .unwrap_or_else(|| "n/a".into());
+        let preload = if self.preload > 0 {
+            format!(
+                "preload: {} documents on every node in {:.1} s (before the nodes started)\n",
+                self.preload, self.preload_s
+            )
+        } else {
+            String::new()
+        };
         format!(
             "concordant bench: {} nodes, {}, {} docs, {} writes ({})\n\
+             {preload}\
              latency (write at one node → visible on all): p50 {} µs, p99 {} µs, max {} µs ({} samples)\n\
              throughput: {} writes converged on every node in {:.3} s = {:.0} writes/s\n\
              wire: {:.0} bytes per write\n\
-             catch-up: {} missed writes in {:.3} s after restart\n\
+             idle: {:.0} B/s of peer traffic per node over {:.1} s (anti-entropy every {} ms)\n\
+             catch-up: {} missed writes in {:.3} s after restart \
+             (serving after {:.3} s, first link after {:.3} s)\n\
              memory: {} per node\n\
              converged: {}",
             self.nodes,
@@ -132,8 +179,13 @@ impl BenchReport {
             self.converge_s,
             self.writes_per_s,
             self.bytes_per_write,
+            self.idle_bytes_per_s,
+            self.idle_window_s,
+            self.anti_entropy_ms,
             self.writes,
             self.catchup_s,
+            self.restart_s,
+            self.first_link_s,
             mem,
             self.converged
         )

@@ -2,6 +2,10 @@
 //! each configuration in a fresh child process (`concordant bench ... --json`) so that its
 //! memory figure is its own and a failing configuration is reported without ending the
 //! sweep. Renders the results as a Markdown table or a JSON array.
+//!
+//! A configuration of [`PRELOAD_FROM`] documents or more preloads them (`--preload D`):
+//! every node starts with D documents and the writes are spread over them, which is how
+//! the sweep reaches scale without writing every document first.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,6 +20,9 @@ use crate::config::{RingDirection, TopologyKind};
 
 /// Lines of a failed child's stderr kept in its row.
 const STDERR_TAIL_LINES: usize = 12;
+
+/// Document counts from which a configuration preloads its documents.
+pub const PRELOAD_FROM: usize = 100_000;
 
 /// Options of a sweep.
 #[derive(Debug, Clone)]
@@ -34,6 +41,10 @@ pub struct SweepOptions {
     pub samples: usize,
     /// Writes per second to aim for, if any.
     pub rate: Option<u64>,
+    /// Seconds of every configuration's idle window (`--idle-secs`).
+    pub idle_secs: f64,
+    /// Anti-entropy period of every configuration, ms (`--anti-entropy-ms`).
+    pub anti_entropy_ms: u64,
     /// A configuration still running after this long is killed and reported as failed.
     pub timeout: Duration,
     /// Print a line to stderr as each configuration starts and ends.
@@ -53,6 +64,15 @@ pub struct SweepFigures {
     pub bytes_per_write: f64,
     /// Catch-up time of a restarted node, seconds.
     pub catchup_s: f64,
+    /// Peer bytes per node per second once converged and idle.
+    #[serde(default)]
+    pub idle_bytes_per_s: Option<f64>,
+    /// Seconds from a node's restart until it serves.
+    #[serde(default)]
+    pub restart_s: Option<f64>,
+    /// Seconds from a node's restart until its first link.
+    #[serde(default)]
+    pub first_link_s: Option<f64>,
     /// Resident memory of the child divided by its nodes, bytes.
     pub memory_per_node_bytes: Option<u64>,
     /// True only if every replica ended with identical heads.
@@ -68,6 +88,8 @@ pub struct SweepRow {
     pub topology: String,
     /// Documents.
     pub docs: usize,
+    /// Documents preloaded into every node's store.
+    pub preload: usize,
     /// Writes.
     pub writes: usize,
     /// Wall time of the child process, seconds.
@@ -149,12 +171,15 @@ fn outcome(row: &SweepRow) -> String {
     match (&row.figures, &row.error) {
         (Some(f), None) => format!(
             "p50 {} µs, p99 {} µs, {:.0} writes/s, {:.0} B/write, catch-up {:.2} s, \
-             converged {} ({:.1} s)",
+             idle {} B/s, restart {} s, first link {} s, converged {} ({:.1} s)",
             f.latency_p50_us,
             f.latency_p99_us,
             f.writes_per_s,
             f.bytes_per_write,
             f.catchup_s,
+            cell(f.idle_bytes_per_s, 0),
+            cell(f.restart_s, 3),
+            cell(f.first_link_s, 3),
             f.converged,
             row.wall_s
         ),
@@ -170,6 +195,7 @@ fn run_one(
     topology: TopologyKind,
     docs: usize,
 ) -> Result<SweepRow, BenchError> {
+    let preload = if docs >= PRELOAD_FROM { docs } else { 0 };
     let mut cmd = Command::new(&opts.exe);
     cmd.arg("bench")
         .args(["--nodes", &nodes.to_string()])
@@ -177,6 +203,9 @@ fn run_one(
         .args(["--docs", &docs.to_string()])
         .args(["--writes", &opts.writes.to_string()])
         .args(["--samples", &opts.samples.to_string()])
+        .args(["--preload", &preload.to_string()])
+        .args(["--idle-secs", &opts.idle_secs.to_string()])
+        .args(["--anti-entropy-ms", &opts.anti_entropy_ms.to_string()])
         .arg("--json")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -188,6 +217,7 @@ fn run_one(
         nodes,
         topology: topology.to_string(),
         docs,
+        preload,
         writes: opts.writes,
         wall_s: 0.0,
         figures: None,
@@ -292,37 +322,50 @@ fn tail(stderr: &str) -> String {
     lines[from..].join("\n")
 }
 
+/// An optional figure with `decimals` decimals, or "n/a".
+fn cell(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "n/a".into(), |v| format!("{v:.decimals$}"))
+}
+
 /// The rows as a Markdown table, failures explained below it.
 pub fn markdown(rows: &[SweepRow]) -> String {
     let mut out = String::from(
-        "| nodes | topology | docs | writes | p50 µs | p99 µs | writes/s | bytes/write \
-         | catch-up s | memory/node MiB | converged |\n\
-         | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+        "| nodes | topology | docs | preload | writes | p50 µs | p99 µs | writes/s \
+         | bytes/write | catch-up s | idle B/s | restart s | first link s | memory/node MiB \
+         | converged |\n\
+         | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: \
+         | ---: | ---: | --- |\n",
     );
     let mut failures = String::new();
     for row in rows {
         let head = format!(
-            "| {} | {} | {} | {} |",
-            row.nodes, row.topology, row.docs, row.writes
+            "| {} | {} | {} | {} | {} |",
+            row.nodes, row.topology, row.docs, row.preload, row.writes
         );
         match &row.figures {
             Some(f) => {
-                let mem = f
-                    .memory_per_node_bytes
-                    .map(|b| format!("{:.1}", b as f64 / (1024.0 * 1024.0)))
-                    .unwrap_or_else(|| "n/a".into());
+                let mem = cell(
+                    f.memory_per_node_bytes
+                        .map(|b| b as f64 / (1024.0 * 1024.0)),
+                    1,
+                );
                 out.push_str(&format!(
-                    "{head} {} | {} | {:.0} | {:.0} | {:.2} | {mem} | {} |\n",
+                    "{head} {} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {mem} | {} |\n",
                     f.latency_p50_us,
                     f.latency_p99_us,
                     f.writes_per_s,
                     f.bytes_per_write,
                     f.catchup_s,
+                    cell(f.idle_bytes_per_s, 0),
+                    cell(f.restart_s, 3),
+                    cell(f.first_link_s, 3),
                     f.converged
                 ));
             }
             None => {
-                out.push_str(&format!("{head} – | – | – | – | – | – | failed |\n"));
+                out.push_str(&format!(
+                    "{head} – | – | – | – | – | – | – | – | – | failed |\n"
+                ));
             }
         }
         if let Some(e) = &row.error {
