@@ -3,13 +3,22 @@
 //! N (3..=5) core `Replica`s on a full mesh or a ring, driven by a discrete-event queue: a
 //! simulated network (loss, duplication, delay and reordering, links cut and healed,
 //! group partitions), crash and restart of nodes (a crashed node loses its replica, its
-//! messages in flight and its unfinished persists; what it persisted survives, and a
-//! restart loads it into a new replica with a fresh actor), and concurrent writes on maps,
-//! lists, text and counters. After the faults everything heals, writes stop, and the run
-//! goes on until the cluster is quiet; then it checks convergence, that no acknowledged
-//! write was lost, counter bounds, and that every node's storage holds what it has.
+//! messages in flight and its unfinished persists and compactions; what its `MemoryStore`
+//! committed survives, and a restart checks that every stored document loads to the heads
+//! its index records, then builds a new replica with a fresh actor over that store, which
+//! it may compact first), and concurrent writes on maps, lists, text and counters to 4..=12
+//! documents (two hot, the rest cold), initially stored at differing subsets of the nodes.
+//! Every replica reads its documents from its store on demand through a tiny cache (1..=3
+//! documents or a few hundred bytes in most seeds), so documents are dropped and read back
+//! at random moments; long logs are compacted while running, as the node's driver does;
+//! bulk repair often runs with a small window. After the faults everything heals, writes
+//! stop, and the run goes on until the cluster is quiet; then it checks convergence (heads,
+//! values and reconciliation fingerprints), that no acknowledged write was lost, counter
+//! bounds, and that every node's store reloads to what its replica has. Across the suite,
+//! documents must have been evicted and reloaded, and bulk repair must have asked for some.
 //!
-//! `cargo test --test sim` runs seeds 0..200. `CONCORDANT_SIM_SEEDS=N` runs N seeds from
+//! `cargo test --test sim` runs seeds 0..120 (about as long as 200 seeds of the simulation
+//! before documents were cached). `CONCORDANT_SIM_SEEDS=N` runs N seeds from
 //! `CONCORDANT_SIM_FIRST` (default 0); `CONCORDANT_SIM_SEED=S` replays one, and
 //! `CONCORDANT_SIM_TRACE=1` prints its events; `CONCORDANT_SIM_KEEP_GOING=1` runs every
 //! seed and lists the failing ones instead of stopping at the first.
@@ -28,9 +37,11 @@ mod world;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use concordant::core::Replica;
+
 use automerge::ChangeHash;
 
-use world::Sim;
+use world::{Sim, Totals};
 
 /// Virtual milliseconds between ticks.
 const TICK_MS: u64 = 100;
@@ -40,13 +51,12 @@ const FAULT_MS: u64 = 5_000;
 const HEAL_LIMIT_MS: u64 = 120_000;
 /// Bound on messages delivered in one run.
 const MAX_MESSAGES: u64 = 100_000;
-/// Documents written to: d0 is stored at every node at start, d1 only at n0, d2 nowhere.
-const DOCS: [&str; 3] = ["d0", "d1", "d2"];
 
 /// What a finished run reports.
 #[derive(Debug, Default, PartialEq)]
 struct Summary {
     nodes: usize,
+    docs: usize,
     ring: bool,
     writes: usize,
     acked: usize,
@@ -56,6 +66,8 @@ struct Summary {
     heads: Vec<(String, Vec<ChangeHash>)>,
     /// Virtual ms from healing to quiet.
     heal_ms: u64,
+    /// Counters of every replica of the run.
+    totals: Totals,
 }
 
 fn run_seed(seed: u64, trace: bool) -> Result<Summary, String> {
@@ -69,7 +81,7 @@ fn run_seed(seed: u64, trace: bool) -> Result<Summary, String> {
         let heads: Vec<String> = sim
             .nodes
             .iter()
-            .map(|n| format!("{}: {:?}", n.name, n.replica.as_ref().map(|r| r.heads())))
+            .map(|n| format!("{}: {:?}", n.name, n.replica.as_ref().map(Replica::heads)))
             .collect();
         return Err(format!(
             "no convergence {} virtual s after healing ({} messages in flight)\n{}",
@@ -118,7 +130,7 @@ fn simulated_clusters_converge_without_losing_acked_writes() {
         Some(seed) => vec![seed],
         None => {
             let first = env_u64("CONCORDANT_SIM_FIRST").unwrap_or(0);
-            (first..first + env_u64("CONCORDANT_SIM_SEEDS").unwrap_or(200)).collect()
+            (first..first + env_u64("CONCORDANT_SIM_SEEDS").unwrap_or(120)).collect()
         }
     };
     // With CONCORDANT_SIM_KEEP_GOING=1 every seed runs and the failing ones are listed.
@@ -144,12 +156,15 @@ fn simulated_clusters_converge_without_losing_acked_writes() {
         total.crashes += s.crashes;
         total.acks += s.acks;
         total.delivered += s.delivered;
+        total.totals.add(&s.totals);
         rings += usize::from(s.ring);
         max_heal_ms = max_heal_ms.max(s.heal_ms);
     }
     println!(
         "{} seeds ({} rings): {} writes, {} persisted, {} crashes, {} acks from peers, \
-         {} messages, slowest quiet after healing {} ms",
+         {} messages, slowest quiet after healing {} ms; {} documents read from stores, \
+         {} dropped from memory, {} asked for by bulk repair ({} changes sent), {} diverged \
+         repairs, {} reconciliations ({} bytes)",
         seeds.len(),
         rings,
         total.writes,
@@ -157,12 +172,27 @@ fn simulated_clusters_converge_without_losing_acked_writes() {
         total.crashes,
         total.acks,
         total.delivered,
-        max_heal_ms
+        max_heal_ms,
+        total.totals.doc_loads,
+        total.totals.doc_evictions,
+        total.totals.wants_sent,
+        total.totals.repair_changes_sent,
+        total.totals.repairs,
+        total.totals.reconcile_rounds,
+        total.totals.reconcile_bytes,
     );
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
     if seeds.len() >= 20 {
         // The faults must matter: some writes were lost with a crash, peers acknowledged.
         assert!(total.acked < total.writes && total.acks > 0 && total.crashes > 0);
+        // The cache and bulk repair must be exercised: documents dropped and read back,
+        // documents asked for.
+        let t = &total.totals;
+        assert!(
+            t.doc_evictions > 0 && t.doc_loads > 0,
+            "no document was evicted and reloaded: {t:?}"
+        );
+        assert!(t.wants_sent > 0, "bulk repair never asked: {t:?}");
     }
 }
 

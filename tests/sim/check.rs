@@ -1,44 +1,67 @@
-//! What must hold once the cluster is quiet: convergence, no lost acknowledged write,
-//! counter bounds, and storage that holds everything each replica has.
+//! What must hold once the cluster is quiet: convergence (heads, values and fingerprints),
+//! no lost acknowledged write, counter bounds, and stores that hold everything each replica
+//! has.
 
+use automerge::{Automerge, ChangeHash};
 use concordant::core::{CoreConfig, Flood, Replica};
+use concordant::storage::Store;
 
 use super::workload::counter_value;
-use super::world::Sim;
-use super::{Summary, DOCS};
+use super::world::{stored_index, Sim, Totals};
+use super::Summary;
+
+/// The document at replica `r`, read from its store if it is not in memory.
+fn load<'a>(r: &'a mut Replica, i: usize, doc: &str) -> Result<Option<&'a Automerge>, String> {
+    r.load(doc)
+        .map_err(|e| format!("n{i} cannot read {doc}: {e}"))
+}
+
+fn heads(r: &Replica, who: &str) -> Result<Vec<(String, Vec<ChangeHash>)>, String> {
+    r.heads()
+        .map_err(|e| format!("{who} cannot list its heads: {e}"))
+}
 
 impl Sim {
-    /// Checks a quiet cluster: same heads and values everywhere, every acknowledged write
-    /// present everywhere, counters within [acknowledged, all] increments, and every
-    /// node's storage loading to exactly what its replica holds.
-    pub(crate) fn check(&self) -> Result<(), String> {
-        let replicas: Vec<&Replica> = self
+    /// Checks a quiet cluster: same heads, values and fingerprints everywhere, every
+    /// acknowledged write present everywhere, counters within [acknowledged, all]
+    /// increments, and every node's store reloading to exactly what its replica holds.
+    pub(crate) fn check(&mut self) -> Result<(), String> {
+        let mut replicas: Vec<&mut Replica> = self
             .nodes
-            .iter()
-            .map(|n| n.replica.as_ref().expect("all restarted"))
+            .iter_mut()
+            .map(|n| n.replica.as_mut().expect("all restarted"))
             .collect();
-        let heads = replicas[0].heads();
+        let expected = heads(replicas[0], "n0")?;
         for (i, r) in replicas.iter().enumerate() {
-            if r.heads() != heads {
+            let h = heads(r, &format!("n{i}"))?;
+            if h != expected {
+                return Err(format!("n{i} heads {h:?} differ from n0 {expected:?}"));
+            }
+        }
+        let fingerprint = replicas[0].fingerprint();
+        for (i, r) in replicas.iter().enumerate() {
+            if r.fingerprint() != fingerprint {
                 return Err(format!(
-                    "n{i} heads {:?} differ from n0 {:?}",
-                    r.heads(),
-                    heads
+                    "n{i} fingerprint {:x} differs from n0 {fingerprint:x} (same heads)",
+                    r.fingerprint()
                 ));
             }
         }
-        for (doc, _) in &heads {
-            let value = replicas[0].doc(doc).expect("has it").hydrate(None);
-            for (i, r) in replicas.iter().enumerate() {
-                if r.doc(doc).expect("same heads").hydrate(None) != value {
+        for (doc, doc_heads) in &expected {
+            let value = load(replicas[0], 0, doc)?.expect("has it").hydrate(None);
+            for (i, r) in replicas.iter_mut().enumerate() {
+                let d = load(r, i, doc)?.ok_or_else(|| format!("n{i} lists {doc}, has not"))?;
+                if &d.get_heads() != doc_heads {
+                    return Err(format!("n{i} {doc} loads to other heads than it lists"));
+                }
+                if d.hydrate(None) != value {
                     return Err(format!("n{i} {doc} has another value than n0"));
                 }
             }
         }
         for w in self.writes.iter().filter(|w| w.acked) {
-            for (i, r) in replicas.iter().enumerate() {
-                let has = r
-                    .doc(&w.doc)
+            for (i, r) in replicas.iter_mut().enumerate() {
+                let has = load(r, i, &w.doc)?
                     .is_some_and(|d| d.get_change_meta_by_hash(&w.hash).is_some());
                 if !has {
                     return Err(format!(
@@ -48,20 +71,20 @@ impl Sim {
                 }
             }
         }
-        for doc in DOCS {
+        for doc in &self.docs {
             let acked: i64 = self
                 .writes
                 .iter()
-                .filter(|w| w.doc == doc && w.acked)
+                .filter(|w| w.doc == *doc && w.acked)
                 .map(|w| w.increment)
                 .sum();
             let all: i64 = self
                 .writes
                 .iter()
-                .filter(|w| w.doc == doc)
+                .filter(|w| w.doc == *doc)
                 .map(|w| w.increment)
                 .sum();
-            let value = replicas[0].doc(doc).and_then(counter_value);
+            let value = load(replicas[0], 0, doc)?.and_then(counter_value);
             match value {
                 Some(v) if v < acked || v > all => {
                     return Err(format!("{doc} counter {v} outside [{acked}, {all}]"));
@@ -70,28 +93,62 @@ impl Sim {
                 _ => {}
             }
         }
-        // Everything a node holds is in its storage: a restart loses nothing.
+        // Everything a node holds is in its store, with the heads in its index: a restart
+        // loses nothing.
         for (i, node) in self.nodes.iter().enumerate() {
+            let store = node.store.clone();
             let mut r = Replica::new("check", [0xee; 16], Box::new(Flood), CoreConfig::default());
-            for (doc, stored) in &node.storage {
-                r.load_doc(doc, stored.snapshot.as_deref(), &stored.changes)
-                    .map_err(|e| format!("n{i} storage does not load: {e}"))?;
-            }
-            if r.heads() != heads {
+            let index = stored_index(&store);
+            r.set_store(
+                store.reader(),
+                index.iter().map(|(d, h)| (d.as_str(), h.as_slice())),
+            );
+            let listed = heads(&r, &format!("n{i}'s store"))?;
+            if listed != expected {
                 return Err(format!(
-                    "n{i} storage has heads {:?}, its replica {:?}",
-                    r.heads(),
-                    heads
+                    "n{i} store lists heads {listed:?}, its replica {expected:?}"
                 ));
             }
+            if r.fingerprint() != fingerprint {
+                return Err(format!("n{i} store has another fingerprint"));
+            }
+            for (doc, doc_heads) in &expected {
+                let d = r
+                    .load(doc)
+                    .map_err(|e| format!("n{i} store does not load {doc}: {e}"))?
+                    .ok_or_else(|| format!("n{i} store lists {doc}, has not"))?;
+                if &d.get_heads() != doc_heads {
+                    return Err(format!(
+                        "n{i} store loads {doc} to heads {:?}, its index says {doc_heads:?}",
+                        d.get_heads()
+                    ));
+                }
+            }
+        }
+        let totals = self.totals();
+        if totals.doc_load_errors > 0 {
+            return Err(format!(
+                "{} documents failed to load from a memory store",
+                totals.doc_load_errors
+            ));
         }
         Ok(())
+    }
+
+    /// Counters of every replica of the run, crashed ones included.
+    pub(crate) fn totals(&self) -> Totals {
+        let mut totals = self.retired;
+        for r in self.nodes.iter().filter_map(|n| n.replica.as_ref()) {
+            totals.add_stats(&r.stats());
+        }
+        totals
     }
 
     /// What this run did, for the totals and the determinism test.
     pub(crate) fn summary(&self, crashes: u64, healed_at: u64) -> Summary {
         Summary {
             nodes: self.nodes.len(),
+            docs: self.docs.len(),
             ring: self.ring,
             writes: self.writes.len(),
             acked: self.writes.iter().filter(|w| w.acked).count(),
@@ -101,9 +158,10 @@ impl Sim {
             heads: self.nodes[0]
                 .replica
                 .as_ref()
-                .map(|r| r.heads())
+                .and_then(|r| r.heads().ok())
                 .unwrap_or_default(),
             heal_ms: self.now - healed_at,
+            totals: self.totals(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! changes they carry, and a node's heads.
 
 use automerge::{ChangeHash, ReadDoc};
+use concordant::storage::DocAppend;
 use concordant::wire;
 
 use super::world::Sim;
@@ -22,9 +23,9 @@ pub(crate) fn describe_changes(changes: &[Vec<u8>]) -> String {
     hashes.join(",")
 }
 
-pub(crate) fn describe_batch(docs: &[(String, Vec<Vec<u8>>)]) -> String {
+pub(crate) fn describe_batch(docs: &[DocAppend]) -> String {
     docs.iter()
-        .map(|(d, c)| format!("{d}[{}]", describe_changes(c)))
+        .map(|a| format!("{}[{}]", a.doc, describe_changes(&a.changes)))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -63,20 +64,28 @@ pub(crate) fn describe(msg: &wire::Message) -> String {
             }
             Err(_) => format!("sync {doc} (undecodable)"),
         },
-        wire::Message::Ack(a) => format!("ack {} by {} ({})", a.doc, a.by, a.hashes.len()),
-        wire::Message::Digest(e) => format!("digest of {} docs", e.len()),
+        wire::Message::Ack(acks) => format!("acks of {} docs", acks.len()),
+        wire::Message::Fingerprints(f) => {
+            format!("fingerprints of {} level-{} nodes", f.nodes.len(), f.level)
+        }
+        wire::Message::Items(b) => format!("items of {} buckets", b.len()),
+        wire::Message::Want(w) => format!("want {} docs", w.len()),
         wire::Message::Hello(_) => "hello".into(),
     }
 }
 
 impl Sim {
-    /// A node's heads per document, how many dependencies it misses, and its error counters.
+    /// A node's heads per document, how many dependencies it misses (of the documents in
+    /// memory), how many documents it has in memory, and its error counters.
     pub(crate) fn describe_heads(&self, i: usize) -> String {
         let Some(r) = self.nodes[i].replica.as_ref() else {
             return "down".into();
         };
-        let parts: Vec<String> = r
-            .heads()
+        let heads = match r.heads() {
+            Ok(heads) => heads,
+            Err(e) => return format!("heads unreadable: {e}"),
+        };
+        let parts: Vec<String> = heads
             .iter()
             .map(|(d, h)| {
                 let queued = r.doc(d).map_or(0, |doc| doc.get_missing_deps(&[]).len());
@@ -89,9 +98,12 @@ impl Sim {
             })
             .collect();
         let stats = r.stats();
+        let counts = r.doc_counts();
         format!(
-            "{} bad_sync {} bad_changes {}",
+            "{} loaded {}/{} bad_sync {} bad_changes {}",
             parts.join(" "),
+            counts.loaded,
+            counts.stored,
             stats.bad_sync,
             stats.bad_changes
         )

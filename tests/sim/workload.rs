@@ -2,13 +2,15 @@
 //! text and counters through `local_change`, and merges of one node's document into another.
 
 use automerge::transaction::{Transactable, Transaction};
-use automerge::{ActorId, Automerge, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{
+    ActorId, Automerge, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT,
+};
+use concordant::core::{ChangeError, Replica};
 use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::trace::short;
 use super::world::{Sim, WriteRecord};
-use super::DOCS;
 
 pub(crate) fn initial_doc(id: &str) -> Vec<u8> {
     let mut doc = Automerge::new().with_actor(ActorId::from(id.as_bytes()));
@@ -90,7 +92,28 @@ pub(crate) fn counter_value(doc: &Automerge) -> Option<i64> {
     }
 }
 
+/// A document's heads at a replica, read from its store if needed (empty if it has none).
+fn heads_of(r: &mut Replica, doc: &str) -> Vec<ChangeHash> {
+    let id = r.id().to_string();
+    r.load(doc)
+        .unwrap_or_else(|e| panic!("{id} cannot read {doc}: {e}"))
+        .map(|d| d.get_heads())
+        .unwrap_or_default()
+}
+
 impl Sim {
+    /// One of the run's documents, at random: half of the picks go to the two hot ones (d0
+    /// and d1), so the others are cold: dropped from the tiny caches, and read back now and
+    /// then.
+    pub(crate) fn random_doc(&mut self) -> String {
+        let among = if self.rng.random_bool(0.5) {
+            2
+        } else {
+            self.docs.len()
+        };
+        self.docs[self.rng.random_range(0..among)].clone()
+    }
+
     /// A client copies a document from one live node into another with `merge`.
     pub(crate) fn random_merge(&mut self) {
         let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.alive(i)).collect();
@@ -99,11 +122,17 @@ impl Sim {
         }
         let from = live[self.rng.random_range(0..live.len())];
         let to = live[self.rng.random_range(0..live.len())];
-        let doc = DOCS[self.rng.random_range(0..DOCS.len())];
-        let Some(source) = self.nodes[from].replica.as_ref().and_then(|r| r.doc(doc)) else {
+        let doc = self.random_doc();
+        let doc = doc.as_str();
+        // The source may have to read the document from its store.
+        let source = self.nodes[from].replica.as_mut().expect("alive").load(doc);
+        let source = source.unwrap_or_else(|e| panic!("n{from} cannot read {doc}: {e}"));
+        let Some((bytes, has_orphans)) =
+            source.map(|d| (d.save(), !d.get_missing_deps(&[]).is_empty()))
+        else {
             return;
         };
-        let (bytes, has_orphans) = (source.save(), !source.get_missing_deps(&[]).is_empty());
+        self.pump(from);
         let now = self.now;
         let r = self.nodes[to].replica.as_mut().expect("alive");
         match r.merge(now, doc, &bytes) {
@@ -125,7 +154,8 @@ impl Sim {
             return;
         }
         let i = live[self.rng.random_range(0..live.len())];
-        let doc = DOCS[self.rng.random_range(0..DOCS.len())];
+        let doc = self.random_doc();
+        let doc = doc.as_str();
         let ops = self.rng.random_range(1..=3);
         let fail = self.rng.random_bool(0.03);
         let want_ack = self.rng.random_bool(0.5);
@@ -133,7 +163,7 @@ impl Sim {
         let rng = &mut self.rng;
         let r = self.nodes[i].replica.as_mut().expect("alive");
         // A document being fetched by sync exists empty; a refused write may drop it.
-        let before = r.doc(doc).map(|d| d.get_heads()).unwrap_or_default();
+        let before = heads_of(r, doc);
         let result = r.local_change(now, doc, want_ack, |tx: &mut Transaction<'_>| {
             let mut increment = 0;
             for _ in 0..ops {
@@ -174,11 +204,12 @@ impl Sim {
                     acked: false,
                 });
             }
-            Err(e) => {
+            Err(ChangeError::Refused(e)) => {
                 assert_eq!(e, "closure refused");
-                let after = r.doc(doc).map(|d| d.get_heads()).unwrap_or_default();
+                let after = heads_of(r, doc);
                 assert_eq!(before, after, "a refused write changed {doc} at n{i}");
             }
+            Err(ChangeError::Core(e)) => panic!("n{i} cannot write {doc}: {e}"),
         }
         self.pump(i);
     }

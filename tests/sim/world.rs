@@ -1,10 +1,11 @@
-//! The simulated world: nodes with their replicas and storage, links, the event queue
+//! The simulated world: nodes with their replicas and stores, links, the event queue
 //! and virtual clock, and how effects and faults are carried out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::ChangeHash;
-use concordant::core::{CoreConfig, Effect, Flood, Replica};
+use automerge::{Automerge, ChangeHash};
+use concordant::core::{CoreConfig, CoreStats, Effect, Flood, LoadedDoc, Replica};
+use concordant::storage::{Compaction, DocAppend, MemoryStore, Store};
 use concordant::wire;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -21,14 +22,21 @@ pub(crate) enum Event {
         from: usize,
         to: usize,
         frame: Vec<u8>,
-        /// Periodic digests never stop: they do not count as work in flight.
-        digest: bool,
+        /// Reconciliation openings (level-1 fingerprints) never stop: they do not count
+        /// as work in flight.
+        periodic: bool,
     },
     PersistDone {
         node: usize,
         life: u64,
         token: u64,
-        docs: Vec<(String, Vec<Vec<u8>>)>,
+        docs: Vec<DocAppend>,
+    },
+    /// A compaction queued after the persists before it, as the node's store thread does.
+    CompactDone {
+        node: usize,
+        life: u64,
+        docs: Vec<Compaction>,
     },
     Tick,
     Write,
@@ -41,24 +49,115 @@ pub(crate) enum Event {
     },
 }
 
-/// A node's durable copy of one document: an optional snapshot and changes appended.
-#[derive(Default, Clone)]
-pub(crate) struct Stored {
-    pub(crate) snapshot: Option<Vec<u8>>,
-    pub(crate) changes: Vec<Vec<u8>>,
-}
-
-/// One node: its replica while it runs, and its storage, which outlives crashes.
+/// One node: its replica while it runs, and its store, which outlives crashes (the
+/// replica reads documents from it on demand and drops idle ones from memory).
 pub(crate) struct Node {
     pub(crate) name: String,
     pub(crate) replica: Option<Replica>,
     /// Incremented at every crash: persists of an earlier life never complete.
     pub(crate) life: u64,
-    pub(crate) storage: BTreeMap<String, Stored>,
+    /// What was committed; clones share it, so a crash keeps exactly that.
+    pub(crate) store: MemoryStore,
     /// Persists complete in order: the next one finishes no earlier than this.
     pub(crate) persist_free_at: u64,
-    /// Hashes of every change in `storage` (storage survives crashes, so does this).
+    /// Hashes of every change appended to `store` (the store survives crashes, so does
+    /// this).
     pub(crate) durable: BTreeSet<ChangeHash>,
+    /// Documents with a compaction queued (not compacted again until it is done).
+    pub(crate) compacting: BTreeSet<String>,
+}
+
+/// Counters of the replicas of a run, crashed ones included.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub(crate) struct Totals {
+    pub(crate) doc_loads: u64,
+    pub(crate) doc_evictions: u64,
+    pub(crate) doc_load_errors: u64,
+    pub(crate) wants_sent: u64,
+    pub(crate) repair_changes_sent: u64,
+    pub(crate) repairs: u64,
+    pub(crate) reconcile_rounds: u64,
+    pub(crate) reconcile_bytes: u64,
+}
+
+impl Totals {
+    pub(crate) fn add_stats(&mut self, s: &CoreStats) {
+        self.doc_loads += s.doc_loads;
+        self.doc_evictions += s.doc_evictions;
+        self.doc_load_errors += s.doc_load_errors;
+        self.wants_sent += s.wants_sent;
+        self.repair_changes_sent += s.repair_changes_sent;
+        self.repairs += s.repairs;
+        self.reconcile_rounds += s.reconcile_rounds;
+        self.reconcile_bytes += s.reconcile_bytes;
+    }
+
+    pub(crate) fn add(&mut self, t: &Totals) {
+        self.doc_loads += t.doc_loads;
+        self.doc_evictions += t.doc_evictions;
+        self.doc_load_errors += t.doc_load_errors;
+        self.wants_sent += t.wants_sent;
+        self.repair_changes_sent += t.repair_changes_sent;
+        self.repairs += t.repairs;
+        self.reconcile_rounds += t.reconcile_rounds;
+        self.reconcile_bytes += t.reconcile_bytes;
+    }
+}
+
+/// Every document in `store` with its heads, from its index (the sim always records heads).
+pub(crate) fn stored_index(store: &MemoryStore) -> Vec<(String, Vec<[u8; 32]>)> {
+    let mut index = Vec::new();
+    store
+        .scan_index(&mut |doc, heads| {
+            let heads = heads.unwrap_or_else(|| panic!("{doc} is stored without heads"));
+            index.push((doc.to_string(), heads.to_vec()));
+        })
+        .expect("a memory store scans");
+    index
+}
+
+/// What a crash left must be consistent: every stored document loads, to the heads its
+/// index entry records (a restart trusts the index until it reads the document).
+pub(crate) fn check_store(name: &str, store: &MemoryStore, index: &[(String, Vec<[u8; 32]>)]) {
+    let reader = store.reader();
+    for (doc, heads) in index {
+        let stored = reader
+            .read(doc)
+            .expect("a memory store reads")
+            .unwrap_or_else(|| panic!("{name} lists {doc} in its store index, has no data"));
+        let loaded = LoadedDoc::decode(doc, stored.snapshot.as_deref(), &stored.changes)
+            .unwrap_or_else(|e| panic!("{name} cannot load {doc} from its store: {e}"));
+        assert_eq!(
+            &loaded.heads(),
+            heads,
+            "{name}: {doc} loads to other heads than its store index records"
+        );
+    }
+}
+
+/// Writes an initial document to `store`: its heads, then its snapshot.
+fn store_initial(store: &mut MemoryStore, doc: &str) {
+    let snapshot = initial_doc(doc);
+    let heads = Automerge::load(&snapshot)
+        .expect("the initial document loads")
+        .get_heads()
+        .iter()
+        .map(|h| h.0)
+        .collect();
+    store
+        .append(vec![DocAppend {
+            doc: doc.to_string(),
+            changes: vec![],
+            heads,
+        }])
+        .expect("a memory store appends");
+    store
+        .compact(vec![Compaction {
+            doc: doc.to_string(),
+            snapshot,
+            keep: vec![],
+        }])
+        .expect("a memory store compacts");
 }
 
 /// A link of the topology between nodes `a` and `b`.
@@ -93,6 +192,9 @@ pub(crate) struct Params {
     pub(crate) split: f64,
     pub(crate) crash: f64,
     pub(crate) compact_on_restart: f64,
+    /// While running, a document whose log reaches this many changes after a persist is
+    /// compacted (as the node's driver does); `None`: only on restart.
+    pub(crate) compact_after: Option<usize>,
     /// Longest time one persist takes, in ms.
     pub(crate) persist_ms: u64,
 }
@@ -104,7 +206,7 @@ pub(crate) struct Sim {
     /// Tie-breaker: events at the same time run in the order they were scheduled.
     pub(crate) seq: u64,
     pub(crate) queue: BTreeMap<(u64, u64), Event>,
-    /// Messages (other than digests) and persists not yet carried out.
+    /// Messages (other than reconciliation openings) and persists not yet carried out.
     pub(crate) in_flight: usize,
     pub(crate) nodes: Vec<Node>,
     pub(crate) links: Vec<Link>,
@@ -120,6 +222,11 @@ pub(crate) struct Sim {
     /// Writes waiting for their persist: (node, life, token) → indexes into `writes`.
     pub(crate) awaiting: BTreeMap<(usize, u64, u64), Vec<usize>>,
     pub(crate) config: CoreConfig,
+    /// The documents written to: `d0` is stored at every node at start, `d1` only at n0,
+    /// `d2` nowhere, the others at random subsets of the nodes.
+    pub(crate) docs: Vec<String>,
+    /// Counters of the replicas lost in crashes.
+    pub(crate) retired: Totals,
     pub(crate) trace: bool,
     pub(crate) delivered: u64,
     pub(crate) acked_effects: u64,
@@ -138,6 +245,11 @@ impl Sim {
             split: rng.random_range(0.0..0.03),
             crash: rng.random_range(0.0..0.04),
             compact_on_restart: 0.5,
+            compact_after: if rng.random_bool(0.8) {
+                Some(rng.random_range(1..=8))
+            } else {
+                None
+            },
             persist_ms: rng.random_range(5..=150),
         };
         let config = CoreConfig {
@@ -147,7 +259,25 @@ impl Sim {
             repair_hold_ms: rng.random_range(50..=400),
             outbox_limit: if rng.random_bool(0.2) { 2_000 } else { 1 << 20 },
             ack_memory: 10_000,
+            // A tiny cache: documents are dropped and read back at random moments.
+            cache_docs: match rng.random_range(0..10) {
+                0 | 1 => 4_096,
+                2 | 3 => rng.random_range(4..=6),
+                _ => rng.random_range(1..=3),
+            },
+            cache_bytes: match rng.random_range(0..10) {
+                0 | 1 => rng.random_range(200..=800),
+                _ => 64 << 20,
+            },
+            want_window: if rng.random_bool(0.5) {
+                rng.random_range(1..=4)
+            } else {
+                2_048
+            },
         };
+        let docs: Vec<String> = (0..rng.random_range(4..=12usize))
+            .map(|k| format!("d{k}"))
+            .collect();
         let mut pairs = BTreeSet::new();
         for i in 0..n {
             if ring {
@@ -173,33 +303,31 @@ impl Sim {
             .enumerate()
             .flat_map(|(l, &(a, b))| [((a, b), l), ((b, a), l)])
             .collect();
-        let nodes = (0..n)
-            .map(|i| {
-                let mut storage = BTreeMap::new();
-                storage.insert(
-                    "d0".to_string(),
-                    Stored {
-                        snapshot: Some(initial_doc("d0")),
-                        changes: vec![],
-                    },
-                );
-                if i == 0 {
-                    storage.insert(
-                        "d1".to_string(),
-                        Stored {
-                            snapshot: Some(initial_doc("d1")),
-                            changes: vec![],
-                        },
-                    );
+        let mut stores: Vec<MemoryStore> = (0..n).map(|_| MemoryStore::new()).collect();
+        for (k, doc) in docs.iter().enumerate() {
+            for (i, store) in stores.iter_mut().enumerate() {
+                let stored = match k {
+                    0 => true,
+                    1 => i == 0,
+                    2 => false,
+                    _ => rng.random_bool(0.5),
+                };
+                if stored {
+                    store_initial(store, doc);
                 }
-                Node {
-                    name: format!("n{i}"),
-                    replica: None,
-                    life: 0,
-                    storage,
-                    persist_free_at: 0,
-                    durable: BTreeSet::new(),
-                }
+            }
+        }
+        let nodes = stores
+            .into_iter()
+            .enumerate()
+            .map(|(i, store)| Node {
+                name: format!("n{i}"),
+                replica: None,
+                life: 0,
+                store,
+                persist_free_at: 0,
+                durable: BTreeSet::new(),
+                compacting: BTreeSet::new(),
             })
             .collect();
         let mut sim = Sim {
@@ -219,6 +347,8 @@ impl Sim {
             write_index: BTreeMap::new(),
             awaiting: BTreeMap::new(),
             config,
+            docs,
+            retired: Totals::default(),
             trace,
             delivered: 0,
             acked_effects: 0,
@@ -240,7 +370,11 @@ impl Sim {
     pub(crate) fn schedule(&mut self, delay: u64, event: Event) {
         if matches!(
             event,
-            Event::Deliver { digest: false, .. } | Event::PersistDone { .. }
+            Event::Deliver {
+                periodic: false,
+                ..
+            } | Event::PersistDone { .. }
+                | Event::CompactDone { .. }
         ) {
             self.in_flight += 1;
         }
@@ -252,9 +386,11 @@ impl Sim {
         self.nodes[i].replica.is_some()
     }
 
-    /// Builds a new replica from storage (a fresh actor every time) and brings its links up.
+    /// Builds a new replica over the node's store (a fresh actor every time; documents are
+    /// read on first use), compacts the store half of the time, and brings its links up.
     pub(crate) fn start(&mut self, i: usize) {
         let seed: [u8; 16] = self.rng.random();
+        let compact = self.rng.random_bool(self.params.compact_on_restart);
         let node = &mut self.nodes[i];
         let mut replica = Replica::new(
             node.name.clone(),
@@ -262,29 +398,43 @@ impl Sim {
             Box::new(Flood),
             self.config.clone(),
         );
-        for (doc, stored) in &node.storage {
-            replica
-                .load_doc(doc, stored.snapshot.as_deref(), &stored.changes)
-                .unwrap_or_else(|e| panic!("{} cannot load its storage: {e}", node.name));
+        let index = stored_index(&node.store);
+        if node.life > 0 {
+            check_store(&node.name, &node.store, &index);
         }
-        if self.rng.random_bool(self.params.compact_on_restart) {
-            for (doc, stored) in node.storage.iter_mut() {
-                let (snapshot, orphans) = replica.snapshot(doc).expect("loaded just above");
-                *stored = Stored {
-                    snapshot: Some(snapshot),
-                    changes: orphans,
-                };
+        replica.set_store(
+            node.store.reader(),
+            index.iter().map(|(d, h)| (d.as_str(), h.as_slice())),
+        );
+        if compact {
+            let mut compactions = Vec::new();
+            for (doc, _) in &index {
+                let (snapshot, keep) = replica
+                    .snapshot(doc)
+                    .unwrap_or_else(|e| panic!("{} cannot read its store: {e}", node.name))
+                    .unwrap_or_else(|| panic!("{} lost {doc} from its store", node.name));
+                compactions.push(Compaction {
+                    doc: doc.clone(),
+                    snapshot,
+                    keep,
+                });
             }
+            node.store
+                .compact(compactions)
+                .expect("a memory store compacts");
         }
         node.replica = Some(replica);
         node.persist_free_at = self.now;
-        self.log(|| format!("start n{i}"));
+        node.compacting.clear();
+        self.log(|| format!("start n{i}{}", if compact { " (compacted)" } else { "" }));
         self.update_links(i);
     }
 
     pub(crate) fn crash(&mut self, i: usize) {
         self.log(|| format!("crash n{i}"));
-        self.nodes[i].replica = None;
+        if let Some(r) = self.nodes[i].replica.take() {
+            self.retired.add_stats(&r.stats());
+        }
         self.nodes[i].life += 1;
         self.update_links(i);
     }
@@ -354,6 +504,7 @@ impl Sim {
                     msg.kind()
                 );
                 let frame = wire::encode(&msg).expect("encodable");
+                let periodic = matches!(&msg, wire::Message::Fingerprints(f) if f.level == 1);
                 let loss = if self.faults { self.params.loss } else { 0.0 };
                 if self.rng.random_bool(loss) {
                     self.log(|| format!("lose n{i}->n{j} {}", msg.kind()));
@@ -383,18 +534,13 @@ impl Sim {
                             from: i,
                             to: j,
                             frame: frame.clone(),
-                            digest: matches!(msg, wire::Message::Digest(_)),
+                            periodic,
                         },
                     );
                 }
             }
             Effect::Persist { token, docs } => {
-                let done = self.nodes[i].persist_free_at.max(self.now)
-                    + self.rng.random_range(1..=self.params.persist_ms);
-                let node = &mut self.nodes[i];
-                node.persist_free_at = done;
-                let life = node.life;
-                let delay = done - self.now;
+                let (life, delay) = self.store_job(i);
                 self.schedule(
                     delay,
                     Event::PersistDone {
@@ -428,6 +574,58 @@ impl Sim {
         }
     }
 
+    /// Queues a job on node `i`'s store: jobs complete in order, each taking up to
+    /// `persist_ms`. Returns the node's life and the delay until the job is done.
+    fn store_job(&mut self, i: usize) -> (u64, u64) {
+        let done = self.nodes[i].persist_free_at.max(self.now)
+            + self.rng.random_range(1..=self.params.persist_ms);
+        let node = &mut self.nodes[i];
+        node.persist_free_at = done;
+        (node.life, done - self.now)
+    }
+
+    /// After a persist: documents whose logs have grown long are compacted, with
+    /// snapshots taken now, queued behind the persists already under way (so a snapshot
+    /// holds only changes committed before the compaction is).
+    fn compact_long_logs(&mut self, i: usize, appended: Vec<String>) {
+        let Some(min) = self.params.compact_after else {
+            return;
+        };
+        let node = &mut self.nodes[i];
+        let Some(r) = node.replica.as_mut() else {
+            return;
+        };
+        let mut compactions = Vec::new();
+        for doc in appended {
+            if node.store.log_len(&doc) < min || node.compacting.contains(&doc) {
+                continue;
+            }
+            let snapshot = r
+                .snapshot(&doc)
+                .unwrap_or_else(|e| panic!("{} cannot read {doc}: {e}", node.name));
+            if let Some((snapshot, keep)) = snapshot {
+                node.compacting.insert(doc.clone());
+                compactions.push(Compaction {
+                    doc,
+                    snapshot,
+                    keep,
+                });
+            }
+        }
+        if compactions.is_empty() {
+            return;
+        }
+        let (life, delay) = self.store_job(i);
+        self.schedule(
+            delay,
+            Event::CompactDone {
+                node: i,
+                life,
+                docs: compactions,
+            },
+        );
+    }
+
     pub(crate) fn handle(&mut self, event: Event) {
         match event {
             Event::Deliver {
@@ -436,9 +634,9 @@ impl Sim {
                 from,
                 to,
                 frame,
-                digest,
+                periodic,
             } => {
-                if !digest {
+                if !periodic {
                     self.in_flight -= 1;
                 }
                 if self.links[link].epoch != epoch || !self.links[link].up {
@@ -471,19 +669,18 @@ impl Sim {
                     return;
                 }
                 self.log(|| format!("persisted n{node} token {token}: {}", describe_batch(&docs)));
-                for (doc, changes) in docs {
-                    for bytes in &changes {
+                for append in &docs {
+                    for bytes in &append.changes {
                         let change = automerge::Change::from_bytes(bytes.clone())
                             .expect("persisted changes decode");
                         self.nodes[node].durable.insert(change.hash());
                     }
-                    self.nodes[node]
-                        .storage
-                        .entry(doc)
-                        .or_default()
-                        .changes
-                        .extend(changes);
                 }
+                let appended: Vec<String> = docs.iter().map(|a| a.doc.clone()).collect();
+                self.nodes[node]
+                    .store
+                    .append(docs)
+                    .expect("a memory store appends");
                 if let Some(idx) = self.awaiting.remove(&(node, life, token)) {
                     for w in idx {
                         self.writes[w].acked = true;
@@ -494,7 +691,26 @@ impl Sim {
                     .as_mut()
                     .expect("alive")
                     .persisted(token);
+                // As the node's driver does: compactions are queued before anything else.
+                self.compact_long_logs(node, appended);
                 self.pump(node);
+            }
+            Event::CompactDone { node, life, docs } => {
+                self.in_flight -= 1;
+                if self.nodes[node].life != life || !self.alive(node) {
+                    return;
+                }
+                self.log(|| {
+                    let names: Vec<&str> = docs.iter().map(|c| c.doc.as_str()).collect();
+                    format!("compacted n{node}: {}", names.join(" "))
+                });
+                for c in &docs {
+                    self.nodes[node].compacting.remove(&c.doc);
+                }
+                self.nodes[node]
+                    .store
+                    .compact(docs)
+                    .expect("a memory store compacts");
             }
             Event::Tick => {
                 for i in 0..self.nodes.len() {
@@ -620,9 +836,8 @@ impl Sim {
         if self.in_flight > 0 {
             return false;
         }
-        let first = self.nodes[0].replica.as_ref().map(|r| r.heads());
-        self.nodes
-            .iter()
-            .all(|n| n.replica.as_ref().map(|r| r.heads()) == first)
+        let heads = |n: &Node| n.replica.as_ref().and_then(|r| r.heads().ok());
+        let first = heads(&self.nodes[0]);
+        first.is_some() && self.nodes.iter().all(|n| heads(n) == first)
     }
 }
