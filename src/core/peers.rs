@@ -12,6 +12,15 @@ use crate::wire::{DocChanges, Message, BATCH_BUDGET};
 /// Key of one group of outgoing changes: (document, origin, want_ack).
 type GroupKey = (String, String, bool);
 
+/// A document to ask a peer for.
+pub(crate) struct Wanted {
+    pub(crate) doc: String,
+    /// The ask answers one of the peer's.
+    pub(crate) reply: bool,
+    /// The peer's heads digest of it, where known: once ours equals it, nothing is asked.
+    pub(crate) theirs: Option<u64>,
+}
+
 /// A peer with a live link.
 pub(crate) struct Peer {
     outbox: BTreeMap<GroupKey, Vec<ByteBuf>>,
@@ -22,7 +31,7 @@ pub(crate) struct Peer {
     pub(crate) needs_reconcile: bool,
     /// Documents to ask this peer for, with whether the ask answers one of its own, and
     /// the same documents as a set (each is queued once).
-    wants: VecDeque<(String, bool)>,
+    wants: VecDeque<Wanted>,
     wanted: HashSet<String>,
     /// When the link came up.
     pub(crate) since: u64,
@@ -122,17 +131,22 @@ impl Peer {
     }
 
     /// Queues `doc` to be asked of this peer, unless it is queued already.
-    pub(crate) fn want(&mut self, doc: String, reply: bool) {
-        if self.wanted.insert(doc.clone()) {
-            self.wants.push_back((doc, reply));
+    pub(crate) fn want(&mut self, wanted: Wanted) {
+        if self.wanted.insert(wanted.doc.clone()) {
+            self.wants.push_back(wanted);
         }
     }
 
     /// The next document to ask this peer for.
-    pub(crate) fn next_want(&mut self) -> Option<(String, bool)> {
-        let (doc, reply) = self.wants.pop_front()?;
-        self.wanted.remove(&doc);
-        Some((doc, reply))
+    pub(crate) fn next_want(&mut self) -> Option<Wanted> {
+        let wanted = self.wants.pop_front()?;
+        self.wanted.remove(&wanted.doc);
+        Some(wanted)
+    }
+
+    /// Documents queued to be asked of this peer.
+    pub(crate) fn wants_len(&self) -> usize {
+        self.wants.len()
     }
 
     pub(crate) fn wants_queued(&self) -> bool {

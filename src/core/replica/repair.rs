@@ -23,6 +23,7 @@ use automerge::ChangeHash;
 use serde_bytes::ByteBuf;
 
 use super::Replica;
+use crate::core::peers::Wanted;
 use crate::core::reconcile::Answer;
 use crate::core::Effect;
 use crate::wire::{self, Bucket, Fingerprints, Message, Want, BATCH_BUDGET};
@@ -91,7 +92,11 @@ impl Replica {
             if d.ours.is_some() && d.theirs.is_none() {
                 self.send_missing(from, &d.doc, &[]);
             } else if let Some(p) = self.peers.get_mut(from) {
-                p.want(d.doc, false);
+                p.want(Wanted {
+                    doc: d.doc,
+                    reply: false,
+                    theirs: d.theirs,
+                });
             }
         }
     }
@@ -126,7 +131,11 @@ impl Replica {
                 Some(false) | None if !want.reply => {
                     if !theirs.is_empty() {
                         if let Some(p) = self.peers.get_mut(from) {
-                            p.want(want.doc, true);
+                            p.want(Wanted {
+                                doc: want.doc,
+                                reply: true,
+                                theirs: None,
+                            });
                         }
                     }
                 }
@@ -188,14 +197,25 @@ impl Replica {
         for peer in ids {
             let mut out = Vec::new();
             let mut size = 0;
-            while self.gate.awaiting_from(&peer) < window {
-                let Some((doc, reply)) = self.peers.get_mut(&peer).and_then(|p| p.next_want())
-                else {
+            // Each queued document is looked at once per pump at most.
+            let mut budget = self.peers.get(&peer).map_or(0, |p| p.wants_len());
+            while budget > 0 && self.gate.awaiting_from(&peer) < window {
+                budget -= 1;
+                let Some(wanted) = self.peers.get_mut(&peer).and_then(|p| p.next_want()) else {
                     break;
                 };
-                if !self.gate.may_start(&doc, &peer) || self.gate.is_awaiting(&doc, &peer) {
-                    // Already asked (of this peer or another one); a later reconciliation
-                    // sees what is left.
+                let Wanted { doc, reply, theirs } = wanted;
+                if theirs.is_some() && self.docs.index().get(&doc) == theirs {
+                    continue; // repaired meanwhile (from another peer)
+                }
+                if self.gate.is_awaiting(&doc, &peer) {
+                    continue; // asked already
+                }
+                if !self.gate.may_start(&doc, &peer) {
+                    // Asked of another peer: ask this one later if that does not settle it.
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.want(Wanted { doc, reply, theirs });
+                    }
                     continue;
                 }
                 let Ok(heads) = self.docs.heads(&doc) else {
