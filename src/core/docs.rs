@@ -186,6 +186,9 @@ pub(crate) struct CacheStats {
     pub(crate) load_errors: u64,
 }
 
+/// What [`Docs::append_unloaded`] took: the indexes of the new changes, and the heads.
+pub(crate) type Appended = (Vec<usize>, Vec<ChangeHash>);
+
 /// Changes accepted for a document that is not in memory, not yet durable.
 struct Unsaved {
     heads: Vec<ChangeHash>,
@@ -350,7 +353,7 @@ impl Docs {
         &mut self,
         id: &str,
         changes: &[Change],
-    ) -> Result<Option<(Vec<usize>, Vec<ChangeHash>)>, CoreError> {
+    ) -> Result<Option<Appended>, CoreError> {
         if self.loaded.contains_key(id) || self.source.is_none() {
             return Ok(None);
         }
@@ -408,9 +411,8 @@ impl Docs {
             log.extend(u.changes.iter().cloned());
         }
         let in_log: HashSet<ChangeHash> = log.iter().map(|c| c.hash()).collect();
-        if !after.iter().all(|h| in_log.contains(h))
-            && !(after.is_empty() && stored.snapshot.is_none())
-        {
+        // Where they name a change the log does not hold, the walk cannot stop there.
+        if !after.iter().all(|h| in_log.contains(h)) {
             return Ok(None);
         }
         let heads = self.heads(id)?;
@@ -466,6 +468,11 @@ impl Docs {
         self.bytes
     }
 
+    /// Documents with changes accepted unloaded and not yet durable, with their heads.
+    pub(crate) fn unsaved_heads(&self) -> impl Iterator<Item = (&String, &Vec<ChangeHash>)> {
+        self.unsaved.iter().map(|(id, u)| (id, &u.heads))
+    }
+
     /// Ids of the loaded documents (any order).
     pub(crate) fn loaded_ids(&self) -> impl Iterator<Item = &String> {
         self.loaded.keys()
@@ -478,6 +485,12 @@ impl Docs {
         };
         let stored = match source.read(id) {
             Ok(Some(stored)) => stored,
+            // Nothing durable yet, but changes accepted unloaded: they are the document.
+            Ok(None) if self.unsaved.contains_key(id) => crate::storage::StoredDoc {
+                id: id.to_string(),
+                snapshot: None,
+                changes: Vec::new(),
+            },
             Ok(None) => return Ok(false),
             Err(e) => {
                 self.stats.load_errors += 1;

@@ -25,7 +25,7 @@ mod router;
 
 pub use effect::Effect;
 pub use loaded::LoadedDoc;
-pub use replica::{ChangeError, CoreConfig, CoreStats, DocCounts, LocalWrite, Replica};
+pub use replica::{ChangeError, CoreConfig, CoreStats, DocCounts, LocalWrite, Replica, Snapshot};
 pub use router::{Flood, Router};
 
 /// Errors of the core. None of them leaves a partial change behind.

@@ -119,6 +119,9 @@ pub struct CoreStats {
     pub doc_load_errors: u64,
 }
 
+/// A document saved for compaction, and the changes the save cannot contain.
+pub type Snapshot = (Vec<u8>, Vec<Vec<u8>>);
+
 /// What a replica holds: documents stored and in memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DocCounts {
@@ -591,6 +594,9 @@ impl Replica {
                 all.insert(id, heads.into_iter().map(ChangeHash).collect());
             }
         }
+        for (id, heads) in self.docs.unsaved_heads() {
+            all.insert(id.clone(), heads.clone());
+        }
         for id in self.docs.loaded_ids() {
             if let Some(d) = self.docs.peek(id) {
                 all.insert(id.clone(), d.doc.get_heads());
@@ -622,7 +628,7 @@ impl Replica {
 
     /// A snapshot for compaction: the saved document and the changes it cannot contain
     /// (received, but waiting for dependencies). Reads the document if it is not in memory.
-    pub fn snapshot(&mut self, id: &str) -> Result<Option<(Vec<u8>, Vec<Vec<u8>>)>, CoreError> {
+    pub fn snapshot(&mut self, id: &str) -> Result<Option<Snapshot>, CoreError> {
         self.apply_doc(id);
         Ok(self.docs.get(id)?.map(|d| (d.doc.save(), d.orphan_bytes())))
     }

@@ -128,17 +128,17 @@ impl Replica {
                 // We have all they have: send the rest.
                 Some(true) => self.send_missing(from, &want.doc, &theirs),
                 // We lack some of theirs: ask with our heads, once.
-                Some(false) | None if !want.reply => {
-                    if !theirs.is_empty() {
-                        if let Some(p) = self.peers.get_mut(from) {
-                            p.want(Wanted {
-                                doc: want.doc,
-                                reply: true,
-                                theirs: None,
-                            });
-                        }
+                Some(false) | None if !want.reply && !theirs.is_empty() => {
+                    if let Some(p) = self.peers.get_mut(from) {
+                        p.want(Wanted {
+                            doc: want.doc,
+                            reply: true,
+                            theirs: None,
+                        });
                     }
                 }
+                // Neither has it, or a reply we cannot place while we have nothing.
+                Some(false) | None if !want.reply => {}
                 // Both sides lack some of the other's changes: the histories diverged.
                 Some(false) => {
                     let active = self
