@@ -24,7 +24,10 @@ impl LoadedDoc {
     }
 
     /// Loads the snapshot (if any) and applies the changes appended after it in one batch.
-    /// Needs no replica, so documents can be decoded in parallel. Corrupt data is an error.
+    /// Needs no replica, so documents can be decoded in parallel. Bytes that do not decode
+    /// are an error. A change that decodes but that Automerge refuses (stored unchecked
+    /// while the document was not in memory, e.g. a faulty peer's reuse of a sequence
+    /// number) is left out, as it would have been had the document been loaded.
     pub fn decode(
         id: &str,
         snapshot: Option<&[u8]>,
@@ -34,18 +37,21 @@ impl LoadedDoc {
             doc: id.to_string(),
             detail,
         };
-        let mut doc = match snapshot {
-            Some(bytes) => Automerge::load(bytes).map_err(|e| corrupt(format!("snapshot: {e}")))?,
-            None => Automerge::new(),
+        let base = || match snapshot {
+            Some(bytes) => Automerge::load(bytes).map_err(|e| corrupt(format!("snapshot: {e}"))),
+            None => Ok(Automerge::new()),
         };
+        let mut doc = base()?;
         let mut decoded = Vec::with_capacity(changes.len());
         for (i, bytes) in changes.iter().enumerate() {
             let change = Change::from_bytes(bytes.clone())
                 .map_err(|e| corrupt(format!("change #{i}: {e}")))?;
             decoded.push(change);
         }
-        doc.apply_changes(decoded.iter().cloned())
-            .map_err(|e| corrupt(format!("applying changes: {e}")))?;
+        if doc.apply_changes(decoded.iter().cloned()).is_err() {
+            doc = base()?;
+            decoded.retain(|c| doc.apply_changes([c.clone()]).is_ok());
+        }
         Ok(LoadedDoc {
             id: id.to_string(),
             doc,

@@ -135,3 +135,18 @@ fn a_want_is_answered_from_the_stored_log() {
     let change = automerge::Change::from_bytes(sent[0].changes[0].to_vec()).unwrap();
     assert_eq!(change.hash(), second);
 }
+
+#[test]
+fn a_stored_change_automerge_refuses_is_left_out_when_the_document_loads() {
+    // Two changes by one actor with the same sequence number: Automerge takes one only.
+    let actor = automerge::ActorId::from([7u8; 16]);
+    let mut one = AutoCommit::new().with_actor(actor.clone());
+    one.put(ROOT, "k", 1).unwrap();
+    let mut two = AutoCommit::new().with_actor(actor);
+    two.put(ROOT, "k", 2).unwrap();
+    let first = one.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let clash = two.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let loaded = crate::core::LoadedDoc::decode("d", None, &[first, clash]).unwrap();
+    assert_eq!(loaded.heads().len(), 1);
+    assert!(crate::core::LoadedDoc::decode("d", None, &[b"junk".to_vec()]).is_err());
+}
