@@ -8,10 +8,13 @@
 //! - [`topology`]: pure graph logic: neighbours, ring failover, forwarding targets.
 //! - [`certs`]: cluster CA and node certificates (generation and loading).
 //! - [`init`]: `concordant init`, writing a new cluster directory.
-//! - [`core`]: the sans-IO replication core (no tokio, sockets, files or clocks).
+//! - [`core`]: the sans-IO replication core (no tokio, sockets, files or clocks): push and
+//!   forwarding, a bounded cache of documents over the store, the reconciliation tree of
+//!   (document, heads) fingerprints, bulk repair, acknowledgements.
 //! - [`wire`]: the peer protocol: versioned messages, framing, limits.
 //! - [`transport`]: QUIC endpoint, mutual TLS, connections and reconnects.
-//! - [`storage`]: durable store (redb) and an in-memory store for tests and simulation.
+//! - [`storage`]: durable store (redb) with a per-document index of heads, read per
+//!   document from any thread, and an in-memory store for tests and simulation.
 //! - [`ops`] and [`json`]: the JSON operations of the HTTP API and documents as JSON.
 //! - [`demo`]: `concordant demo`, a local cluster showing failure and catch-up.
 //! - [`node`]: the driver joining core, transport and storage; the embeddable [`Node`].
