@@ -191,10 +191,38 @@ async fn all_nodes_killed_within_a_second_and_restarted_lose_no_acknowledged_wri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_down_during_thousands_of_writes_catches_up_after_restart() {
+    kill_during_writes_then_catch_up(4, None).await;
+}
+
+/// The same with documents on demand: hundreds of documents and a cache of 8 per node, so
+/// most writes, pushes and repairs go to documents that are on disk only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_cache_node_killed_during_writes_to_hundreds_of_documents_catches_up() {
+    kill_during_writes_then_catch_up(300, Some(8)).await;
+}
+
+/// A node is SIGKILLed, thousands of writes go to `docs` documents on the others, and it is
+/// restarted, SIGKILLed again during its catch-up and restarted again: it must end with
+/// every acknowledged write. `cache_docs` sets every node's document cache (a rolling
+/// restart applies it before the writes).
+async fn kill_during_writes_then_catch_up(docs: usize, cache_docs: Option<usize>) {
     let writes = env_usize("CONCORDANT_CATCHUP_WRITES", 2000);
     let n = 3;
     let mut cluster = ProcCluster::start(n, "mesh").await;
-    let docs = doc_names(4);
+    if let Some(cache) = cache_docs {
+        let text = cluster.config_text();
+        let tuned = text.replace(
+            "compact_after = 250\n",
+            &format!("compact_after = 250\ncache_docs = {cache}\n"),
+        );
+        assert_ne!(tuned, text, "the test tuning names compact_after");
+        cluster.write_config(&tuned);
+        for i in 0..n {
+            cluster.kill(i).await;
+            cluster.restart(i).await;
+        }
+    }
+    let docs = doc_names(docs);
     create_docs(&cluster.access(0), &docs).await;
 
     let down = n - 1;
