@@ -445,6 +445,11 @@ impl Replica {
     /// The persist batch `token` is durable: acknowledge it to the peers waiting for it.
     pub fn persisted(&mut self, token: u64) {
         self.unpersisted.remove(&token);
+        // Changes taken unloaded are in the store once their batch is: forget them here,
+        // when durability changes, rather than on every message.
+        let (current, unpersisted) = (self.token, &self.unpersisted);
+        self.docs
+            .settle_unsaved(|t| t < current && !unpersisted.contains(&t));
         let Some(work) = self.ack_work.remove(&token) else {
             return;
         };
@@ -658,8 +663,6 @@ impl Replica {
     fn evict(&mut self) {
         let current = self.token;
         let unpersisted = &self.unpersisted;
-        self.docs
-            .settle_unsaved(|t| t < current && !unpersisted.contains(&t));
         self.docs.evict(|_, d| {
             d.has_orphans()
                 || (d.persist_token != 0

@@ -228,10 +228,7 @@ impl Driver {
                         let _ = started.send(Err(Error::Change(e)));
                     }
                     Err(ChangeError::Core(e)) => {
-                        let _ = started.send(Err(Error::Load {
-                            location: "the node's store".into(),
-                            source: Box::new(e),
-                        }));
+                        let _ = started.send(Err(Error::store(e)));
                     }
                     Ok(w) => match (w.hash, w.persist_token) {
                         (Some(hash), Some(token)) => {

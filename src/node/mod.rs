@@ -74,6 +74,16 @@ pub enum Error {
     StorageFailed(String),
 }
 
+impl Error {
+    /// A document of the running node's store could not be read.
+    pub(crate) fn store(e: CoreError) -> Error {
+        Error::Load {
+            location: "the node's store".into(),
+            source: Box::new(e),
+        }
+    }
+}
+
 /// The outcome of a write.
 #[derive(Debug, Clone)]
 pub struct Written<R> {
@@ -316,10 +326,7 @@ impl Node {
         let doc = doc.to_string();
         self.read(move |r| r.load(&doc).map(|d| d.map(f)))
             .await?
-            .map_err(|e| Error::Load {
-                location: "the node's store".into(),
-                source: Box::new(e),
-            })
+            .map_err(Error::store)
     }
 
     /// The document as plain JSON, if this node has it.
@@ -334,10 +341,7 @@ impl Node {
 
     /// Every document with its heads, in id order.
     pub async fn docs(&self) -> Result<Vec<(String, Vec<ChangeHash>)>, Error> {
-        self.read(|r| r.heads()).await?.map_err(|e| Error::Load {
-            location: "the node's store".into(),
-            source: Box::new(e),
-        })
+        self.read(|r| r.heads()).await?.map_err(Error::store)
     }
 
     /// A stream of change notifications for `doc` (local and remote changes). A receiver
