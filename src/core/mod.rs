@@ -23,6 +23,7 @@ mod reconcile;
 mod replica;
 mod router;
 
+pub use docs::StoredIndex;
 pub use effect::Effect;
 pub use loaded::LoadedDoc;
 pub use replica::{ChangeError, CoreConfig, CoreStats, DocCounts, LocalWrite, Replica, Snapshot};

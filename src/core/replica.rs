@@ -21,7 +21,7 @@ use automerge::transaction::Transaction;
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 use serde_bytes::ByteBuf;
 
-use super::docs::{Budget, Docs};
+use super::docs::{Budget, Docs, StoredIndex};
 use super::gate::SyncGate;
 use super::loaded::LoadedDoc;
 use super::memory::Memory;
@@ -250,20 +250,9 @@ impl Replica {
     /// Backs the replica with a store: documents not in memory are read from `reader`, and
     /// the least recently used ones are dropped past the cache budget. `index` lists every
     /// stored document with its heads (read at start-up, without loading documents).
-    pub fn set_store<'a>(
-        &mut self,
-        reader: Arc<dyn DocReader>,
-        index: impl IntoIterator<Item = (&'a str, &'a [[u8; 32]])>,
-    ) {
+    pub fn set_store(&mut self, reader: Arc<dyn DocReader>, index: StoredIndex) {
         self.docs.set_source(reader);
-        for (doc, heads) in index {
-            self.docs.index_stored(doc, heads);
-        }
-    }
-
-    /// Records one stored document's heads without loading it (see [`Replica::set_store`]).
-    pub fn index_stored(&mut self, doc: &str, heads: &[[u8; 32]]) {
-        self.docs.index_stored(doc, heads);
+        self.docs.index_stored(index);
     }
 
     /// Loads a stored document at start-up: a snapshot (if any) and the changes appended

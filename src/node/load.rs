@@ -8,7 +8,7 @@ use std::thread;
 
 use super::builder::StorageChoice;
 use super::Error;
-use crate::core::{LoadedDoc, Replica};
+use crate::core::{LoadedDoc, Replica, StoredIndex};
 use crate::storage::{RedbStore, Store, StoredDoc};
 
 /// Opens the store and indexes `replica` over it. A corrupt index row, or a corrupt
@@ -21,9 +21,10 @@ pub(crate) fn open_store(
         StorageChoice::Dir(dir) => Box::new(RedbStore::open(&dir)?),
         StorageChoice::Memory(m) => Box::new(m),
     };
+    let mut index = StoredIndex::new();
     let mut unindexed = Vec::new();
     store.scan_index(&mut |doc, heads| match heads {
-        Some(heads) => replica.index_stored(doc, heads),
+        Some(heads) => index.add(doc, heads),
         None => unindexed.push(doc.to_string()),
     })?;
     let reader = store.reader();
@@ -50,10 +51,10 @@ pub(crate) fn open_store(
             .collect();
         store.set_heads(heads.clone())?;
         for (doc, heads) in &heads {
-            replica.index_stored(doc, heads);
+            index.add(doc, heads);
         }
     }
-    replica.set_store(reader, std::iter::empty());
+    replica.set_store(reader, index);
     Ok((store, replica))
 }
 

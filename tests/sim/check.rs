@@ -7,7 +7,7 @@ use concordant::core::{CoreConfig, Flood, Replica};
 use concordant::storage::Store;
 
 use super::workload::counter_value;
-use super::world::{stored_index, Sim, Totals};
+use super::world::{as_stored, stored_index, Sim, Totals};
 use super::Summary;
 
 /// The document at replica `r`, read from its store if it is not in memory.
@@ -99,10 +99,7 @@ impl Sim {
             let store = node.store.clone();
             let mut r = Replica::new("check", [0xee; 16], Box::new(Flood), CoreConfig::default());
             let index = stored_index(&store);
-            r.set_store(
-                store.reader(),
-                index.iter().map(|(d, h)| (d.as_str(), h.as_slice())),
-            );
+            r.set_store(store.reader(), as_stored(&index));
             let listed = heads(&r, &format!("n{i}'s store"))?;
             if listed != expected {
                 return Err(format!(

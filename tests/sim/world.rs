@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{Automerge, ChangeHash};
-use concordant::core::{CoreConfig, CoreStats, Effect, Flood, LoadedDoc, Replica};
+use concordant::core::{CoreConfig, CoreStats, Effect, Flood, LoadedDoc, Replica, StoredIndex};
 use concordant::storage::{Compaction, DocAppend, MemoryStore, Store};
 use concordant::wire;
 use rand::rngs::StdRng;
@@ -114,6 +114,15 @@ pub(crate) fn stored_index(store: &MemoryStore) -> Vec<(String, Vec<[u8; 32]>)> 
         })
         .expect("a memory store scans");
     index
+}
+
+/// The listing of [`stored_index`] as a replica takes it.
+pub(crate) fn as_stored(index: &[(String, Vec<[u8; 32]>)]) -> StoredIndex {
+    let mut stored = StoredIndex::new();
+    for (doc, heads) in index {
+        stored.add(doc, heads);
+    }
+    stored
 }
 
 /// What a crash left must be consistent: every stored document loads, to the heads its
@@ -402,10 +411,7 @@ impl Sim {
         if node.life > 0 {
             check_store(&node.name, &node.store, &index);
         }
-        replica.set_store(
-            node.store.reader(),
-            index.iter().map(|(d, h)| (d.as_str(), h.as_slice())),
-        );
+        replica.set_store(node.store.reader(), as_stored(&index));
         if compact {
             let mut compactions = Vec::new();
             for (doc, _) in &index {

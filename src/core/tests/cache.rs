@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::core::StoredIndex;
 use crate::storage::{MemoryStore, Store};
 
 /// A replica over a fresh in-memory store holding at most `cache` documents in memory.
@@ -14,7 +15,7 @@ fn stored_replica(id: &str, cache: usize) -> (Replica, MemoryStore) {
         ..CoreConfig::default()
     };
     let mut r = replica_with(id, config);
-    r.set_store(Arc::clone(&store.reader()), std::iter::empty());
+    r.set_store(Arc::clone(&store.reader()), StoredIndex::new());
     (r, store)
 }
 
