@@ -333,14 +333,16 @@ pub(crate) async fn catchup(
     let mut first_link_s = None;
     // The node's counters are polled every millisecond; its listing (which grows with the
     // documents) is compared once they show every missed write, or now and then should
-    // they never do (a repair that counts changes differently). The time stops at the
-    // counts if the first comparison after them agrees, else at the start of the first
-    // comparison that agrees: a listing runs in the node's event loop, so it reads the
-    // state the node had when it began. As each listing holds the node up, failed ones are
-    // spaced to leave the node most of its time.
+    // they never do (a repair that counts changes differently): once the counters have not
+    // moved for a second. The time stops at the counts if the first comparison after them
+    // agrees, else at the start of the first comparison that agrees: a listing runs in the
+    // node's event loop, so it reads the state the node had when it began. As each listing
+    // holds the node up, none is made while the counters move, and failed ones are spaced
+    // to leave the node most of its time.
     let mut counted = None::<f64>;
     let mut compared_since_counted = false;
-    let mut next_listing = Instant::now() + Duration::from_millis(500);
+    let mut last_seen = (0, Instant::now());
+    let mut next_listing = Instant::now() + STALL;
     let (seconds, listing_took) = loop {
         if first_link_s.is_none() && status.peers.iter().any(|p| p.connected) {
             let at = start.elapsed().as_secs_f64();
@@ -352,6 +354,10 @@ pub(crate) async fn catchup(
         }
         let seen =
             status.core.local_changes + status.core.remote_changes + status.core.repaired_changes;
+        if seen != last_seen.0 && counted.is_none() {
+            last_seen = (seen, Instant::now());
+            next_listing = next_listing.max(last_seen.1 + STALL);
+        }
         if counted.is_none() && seen >= opts.writes as u64 {
             let at = start.elapsed().as_secs_f64();
             counted = Some(at);
@@ -408,6 +414,10 @@ pub(crate) async fn catchup(
         first_link_s,
     })
 }
+
+/// How long the catch-up counters must stand still before the bench compares listings
+/// without them.
+const STALL: Duration = Duration::from_secs(1);
 
 /// Resident memory of this process divided by the nodes in it (Linux; None elsewhere).
 pub(crate) fn memory_per_node_bytes(nodes: usize) -> Option<u64> {

@@ -124,7 +124,12 @@ impl SyncGate {
 
     /// The held openings of `doc`, once no repair of it waits for an answer.
     pub(crate) fn release(&mut self, doc: &str) -> Vec<(String, Vec<u8>)> {
-        if self.awaiting.keys().any(|(d, _)| d == doc) {
+        let awaited = self
+            .awaiting
+            .range((doc.to_string(), String::new())..)
+            .next()
+            .is_some_and(|((d, _), _)| d == doc);
+        if awaited {
             return Vec::new();
         }
         let held = self.held.remove(doc).unwrap_or_default();
