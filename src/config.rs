@@ -114,6 +114,14 @@ pub struct Tuning {
     pub cache_docs: usize,
     /// Encoded bytes of the documents kept in memory, at most (default 64 MiB).
     pub cache_bytes: usize,
+    /// automerge-repo WebSocket clients (`GET /v1/sync`) one node accepts at once
+    /// (default 10000); more are refused with 503.
+    pub sync_clients: usize,
+    /// The largest WebSocket message accepted from a client, in bytes (default 32 MiB).
+    pub sync_message_bytes: usize,
+    /// Messages queued for one client; a client that falls this far behind is disconnected
+    /// (it syncs again when it reconnects) rather than slow the node (default 1024).
+    pub sync_client_queue: usize,
 }
 
 impl Default for Tuning {
@@ -130,6 +138,9 @@ impl Default for Tuning {
             max_batch_bytes: 1024 * 1024,
             cache_docs: 4096,
             cache_bytes: 64 << 20,
+            sync_clients: 10_000,
+            sync_message_bytes: 32 << 20,
+            sync_client_queue: 1024,
         }
     }
 }
@@ -655,6 +666,9 @@ impl Checker<'_> {
             ("max_batch_bytes", t.max_batch_bytes),
             ("cache_docs", t.cache_docs),
             ("cache_bytes", t.cache_bytes),
+            ("sync_clients", t.sync_clients),
+            ("sync_message_bytes", t.sync_message_bytes),
+            ("sync_client_queue", t.sync_client_queue),
         ] {
             if value == 0 {
                 return Err(self.invalid(format!("tuning.{name}"), "must be at least 1"));

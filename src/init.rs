@@ -257,6 +257,9 @@ fn cluster_toml(opts: &InitOptions, cluster: &str, ids: &[String], token: &str) 
         ("max_batch_bytes", t.max_batch_bytes),
         ("cache_docs", t.cache_docs),
         ("cache_bytes", t.cache_bytes),
+        ("sync_clients", t.sync_clients),
+        ("sync_message_bytes", t.sync_message_bytes),
+        ("sync_client_queue", t.sync_client_queue),
     ] {
         let _ = writeln!(out, "# {name} = {value}");
     }

@@ -21,6 +21,8 @@
 //! - [`local`]: a local cluster of N nodes in one process (demo, bench, experiments).
 //! - [`bench`]: `concordant bench`, the convergence benchmark.
 //! - [`api`]: the HTTP API of a node (axum): JSON endpoints, change events, metrics.
+//! - [`sync`]: automerge-repo clients over WebSocket (`GET /v1/sync`): the protocol's
+//!   messages, document ids and one client connection.
 //! - [`client`]: an HTTP client for the API and the command line's client commands.
 #![deny(missing_docs)]
 
@@ -40,6 +42,7 @@ pub mod local;
 pub mod node;
 pub mod ops;
 pub mod storage;
+pub mod sync;
 pub mod topology;
 pub mod transport;
 pub mod wire;

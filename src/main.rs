@@ -494,6 +494,11 @@ async fn run_nodes(
     let mut servers = tokio::task::JoinSet::new();
     for ((config, _), listener) in configs.into_iter().zip(listeners) {
         let id = config.id.clone();
+        let mut options = concordant::api::ApiOptions::new(token.clone());
+        options.sync = concordant::sync::SyncOptions {
+            max_clients: config.tuning.sync_clients,
+            max_message: config.tuning.sync_message_bytes,
+        };
         let node = Node::start(config)
             .await
             .with_context(|| format!("node {id}"))?;
@@ -501,7 +506,7 @@ async fn run_nodes(
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        let server = concordant::api::serve(node.clone(), listener, token.clone(), stopped);
+        let server = concordant::api::serve_with(node.clone(), listener, options, stopped);
         servers.spawn(async move { server.await.with_context(|| format!("node {id}")) });
         nodes.push(node);
     }

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of the peer protocol; also part of the QUIC ALPN.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// ALPN protocol id negotiated by QUIC; a peer speaking another version fails the handshake.
-pub const ALPN: &[u8] = b"concordant/2";
+pub const ALPN: &[u8] = b"concordant/3";
 
 /// Largest payload accepted or produced, in bytes.
 pub const MAX_FRAME: usize = 32 * 1024 * 1024;
@@ -130,6 +130,24 @@ pub struct Want {
     pub reply: bool,
 }
 
+/// An automerge-repo `ephemeral` message (presence, cursors) relayed between nodes to the
+/// clients of a document; never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ephemeral {
+    /// Document id.
+    pub doc: String,
+    /// The node whose client sent it (routing: it spreads like that node's pushes).
+    pub origin: String,
+    /// The sending client's peer id.
+    pub sender: String,
+    /// The sending client's session id.
+    pub session: String,
+    /// The client's message counter in that session.
+    pub count: u64,
+    /// The payload, opaque (CBOR from the client).
+    pub data: ByteBuf,
+}
+
 /// Every message between peers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -152,6 +170,8 @@ pub enum Message {
         /// Encoded `automerge::sync::Message`.
         data: ByteBuf,
     },
+    /// A client's ephemeral message for the clients of a document on other nodes.
+    Ephemeral(Ephemeral),
 }
 
 impl Message {
@@ -165,6 +185,7 @@ impl Message {
             Message::Items(_) => "items",
             Message::Want(_) => "want",
             Message::Sync { .. } => "sync",
+            Message::Ephemeral(_) => "ephemeral",
         }
     }
 }

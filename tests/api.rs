@@ -404,8 +404,8 @@ async fn oversized_bodies_are_refused() {
     let mut small = cluster_with(
         1,
         ApiOptions {
-            token: None,
             body_limit: 100,
+            ..ApiOptions::new(None)
         },
     )
     .await;

@@ -4,8 +4,8 @@
 //! corrupted length prefix, is an error or a request for more bytes, never a message.
 
 use concordant::wire::{
-    decode_frame, decode_payload, encode, frame_len, Ack, Bucket, DocChanges, Fingerprints, Hello,
-    Message, Want, WireError, HEADER_LEN, MAX_FRAME, PROTOCOL_VERSION,
+    decode_frame, decode_payload, encode, frame_len, Ack, Bucket, DocChanges, Ephemeral,
+    Fingerprints, Hello, Message, Want, WireError, HEADER_LEN, MAX_FRAME, PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
 use serde_bytes::ByteBuf;
@@ -72,7 +72,23 @@ fn arb_message() -> impl Strategy<Value = Message> {
     )
     .prop_map(Message::Want);
     let sync = (arb_string(), arb_bytes()).prop_map(|(doc, data)| Message::Sync { doc, data });
-    prop_oneof![hello, push, ack, fingerprints, items, want, sync]
+    let ephemeral = (
+        (arb_string(), arb_string(), arb_string()),
+        arb_string(),
+        any::<u64>(),
+        arb_bytes(),
+    )
+        .prop_map(|((doc, origin, sender), session, count, data)| {
+            Message::Ephemeral(Ephemeral {
+                doc,
+                origin,
+                sender,
+                session,
+                count,
+                data,
+            })
+        });
+    prop_oneof![hello, push, ack, fingerprints, items, want, sync, ephemeral]
 }
 
 /// Arbitrary bytes, often shaped like a payload (version byte, small variant index) so
@@ -80,7 +96,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
 fn arb_payload_like() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..128),
-        (0u8..6, prop::collection::vec(any::<u8>(), 0..128)).prop_map(|(variant, rest)| {
+        (0u8..9, prop::collection::vec(any::<u8>(), 0..128)).prop_map(|(variant, rest)| {
             let mut p = vec![PROTOCOL_VERSION, variant];
             p.extend(rest);
             p

@@ -94,6 +94,7 @@ fn status_json(s: &NodeStatus) -> Value {
         "docs": s.docs,
         "docs_loaded": s.docs_loaded,
         "cache_bytes": s.cache_bytes,
+        "sync_clients": s.sync_clients,
         "pending_writes": s.pending_writes,
         "core": {
             "local_changes": c.local_changes,
@@ -138,6 +139,21 @@ pub(crate) async fn list_docs(State(state): State<AppState>) -> Answer {
         .map(|(id, heads)| json!({"id": id, "heads": heads_json(heads)}))
         .collect();
     Ok(Json(Value::Array(list)).into_response())
+}
+
+/// `POST /v1/docs`: a new empty document (one empty change, so that it has heads and
+/// replicates) under a fresh automerge-repo id; answered once durable here.
+pub(crate) async fn create_doc(State(state): State<AppState>) -> Answer {
+    let id = crate::sync::doc_id::new_document_id();
+    let mut scratch = automerge::Automerge::new();
+    scratch.empty_commit(automerge::transaction::CommitOptions::default());
+    state
+        .node
+        .merge(&id, scratch.save())
+        .await
+        .map_err(|e| HttpError::from_node(&id, e))?;
+    let url = crate::sync::doc_id::url(&id);
+    Ok((StatusCode::CREATED, Json(json!({"id": id, "url": url}))).into_response())
 }
 
 /// `GET /v1/docs/{id}`.

@@ -30,6 +30,14 @@
 //! `concordant_anti_entropy_repaired_changes_total`,
 //! `concordant_sync_messages_sent_total`, `concordant_acks_sent_total`.
 //!
+//! automerge-repo clients ([`render_sync`]): `concordant_sync_clients` (gauge: connected),
+//! `concordant_sync_client_messages_received_total`,
+//! `concordant_sync_client_messages_sent_total`, `concordant_sync_client_bytes_received_total`,
+//! `concordant_sync_client_bytes_sent_total`, `concordant_sync_clients_refused_total`
+//! (over `sync_clients`), `concordant_sync_client_errors_total` (closed for bad input),
+//! `concordant_sync_clients_dropped_total` (too far behind),
+//! `concordant_sync_client_changes_total`.
+//!
 //! # Replication lag
 //! Per peer, the lag is what this node has and has not yet handed to the peer's link:
 //! `concordant_peer_lag_bytes{peer}` is the bytes of changes queued for the peer in the
@@ -52,6 +60,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{AppState, HttpError};
 use crate::node::{NodeStatus, PeerStatus};
+use crate::sync::SyncCounters;
 use crate::transport::PeerStats;
 
 /// The API's own counters.
@@ -103,7 +112,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, H
         .status()
         .await
         .map_err(|e| HttpError::from_node("", e))?;
-    let text = render(&status, &state.counters);
+    let text = render(&status, &state.counters) + &render_sync(&status, state.sync.counters());
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -112,6 +121,63 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, H
         text,
     )
         .into_response())
+}
+
+/// Prometheus text for the automerge-repo client endpoint (`GET /v1/sync`).
+pub fn render_sync(s: &NodeStatus, sync: &SyncCounters) -> String {
+    let mut m = Metrics::default();
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    m.gauge(
+        "concordant_sync_clients",
+        "automerge-repo WebSocket clients connected.",
+        &[],
+        sync.clients.load(Ordering::Relaxed) as u64,
+    );
+    for (name, help, value) in [
+        (
+            "concordant_sync_client_messages_received_total",
+            "Messages received from automerge-repo clients.",
+            load(&sync.messages_in),
+        ),
+        (
+            "concordant_sync_client_messages_sent_total",
+            "Messages sent to automerge-repo clients.",
+            load(&sync.messages_out),
+        ),
+        (
+            "concordant_sync_client_bytes_received_total",
+            "WebSocket payload bytes received from clients.",
+            load(&sync.bytes_in),
+        ),
+        (
+            "concordant_sync_client_bytes_sent_total",
+            "WebSocket payload bytes sent to clients.",
+            load(&sync.bytes_out),
+        ),
+        (
+            "concordant_sync_clients_refused_total",
+            "Client upgrades refused because the node had its maximum of clients.",
+            load(&sync.refused),
+        ),
+        (
+            "concordant_sync_client_errors_total",
+            "Client connections closed for a malformed or refused message.",
+            load(&sync.errors),
+        ),
+        (
+            "concordant_sync_clients_dropped_total",
+            "Clients disconnected because they fell too far behind.",
+            s.sync_clients_dropped,
+        ),
+        (
+            "concordant_sync_client_changes_total",
+            "Changes received from clients (new to this node).",
+            s.core.client_changes,
+        ),
+    ] {
+        m.counter(name, help, &[], value);
+    }
+    m.out
 }
 
 /// Prometheus text for a node status and the API counters.

@@ -11,6 +11,8 @@
 //! | `GET /v1/health` | `{"status":"ok","node":id}`; never needs the token (503 once the node stopped) |
 //! | `GET /v1/status` | node, cluster, topology, peers (`id`, `connected`, `linked`, `down`, `queued_bytes`, traffic), `docs`, `pending_writes`, core counters |
 //! | `GET /v1/docs` | `[{"id","heads":[hex...]}]` in id order |
+//! | `POST /v1/docs` | creates an empty document under a fresh automerge-repo id: `{"id","url"}` |
+//! | `GET /v1/sync` | WebSocket for automerge-repo clients (see [`crate::sync`]); 503 past `sync_clients` |
 //! | `GET /v1/docs/{id}` | the document as JSON; 404 if absent |
 //! | `POST /v1/docs/{id}/ops` | `{"heads","acked_by"}`; 400 malformed, 409 does not fit, 504 write concern not met |
 //! | `GET /v1/docs/{id}/automerge` | `application/octet-stream` saved document; 404 if absent |
@@ -27,6 +29,8 @@
 //! - A write-concern timeout is 504 `{"error","heads","acked_by"}`: the change is durable
 //!   here and keeps replicating.
 //! - The token is compared in constant time; only `GET /v1/health` is exempt.
+//!   `GET /v1/sync` also takes it as `?token=<token>` (browsers cannot set headers on a
+//!   WebSocket), and refuses a wrong one with 401 before any upgrade.
 //! - A watcher that falls behind skips the events it missed (each event carries the full
 //!   heads, so the next one is current); the node never waits for a watcher. Watch streams
 //!   end when the server shuts down, so shutdown never waits for them.
@@ -35,6 +39,7 @@ mod auth;
 mod error;
 mod handlers;
 pub mod metrics;
+mod sync;
 mod watch;
 
 use std::future::Future;
@@ -90,6 +95,8 @@ pub struct ApiOptions {
     pub token: Option<String>,
     /// The largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// Limits of `GET /v1/sync` (automerge-repo clients).
+    pub sync: crate::sync::SyncOptions,
 }
 
 impl ApiOptions {
@@ -98,6 +105,7 @@ impl ApiOptions {
         ApiOptions {
             token,
             body_limit: DEFAULT_BODY_LIMIT,
+            sync: crate::sync::SyncOptions::default(),
         }
     }
 }
@@ -118,6 +126,8 @@ pub(crate) struct Shared {
     /// Number of other nodes in the topology (the largest integer `ack`).
     pub(crate) others: usize,
     pub(crate) counters: metrics::ApiCounters,
+    /// The automerge-repo sync endpoint's shared state.
+    pub(crate) sync: Arc<crate::sync::Server>,
     /// Becomes true when the server shuts down; watch streams end then.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -153,13 +163,19 @@ pub async fn serve_with(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    let others = node.status().await?.peers.len();
+    let status = node.status().await?;
+    let others = status.peers.len();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         node: node.clone(),
         token: options.token,
         others,
         counters: metrics::ApiCounters::default(),
+        sync: Arc::new(crate::sync::Server::new(
+            &status.cluster,
+            node.id(),
+            options.sync,
+        )),
         stopping: stop_rx,
     });
     let app = router(shared, options.body_limit);
@@ -178,7 +194,11 @@ fn router(state: AppState, body_limit: usize) -> Router {
     Router::new()
         .route("/v1/health", get(handlers::health))
         .route("/v1/status", get(handlers::status))
-        .route("/v1/docs", get(handlers::list_docs))
+        .route(
+            "/v1/docs",
+            get(handlers::list_docs).post(handlers::create_doc),
+        )
+        .route("/v1/sync", get(sync::upgrade))
         .route("/v1/docs/{id}", get(handlers::get_doc))
         .route("/v1/docs/{id}/ops", post(handlers::post_ops))
         .route(

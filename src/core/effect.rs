@@ -2,6 +2,7 @@
 
 use automerge::ChangeHash;
 
+use super::ClientMsg;
 use crate::storage::DocAppend;
 use crate::wire::Message;
 
@@ -33,6 +34,15 @@ pub enum Effect {
         hash: ChangeHash,
         /// The node that has it on disk.
         by: String,
+    },
+    /// Send `msg` to the automerge-repo client numbered `client` (see
+    /// [`Replica::client_open`](super::Replica::client_open)). A client that cannot take it
+    /// (queue full) is disconnected: it syncs again when it reconnects.
+    Client {
+        /// The client's number.
+        client: u64,
+        /// What to send.
+        msg: ClientMsg,
     },
     /// The document's visible state changed (local or remote change); these are its heads.
     Notify {

@@ -12,6 +12,7 @@
 //! of any monotonic clock) and randomness as the actor seed, so a simulation can drive it
 //! deterministically. The driver (`node`) and the simulation (`tests/sim.rs`) run it.
 
+mod clients;
 mod docs;
 mod effect;
 mod gate;
@@ -23,10 +24,13 @@ mod reconcile;
 mod replica;
 mod router;
 
+pub use clients::ClientMsg;
 pub use docs::StoredIndex;
 pub use effect::Effect;
 pub use loaded::LoadedDoc;
-pub use replica::{ChangeError, CoreConfig, CoreStats, DocCounts, LocalWrite, Replica, Snapshot};
+pub use replica::{
+    ChangeError, ClientError, CoreConfig, CoreStats, DocCounts, LocalWrite, Replica, Snapshot,
+};
 pub use router::{Flood, Router};
 
 /// Errors of the core. None of them leaves a partial change behind.

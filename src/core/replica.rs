@@ -12,7 +12,10 @@
 //! Anti-entropy and repair are in `repair`, acknowledgements in `acks`.
 
 mod acks;
+mod clients;
 mod repair;
+
+pub use clients::ClientError;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use automerge::transaction::Transaction;
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 use serde_bytes::ByteBuf;
 
+use super::clients::Clients;
 use super::docs::{Budget, Docs, StoredIndex};
 use super::gate::SyncGate;
 use super::loaded::LoadedDoc;
@@ -56,6 +60,9 @@ pub struct CoreConfig {
     pub cache_bytes: usize,
     /// Documents asked of one peer by bulk repair and not answered yet, at most.
     pub want_window: usize,
+    /// A client's request for a document this node lacks is answered "unavailable" after
+    /// its peers were asked for this long without it arriving, in ms.
+    pub unavailable_after_ms: u64,
 }
 
 impl Default for CoreConfig {
@@ -70,6 +77,7 @@ impl Default for CoreConfig {
             cache_docs: 4_096,
             cache_bytes: 64 << 20,
             want_window: 512,
+            unavailable_after_ms: 1_000,
         }
     }
 }
@@ -117,6 +125,8 @@ pub struct CoreStats {
     pub doc_evictions: u64,
     /// Documents that could not be read from the store.
     pub doc_load_errors: u64,
+    /// Changes received from automerge-repo clients (new to this node).
+    pub client_changes: u64,
 }
 
 /// A document saved for compaction, and the changes the save cannot contain.
@@ -192,6 +202,7 @@ pub struct Replica {
     /// The latest `now` given to any input (for work done in `flush`).
     now: u64,
     gate: SyncGate,
+    clients: Clients,
     stats: CoreStats,
 }
 
@@ -233,6 +244,7 @@ impl Replica {
             last_anti_entropy: 0,
             now: 0,
             gate: SyncGate::default(),
+            clients: Clients::default(),
             stats: CoreStats::default(),
         }
     }
@@ -320,10 +332,7 @@ impl Replica {
         }
         let me = self.id.clone();
         self.accept_new(doc, &me, None, want_ack, vec![bytes]);
-        self.effects.push(Effect::Notify {
-            doc: doc.to_string(),
-            heads: heads.clone(),
-        });
+        self.notify(doc.to_string(), heads.clone());
         Ok(LocalWrite {
             value,
             hash: Some(hash),
@@ -395,10 +404,7 @@ impl Replica {
         self.docs.refresh(doc);
         let me = self.id.clone();
         self.accept_new(doc, &me, None, false, bytes);
-        self.effects.push(Effect::Notify {
-            doc: doc.to_string(),
-            heads,
-        });
+        self.notify(doc.to_string(), heads);
         Ok((count, Some(self.token)))
     }
 
@@ -467,6 +473,7 @@ impl Replica {
             peer.sessions
                 .retain(|_, (_, last)| now.saturating_sub(*last) < timeout);
         }
+        self.expire_client_requests(now);
         for doc in self.gate.expire(now, self.config.repair_hold_ms) {
             self.release_held(now, &doc);
         }
@@ -507,6 +514,7 @@ impl Replica {
             Message::Items(buckets) => self.receive_items(now, from, buckets),
             Message::Want(wants) => self.receive_wants(now, from, wants),
             Message::Sync { doc, data } => self.receive_sync(now, from, &doc, &data),
+            Message::Ephemeral(e) => self.receive_ephemeral(from, e),
             Message::Hello(_) => self.stats.unexpected_messages += 1,
         }
         self.evict();
@@ -518,6 +526,7 @@ impl Replica {
         for doc in std::mem::take(&mut self.dirty) {
             self.apply_doc(&doc);
         }
+        self.serve_clients();
         self.settle_acks();
         if !self.batch.is_empty() || !self.batch_acks.is_empty() {
             let token = self.token;
@@ -676,10 +685,7 @@ impl Replica {
         if applied.changed {
             let heads = state.doc.get_heads();
             self.docs.refresh(doc);
-            self.effects.push(Effect::Notify {
-                doc: doc.to_string(),
-                heads,
-            });
+            self.notify(doc.to_string(), heads);
         }
         if !applied.extra.is_empty() {
             let me = self.id.clone();
@@ -773,10 +779,7 @@ impl Replica {
         let (accepted, loaded) = match self.docs.append_unloaded(&doc, &decoded) {
             Ok(Some((fresh, heads))) => {
                 if !fresh.is_empty() {
-                    self.effects.push(Effect::Notify {
-                        doc: doc.clone(),
-                        heads,
-                    });
+                    self.notify(doc.clone(), heads);
                 }
                 let picked: Vec<Change> = fresh.iter().map(|&i| decoded[i].clone()).collect();
                 (picked, false)

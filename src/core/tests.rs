@@ -7,6 +7,7 @@
 //! sync) and `tests/input.rs` (bad input, merge, load and snapshots). Owns nothing else.
 
 mod cache;
+mod clients;
 mod flow;
 mod input;
 mod repair;
@@ -17,7 +18,7 @@ use automerge::transaction::{Transactable, Transaction};
 use automerge::{AutoCommit, Automerge, ChangeHash, ObjType, ReadDoc, ROOT};
 use serde_bytes::ByteBuf;
 
-use super::{CoreConfig, CoreError, Effect, Flood, Replica};
+use super::{ClientMsg, CoreConfig, CoreError, Effect, Flood, Replica};
 use crate::wire::{self, DocChanges, Message};
 
 type TxResult<R> = Result<R, automerge::AutomergeError>;
@@ -122,6 +123,8 @@ struct Cluster {
     /// Complete persists as soon as they are requested.
     auto_persist: bool,
     now: u64,
+    /// Messages for automerge-repo clients: (node, client, message).
+    to_clients: Vec<(String, u64, ClientMsg)>,
 }
 
 impl Cluster {
@@ -137,6 +140,7 @@ impl Cluster {
             acked: Vec::new(),
             auto_persist: true,
             now: 1_000,
+            to_clients: Vec::new(),
         }
     }
 
@@ -181,6 +185,9 @@ impl Cluster {
                 }
                 Effect::Acked { doc, hash, by } => self.acked.push((id.to_string(), doc, hash, by)),
                 Effect::Notify { .. } => {}
+                Effect::Client { client, msg } => {
+                    self.to_clients.push((id.to_string(), client, msg))
+                }
             }
         }
         if self.auto_persist {

@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::links::{LinkChanges, Links};
 use super::store_thread::{self, StoreDone, StoreJob};
 use super::writes::Writes;
-use super::{Ack, Command, DocEvent, Error, Node, NodeConfig, NodeStatus, PeerStatus};
+use super::{Ack, ClientEvent, Command, DocEvent, Error, Node, NodeConfig, NodeStatus, PeerStatus};
 use crate::core::{ChangeError, CoreConfig, Effect, Replica};
 use crate::storage::Compaction;
 use crate::transport::{SendError, Transport, TransportConfig, TransportEvent};
@@ -93,6 +93,10 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         started: Instant::now(),
         others,
         tick: Duration::from_millis(tuning.tick_ms.max(1)),
+        clients: HashMap::new(),
+        next_client: 1,
+        client_queue: tuning.sync_client_queue.max(1),
+        clients_dropped: 0,
     };
     tokio::spawn(driver.run(commands, events, dones));
     Ok(Node {
@@ -117,6 +121,11 @@ struct Driver {
     started: Instant,
     others: usize,
     tick: Duration,
+    /// automerge-repo clients: number → the channel to its connection.
+    clients: HashMap<u64, mpsc::Sender<ClientEvent>>,
+    next_client: u64,
+    client_queue: usize,
+    clients_dropped: u64,
 }
 
 enum Input {
@@ -279,7 +288,55 @@ impl Driver {
                     self.transport.connect(&id, addr);
                 }
             }
+            Command::ClientOpen(reply) => {
+                let client = self.next_client;
+                self.next_client += 1;
+                let (tx, rx) = mpsc::channel(self.client_queue);
+                if reply.send((client, rx)).is_ok() {
+                    self.clients.insert(client, tx);
+                    self.replica.client_open(client);
+                }
+            }
+            Command::ClientSync {
+                client,
+                doc,
+                data,
+                request,
+            } => {
+                if let Err(e) = self.replica.client_sync(now, client, &doc, &data, request) {
+                    tracing::debug!(node = %self.id, client, "client message refused: {e}");
+                    if let Some(tx) = self.clients.remove(&client) {
+                        let _ = tx.try_send(ClientEvent::Close(e.to_string()));
+                    }
+                    self.replica.client_close(client);
+                }
+            }
+            Command::ClientEphemeral(client, msg) => self.replica.client_ephemeral(client, msg),
+            Command::ClientClose(client) => {
+                self.clients.remove(&client);
+                self.replica.client_close(client);
+            }
             Command::Shutdown(_) => {}
+        }
+    }
+
+    /// Queues a message for a client; one that cannot take it is disconnected.
+    fn send_client(&mut self, client: u64, msg: crate::core::ClientMsg) {
+        let Some(tx) = self.clients.get(&client) else {
+            return;
+        };
+        match tx.try_send(ClientEvent::Msg(msg)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::info!(node = %self.id, client, "client too far behind: disconnected");
+                self.clients_dropped += 1;
+                self.clients.remove(&client);
+                self.replica.client_close(client);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.clients.remove(&client);
+                self.replica.client_close(client);
+            }
         }
     }
 
@@ -336,6 +393,7 @@ impl Driver {
                         }
                     }
                     Effect::Acked { hash, by, .. } => self.writes.acked(&hash, &by),
+                    Effect::Client { client, msg } => self.send_client(client, msg),
                     Effect::Notify { doc, heads } => {
                         if let Some(s) = self.subscribers.get(&doc) {
                             let _ = s.send(DocEvent { doc, heads });
@@ -384,6 +442,8 @@ impl Driver {
             docs_loaded: counts.loaded,
             cache_bytes: counts.loaded_bytes,
             pending_writes: self.writes.len(),
+            sync_clients: self.clients.len(),
+            sync_clients_dropped: self.clients_dropped,
             core: self.replica.stats(),
             transport: self.transport.stats(),
         }

@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub use crate::ops::Ack;
 pub use builder::{NodeBuilder, NodeConfig, StorageChoice};
 
-use crate::core::{CoreError, CoreStats, Replica};
+use crate::core::{ClientMsg, CoreError, CoreStats, Replica};
 use crate::transport::TransportStats;
 
 /// Errors of the node layer.
@@ -138,6 +138,10 @@ pub struct NodeStatus {
     pub cache_bytes: usize,
     /// Writes waiting for durability or acknowledgements.
     pub pending_writes: usize,
+    /// automerge-repo clients connected (see [`crate::sync`]).
+    pub sync_clients: usize,
+    /// Clients disconnected because they fell too far behind.
+    pub sync_clients_dropped: u64,
     /// Replication counters.
     pub core: CoreStats,
     /// Transport counters.
@@ -201,7 +205,25 @@ pub(crate) enum Command {
     },
     Status(oneshot::Sender<NodeStatus>),
     SetPeerAddr(String, SocketAddr),
+    ClientOpen(oneshot::Sender<(u64, mpsc::Receiver<ClientEvent>)>),
+    ClientSync {
+        client: u64,
+        doc: String,
+        data: Vec<u8>,
+        request: bool,
+    },
+    ClientEphemeral(u64, crate::wire::Ephemeral),
+    ClientClose(u64),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// What the node sends one automerge-repo client's connection.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ClientEvent {
+    /// A message for the client.
+    Msg(ClientMsg),
+    /// The node refused the client's last message: tell it why and close.
+    Close(String),
 }
 
 /// A running node. Cheap to clone; every clone talks to the same node.
@@ -366,6 +388,46 @@ impl Node {
     /// Tells the node where peer `id` listens (for clusters whose nodes bind port 0).
     pub async fn set_peer_addr(&self, id: &str, addr: SocketAddr) -> Result<(), Error> {
         self.send(Command::SetPeerAddr(id.to_string(), addr)).await
+    }
+
+    /// Registers an automerge-repo client connection: its number, and the messages the
+    /// node has for it (the channel ends if the client falls too far behind).
+    pub(crate) async fn client_open(&self) -> Result<(u64, mpsc::Receiver<ClientEvent>), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::ClientOpen(tx)).await?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// A client's `sync` message, or `request` if `request` (Automerge sync data), for
+    /// `doc`.
+    pub(crate) async fn client_sync(
+        &self,
+        client: u64,
+        doc: String,
+        data: Vec<u8>,
+        request: bool,
+    ) -> Result<(), Error> {
+        self.send(Command::ClientSync {
+            client,
+            doc,
+            data,
+            request,
+        })
+        .await
+    }
+
+    /// A client's ephemeral message.
+    pub(crate) async fn client_ephemeral(
+        &self,
+        client: u64,
+        msg: crate::wire::Ephemeral,
+    ) -> Result<(), Error> {
+        self.send(Command::ClientEphemeral(client, msg)).await
+    }
+
+    /// The client's connection ended.
+    pub(crate) async fn client_close(&self, client: u64) -> Result<(), Error> {
+        self.send(Command::ClientClose(client)).await
     }
 
     /// Stops the node: pending changes are flushed to storage, connections closed.

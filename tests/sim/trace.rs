@@ -71,6 +71,7 @@ pub(crate) fn describe(msg: &wire::Message) -> String {
         wire::Message::Items(b) => format!("items of {} buckets", b.len()),
         wire::Message::Want(w) => format!("want {} docs", w.len()),
         wire::Message::Hello(_) => "hello".into(),
+        wire::Message::Ephemeral(e) => format!("ephemeral {} from {}", e.doc, e.sender),
     }
 }
 

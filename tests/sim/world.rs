@@ -283,6 +283,7 @@ impl Sim {
             } else {
                 2_048
             },
+            ..CoreConfig::default()
         };
         let docs: Vec<String> = (0..rng.random_range(4..=12usize))
             .map(|k| format!("d{k}"))
@@ -576,7 +577,8 @@ impl Sim {
                     "n{i} got an ack from n{j} for {hash}, which n{j} has not persisted"
                 );
             }
-            Effect::Notify { .. } => {}
+            // No automerge-repo clients in the simulation.
+            Effect::Notify { .. } | Effect::Client { .. } => {}
         }
     }
 

@@ -240,7 +240,7 @@ impl Replica {
         }
     }
 
-    fn send_reconcile(&mut self, to: &str, msg: Message) {
+    pub(super) fn send_reconcile(&mut self, to: &str, msg: Message) {
         self.stats.reconcile_messages += 1;
         self.stats.reconcile_bytes += wire::encoded_len(&msg) as u64;
         self.effects.push(Effect::Send {
@@ -342,10 +342,7 @@ impl Replica {
             state.last_change_ms = now;
             self.docs.refresh(doc);
             self.stats.repaired_changes += new.len() as u64;
-            self.effects.push(Effect::Notify {
-                doc: doc.to_string(),
-                heads: after,
-            });
+            self.notify(doc.to_string(), after);
             // Acknowledge repaired changes to the peer they came from once durable, like
             // pushed ones, and route the acks of the nodes they are passed on to back the
             // same way: a write whose push was lost (dead connection, full queue, partition)

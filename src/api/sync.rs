@@ -1,0 +1,46 @@
+//! `GET /v1/sync`: the upgrade to an automerge-repo client WebSocket (the connection itself
+//! is [`crate::sync::connection`]). A node at its client limit answers 503 before any
+//! upgrade; a request that is not a WebSocket upgrade gets the usual JSON error.
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::{AppState, HttpError};
+
+/// `GET /v1/sync`.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return HttpError::new(
+                rejection.status(),
+                format!(
+                    "/v1/sync is a WebSocket endpoint: {}",
+                    rejection.body_text()
+                ),
+            )
+            .into_response()
+        }
+    };
+    let Some(place) = state.sync.admit() else {
+        return HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node has its maximum of sync clients (tuning.sync_clients)",
+        )
+        .into_response();
+    };
+    let node = state.node.clone();
+    let server = state.sync.clone();
+    let stopping = state.stopping.clone();
+    ws.max_message_size(server.options.max_message)
+        .max_frame_size(server.options.max_message)
+        .on_upgrade(move |socket| {
+            crate::sync::connection::serve(socket, node, server, place, stopping)
+        })
+}

@@ -1,0 +1,213 @@
+//! automerge-repo clients of a replica: a client's document replicates, changes reach the
+//! clients following a document, a request for a missing document waits for the peers,
+//! ephemeral messages spread once, bad input is refused.
+
+use automerge::sync::{self, SyncDoc};
+use serde_bytes::ByteBuf;
+
+use super::*;
+use crate::core::ClientError;
+use crate::wire::Ephemeral;
+
+/// A client: its own copy of the document and its sync session with the node.
+struct Client {
+    node: &'static str,
+    id: u64,
+    doc: Automerge,
+    state: sync::State,
+}
+
+impl Client {
+    fn new(c: &mut Cluster, node: &'static str, id: u64) -> Client {
+        c.node(node).client_open(id);
+        Client {
+            node,
+            id,
+            doc: Automerge::new(),
+            state: sync::State::new(),
+        }
+    }
+
+    fn put(&mut self, key: &str, value: i64) {
+        let mut tx = self.doc.transaction();
+        tx.put(ROOT, key, value).unwrap();
+        tx.commit();
+    }
+
+    fn get(&self, key: &str) -> Option<i64> {
+        match self.doc.get(ROOT, key).unwrap() {
+            Some((automerge::Value::Scalar(s), _)) => s.as_i64(),
+            _ => None,
+        }
+    }
+
+    /// Syncs `doc` with the node (as `request` first if `request`) until both are quiet.
+    fn sync(&mut self, c: &mut Cluster, doc: &str, mut request: bool) {
+        for _ in 0..50 {
+            let mut quiet = true;
+            if let Some(m) = self.doc.generate_sync_message(&mut self.state) {
+                let now = c.now;
+                c.node(self.node)
+                    .client_sync(now, self.id, doc, &m.encode(), request)
+                    .unwrap();
+                request = false;
+                quiet = false;
+            }
+            c.pump(self.node);
+            c.run();
+            for msg in self.take(c) {
+                if let ClientMsg::Sync { doc: d, data } = msg {
+                    assert_eq!(d, doc);
+                    let m = sync::Message::decode(&data).unwrap();
+                    self.doc.receive_sync_message(&mut self.state, m).unwrap();
+                    quiet = false;
+                }
+            }
+            if quiet {
+                return;
+            }
+        }
+        panic!("client sync did not settle");
+    }
+
+    /// Takes the messages the client's node has for it.
+    fn take(&self, c: &mut Cluster) -> Vec<ClientMsg> {
+        let (mine, rest) = std::mem::take(&mut c.to_clients)
+            .into_iter()
+            .partition(|(n, id, _)| n == self.node && *id == self.id);
+        c.to_clients = rest;
+        mine.into_iter().map(|(_, _, m)| m).collect()
+    }
+}
+
+#[test]
+fn a_client_document_replicates_and_follows_remote_changes() {
+    let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
+    c.link("a", "b");
+    c.run();
+    let mut client = Client::new(&mut c, "a", 1);
+    client.put("k", 1);
+    client.sync(&mut c, "doc", false);
+    assert_eq!(c.heads("a"), c.heads("b"), "replicated to b");
+    assert_eq!(c.heads("a")[0].1, client.doc.get_heads());
+    assert_eq!(c.stored["a"]["doc"].len(), 1, "persisted on a");
+    assert_eq!(c.node("a").stats().client_changes, 1);
+    // A write at b reaches the client through a without any message from the client.
+    c.put("b", "doc", "from_b", 2, false);
+    c.pump("b");
+    c.run();
+    client.sync(&mut c, "doc", false);
+    assert_eq!(client.get("from_b"), Some(2));
+    assert_eq!(client.get("k"), Some(1));
+    // Gone: nothing more is sent to it.
+    c.node("a").client_close(1);
+    c.put("b", "doc", "later", 3, false);
+    c.pump("b");
+    c.run();
+    assert!(client.take(&mut c).is_empty());
+    assert_eq!(c.node("a").client_count(), 0);
+}
+
+#[test]
+fn a_request_waits_for_the_peers_then_is_answered() {
+    let config = CoreConfig {
+        unavailable_after_ms: 1_000,
+        ..CoreConfig::default()
+    };
+    let mut c = Cluster::new(&["a", "b"], config);
+    c.put("b", "only_b", "k", 7, false);
+    c.link("a", "b");
+    // Requested at a before a has it: answered with the document, not "unavailable".
+    let mut client = Client::new(&mut c, "a", 1);
+    client.sync(&mut c, "only_b", true);
+    assert_eq!(client.get("k"), Some(7));
+    assert!(!client
+        .take(&mut c)
+        .iter()
+        .any(|m| matches!(m, ClientMsg::Unavailable { .. })));
+    // A document no node has: unavailable, only once the wait is over.
+    let mut other = Client::new(&mut c, "a", 2);
+    let m = other.doc.generate_sync_message(&mut other.state).unwrap();
+    let now = c.now;
+    c.node("a")
+        .client_sync(now, 2, "nowhere", &m.encode(), true)
+        .unwrap();
+    c.pump("a");
+    c.run();
+    c.tick_all(500);
+    assert!(other.take(&mut c).is_empty(), "still waiting");
+    c.tick_all(600);
+    assert_eq!(
+        other.take(&mut c),
+        vec![ClientMsg::Unavailable {
+            doc: "nowhere".into()
+        }]
+    );
+    assert!(c.heads("a").iter().all(|(d, _)| d != "nowhere"));
+}
+
+#[test]
+fn ephemeral_messages_reach_every_follower_once() {
+    let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
+    c.link("a", "b");
+    c.put("a", "doc", "k", 1, false);
+    c.pump("a");
+    c.run();
+    let mut one = Client::new(&mut c, "a", 1);
+    let mut two = Client::new(&mut c, "a", 2);
+    let mut three = Client::new(&mut c, "b", 3);
+    for cl in [&mut one, &mut two] {
+        cl.sync(&mut c, "doc", true);
+    }
+    three.sync(&mut c, "doc", true);
+    let e = Ephemeral {
+        doc: "doc".into(),
+        origin: String::new(),
+        sender: "peer-one".into(),
+        session: "s".into(),
+        count: 1,
+        data: ByteBuf::from(vec![1, 2, 3]),
+    };
+    for _ in 0..2 {
+        c.node("a").client_ephemeral(1, e.clone());
+        c.pump("a");
+        c.run();
+    }
+    let got = |cl: &Client, c: &mut Cluster| -> Vec<Ephemeral> {
+        cl.take(c)
+            .into_iter()
+            .filter_map(|m| match m {
+                ClientMsg::Ephemeral(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(got(&one, &mut c).is_empty(), "not back to its sender");
+    let two_got = got(&two, &mut c);
+    let three_got = got(&three, &mut c);
+    assert_eq!(two_got.len(), 1, "once, though sent twice");
+    assert_eq!(three_got.len(), 1, "across nodes");
+    assert_eq!(three_got[0].origin, "a");
+    assert_eq!(
+        (three_got[0].data.as_ref(), three_got[0].count),
+        (&[1u8, 2, 3][..], 1)
+    );
+}
+
+#[test]
+fn bad_client_input_is_refused_and_changes_nothing() {
+    let mut c = Cluster::new(&["a"], CoreConfig::default());
+    let now = c.now;
+    let a = c.node("a");
+    assert!(matches!(
+        a.client_sync(now, 9, "doc", &[0x42], false),
+        Err(ClientError::Unknown(9))
+    ));
+    a.client_open(9);
+    assert!(matches!(
+        a.client_sync(now, 9, "doc", &[0x42, 0xff, 0x00], false),
+        Err(ClientError::BadSync { .. })
+    ));
+    assert!(c.heads("a").is_empty());
+    assert!(c.stored.is_empty());
+}

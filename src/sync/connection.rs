@@ -1,0 +1,277 @@
+//! One automerge-repo client's WebSocket: the `join` → `peer` handshake, then the client's
+//! `request`/`sync`/`ephemeral` messages to the node and the node's messages to the client,
+//! until either side ends it.
+//!
+//! Bad input (a text frame, CBOR that is not a protocol message, a message before `join`,
+//! an unsupported protocol version, a document id concordant cannot hold, sync data the
+//! core refuses) answers `error` and closes this socket only. A client that falls too far
+//! behind is disconnected by the node (its channel ends) and syncs again when it
+//! reconnects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use tokio::sync::{mpsc, watch};
+
+use super::codec::{self, PeerMetadata, RepoMessage};
+use super::{Place, Server, SyncCounters};
+use crate::core::ClientMsg;
+use crate::node::{ClientEvent, Node};
+use crate::wire::Ephemeral;
+
+/// The protocol version spoken.
+const PROTOCOL: &str = "1";
+
+/// How long a client may take to send `join` after the upgrade.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the connection ends.
+enum End {
+    /// The client closed it, or the socket failed.
+    Gone,
+    /// The client sent something wrong: tell it.
+    Error(String),
+}
+
+/// Serves one upgraded socket until it ends, or until `stopping` becomes true (the API
+/// server shuts down). `place` is the client's place on the node, taken before the upgrade.
+pub(crate) async fn serve(
+    mut socket: WebSocket,
+    node: Node,
+    server: Arc<Server>,
+    place: Place,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let client_peer = match handshake(&mut socket, &server).await {
+        Ok(peer) => peer,
+        Err(End::Gone) => return,
+        Err(End::Error(why)) => {
+            fail(&mut socket, &server, None, &why).await;
+            return;
+        }
+    };
+    let Ok((client, events)) = node.client_open().await else {
+        return;
+    };
+    let (ticket, replaced) = server.joined(&client_peer);
+    let end = tokio::select! {
+        end = run(&mut socket, &node, &server, client, &client_peer, events, replaced) => end,
+        _ = stopping.wait_for(|s| *s) => End::Gone,
+    };
+    let _ = node.client_close(client).await;
+    server.left(&client_peer, ticket);
+    if let End::Error(why) = end {
+        fail(&mut socket, &server, Some(&client_peer), &why).await;
+    }
+    drop(place);
+}
+
+/// Waits for `join` and answers `peer`; returns the client's peer id.
+async fn handshake(socket: &mut WebSocket, server: &Server) -> Result<String, End> {
+    let first = tokio::time::timeout(JOIN_TIMEOUT, next_message(socket, &server.counters))
+        .await
+        .map_err(|_| End::Error("no join message within 10 s".into()))??;
+    let RepoMessage::Join {
+        sender_id,
+        supported_protocol_versions,
+        ..
+    } = first
+    else {
+        return Err(End::Error("the first message must be join".into()));
+    };
+    if !supported_protocol_versions.iter().any(|v| v == PROTOCOL) {
+        return Err(End::Error(format!(
+            "unsupported protocol versions {supported_protocol_versions:?}; this server speaks \"{PROTOCOL}\""
+        )));
+    }
+    let peer = RepoMessage::Peer {
+        sender_id: server.peer_id.clone(),
+        target_id: sender_id.clone(),
+        peer_metadata: PeerMetadata {
+            storage_id: Some(server.storage_id.clone()),
+            is_ephemeral: false,
+        },
+        selected_protocol_version: PROTOCOL.to_string(),
+    };
+    send(socket, &server.counters, &peer)
+        .await
+        .map_err(|_| End::Gone)?;
+    Ok(sender_id)
+}
+
+/// Relays messages both ways until the connection ends.
+async fn run(
+    socket: &mut WebSocket,
+    node: &Node,
+    server: &Server,
+    client: u64,
+    peer: &str,
+    mut events: mpsc::Receiver<ClientEvent>,
+    mut replaced: tokio::sync::oneshot::Receiver<()>,
+) -> End {
+    loop {
+        tokio::select! {
+            incoming = next_message(socket, &server.counters) => {
+                let msg = match incoming {
+                    Ok(msg) => msg,
+                    Err(end) => return end,
+                };
+                if let Err(end) = from_client(node, client, peer, msg).await {
+                    return end;
+                }
+            }
+            event = events.recv() => match event {
+                Some(ClientEvent::Msg(msg)) => {
+                    let out = to_client(server, peer, msg);
+                    if send(socket, &server.counters, &out).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+                Some(ClientEvent::Close(why)) => return End::Error(why),
+                // Dropped by the node (too far behind) or the node stopped.
+                None => return End::Gone,
+            },
+            _ = &mut replaced => return End::Gone,
+        }
+    }
+}
+
+/// Hands one client message to the node.
+async fn from_client(node: &Node, client: u64, peer: &str, msg: RepoMessage) -> Result<(), End> {
+    match msg {
+        RepoMessage::Request {
+            document_id, data, ..
+        } => sync(node, client, document_id, data, true).await,
+        RepoMessage::Sync {
+            document_id, data, ..
+        } => sync(node, client, document_id, data, false).await,
+        // A client relays the ephemeral messages it receives to its other peers: one coming
+        // back from another sender was relayed here already.
+        RepoMessage::Ephemeral { sender_id, .. } if sender_id != peer => Ok(()),
+        RepoMessage::Ephemeral {
+            count,
+            session_id,
+            document_id,
+            data,
+            ..
+        } => {
+            check_doc(&document_id)?;
+            let e = Ephemeral {
+                doc: document_id,
+                origin: String::new(),
+                sender: peer.to_string(),
+                session: session_id,
+                count,
+                data: data.into(),
+            };
+            node.client_ephemeral(client, e)
+                .await
+                .map_err(|_| End::Gone)
+        }
+        RepoMessage::Join { .. } => Err(End::Error("join sent twice".into())),
+        RepoMessage::Leave { .. } => Err(End::Gone),
+        // `peer`, `doc-unavailable`, `error` and the remote-heads messages are meant for
+        // clients; a server has nothing to do with them.
+        _ => Ok(()),
+    }
+}
+
+async fn sync(
+    node: &Node,
+    client: u64,
+    doc: String,
+    data: Vec<u8>,
+    request: bool,
+) -> Result<(), End> {
+    check_doc(&doc)?;
+    if data.is_empty() {
+        return Err(End::Error("sync data is empty".into()));
+    }
+    node.client_sync(client, doc, data, request)
+        .await
+        .map_err(|_| End::Gone)
+}
+
+/// The protocol message for a message of the node.
+fn to_client(server: &Server, peer: &str, msg: ClientMsg) -> RepoMessage {
+    match msg {
+        ClientMsg::Sync { doc, data } => RepoMessage::Sync {
+            sender_id: server.peer_id.clone(),
+            target_id: peer.to_string(),
+            document_id: doc,
+            data,
+        },
+        ClientMsg::Unavailable { doc } => RepoMessage::DocUnavailable {
+            sender_id: server.peer_id.clone(),
+            target_id: peer.to_string(),
+            document_id: doc,
+        },
+        ClientMsg::Ephemeral(e) => RepoMessage::Ephemeral {
+            sender_id: e.sender,
+            target_id: peer.to_string(),
+            count: e.count,
+            session_id: e.session,
+            document_id: e.doc,
+            data: e.data.into_vec(),
+        },
+    }
+}
+
+fn check_doc(id: &str) -> Result<(), End> {
+    if crate::api::is_valid_doc_id(id) {
+        Ok(())
+    } else {
+        Err(End::Error(format!(
+            "document id {id:?} is not a valid document id"
+        )))
+    }
+}
+
+/// The next protocol message; pings and pongs are skipped (the socket answers pings).
+async fn next_message(socket: &mut WebSocket, counters: &SyncCounters) -> Result<RepoMessage, End> {
+    loop {
+        let bytes = match socket.recv().await {
+            None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return Err(End::Gone),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Text(_))) => {
+                return Err(End::Error(
+                    "text messages are not part of the protocol".into(),
+                ))
+            }
+            Some(Ok(WsMessage::Binary(bytes))) => bytes,
+        };
+        SyncCounters::add(&counters.messages_in, 1);
+        SyncCounters::add(&counters.bytes_in, bytes.len());
+        return codec::decode(&bytes).map_err(|e| End::Error(format!("malformed message: {e}")));
+    }
+}
+
+async fn send(
+    socket: &mut WebSocket,
+    counters: &SyncCounters,
+    msg: &RepoMessage,
+) -> Result<(), axum::Error> {
+    let bytes = codec::encode(msg);
+    SyncCounters::add(&counters.messages_out, 1);
+    SyncCounters::add(&counters.bytes_out, bytes.len());
+    socket.send(WsMessage::Binary(bytes.into())).await
+}
+
+fn error_message(server: &Server, peer: Option<&str>, why: &str) -> RepoMessage {
+    RepoMessage::Error {
+        sender_id: Some(server.peer_id.clone()),
+        target_id: peer.map(str::to_string),
+        message: why.to_string(),
+    }
+}
+
+/// Tells the client what was wrong, then closes the socket.
+async fn fail(socket: &mut WebSocket, server: &Server, peer: Option<&str>, why: &str) {
+    server
+        .counters
+        .errors
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _ = send(socket, &server.counters, &error_message(server, peer, why)).await;
+    let _ = socket.send(WsMessage::Close(None)).await;
+}

@@ -1,0 +1,148 @@
+//! automerge-repo clients over WebSocket: `GET /v1/sync` makes every node a sync server
+//! for `@automerge/automerge-repo` (network protocol "1").
+//!
+//! - [`codec`]: the protocol's CBOR messages; [`doc_id`]: its document ids.
+//! - [`connection`]: one client socket: the `join`/`peer` handshake, then its messages to
+//!   and from the node ([`crate::node::Node`]'s client commands).
+//! - This file: what the connections of one node share ([`Server`]: the node's peer and
+//!   storage ids, limits, counters, and who is connected, so that a client joining again
+//!   replaces its earlier socket).
+//!
+//! An automerge-repo document id is a concordant document id: what clients write
+//! replicates like any other change, and every change of a document reaches its clients on
+//! every node. Must not touch the core, storage or the transport directly.
+
+pub mod codec;
+pub(crate) mod connection;
+pub mod doc_id;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+/// Limits of the sync endpoint (from `[tuning]`).
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Clients connected at once, at most; more are refused (503) before the upgrade.
+    pub max_clients: usize,
+    /// The largest WebSocket message accepted from a client, in bytes.
+    pub max_message: usize,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        let t = crate::config::Tuning::default();
+        SyncOptions {
+            max_clients: t.sync_clients,
+            max_message: t.sync_message_bytes,
+        }
+    }
+}
+
+/// Counters of the sync endpoint (exported as metrics).
+#[derive(Debug, Default)]
+pub struct SyncCounters {
+    /// Clients connected now.
+    pub clients: AtomicUsize,
+    /// Messages received from clients.
+    pub messages_in: AtomicU64,
+    /// Messages sent to clients.
+    pub messages_out: AtomicU64,
+    /// Bytes received from clients (WebSocket payloads).
+    pub bytes_in: AtomicU64,
+    /// Bytes sent to clients.
+    pub bytes_out: AtomicU64,
+    /// Upgrades refused because the node had its maximum of clients.
+    pub refused: AtomicU64,
+    /// Connections closed for a malformed or refused message.
+    pub errors: AtomicU64,
+}
+
+impl SyncCounters {
+    pub(crate) fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// What the client connections of one node share.
+pub struct Server {
+    /// This node's automerge-repo peer id.
+    pub(crate) peer_id: String,
+    /// This node's automerge-repo storage id.
+    pub(crate) storage_id: String,
+    pub(crate) options: SyncOptions,
+    pub(crate) counters: SyncCounters,
+    /// Connected clients by their peer id: a signal that closes the connection.
+    joined: Mutex<HashMap<String, (u64, oneshot::Sender<()>)>>,
+    next: AtomicU64,
+}
+
+impl Server {
+    /// The sync server of node `node` of cluster `cluster`.
+    pub fn new(cluster: &str, node: &str, options: SyncOptions) -> Server {
+        Server {
+            peer_id: format!("concordant-{cluster}-{node}"),
+            storage_id: format!("concordant-storage-{cluster}-{node}"),
+            options,
+            counters: SyncCounters::default(),
+            joined: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &SyncCounters {
+        &self.counters
+    }
+
+    /// Takes one of the client places; `None` if the node has its maximum.
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<Place> {
+        let admitted = self
+            .counters
+            .clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.options.max_clients).then_some(n + 1)
+            })
+            .is_ok();
+        if !admitted {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted.then(|| Place {
+            server: Arc::clone(self),
+        })
+    }
+
+    /// Records that the client `peer` joined on a new connection; an earlier connection of
+    /// the same peer is told to close. Returns the connection's ticket for [`Server::left`]
+    /// and the signal that closes it.
+    pub(crate) fn joined(&self, peer: &str) -> (u64, oneshot::Receiver<()>) {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let mut joined = self.joined.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, old)) = joined.insert(peer.to_string(), (ticket, tx)) {
+            let _ = old.send(());
+        }
+        (ticket, rx)
+    }
+
+    /// The connection with this ticket ended (a later one of the same peer stays).
+    pub(crate) fn left(&self, peer: &str, ticket: u64) {
+        let mut joined = self.joined.lock().unwrap_or_else(|e| e.into_inner());
+        if joined.get(peer).is_some_and(|(t, _)| *t == ticket) {
+            joined.remove(peer);
+        }
+    }
+}
+
+/// One client place, given back when dropped.
+pub(crate) struct Place {
+    server: Arc<Server>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.server.counters.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
