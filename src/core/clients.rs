@@ -51,6 +51,9 @@ pub(crate) struct Clients {
     changed: BTreeSet<String>,
     /// Requests for documents this node does not have yet.
     pub(crate) waiting: BTreeMap<String, Waiting>,
+    /// (client, document) → the persist batch holding the client's latest changes to it:
+    /// the client hears back about the document only once that batch is durable.
+    written: HashMap<(u64, String), u64>,
     seen: HashSet<(String, String, u64)>,
     seen_order: VecDeque<(String, String, u64)>,
 }
@@ -76,6 +79,7 @@ impl Clients {
         for w in self.waiting.values_mut() {
             w.requests.retain(|(c, _)| *c != client);
         }
+        self.written.retain(|(c, _), _| *c != client);
         self.waiting.retain(|_, w| !w.requests.is_empty());
     }
 
@@ -98,6 +102,30 @@ impl Clients {
             if set.is_empty() {
                 self.followers.remove(doc);
             }
+        }
+    }
+
+    /// The client's changes to `doc` went into persist batch `token`.
+    pub(crate) fn wrote(&mut self, client: u64, doc: &str, token: u64) {
+        self.written.insert((client, doc.to_string()), token);
+    }
+
+    /// The persist batch of the client's latest changes to `doc`, while not known durable;
+    /// `durable(token)` says whether it is, and forgets it if so.
+    pub(crate) fn awaits_durability(
+        &mut self,
+        client: u64,
+        doc: &str,
+        durable: impl Fn(u64) -> bool,
+    ) -> bool {
+        let key = (client, doc.to_string());
+        match self.written.get(&key) {
+            Some(&token) if !durable(token) => true,
+            Some(_) => {
+                self.written.remove(&key);
+                false
+            }
+            None => false,
         }
     }
 

@@ -2,7 +2,7 @@
 //! `crate::sync` for the sockets): a client's sync message is applied to the document like
 //! a local write (persisted, pushed to the peers with this node as origin); every change of
 //! a document, whatever its source, is offered to the clients following it at the next
-//! flush; a request for a document this node lacks waits while the peers are asked, and is
+//! flush, except that a client hears back about its own changes only once they are durable; a request for a document this node lacks waits while the peers are asked, and is
 //! answered `Unavailable` if nothing comes; ephemeral messages reach the document's clients
 //! here and travel to the other nodes like pushes, once each.
 
@@ -140,6 +140,10 @@ impl Replica {
                 }
             }
         }
+        // Batches in flight are few: a copy lets the loop below take `self` mutably.
+        let (current, unpersisted) = (self.token, self.unpersisted.clone());
+        let durable = |t: u64| t < current && !unpersisted.contains(&t);
+        let mut deferred = Vec::new();
         for doc in self.clients.take_changed() {
             let followers = self.clients.followers(&doc);
             if followers.is_empty() {
@@ -152,12 +156,18 @@ impl Replica {
             // A client may sync a document this node does not have yet: it then learns
             // that this node has nothing and sends everything.
             let empty = Automerge::new();
-            let current = state.map_or(&empty, |s| &s.doc);
+            let doc_now = state.map_or(&empty, |s| &s.doc);
             for client in followers {
+                // A client's own changes are acknowledged (our heads include them) only
+                // once they are durable here.
+                if self.clients.awaits_durability(client, &doc, durable) {
+                    deferred.push(doc.clone());
+                    continue;
+                }
                 let Some(session) = self.clients.session(client, &doc) else {
                     continue;
                 };
-                if let Some(m) = current.generate_sync_message(session) {
+                if let Some(m) = doc_now.generate_sync_message(session) {
                     self.effects.push(Effect::Client {
                         client,
                         msg: ClientMsg::Sync {
@@ -167,6 +177,9 @@ impl Replica {
                     });
                 }
             }
+        }
+        for doc in deferred {
+            self.clients.mark(&doc);
         }
     }
 
@@ -229,6 +242,7 @@ impl Replica {
             self.stats.client_changes += new.len() as u64;
             let me = self.id.clone();
             self.accept_new(doc, &me, None, false, new);
+            self.clients.wrote(client, doc, self.token);
             self.notify(doc.to_string(), after);
         } else {
             self.docs.remove_if_empty(doc);

@@ -211,3 +211,49 @@ fn bad_client_input_is_refused_and_changes_nothing() {
     assert!(c.heads("a").is_empty());
     assert!(c.stored.is_empty());
 }
+
+#[test]
+fn a_client_hears_back_about_its_changes_only_once_they_are_durable() {
+    let mut c = Cluster::new(&["a"], CoreConfig::default());
+    c.auto_persist = false;
+    let mut client = Client::new(&mut c, "a", 1);
+    client.put("k", 1);
+    // Hand the node messages until it has the change (the first carries only heads).
+    for _ in 0..5 {
+        if let Some(m) = client.doc.generate_sync_message(&mut client.state) {
+            let now = c.now;
+            c.node("a")
+                .client_sync(now, 1, "doc", &m.encode(), false)
+                .unwrap();
+        }
+        c.pump("a");
+        if !c.pending_persists.is_empty() {
+            break;
+        }
+        for msg in client.take(&mut c) {
+            if let ClientMsg::Sync { data, .. } = msg {
+                let m = sync::Message::decode(&data).unwrap();
+                client
+                    .doc
+                    .receive_sync_message(&mut client.state, m)
+                    .unwrap();
+            }
+        }
+    }
+    assert!(
+        !c.pending_persists.is_empty(),
+        "the change is being persisted"
+    );
+    c.pump("a");
+    assert!(
+        client.take(&mut c).is_empty(),
+        "no answer before it is durable"
+    );
+    c.complete_persists();
+    c.pump("a");
+    let answers = client.take(&mut c);
+    assert!(
+        matches!(answers.as_slice(), [ClientMsg::Sync { .. }]),
+        "{answers:?}"
+    );
+}
