@@ -14,14 +14,11 @@ use std::time::Duration;
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use tokio::sync::{mpsc, watch};
 
-use super::codec::{self, PeerMetadata, RepoMessage};
+use super::codec::{self, PeerMetadata, RepoMessage, PROTOCOL_VERSION as PROTOCOL};
 use super::{Place, Server, SyncCounters};
 use crate::core::ClientMsg;
 use crate::node::{ClientEvent, Node};
 use crate::wire::Ephemeral;
-
-/// The protocol version spoken.
-const PROTOCOL: &str = "1";
 
 /// How long a client may take to send `join` after the upgrade.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -258,20 +255,17 @@ async fn send(
     socket.send(WsMessage::Binary(bytes.into())).await
 }
 
-fn error_message(server: &Server, peer: Option<&str>, why: &str) -> RepoMessage {
-    RepoMessage::Error {
-        sender_id: Some(server.peer_id.clone()),
-        target_id: peer.map(str::to_string),
-        message: why.to_string(),
-    }
-}
-
 /// Tells the client what was wrong, then closes the socket.
 async fn fail(socket: &mut WebSocket, server: &Server, peer: Option<&str>, why: &str) {
     server
         .counters
         .errors
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _ = send(socket, &server.counters, &error_message(server, peer, why)).await;
+    let error = RepoMessage::Error {
+        sender_id: Some(server.peer_id.clone()),
+        target_id: peer.map(str::to_string),
+        message: why.to_string(),
+    };
+    let _ = send(socket, &server.counters, &error).await;
     let _ = socket.send(WsMessage::Close(None)).await;
 }

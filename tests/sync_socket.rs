@@ -1,0 +1,269 @@
+//! `GET /v1/sync` at the socket level, with a raw WebSocket client (the real JavaScript
+//! clients are in `sync_clients.rs`): the token, the handshake, bad input answered with
+//! `error` and a close of that socket only, the client limit, a client joining again.
+
+use std::time::Duration;
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ROOT};
+use concordant::api::{self, ApiOptions};
+use concordant::certs::test_identities;
+use concordant::config::TopologyKind;
+use concordant::sync::codec::{self, PeerMetadata, RepoMessage};
+use concordant::sync::SyncOptions;
+use concordant::topology::Topology;
+use concordant::{Node, NodeBuilder};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+
+const TOKEN: &str = "s3cret";
+const LIMIT: Duration = Duration::from_secs(10);
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// One node with its API on 127.0.0.1:0; returns the node and the API's address.
+async fn node(max_clients: usize) -> (Node, String) {
+    let identities = test_identities("synctest", &["n1"]).unwrap();
+    let topology = Topology::new(TopologyKind::Mesh, vec!["n1".into()], Vec::new());
+    let node = NodeBuilder::new("n1", "synctest", identities.into_iter().next().unwrap())
+        .topology(topology)
+        .start()
+        .await
+        .unwrap();
+    let listener = api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut options = ApiOptions::new(Some(TOKEN.into()));
+    options.sync = SyncOptions {
+        max_clients,
+        ..SyncOptions::default()
+    };
+    let serving = node.clone();
+    tokio::spawn(async move {
+        api::serve_with(serving, listener, options, std::future::pending())
+            .await
+            .unwrap();
+    });
+    (node, addr)
+}
+
+async fn open(addr: &str, query: &str) -> Result<Socket, tungstenite::Error> {
+    let (socket, _) =
+        tokio::time::timeout(LIMIT, connect_async(format!("ws://{addr}/v1/sync{query}")))
+            .await
+            .expect("connect in time")?;
+    Ok(socket)
+}
+
+async fn send(socket: &mut Socket, msg: &RepoMessage) {
+    socket
+        .send(Message::Binary(codec::encode(msg).into()))
+        .await
+        .unwrap();
+}
+
+/// The next protocol message, or `None` once the server closed the socket.
+async fn next(socket: &mut Socket) -> Option<RepoMessage> {
+    loop {
+        let frame = tokio::time::timeout(LIMIT, socket.next())
+            .await
+            .expect("an answer in time");
+        match frame {
+            Some(Ok(Message::Binary(bytes))) => return Some(codec::decode(&bytes).unwrap()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+fn join(peer: &str, versions: &[&str]) -> RepoMessage {
+    RepoMessage::Join {
+        sender_id: peer.into(),
+        peer_metadata: Some(PeerMetadata {
+            storage_id: None,
+            is_ephemeral: true,
+        }),
+        supported_protocol_versions: versions.iter().map(|v| v.to_string()).collect(),
+    }
+}
+
+/// Opens a socket and joins as `peer`; returns the socket and the server's peer id.
+async fn joined(addr: &str, peer: &str) -> (Socket, String) {
+    let mut socket = open(addr, &format!("?token={TOKEN}")).await.unwrap();
+    send(&mut socket, &join(peer, &["1"])).await;
+    match next(&mut socket).await {
+        Some(RepoMessage::Peer {
+            sender_id,
+            target_id,
+            peer_metadata,
+            selected_protocol_version,
+        }) => {
+            assert_eq!(target_id, peer);
+            assert_eq!(selected_protocol_version, "1");
+            assert!(peer_metadata.storage_id.is_some() && !peer_metadata.is_ephemeral);
+            (socket, sender_id)
+        }
+        other => panic!("expected peer, got {other:?}"),
+    }
+}
+
+/// Expects an `error` message, then the close.
+async fn expect_error(socket: &mut Socket, contains: &str) {
+    match next(socket).await {
+        Some(RepoMessage::Error { message, .. }) => {
+            assert!(message.contains(contains), "{message:?} lacks {contains:?}")
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(next(socket).await.is_none(), "closed after the error");
+}
+
+/// Syncs a new document with one change through `socket` until the server has it.
+async fn sync_doc(socket: &mut Socket, me: &str, server: &str, doc: &str) -> Automerge {
+    let mut mine = Automerge::new();
+    let mut tx = mine.transaction();
+    tx.put(ROOT, "k", 1).unwrap();
+    tx.commit();
+    let mut state = sync::State::new();
+    for _ in 0..10 {
+        if let Some(m) = mine.generate_sync_message(&mut state) {
+            send(
+                socket,
+                &RepoMessage::Sync {
+                    sender_id: me.into(),
+                    target_id: server.into(),
+                    document_id: doc.into(),
+                    data: m.encode(),
+                },
+            )
+            .await;
+        }
+        match next(socket).await {
+            Some(RepoMessage::Sync { data, .. }) => {
+                let m = sync::Message::decode(&data).unwrap();
+                mine.receive_sync_message(&mut state, m).unwrap();
+                if state.shared_heads == mine.get_heads() {
+                    return mine;
+                }
+            }
+            other => panic!("expected sync, got {other:?}"),
+        }
+    }
+    panic!("the server never had the document");
+}
+
+#[tokio::test]
+async fn the_token_is_needed_before_any_upgrade() {
+    let (_node, addr) = node(100).await;
+    for query in ["", "?token=wrong"] {
+        match open(&addr, query).await {
+            Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+            other => panic!("{query:?}: expected 401, got {other:?}"),
+        }
+    }
+    // A plain GET (no upgrade) is a JSON error, not a crash.
+    let client =
+        concordant::client::Client::new(&format!("http://{addr}"), Some(TOKEN.into())).unwrap();
+    let answer = client
+        .request(hyper::Method::GET, "/v1/sync", None)
+        .await
+        .unwrap();
+    assert!(
+        answer.status >= 400 && answer.status < 500,
+        "{}",
+        answer.status
+    );
+    assert!(answer.json().unwrap()["error"].is_string());
+}
+
+#[tokio::test]
+async fn bad_input_closes_only_that_socket() {
+    let (node, addr) = node(100).await;
+    let (mut good, server) = joined(&addr, "good").await;
+
+    let (mut bad, _) = joined(&addr, "bad-cbor").await;
+    bad.send(Message::Binary(vec![0xa1, 0x61].into()))
+        .await
+        .unwrap();
+    expect_error(&mut bad, "malformed").await;
+
+    let (mut text, _) = joined(&addr, "text").await;
+    text.send(Message::Text("hello".into())).await.unwrap();
+    expect_error(&mut text, "text").await;
+
+    let mut early = open(&addr, &format!("?token={TOKEN}")).await.unwrap();
+    send(
+        &mut early,
+        &RepoMessage::Sync {
+            sender_id: "early".into(),
+            target_id: server.clone(),
+            document_id: "doc".into(),
+            data: vec![0x42],
+        },
+    )
+    .await;
+    expect_error(&mut early, "join").await;
+
+    let mut old = open(&addr, &format!("?token={TOKEN}")).await.unwrap();
+    send(&mut old, &join("old", &["0"])).await;
+    expect_error(&mut old, "unsupported").await;
+
+    let (mut garbage, _) = joined(&addr, "garbage-sync").await;
+    send(
+        &mut garbage,
+        &RepoMessage::Sync {
+            sender_id: "garbage-sync".into(),
+            target_id: server.clone(),
+            document_id: "garbage".into(),
+            data: vec![0x42, 0xff, 0xff, 0xff],
+        },
+    )
+    .await;
+    expect_error(&mut garbage, "bad sync message").await;
+    assert!(
+        node.json("garbage").await.unwrap().is_none(),
+        "nothing created"
+    );
+
+    // The first client was never disturbed.
+    let doc = sync_doc(&mut good, "good", &server, "doc").await;
+    let stored = node.with_doc("doc", |d| d.get_heads()).await.unwrap();
+    assert_eq!(stored, Some(doc.get_heads()));
+    let status = node.status().await.unwrap();
+    assert_eq!(status.sync_clients, 1, "the bad ones are gone");
+}
+
+#[tokio::test]
+async fn the_client_limit_and_a_second_join_of_one_peer() {
+    let (_node, addr) = node(2).await;
+    let (mut first, _) = joined(&addr, "same").await;
+    let (_second, _) = joined(&addr, "other").await;
+    match open(&addr, &format!("?token={TOKEN}")).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    drop(_second);
+    // A place frees once the server sees the socket go.
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(s) = open(&addr, &format!("?token={TOKEN}")).await {
+            again = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut again = again.expect("a place freed");
+    // The same peer joining again replaces its earlier socket.
+    send(&mut again, &join("same", &["1"])).await;
+    assert!(matches!(
+        next(&mut again).await,
+        Some(RepoMessage::Peer { .. })
+    ));
+    assert!(
+        next(&mut first).await.is_none(),
+        "the earlier socket is closed"
+    );
+}
