@@ -19,16 +19,21 @@
 //! - [`demo`]: `concordant demo`, a local cluster showing failure and catch-up.
 //! - [`node`]: the driver joining core, transport and storage; the embeddable [`Node`].
 //! - [`local`]: a local cluster of N nodes in one process (demo, bench, experiments).
+//! - [`membership`]: the live topology every node holds and gossips (a state-based CRDT:
+//!   nodes added and removed while the cluster runs, links, ring order, version, digest).
 //! - [`bench`]: `concordant bench`, the convergence benchmark.
 //! - [`api`]: the HTTP API of a node (axum): JSON endpoints, change events, metrics.
 //! - [`sync`]: automerge-repo clients over WebSocket (`GET /v1/sync`): the protocol's
 //!   messages, document ids and one client connection.
 //! - [`client`]: an HTTP client for the API and the command line's client commands.
+//! - [`admin`]: `add-node`, `remove-node` and `topology`: growing and shrinking a running
+//!   cluster.
 #![deny(missing_docs)]
 
 pub use config::Config;
 pub use node::{Error, Node, NodeBuilder};
 
+pub mod admin;
 pub mod api;
 pub mod bench;
 pub mod certs;
@@ -39,6 +44,7 @@ pub mod demo;
 pub mod init;
 pub mod json;
 pub mod local;
+pub mod membership;
 pub mod node;
 pub mod ops;
 pub mod storage;

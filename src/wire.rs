@@ -172,6 +172,9 @@ pub enum Message {
     },
     /// A client's ephemeral message for the clients of a document on other nodes.
     Ephemeral(Ephemeral),
+    /// The sender's live topology (sent on link-up and after every change; merged by the
+    /// receiver, see [`crate::membership`]).
+    Topology(Box<crate::membership::Membership>),
 }
 
 impl Message {
@@ -186,6 +189,7 @@ impl Message {
             Message::Want(_) => "want",
             Message::Sync { .. } => "sync",
             Message::Ephemeral(_) => "ephemeral",
+            Message::Topology(_) => "topology",
         }
     }
 }

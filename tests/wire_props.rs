@@ -96,7 +96,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
 fn arb_payload_like() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..128),
-        (0u8..9, prop::collection::vec(any::<u8>(), 0..128)).prop_map(|(variant, rest)| {
+        (0u8..10, prop::collection::vec(any::<u8>(), 0..128)).prop_map(|(variant, rest)| {
             let mut p = vec![PROTOCOL_VERSION, variant];
             p.extend(rest);
             p

@@ -76,6 +76,14 @@ impl HttpError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("document {doc:?}: storage failed, the write is not acknowledged: {why}"),
             ),
+            Error::Removed(id) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("node {id:?} has been removed from the cluster: it takes no writes"),
+            ),
+            Error::Topology(why) => Self::new(
+                StatusCode::CONFLICT,
+                format!("topology change refused: {why}"),
+            ),
             other => Self::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         }
     }

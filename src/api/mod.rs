@@ -13,6 +13,9 @@
 //! | `GET /v1/docs` | `[{"id","heads":[hex...]}]` in id order |
 //! | `POST /v1/docs` | creates an empty document under a fresh automerge-repo id: `{"id","url"}` |
 //! | `GET /v1/sync` | WebSocket for automerge-repo clients (see [`crate::sync`]); 503 past `sync_clients` |
+//! | `GET /v1/topology` | the live topology: nodes in order, removed nodes, version, digest |
+//! | `POST /v1/topology/nodes` | `{"id","peer","api","links"?}`: a node joins; 409 if invalid |
+//! | `DELETE /v1/topology/nodes/{id}` | the node leaves; 409 if invalid |
 //! | `GET /v1/docs/{id}` | the document as JSON; 404 if absent |
 //! | `POST /v1/docs/{id}/ops` | `{"heads","acked_by"}`; 400 malformed, 409 does not fit, 504 write concern not met |
 //! | `GET /v1/docs/{id}/automerge` | `application/octet-stream` saved document; 404 if absent |
@@ -40,6 +43,7 @@ mod error;
 mod handlers;
 pub mod metrics;
 mod sync;
+mod topology;
 mod watch;
 
 use std::future::Future;
@@ -199,6 +203,12 @@ fn router(state: AppState, body_limit: usize) -> Router {
             get(handlers::list_docs).post(handlers::create_doc),
         )
         .route("/v1/sync", get(sync::upgrade))
+        .route("/v1/topology", get(topology::get))
+        .route("/v1/topology/nodes", post(topology::add))
+        .route(
+            "/v1/topology/nodes/{id}",
+            axum::routing::delete(topology::remove),
+        )
         .route("/v1/docs/{id}", get(handlers::get_doc))
         .route("/v1/docs/{id}/ops", post(handlers::post_ops))
         .route(

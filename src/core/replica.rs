@@ -515,7 +515,8 @@ impl Replica {
             Message::Want(wants) => self.receive_wants(now, from, wants),
             Message::Sync { doc, data } => self.receive_sync(now, from, &doc, &data),
             Message::Ephemeral(e) => self.receive_ephemeral(from, e),
-            Message::Hello(_) => self.stats.unexpected_messages += 1,
+            // The handshake is the transport's, the topology the driver's.
+            Message::Hello(_) | Message::Topology(_) => self.stats.unexpected_messages += 1,
         }
         self.evict();
     }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::certs::TlsIdentity;
 use crate::config::{Config, TopologyKind, Tuning};
+use crate::membership::Membership;
 use crate::storage::MemoryStore;
 use crate::topology::Topology;
 
@@ -40,7 +41,14 @@ pub struct NodeConfig {
     pub storage: StorageChoice,
     /// Tuning knobs.
     pub tuning: Tuning,
+    /// The live topology, for a node started from a topology file: it replicates between
+    /// the nodes, and `add-node`/`remove-node` change it while the cluster runs. `None`
+    /// (nodes built in code): the topology stays as given.
+    pub membership: Option<crate::membership::Membership>,
 }
+
+/// The file in a node's data directory that holds the newest live topology it knows.
+pub const TOPOLOGY_FILE: &str = "topology.json";
 
 impl NodeConfig {
     /// The configuration of node `id` of a loaded topology file (certificates are read).
@@ -49,21 +57,27 @@ impl NodeConfig {
             .node(id)
             .ok_or_else(|| Error::UnknownNode(id.to_string()))?;
         let identity = crate::certs::load_identity(&config.ca, &me.cert, &me.key)?;
-        let peers = config
-            .nodes
-            .iter()
-            .filter(|n| n.id != id)
-            .map(|n| (n.id.clone(), n.peer))
+        let stored = read_stored_topology(&me.data.join(TOPOLOGY_FILE))?;
+        let membership = Membership::with_config(config, stored);
+        if !membership.is_live(id) {
+            return Err(Error::Removed(id.to_string()));
+        }
+        let peers = membership
+            .live()
+            .into_iter()
+            .filter(|m| m.id != id)
+            .map(|m| (m.id.clone(), m.peer))
             .collect();
         Ok(NodeConfig {
             id: id.to_string(),
             cluster: config.cluster.clone(),
-            topology: config.topology(),
+            topology: membership.topology(),
             peers,
             listen: me.peer,
             identity,
             storage: StorageChoice::Dir(me.data.clone()),
             tuning: config.tuning.clone(),
+            membership: Some(membership),
         })
     }
 }
@@ -88,6 +102,7 @@ impl NodeBuilder {
                 identity,
                 storage: StorageChoice::Memory(MemoryStore::new()),
                 tuning: Tuning::default(),
+                membership: None,
             },
             topology: None,
         }
@@ -144,4 +159,42 @@ impl NodeBuilder {
     pub async fn start(self) -> Result<Node, Error> {
         Node::start(self.build()).await
     }
+}
+
+/// The live topology a node stored, if any; a file that cannot be read or parsed fails the
+/// start (it is never silently replaced by the older topology file).
+fn read_stored_topology(path: &std::path::Path) -> Result<Option<Membership>, Error> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::StoredTopology {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::StoredTopology {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+}
+
+/// Writes the live topology to `path` atomically (a temporary file, fsync'd, renamed).
+pub(crate) fn write_stored_topology(path: &std::path::Path, m: &Membership) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(m).map_err(std::io::Error::other)?;
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }

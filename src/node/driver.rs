@@ -2,6 +2,8 @@
 //! confirmations and ticks, batches whatever is ready before each flush, and carries out
 //! the effects (sends, persists, acks, notifications).
 
+mod topology;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
@@ -74,6 +76,10 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     let peer_addr = transport.local_addr();
     tracing::info!(node = %config.id, addr = %peer_addr, "listening for peers");
 
+    let topology_file = match (&config.storage, &config.membership) {
+        (super::StorageChoice::Dir(dir), Some(_)) => Some(dir.join(super::TOPOLOGY_FILE)),
+        _ => None,
+    };
     let (done_tx, dones) = mpsc::unbounded_channel();
     let jobs = store_thread::spawn(store, tuning.compact_after, done_tx);
     let (commands_tx, commands) = mpsc::channel(1024);
@@ -97,6 +103,10 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         next_client: 1,
         client_queue: tuning.sync_client_queue.max(1),
         clients_dropped: 0,
+        membership: config.membership.clone(),
+        topology_file,
+        removed: false,
+        relink_at: None,
     };
     tokio::spawn(driver.run(commands, events, dones));
     Ok(Node {
@@ -126,6 +136,13 @@ struct Driver {
     next_client: u64,
     client_queue: usize,
     clients_dropped: u64,
+    /// The live topology (nodes started from a topology file), where it is stored, and
+    /// whether it removed this node.
+    membership: Option<crate::membership::Membership>,
+    topology_file: Option<std::path::PathBuf>,
+    removed: bool,
+    /// When links follow a topology change that removed a connected node (see `topology`).
+    relink_at: Option<u64>,
 }
 
 enum Input {
@@ -196,6 +213,7 @@ impl Driver {
             Input::Command(cmd) => self.command(now, cmd),
             Input::Event(TransportEvent::Up(peer)) => {
                 tracing::info!(node = %self.id, peer = %peer, "peer up");
+                self.send_topology(&peer);
                 self.replica.peer_up(now, &peer);
                 let changes = self.links.mark_up(&peer);
                 self.apply_links(changes);
@@ -209,11 +227,16 @@ impl Driver {
                 let changes = self.links.mark_down(&peer);
                 self.apply_links(changes);
             }
+            Input::Event(TransportEvent::Message {
+                from,
+                msg: crate::wire::Message::Topology(theirs),
+            }) => self.receive_topology(&from, &theirs),
             Input::Event(TransportEvent::Message { from, msg }) => {
                 self.replica.handle_message(now, &from, msg)
             }
             Input::Done(done) => self.store_done(done),
             Input::Tick => {
+                self.topology_tick(now);
                 self.replica.tick(now);
                 self.writes.expire(now);
                 self.subscribers.retain(|_, s| s.receiver_count() > 0);
@@ -231,6 +254,10 @@ impl Driver {
                 started,
                 outcome,
             } => {
+                if self.removed {
+                    let _ = started.send(Err(Error::Removed(self.id.clone())));
+                    return;
+                }
                 let want_ack = !matches!(ack, Ack::Local);
                 match self.replica.local_change(now, &doc, want_ack, f) {
                     Err(ChangeError::Refused(e)) => {
@@ -258,6 +285,9 @@ impl Driver {
                         }
                     },
                 }
+            }
+            Command::Merge { reply, .. } if self.removed => {
+                let _ = reply.send(Err(Error::Removed(self.id.clone())));
             }
             Command::Merge { doc, data, reply } => {
                 let answer = match self.replica.merge(now, &doc, &data) {
@@ -303,10 +333,17 @@ impl Driver {
                 data,
                 request,
             } => {
-                if let Err(e) = self.replica.client_sync(now, client, &doc, &data, request) {
+                let result = if self.removed {
+                    Err(Error::Removed(self.id.clone()).to_string())
+                } else {
+                    self.replica
+                        .client_sync(now, client, &doc, &data, request)
+                        .map_err(|e| e.to_string())
+                };
+                if let Err(e) = result {
                     tracing::debug!(node = %self.id, client, "client message refused: {e}");
                     if let Some(tx) = self.clients.remove(&client) {
-                        let _ = tx.try_send(ClientEvent::Close(e.to_string()));
+                        let _ = tx.try_send(ClientEvent::Close(e));
                     }
                     self.replica.client_close(client);
                 }
@@ -315,6 +352,12 @@ impl Driver {
             Command::ClientClose(client) => {
                 self.clients.remove(&client);
                 self.replica.client_close(client);
+            }
+            Command::Topology(reply) => {
+                let _ = reply.send(self.topology_json());
+            }
+            Command::ChangeTopology { change, reply } => {
+                let _ = reply.send(self.change_topology(change));
             }
             Command::Shutdown(_) => {}
         }

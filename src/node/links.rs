@@ -55,6 +55,14 @@ impl Links {
         }
     }
 
+    /// The live topology changed: links follow it (new nodes are linked, removed ones
+    /// dropped), with what is known down kept.
+    pub(crate) fn set_topology(&mut self, topology: Topology) -> LinkChanges {
+        self.down.retain(|n| topology.contains(n));
+        self.topology = topology;
+        self.recompute()
+    }
+
     /// True if this node currently wants a link (or a probe) to `peer`.
     pub(crate) fn wants(&self, peer: &str) -> bool {
         self.wanted.contains(peer)

@@ -20,7 +20,7 @@ use automerge::{Automerge, ChangeHash};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use crate::ops::Ack;
-pub use builder::{NodeBuilder, NodeConfig, StorageChoice};
+pub use builder::{NodeBuilder, NodeConfig, StorageChoice, TOPOLOGY_FILE};
 
 use crate::core::{ClientMsg, CoreError, CoreStats, Replica};
 use crate::transport::TransportStats;
@@ -72,6 +72,20 @@ pub enum Error {
     /// The write could not be made durable; it is not acknowledged.
     #[error("storage failed: {0}")]
     StorageFailed(String),
+    /// This node has been removed from the cluster's live topology; it no longer serves.
+    #[error("node {0:?} has been removed from the cluster")]
+    Removed(String),
+    /// The live topology stored in the data directory cannot be read.
+    #[error("{path}: the stored live topology cannot be read: {detail}")]
+    StoredTopology {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A change of the live topology was refused; nothing changed.
+    #[error("topology change refused: {0}")]
+    Topology(String),
 }
 
 impl Error {
@@ -214,7 +228,33 @@ pub(crate) enum Command {
     },
     ClientEphemeral(u64, crate::wire::Ephemeral),
     ClientClose(u64),
+    Topology(oneshot::Sender<Option<serde_json::Value>>),
+    ChangeTopology {
+        change: TopologyChange,
+        reply: oneshot::Sender<Result<serde_json::Value, Error>>,
+    },
     Shutdown(oneshot::Sender<()>),
+}
+
+/// A change of the live topology (see [`Node::change_topology`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopologyChange {
+    /// A new node joins.
+    Add {
+        /// Its id.
+        id: String,
+        /// Its peer (QUIC) address.
+        peer: SocketAddr,
+        /// Its HTTP API address.
+        api: SocketAddr,
+        /// Its links (`edges` topologies only; empty otherwise).
+        links: Vec<String>,
+    },
+    /// A node leaves; every node refuses it from then on.
+    Remove {
+        /// Its id.
+        id: String,
+    },
 }
 
 /// What the node sends one automerge-repo client's connection.
@@ -428,6 +468,27 @@ impl Node {
     /// The client's connection ended.
     pub(crate) async fn client_close(&self, client: u64) -> Result<(), Error> {
         self.send(Command::ClientClose(client)).await
+    }
+
+    /// The live topology as JSON (`GET /v1/topology`); `None` for a node started without a
+    /// topology file.
+    pub async fn topology(&self) -> Result<Option<serde_json::Value>, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Topology(tx)).await?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Changes the live topology; the change spreads to every node, which relink at once.
+    /// An invalid change is refused ([`Error::Topology`]) and changes nothing. Answers the
+    /// new topology.
+    pub async fn change_topology(
+        &self,
+        change: TopologyChange,
+    ) -> Result<serde_json::Value, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::ChangeTopology { change, reply: tx })
+            .await?;
+        rx.await.map_err(|_| Error::Stopped)?
     }
 
     /// Stops the node: pending changes are flushed to storage, connections closed.

@@ -250,6 +250,12 @@ impl Transport {
         self.inner.disconnect(peer);
     }
 
+    /// Replaces the set of members (the live topology changed): a node no longer in it is
+    /// refused from now on and its connection, whoever dialed it, is closed.
+    pub fn set_members(&self, members: Vec<String>) {
+        self.inner.set_members(members);
+    }
+
     /// Queues `msg` on the peer's bounded send queue without waiting.
     pub fn send(&self, peer: &str, msg: Message) -> Result<(), SendError> {
         self.inner.send(peer, msg)

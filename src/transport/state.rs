@@ -55,7 +55,8 @@ pub mod code {
 pub(crate) struct Settings {
     pub(crate) cluster: String,
     pub(crate) node: String,
-    pub(crate) members: HashSet<String>,
+    /// The live members (changed by [`Inner::set_members`] when the topology changes).
+    pub(crate) members: std::sync::RwLock<HashSet<String>>,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) send_queue: usize,
@@ -149,7 +150,7 @@ impl Inner {
             settings: Settings {
                 cluster: cfg.cluster,
                 node: cfg.node,
-                members: cfg.members.into_iter().collect(),
+                members: std::sync::RwLock::new(cfg.members.into_iter().collect()),
                 reconnect_min: cfg.reconnect_min,
                 reconnect_max: cfg.reconnect_max,
                 send_queue: cfg.send_queue,
@@ -203,7 +204,34 @@ impl Inner {
 
     /// Whether a peer id may be linked to (a member other than ourselves).
     pub(crate) fn is_member(&self, peer: &str) -> bool {
-        peer != self.settings.node && self.settings.members.contains(peer)
+        peer != self.settings.node
+            && self
+                .settings
+                .members
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(peer)
+    }
+
+    /// See [`super::Transport::set_members`].
+    pub(crate) fn set_members(&self, members: Vec<String>) {
+        let members: HashSet<String> = members.into_iter().collect();
+        *self
+            .settings
+            .members
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = members.clone();
+        let mut peers = self.peers();
+        for (id, p) in peers.by_id.iter_mut() {
+            if members.contains(id) {
+                continue;
+            }
+            p.wanted = None;
+            if let Some(l) = p.link.as_ref() {
+                l.conn
+                    .close(code::UNKNOWN_NODE, b"not a member of the cluster");
+            }
+        }
     }
 
     /// Sends an event unless the transport is shutting down (then it is dropped).

@@ -72,6 +72,7 @@ pub(crate) fn describe(msg: &wire::Message) -> String {
         wire::Message::Want(w) => format!("want {} docs", w.len()),
         wire::Message::Hello(_) => "hello".into(),
         wire::Message::Ephemeral(e) => format!("ephemeral {} from {}", e.doc, e.sender),
+        wire::Message::Topology(t) => format!("topology v{}", t.version()),
     }
 }
 

@@ -1,0 +1,333 @@
+//! Growing and shrinking a running cluster from the command line: `concordant add-node`,
+//! `remove-node` and `topology`.
+//!
+//! `add-node` issues the new node's certificate from the cluster CA (the `ca.key` that
+//! `init` wrote beside `ca.pem`), records the node in the running cluster through any live
+//! node (`POST /v1/topology/nodes`; the change spreads to every node, which relink at
+//! once), and adds the node to the topology file so that the new host can start from it.
+//! `remove-node` records the removal (`DELETE /v1/topology/nodes/{id}`) and takes the node
+//! out of the file. Both refuse an invalid change before anything is written.
+//!
+//! Owns the file edits and the choice of the node to ask; the rules of a valid change are
+//! [`crate::membership`]'s, checked again by the node that records it.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper::Method;
+use serde_json::{json, Value};
+
+use crate::certs::{generate_node_cert, CaBundle};
+use crate::client::{Client, ClientError};
+use crate::config::Config;
+
+/// Errors of the administration commands; each says what was left unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The topology file is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The certificate could not be issued.
+    #[error(transparent)]
+    Cert(#[from] crate::certs::CertError),
+    /// No node of the cluster answered.
+    #[error("no node answered ({0}); nothing was changed")]
+    NoNode(String),
+    /// The cluster refused the change.
+    #[error("the cluster refused the change: {0}")]
+    Refused(String),
+    /// A request failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AdminError + '_ {
+    move |source| AdminError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The node to ask: `url` (with the file's token), or node `node` of the file, or else the
+/// live nodes of the file in order until one answers.
+pub struct Target {
+    /// A node's API URL.
+    pub url: Option<String>,
+    /// A node of the file.
+    pub node: Option<String>,
+}
+
+/// Sends `method path body` to the target; a node that cannot be reached is skipped when
+/// the target is "any node". Returns the answer's JSON.
+async fn ask(
+    config: &Config,
+    target: &Target,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    skip: Option<&str>,
+) -> Result<Value, AdminError> {
+    let clients: Vec<Client> = match (&target.url, &target.node) {
+        (Some(url), _) => vec![Client::new(url, config.api_token.clone())?],
+        (None, Some(node)) => vec![Client::for_node(config, node)?],
+        (None, None) => config
+            .nodes
+            .iter()
+            .filter(|n| Some(n.id.as_str()) != skip)
+            .map(|n| Client::for_node(config, &n.id))
+            .collect::<Result<_, _>>()?,
+    };
+    let body = body.map(|b| b.to_string().into_bytes());
+    let mut failures = Vec::new();
+    for client in clients {
+        let client = client.with_timeout(Duration::from_secs(10));
+        match client.request(method.clone(), path, body.clone()).await {
+            Ok(answer) if answer.status == 200 => {
+                return answer
+                    .json()
+                    .ok_or_else(|| AdminError::Refused("the answer is not JSON".into()))
+            }
+            Ok(answer) => {
+                let why = answer
+                    .json()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| format!("HTTP {}", answer.status));
+                return Err(AdminError::Refused(why));
+            }
+            Err(e) => failures.push(format!("{}: {e}", client.url())),
+        }
+    }
+    Err(AdminError::NoNode(failures.join("; ")))
+}
+
+/// `concordant topology`: the live topology as a node knows it.
+pub async fn topology(config: &Config, target: &Target) -> Result<Value, AdminError> {
+    ask(config, target, Method::GET, "/v1/topology", None, None).await
+}
+
+/// What `add-node` did.
+#[derive(Debug)]
+pub struct Added {
+    /// The certificate and key written for the new node.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The live topology afterwards.
+    pub topology: Value,
+}
+
+/// `concordant add-node`: issues the certificate, records the node in the running
+/// cluster, adds it to the file at `path`.
+pub async fn add_node(
+    path: &Path,
+    target: &Target,
+    id: &str,
+    peer: SocketAddr,
+    api: SocketAddr,
+    links: &[String],
+) -> Result<Added, AdminError> {
+    let config = Config::load(path)?;
+    let ca_key = config.ca.with_file_name("ca.key");
+    let ca = CaBundle {
+        cert_pem: std::fs::read_to_string(&config.ca).map_err(io(&config.ca))?,
+        key_pem: std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?,
+    };
+    let dir = config.ca.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let cert = dir.join(format!("{id}.pem"));
+    let key = dir.join(format!("{id}.key"));
+    let (cert_pem, key_pem) = generate_node_cert(&ca, id)?;
+    let body = json!({"id": id, "peer": peer, "api": api, "links": links});
+    let topology = ask(
+        &config,
+        target,
+        Method::POST,
+        "/v1/topology/nodes",
+        Some(body),
+        None,
+    )
+    .await?;
+    write_secret(&cert, &cert_pem, false)?;
+    write_secret(&key, &key_pem, true)?;
+    let mut text = std::fs::read_to_string(path).map_err(io(path))?;
+    let mut block = String::new();
+    let _ = write!(
+        block,
+        "\n[[node]]  # added by `concordant add-node`\nid = \"{id}\"\npeer = \"{peer}\"\napi = \"{api}\"\ndata = \"data/{id}\"\n"
+    );
+    for other in links {
+        let _ = write!(block, "\n[[link]]\nnodes = [\"{id}\", \"{other}\"]\n");
+    }
+    insert_before_tuning(&mut text, &block);
+    std::fs::write(path, text).map_err(io(path))?;
+    Ok(Added {
+        cert,
+        key,
+        topology,
+    })
+}
+
+/// `concordant remove-node`: records the removal in the running cluster (through a node
+/// other than the one removed, when no target is given) and takes the node out of the file.
+pub async fn remove_node(path: &Path, target: &Target, id: &str) -> Result<Value, AdminError> {
+    let config = Config::load(path)?;
+    let topology = ask(
+        &config,
+        target,
+        Method::DELETE,
+        &format!("/v1/topology/nodes/{id}"),
+        None,
+        Some(id),
+    )
+    .await?;
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    std::fs::write(path, without_node(&text, id)).map_err(io(path))?;
+    Ok(topology)
+}
+
+/// The live topology as a short text: version, nodes in order, removed nodes.
+pub fn topology_table(t: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster {}  topology {}  version {}  digest {}",
+        t["cluster"].as_str().unwrap_or("?"),
+        t["topology"].as_str().unwrap_or("?"),
+        t["version"],
+        t["digest"].as_str().unwrap_or("?"),
+    );
+    let _ = writeln!(out, "{:<16} {:<24} {:<24}", "node", "peer", "api");
+    for n in t["nodes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<24} {:<24}",
+            n["id"].as_str().unwrap_or("?"),
+            n["peer"].as_str().unwrap_or("?"),
+            n["api"].as_str().unwrap_or("?"),
+        );
+    }
+    let removed: Vec<&str> = t["removed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !removed.is_empty() {
+        let _ = writeln!(out, "removed: {}", removed.join(", "));
+    }
+    out
+}
+
+fn write_secret(path: &Path, text: &str, secret: bool) -> Result<(), AdminError> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut file = options.open(path).map_err(io(path))?;
+    file.write_all(text.as_bytes()).map_err(io(path))
+}
+
+/// Inserts `block` before the `[tuning]` table (commented or not), or at the end.
+fn insert_before_tuning(text: &mut String, block: &str) {
+    let at = text
+        .lines()
+        .scan(0, |pos, line| {
+            let start = *pos;
+            *pos += line.len() + 1;
+            Some((start, line))
+        })
+        .find(|(_, line)| {
+            let l = line.trim_start_matches('#').trim();
+            l.starts_with("[tuning]") || l.starts_with("Optional tuning")
+        })
+        .map(|(start, _)| start);
+    match at {
+        Some(at) if at <= text.len() => text.insert_str(at, &format!("{}\n", block.trim_start())),
+        _ => {
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(block);
+        }
+    }
+}
+
+/// The file without the `[[node]]` table of `id` and without the `[[link]]` tables that
+/// name it (each up to its first blank or comment line, as `init` and `add-node` write
+/// them).
+fn without_node(text: &str, id: &str) -> String {
+    let mut out = String::new();
+    let mut block: Vec<&str> = Vec::new();
+    let quoted = format!("\"{id}\"");
+    let flush = |block: &mut Vec<&str>, out: &mut String| {
+        let header = block.first().map(|l| l.trim_start()).unwrap_or("");
+        let names_it = block.iter().any(|l| {
+            let l = l.trim();
+            (l.starts_with("id") && l.split('=').nth(1).map(str::trim) == Some(quoted.as_str()))
+                || (l.starts_with("nodes") && l.contains(&quoted))
+        });
+        let drop = (header.starts_with("[[node]]") || header.starts_with("[[link]]")) && names_it;
+        if !drop {
+            for l in block.iter() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        block.clear();
+    };
+    for line in text.lines() {
+        // A table's lines end at the next header, blank line or comment (what follows a
+        // blank line belongs to the next table, visually).
+        let t = line.trim_start();
+        if t.starts_with('[') || t.is_empty() || t.starts_with('#') {
+            flush(&mut block, &mut out);
+        }
+        block.push(line);
+    }
+    flush(&mut block, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "cluster = \"c\"\ntopology = \"ring\"\n\n[[node]]\nid = \"n1\"\npeer = \"127.0.0.1:1\"\n\n[[node]]\nid = \"n2\"\npeer = \"127.0.0.1:2\"\n\n[[link]]\nnodes = [\"n1\", \"n2\"]\n\n# Optional tuning; the values shown are the defaults.\n# [tuning]\n# tick_ms = 100\n";
+
+    #[test]
+    fn a_node_block_goes_before_the_tuning() {
+        let mut text = FILE.to_string();
+        insert_before_tuning(&mut text, "\n[[node]]\nid = \"n3\"\n");
+        let n3 = text.find("id = \"n3\"").unwrap();
+        assert!(n3 < text.find("Optional tuning").unwrap());
+        assert!(n3 > text.find("id = \"n2\"").unwrap());
+        let mut plain = "a = 1".to_string();
+        insert_before_tuning(&mut plain, "\n[[node]]\n");
+        assert_eq!(plain, "a = 1\n\n[[node]]\n");
+    }
+
+    #[test]
+    fn removing_a_node_drops_its_table_and_links_only() {
+        let out = without_node(FILE, "n2");
+        assert!(!out.contains("\"n2\""), "{out}");
+        assert!(out.contains("id = \"n1\"") && out.contains("# [tuning]"));
+        assert_eq!(without_node(FILE, "n9"), FILE);
+        // "n1" is not removed by a removal of "n"
+        assert_eq!(without_node(FILE, "n"), FILE);
+    }
+}
