@@ -80,12 +80,23 @@ async fn ask(
     let clients: Vec<Client> = match (&target.url, &target.node) {
         (Some(url), _) => vec![Client::new(url, config.api_token.clone())?],
         (None, Some(node)) => vec![Client::for_node(config, node)?],
-        (None, None) => config
-            .nodes
-            .iter()
-            .filter(|n| Some(n.id.as_str()) != skip)
-            .map(|n| Client::for_node(config, &n.id))
-            .collect::<Result<_, _>>()?,
+        (None, None) => {
+            // The node `skip` only if there is no other (it then explains the refusal).
+            let others: Vec<&str> = config
+                .nodes
+                .iter()
+                .map(|n| n.id.as_str())
+                .filter(|id| Some(*id) != skip)
+                .collect();
+            let ids = if others.is_empty() {
+                config.nodes.iter().map(|n| n.id.as_str()).collect()
+            } else {
+                others
+            };
+            ids.into_iter()
+                .map(|id| Client::for_node(config, id))
+                .collect::<Result<_, _>>()?
+        }
     };
     let body = body.map(|b| b.to_string().into_bytes());
     let mut failures = Vec::new();
@@ -106,6 +117,9 @@ async fn ask(
             }
             Err(e) => failures.push(format!("{}: {e}", client.url())),
         }
+    }
+    if failures.is_empty() {
+        failures.push("the file lists no node".into());
     }
     Err(AdminError::NoNode(failures.join("; ")))
 }
@@ -192,6 +206,64 @@ pub async fn remove_node(path: &Path, target: &Target, id: &str) -> Result<Value
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     std::fs::write(path, without_node(&text, id)).map_err(io(path))?;
     Ok(topology)
+}
+
+/// SIGHUP: proposes through `node` the differences between the topology file (read again
+/// by the caller) and the live topology: nodes the file lists that the cluster lacks (and
+/// never removed) join, live nodes the file no longer lists leave. One line per change
+/// tried, saying what happened; address changes of existing nodes are not proposed.
+pub async fn propose_file(node: &crate::Node, config: &Config) -> Vec<String> {
+    use crate::node::TopologyChange;
+    let live = match node.topology().await {
+        Ok(Some(t)) => t,
+        Ok(None) => return vec!["no live topology on this node".into()],
+        Err(e) => return vec![format!("cannot read the live topology: {e}")],
+    };
+    let listed = |key: &str| -> Vec<String> {
+        live[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.get("id").and_then(Value::as_str).or(n.as_str()))
+            .map(str::to_string)
+            .collect()
+    };
+    let (nodes, removed) = (listed("nodes"), listed("removed"));
+    let mut changes = Vec::new();
+    for spec in &config.nodes {
+        if nodes.contains(&spec.id) || removed.contains(&spec.id) {
+            continue;
+        }
+        let links = config
+            .links
+            .iter()
+            .filter_map(|(a, b)| match (a == &spec.id, b == &spec.id) {
+                (true, _) => Some(b.clone()),
+                (_, true) => Some(a.clone()),
+                _ => None,
+            })
+            .collect();
+        let change = TopologyChange::Add {
+            id: spec.id.clone(),
+            peer: spec.peer,
+            api: spec.api,
+            links,
+        };
+        changes.push((format!("add {}", spec.id), change));
+    }
+    for id in nodes {
+        if !config.nodes.iter().any(|n| n.id == id) {
+            changes.push((format!("remove {id}"), TopologyChange::Remove { id }));
+        }
+    }
+    let mut report = Vec::new();
+    for (what, change) in changes {
+        match node.change_topology(change).await {
+            Ok(_) => report.push(format!("{what}: done")),
+            Err(e) => report.push(format!("{what}: {e}")),
+        }
+    }
+    report
 }
 
 /// The live topology as a short text: version, nodes in order, removed nodes.

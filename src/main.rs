@@ -116,6 +116,63 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Add a node to the running cluster: issues its certificate from the cluster CA,
+    /// records it through a live node (every node relinks at once) and adds it to the file,
+    /// from which the new host then starts with `concordant node --config F --id ID`.
+    AddNode {
+        /// The topology file (its certs/ca.key signs the new certificate).
+        #[arg(long)]
+        config: PathBuf,
+        /// The new node's id.
+        #[arg(long)]
+        id: String,
+        /// Its peer (QUIC) address.
+        #[arg(long)]
+        peer: SocketAddr,
+        /// Its HTTP API address.
+        #[arg(long)]
+        api: SocketAddr,
+        /// Nodes to link it to (`edges` topologies only; repeat or separate by commas).
+        #[arg(long, value_delimiter = ',')]
+        link: Vec<String>,
+        /// The node to ask (default: the first of the file that answers).
+        #[arg(long, conflicts_with = "url")]
+        node: Option<String>,
+        /// A node's API URL to ask instead.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Remove a node from the running cluster: every node refuses it from then on and its
+    /// neighbours relink around it; it is taken out of the file.
+    RemoveNode {
+        /// The topology file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The node to remove.
+        #[arg(long)]
+        id: String,
+        /// The node to ask (default: the first other node of the file that answers).
+        #[arg(long, conflicts_with = "url")]
+        node: Option<String>,
+        /// A node's API URL to ask instead.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Print the live topology (nodes in order, removed nodes) and its version.
+    Topology {
+        /// The topology file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The node to ask (default: the first of the file that answers).
+        #[arg(long, conflicts_with = "url")]
+        node: Option<String>,
+        /// A node's API URL to ask instead.
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Which node a client command talks to.
@@ -150,6 +207,15 @@ impl Target {
 }
 
 #[derive(clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("sync")
+        .multiple(true)
+        .args(["sync_clients", "sync_hold"])
+        .conflicts_with_all([
+            "sweep", "nodes", "topology", "docs", "writes", "rate", "samples", "preload",
+            "preload_into", "idle_secs", "out", "plot",
+        ])
+))]
 struct BenchArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 5, conflicts_with = "sweep")]
@@ -233,6 +299,25 @@ struct BenchArgs {
     /// Seconds after which one configuration of the sweep is killed and reported failed.
     #[arg(long, default_value_t = 600, requires = "sweep")]
     sweep_timeout: u64,
+    /// Benchmark automerge-repo clients over GET /v1/sync instead, on a 3-node mesh in
+    /// this process: this many WebSocket clients per node edit documents shared with a
+    /// client on every other node (each every 200-500 ms); reports the latency from a
+    /// client's change to another node's client applying it [default: 100 with
+    /// --sync-hold; 0 skips it].
+    #[arg(long)]
+    sync_clients: Option<usize>,
+    /// With --sync-clients (or alone): then connect this many clients to one node, each
+    /// joined and syncing a document, and report whether all are held [default: 1000;
+    /// 0 skips it].
+    #[arg(long)]
+    sync_hold: Option<usize>,
+    /// The --sync-hold clients all follow one shared document (and one change is timed
+    /// until all have it) instead of each its own.
+    #[arg(long, requires = "sync")]
+    sync_hold_shared: bool,
+    /// Seconds of the --sync-clients latency window (after a 2 s warm-up).
+    #[arg(long, default_value_t = 20.0, requires = "sync")]
+    sync_secs: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -313,6 +398,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime.block_on(run_nodes(
                 vec![(node_config, api)],
                 config.api_token.clone(),
+                config.path.clone(),
             ))
         }
         Command::Up { config } => {
@@ -326,7 +412,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .iter()
                 .map(|n| Ok((NodeConfig::from_file(&config, &n.id)?, n.api)))
                 .collect::<Result<Vec<_>>>()?;
-            runtime.block_on(run_nodes(configs, config.api_token.clone()))
+            runtime.block_on(run_nodes(
+                configs,
+                config.api_token.clone(),
+                config.path.clone(),
+            ))
         }
         Command::Bench(args) if args.sweep => {
             let opts = concordant::bench::sweep::SweepOptions {
@@ -354,6 +444,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("sweep written to {}", path.display());
             }
             Ok(if rows.iter().all(|r| r.converged()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Bench(args) if args.sync_clients.is_some() || args.sync_hold.is_some() => {
+            logging("error");
+            let opts = concordant::bench::clients::SyncBenchOptions {
+                clients_per_node: args.sync_clients.unwrap_or(100),
+                hold: args.sync_hold.unwrap_or(1000),
+                hold_shared: args.sync_hold_shared,
+                secs: args.sync_secs,
+                anti_entropy_ms: args.anti_entropy_ms,
+                progress: true,
+                ..Default::default()
+            };
+            let report = runtime.block_on(concordant::bench::clients::run(&opts))?;
+            println!("{}", report.human());
+            if args.json {
+                println!("{}", report.summary_json());
+            }
+            Ok(if report.ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -423,6 +535,56 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let request = client::op_request(&ops, ack.as_deref(), timeout_ms)?;
             print_json(&client::op(&target.client()?, &doc, &request).await?)
         }),
+        Command::AddNode {
+            config,
+            id,
+            peer,
+            api,
+            link,
+            node,
+            url,
+        } => runtime.block_on(async {
+            let target = concordant::admin::Target { url, node };
+            let added =
+                concordant::admin::add_node(&config, &target, &id, peer, api, &link).await?;
+            print!("{}", concordant::admin::topology_table(&added.topology));
+            println!(
+                "{id} added: certificate {} and key {} written, {} updated; start it with\n  concordant node --config {} --id {id}",
+                added.cert.display(),
+                added.key.display(),
+                config.display(),
+                config.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::RemoveNode {
+            config,
+            id,
+            node,
+            url,
+        } => runtime.block_on(async {
+            let target = concordant::admin::Target { url, node };
+            let topology = concordant::admin::remove_node(&config, &target, &id).await?;
+            print!("{}", concordant::admin::topology_table(&topology));
+            println!("{id} removed; {} updated", config.display());
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Topology {
+            config,
+            node,
+            url,
+            json,
+        } => runtime.block_on(async {
+            let target = concordant::admin::Target { url, node };
+            let loaded = Config::load(&config)?;
+            let topology = concordant::admin::topology(&loaded, &target).await?;
+            if json {
+                print_json(&topology)
+            } else {
+                print!("{}", concordant::admin::topology_table(&topology));
+                Ok(ExitCode::SUCCESS)
+            }
+        }),
         Command::Docs { target } => {
             runtime.block_on(async { print_json(&client::docs(&target.client()?).await?) })
         }
@@ -477,10 +639,13 @@ fn print_json(value: &serde_json::Value) -> Result<ExitCode> {
 }
 
 /// Runs nodes, each with its HTTP API, until SIGINT or SIGTERM; then stops the APIs and
-/// shuts the nodes down cleanly. Every API address is bound before any node starts.
+/// shuts the nodes down cleanly. Every API address is bound before any node starts. On
+/// SIGHUP the topology file `path` is read again and its differences from the live
+/// topology are proposed as changes.
 async fn run_nodes(
     configs: Vec<(NodeConfig, SocketAddr)>,
     token: Option<String>,
+    path: PathBuf,
 ) -> Result<ExitCode> {
     let mut listeners = Vec::new();
     for (config, api) in &configs {
@@ -511,6 +676,7 @@ async fn run_nodes(
         nodes.push(node);
     }
     tracing::info!(nodes = nodes.len(), "running; stop with Ctrl-C or SIGTERM");
+    let reload = tokio::spawn(reload_on_sighup(path, nodes.clone()));
     let failed = tokio::select! {
         r = shutdown_signal() => { r?; None }
         Some(done) = servers.join_next() => Some(match done {
@@ -519,6 +685,7 @@ async fn run_nodes(
             Err(e) => anyhow::anyhow!("an HTTP API task failed: {e}"),
         }),
     };
+    reload.abort();
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
     for node in nodes {
@@ -528,6 +695,34 @@ async fn run_nodes(
         None => Ok(ExitCode::SUCCESS),
         Some(e) => Err(e),
     }
+}
+
+/// SIGHUP: reads the topology file again and proposes its differences from the live
+/// topology through the first node (the change spreads to every node). Runs until the
+/// process ends.
+async fn reload_on_sighup(path: PathBuf, nodes: Vec<Node>) -> Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    while hup.recv().await.is_some() {
+        let config = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("SIGHUP: {e}; nothing changed");
+                continue;
+            }
+        };
+        let Some(node) = nodes.first() else {
+            continue;
+        };
+        let report = concordant::admin::propose_file(node, &config).await;
+        if report.is_empty() {
+            tracing::info!(file = %path.display(), "SIGHUP: the file and the live topology agree");
+        }
+        for line in report {
+            tracing::info!(file = %path.display(), "SIGHUP: {line}");
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() -> Result<()> {

@@ -228,3 +228,106 @@ fn the_cli_preloads_in_a_child_process_and_reports_the_new_fields() {
     assert!(json["idle_bytes_per_s"].as_f64().unwrap() >= 0.0);
     assert!(stdout.contains("idle: ") && stdout.contains("first link after"));
 }
+
+/// `concordant bench --sync-clients K --sync-hold N --json` at a tiny size: automerge-repo
+/// clients over `GET /v1/sync` edit across the nodes and the held clients are all there.
+#[test]
+fn tiny_sync_clients_bench_reports_latency_and_held_clients() {
+    let out = Command::new(env!("CARGO_BIN_EXE_concordant"))
+        .args(["bench", "--sync-clients", "3", "--sync-hold", "20"])
+        .args(["--sync-secs", "2", "--json"])
+        .output()
+        .expect("concordant runs");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("bench: sync: "), "progress lines: {stderr}");
+    assert!(stdout.contains("hold: 20/20 clients on n1"), "{stdout}");
+    let line = stdout.lines().last().expect("a JSON line");
+    let json: serde_json::Value = serde_json::from_str(line).expect("one line of JSON");
+    assert_eq!(json["sync_clients_per_node"], 3);
+    assert_eq!(json["nodes"], 3);
+    let samples = json["sync_latency_samples"].as_u64().unwrap();
+    assert!(samples > 0, "{json}");
+    let writes = json["sync_writes"].as_u64().unwrap();
+    assert_eq!(
+        samples,
+        writes * 2,
+        "every change reached both other clients: {json}"
+    );
+    assert_eq!(json["sync_latency_missing"], 0);
+    assert_eq!(json["sync_client_failures"], 0);
+    let ms = |field: &str| {
+        json[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field}: {json}"))
+    };
+    let (p50, p99, max) = (
+        ms("sync_latency_p50_ms"),
+        ms("sync_latency_p99_ms"),
+        ms("sync_latency_max_ms"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{json}");
+    assert!(ms("sync_setup_s") > 0.0);
+    assert_eq!(json["sync_hold_requested"], 20);
+    assert_eq!(json["sync_held_clients"], 20);
+    assert_eq!(json["sync_hold_node_clients"], 20);
+    assert_eq!(json["sync_hold_failures"], 0);
+    assert_eq!(json["sync_hold_doc"], "own");
+    assert!(ms("sync_hold_s") > 0.0);
+}
+
+/// Held clients that share one document all get one client's change (the fan-out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_hold_of_a_shared_document_fans_a_change_out_to_every_client() {
+    use concordant::bench::clients::{run, SyncBenchOptions};
+    let opts = SyncBenchOptions {
+        clients_per_node: 0,
+        hold: 12,
+        hold_shared: true,
+        ..SyncBenchOptions::default()
+    };
+    let report = tokio::time::timeout(std::time::Duration::from_secs(60), run(&opts))
+        .await
+        .expect("finished within 60 s")
+        .expect("ran");
+    assert!(report.ok(), "{}", report.human());
+    assert_eq!(report.sync_held_clients, 12);
+    assert_eq!(report.sync_hold_fanout_reached, 11);
+    assert!(report.sync_hold_fanout_ms.is_some_and(|ms| ms > 0.0));
+    assert_eq!(report.sync_latency_samples, 0, "no edit phase");
+    let json: serde_json::Value = serde_json::from_str(&report.summary_json()).unwrap();
+    assert_eq!(json["sync_hold_doc"], "shared");
+
+    let nothing = SyncBenchOptions {
+        clients_per_node: 0,
+        hold: 0,
+        ..SyncBenchOptions::default()
+    };
+    assert!(
+        run(&nothing).await.is_err(),
+        "nothing to measure is refused"
+    );
+}
+
+#[test]
+fn sync_clients_flags_do_not_mix_with_the_convergence_bench() {
+    for extra in [["--nodes", "5"], ["--docs", "10"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_concordant"))
+            .args(["bench", "--sync-clients", "3"])
+            .args(extra)
+            .output()
+            .expect("concordant runs");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains("cannot be used with"), "{stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_concordant"))
+        .args(["bench", "--sync-secs", "3"])
+        .output()
+        .expect("concordant runs");
+    assert!(
+        !out.status.success(),
+        "--sync-secs needs --sync-clients or --sync-hold"
+    );
+}

@@ -52,6 +52,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -188,6 +189,11 @@ pub async fn serve_with(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
+    // Without TCP_NODELAY a small answer can wait for the client's delayed ACK (about
+    // 40 ms on Linux): measured as the p99 of client-to-client latency over /v1/sync.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(signal)
         .await

@@ -32,12 +32,15 @@
 //! after the idle phase and at the end; the larger sample is reported.
 //!
 //! [`plot`] draws a run as SVG; [`sweep`] runs the benchmark over a grid of sizes, each
-//! configuration in its own process.
+//! configuration in its own process; [`clients`] measures automerge-repo clients over
+//! `GET /v1/sync` (`--sync-clients`, `--sync-hold`).
 
+pub mod clients;
 mod phases;
 pub mod plot;
 mod preload;
 mod probe;
+mod repo_client;
 mod report;
 pub mod sweep;
 
@@ -130,6 +133,9 @@ pub enum BenchError {
     /// A phase did not finish in time.
     #[error("{0}")]
     Timeout(String),
+    /// An automerge-repo client of `--sync-clients` failed, or its set-up did.
+    #[error("sync clients: {0}")]
+    SyncClients(String),
     /// A results file could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {
