@@ -5,8 +5,8 @@
 //! `init` wrote beside `ca.pem`), records the node in the running cluster through any live
 //! node (`POST /v1/topology/nodes`; the change spreads to every node, which relink at
 //! once), and adds the node to the topology file so that the new host can start from it.
-//! `remove-node` records the removal (`DELETE /v1/topology/nodes/{id}`) and takes the node
-//! out of the file. Both refuse an invalid change before anything is written.
+//! `remove-node` records the removal (`DELETE /v1/topology/nodes/{id}`; sent to the node
+//! itself when it answers, so that it drains first) and takes the node out of the file. Both refuse an invalid change before anything is written.
 //!
 //! Owns the file edits and the choice of the node to ask; the rules of a valid change are
 //! [`crate::membership`]'s, checked again by the node that records it.
@@ -103,18 +103,7 @@ async fn ask(
     for client in clients {
         let client = client.with_timeout(Duration::from_secs(10));
         match client.request(method.clone(), path, body.clone()).await {
-            Ok(answer) if answer.status == 200 => {
-                return answer
-                    .json()
-                    .ok_or_else(|| AdminError::Refused("the answer is not JSON".into()))
-            }
-            Ok(answer) => {
-                let why = answer
-                    .json()
-                    .and_then(|v| v["error"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| format!("HTTP {}", answer.status));
-                return Err(AdminError::Refused(why));
-            }
+            Ok(answer) => return answered(answer),
             Err(e) => failures.push(format!("{}: {e}", client.url())),
         }
     }
@@ -123,6 +112,24 @@ async fn ask(
     }
     Err(AdminError::NoNode(failures.join("; ")))
 }
+
+/// The JSON of a 200 answer, or the refusal it carries.
+fn answered(answer: crate::client::Answer) -> Result<Value, AdminError> {
+    if answer.status == 200 {
+        return answer
+            .json()
+            .ok_or_else(|| AdminError::Refused("the answer is not JSON".into()));
+    }
+    let why = answer
+        .json()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("HTTP {}", answer.status));
+    Err(AdminError::Refused(why))
+}
+
+/// How long `remove-node` waits for a node that drains before it leaves (it gives up
+/// after 30 s).
+const DRAIN_WAIT: Duration = Duration::from_secs(40);
 
 /// `concordant topology`: the live topology as a node knows it.
 pub async fn topology(config: &Config, target: &Target) -> Result<Value, AdminError> {
@@ -190,19 +197,28 @@ pub async fn add_node(
     })
 }
 
-/// `concordant remove-node`: records the removal in the running cluster (through a node
-/// other than the one removed, when no target is given) and takes the node out of the file.
+/// `concordant remove-node`: records the removal in the running cluster and takes the
+/// node out of the file. Without a target, the node itself is asked first: it drains (hands
+/// everything it holds to its neighbours, taking no more writes) and then records its own
+/// removal. If it cannot be reached (it is down), another node records the removal at once.
 pub async fn remove_node(path: &Path, target: &Target, id: &str) -> Result<Value, AdminError> {
     let config = Config::load(path)?;
-    let topology = ask(
-        &config,
-        target,
-        Method::DELETE,
-        &format!("/v1/topology/nodes/{id}"),
-        None,
-        Some(id),
-    )
-    .await?;
+    let route = format!("/v1/topology/nodes/{id}");
+    let drained = match (&target.url, &target.node, config.node(id)) {
+        (None, None, Some(_)) => {
+            let client = Client::for_node(&config, id)?.with_timeout(DRAIN_WAIT);
+            match client.request(Method::DELETE, &route, None).await {
+                Ok(answer) => Some(answered(answer)?),
+                // Down: another node records the removal.
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    };
+    let topology = match drained {
+        Some(t) => t,
+        None => ask(&config, target, Method::DELETE, &route, None, Some(id)).await?,
+    };
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     std::fs::write(path, without_node(&text, id)).map_err(io(path))?;
     Ok(topology)

@@ -143,7 +143,9 @@ enum Command {
         url: Option<String>,
     },
     /// Remove a node from the running cluster: every node refuses it from then on and its
-    /// neighbours relink around it; it is taken out of the file.
+    /// neighbours relink around it; it is taken out of the file. Without --node/--url the
+    /// node itself is asked first, and it hands everything it holds to its neighbours
+    /// before it leaves (if it is down, another node records the removal).
     RemoveNode {
         /// The topology file.
         #[arg(long)]
@@ -151,7 +153,7 @@ enum Command {
         /// The node to remove.
         #[arg(long)]
         id: String,
-        /// The node to ask (default: the first other node of the file that answers).
+        /// The node to ask (default: the node itself, else the first other node that answers).
         #[arg(long, conflicts_with = "url")]
         node: Option<String>,
         /// A node's API URL to ask instead.

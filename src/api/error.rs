@@ -80,6 +80,7 @@ impl HttpError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("node {id:?} has been removed from the cluster: it takes no writes"),
             ),
+            e @ Error::Leaving(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             Error::Topology(why) => Self::new(
                 StatusCode::CONFLICT,
                 format!("topology change refused: {why}"),

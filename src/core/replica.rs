@@ -647,6 +647,14 @@ impl Replica {
         self.peers.get(peer).map(|p| p.outbox_bytes())
     }
 
+    /// Opens a reconciliation with `peer` now, whichever side usually opens (a node being
+    /// removed uses it to hand everything over): the peer answers only where the two differ.
+    pub fn reconcile_now(&mut self, peer: &str) {
+        if self.peers.contains_key(peer) {
+            self.open_reconcile(peer);
+        }
+    }
+
     /// Counters.
     pub fn stats(&self) -> CoreStats {
         let cache = self.docs.stats;

@@ -2,6 +2,7 @@
 //! confirmations and ticks, batches whatever is ready before each flush, and carries out
 //! the effects (sends, persists, acks, notifications).
 
+mod drain;
 mod topology;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -107,6 +108,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         topology_file,
         removed: false,
         relink_at: None,
+        draining: None,
     };
     tokio::spawn(driver.run(commands, events, dones));
     Ok(Node {
@@ -143,6 +145,8 @@ struct Driver {
     removed: bool,
     /// When links follow a topology change that removed a connected node (see `topology`).
     relink_at: Option<u64>,
+    /// This node is leaving: it hands everything over first (see `drain`).
+    draining: Option<drain::Drain>,
 }
 
 enum Input {
@@ -232,11 +236,13 @@ impl Driver {
                 msg: crate::wire::Message::Topology(theirs),
             }) => self.receive_topology(&from, &theirs),
             Input::Event(TransportEvent::Message { from, msg }) => {
+                self.drain_heard(&msg);
                 self.replica.handle_message(now, &from, msg)
             }
             Input::Done(done) => self.store_done(done),
             Input::Tick => {
                 self.topology_tick(now);
+                self.drain_tick(now);
                 self.replica.tick(now);
                 self.writes.expire(now);
                 self.subscribers.retain(|_, s| s.receiver_count() > 0);
@@ -254,8 +260,8 @@ impl Driver {
                 started,
                 outcome,
             } => {
-                if self.removed {
-                    let _ = started.send(Err(Error::Removed(self.id.clone())));
+                if let Some(refused) = self.refusing_writes() {
+                    let _ = started.send(Err(refused));
                     return;
                 }
                 let want_ack = !matches!(ack, Ack::Local);
@@ -286,8 +292,10 @@ impl Driver {
                     },
                 }
             }
-            Command::Merge { reply, .. } if self.removed => {
-                let _ = reply.send(Err(Error::Removed(self.id.clone())));
+            Command::Merge { reply, .. } if self.refusing_writes().is_some() => {
+                if let Some(refused) = self.refusing_writes() {
+                    let _ = reply.send(Err(refused));
+                }
             }
             Command::Merge { doc, data, reply } => {
                 let answer = match self.replica.merge(now, &doc, &data) {
@@ -333,8 +341,8 @@ impl Driver {
                 data,
                 request,
             } => {
-                let result = if self.removed {
-                    Err(Error::Removed(self.id.clone()).to_string())
+                let result = if let Some(refused) = self.refusing_writes() {
+                    Err(refused.to_string())
                 } else {
                     self.replica
                         .client_sync(now, client, &doc, &data, request)
@@ -356,10 +364,24 @@ impl Driver {
             Command::Topology(reply) => {
                 let _ = reply.send(self.topology_json());
             }
+            Command::ChangeTopology { change, reply } if self.removes_me(&change) => {
+                self.start_drain(reply);
+            }
             Command::ChangeTopology { change, reply } => {
                 let _ = reply.send(self.change_topology(change));
             }
             Command::Shutdown(_) => {}
+        }
+    }
+
+    /// Why writes are refused now, if they are: this node was removed or is leaving.
+    fn refusing_writes(&self) -> Option<Error> {
+        if self.removed {
+            Some(Error::Removed(self.id.clone()))
+        } else if self.draining.is_some() {
+            Some(Error::Leaving(self.id.clone()))
+        } else {
+            None
         }
     }
 

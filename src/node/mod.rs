@@ -72,6 +72,10 @@ pub enum Error {
     /// The write could not be made durable; it is not acknowledged.
     #[error("storage failed: {0}")]
     StorageFailed(String),
+    /// This node is being removed: it hands what it holds to its neighbours and takes no
+    /// more writes.
+    #[error("node {0:?} is leaving the cluster: it takes no more writes")]
+    Leaving(String),
     /// This node has been removed from the cluster's live topology; it no longer serves.
     #[error("node {0:?} has been removed from the cluster")]
     Removed(String),

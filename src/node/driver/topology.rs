@@ -68,6 +68,19 @@ impl Driver {
             .ok_or_else(|| Error::Topology("no live topology".into()))
     }
 
+    /// True if `change` is a valid removal of this node while it is live: it drains
+    /// first. (An invalid one, such as the removal of the last node, is refused at once.)
+    pub(super) fn removes_me(&self, change: &TopologyChange) -> bool {
+        let TopologyChange::Remove { id } = change else {
+            return false;
+        };
+        *id == self.id
+            && self.draining.is_none()
+            && self.membership.as_ref().is_some_and(|m| {
+                m.is_live(&self.id) && m.clone().propose_remove(&self.id, &self.id).is_ok()
+            })
+    }
+
     /// Follows the current topology: stores it, passes it on, and relinks. Links to nodes
     /// being removed close a moment later ([`REMOVAL_GRACE_MS`]), so that the news reaches
     /// them first and they stop taking writes.
