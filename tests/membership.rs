@@ -345,7 +345,7 @@ async fn a_mesh_takes_a_removal_concurrent_with_an_addition() {
     assert_eq!(again["digest"], t["digest"], "the topology changed again");
 }
 
-/// Sends SIGSTOP or SIGCONT (`sig`) to the processes `pids`.
+/// Sends the signal `sig` (STOP, CONT, HUP) to the processes `pids`.
 fn signal(sig: &str, pids: &[u32]) {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
@@ -582,4 +582,37 @@ async fn invalid_changes_are_refused_and_change_nothing() {
         .op("still-serving", &request)
         .await
         .expect("the last node takes writes");
+}
+
+/// SIGHUP: a node re-reads its file and proposes the differences as changes: a node added
+/// to the file joins, a node taken out of it leaves, on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_proposes_the_differences_of_the_file() {
+    let _serial = SERIAL.lock().await;
+    let mut nodes = Nodes::init(3, "mesh");
+    let file = nodes.file();
+    let all = ["n1", "n2", "n3"];
+    for id in all {
+        nodes.start(id, &file).await;
+    }
+    nodes.wait_links(&mesh_links(&all)).await;
+    // The operator's own edit: n4 appended, n3 taken out.
+    let base = free_base_port(1);
+    let text = std::fs::read_to_string(&file).expect("read the file");
+    let start = text.find("[[node]]\nid = \"n3\"").expect("n3's table");
+    let end = text[start..]
+        .find("\n\n")
+        .map_or(text.len(), |i| start + i + 2);
+    let mut edited = format!("{}{}", &text[..start], &text[end..]);
+    edited.push_str(&format!(
+        "\n[[node]]\nid = \"n4\"\npeer = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\n",
+        base + 1,
+        base + 1001
+    ));
+    std::fs::write(&file, edited).expect("write the file");
+    signal("HUP", &[nodes.children["n1"].pid()]);
+    let t = nodes
+        .wait_topology(&["n1", "n2"], &["n1", "n2", "n4"], &["n3"])
+        .await;
+    assert_eq!(t["version"], json!(2), "two changes: {t}");
 }
