@@ -44,6 +44,14 @@ impl Driver {
         });
     }
 
+    /// The drain under way, if any, ends with `answer` (this node was removed meanwhile by
+    /// another node: its removal is done all the same).
+    pub(super) fn end_drain(&mut self, answer: Result<Value, Error>) {
+        if let Some(d) = self.draining.take() {
+            let _ = d.reply.send(answer);
+        }
+    }
+
     /// Notes a message from a peer while draining: a `Want` (the peer asks for changes of
     /// a document that differs) or a sync message (histories that diverged) means a
     /// neighbour may still lack something this node holds. Fingerprints and pushes do not:

@@ -106,6 +106,7 @@ impl Driver {
             tracing::warn!(node = %self.id, "this node was removed from the cluster: it takes no more writes and stops replicating");
             self.removed = true;
             self.relink_at = Some(self.now() + REMOVAL_GRACE_MS);
+            self.end_drain(Ok(m.to_json()));
             return;
         }
         self.replica.set_router(Box::new(m.topology()));
