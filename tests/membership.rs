@@ -38,12 +38,7 @@ async fn a_ring_grows_to_five_and_shrinks_under_writes() {
     let mut nodes = Nodes::init(3, "ring");
     let file = nodes.file();
     for id in ["n1", "n2", "n3"] {
-        nodes.spawn(id, &file);
-    }
-    for id in ["n1", "n2", "n3"] {
-        if let Start::Exited(status, log) = nodes.outcome(id, SHORT).await {
-            panic!("{id} exited with {status}:\n{log}");
-        }
+        nodes.start(id, &file).await;
     }
     nodes.wait_links(&ring_links(&["n1", "n2", "n3"])).await;
     let docs = doc_names(64);
@@ -189,12 +184,7 @@ async fn a_mesh_takes_a_removal_concurrent_with_an_addition() {
     let mut nodes = Nodes::init(3, "mesh");
     let file = nodes.file();
     for id in ["n1", "n2", "n3"] {
-        nodes.spawn(id, &file);
-    }
-    for id in ["n1", "n2", "n3"] {
-        if let Start::Exited(status, log) = nodes.outcome(id, SHORT).await {
-            panic!("{id} exited with {status}:\n{log}");
-        }
+        nodes.start(id, &file).await;
     }
     nodes.wait_links(&mesh_links(&["n1", "n2", "n3"])).await;
     let docs = doc_names(16);
@@ -441,12 +431,7 @@ async fn invalid_changes_are_refused_and_change_nothing() {
     let file = nodes.file();
     let all = ["n1", "n2", "n3"];
     for id in all {
-        nodes.spawn(id, &file);
-    }
-    for id in all {
-        if let Start::Exited(status, log) = nodes.outcome(id, SHORT).await {
-            panic!("{id} exited with {status}:\n{log}");
-        }
+        nodes.start(id, &file).await;
     }
     nodes.wait_links(&ring_links(&all)).await;
     let config = Config::load(&file).expect("file");

@@ -104,14 +104,7 @@ impl Default for SyncBenchOptions {
 /// Runs the benchmark.
 pub async fn run(opts: &SyncBenchOptions) -> Result<SyncReport, BenchError> {
     check(opts)?;
-    let tuning = Tuning {
-        anti_entropy_ms: opts.anti_entropy_ms,
-        // As the convergence bench: all nodes and clients share this process's cores.
-        keep_alive_ms: 1_000,
-        idle_timeout_ms: 10_000,
-        send_queue: 8192,
-        ..Tuning::default()
-    };
+    let tuning = super::in_process_tuning(opts.anti_entropy_ms);
     let progress = |msg: String| {
         if opts.progress {
             eprintln!("bench: {msg}");

@@ -174,16 +174,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             "the benchmark runs mesh or ring topologies".into(),
         ));
     }
-    let tuning = Tuning {
-        anti_entropy_ms: opts.anti_entropy_ms,
-        // All nodes share this process's cores: with many nodes a busy moment must not
-        // look like a dead peer (a dropped link resyncs and inflates the bytes). Graceful
-        // stops (the catch-up phase) close links at once, so this delays no measurement.
-        keep_alive_ms: 1_000,
-        idle_timeout_ms: 10_000,
-        send_queue: 8192,
-        ..Tuning::default()
-    };
+    let tuning = in_process_tuning(opts.anti_entropy_ms);
     let progress = |msg: String| {
         if opts.progress {
             eprintln!("bench: {msg}");
@@ -291,5 +282,19 @@ fn preload_child(
             "the preload process {} failed ({status})",
             exe.display()
         )))
+    }
+}
+
+/// The tuning of nodes that share this process's cores with each other (and with a
+/// benchmark's clients): a busy moment must not look like a dead peer (a dropped link
+/// resyncs and inflates the bytes). Graceful stops (the catch-up phase) close links at once,
+/// so this delays no measurement.
+pub(crate) fn in_process_tuning(anti_entropy_ms: u64) -> Tuning {
+    Tuning {
+        anti_entropy_ms,
+        keep_alive_ms: 1_000,
+        idle_timeout_ms: 10_000,
+        send_queue: 8192,
+        ..Tuning::default()
     }
 }
