@@ -226,7 +226,8 @@ pub async fn remove_node(path: &Path, target: &Target, id: &str) -> Result<Value
 
 /// SIGHUP: proposes through `node` the differences between the topology file (read again
 /// by the caller) and the live topology: nodes the file lists that the cluster lacks (and
-/// never removed) join, live nodes the file no longer lists leave. One line per change
+/// never removed) join, links of an `edges` topology follow the file, live nodes the file
+/// no longer lists leave. One line per change
 /// tried, saying what happened; address changes of existing nodes are not proposed.
 pub async fn propose_file(node: &crate::Node, config: &Config) -> Vec<String> {
     use crate::node::TopologyChange;
@@ -266,6 +267,35 @@ pub async fn propose_file(node: &crate::Node, config: &Config) -> Vec<String> {
             links,
         };
         changes.push((format!("add {}", spec.id), change));
+    }
+    // Links (edges topologies): new ones first, so that a moved link never disconnects.
+    let pair = |a: &str, b: &str| {
+        if a <= b {
+            (a.to_string(), b.to_string())
+        } else {
+            (b.to_string(), a.to_string())
+        }
+    };
+    let live_links: std::collections::BTreeSet<(String, String)> = live["links"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| Some(pair(l.get(0)?.as_str()?, l.get(1)?.as_str()?)))
+        .collect();
+    let file_links: std::collections::BTreeSet<(String, String)> =
+        config.links.iter().map(|(a, b)| pair(a, b)).collect();
+    let linked = |(a, b): &(String, String)| nodes.contains(a) && nodes.contains(b);
+    for (a, b) in file_links.difference(&live_links).filter(|l| linked(l)) {
+        changes.push((
+            format!("link {a}-{b}"),
+            TopologyChange::Link(a.clone(), b.clone()),
+        ));
+    }
+    for (a, b) in live_links.difference(&file_links) {
+        changes.push((
+            format!("unlink {a}-{b}"),
+            TopologyChange::Unlink(a.clone(), b.clone()),
+        ));
     }
     for id in nodes {
         if !config.nodes.iter().any(|n| n.id == id) {

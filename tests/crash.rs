@@ -334,8 +334,10 @@ async fn changed_topology_file_is_used_after_restart_and_an_invalid_one_is_refus
         workload.spawn(&cluster.id(i), cluster.access(i), 1, &spec);
     }
 
-    // The new file moves the link n4-n1 to n1-n3; every node is SIGKILLed and restarted
-    // with it in turn, writes going on.
+    // The new file moves the link n4-n1 to n1-n3. The cluster holds its live topology
+    // itself: a SIGHUP to n1 proposes the file's differences (the link added, the other
+    // removed), which reach every node; then every node is SIGKILLed and restarted with
+    // the file in turn, writes going on, and keeps the topology it stored.
     let text = cluster.config_text();
     let moved = text.replace(
         "[[link]]\na = \"n4\"\nb = \"n1\"",
@@ -343,6 +345,11 @@ async fn changed_topology_file_is_used_after_restart_and_an_invalid_one_is_refus
     );
     assert_ne!(moved, text, "the link n4-n1 is in the file:\n{text}");
     cluster.write_config(&moved);
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &cluster.child(0).pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(hup.success(), "kill -HUP n1");
     let all = cluster.ids();
     for i in 0..n {
         wait_acked(&workload, &all, acked_at(&workload, &all), 10).await;

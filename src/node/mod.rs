@@ -259,6 +259,10 @@ pub enum TopologyChange {
         /// Its id.
         id: String,
     },
+    /// A link between two nodes (`edges` topologies).
+    Link(String, String),
+    /// A link between two nodes goes (`edges` topologies).
+    Unlink(String, String),
 }
 
 /// What the node sends one automerge-repo client's connection.

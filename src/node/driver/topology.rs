@@ -60,6 +60,8 @@ impl Driver {
                 }
             }
             TopologyChange::Remove { id } => m.propose_remove(&me, &id),
+            TopologyChange::Link(a, b) => m.propose_link(&me, &a, &b),
+            TopologyChange::Unlink(a, b) => m.propose_unlink(&me, &a, &b),
         };
         result.map_err(|e| Error::Topology(e.to_string()))?;
         tracing::info!(node = %me, version = m.version(), "live topology changed here");
