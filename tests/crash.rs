@@ -64,16 +64,8 @@ fn acked_at(workload: &Workload, nodes: &[String]) -> usize {
 /// On every node: one writer acknowledged locally, one acknowledged by a peer too.
 fn write_everywhere(cluster: &ProcCluster, docs: &[String]) -> Workload {
     let mut workload = Workload::new(shared_history());
-    let local = WriteSpec {
-        docs: docs.to_vec(),
-        ack: json!("local"),
-        timeout_ms: 2000,
-        budget: None,
-    };
-    let one_peer = WriteSpec {
-        ack: json!(1),
-        ..local.clone()
-    };
+    let local = WriteSpec::endless(docs, json!("local"));
+    let one_peer = WriteSpec::endless(docs, json!(1));
     for i in 0..cluster.ids().len() {
         workload.spawn(&cluster.id(i), cluster.access(i), 1, &local);
         workload.spawn(&cluster.id(i), cluster.access(i), 1, &one_peer);

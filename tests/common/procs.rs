@@ -512,26 +512,7 @@ impl ProcCluster {
                 continue;
             }
             let access = self.access(i);
-            let peers = match access.status().await {
-                Ok(s) => s["peers"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[])
-                    .iter()
-                    .map(|p| {
-                        let flag = |k: &str, c: &'static str| if p[k] == true { c } else { "" };
-                        format!(
-                            "{}:{}{}{}",
-                            p["id"].as_str().unwrap_or("?"),
-                            flag("linked", "L"),
-                            flag("connected", "C"),
-                            flag("down", "D")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                Err(e) => format!("no status: {e}"),
-            };
+            let peers = peers_line(&access).await;
             let docs = match access.docs().await {
                 Ok(d) => d.to_string(),
                 Err(e) => e.to_string(),
@@ -563,4 +544,28 @@ fn init_files(dir: &Path, n: usize, topology: &str) -> Config {
     let text = std::fs::read_to_string(&path).expect("cluster.toml");
     std::fs::write(&path, format!("{text}{TUNING}")).expect("write cluster.toml");
     Config::load(&path).expect("valid cluster.toml")
+}
+
+/// A node's peers for a report: `id:` then L (linked), C (connected), D (down).
+pub async fn peers_line(access: &Access) -> String {
+    match access.status().await {
+        Ok(s) => s["peers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .map(|p| {
+                let flag = |k: &str, c: &'static str| if p[k] == true { c } else { "" };
+                format!(
+                    "{}:{}{}{}",
+                    p["id"].as_str().unwrap_or("?"),
+                    flag("linked", "L"),
+                    flag("connected", "C"),
+                    flag("down", "D")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(e) => format!("no status: {e}"),
+    }
 }

@@ -4,7 +4,7 @@
 use super::common::checker::{check, Effect, History, ReplicaState, SharedHistory};
 use super::common::procs::access::{linked_peers, links_up, Access};
 use super::common::procs::workload::{Workload, WriteSpec};
-use super::common::procs::{free_base_port, ChildGuard, ProcCluster, BIN, POLL};
+use super::common::procs::{free_base_port, peers_line, ChildGuard, ProcCluster, BIN, POLL};
 use concordant::client::Client;
 use concordant::config::Config;
 use hyper::Method;
@@ -267,25 +267,7 @@ impl Nodes {
         let mut out = String::new();
         for id in self.running() {
             let access = self.access(&id);
-            let peers = match access.status().await {
-                Ok(s) => s["peers"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[])
-                    .iter()
-                    .map(|p| {
-                        let flag = |k: &str, c: &'static str| if p[k] == true { c } else { "" };
-                        format!(
-                            "{}:{}{}",
-                            p["id"].as_str().unwrap_or("?"),
-                            flag("linked", "L"),
-                            flag("connected", "C")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                Err(e) => format!("no status: {e}"),
-            };
+            let peers = peers_line(&access).await;
             let docs = match access.docs().await {
                 Ok(d) => d.as_array().map_or(0, Vec::len).to_string(),
                 Err(e) => e.to_string(),
@@ -483,16 +465,8 @@ pub(crate) fn mesh_links(nodes: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
 
 /// One writer acknowledged locally and one acknowledged by a peer too, on node `id`.
 pub(crate) fn write_at(workload: &mut Workload, nodes: &Nodes, id: &str, docs: &[String]) {
-    let local = WriteSpec {
-        docs: docs.to_vec(),
-        ack: json!("local"),
-        timeout_ms: 2000,
-        budget: None,
-    };
-    let one_peer = WriteSpec {
-        ack: json!(1),
-        ..local.clone()
-    };
+    let local = WriteSpec::endless(docs, json!("local"));
+    let one_peer = WriteSpec::endless(docs, json!(1));
     workload.spawn(id, nodes.access(id), 1, &local);
     workload.spawn(id, nodes.access(id), 1, &one_peer);
 }

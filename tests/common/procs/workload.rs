@@ -104,6 +104,18 @@ pub struct WriteSpec {
     pub budget: Option<usize>,
 }
 
+impl WriteSpec {
+    /// Endless writes over `docs`, acknowledged with `ack` within 2 s.
+    pub fn endless(docs: &[String], ack: Value) -> WriteSpec {
+        WriteSpec {
+            docs: docs.to_vec(),
+            ack,
+            timeout_ms: 2000,
+            budget: None,
+        }
+    }
+}
+
 impl Workload {
     /// A workload writing into `history`; no writer yet.
     pub fn new(history: SharedHistory) -> Workload {
