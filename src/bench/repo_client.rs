@@ -228,13 +228,34 @@ impl DocCopy {
         let msg = sync::Message::decode(data)
             .map_err(|e| format!("document {}: bad sync message: {e}", self.id))?;
         let before: Vec<ChangeHash> = self.doc.get_heads();
+        // The changes the message carries (cheaper than asking Automerge afterwards), unless
+        // it carries a whole document.
+        let offered: Option<Vec<Change>> = msg
+            .changes
+            .iter()
+            .map(|chunk| Change::from_bytes(chunk.to_vec()).ok())
+            .collect::<Option<Vec<Change>>>()
+            .map(|all| {
+                all.into_iter()
+                    .filter(|c| self.doc.get_change_meta_by_hash(&c.hash()).is_none())
+                    .collect()
+            });
         self.doc
             .receive_sync_message(&mut self.state, msg)
             .map_err(|e| format!("document {}: sync message refused: {e}", self.id))?;
         if self.doc.get_heads() == before {
             return Ok(Vec::new());
         }
-        Ok(self.doc.get_changes(&before))
+        match offered {
+            Some(offered)
+                if offered
+                    .iter()
+                    .all(|c| self.doc.get_change_meta_by_hash(&c.hash()).is_some()) =>
+            {
+                Ok(offered)
+            }
+            _ => Ok(self.doc.get_changes(&before)),
+        }
     }
 
     /// Makes one change: puts `value` under `key`, with `message` as the change's message.

@@ -7,7 +7,7 @@
 //! here and travel to the other nodes like pushes, once each.
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{Automerge, ChangeHash};
+use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
 use super::Replica;
 use crate::core::clients::{ClientMsg, Waiting};
@@ -144,6 +144,9 @@ impl Replica {
         let (current, unpersisted) = (self.token, self.unpersisted.clone());
         let durable = |t: u64| t < current && !unpersisted.contains(&t);
         let mut deferred = Vec::new();
+        // A client may sync a document this node does not have yet: it then learns that
+        // this node has nothing and sends everything.
+        let mut empty = None;
         for doc in self.clients.take_changed() {
             let followers = self.clients.followers(&doc);
             if followers.is_empty() {
@@ -153,10 +156,10 @@ impl Replica {
             let Ok(state) = self.docs.get(&doc) else {
                 continue;
             };
-            // A client may sync a document this node does not have yet: it then learns
-            // that this node has nothing and sends everything.
-            let empty = Automerge::new();
-            let doc_now = state.map_or(&empty, |s| &s.doc);
+            let doc_now = match state {
+                Some(s) => &s.doc,
+                None => &*empty.get_or_insert_with(Automerge::new),
+            };
             for client in followers {
                 // A client's own changes are acknowledged (our heads include them) only
                 // once they are durable here.
@@ -222,6 +225,7 @@ impl Replica {
             return Err(ClientError::Unknown(client));
         };
         let before = state.doc.get_heads();
+        let offered = unseen_changes(&state.doc, &msg);
         if let Err(e) = state.doc.receive_sync_message(session, msg) {
             self.docs.remove_if_empty(doc);
             return Err(ClientError::BadSync {
@@ -231,12 +235,24 @@ impl Replica {
         }
         let after = state.doc.get_heads();
         if after != before {
-            let new: Vec<Vec<u8>> = state
-                .doc
-                .get_changes(&before)
-                .iter()
-                .map(|c| c.raw_bytes().to_vec())
-                .collect();
+            let new: Vec<Vec<u8>> = match offered {
+                // Nothing was or is queued, and every offered change was applied: they
+                // are exactly the new ones (cheaper than asking Automerge for them).
+                Some(offered)
+                    if state.doc.get_missing_deps(&[]).is_empty()
+                        && offered
+                            .iter()
+                            .all(|c| state.doc.get_change_meta_by_hash(&c.hash()).is_some()) =>
+                {
+                    offered.iter().map(|c| c.raw_bytes().to_vec()).collect()
+                }
+                _ => state
+                    .doc
+                    .get_changes(&before)
+                    .iter()
+                    .map(|c| c.raw_bytes().to_vec())
+                    .collect(),
+            };
             state.last_change_ms = now;
             self.docs.refresh(doc);
             self.stats.client_changes += new.len() as u64;
@@ -290,4 +306,21 @@ impl Replica {
             });
         }
     }
+}
+
+/// The changes a sync message carries that `doc` does not have, if every chunk of it is a
+/// plain change and `doc` has no changes queued for missing dependencies; `None` otherwise
+/// (a message may also carry a whole compressed document).
+fn unseen_changes(doc: &Automerge, msg: &sync::Message) -> Option<Vec<Change>> {
+    if !doc.get_missing_deps(&[]).is_empty() {
+        return None;
+    }
+    let mut unseen = Vec::with_capacity(msg.changes.len());
+    for chunk in msg.changes.iter() {
+        let change = Change::from_bytes(chunk.to_vec()).ok()?;
+        if doc.get_change_meta_by_hash(&change.hash()).is_none() {
+            unseen.push(change);
+        }
+    }
+    Some(unseen)
 }
