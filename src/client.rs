@@ -491,6 +491,11 @@ pub async fn status(client: &Client) -> Result<Value, ClientError> {
     client.json(Method::GET, "/v1/status", None).await
 }
 
+/// `GET /v1/cluster`: every node's view as this node gathers it (see [`crate::cluster`]).
+pub async fn cluster(client: &Client) -> Result<Value, ClientError> {
+    client.json(Method::GET, "/v1/cluster", None).await
+}
+
 /// `concordant health`.
 pub async fn health(client: &Client) -> Result<Value, ClientError> {
     client.json(Method::GET, "/v1/health", None).await

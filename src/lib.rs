@@ -22,7 +22,10 @@
 //! - [`membership`]: the live topology every node holds and gossips (a state-based CRDT:
 //!   nodes added and removed while the cluster runs, links, ring order, version, digest).
 //! - [`bench`]: `concordant bench`, the convergence benchmark.
-//! - [`api`]: the HTTP API of a node (axum): JSON endpoints, change events, metrics.
+//! - [`api`]: the HTTP API of a node (axum): JSON endpoints, change events, metrics, and
+//!   the live cluster page at `/` (`api/ui/page.html`).
+//! - [`cluster`]: the cluster view behind that page and `GET /v1/cluster`: what each node
+//!   tells about itself, its events, and the assembled picture (nodes, links, healing).
 //! - [`sync`]: automerge-repo clients over WebSocket (`GET /v1/sync`): the protocol's
 //!   messages, document ids and one client connection.
 //! - [`client`]: an HTTP client for the API and the command line's client commands.
@@ -38,6 +41,7 @@ pub mod api;
 pub mod bench;
 pub mod certs;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod demo;

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of the peer protocol; also part of the QUIC ALPN.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// ALPN protocol id negotiated by QUIC; a peer speaking another version fails the handshake.
-pub const ALPN: &[u8] = b"concordant/3";
+pub const ALPN: &[u8] = b"concordant/4";
 
 /// Largest payload accepted or produced, in bytes.
 pub const MAX_FRAME: usize = 32 * 1024 * 1024;
@@ -175,6 +175,31 @@ pub enum Message {
     /// The sender's live topology (sent on link-up and after every change; merged by the
     /// receiver, see [`crate::membership`]).
     Topology(Box<crate::membership::Membership>),
+    /// Confirms the pushes received on this connection so far: totals of changes and bytes
+    /// (the sender's replication lag, see `core::lag`).
+    Receipt {
+        /// Changes received.
+        changes: u64,
+        /// Their bytes.
+        bytes: u64,
+    },
+    /// A question for the cluster view (`GET /v1/cluster`), flooded over the links; every
+    /// node answers with a [`Message::ClusterTell`].
+    ClusterAsk {
+        /// The node asking.
+        asker: String,
+        /// The question's number at the asker.
+        id: u64,
+    },
+    /// A node's view of itself, flooded back toward the asker.
+    ClusterTell {
+        /// The node that asked.
+        asker: String,
+        /// The question's number.
+        id: u64,
+        /// The answer.
+        view: Box<crate::cluster::NodeView>,
+    },
 }
 
 impl Message {
@@ -190,6 +215,9 @@ impl Message {
             Message::Sync { .. } => "sync",
             Message::Ephemeral(_) => "ephemeral",
             Message::Topology(_) => "topology",
+            Message::Receipt { .. } => "receipt",
+            Message::ClusterAsk { .. } => "cluster-ask",
+            Message::ClusterTell { .. } => "cluster-tell",
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The bearer-token check: with a token configured, every request but `GET /v1/health`
-//! needs `Authorization: Bearer <token>`, compared in constant time. `GET /v1/sync` (a
+//! and the page at `/` needs `Authorization: Bearer <token>`, compared in constant time. `GET /v1/sync` (a
 //! WebSocket, which browsers open without custom headers) may give it as `?token=<token>`.
 
 use axum::extract::{Request, State};
@@ -18,7 +18,8 @@ pub(crate) async fn require_token(
     let Some(token) = state.token.as_deref() else {
         return next.run(request).await;
     };
-    if request.uri().path() == "/v1/health" {
+    // The page asks for the token itself; the data behind it needs it.
+    if matches!(request.uri().path(), "/v1/health" | "/") {
         return next.run(request).await;
     }
     let in_query = (request.uri().path() == "/v1/sync")

@@ -7,7 +7,10 @@
 //! acknowledgements), `concordant_peers`, `concordant_peers_connected`,
 //! `concordant_peer_connected{peer}`, `concordant_peer_down{peer}`,
 //! `concordant_peer_send_queue_messages{peer}` (messages waiting in the link's send queue),
-//! `concordant_peer_lag_bytes{peer}`, `concordant_quic_connections`.
+//! `concordant_peer_lag_bytes{peer}`, `concordant_peer_unacked_changes{peer}`,
+//! `concordant_peer_unacked_bytes{peer}`, `concordant_peer_unacked_oldest_ms{peer}`,
+//! `concordant_peer_divergent_docs{peer}` (once a round with the peer said),
+//! `concordant_quic_connections`.
 //!
 //! Counters: `concordant_writes_accepted_total` (local changes committed, through the API
 //! or embedded), `concordant_api_writes_total` (writes answered 200 over HTTP),
@@ -47,6 +50,12 @@
 //! difference when it comes back. Pushes dropped because a queue was full
 //! (`concordant_pushes_dropped_total`, `concordant_peer_dropped_messages_total`) are also
 //! left to anti-entropy: a rising count means peers lag behind this node.
+//!
+//! Past the link, `concordant_peer_unacked_changes` and `_bytes` count what was pushed to
+//! the peer on this connection and not yet confirmed by its receipts (sent every tick in
+//! which something arrived), `_oldest_ms` the age of the oldest of it; these are the lag
+//! figures of the cluster page. `concordant_peer_divergent_docs` is the number of
+//! documents the last anti-entropy round with the peer found different (0: they agree).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -296,7 +305,7 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
     }
 
     type PeerValue = fn(&PeerStatus, &PeerStats) -> u64;
-    let per_peer: [(&str, &str, &str, PeerValue); 10] = [
+    let per_peer: [(&str, &str, &str, PeerValue); 13] = [
         (
             "concordant_peer_connected",
             "gauge",
@@ -314,6 +323,24 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
             "gauge",
             "Bytes of changes queued for the peer, not yet handed to its link.",
             |p, _| p.queued_bytes as u64,
+        ),
+        (
+            "concordant_peer_unacked_changes",
+            "gauge",
+            "Changes pushed to the peer on this connection that it has not yet confirmed.",
+            |p, _| p.unacked_changes,
+        ),
+        (
+            "concordant_peer_unacked_bytes",
+            "gauge",
+            "Bytes of the changes pushed to the peer and not yet confirmed.",
+            |p, _| p.unacked_bytes,
+        ),
+        (
+            "concordant_peer_unacked_oldest_ms",
+            "gauge",
+            "Age in ms of the oldest change pushed to the peer and not yet confirmed.",
+            |p, _| p.unacked_oldest_ms,
         ),
         (
             "concordant_peer_send_queue_messages",
@@ -362,6 +389,17 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         for p in &s.peers {
             let t = s.transport.peers.get(&p.id).cloned().unwrap_or_default();
             m.sample(name, kind, help, &[("peer", &p.id)], value(p, &t));
+        }
+    }
+    for p in &s.peers {
+        if let Some(n) = p.divergent {
+            m.sample(
+                "concordant_peer_divergent_docs",
+                "gauge",
+                "Documents the last anti-entropy round with the peer found different.",
+                &[("peer", &p.id)],
+                n,
+            );
         }
     }
 

@@ -8,8 +8,10 @@
 //! # Endpoints
 //! | method and path | answer |
 //! | --- | --- |
+//! | `GET /` | the live cluster page (self-contained HTML; see [`cluster`]); needs no token, the data behind it does |
+//! | `GET /v1/cluster` | every node's view gathered over the peer links, links (configured and healed) up or down, recent events (see [`crate::cluster`]) |
 //! | `GET /v1/health` | `{"status":"ok","node":id}`; never needs the token (503 once the node stopped) |
-//! | `GET /v1/status` | node, cluster, topology, peers (`id`, `connected`, `linked`, `down`, `queued_bytes`, traffic), `docs`, `pending_writes`, core counters |
+//! | `GET /v1/status` | node, cluster, topology, peers (`id`, `connected`, `linked`, `down`, `healed`, `queued_bytes`, `unacked_changes`, `unacked_bytes`, `unacked_oldest_ms`, `divergent`, traffic), `docs`, `pending_writes`, core counters |
 //! | `GET /v1/docs` | `[{"id","heads":[hex...]}]` in id order |
 //! | `POST /v1/docs` | creates an empty document under a fresh automerge-repo id: `{"id","url"}` |
 //! | `GET /v1/sync` | WebSocket for automerge-repo clients (see [`crate::sync`]); 503 past `sync_clients` |
@@ -39,6 +41,7 @@
 //!   end when the server shuts down, so shutdown never waits for them.
 
 mod auth;
+mod cluster;
 mod error;
 mod handlers;
 pub mod metrics;
@@ -202,6 +205,8 @@ pub async fn serve_with(
 
 fn router(state: AppState, body_limit: usize) -> Router {
     Router::new()
+        .route("/", get(cluster::page))
+        .route("/v1/cluster", get(cluster::get))
         .route("/v1/health", get(handlers::health))
         .route("/v1/status", get(handlers::status))
         .route(

@@ -17,6 +17,7 @@ mod docs;
 mod effect;
 mod gate;
 mod history;
+mod lag;
 mod loaded;
 mod memory;
 mod peers;
@@ -27,6 +28,7 @@ mod router;
 pub use clients::ClientMsg;
 pub use docs::StoredIndex;
 pub use effect::Effect;
+pub use lag::LagView;
 pub use loaded::LoadedDoc;
 pub use replica::{
     ChangeError, ClientError, CoreConfig, CoreStats, DocCounts, LocalWrite, Replica, Snapshot,

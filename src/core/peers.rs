@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use automerge::sync;
 use serde_bytes::ByteBuf;
 
+use super::lag::Lag;
 use crate::wire::{DocChanges, Message, BATCH_BUDGET};
 
 /// Key of one group of outgoing changes: (document, origin, want_ack).
@@ -35,6 +36,8 @@ pub(crate) struct Peer {
     wanted: HashSet<String>,
     /// When the link came up.
     pub(crate) since: u64,
+    /// Pushes not yet confirmed, receipts owed, divergence (see `core::lag`).
+    pub(crate) lag: Lag,
 }
 
 impl Peer {
@@ -47,6 +50,7 @@ impl Peer {
             wants: VecDeque::new(),
             wanted: HashSet::new(),
             since,
+            lag: Lag::default(),
         }
     }
 
@@ -73,7 +77,7 @@ impl Peer {
     }
 
     /// Drains the outbox into as few Push messages as fit the batch budget.
-    pub(crate) fn drain_pushes(&mut self) -> Vec<Message> {
+    pub(crate) fn drain_pushes(&mut self, now: u64) -> Vec<Message> {
         let mut messages = Vec::new();
         let mut current: Vec<DocChanges> = Vec::new();
         let mut size = 0usize;
@@ -109,6 +113,12 @@ impl Peer {
         }
         if !current.is_empty() {
             messages.push(Message::Push(current));
+        }
+        for m in &messages {
+            if let Message::Push(groups) = m {
+                let (changes, bytes) = push_totals(groups);
+                self.lag.sent(changes, bytes, now);
+            }
         }
         self.outbox_bytes = 0;
         messages
@@ -156,4 +166,15 @@ impl Peer {
     pub(crate) fn outbox_bytes(&self) -> usize {
         self.outbox_bytes
     }
+}
+
+/// The changes, and their bytes, of one push.
+pub(crate) fn push_totals(groups: &[DocChanges]) -> (u64, u64) {
+    let changes = groups.iter().map(|g| g.changes.len() as u64).sum();
+    let bytes = groups
+        .iter()
+        .flat_map(|g| &g.changes)
+        .map(|c| c.len() as u64)
+        .sum();
+    (changes, bytes)
 }

@@ -474,6 +474,14 @@ impl Replica {
                 .retain(|_, (_, last)| now.saturating_sub(*last) < timeout);
         }
         self.expire_client_requests(now);
+        for (id, peer) in self.peers.iter_mut() {
+            if let Some((changes, bytes)) = peer.lag.receipt_due() {
+                self.effects.push(Effect::Send {
+                    to: id.clone(),
+                    msg: Message::Receipt { changes, bytes },
+                });
+            }
+        }
         for doc in self.gate.expire(now, self.config.repair_hold_ms) {
             self.release_held(now, &doc);
         }
@@ -505,6 +513,10 @@ impl Replica {
         }
         match msg {
             Message::Push(groups) => {
+                if let Some(p) = self.peers.get_mut(from) {
+                    let (changes, bytes) = super::peers::push_totals(&groups);
+                    p.lag.received(changes, bytes);
+                }
                 for g in groups {
                     self.receive_push(now, from, g.doc, g.origin, g.want_ack, g.changes);
                 }
@@ -515,8 +527,16 @@ impl Replica {
             Message::Want(wants) => self.receive_wants(now, from, wants),
             Message::Sync { doc, data } => self.receive_sync(now, from, &doc, &data),
             Message::Ephemeral(e) => self.receive_ephemeral(from, e),
-            // The handshake is the transport's, the topology the driver's.
-            Message::Hello(_) | Message::Topology(_) => self.stats.unexpected_messages += 1,
+            Message::Receipt { changes, bytes } => {
+                if let Some(p) = self.peers.get_mut(from) {
+                    p.lag.confirm(changes, bytes);
+                }
+            }
+            // The handshake is the transport's, the topology and cluster view the driver's.
+            Message::Hello(_)
+            | Message::Topology(_)
+            | Message::ClusterAsk { .. }
+            | Message::ClusterTell { .. } => self.stats.unexpected_messages += 1,
         }
         self.evict();
     }
@@ -556,8 +576,9 @@ impl Replica {
             self.effects.push(Effect::Persist { token, docs });
         }
         self.pump_wants();
+        let now = self.now;
         for (id, peer) in self.peers.iter_mut() {
-            for msg in peer.drain_pushes() {
+            for msg in peer.drain_pushes(now) {
                 self.effects.push(Effect::Send {
                     to: id.clone(),
                     msg,
@@ -645,6 +666,11 @@ impl Replica {
     /// Bytes of changes queued for `peer`, if connected.
     pub fn queued_bytes(&self, peer: &str) -> Option<usize> {
         self.peers.get(peer).map(|p| p.outbox_bytes())
+    }
+
+    /// The replication lag of the link to `peer`, if it is connected.
+    pub fn peer_lag(&self, peer: &str) -> Option<super::LagView> {
+        self.peers.get(peer).map(|p| p.lag.view(self.now))
     }
 
     /// Opens a reconciliation with `peer` now, whichever side usually opens (a node being

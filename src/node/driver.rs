@@ -2,6 +2,7 @@
 //! confirmations and ticks, batches whatever is ready before each flush, and carries out
 //! the effects (sends, persists, acks, notifications).
 
+mod cluster_view;
 mod drain;
 mod topology;
 
@@ -109,6 +110,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         removed: false,
         relink_at: None,
         draining: None,
+        gather: cluster_view::Gather::new(&config.id),
     };
     tokio::spawn(driver.run(commands, events, dones));
     Ok(Node {
@@ -147,6 +149,7 @@ struct Driver {
     relink_at: Option<u64>,
     /// This node is leaving: it hands everything over first (see `drain`).
     draining: Option<drain::Drain>,
+    gather: cluster_view::Gather,
 }
 
 enum Input {
@@ -217,12 +220,15 @@ impl Driver {
             Input::Command(cmd) => self.command(now, cmd),
             Input::Event(TransportEvent::Up(peer)) => {
                 tracing::info!(node = %self.id, peer = %peer, "peer up");
+                self.gather.event("peer-up", format!("link to {peer} up"));
                 self.send_topology(&peer);
                 self.replica.peer_up(now, &peer);
                 let changes = self.links.mark_up(&peer);
                 self.apply_links(changes);
             }
             Input::Event(TransportEvent::Down(peer)) => {
+                self.gather
+                    .event("peer-down", format!("link to {peer} down"));
                 self.replica.peer_down(now, &peer);
                 let changes = self.links.mark_down(&peer);
                 self.apply_links(changes);
@@ -235,6 +241,12 @@ impl Driver {
                 from,
                 msg: crate::wire::Message::Topology(theirs),
             }) => self.receive_topology(&from, &theirs),
+            Input::Event(TransportEvent::Message {
+                from,
+                msg:
+                    msg @ (crate::wire::Message::ClusterAsk { .. }
+                    | crate::wire::Message::ClusterTell { .. }),
+            }) => self.cluster_message(now, &from, msg),
             Input::Event(TransportEvent::Message { from, msg }) => {
                 self.drain_heard(&msg);
                 self.replica.handle_message(now, &from, msg)
@@ -243,6 +255,7 @@ impl Driver {
             Input::Tick => {
                 self.topology_tick(now);
                 self.drain_tick(now);
+                self.cluster_tick(now);
                 self.replica.tick(now);
                 self.writes.expire(now);
                 self.subscribers.retain(|_, s| s.receiver_count() > 0);
@@ -361,6 +374,7 @@ impl Driver {
                 self.clients.remove(&client);
                 self.replica.client_close(client);
             }
+            Command::Cluster(reply) => self.ask_cluster(now, reply),
             Command::Topology(reply) => {
                 let _ = reply.send(self.topology_json());
             }
@@ -471,12 +485,22 @@ impl Driver {
 
     fn apply_links(&mut self, changes: LinkChanges) {
         for peer in changes.connect {
+            if self.links.is_healing(&peer) && self.links.desired().contains(&peer) {
+                self.gather
+                    .event("healing", format!("linking to {peer} around nodes down"));
+            }
             match self.addrs.get(&peer) {
                 Some(addr) => self.transport.connect(&peer, *addr),
                 None => tracing::debug!(node = %self.id, peer = %peer, "no address yet"),
             }
         }
         for peer in changes.disconnect {
+            if self.links.is_healing(&peer) {
+                self.gather.event(
+                    "healed",
+                    format!("link to {peer} dropped: the original links are back"),
+                );
+            }
             self.transport.disconnect(&peer);
         }
     }
@@ -489,12 +513,21 @@ impl Driver {
             .topology_nodes()
             .into_iter()
             .filter(|n| *n != self.id)
-            .map(|id| PeerStatus {
-                connected: connected.contains(&id),
-                linked: desired.contains(&id),
-                down: self.links.down().contains(&id),
-                queued_bytes: self.replica.queued_bytes(&id).unwrap_or(0),
-                id,
+            .map(|id| {
+                let lag = self.replica.peer_lag(&id).unwrap_or_default();
+                let linked = desired.contains(&id);
+                PeerStatus {
+                    connected: connected.contains(&id),
+                    linked,
+                    down: self.links.down().contains(&id),
+                    queued_bytes: self.replica.queued_bytes(&id).unwrap_or(0),
+                    healed: linked && self.links.is_healing(&id),
+                    unacked_changes: lag.changes,
+                    unacked_bytes: lag.bytes,
+                    unacked_oldest_ms: lag.oldest_ms,
+                    divergent: lag.divergent,
+                    id,
+                }
             })
             .collect();
         let counts = self.replica.doc_counts();

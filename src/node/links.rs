@@ -78,6 +78,17 @@ impl Links {
         &self.down
     }
 
+    /// The live topology.
+    pub(crate) fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// True if `peer` is not this node's neighbour in the topology: a link to it is made
+    /// by ring healing.
+    pub(crate) fn is_healing(&self, peer: &str) -> bool {
+        !self.topology.neighbours(&self.me).iter().any(|n| n == peer)
+    }
+
     /// Links that the topology wants right now (without probes).
     pub(crate) fn desired(&self) -> Vec<String> {
         let down = &self.down;

@@ -135,6 +135,17 @@ pub struct PeerStatus {
     pub down: bool,
     /// Bytes of changes queued for it.
     pub queued_bytes: usize,
+    /// Linked although not its neighbour in the configured topology (ring healing).
+    pub healed: bool,
+    /// Changes pushed to it on this connection that it has not yet confirmed.
+    pub unacked_changes: u64,
+    /// Their bytes.
+    pub unacked_bytes: u64,
+    /// Age of the oldest of them, ms (0 if none).
+    pub unacked_oldest_ms: u64,
+    /// Documents the last anti-entropy round with it found different (`None`: no round
+    /// has said yet on this connection).
+    pub divergent: Option<u64>,
 }
 
 /// A node's view of itself.
@@ -233,6 +244,8 @@ pub(crate) enum Command {
     ClientEphemeral(u64, crate::wire::Ephemeral),
     ClientClose(u64),
     Topology(oneshot::Sender<Option<serde_json::Value>>),
+    /// Gather every node's view (`GET /v1/cluster`).
+    Cluster(oneshot::Sender<serde_json::Value>),
     ChangeTopology {
         change: TopologyChange,
         reply: oneshot::Sender<Result<serde_json::Value, Error>>,
@@ -476,6 +489,15 @@ impl Node {
     /// The client's connection ended.
     pub(crate) async fn client_close(&self, client: u64) -> Result<(), Error> {
         self.send(Command::ClientClose(client)).await
+    }
+
+    /// The whole cluster as this node sees it now (`GET /v1/cluster`, see
+    /// [`crate::cluster`]): every node's view gathered over the peer links (those that do
+    /// not answer within a moment are shown down), every link, recent events.
+    pub async fn cluster(&self) -> Result<serde_json::Value, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Cluster(tx)).await?;
+        rx.await.map_err(|_| Error::Stopped)
     }
 
     /// The live topology as JSON (`GET /v1/topology`); `None` for a node started without a

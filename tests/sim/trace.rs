@@ -73,6 +73,12 @@ pub(crate) fn describe(msg: &wire::Message) -> String {
         wire::Message::Hello(_) => "hello".into(),
         wire::Message::Ephemeral(e) => format!("ephemeral {} from {}", e.doc, e.sender),
         wire::Message::Topology(t) => format!("topology v{}", t.version()),
+        wire::Message::Receipt { changes, bytes } => {
+            format!("receipt of {changes} changes, {bytes} bytes")
+        }
+        wire::Message::ClusterAsk { .. } | wire::Message::ClusterTell { .. } => {
+            msg.kind().to_string()
+        }
     }
 }
 

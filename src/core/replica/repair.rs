@@ -47,7 +47,14 @@ impl Replica {
 
     pub(super) fn receive_fingerprints(&mut self, from: &str, f: Fingerprints) {
         match self.docs.index().answer(f.level, &f.nodes) {
-            Answer::Equal => {}
+            Answer::Equal => {
+                // A round's opening found nothing different: the replicas agree.
+                if f.level <= 1 {
+                    if let Some(p) = self.peers.get_mut(from) {
+                        p.lag.divergent = Some(0);
+                    }
+                }
+            }
             Answer::Fingerprints(level, nodes) => {
                 self.send_reconcile(from, Message::Fingerprints(Fingerprints { level, nodes }))
             }
@@ -79,7 +86,11 @@ impl Replica {
             .peers
             .get(from)
             .is_some_and(|p| now.saturating_sub(p.since) < quiet);
-        for d in self.docs.index().diff(&buckets) {
+        let differing = self.docs.index().diff(&buckets);
+        if let Some(p) = self.peers.get_mut(from) {
+            p.lag.divergent = Some(differing.len() as u64);
+        }
+        for d in differing {
             // Busy documents wait: their pushes are in flight (not on a new link).
             let busy = !young
                 && self
