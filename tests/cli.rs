@@ -1,11 +1,13 @@
 //! The command line end to end: `concordant init`, `concordant up` as a child process on
 //! free loopback ports, then the client commands against it with the token from the file.
 
-use std::net::{TcpListener, UdpSocket};
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::procs::free_base_port;
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_concordant");
@@ -36,22 +38,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A base port P such that UDP P+1..=P+n and TCP P+1001..=P+1000+n are free right now.
-fn free_base_port(n: u16) -> u16 {
-    for attempt in 0..200u32 {
-        let seed = std::process::id()
-            .wrapping_mul(7919)
-            .wrapping_add(attempt * 104_729);
-        let base = 20_000 + (seed % 40_000) as u16;
-        let udp_free = (1..=n).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok());
-        let tcp_free = (1..=n).all(|i| TcpListener::bind(("127.0.0.1", base + 1000 + i)).is_ok());
-        if udp_free && tcp_free {
-            return base;
-        }
-    }
-    panic!("no free base port found");
 }
 
 fn init(dir: &Path, nodes: u16) -> (PathBuf, u16) {

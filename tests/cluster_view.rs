@@ -160,6 +160,13 @@ async fn the_cluster_view_shows_a_killed_node_down_and_the_healed_ring() {
         .expect("page");
     assert_eq!(page.status, 200);
 
+    // Logs written to a file carry no colour escapes.
+    let log = cluster.child(0).log_text();
+    assert!(
+        log.contains("peer up") && !log.contains('\u{1b}'),
+        "n1's log:\n{log}"
+    );
+
     cluster.restart(2).await;
     let back = wait_for(&c, "n3 back and the healing link gone", WAIT, |v| {
         (1..=5).all(|i| node_state(v, &format!("n{i}")) == Some("up"))

@@ -616,3 +616,23 @@ async fn dialing_a_dead_address_reports_failures_and_connects_later() {
     a.t.shutdown().await;
     b.t.shutdown().await;
 }
+
+/// The transport's default timings are the `[tuning]` defaults (one list of knobs).
+#[test]
+fn default_timings_are_the_tuning_defaults() {
+    let ids = test_identities(CLUSTER, &["n1"]).unwrap();
+    let identity = ids.into_iter().next().unwrap();
+    let cfg = TransportConfig::new(
+        CLUSTER,
+        "n1",
+        "127.0.0.1:0".parse().unwrap(),
+        identity,
+        vec![],
+    );
+    let t = concordant::config::Tuning::default();
+    assert_eq!(cfg.keep_alive, Duration::from_millis(t.keep_alive_ms));
+    assert_eq!(cfg.idle_timeout, Duration::from_millis(t.idle_timeout_ms));
+    assert_eq!(cfg.reconnect_min, Duration::from_millis(t.reconnect_min_ms));
+    assert_eq!(cfg.reconnect_max, Duration::from_millis(t.reconnect_max_ms));
+    assert_eq!(cfg.send_queue, t.send_queue);
+}

@@ -76,8 +76,10 @@ impl Peer {
         true
     }
 
-    /// Drains the outbox into as few Push messages as fit the batch budget.
-    pub(crate) fn drain_pushes(&mut self, now: u64) -> Vec<Message> {
+    /// Drains the outbox into as few Push messages as fit `budget` bytes each (at most
+    /// [`BATCH_BUDGET`]; one change larger than that goes alone).
+    pub(crate) fn drain_pushes(&mut self, now: u64, budget: usize) -> Vec<Message> {
+        let budget = budget.clamp(1, BATCH_BUDGET);
         let mut messages = Vec::new();
         let mut current: Vec<DocChanges> = Vec::new();
         let mut size = 0usize;
@@ -90,7 +92,7 @@ impl Peer {
             };
             for change in changes {
                 let len = change.len() + 16;
-                if size + len > BATCH_BUDGET && size > 0 {
+                if size + len > budget && size > 0 {
                     if !group.changes.is_empty() {
                         let next = DocChanges {
                             doc: group.doc.clone(),
@@ -177,4 +179,35 @@ pub(crate) fn push_totals(groups: &[DocChanges]) -> (u64, u64) {
         .map(|c| c.len() as u64)
         .sum();
     (changes, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes_of(m: &Message) -> usize {
+        match m {
+            Message::Push(groups) => groups.iter().map(|g| g.changes.len()).sum(),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn pushes_are_cut_at_the_batch_budget() {
+        let mut peer = Peer::new(0);
+        for i in 0..100u8 {
+            assert!(peer.queue("doc", "n1", false, &[i; 84], usize::MAX));
+        }
+        // 100 bytes per change (84 + 16 of overhead): 10 per 1,000-byte push.
+        let small = peer.drain_pushes(5, 1_000);
+        assert_eq!(small.len(), 10);
+        assert!(small.iter().all(|m| changes_of(m) == 10));
+        for i in 0..100u8 {
+            assert!(peer.queue("doc", "n1", false, &[i; 84], usize::MAX));
+        }
+        let large = peer.drain_pushes(6, 1 << 20);
+        assert_eq!(large.len(), 1);
+        assert_eq!(changes_of(&large[0]), 100);
+        assert_eq!(peer.lag.view(6).changes, 200);
+    }
 }

@@ -63,21 +63,27 @@ pub struct CoreConfig {
     /// A client's request for a document this node lacks is answered "unavailable" after
     /// its peers were asked for this long without it arriving, in ms.
     pub unavailable_after_ms: u64,
+    /// Target size of one push message's changes, in bytes (`[tuning] max_batch_bytes`).
+    pub batch_bytes: usize,
 }
 
 impl Default for CoreConfig {
+    /// The knobs that are also `[tuning]` settings take their defaults from
+    /// [`crate::config::Tuning`].
     fn default() -> Self {
+        let t = crate::config::Tuning::default();
         CoreConfig {
-            anti_entropy_ms: 5_000,
+            anti_entropy_ms: t.anti_entropy_ms,
             quiet_ms: 1_000,
             session_timeout_ms: 10_000,
             repair_hold_ms: 300,
             outbox_limit: 64 << 20,
             ack_memory: 200_000,
-            cache_docs: 4_096,
-            cache_bytes: 64 << 20,
+            cache_docs: t.cache_docs,
+            cache_bytes: t.cache_bytes,
             want_window: 512,
             unavailable_after_ms: 1_000,
+            batch_bytes: t.max_batch_bytes,
         }
     }
 }
@@ -576,9 +582,9 @@ impl Replica {
             self.effects.push(Effect::Persist { token, docs });
         }
         self.pump_wants();
-        let now = self.now;
+        let (now, budget) = (self.now, self.config.batch_bytes);
         for (id, peer) in self.peers.iter_mut() {
-            for msg in peer.drain_pushes(now) {
+            for msg in peer.drain_pushes(now, budget) {
                 self.effects.push(Effect::Send {
                     to: id.clone(),
                     msg,

@@ -36,6 +36,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         quiet_ms: (tuning.anti_entropy_ms / 2).clamp(1, 1_000),
         cache_docs: tuning.cache_docs,
         cache_bytes: tuning.cache_bytes,
+        batch_bytes: tuning.max_batch_bytes,
         ..CoreConfig::default()
     };
     let replica = Replica::new(

@@ -6,67 +6,14 @@
 //! therefore `value ++ crc32(key, value)` (little-endian), checked on load. Must not touch
 //! redb or the file: pure functions over bytes.
 
-/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320) lookup tables for "slicing by 8":
-/// `TABLES[0]` is the classic byte-at-a-time table, `TABLES[k]` advances a byte by `k` more
-/// zero bytes, so eight bytes are folded in per step (the whole index is checksummed at
-/// start-up; one table costs ~4x the time).
-const TABLES: [[u32; 256]; 8] = make_tables();
-
-const fn make_tables() -> [[u32; 256]; 8] {
-    let mut tables = [[0u32; 256]; 8];
-    let mut i = 0;
-    while i < 256 {
-        let mut crc = i as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-            bit += 1;
-        }
-        tables[0][i] = crc;
-        i += 1;
-    }
-    let mut k = 1;
-    while k < 8 {
-        let mut i = 0;
-        while i < 256 {
-            let prev = tables[k - 1][i];
-            tables[k][i] = (prev >> 8) ^ tables[0][(prev & 0xFF) as usize];
-            i += 1;
-        }
-        k += 1;
-    }
-    tables
-}
-
-/// CRC-32 of the concatenation of `parts`.
+/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320, as `crc32fast` computes it) of the
+/// concatenation of `parts`.
 fn crc32(parts: &[&[u8]]) -> u32 {
-    !parts.iter().fold(!0u32, |crc, part| crc_update(crc, part))
-}
-
-/// Feeds `bytes` into a running (inverted) CRC-32 state.
-fn crc_update(mut crc: u32, bytes: &[u8]) -> u32 {
-    let t = &TABLES;
-    let (words, rest) = bytes.as_chunks::<8>();
-    for w in words {
-        let lo = u32::from_le_bytes([w[0], w[1], w[2], w[3]]) ^ crc;
-        let hi = u32::from_le_bytes([w[4], w[5], w[6], w[7]]);
-        crc = t[7][(lo & 0xFF) as usize]
-            ^ t[6][((lo >> 8) & 0xFF) as usize]
-            ^ t[5][((lo >> 16) & 0xFF) as usize]
-            ^ t[4][(lo >> 24) as usize]
-            ^ t[3][(hi & 0xFF) as usize]
-            ^ t[2][((hi >> 8) & 0xFF) as usize]
-            ^ t[1][((hi >> 16) & 0xFF) as usize]
-            ^ t[0][(hi >> 24) as usize];
+    let mut hasher = crc32fast::Hasher::new();
+    for part in parts {
+        hasher.update(part);
     }
-    for &byte in rest {
-        crc = t[0][((crc ^ u32::from(byte)) & 0xFF) as usize] ^ (crc >> 8);
-    }
-    crc
+    hasher.finalize()
 }
 
 /// Key of a snapshot entry, as checksummed.
@@ -94,23 +41,8 @@ const INDEX_TAG: &[u8] = b"index";
 /// Checksum of an index entry: the same as [`seal`] with `index_key(doc)` computes, without
 /// allocating (the index is scanned whole at start-up).
 fn index_crc(doc: &str, value: &[u8]) -> [u8; 4] {
-    let parts: [&[u8]; 4] = [
-        INDEX_TAG,
-        &(doc.len() as u64).to_le_bytes(),
-        doc.as_bytes(),
-        value,
-    ];
-    // Entries are short: checksummed in one piece they take the 8-byte path throughout.
-    let mut buf = [0u8; 256];
-    let mut len = 0;
-    for part in parts {
-        match buf.get_mut(len..len + part.len()) {
-            Some(slot) => slot.copy_from_slice(part),
-            None => return crc32(&parts).to_le_bytes(),
-        }
-        len += part.len();
-    }
-    (!crc_update(!0, &buf[..len])).to_le_bytes()
+    let len = (doc.len() as u64).to_le_bytes();
+    crc32(&[INDEX_TAG, &len, doc.as_bytes(), value]).to_le_bytes()
 }
 
 /// `value` of document `doc`'s index entry followed by its checksum.
@@ -164,21 +96,6 @@ mod tests {
     }
 
     #[test]
-    fn slicing_by_8_equals_byte_at_a_time() {
-        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + i / 5) as u8).collect();
-        for len in 0..data.len() {
-            let mut slow = !0u32;
-            for &byte in &data[..len] {
-                slow = TABLES[0][((slow ^ u32::from(byte)) & 0xFF) as usize] ^ (slow >> 8);
-            }
-            assert_eq!(crc_update(!0, &data[..len]), slow, "length {len}");
-            // Split anywhere: the same result.
-            let (a, b) = data[..len].split_at(len / 3);
-            assert_eq!(crc32(&[a, b]), !slow);
-        }
-    }
-
-    #[test]
     fn damage_to_value_or_key_is_detected() {
         let key = log_key("doc", 7);
         let sealed = seal(&key, b"hello");
@@ -198,7 +115,6 @@ mod tests {
     fn index_sealing_is_the_generic_scheme_without_allocations() {
         let sealed = seal_index("doc-1", b"row");
         assert_eq!(sealed, seal(&index_key("doc-1"), b"row"));
-        // Also past the stack buffer's size.
         let long = "d".repeat(300);
         assert_eq!(seal_index(&long, b"row"), seal(&index_key(&long), b"row"));
         assert_eq!(seal_index("x", &[5; 300]), seal(&index_key("x"), &[5; 300]));

@@ -91,8 +91,9 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
-    /// A configuration with the default timings: keep-alive 250 ms, idle timeout 1 s,
-    /// reconnect backoff 100 ms to 2 s, 1024 queued messages per peer.
+    /// A configuration with the default timings of [`crate::config::Tuning`] (keep-alive
+    /// 250 ms, idle timeout 1 s, reconnect backoff 50 ms to 2 s, 1024 queued messages per
+    /// peer).
     pub fn new(
         cluster: impl Into<String>,
         node: impl Into<String>,
@@ -100,17 +101,19 @@ impl TransportConfig {
         identity: TlsIdentity,
         members: Vec<String>,
     ) -> Self {
+        // The timings are `[tuning]` settings: their defaults live in `Tuning`.
+        let t = crate::config::Tuning::default();
         TransportConfig {
             cluster: cluster.into(),
             node: node.into(),
             listen,
             identity,
             members,
-            keep_alive: Duration::from_millis(250),
-            idle_timeout: Duration::from_secs(1),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(2),
-            send_queue: 1024,
+            keep_alive: Duration::from_millis(t.keep_alive_ms),
+            idle_timeout: Duration::from_millis(t.idle_timeout_ms),
+            reconnect_min: Duration::from_millis(t.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(t.reconnect_max_ms),
+            send_queue: t.send_queue,
         }
     }
 }
