@@ -682,8 +682,15 @@ async fn run_nodes(
     }
     tracing::info!(nodes = nodes.len(), "running; stop with Ctrl-C or SIGTERM");
     let reload = tokio::spawn(reload_on_sighup(path, nodes.clone()));
-    let failed = tokio::select! {
+    let failures = futures_util::future::select_all(
+        nodes
+            .iter()
+            .map(|n| Box::pin(n.failed()))
+            .collect::<Vec<_>>(),
+    );
+    let mut failed = tokio::select! {
         r = shutdown_signal() => { r?; None }
+        (why, _, _) = failures => Some(anyhow::anyhow!("{why}; stopping (a restart is safe)")),
         Some(done) = servers.join_next() => Some(match done {
             Ok(Ok(())) => anyhow::anyhow!("an HTTP API stopped unexpectedly"),
             Ok(Err(e)) => e,
@@ -694,7 +701,9 @@ async fn run_nodes(
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
     for node in nodes {
-        node.shutdown().await?;
+        if let Err(e) = node.shutdown().await {
+            failed.get_or_insert(e.into());
+        }
     }
     match failed {
         None => Ok(ExitCode::SUCCESS),

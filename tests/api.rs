@@ -702,3 +702,41 @@ async fn automerge_export_and_import() {
     assert!(loaded.get(ROOT, "a").unwrap().is_some());
     nodes[0].stop().await;
 }
+
+/// A panic in the driver (here from a change function given by an embedding program) fails
+/// the node: `failed()` says why, health answers 503 with it, and calls are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_driver_fails_the_node_instead_of_leaving_it_half_alive() {
+    let mut nodes = cluster(1, None).await;
+    let c = nodes[0].client();
+    assert_eq!(get_json(&c, "/v1/health").await.0, 200);
+    let node = nodes[0].node.clone();
+    assert_eq!(node.failure(), None);
+    let write = node.change("doc", |_tx| -> Result<(), std::io::Error> {
+        panic!("a bug in a change function")
+    });
+    assert!(write.await.is_err());
+    let why = tokio::time::timeout(LIMIT, node.failed())
+        .await
+        .expect("the node reports its failure");
+    assert!(
+        why.contains("the driver panicked: a bug in a change function"),
+        "{why}"
+    );
+    assert_eq!(node.failure(), Some(why.clone()));
+    let (status, health) = get_json(&c, "/v1/health").await;
+    assert_eq!(status, 503);
+    assert!(
+        health["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("panicked")),
+        "{health}"
+    );
+    let again = node.change("doc", |tx| {
+        automerge::transaction::Transactable::put(tx, ROOT, "k", 1)
+    });
+    assert!(matches!(again.await, Err(concordant::Error::Stopped)));
+    if let Some(stop) = nodes[0].stop_api.take() {
+        let _ = stop.send(());
+    }
+}

@@ -46,6 +46,12 @@ fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, HttpError> {
 
 /// `GET /v1/health`.
 pub(crate) async fn health(State(state): State<AppState>) -> Answer {
+    if let Some(why) = state.node.failure() {
+        return Err(HttpError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            why,
+        ));
+    }
     state
         .node
         .status()

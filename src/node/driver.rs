@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::links::{LinkChanges, Links};
 use super::store_thread::{self, StoreDone, StoreJob};
@@ -84,7 +84,9 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         _ => None,
     };
     let (done_tx, dones) = mpsc::unbounded_channel();
-    let jobs = store_thread::spawn(store, tuning.compact_after, done_tx);
+    let (failure_tx, failure) = watch::channel(None);
+    let failure_tx = std::sync::Arc::new(failure_tx);
+    let jobs = store_thread::spawn(store, tuning.compact_after, done_tx, failure_tx.clone());
     let (commands_tx, commands) = mpsc::channel(1024);
     let others = config.topology.nodes().len().saturating_sub(1);
     let driver = Driver {
@@ -113,12 +115,38 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         draining: None,
         gather: cluster_view::Gather::new(&config.id),
     };
-    tokio::spawn(driver.run(commands, events, dones));
+    let driver = tokio::spawn(driver.run(commands, events, dones));
+    let id = config.id.clone();
+    tokio::spawn(async move {
+        // A panic ends the driver: the node is then failed, never silently half-alive.
+        if let Err(e) = driver.await {
+            if e.is_panic() {
+                let why = format!(
+                    "node {id}: the driver panicked: {}",
+                    panic_text(e.into_panic())
+                );
+                tracing::error!("{why}");
+                failure_tx.send_replace(Some(why));
+            }
+        }
+    });
     Ok(Node {
         id: config.id,
         peer_addr,
         commands: commands_tx,
+        failure,
     })
+}
+
+/// The message of a panic's payload.
+pub(crate) fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => payload
+            .downcast::<&str>()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|_| "(no message)".into()),
+    }
 }
 
 struct Driver {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use automerge::transaction::Transaction;
 use automerge::{Automerge, ChangeHash};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use crate::ops::Ack;
 pub use builder::{NodeBuilder, NodeConfig, StorageChoice, TOPOLOGY_FILE};
@@ -293,6 +293,8 @@ pub struct Node {
     id: String,
     peer_addr: SocketAddr,
     commands: mpsc::Sender<Command>,
+    /// Set once the node can no longer work (its driver or storage thread panicked).
+    failure: watch::Receiver<Option<String>>,
 }
 
 impl Node {
@@ -300,6 +302,29 @@ impl Node {
     /// on first use), binds the QUIC endpoint and starts linking to its peers.
     pub async fn start(config: NodeConfig) -> Result<Node, Error> {
         driver::start(config).await
+    }
+
+    /// Why the node stopped working, if it did: its driver or its storage thread panicked
+    /// (a bug). It then answers every call with [`Error::Stopped`] and cannot write; the
+    /// process should exit and be restarted (a restart is safe: everything acknowledged is
+    /// on disk).
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Waits until the node fails (see [`Node::failure`]) and says why; never returns for
+    /// a node that keeps working.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.clone();
+        let why = match failure.wait_for(Option::is_some).await {
+            Ok(f) => f.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            // The node is gone without a failure (it was shut down): wait forever.
+            None => std::future::pending().await,
+        }
     }
 
     /// This node's id.

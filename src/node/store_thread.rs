@@ -2,8 +2,9 @@
 //! queued append into one durable commit (one fsync for many writes under load).
 
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::storage::{Compaction, DocAppend, StorageError, Store};
 
@@ -44,25 +45,47 @@ pub(crate) fn spawn(
     mut store: Box<dyn Store>,
     compact_after: usize,
     done: mpsc::UnboundedSender<StoreDone>,
+    failure: Arc<watch::Sender<Option<String>>>,
 ) -> std_mpsc::Sender<StoreJob> {
     let (tx, rx) = std_mpsc::channel::<StoreJob>();
-    std::thread::Builder::new()
+    let failed = failure.clone();
+    let started = std::thread::Builder::new()
         .name("concordant-store".into())
         .spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut jobs = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    jobs.push(more);
+            let work = std::panic::AssertUnwindSafe(|| {
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        jobs.push(more);
+                    }
+                    if let Some(close) = run_jobs(store.as_mut(), jobs, compact_after, &done) {
+                        return Some(close);
+                    }
                 }
-                if let Some(close) = run_jobs(store.as_mut(), jobs, compact_after, &done) {
+                None
+            });
+            match std::panic::catch_unwind(work) {
+                Ok(Some(close)) => {
                     drop(store);
                     let _ = close.send(());
-                    return;
+                }
+                Ok(None) => {}
+                Err(payload) => {
+                    // Nothing more can be made durable: the node is failed.
+                    let why = format!(
+                        "the storage thread panicked: {}",
+                        super::driver::panic_text(payload)
+                    );
+                    tracing::error!("{why}");
+                    failure.send_replace(Some(why));
                 }
             }
-        })
-        .map(|_| ())
-        .unwrap_or_else(|e| tracing::error!("cannot start the storage thread: {e}"));
+        });
+    if let Err(e) = started {
+        let why = format!("cannot start the storage thread: {e}");
+        tracing::error!("{why}");
+        failed.send_replace(Some(why));
+    }
     tx
 }
 
