@@ -10,6 +10,8 @@ use super::{Ack, WriteOutcome};
 
 /// A write whose caller waits.
 struct Waiting {
+    /// The persist batch that holds its change.
+    token: u64,
     need: usize,
     durable: bool,
     acked_by: BTreeSet<String>,
@@ -18,10 +20,25 @@ struct Waiting {
     reply: oneshot::Sender<WriteOutcome>,
 }
 
-/// All writes waiting for durability or acknowledgements.
+impl Waiting {
+    fn done(&self) -> bool {
+        self.durable && self.acked_by.len() >= self.need
+    }
+
+    fn finish(self) {
+        let _ = self.reply.send(WriteOutcome::Done {
+            heads: self.heads,
+            acked_by: self.acked_by.into_iter().collect(),
+        });
+    }
+}
+
+/// All writes waiting for durability or acknowledgements. Two writes can wait for the same
+/// change hash: identical changes made in two documents (same actor, sequence number, time
+/// and operations) are byte for byte the same change.
 #[derive(Default)]
 pub(crate) struct Writes {
-    by_hash: HashMap<ChangeHash, Waiting>,
+    by_hash: HashMap<ChangeHash, Vec<Waiting>>,
     by_token: HashMap<u64, Vec<ChangeHash>>,
     /// Merges: answered as soon as their batch is durable.
     token_only: HashMap<u64, Vec<oneshot::Sender<WriteOutcome>>>,
@@ -46,17 +63,15 @@ impl Writes {
             Ack::All => others,
         };
         self.by_token.entry(token).or_default().push(hash);
-        self.by_hash.insert(
-            hash,
-            Waiting {
-                need,
-                durable: false,
-                acked_by: BTreeSet::new(),
-                heads,
-                deadline_ms,
-                reply,
-            },
-        );
+        self.by_hash.entry(hash).or_default().push(Waiting {
+            token,
+            need,
+            durable: false,
+            acked_by: BTreeSet::new(),
+            heads,
+            deadline_ms,
+            reply,
+        });
     }
 
     /// Answers `reply` once the persist batch `token` is durable.
@@ -76,65 +91,118 @@ impl Writes {
             });
         }
         for hash in self.by_token.remove(&token).unwrap_or_default() {
-            match result {
-                Ok(()) => {
-                    if let Some(w) = self.by_hash.get_mut(&hash) {
+            let Some(waiting) = self.by_hash.get_mut(&hash) else {
+                continue;
+            };
+            let (mine, others): (Vec<Waiting>, Vec<Waiting>) =
+                waiting.drain(..).partition(|w| w.token == token);
+            *waiting = others;
+            for mut w in mine {
+                match result {
+                    Ok(()) => {
                         w.durable = true;
+                        if w.done() {
+                            w.finish();
+                        } else {
+                            waiting.push(w);
+                        }
                     }
-                    self.finish_if_done(&hash);
-                }
-                Err(e) => {
-                    if let Some(w) = self.by_hash.remove(&hash) {
+                    Err(e) => {
                         let _ = w.reply.send(WriteOutcome::StorageFailed(e.clone()));
                     }
                 }
             }
+            self.forget_if_empty(&hash);
         }
     }
 
     /// Peer `by` has the change durably.
     pub(crate) fn acked(&mut self, hash: &ChangeHash, by: &str) {
-        if let Some(w) = self.by_hash.get_mut(hash) {
+        let Some(waiting) = self.by_hash.get_mut(hash) else {
+            return;
+        };
+        for w in waiting.iter_mut() {
             w.acked_by.insert(by.to_string());
         }
-        self.finish_if_done(hash);
+        let (done, rest): (Vec<Waiting>, Vec<Waiting>) = waiting.drain(..).partition(Waiting::done);
+        *waiting = rest;
+        done.into_iter().for_each(Waiting::finish);
+        self.forget_if_empty(hash);
     }
 
     /// Answers every write past its deadline with the peers that did acknowledge.
     pub(crate) fn expire(&mut self, now_ms: u64) {
-        let late: Vec<ChangeHash> = self
-            .by_hash
-            .iter()
-            .filter(|(_, w)| w.durable && now_ms >= w.deadline_ms)
-            .map(|(h, _)| *h)
-            .collect();
-        for hash in late {
-            if let Some(w) = self.by_hash.remove(&hash) {
+        for waiting in self.by_hash.values_mut() {
+            let (late, rest): (Vec<Waiting>, Vec<Waiting>) = waiting
+                .drain(..)
+                .partition(|w| w.durable && now_ms >= w.deadline_ms);
+            *waiting = rest;
+            for w in late {
                 let _ = w.reply.send(WriteOutcome::TimedOut {
                     heads: w.heads,
                     acked_by: w.acked_by.into_iter().collect(),
                 });
             }
         }
+        self.by_hash.retain(|_, w| !w.is_empty());
     }
 
     /// Number of writes waiting.
     pub(crate) fn len(&self) -> usize {
-        self.by_hash.len()
+        self.by_hash.values().map(Vec::len).sum()
     }
 
-    fn finish_if_done(&mut self, hash: &ChangeHash) {
-        let done = self
-            .by_hash
-            .get(hash)
-            .is_some_and(|w| w.durable && w.acked_by.len() >= w.need);
-        if done {
-            if let Some(w) = self.by_hash.remove(hash) {
-                let _ = w.reply.send(WriteOutcome::Done {
-                    heads: w.heads,
-                    acked_by: w.acked_by.into_iter().collect(),
-                });
-            }
+    fn forget_if_empty(&mut self, hash: &ChangeHash) {
+        if self.by_hash.get(hash).is_some_and(Vec::is_empty) {
+            self.by_hash.remove(hash);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(rx: &mut oneshot::Receiver<WriteOutcome>) -> Option<&'static str> {
+        match rx.try_recv() {
+            Ok(WriteOutcome::Done { .. }) => Some("done"),
+            Ok(WriteOutcome::TimedOut { .. }) => Some("timed out"),
+            Ok(_) => Some("other"),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some("dropped"),
+        }
+    }
+
+    #[test]
+    fn two_writes_of_the_same_change_hash_are_each_answered() {
+        let hash = ChangeHash([7; 32]);
+        let mut writes = Writes::default();
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        writes.wait(1, hash, vec![hash], Ack::Local, 2, 1_000, tx1);
+        writes.wait(2, hash, vec![hash], Ack::Peers(1), 2, 1_000, tx2);
+        assert_eq!(writes.len(), 2);
+        writes.persisted(1, &Ok(()));
+        assert_eq!(outcome(&mut rx1), Some("done"));
+        assert_eq!(outcome(&mut rx2), None);
+        writes.persisted(2, &Ok(()));
+        assert_eq!(outcome(&mut rx2), None, "it also waits for a peer");
+        writes.acked(&hash, "n2");
+        assert_eq!(outcome(&mut rx2), Some("done"));
+        assert_eq!(writes.len(), 0);
+    }
+
+    #[test]
+    fn durable_writes_past_their_deadline_time_out() {
+        let hash = ChangeHash([8; 32]);
+        let mut writes = Writes::default();
+        let (tx, mut rx) = oneshot::channel();
+        writes.wait(1, hash, vec![hash], Ack::All, 2, 50, tx);
+        writes.expire(100);
+        assert_eq!(outcome(&mut rx), None, "not durable yet");
+        writes.persisted(1, &Ok(()));
+        writes.expire(100);
+        assert_eq!(outcome(&mut rx), Some("timed out"));
+        assert_eq!(writes.len(), 0);
     }
 }
