@@ -21,7 +21,8 @@
 //! - [`local`]: a local cluster of N nodes in one process (demo, bench, experiments).
 //! - [`membership`]: the live topology every node holds and gossips (a state-based CRDT:
 //!   nodes added and removed while the cluster runs, links, ring order, version, digest).
-//! - [`bench`]: `concordant bench`, the convergence benchmark.
+//! - `bench`: `concordant bench`, the convergence benchmark (feature `cli`, on by
+//!   default; `--no-default-features` builds the embeddable library alone).
 //! - [`api`]: the HTTP API of a node (axum): JSON endpoints, change events, metrics, and
 //!   the live cluster page at `/` (`api/ui/page.html`).
 //! - [`cluster`]: the cluster view behind that page and `GET /v1/cluster`: what each node
@@ -38,6 +39,7 @@ pub use node::{Error, Node, NodeBuilder};
 
 pub mod admin;
 pub mod api;
+#[cfg(feature = "cli")]
 pub mod bench;
 pub mod certs;
 pub mod client;
