@@ -14,58 +14,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+// The topology kinds belong with the topology; the file names them.
 use crate::topology::Topology;
-
-/// Which graph the nodes replicate over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TopologyKind {
-    /// Every node links to every other node.
-    Mesh,
-    /// Nodes form a ring in file order; a down neighbour is bypassed to the next live node.
-    Ring(RingDirection),
-    /// Explicit undirected links from the `[[link]]` tables.
-    Edges,
-}
-
-/// The direction changes travel around a ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RingDirection {
-    /// Changes travel both ways round the ring (the default).
-    Both,
-    /// Classic one-way circular replication: each node pushes to its successor only.
-    Forward,
-}
-
-impl TopologyKind {
-    /// The `topology` value of the file: `"mesh"`, `"ring"` or `"edges"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            TopologyKind::Mesh => "mesh",
-            TopologyKind::Ring(_) => "ring",
-            TopologyKind::Edges => "edges",
-        }
-    }
-
-    /// Parses a `topology` value (`"mesh"`, `"ring"` meaning a two-way ring, `"edges"`).
-    pub fn from_name(name: &str) -> Option<TopologyKind> {
-        match name {
-            "mesh" => Some(TopologyKind::Mesh),
-            "ring" => Some(TopologyKind::Ring(RingDirection::Both)),
-            "edges" => Some(TopologyKind::Edges),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for TopologyKind {
-    /// `mesh`, `ring`, `ring (forward)` or `edges`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TopologyKind::Ring(RingDirection::Forward) => f.write_str("ring (forward)"),
-            other => f.write_str(other.name()),
-        }
-    }
-}
+pub use crate::topology::{RingDirection, TopologyKind};
 
 /// One node of the cluster, with its paths resolved against the file's directory.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use super::state::{code, wait_closing, Inner};
 use super::stats::Reject;
 use super::tls::is_tls_failure;
 use crate::certs::cert_node_id_matches;
-use crate::wire::{self, Hello, Message, PROTOCOL_VERSION};
+use crate::wire::{Hello, Message, PROTOCOL_VERSION};
 
 /// Accepts connections until the endpoint closes or the transport shuts down.
 pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
@@ -132,12 +132,7 @@ async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let answer = wire::encode(&Message::Hello(Hello {
-        cluster: inner.settings.cluster.clone(),
-        node: inner.settings.node.clone(),
-        version: PROTOCOL_VERSION,
-    }));
-    let answer = match answer {
+    let answer = match inner.hello_frame() {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode our hello");

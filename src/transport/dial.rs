@@ -16,7 +16,7 @@ use super::state::{code, wait_closing, Inner};
 use super::stats::{PeerCounters, Reject};
 use super::tls::is_tls_failure;
 use crate::certs::node_dns_name;
-use crate::wire::{self, Hello, Message, WireError, PROTOCOL_VERSION};
+use crate::wire::{Message, WireError, PROTOCOL_VERSION};
 
 /// Longest wait for an incoming connection's QUIC/TLS handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -241,11 +241,7 @@ async fn dial_once(inner: &Arc<Inner>, t: &DialTarget) -> Result<Outcome, DialEr
         }
         Ok(Ok(conn)) => conn,
     };
-    let hello = wire::encode(&Message::Hello(Hello {
-        cluster: inner.settings.cluster.clone(),
-        node: inner.settings.node.clone(),
-        version: PROTOCOL_VERSION,
-    }))?;
+    let hello = inner.hello_frame()?;
     let (send, frames, answer) =
         match tokio::time::timeout(HELLO_TIMEOUT, exchange_hellos(&conn, &hello)).await {
             Err(_) => {

@@ -126,6 +126,15 @@ fn validate(cfg: &TransportConfig) -> Result<(), TransportError> {
 }
 
 impl Inner {
+    /// Our Hello, framed: the one both sides of a new connection send (dialer first).
+    pub(crate) fn hello_frame(&self) -> Result<Vec<u8>, crate::wire::WireError> {
+        crate::wire::encode(&Message::Hello(crate::wire::Hello {
+            cluster: self.settings.cluster.clone(),
+            node: self.settings.node.clone(),
+            version: crate::wire::PROTOCOL_VERSION,
+        }))
+    }
+
     /// Validates `cfg`, builds the TLS configurations and binds the endpoint.
     pub(crate) fn bind(
         cfg: TransportConfig,
