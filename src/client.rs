@@ -10,6 +10,8 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1;
@@ -285,11 +287,7 @@ impl Client {
                 message,
             });
         }
-        Ok(EventStream {
-            url,
-            body: response.into_body(),
-            buffer: String::new(),
-        })
+        Ok(EventStream::from_body(url, response.into_body()))
     }
 
     async fn send(
@@ -334,12 +332,20 @@ impl Client {
     }
 }
 
-/// A server-sent-events stream.
+/// A server-sent-events stream, parsed by `eventsource-stream` (from bytes, so a character
+/// split across two reads stays whole).
 pub struct EventStream {
     url: String,
-    body: Incoming,
-    buffer: String,
+    events: SseEvents,
 }
+
+type SseEvents = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<eventsource_stream::Event, EventStreamError<hyper::Error>>,
+            > + Send,
+    >,
+>;
 
 /// One server-sent event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,50 +357,44 @@ pub struct Event {
 }
 
 impl EventStream {
+    fn new<S>(url: String, bytes: S) -> Self
+    where
+        S: futures_util::Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
+    {
+        EventStream {
+            url,
+            events: Box::pin(bytes.eventsource()),
+        }
+    }
+
+    fn from_body(url: String, body: Incoming) -> Self {
+        let bytes = http_body_util::BodyStream::new(body).filter_map(|frame| {
+            std::future::ready(match frame {
+                Ok(frame) => frame.into_data().ok().map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        });
+        EventStream::new(url, bytes)
+    }
+
     /// The next event (comments and keep-alives are skipped); `None` when the stream ends.
     pub async fn next(&mut self) -> Result<Option<Event>, ClientError> {
-        loop {
-            while let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                if let Some(event) = parse_event(&block) {
-                    return Ok(Some(event));
-                }
-            }
-            match self.body.frame().await {
-                None => return Ok(None),
-                Some(Err(source)) => {
-                    return Err(ClientError::Http {
-                        url: self.url.clone(),
-                        source,
-                    })
-                }
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buffer
-                            .push_str(&String::from_utf8_lossy(&data).replace("\r\n", "\n"));
-                    }
-                }
-            }
+        match self.events.next().await {
+            None => Ok(None),
+            Some(Ok(e)) => Ok(Some(Event {
+                event: e.event,
+                data: e.data,
+            })),
+            Some(Err(EventStreamError::Transport(source))) => Err(ClientError::Http {
+                url: self.url.clone(),
+                source,
+            }),
+            Some(Err(e)) => Err(ClientError::BadAnswer {
+                url: self.url.clone(),
+                why: e.to_string(),
+            }),
         }
     }
-}
-
-fn parse_event(block: &str) -> Option<Event> {
-    let mut event = String::from("message");
-    let mut data: Vec<&str> = Vec::new();
-    for line in block.lines() {
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => event = value.to_string(),
-            "data" => data.push(value),
-            _ => {}
-        }
-    }
-    (!data.is_empty()).then(|| Event {
-        event,
-        data: data.join("\n"),
-    })
 }
 
 /// The URL of an API address; an unspecified IP is reached on loopback.
@@ -674,11 +674,23 @@ mod tests {
         assert!(op_request("[]", Some("many"), None).is_err());
     }
 
-    #[test]
-    fn parses_events() {
-        let e = parse_event("event: change\ndata: {\"a\":1}\n\n").unwrap();
-        assert_eq!(e.event, "change");
-        assert_eq!(e.data, "{\"a\":1}");
-        assert!(parse_event(": keep-alive\n\n").is_none());
+    #[tokio::test]
+    async fn parses_events_split_anywhere() {
+        let text = ": keep-alive\n\nevent: change\ndata: {\"a\":\"é€\"}\n\ndata: x\r\n\r\n";
+        let bytes = text.as_bytes();
+        // Every split point, also inside a multi-byte character.
+        for cut in 0..bytes.len() {
+            let chunks = vec![
+                Ok(Bytes::copy_from_slice(&bytes[..cut])),
+                Ok(Bytes::copy_from_slice(&bytes[cut..])),
+            ];
+            let mut events = EventStream::new("test".into(), futures_util::stream::iter(chunks));
+            let e = events.next().await.unwrap().unwrap();
+            assert_eq!(e.event, "change", "cut at {cut}");
+            assert_eq!(e.data, "{\"a\":\"é€\"}", "cut at {cut}");
+            let e = events.next().await.unwrap().unwrap();
+            assert_eq!((e.event.as_str(), e.data.as_str()), ("message", "x"));
+            assert!(events.next().await.unwrap().is_none());
+        }
     }
 }
