@@ -24,7 +24,9 @@
 //! `concordant_peer_messages_sent_total{peer}`, `concordant_peer_messages_received_total{peer}`
 //! (frame bytes and messages on the wire), `concordant_peer_dropped_messages_total{peer}`
 //! (refused by a full send queue), `concordant_peer_dial_failures_total{peer}`,
-//! `concordant_pushes_dropped_total`, `concordant_doc_loads_total`,
+//! `concordant_pushes_dropped_total`, `concordant_messages_dropped_total{kind}` (messages a
+//! full link could not take, by kind; acknowledgements among them are sent again at the
+//! next tick), `concordant_doc_loads_total`,
 //! `concordant_doc_evictions_total`, `concordant_doc_load_errors_total`,
 //! `concordant_reconcile_rounds_total`, `concordant_reconcile_messages_total`,
 //! `concordant_reconcile_bytes_total`, `concordant_repair_wants_total` (documents asked of a
@@ -409,6 +411,14 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         &[],
         c.pushes_dropped,
     );
+    for (kind, n) in &c.sends_dropped {
+        m.counter(
+            "concordant_messages_dropped_total",
+            "Messages a peer's full link could not take, by kind (acks are sent again).",
+            &[("kind", kind)],
+            *n,
+        );
+    }
     for (name, help, value) in [
         (
             "concordant_doc_loads_total",

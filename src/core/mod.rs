@@ -32,6 +32,7 @@ pub use lag::LagView;
 pub use loaded::LoadedDoc;
 pub use replica::{
     ChangeError, ClientError, CoreConfig, CoreStats, DocCounts, LocalWrite, Replica, Snapshot,
+    Unsent,
 };
 pub use router::{Flood, Router};
 

@@ -8,7 +8,7 @@ use automerge::sync;
 use serde_bytes::ByteBuf;
 
 use super::lag::Lag;
-use crate::wire::{DocChanges, Message, BATCH_BUDGET};
+use crate::wire::{Ack, DocChanges, Message, BATCH_BUDGET};
 
 /// Key of one group of outgoing changes: (document, origin, want_ack).
 type GroupKey = (String, String, bool);
@@ -38,7 +38,13 @@ pub(crate) struct Peer {
     pub(crate) since: u64,
     /// Pushes not yet confirmed, receipts owed, divergence (see `core::lag`).
     pub(crate) lag: Lag,
+    /// Acknowledgements that could not be sent, sent again at the next tick.
+    owed_acks: Vec<Ack>,
 }
+
+/// Acknowledged hashes kept for resending to one peer, at most (a peer that cannot take
+/// them for that long has its writers' write concerns time out instead).
+const OWED_ACKS: usize = 100_000;
 
 impl Peer {
     pub(crate) fn new(since: u64) -> Self {
@@ -51,6 +57,7 @@ impl Peer {
             wanted: HashSet::new(),
             since,
             lag: Lag::default(),
+            owed_acks: Vec::new(),
         }
     }
 
@@ -140,6 +147,24 @@ impl Peer {
             }
         }
         self.outbox.retain(|_, changes| !changes.is_empty());
+    }
+
+    /// Keeps acknowledgements that could not be sent, for the next tick.
+    pub(crate) fn owe_acks(&mut self, acks: Vec<Ack>) {
+        let held: usize = self.owed_acks.iter().map(|a| a.hashes.len()).sum();
+        let mut room = OWED_ACKS.saturating_sub(held);
+        for mut ack in acks {
+            ack.hashes.truncate(room);
+            room -= ack.hashes.len();
+            if !ack.hashes.is_empty() {
+                self.owed_acks.push(ack);
+            }
+        }
+    }
+
+    /// The acknowledgements owed, taken.
+    pub(crate) fn take_owed_acks(&mut self) -> Vec<Ack> {
+        std::mem::take(&mut self.owed_acks)
     }
 
     /// Queues `doc` to be asked of this peer, unless it is queued already.

@@ -88,6 +88,27 @@ impl Default for CoreConfig {
     }
 }
 
+/// What the core needs to know of a message that could not be sent: its kind, and the
+/// acknowledgements in it (to be sent again).
+#[derive(Debug)]
+pub struct Unsent {
+    kind: &'static str,
+    acks: Vec<Ack>,
+}
+
+impl Unsent {
+    /// Of `msg` (clones only acknowledgements, which are small).
+    pub fn of(msg: &Message) -> Unsent {
+        Unsent {
+            kind: msg.kind(),
+            acks: match msg {
+                Message::Ack(acks) => acks.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
 /// Counters of what the core has done; exported as metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CoreStats {
@@ -123,6 +144,9 @@ pub struct CoreStats {
     pub sync_sent: u64,
     /// Changes not pushed because a peer's queue was full.
     pub pushes_dropped: u64,
+    /// Messages that could not be queued for a peer (its link's queue was full), by kind
+    /// (`push`, `ack`, `fingerprints`, ...).
+    pub sends_dropped: BTreeMap<&'static str, u64>,
     /// Durable acknowledgements sent by this node for remote changes.
     pub acks_sent: u64,
     /// Documents read from the store into memory.
@@ -435,12 +459,21 @@ impl Replica {
         }
     }
 
-    /// A message for `peer` could not be queued: anti-entropy will repair.
-    pub fn send_failed(&mut self, peer: &str) {
-        if let Some(p) = self.peers.get_mut(peer) {
-            p.needs_reconcile = true;
+    /// A message for `peer` could not be queued (its link's queue was full): counted by
+    /// kind; acknowledgements are sent again at the next tick, and anything else is left
+    /// to the reconciliation that opens then.
+    pub fn send_failed(&mut self, peer: &str, unsent: Unsent) {
+        *self.stats.sends_dropped.entry(unsent.kind).or_default() += 1;
+        if unsent.kind == "push" {
+            self.stats.pushes_dropped += 1;
         }
-        self.stats.pushes_dropped += 1;
+        if let Some(p) = self.peers.get_mut(peer) {
+            if unsent.acks.is_empty() {
+                p.needs_reconcile = true;
+            } else {
+                p.owe_acks(unsent.acks);
+            }
+        }
     }
 
     /// The persist batch `token` is durable: acknowledge it to the peers waiting for it.
@@ -481,6 +514,13 @@ impl Replica {
         }
         self.expire_client_requests(now);
         for (id, peer) in self.peers.iter_mut() {
+            let owed = peer.take_owed_acks();
+            if !owed.is_empty() {
+                self.effects.push(Effect::Send {
+                    to: id.clone(),
+                    msg: Message::Ack(owed),
+                });
+            }
             if let Some((changes, bytes)) = peer.lag.receipt_due() {
                 self.effects.push(Effect::Send {
                     to: id.clone(),

@@ -18,7 +18,7 @@ use automerge::transaction::{Transactable, Transaction};
 use automerge::{AutoCommit, Automerge, ChangeHash, ObjType, ReadDoc, ROOT};
 use serde_bytes::ByteBuf;
 
-use super::{ClientMsg, CoreConfig, CoreError, Effect, Flood, Replica};
+use super::{ClientMsg, CoreConfig, CoreError, Effect, Flood, Replica, Unsent};
 use crate::wire::{self, DocChanges, Message};
 
 type TxResult<R> = Result<R, automerge::AutomergeError>;

@@ -16,7 +16,7 @@ use super::links::{LinkChanges, Links};
 use super::store_thread::{self, StoreDone, StoreJob};
 use super::writes::Writes;
 use super::{Ack, ClientEvent, Command, DocEvent, Error, Node, NodeConfig, NodeStatus, PeerStatus};
-use crate::core::{ChangeError, CoreConfig, Effect, Replica};
+use crate::core::{ChangeError, CoreConfig, Effect, Replica, Unsent};
 use crate::storage::Compaction;
 use crate::transport::{SendError, Transport, TransportConfig, TransportEvent};
 
@@ -489,11 +489,14 @@ impl Driver {
             }
             for effect in effects {
                 match effect {
-                    Effect::Send { to, msg } => match self.transport.send(&to, msg) {
-                        Ok(()) => {}
-                        Err(SendError::Full) => self.replica.send_failed(&to),
-                        Err(SendError::NotConnected) => {}
-                    },
+                    Effect::Send { to, msg } => {
+                        let unsent = Unsent::of(&msg);
+                        match self.transport.send(&to, msg) {
+                            Ok(()) => {}
+                            Err(SendError::Full) => self.replica.send_failed(&to, unsent),
+                            Err(SendError::NotConnected) => {}
+                        }
+                    }
                     Effect::Persist { token, docs } => {
                         if self.jobs.send(StoreJob::Append { token, docs }).is_err() {
                             self.writes

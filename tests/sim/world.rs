@@ -517,7 +517,7 @@ impl Sim {
                     self.log(|| format!("lose n{i}->n{j} {}", msg.kind()));
                     if self.rng.random_bool(0.3) {
                         if let Some(r) = self.nodes[i].replica.as_mut() {
-                            r.send_failed(&to);
+                            r.send_failed(&to, concordant::core::Unsent::of(&msg));
                         }
                     }
                     return;

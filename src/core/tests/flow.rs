@@ -154,6 +154,33 @@ fn acks_are_relayed_back_along_the_line() {
 }
 
 #[test]
+fn an_ack_that_could_not_be_sent_goes_again_at_the_next_tick() {
+    let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
+    c.auto_persist = false;
+    c.link("a", "b");
+    c.run();
+    let hash = put(c.node("a"), 10, "d", "k", 1, true);
+    c.pump("a");
+    c.run();
+    c.complete_persists();
+    // b's ack finds its link's queue full.
+    let at = c
+        .net
+        .iter()
+        .position(|(from, _, m)| from == "b" && matches!(m, Message::Ack(_)))
+        .expect("b acknowledges");
+    let (_, _, ack) = c.net.remove(at).expect("the ack");
+    c.node("b").send_failed("a", Unsent::of(&ack));
+    c.run();
+    assert!(c.acked.is_empty());
+    let stats = c.nodes["b"].stats();
+    assert_eq!(stats.sends_dropped.get("ack"), Some(&1));
+    assert_eq!(stats.pushes_dropped, 0, "an ack is not a push");
+    c.tick_all(1);
+    assert_eq!(c.acked, vec![("a".into(), "d".into(), hash, "b".into())]);
+}
+
+#[test]
 fn ack_for_a_lost_persist_token_is_never_sent() {
     let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
     c.auto_persist = false;

@@ -72,9 +72,15 @@ fn send_failed_triggers_reconciliation_on_next_tick() {
     c.link("a", "b");
     c.run();
     c.put("a", "d", "k", 1, false);
-    effects(c.node("a")); // the push could not be queued
-    c.node("a").send_failed("b");
+    // The push could not be queued.
+    let push = sends(&effects(c.node("a")))
+        .into_iter()
+        .map(|(_, m)| m)
+        .find(|m| matches!(m, Message::Push(_)))
+        .expect("a push");
+    c.node("a").send_failed("b", Unsent::of(&push));
     assert_eq!(c.nodes["a"].stats().pushes_dropped, 1);
+    assert_eq!(c.nodes["a"].stats().sends_dropped.get("push"), Some(&1));
     // Not yet periodic, yet a reconciliation opens.
     c.tick_all(1);
     assert_eq!(c.heads("a"), c.heads("b"));
@@ -208,7 +214,7 @@ fn lost_sync_message_does_not_wedge_the_session() {
         if let Message::Sync { data, .. } = &msg {
             let sync = automerge::sync::Message::decode(data).unwrap();
             if from == "a" && !sync.changes.is_empty() {
-                c.node("a").send_failed("b");
+                c.node("a").send_failed("b", Unsent::of(&msg));
                 break;
             }
         }
