@@ -319,6 +319,7 @@ impl Driver {
                             let deadline = now.saturating_add(timeout.as_millis() as u64);
                             self.writes.wait(
                                 token,
+                                &doc,
                                 hash,
                                 w.heads,
                                 ack,
@@ -503,7 +504,7 @@ impl Driver {
                                 .persisted(token, &Err("the storage thread has stopped".into()));
                         }
                     }
-                    Effect::Acked { hash, by, .. } => self.writes.acked(&hash, &by),
+                    Effect::Acked { doc, hash, by } => self.writes.acked(&doc, &hash, &by),
                     Effect::Client { client, msg } => self.send_client(client, msg),
                     Effect::Notify { doc, heads } => {
                         if let Some(s) = self.subscribers.get(&doc) {

@@ -12,6 +12,8 @@ use super::{Ack, WriteOutcome};
 struct Waiting {
     /// The persist batch that holds its change.
     token: u64,
+    /// Its document (an acknowledgement names the document too).
+    doc: String,
     need: usize,
     durable: bool,
     acked_by: BTreeSet<String>,
@@ -50,6 +52,7 @@ impl Writes {
     pub(crate) fn wait(
         &mut self,
         token: u64,
+        doc: &str,
         hash: ChangeHash,
         heads: Vec<ChangeHash>,
         ack: Ack,
@@ -65,6 +68,7 @@ impl Writes {
         self.by_token.entry(token).or_default().push(hash);
         self.by_hash.entry(hash).or_default().push(Waiting {
             token,
+            doc: doc.to_string(),
             need,
             durable: false,
             acked_by: BTreeSet::new(),
@@ -116,12 +120,12 @@ impl Writes {
         }
     }
 
-    /// Peer `by` has the change durably.
-    pub(crate) fn acked(&mut self, hash: &ChangeHash, by: &str) {
+    /// Peer `by` has the change of `doc` durably.
+    pub(crate) fn acked(&mut self, doc: &str, hash: &ChangeHash, by: &str) {
         let Some(waiting) = self.by_hash.get_mut(hash) else {
             return;
         };
-        for w in waiting.iter_mut() {
+        for w in waiting.iter_mut().filter(|w| w.doc == doc) {
             w.acked_by.insert(by.to_string());
         }
         let (done, rest): (Vec<Waiting>, Vec<Waiting>) = waiting.drain(..).partition(Waiting::done);
@@ -179,16 +183,22 @@ mod tests {
         let mut writes = Writes::default();
         let (tx1, mut rx1) = oneshot::channel();
         let (tx2, mut rx2) = oneshot::channel();
-        writes.wait(1, hash, vec![hash], Ack::Local, 2, 1_000, tx1);
-        writes.wait(2, hash, vec![hash], Ack::Peers(1), 2, 1_000, tx2);
-        assert_eq!(writes.len(), 2);
+        let (tx3, mut rx3) = oneshot::channel();
+        writes.wait(1, "a", hash, vec![hash], Ack::Local, 2, 1_000, tx1);
+        writes.wait(2, "b", hash, vec![hash], Ack::Peers(1), 2, 1_000, tx2);
+        writes.wait(2, "c", hash, vec![hash], Ack::Peers(1), 2, 1_000, tx3);
+        assert_eq!(writes.len(), 3);
         writes.persisted(1, &Ok(()));
         assert_eq!(outcome(&mut rx1), Some("done"));
         assert_eq!(outcome(&mut rx2), None);
         writes.persisted(2, &Ok(()));
         assert_eq!(outcome(&mut rx2), None, "it also waits for a peer");
-        writes.acked(&hash, "n2");
+        // An acknowledgement counts for the document it names only.
+        writes.acked("b", &hash, "n2");
         assert_eq!(outcome(&mut rx2), Some("done"));
+        assert_eq!(outcome(&mut rx3), None);
+        writes.acked("c", &hash, "n3");
+        assert_eq!(outcome(&mut rx3), Some("done"));
         assert_eq!(writes.len(), 0);
     }
 
@@ -197,7 +207,7 @@ mod tests {
         let hash = ChangeHash([8; 32]);
         let mut writes = Writes::default();
         let (tx, mut rx) = oneshot::channel();
-        writes.wait(1, hash, vec![hash], Ack::All, 2, 50, tx);
+        writes.wait(1, "a", hash, vec![hash], Ack::All, 2, 50, tx);
         writes.expire(100);
         assert_eq!(outcome(&mut rx), None, "not durable yet");
         writes.persisted(1, &Ok(()));
