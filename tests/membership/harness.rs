@@ -412,6 +412,15 @@ impl Nodes {
     }
 }
 
+/// The document ids of a `GET /v1/docs` listing.
+pub(crate) fn doc_ids(list: &Value) -> impl Iterator<Item = &str> {
+    list.as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+}
+
 /// The live node ids of a `/v1/topology` answer, in ring order.
 pub(crate) fn ids_of(t: &Value) -> Vec<String> {
     t["nodes"]
@@ -584,13 +593,7 @@ pub(crate) async fn add_and_join(
         // document's JSON) is read only once they are all there.
         if all_docs.is_none() {
             if let Ok(list) = access.docs().await {
-                let held: BTreeSet<&str> = list
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[])
-                    .iter()
-                    .filter_map(|d| d["id"].as_str())
-                    .collect();
+                let held: BTreeSet<&str> = doc_ids(&list).collect();
                 if want.is_subset(&held) {
                     all_docs = Some(t0.elapsed());
                 }
@@ -732,13 +735,7 @@ pub(crate) async fn assert_isolated(nodes: &Nodes, removed: &str, live: &[&str],
     eprintln!("a write at the removed {removed} ({tag}): {took:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let docs = nodes.access(removed).docs().await.expect("docs");
-    let held: Vec<&str> = docs
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-        .iter()
-        .filter_map(|d| d["id"].as_str())
-        .collect();
+    let held: Vec<&str> = doc_ids(&docs).collect();
     assert!(
         !held.contains(&fresh.as_str()),
         "the removed {removed} received {fresh}, written after its removal"
