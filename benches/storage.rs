@@ -58,7 +58,7 @@ fn redb(c: &mut Criterion) {
     g.bench_function("commit 1 change", |b| {
         b.iter_batched(
             || single_batch(&change),
-            |batch| store.append(batch).expect("commits"),
+            |batch| store.append(&batch).expect("commits"),
             BatchSize::SmallInput,
         )
     });
@@ -66,7 +66,7 @@ fn redb(c: &mut Criterion) {
     g.bench_function("group commit of 100 changes over 10 docs", |b| {
         b.iter_batched(
             || group_batch(&change),
-            |batch| store.append(batch).expect("commits"),
+            |batch| store.append(&batch).expect("commits"),
             BatchSize::SmallInput,
         )
     });
@@ -85,7 +85,7 @@ fn memory(c: &mut Criterion) {
         b.iter_batched(
             || (MemoryStore::new(), single_batch(&change)),
             |(mut store, batch)| {
-                store.append(batch).expect("commits");
+                store.append(&batch).expect("commits");
                 store
             },
             BatchSize::SmallInput,
@@ -96,7 +96,7 @@ fn memory(c: &mut Criterion) {
         b.iter_batched(
             || (MemoryStore::new(), group_batch(&change)),
             |(mut store, batch)| {
-                store.append(batch).expect("commits");
+                store.append(&batch).expect("commits");
                 store
             },
             BatchSize::SmallInput,

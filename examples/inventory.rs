@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, AutomergeError, ReadDoc, ScalarValue, ROOT};
-use concordant::certs::test_identities;
+use concordant::certs::in_memory_identities;
 use concordant::config::TopologyKind;
 use concordant::topology::Topology;
 use concordant::{Node, NodeBuilder};
@@ -76,7 +76,7 @@ fn sale(shop: usize, k: usize) -> (&'static str, i64) {
 
 /// Runs the scenario; returns every product's counts, or an error if any count is wrong.
 pub async fn run() -> anyhow::Result<Vec<Count>> {
-    let identities = test_identities("inventory", &SHOPS)?;
+    let identities = in_memory_identities("inventory", &SHOPS)?;
     let mesh = Topology::new(
         TopologyKind::Mesh,
         SHOPS.iter().map(|s| s.to_string()).collect(),

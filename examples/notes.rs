@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use automerge::transaction::Transactable;
 use automerge::{AutomergeError, ObjId, ObjType, ReadDoc, Value, ROOT};
-use concordant::certs::test_identities;
+use concordant::certs::in_memory_identities;
 use concordant::config::TopologyKind;
 use concordant::topology::Topology;
 use concordant::{Node, NodeBuilder};
@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
 /// Runs the scenario with `edits` edits per node; returns the merged text (the same on every
 /// node), or an error if the replicas differ.
 pub async fn run(seed: u64, edits: usize) -> anyhow::Result<String> {
-    let identities = test_identities("notes", &EDITORS)?;
+    let identities = in_memory_identities("notes", &EDITORS)?;
     let ids = EDITORS.iter().map(|s| s.to_string()).collect();
     let mesh = Topology::new(TopologyKind::Mesh, ids, Vec::new());
     let mut nodes = Vec::new();

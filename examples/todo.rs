@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use automerge::transaction::Transactable;
 use automerge::{Automerge, AutomergeError, ObjType, ReadDoc, Value, ROOT};
-use concordant::certs::test_identities;
+use concordant::certs::in_memory_identities;
 use concordant::config::{RingDirection, TopologyKind};
 use concordant::topology::Topology;
 use concordant::{Node, NodeBuilder};
@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
 /// error if the replicas did not end identical.
 pub async fn run() -> anyhow::Result<Vec<Todo>> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let identities = test_identities("todo", &IDS)?;
+    let identities = in_memory_identities("todo", &IDS)?;
     let ring = Topology::new(
         TopologyKind::Ring(RingDirection::Both),
         IDS.iter().map(|s| s.to_string()).collect(),

@@ -376,8 +376,10 @@ fn build_identity(
     Ok(TlsIdentity { ca, chain, key })
 }
 
-/// A fresh CA and one identity per id, all in memory: for tests and the demo.
-pub fn test_identities(cluster: &str, ids: &[&str]) -> Result<Vec<TlsIdentity>, CertError> {
+/// A fresh cluster CA and one identity per id, all in memory and never written: for a
+/// cluster that lives in one process ([`crate::local::LocalCluster`]: the demo and the
+/// benchmark; tests and examples). A real cluster's files come from `concordant init`.
+pub fn in_memory_identities(cluster: &str, ids: &[&str]) -> Result<Vec<TlsIdentity>, CertError> {
     let ca = generate_ca(cluster)?;
     ids.iter()
         .map(|id| {
@@ -410,7 +412,7 @@ mod tests {
 
     #[test]
     fn generated_identities_parse_and_match_their_ids() {
-        let ids = test_identities("demo", &["n1", "n2", "node_3"]).unwrap();
+        let ids = in_memory_identities("demo", &["n1", "n2", "node_3"]).unwrap();
         assert_eq!(ids.len(), 3);
         for (identity, id) in ids.iter().zip(["n1", "n2", "node_3"]) {
             assert_eq!(identity.chain.len(), 1);
@@ -442,7 +444,7 @@ mod tests {
             "A_b-9",
             long.as_str(),
         ];
-        let ids = test_identities("odd", &odd).unwrap();
+        let ids = in_memory_identities("odd", &odd).unwrap();
         for (identity, id) in ids.iter().zip(odd) {
             assert!(cert_node_id_matches(&identity.chain[0], id), "{id}");
             node_server_name(id).unwrap();
@@ -616,7 +618,7 @@ mod tests {
 
     #[test]
     fn mutual_tls_handshake_with_generated_identities() {
-        let ids = test_identities("demo", &["n1", "n2"]).unwrap();
+        let ids = in_memory_identities("demo", &["n1", "n2"]).unwrap();
         let s = handshake(client_config(&ids[0]), server_config(&ids[1]), "n2").unwrap();
         let peer = s.peer_certificates().unwrap();
         assert!(cert_node_id_matches(&peer[0], "n1"));
@@ -624,7 +626,7 @@ mod tests {
         // The client checks the server name: n2's certificate is not valid for n3.
         assert!(handshake(client_config(&ids[0]), server_config(&ids[1]), "n3").is_err());
         // A client of another cluster CA is refused.
-        let other = test_identities("other", &["n1"]).unwrap();
+        let other = in_memory_identities("other", &["n1"]).unwrap();
         let mut mixed = other[0].clone();
         mixed.ca = ids[0].ca.clone();
         assert!(handshake(client_config(&mixed), server_config(&ids[1]), "n2").is_err());

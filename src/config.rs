@@ -73,6 +73,9 @@ pub struct Tuning {
     /// Messages queued for one client; a client that falls this far behind is disconnected
     /// (it syncs again when it reconnects) rather than slow the node (default 1024).
     pub sync_client_queue: usize,
+    /// Offer compression on peer links (default true): a link is one deflate stream per
+    /// direction when both of its nodes offer it (about half the bytes per write).
+    pub compress_links: bool,
 }
 
 impl Default for Tuning {
@@ -92,6 +95,7 @@ impl Default for Tuning {
             sync_clients: 10_000,
             sync_message_bytes: 32 << 20,
             sync_client_queue: 1024,
+            compress_links: true,
         }
     }
 }

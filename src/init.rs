@@ -263,6 +263,7 @@ fn cluster_toml(opts: &InitOptions, cluster: &str, ids: &[String], token: &str) 
     ] {
         let _ = writeln!(out, "# {name} = {value}");
     }
+    let _ = writeln!(out, "# compress_links = {}", t.compress_links);
     out
 }
 

@@ -17,7 +17,8 @@
 //!   document from any thread, and an in-memory store for tests and simulation.
 //! - [`ops`] and [`json`]: the JSON operations of the HTTP API and documents as JSON.
 //! - [`demo`]: `concordant demo`, a local cluster showing failure and catch-up.
-//! - [`node`]: the driver joining core, transport and storage; the embeddable [`Node`].
+//! - [`node`]: the driver joining core, transport and storage; the embeddable [`Node`];
+//!   what a node does when its storage fails or falls behind (`node/driver/storage.rs`).
 //! - [`local`]: a local cluster of N nodes in one process (demo, bench, experiments).
 //! - [`membership`]: the live topology every node holds and gossips (a state-based CRDT:
 //!   nodes added and removed while the cluster runs, links, ring order, version, digest).

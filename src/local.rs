@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::certs::{test_identities, TlsIdentity};
+use crate::certs::{in_memory_identities, TlsIdentity};
 use crate::config::{TopologyKind, Tuning};
 use crate::node::{Error, Node, NodeBuilder};
 use crate::topology::Topology;
@@ -63,8 +63,8 @@ impl LocalCluster {
     ) -> Result<LocalCluster, LocalError> {
         let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let identities =
-            test_identities(cluster, &id_refs).map_err(|e| LocalError::Setup(e.to_string()))?;
+        let identities = in_memory_identities(cluster, &id_refs)
+            .map_err(|e| LocalError::Setup(e.to_string()))?;
         let dir = tempfile::tempdir().map_err(|e| LocalError::Setup(e.to_string()))?;
         let topology = Topology::new(kind, ids.clone(), links);
         let any = SocketAddr::from(([127, 0, 0, 1], 0));

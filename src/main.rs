@@ -256,6 +256,9 @@ struct BenchArgs {
     /// Period of the nodes' anti-entropy (reconciliation with each neighbour), ms.
     #[arg(long, default_value_t = 5_000)]
     anti_entropy_ms: u64,
+    /// Peer links uncompressed (`[tuning] compress_links = false`), to compare.
+    #[arg(long, conflicts_with = "sweep")]
+    no_compress: bool,
     /// Print one last line of JSON with the results (with --sweep: one JSON array).
     #[arg(long)]
     json: bool,
@@ -496,6 +499,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 preload: args.preload,
                 idle_secs: args.idle_secs,
                 anti_entropy_ms: args.anti_entropy_ms,
+                compress_links: !args.no_compress,
                 preload_exe: Some(std::env::current_exe().context("cannot find this executable")?),
             };
             let report = runtime.block_on(concordant::bench::run(&opts))?;

@@ -1,10 +1,17 @@
 //! The wire protocol: the one place that knows how messages between peers look on the wire.
 //!
-//! A frame is a 4-byte big-endian payload length followed by the payload. The payload's
-//! first byte is the protocol version ([`PROTOCOL_VERSION`]); the rest is the bincode 2
-//! (serde, standard config) encoding of a [`Message`]. A payload is never larger than
-//! [`MAX_FRAME`]: the length is checked before anything is allocated, and bincode decodes
-//! with the same limit, so hostile bytes cannot make a node allocate more than that.
+//! A message is one or more frames. A frame is a 4-byte big-endian header followed by up to
+//! [`MAX_FRAME`] bytes: the header's low 31 bits are the frame's length and its top bit
+//! ([`MORE`]) says that the message continues in the next frame. The concatenated frames'
+//! bytes (the payload) are the protocol version ([`PROTOCOL_VERSION`]) followed by the
+//! bincode 2 (serde, standard config) encoding of a [`Message`]. Small messages are one
+//! frame; a large one (a big document's changes or sync message) is cut into frames of
+//! [`MAX_FRAME`] bytes, up to [`MAX_MESSAGE`] in all. Lengths are checked before anything is
+//! allocated and buffers grow only with bytes that arrive, so hostile bytes cannot make a
+//! node allocate more than they send, and never more than [`MAX_MESSAGE`] per message.
+//!
+//! After the Hellos, a connection's frames may be compressed as one deflate stream per
+//! direction (see `transport`); that is below this format and invisible here.
 //!
 //! This module owns encoding and decoding only. It does not touch sockets (see `transport`)
 //! nor decide what to send (see `core`).
@@ -13,16 +20,28 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Version of the peer protocol; also part of the QUIC ALPN.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// ALPN protocol id negotiated by QUIC; a peer speaking another version fails the handshake.
-pub const ALPN: &[u8] = b"concordant/4";
+pub const ALPN: &[u8] = b"concordant/5";
 
-/// Largest payload accepted or produced, in bytes.
+/// Largest frame, in bytes after its header.
 pub const MAX_FRAME: usize = 32 * 1024 * 1024;
 
-/// Size of the length prefix of every frame.
+/// Largest message (payload of all its frames together) accepted or produced, in bytes. A
+/// message above it (a document change or sync message this large) is refused by the
+/// sender, which reports it; see [`WireError::TooLarge`].
+pub const MAX_MESSAGE: usize = 512 * 1024 * 1024;
+
+/// Size of the header of every frame.
 pub const HEADER_LEN: usize = 4;
+
+/// The header bit saying that the message continues in the next frame.
+pub const MORE: u32 = 1 << 31;
+
+/// The name of the one compression a [`Hello`] can offer today: a deflate stream per
+/// direction, flushed after every batch of frames.
+pub const DEFLATE: &str = "deflate";
 
 /// What the core aims for when it packs changes into one message: well under [`MAX_FRAME`]
 /// so that framing and per-item overhead never push a batch over the limit.
@@ -31,15 +50,18 @@ pub const BATCH_BUDGET: usize = MAX_FRAME / 4;
 /// Errors from decoding or encoding a frame. None of them leaves any state behind.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    /// The length prefix announces a payload over [`MAX_FRAME`]; the frame is refused unread.
-    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    /// A frame header announces more than [`MAX_FRAME`] bytes, or a message's frames add up
+    /// to more than [`MAX_MESSAGE`] (received or to be sent); refused before it is read.
+    #[error("{what} of {len} bytes exceeds the maximum of {max} bytes")]
     TooLarge {
-        /// Announced or produced payload length.
+        /// "frame" or "message".
+        what: &'static str,
+        /// Announced or produced length.
         len: usize,
-        /// The limit, [`MAX_FRAME`].
+        /// The limit, [`MAX_FRAME`] or [`MAX_MESSAGE`].
         max: usize,
     },
-    /// A payload of length zero carries no version byte.
+    /// A frame of length zero.
     #[error("empty frame")]
     Empty,
     /// The version byte is not one this build speaks.
@@ -69,6 +91,9 @@ pub struct Hello {
     pub node: String,
     /// The sender's [`PROTOCOL_VERSION`].
     pub version: u8,
+    /// Compressions the sender can read and write, preferred first (today only
+    /// [`DEFLATE`], or none). Both directions are compressed when both Hellos offer it.
+    pub compression: Vec<String>,
 }
 
 /// Changes of one document that originated at one node, pushed to a neighbour.
@@ -222,34 +247,80 @@ impl Message {
     }
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_FRAME>()
+impl Message {
+    /// The documents whose contents this message carries (changes or sync data), to name
+    /// them when it cannot be sent.
+    pub fn docs(&self) -> Vec<String> {
+        match self {
+            Message::Push(batches) => batches.iter().map(|b| b.doc.clone()).collect(),
+            Message::Sync { doc, .. } => vec![doc.clone()],
+            Message::Ephemeral(e) => vec![e.doc.clone()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Bytes of document data the message carries; its encoding is a little larger.
+    fn bulk_len(&self) -> usize {
+        match self {
+            Message::Push(batches) => batches
+                .iter()
+                .flat_map(|b| b.changes.iter())
+                .map(|c| c.len())
+                .sum(),
+            Message::Sync { data, .. } => data.len(),
+            Message::Ephemeral(e) => e.data.len(),
+            _ => 0,
+        }
+    }
 }
 
-/// Encodes `msg` as a complete frame (length prefix included).
+/// Checks that `msg` can be sent (its payload is at most [`MAX_MESSAGE`]), cheaply for the
+/// messages far below the limit.
+pub fn check_fits(msg: &Message) -> Result<(), WireError> {
+    if msg.bulk_len() < MAX_MESSAGE / 2 {
+        // The rest of a message is small next to its document data.
+        return Ok(());
+    }
+    check_message_len(0, payload_len(msg))
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_MESSAGE>()
+}
+
+fn too_large(what: &'static str, len: usize, max: usize) -> WireError {
+    WireError::TooLarge { what, len, max }
+}
+
+/// Encodes `msg` as a complete message: one frame, or several if it is over [`MAX_FRAME`].
 pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
     let mut out = vec![0u8; HEADER_LEN];
     out.push(PROTOCOL_VERSION);
     bincode::serde::encode_into_std_write(msg, &mut out, config())
         .map_err(|e| WireError::Encode(e.to_string()))?;
     let len = out.len() - HEADER_LEN;
-    if len > MAX_FRAME {
-        return Err(WireError::TooLarge {
-            len,
-            max: MAX_FRAME,
-        });
+    if len > MAX_MESSAGE {
+        return Err(too_large("message", len, MAX_MESSAGE));
     }
-    let len32 = u32::try_from(len).map_err(|_| WireError::TooLarge {
-        len,
-        max: MAX_FRAME,
-    })?;
-    out[..HEADER_LEN].copy_from_slice(&len32.to_be_bytes());
-    Ok(out)
+    if len <= MAX_FRAME {
+        out[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        return Ok(out);
+    }
+    let payload = &out[HEADER_LEN..];
+    let frames = payload.len().div_ceil(MAX_FRAME);
+    let mut framed = Vec::with_capacity(payload.len() + frames * HEADER_LEN);
+    let mut chunks = payload.chunks(MAX_FRAME).peekable();
+    while let Some(chunk) = chunks.next() {
+        let more = if chunks.peek().is_some() { MORE } else { 0 };
+        framed.extend_from_slice(&(chunk.len() as u32 | more).to_be_bytes());
+        framed.extend_from_slice(chunk);
+    }
+    Ok(framed)
 }
 
-/// The size of `msg`'s encoded frame in bytes (length prefix included), without encoding it
-/// into memory.
-pub fn encoded_len(msg: &Message) -> usize {
+/// The size of `msg`'s encoded payload (all its frames, without their headers), without
+/// encoding it into memory.
+pub fn payload_len(msg: &Message) -> usize {
     struct Count(usize);
     impl bincode::enc::write::Writer for Count {
         fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
@@ -257,34 +328,56 @@ pub fn encoded_len(msg: &Message) -> usize {
             Ok(())
         }
     }
-    let mut count = Count(HEADER_LEN + 1);
+    let mut count = Count(1);
     let _ = bincode::serde::encode_into_writer(msg, &mut count, config());
     count.0
 }
 
-/// Reads a length prefix and checks it against [`MAX_FRAME`] before anything is allocated.
-pub fn frame_len(header: [u8; HEADER_LEN]) -> Result<usize, WireError> {
-    let len = u32::from_be_bytes(header) as usize;
+/// The size of `msg`'s encoded frames in bytes (headers included), without encoding it
+/// into memory.
+pub fn encoded_len(msg: &Message) -> usize {
+    let payload = payload_len(msg);
+    payload + payload.div_ceil(MAX_FRAME).max(1) * HEADER_LEN
+}
+
+/// A frame header, read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    /// Bytes of the frame after its header, 1 to [`MAX_FRAME`].
+    pub len: usize,
+    /// The message continues in the next frame.
+    pub more: bool,
+}
+
+/// Reads a frame header and checks its length against [`MAX_FRAME`] before anything is
+/// allocated.
+pub fn frame_head(header: [u8; HEADER_LEN]) -> Result<FrameHead, WireError> {
+    let raw = u32::from_be_bytes(header);
+    let len = (raw & !MORE) as usize;
     if len > MAX_FRAME {
-        return Err(WireError::TooLarge {
-            len,
-            max: MAX_FRAME,
-        });
+        return Err(too_large("frame", len, MAX_FRAME));
     }
     if len == 0 {
         return Err(WireError::Empty);
     }
-    Ok(len)
+    Ok(FrameHead {
+        len,
+        more: raw & MORE != 0,
+    })
 }
 
-/// Decodes one payload (the bytes after the length prefix).
-pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
-    if payload.len() > MAX_FRAME {
-        return Err(WireError::TooLarge {
-            len: payload.len(),
-            max: MAX_FRAME,
-        });
+/// Checks that a message whose frames so far hold `so_far` bytes may take `next` more.
+pub fn check_message_len(so_far: usize, next: usize) -> Result<(), WireError> {
+    let len = so_far.saturating_add(next);
+    if len > MAX_MESSAGE {
+        return Err(too_large("message", len, MAX_MESSAGE));
     }
+    Ok(())
+}
+
+/// Decodes one payload (the bytes of a message's frames after their headers).
+pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
+    check_message_len(0, payload.len())?;
     let (&version, body) = payload.split_first().ok_or(WireError::Empty)?;
     if version != PROTOCOL_VERSION {
         return Err(WireError::UnknownVersion { found: version });
@@ -297,19 +390,32 @@ pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
     Ok(msg)
 }
 
-/// Decodes the first complete frame of `buf`: `Ok(None)` if more bytes are needed,
-/// otherwise the message and how many bytes of `buf` it used.
+/// Decodes the first complete message of `buf`: `Ok(None)` if more bytes are needed,
+/// otherwise the message and how many bytes of `buf` its frames used.
 pub fn decode_frame(buf: &[u8]) -> Result<Option<(Message, usize)>, WireError> {
-    let Some(header) = buf.get(..HEADER_LEN) else {
-        return Ok(None);
-    };
-    let mut h = [0u8; HEADER_LEN];
-    h.copy_from_slice(header);
-    let len = frame_len(h)?;
-    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
-        return Ok(None);
-    };
-    Ok(Some((decode_payload(payload)?, HEADER_LEN + len)))
+    let mut at = 0;
+    let mut joined: Vec<u8> = Vec::new();
+    loop {
+        let Some(header) = buf.get(at..at + HEADER_LEN) else {
+            return Ok(None);
+        };
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(header);
+        let head = frame_head(h)?;
+        check_message_len(joined.len(), head.len)?;
+        let start = at + HEADER_LEN;
+        let Some(body) = buf.get(start..start + head.len) else {
+            return Ok(None);
+        };
+        at = start + head.len;
+        if !head.more && joined.is_empty() {
+            return Ok(Some((decode_payload(body)?, at)));
+        }
+        joined.extend_from_slice(body);
+        if !head.more {
+            return Ok(Some((decode_payload(&joined)?, at)));
+        }
+    }
 }
 
 /// A stable 64-bit digest of a document's heads (order-independent), for anti-entropy.
@@ -338,6 +444,7 @@ mod tests {
                 cluster: "demo".into(),
                 node: "n1".into(),
                 version: PROTOCOL_VERSION,
+                compression: vec![DEFLATE.into()],
             }),
             Message::Push(vec![DocChanges {
                 doc: "d".into(),
@@ -413,15 +520,73 @@ mod tests {
 
     #[test]
     fn oversized_length_is_refused_before_reading() {
-        let header = ((MAX_FRAME as u32) + 1).to_be_bytes();
-        assert!(matches!(frame_len(header), Err(WireError::TooLarge { .. })));
-        let mut buf = header.to_vec();
-        buf.extend_from_slice(&[0; 16]);
+        for raw in [MAX_FRAME as u32 + 1, (MAX_FRAME as u32 + 1) | MORE] {
+            let header = raw.to_be_bytes();
+            assert!(matches!(
+                frame_head(header),
+                Err(WireError::TooLarge { .. })
+            ));
+            let mut buf = header.to_vec();
+            buf.extend_from_slice(&[0; 16]);
+            assert!(matches!(
+                decode_frame(&buf),
+                Err(WireError::TooLarge { .. })
+            ));
+        }
+        assert!(matches!(frame_head([0; 4]), Err(WireError::Empty)));
         assert!(matches!(
-            decode_frame(&buf),
-            Err(WireError::TooLarge { .. })
+            frame_head(MORE.to_be_bytes()),
+            Err(WireError::Empty)
         ));
-        assert!(matches!(frame_len([0; 4]), Err(WireError::Empty)));
+    }
+
+    #[test]
+    fn a_message_over_one_frame_is_cut_into_frames_and_joined_again() {
+        let msg = Message::Sync {
+            doc: "big".into(),
+            data: ByteBuf::from(vec![7u8; MAX_FRAME + MAX_FRAME / 2]),
+        };
+        let bytes = encode(&msg).unwrap();
+        assert_eq!(bytes.len(), encoded_len(&msg));
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(&bytes[..HEADER_LEN]);
+        assert_eq!(
+            frame_head(h).unwrap(),
+            FrameHead {
+                len: MAX_FRAME,
+                more: true
+            }
+        );
+        // Every prefix asks for more; the whole decodes, with what follows left alone.
+        for cut in [
+            0,
+            HEADER_LEN,
+            MAX_FRAME,
+            MAX_FRAME + HEADER_LEN + 1,
+            bytes.len() - 1,
+        ] {
+            assert!(
+                decode_frame(&bytes[..cut]).unwrap().is_none(),
+                "cut at {cut}"
+            );
+        }
+        let mut stream = bytes.clone();
+        stream.extend_from_slice(&encode(&sample()[0]).unwrap());
+        let (back, used) = decode_frame(&stream).unwrap().unwrap();
+        assert_eq!(back, msg);
+        assert_eq!(used, bytes.len());
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_refused() {
+        assert!(check_message_len(MAX_MESSAGE - 10, 10).is_ok());
+        assert!(matches!(
+            check_message_len(MAX_MESSAGE - 10, 11),
+            Err(WireError::TooLarge {
+                what: "message",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, ReadDoc, ROOT};
 use concordant::api::{self, ApiOptions};
-use concordant::certs::test_identities;
+use concordant::certs::in_memory_identities;
 use concordant::client::{doc_path, Answer, Client};
 use concordant::config::{TopologyKind, Tuning};
 use concordant::topology::Topology;
@@ -49,7 +49,7 @@ async fn cluster(n: usize, token: Option<&str>) -> Vec<TestNode> {
 async fn cluster_with(n: usize, options: ApiOptions) -> Vec<TestNode> {
     let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let identities = test_identities("apitest", &refs).unwrap();
+    let identities = in_memory_identities("apitest", &refs).unwrap();
     let topology = Topology::new(TopologyKind::Mesh, ids.clone(), Vec::new());
     let tuning = Tuning {
         tick_ms: 20,

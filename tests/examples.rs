@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use concordant::certs::test_identities;
+use concordant::certs::in_memory_identities;
 use concordant::config::TopologyKind;
 use concordant::topology::Topology;
 use concordant::{Node, NodeBuilder};
@@ -127,7 +127,7 @@ async fn kv_service(node: &Node) -> BufReader<TcpStream> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_kv_serves_and_replicates() {
     let ids = ["n1", "n2"];
-    let identities = test_identities("kv", &ids).expect("identities");
+    let identities = in_memory_identities("kv", &ids).expect("identities");
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let mesh = Topology::new(
         TopologyKind::Mesh,

@@ -122,7 +122,7 @@ fn child_loop(dir: &Path, compact_every: Option<usize>) {
                 heads,
             });
         }
-        store.append(batch.clone()).expect("append");
+        store.append(&batch).expect("append");
         for DocAppend { doc, changes, .. } in batch {
             let n = next[&doc];
             let log = &mut state.entry(doc.clone()).or_default().1;

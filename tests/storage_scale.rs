@@ -71,8 +71,8 @@ fn fill(dir: &Path, n: usize) {
                 changes: vec![change(i)],
                 heads: vec![head(i)],
             })
-            .collect();
-        store.append(batch).expect("append");
+            .collect::<Vec<_>>();
+        store.append(&batch).expect("append");
     }
     let took = started.elapsed();
     println!(
@@ -204,7 +204,7 @@ fn scale() {
             changes: vec![change(i)],
             heads: vec![head(i)],
         };
-        store.append(vec![doc]).expect("append");
+        store.append(&[doc]).expect("append");
     }
     println!(
         "append: {:.2} ms per one-change commit",
@@ -226,7 +226,7 @@ fn scale_unclean_open() {
             changes: vec![change(0)],
             heads: vec![head(0)],
         };
-        store.append(vec![doc]).expect("append");
+        store.append(&[doc]).expect("append");
         std::process::abort();
     }
     let status = std::process::Command::new(std::env::current_exe().expect("exe"))

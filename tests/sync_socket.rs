@@ -8,7 +8,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT};
 use concordant::api::{self, ApiOptions};
-use concordant::certs::test_identities;
+use concordant::certs::in_memory_identities;
 use concordant::config::TopologyKind;
 use concordant::sync::codec::{self, PeerMetadata, RepoMessage};
 use concordant::sync::SyncOptions;
@@ -26,7 +26,7 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// One node with its API on 127.0.0.1:0; returns the node and the API's address.
 async fn node(max_clients: usize) -> (Node, String) {
-    let identities = test_identities("synctest", &["n1"]).unwrap();
+    let identities = in_memory_identities("synctest", &["n1"]).unwrap();
     let topology = Topology::new(TopologyKind::Mesh, vec!["n1".into()], Vec::new());
     let node = NodeBuilder::new("n1", "synctest", identities.into_iter().next().unwrap())
         .topology(topology)

@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use concordant::certs::{node_dns_name, test_identities, TlsIdentity};
+use concordant::certs::{in_memory_identities, node_dns_name, TlsIdentity};
 use concordant::transport::tls::{client_config, Timing};
 use concordant::transport::{
     code, SendError, Transport, TransportConfig, TransportError, TransportEvent, TransportStats,
@@ -156,7 +156,7 @@ fn no_link_events(events: &[TransportEvent]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_exchange_messages_in_order() {
-    let ids = test_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
     let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
     let mut b = start("n2", &ids[1], &["n1", "n2"]).await;
     assert_eq!(a.t.send("n2", msg(0)), Err(SendError::NotConnected));
@@ -189,7 +189,7 @@ async fn two_nodes_exchange_messages_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_that_are_not_dns_names_work() {
-    let ids = test_identities(CLUSTER, &["7", "-x_"]).unwrap();
+    let ids = in_memory_identities(CLUSTER, &["7", "-x_"]).unwrap();
     let mut a = start("7", &ids[0], &["7", "-x_"]).await;
     let mut b = start("-x_", &ids[1], &["7", "-x_"]).await;
     a.t.connect("-x_", b.t.local_addr());
@@ -203,7 +203,7 @@ async fn ids_that_are_not_dns_names_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_node_is_redialed_on_the_same_port() {
-    let ids = test_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
     let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
     let b = start("n2", &ids[1], &["n1", "n2"]).await;
     let addr = b.t.local_addr();
@@ -244,8 +244,8 @@ async fn restarted_node_is_redialed_on_the_same_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_with_a_certificate_from_another_ca_is_refused() {
-    let ids = test_identities(CLUSTER, &["n1", "n2"]).unwrap();
-    let foreign = test_identities(CLUSTER, &["n2"]).unwrap();
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    let foreign = in_memory_identities(CLUSTER, &["n2"]).unwrap();
     let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
     let mut intruder = start("n2", &foreign[0], &["n1", "n2"]).await;
     intruder.t.connect("n1", a.t.local_addr());
@@ -268,7 +268,7 @@ async fn peer_with_a_certificate_from_another_ca_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_that_is_not_a_member_is_refused() {
-    let ids = test_identities(CLUSTER, &["n1", "n2", "n3"]).unwrap();
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2", "n3"]).unwrap();
     let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
     let mut c = start("n3", &ids[2], &["n1", "n3"]).await;
     c.t.connect("n1", a.t.local_addr());
@@ -290,7 +290,7 @@ async fn peer_that_is_not_a_member_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_of_another_cluster_is_refused() {
-    let ids = test_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
     let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
     let mut other = start_cfg(config("other", "n2", ids[1].clone(), &["n1", "n2"]), 64).await;
     other.t.connect("n1", a.t.local_addr());
@@ -333,11 +333,13 @@ async fn raw_client(
     (ep, conn)
 }
 
+/// A Hello offering no compression: the raw test peers write plain frames.
 fn hello(cluster: &str, node: &str) -> Vec<u8> {
     wire::encode(&Message::Hello(Hello {
         cluster: cluster.into(),
         node: node.into(),
         version: PROTOCOL_VERSION,
+        compression: Vec::new(),
     }))
     .unwrap()
 }
@@ -352,7 +354,7 @@ async fn close_code(conn: &quinn::Connection) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_claiming_another_id_than_the_certificate_is_refused() {
-    let ids = test_identities(CLUSTER, &["n1", "n2", "n3"]).unwrap();
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2", "n3"]).unwrap();
     let mut a = start("n1", &ids[0], &["n1", "n2", "n3"]).await;
     // A transport refuses to start with a certificate for another id...
     let mismatched = config(CLUSTER, "n3", ids[1].clone(), &["n1", "n3"]);
@@ -377,11 +379,11 @@ async fn hello_claiming_another_id_than_the_certificate_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_close_only_that_connection() {
-    let ids = test_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
     let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
     let garbage: [&[u8]; 3] = [
         &[0, 0, 0, 5, 1, 0xff, 0xff, 0xff, 0xff], // undecodable payload
-        &[0xff, 0xff, 0xff, 0xff],                // length over MAX_FRAME
+        &[0x7f, 0xff, 0xff, 0xff],                // length over MAX_FRAME
         &[0, 0, 0, 9, 7, 1, 2, 3, 4, 5, 6, 7, 8], // unknown version byte
     ];
     for (round, bytes) in garbage.iter().enumerate() {
@@ -392,7 +394,7 @@ async fn malformed_frames_close_only_that_connection() {
         let mut recv = recv;
         let mut header = [0u8; 4];
         recv.read_exact(&mut header).await.unwrap();
-        let mut payload = vec![0; wire::frame_len(header).unwrap()];
+        let mut payload = vec![0; wire::frame_head(header).unwrap().len];
         recv.read_exact(&mut payload).await.unwrap();
         assert!(
             matches!(wire::decode_payload(&payload).unwrap(), Message::Hello(h) if h.node == "n1")
@@ -437,7 +439,7 @@ async fn malformed_frames_close_only_that_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_datagrams_do_not_disturb_the_links() {
-    let ids = test_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
     let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
     let mut b = start("n2", &ids[1], &["n1", "n2"]).await;
     a.t.connect("n2", b.t.local_addr());
@@ -481,7 +483,7 @@ async fn garbage_datagrams_do_not_disturb_the_links() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_dialing_ends_with_one_connection() {
     for round in 0..3 {
-        let ids = test_identities(CLUSTER, &["n1", "n2"]).unwrap();
+        let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
         let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
         let mut b = start("n2", &ids[1], &["n1", "n2"]).await;
         a.t.connect("n2", b.t.local_addr());
@@ -513,7 +515,7 @@ async fn simultaneous_dialing_ends_with_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_refuses_messages_and_keeps_order() {
-    let ids = test_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
     let mut cfg = config(CLUSTER, "n1", ids[0].clone(), &["n1", "n2"]);
     cfg.send_queue = 1;
     let mut a = start_cfg(cfg, 64).await;
@@ -567,7 +569,7 @@ async fn full_queue_refuses_messages_and_keeps_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_stops_redialing() {
-    let ids = test_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
     let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
     let mut b = start("n2", &ids[1], &["n1", "n2"]).await;
     // An inbound link stays when the side that did not dial it disconnects.
@@ -595,7 +597,7 @@ async fn disconnect_stops_redialing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialing_a_dead_address_reports_failures_and_connects_later() {
-    let ids = test_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
     // Reserve a port, free it, and dial it before anything listens there.
     let addr = UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -620,7 +622,7 @@ async fn dialing_a_dead_address_reports_failures_and_connects_later() {
 /// The transport's default timings are the `[tuning]` defaults (one list of knobs).
 #[test]
 fn default_timings_are_the_tuning_defaults() {
-    let ids = test_identities(CLUSTER, &["n1"]).unwrap();
+    let ids = in_memory_identities(CLUSTER, &["n1"]).unwrap();
     let identity = ids.into_iter().next().unwrap();
     let cfg = TransportConfig::new(
         CLUSTER,
@@ -635,4 +637,181 @@ fn default_timings_are_the_tuning_defaults() {
     assert_eq!(cfg.reconnect_min, Duration::from_millis(t.reconnect_min_ms));
     assert_eq!(cfg.reconnect_max, Duration::from_millis(t.reconnect_max_ms));
     assert_eq!(cfg.send_queue, t.send_queue);
+}
+
+/// A pair of linked transports, compression offered as given.
+async fn linked_pair(compress: [bool; 2]) -> (Node, Node) {
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    let mut nodes = Vec::new();
+    for (i, id) in ["n1", "n2"].iter().enumerate() {
+        let mut cfg = config(CLUSTER, id, ids[i].clone(), &["n1", "n2"]);
+        cfg.compress = compress[i];
+        nodes.push(start_cfg(cfg, 1024).await);
+    }
+    let mut b = nodes.pop().unwrap();
+    let mut a = nodes.pop().unwrap();
+    a.t.connect("n2", b.t.local_addr());
+    expect_up(&mut a, "n2").await;
+    expect_up(&mut b, "n1").await;
+    (a, b)
+}
+
+/// Sends `n` similar messages from `a` to `b`; returns the bytes their frames take
+/// uncompressed and what `a` counted on the stream.
+async fn send_similar(a: &mut Node, b: &mut Node, n: u32) -> (u64, u64) {
+    let before = a.t.stats().totals.bytes_sent;
+    let mut framed = 0;
+    for i in 0..n {
+        let m = Message::Sync {
+            doc: "a-document-with-a-long-name".into(),
+            data: ByteBuf::from([i.to_be_bytes().to_vec(), vec![7; 60]].concat()),
+        };
+        framed += wire::encoded_len(&m) as u64;
+        a.t.send("n2", m).unwrap();
+        // One at a time: each is its own batch, as with writes at a modest rate.
+        let got = receive(b, "n1", 1).await;
+        assert_eq!(seq(&got[0]), i);
+    }
+    (framed, a.t.stats().totals.bytes_sent - before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_are_compressed_when_both_ends_offer_it() {
+    let (mut a, mut b) = linked_pair([true, true]).await;
+    let (framed, sent) = send_similar(&mut a, &mut b, 200).await;
+    // The stream carries much less than the frames: the repeated parts compress.
+    assert!(
+        sent * 2 < framed,
+        "{sent} bytes on the stream for {framed} of frames"
+    );
+    // Both directions.
+    b.t.send("n1", msg(9)).unwrap();
+    assert_eq!(seq(&receive(&mut a, "n2", 1).await[0]), 9);
+    a.t.shutdown().await;
+    b.t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_is_plain_when_one_end_does_not_offer_compression() {
+    for compress in [[true, false], [false, true]] {
+        let (mut a, mut b) = linked_pair(compress).await;
+        let (framed, sent) = send_similar(&mut a, &mut b, 20).await;
+        assert_eq!(sent, framed, "{compress:?}");
+        b.t.send("n1", msg(3)).unwrap();
+        assert_eq!(seq(&receive(&mut a, "n2", 1).await[0]), 3);
+        a.t.shutdown().await;
+        b.t.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_compressed_stream_closes_only_that_connection() {
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
+    let (_ep, conn) = raw_client(&ids[1], "n2", a.t.local_addr(), "n1").await;
+    let mut send = conn.open_uni().await.unwrap();
+    let offer = wire::encode(&Message::Hello(Hello {
+        cluster: CLUSTER.into(),
+        node: "n2".into(),
+        version: PROTOCOL_VERSION,
+        compression: vec![wire::DEFLATE.into()],
+    }))
+    .unwrap();
+    send.write_all(&offer).await.unwrap();
+    expect_up(&mut a, "n2").await;
+    // Not a deflate stream (a block type 3 is invalid).
+    send.write_all(&[0xff; 64]).await.unwrap();
+    assert_eq!(close_code(&conn).await, code::BAD_FRAME.into_inner());
+    expect_down(&mut a, "n2").await;
+    assert_eq!(a.t.stats().rejected.bad_frame, 1);
+    a.t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_is_refused_by_send_naming_its_document() {
+    let (a, b) = linked_pair([true, true]).await;
+    // Zeroed memory that is never touched: only its length is looked at.
+    let huge = Message::Sync {
+        doc: "huge".into(),
+        data: ByteBuf::from(vec![0u8; wire::MAX_MESSAGE]),
+    };
+    match a.t.send("n2", huge) {
+        Err(SendError::TooLarge { len, docs }) => {
+            assert!(len > wire::MAX_MESSAGE);
+            assert_eq!(docs, vec!["huge".to_string()]);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(a.t.stats().totals.queue_depth, 0);
+    a.t.shutdown().await;
+    b.t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_in_progress_are_capped_and_the_node_recovers() {
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
+    // Connections that finish TLS and then say nothing hold a handshake each until the
+    // Hello timeout (2 s).
+    let timing = Timing {
+        keep_alive: Duration::from_millis(250),
+        idle_timeout: Duration::from_secs(5),
+    };
+    let cfg = client_config("n2", &ids[1], timing).unwrap();
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..80 {
+        let connecting = ep
+            .connect_with(cfg.clone(), a.t.local_addr(), &node_dns_name("n1"))
+            .unwrap();
+        match timeout(WAIT, connecting).await.unwrap() {
+            Ok(conn) => held.push(conn),
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        held.len() <= 64,
+        "{} handshakes admitted at once",
+        held.len()
+    );
+    assert!(refused >= 16, "only {refused} refused");
+    assert!(a.t.stats().rejected.busy >= 16);
+    // Once they time out, a real peer links up.
+    drop(held);
+    let mut b = start("n2", &ids[1], &["n1", "n2"]).await;
+    b.t.connect("n1", a.t.local_addr());
+    expect_up(&mut b, "n1").await;
+    expect_up(&mut a, "n2").await;
+    b.t.shutdown().await;
+    a.t.shutdown().await;
+    ep.close(0u32.into(), b"done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_a_frame_crosses_plain_and_compressed_links() {
+    for compress in [[true, true], [false, false]] {
+        let (a, mut b) = linked_pair(compress).await;
+        let big = Message::Sync {
+            doc: "big".into(),
+            data: ByteBuf::from(
+                (0..wire::MAX_FRAME + 1000)
+                    .map(|i| (i * 7 % 251) as u8)
+                    .collect::<Vec<u8>>(),
+            ),
+        };
+        // Small messages around it: what follows may not refer back past it.
+        a.t.send("n2", msg(4)).unwrap();
+        assert_eq!(seq(&receive(&mut b, "n1", 1).await[0]), 4);
+        a.t.send("n2", big.clone()).unwrap();
+        a.t.send("n2", msg(4)).unwrap();
+        let got = receive(&mut b, "n1", 2).await;
+        assert!(
+            got[0] == big,
+            "{compress:?}: the large message arrived changed"
+        );
+        assert_eq!(seq(&got[1]), 4);
+        a.t.shutdown().await;
+        b.t.shutdown().await;
+    }
 }

@@ -4,8 +4,8 @@
 //! corrupted length prefix, is an error or a request for more bytes, never a message.
 
 use concordant::wire::{
-    decode_frame, decode_payload, encode, frame_len, Ack, Bucket, DocChanges, Ephemeral,
-    Fingerprints, Hello, Message, Want, WireError, HEADER_LEN, MAX_FRAME, PROTOCOL_VERSION,
+    decode_frame, decode_payload, encode, frame_head, Ack, Bucket, DocChanges, Ephemeral,
+    Fingerprints, Hello, Message, Want, WireError, HEADER_LEN, MAX_FRAME, MORE, PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
 use serde_bytes::ByteBuf;
@@ -21,13 +21,20 @@ fn arb_bytes() -> impl Strategy<Value = ByteBuf> {
 }
 
 fn arb_message() -> impl Strategy<Value = Message> {
-    let hello = (arb_string(), arb_string(), any::<u8>()).prop_map(|(cluster, node, version)| {
-        Message::Hello(Hello {
-            cluster,
-            node,
-            version,
-        })
-    });
+    let hello = (
+        arb_string(),
+        arb_string(),
+        any::<u8>(),
+        prop::collection::vec(arb_string(), 0..3),
+    )
+        .prop_map(|(cluster, node, version, compression)| {
+            Message::Hello(Hello {
+                cluster,
+                node,
+                version,
+                compression,
+            })
+        });
     let doc_changes = (
         arb_string(),
         arb_string(),
@@ -159,10 +166,13 @@ proptest! {
     }
 
     #[test]
-    fn frame_len_accepts_exactly_one_to_max(header in any::<[u8; HEADER_LEN]>()) {
-        let len = u32::from_be_bytes(header) as usize;
-        match frame_len(header) {
-            Ok(n) => prop_assert!(n == len && (1..=MAX_FRAME).contains(&n)),
+    fn frame_head_accepts_exactly_one_to_max(header in any::<[u8; HEADER_LEN]>()) {
+        let raw = u32::from_be_bytes(header);
+        let len = (raw & !MORE) as usize;
+        match frame_head(header) {
+            Ok(h) => prop_assert!(
+                h.len == len && h.more == (raw & MORE != 0) && (1..=MAX_FRAME).contains(&len)
+            ),
             Err(WireError::Empty) => prop_assert_eq!(len, 0),
             Err(WireError::TooLarge { .. }) => prop_assert!(len > MAX_FRAME),
             Err(e) => prop_assert!(false, "unexpected error {}", e),

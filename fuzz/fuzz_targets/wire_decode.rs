@@ -1,11 +1,11 @@
 //! Fuzz target `wire_decode`: the peer-protocol decoder on arbitrary bytes.
 //!
-//! `frame_len`, `decode_payload` and `decode_frame` must never panic, and whatever
+//! `frame_head`, `decode_payload` and `decode_frame` must never panic, and whatever
 //! decodes must encode again and decode back to an equal message.
 
 #![no_main]
 
-use concordant::wire::{decode_frame, decode_payload, encode, frame_len, Message, HEADER_LEN};
+use concordant::wire::{decode_frame, decode_payload, encode, frame_head, Message, HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
 /// A decoded message encodes to a frame that decodes back to it, whole.
@@ -20,7 +20,7 @@ fn round_trips(msg: &Message) {
 
 fuzz_target!(|data: &[u8]| {
     if let Some(header) = data.first_chunk::<HEADER_LEN>() {
-        let _ = frame_len(*header);
+        let _ = frame_head(*header);
     }
     // The bytes as a payload (version byte first), and as the start of a stream.
     if let Ok(msg) = decode_payload(data) {

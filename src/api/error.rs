@@ -74,8 +74,23 @@ impl HttpError {
             ),
             Error::StorageFailed(why) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("document {doc:?}: storage failed, the write is not acknowledged: {why}"),
+                format!(
+                    "document {doc:?}: outcome uncertain: the write is applied in memory on \
+                     this node and may have replicated to peers, but storage failed, so it is \
+                     not durable here (the node writes it again once storage works; if it \
+                     stops first, the write survives only where it replicated): {why}"
+                ),
             ),
+            Error::StorageFailing(why) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "storage is failing, so this node refuses writes until it works again; \
+                     nothing was written: {why}"
+                ),
+            ),
+            e @ Error::StorageBusy { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             Error::Removed(id) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("node {id:?} has been removed from the cluster: it takes no writes"),

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::error::heads_json;
 use super::{is_valid_doc_id, AppState, HttpError, MAX_DOC_ID, MAX_TIMEOUT_MS};
-use crate::node::NodeStatus;
+use crate::node::{Health, NodeStatus};
 use crate::ops::{parse_write_request, Ack};
 
 type Answer = Result<Response, HttpError>;
@@ -44,13 +44,27 @@ fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, HttpError> {
     })
 }
 
-/// `GET /v1/health`.
+/// `GET /v1/health`: 200 `{"status":"ok"}`; 503 with `"status":"storage-failing"` while
+/// storage fails (recoverable) or `"status":"failed"` for a node that stopped working.
 pub(crate) async fn health(State(state): State<AppState>) -> Answer {
-    if let Some(why) = state.node.failure() {
-        return Err(HttpError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            why,
-        ));
+    let unhealthy = |status: &str, message: String| {
+        let mut err = HttpError::new(StatusCode::SERVICE_UNAVAILABLE, message);
+        err.extra.insert("status".into(), json!(status));
+        err.extra.insert("node".into(), json!(state.node.id()));
+        err
+    };
+    match state.node.health() {
+        Health::Failed(why) => return Err(unhealthy("failed", why)),
+        Health::StorageFailing(why) => {
+            return Err(unhealthy(
+                "storage-failing",
+                format!(
+                    "storage is failing: writes are refused until a write to storage \
+                     succeeds (retried every half second): {why}"
+                ),
+            ))
+        }
+        Health::Ok => {}
     }
     state
         .node
@@ -107,6 +121,10 @@ fn status_json(s: &NodeStatus) -> Value {
         "cache_bytes": s.cache_bytes,
         "sync_clients": s.sync_clients,
         "pending_writes": s.pending_writes,
+        "storage": {
+            "queued_bytes": s.storage_queued_bytes,
+            "failing": s.storage_failing,
+        },
         "core": {
             "local_changes": c.local_changes,
             "remote_changes": c.remote_changes,

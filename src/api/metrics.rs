@@ -4,7 +4,9 @@
 //! # Metrics
 //! Gauges: `concordant_docs` (documents stored), `concordant_docs_loaded` (documents in
 //! memory), `concordant_cache_bytes` (their encoded bytes), `concordant_pending_writes` (writes waiting for durability or
-//! acknowledgements), `concordant_peers`, `concordant_peers_connected`,
+//! acknowledgements), `concordant_storage_queued_bytes` (bytes waiting to be written to
+//! storage), `concordant_storage_failing` (1 while storage fails and writes are refused),
+//! `concordant_peers`, `concordant_peers_connected`,
 //! `concordant_peer_connected{peer}`, `concordant_peer_down{peer}`,
 //! `concordant_peer_send_queue_messages{peer}` (messages waiting in the link's send queue),
 //! `concordant_peer_lag_bytes{peer}`, `concordant_peer_unacked_changes{peer}`,
@@ -26,14 +28,17 @@
 //! (refused by a full send queue), `concordant_peer_dial_failures_total{peer}`,
 //! `concordant_pushes_dropped_total`, `concordant_messages_dropped_total{kind}` (messages a
 //! full link could not take, by kind; acknowledgements among them are sent again at the
-//! next tick), `concordant_doc_loads_total`,
+//! next tick), `concordant_messages_too_large_total{kind}` (messages over the wire's
+//! message limit, never sent; the log names their documents),
+//! `concordant_too_large_docs` (documents named by them), `concordant_doc_loads_total`,
 //! `concordant_doc_evictions_total`, `concordant_doc_load_errors_total`,
 //! `concordant_reconcile_rounds_total`, `concordant_reconcile_messages_total`,
 //! `concordant_reconcile_bytes_total`, `concordant_repair_wants_total` (documents asked of a
 //! peer), `concordant_repair_changes_sent_total`, `concordant_anti_entropy_repairs_total`
 //! (sync sessions started for diverged histories),
 //! `concordant_anti_entropy_repaired_changes_total`,
-//! `concordant_sync_messages_sent_total`, `concordant_acks_sent_total`.
+//! `concordant_sync_messages_sent_total`, `concordant_acks_sent_total`,
+//! `concordant_persist_failures_total` (persist batches storage failed to make durable).
 //!
 //! automerge-repo clients ([`render_sync`]): `concordant_sync_clients` (gauge: connected),
 //! `concordant_sync_client_messages_received_total`,
@@ -220,6 +225,18 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         s.pending_writes as u64,
     );
     m.gauge(
+        "concordant_storage_queued_bytes",
+        "Bytes waiting to be written to storage (queued, or held after a failed commit).",
+        &[],
+        s.storage_queued_bytes as u64,
+    );
+    m.gauge(
+        "concordant_storage_failing",
+        "1 while storage fails (the last commit failed) and writes are refused.",
+        &[],
+        u64::from(s.storage_failing.is_some()),
+    );
+    m.gauge(
         "concordant_peers",
         "Other nodes of the topology.",
         &[],
@@ -282,6 +299,7 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         ("transport", "unknown_node".into(), r.unknown_node),
         ("transport", "cert_mismatch".into(), r.cert_mismatch),
         ("transport", "tls".into(), r.tls),
+        ("transport", "busy".into(), r.busy),
     ];
     let responses = api.responses();
     for (status, n) in &responses {
@@ -419,6 +437,21 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
             *n,
         );
     }
+    for (kind, n) in &c.sends_refused {
+        m.counter(
+            "concordant_messages_too_large_total",
+            "Messages over the wire's message limit, never sent, by kind (the log names \
+             their documents).",
+            &[("kind", kind)],
+            *n,
+        );
+    }
+    m.gauge(
+        "concordant_too_large_docs",
+        "Documents named by a message over the wire's message limit since start-up.",
+        &[],
+        c.refused_docs,
+    );
     for (name, help, value) in [
         (
             "concordant_doc_loads_total",
@@ -486,6 +519,12 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         "Durable acknowledgements sent for remote changes.",
         &[],
         c.acks_sent,
+    );
+    m.counter(
+        "concordant_persist_failures_total",
+        "Persist batches storage failed to make durable (their changes are written again).",
+        &[],
+        c.persist_failures,
     );
     m.out
 }

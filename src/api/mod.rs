@@ -10,8 +10,8 @@
 //! | --- | --- |
 //! | `GET /` | the live cluster page (self-contained HTML; see [`cluster`]); needs no token, the data behind it does |
 //! | `GET /v1/cluster` | every node's view gathered over the peer links, links (configured and healed) up or down, recent events (see [`crate::cluster`]) |
-//! | `GET /v1/health` | `{"status":"ok","node":id}`; never needs the token (503 once the node stopped) |
-//! | `GET /v1/status` | node, cluster, topology, peers (`id`, `connected`, `linked`, `down`, `healed`, `queued_bytes`, `unacked_changes`, `unacked_bytes`, `unacked_oldest_ms`, `divergent`, traffic), `docs`, `pending_writes`, core counters |
+//! | `GET /v1/health` | `{"status":"ok","node":id}`; never needs the token; 503 `{"error","status":"storage-failing"}` while storage fails (recovers by itself), 503 `{"error","status":"failed"}` once the node stopped working |
+//! | `GET /v1/status` | node, cluster, topology, peers (`id`, `connected`, `linked`, `down`, `healed`, `queued_bytes`, `unacked_changes`, `unacked_bytes`, `unacked_oldest_ms`, `divergent`, traffic), `docs`, `pending_writes`, `storage` (`queued_bytes`, `failing`), core counters |
 //! | `GET /v1/docs` | `[{"id","heads":[hex...]}]` in id order |
 //! | `POST /v1/docs` | creates an empty document under a fresh automerge-repo id: `{"id","url"}` |
 //! | `GET /v1/sync` | WebSocket for automerge-repo clients (see [`crate::sync`]); 503 past `sync_clients` |
@@ -19,7 +19,7 @@
 //! | `POST /v1/topology/nodes` | `{"id","peer","api","links"?}`: a node joins; 409 if invalid |
 //! | `DELETE /v1/topology/nodes/{id}` | the node leaves; 409 if invalid |
 //! | `GET /v1/docs/{id}` | the document as JSON; 404 if absent |
-//! | `POST /v1/docs/{id}/ops` | `{"heads","acked_by"}`; 400 malformed, 409 does not fit, 504 write concern not met |
+//! | `POST /v1/docs/{id}/ops` | `{"heads","acked_by"}`; 400 malformed, 409 does not fit, 504 write concern not met, 500 outcome uncertain (storage failed), 503 storage failing or busy |
 //! | `GET /v1/docs/{id}/automerge` | `application/octet-stream` saved document; 404 if absent |
 //! | `POST /v1/docs/{id}/automerge` | merges the raw body: `{"new_changes":n,"heads":[...]}`; 400 if not Automerge data |
 //! | `GET /v1/docs/{id}/watch` | server-sent events `change` with `{"doc","heads"}` per change |
@@ -33,6 +33,10 @@
 //!   never be met); `timeout_ms` above [`MAX_TIMEOUT_MS`] is 400.
 //! - A write-concern timeout is 504 `{"error","heads","acked_by"}`: the change is durable
 //!   here and keeps replicating.
+//! - A write whose commit to storage failed is 500 and says its outcome is uncertain: it
+//!   is applied in memory on this node and may have replicated, but it is not durable here
+//!   (see [`crate::node`]). While storage fails, or while more than the node's bound waits
+//!   to be written, writes are 503 with the reason and change nothing.
 //! - The token is compared in constant time; only `GET /v1/health` is exempt.
 //!   `GET /v1/sync` also takes it as `?token=<token>` (browsers cannot set headers on a
 //!   WebSocket), and refuses a wrong one with 401 before any upgrade.

@@ -77,6 +77,8 @@ pub struct BenchOptions {
     pub idle_secs: f64,
     /// Period of the nodes' anti-entropy, ms.
     pub anti_entropy_ms: u64,
+    /// Compressed peer links (`[tuning] compress_links`; `--no-compress` turns it off).
+    pub compress_links: bool,
     /// The `concordant` executable to run the preload in (`concordant bench --preload N
     /// --preload-into DIR...`), so that what it allocates (Automerge documents, redb's
     /// cache of every store it fills) is no part of this process's resident memory, which
@@ -99,6 +101,7 @@ impl Default for BenchOptions {
             preload: 0,
             idle_secs: 5.0,
             anti_entropy_ms: Tuning::default().anti_entropy_ms,
+            compress_links: true,
             preload_exe: None,
         }
     }
@@ -174,7 +177,10 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             "the benchmark runs mesh or ring topologies".into(),
         ));
     }
-    let tuning = in_process_tuning(opts.anti_entropy_ms);
+    let tuning = Tuning {
+        compress_links: opts.compress_links,
+        ..in_process_tuning(opts.anti_entropy_ms)
+    };
     let progress = |msg: String| {
         if opts.progress {
             eprintln!("bench: {msg}");

@@ -176,7 +176,7 @@ fn append_all(stores: &mut [RedbStore], batch: Vec<DocAppend>) -> Result<(), Ben
             .iter_mut()
             .map(|store| {
                 let batch = batch.clone();
-                s.spawn(move || store.append(batch).map_err(BenchError::from))
+                s.spawn(move || store.append(&batch).map_err(BenchError::from))
             })
             .collect();
         handles

@@ -409,10 +409,10 @@ impl Docs {
         Ok(Some((fresh, heads)))
     }
 
-    /// Forgets accepted unloaded changes once durable (`durable(token)` is true); the
+    /// Forgets accepted unloaded changes once durable (`durable(doc, token)` is true); the
     /// store has them then.
-    pub(crate) fn settle_unsaved(&mut self, durable: impl Fn(u64) -> bool) {
-        self.unsaved.retain(|_, u| !durable(u.token));
+    pub(crate) fn settle_unsaved(&mut self, durable: impl Fn(&str, u64) -> bool) {
+        self.unsaved.retain(|doc, u| !durable(doc, u.token));
     }
 
     /// The changes of an unloaded document after `after`, from its stored log (and the

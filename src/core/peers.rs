@@ -28,8 +28,13 @@ pub(crate) struct Peer {
     outbox_bytes: usize,
     /// Automerge sync sessions, by document, with the time of the last message.
     pub(crate) sessions: HashMap<String, (sync::State, u64)>,
-    /// A push to this peer was dropped: reconcile with it at the next tick.
+    /// A push to this peer was dropped: reconcile with it at the next tick that
+    /// [`Peer::reconcile_due`] allows.
     pub(crate) needs_reconcile: bool,
+    /// Wait between reconciliations asked for by failures, in ms (0: none lately), and the
+    /// time before which none opens.
+    reconcile_backoff: u64,
+    reconcile_after: u64,
     /// Documents to ask this peer for, with whether the ask answers one of its own, and
     /// the same documents as a set (each is queued once).
     wants: VecDeque<Wanted>,
@@ -46,6 +51,9 @@ pub(crate) struct Peer {
 /// them for that long has its writers' write concerns time out instead).
 const OWED_ACKS: usize = 100_000;
 
+/// The shortest wait between two reconciliations asked for by failed sends, in ms.
+pub(crate) const RECONCILE_RETRY_MIN_MS: u64 = 100;
+
 impl Peer {
     pub(crate) fn new(since: u64) -> Self {
         Peer {
@@ -53,12 +61,38 @@ impl Peer {
             outbox_bytes: 0,
             sessions: HashMap::new(),
             needs_reconcile: false,
+            reconcile_backoff: 0,
+            reconcile_after: 0,
             wants: VecDeque::new(),
             wanted: HashSet::new(),
             since,
             lag: Lag::default(),
             owed_acks: Vec::new(),
         }
+    }
+
+    /// Whether a reconciliation asked for by a failure (`needs_reconcile`) may open at
+    /// `now`. The first opens at once; while failures keep asking, each waits twice as long
+    /// as the one before, up to `max` ms (the anti-entropy period), so a peer whose queue
+    /// stays full is not sent a digest every tick. A peer that asked nothing for a whole
+    /// wait starts again from no wait.
+    pub(crate) fn reconcile_due(&mut self, now: u64) -> bool {
+        if !self.needs_reconcile {
+            if now >= self.reconcile_after.saturating_add(self.reconcile_backoff) {
+                self.reconcile_backoff = 0;
+            }
+            return false;
+        }
+        now >= self.reconcile_after
+    }
+
+    /// A reconciliation asked for by a failure opens at `now`: the next one waits longer.
+    pub(crate) fn reconcile_opened(&mut self, now: u64, max: u64) {
+        self.reconcile_backoff = self
+            .reconcile_backoff
+            .saturating_mul(2)
+            .clamp(RECONCILE_RETRY_MIN_MS, max.max(RECONCILE_RETRY_MIN_MS));
+        self.reconcile_after = now.saturating_add(self.reconcile_backoff);
     }
 
     /// Queues one change; returns false (and drops it) if the outbox is over `limit` bytes,

@@ -2,17 +2,19 @@
 //!
 //! Inputs: [`Replica::local_change`], [`Replica::merge`], [`Replica::handle_message`],
 //! [`Replica::peer_up`] / [`Replica::peer_down`], [`Replica::tick`],
-//! [`Replica::persisted`], [`Replica::send_failed`]. After a burst of inputs the driver
-//! calls [`Replica::flush`], which applies every pending remote change of a document in one
-//! Automerge call and drains every peer's queued changes into as few messages as fit, then
-//! takes the effects with [`Replica::drain_effects`].
+//! [`Replica::persisted`] / [`Replica::persist_failed`], [`Replica::send_failed`]. After a
+//! burst of inputs the driver calls [`Replica::flush`], which applies every pending remote
+//! change of a document in one Automerge call and drains every peer's queued changes into
+//! as few messages as fit, then takes the effects with [`Replica::drain_effects`].
 //!
 //! Documents live in a bounded cache over the node's store (see `docs`): a replica given a
 //! store with [`Replica::set_store`] reads documents on first use and drops idle ones.
-//! Anti-entropy and repair are in `repair`, acknowledgements in `acks`.
+//! Anti-entropy and repair are in `repair`, acknowledgements in `acks`, what a failed
+//! persist batch leaves behind in `persist`.
 
 mod acks;
 mod clients;
+mod persist;
 mod repair;
 
 pub use clients::ClientError;
@@ -65,6 +67,9 @@ pub struct CoreConfig {
     pub unavailable_after_ms: u64,
     /// Target size of one push message's changes, in bytes (`[tuning] max_batch_bytes`).
     pub batch_bytes: usize,
+    /// Changes whose persist batch failed are written again after this long, in ms (or at
+    /// the next tick after any batch is durable); see [`Replica::persist_failed`].
+    pub persist_retry_ms: u64,
 }
 
 impl Default for CoreConfig {
@@ -84,6 +89,7 @@ impl Default for CoreConfig {
             want_window: 512,
             unavailable_after_ms: 1_000,
             batch_bytes: t.max_batch_bytes,
+            persist_retry_ms: 500,
         }
     }
 }
@@ -147,6 +153,10 @@ pub struct CoreStats {
     /// Messages that could not be queued for a peer (its link's queue was full), by kind
     /// (`push`, `ack`, `fingerprints`, ...).
     pub sends_dropped: BTreeMap<&'static str, u64>,
+    /// Messages over the wire's message limit, never sent, by kind.
+    pub sends_refused: BTreeMap<&'static str, u64>,
+    /// Documents named by such messages since start-up.
+    pub refused_docs: u64,
     /// Durable acknowledgements sent by this node for remote changes.
     pub acks_sent: u64,
     /// Documents read from the store into memory.
@@ -157,6 +167,9 @@ pub struct CoreStats {
     pub doc_load_errors: u64,
     /// Changes received from automerge-repo clients (new to this node).
     pub client_changes: u64,
+    /// Persist batches that storage failed to make durable (their changes are written
+    /// again; see [`Replica::persist_failed`]).
+    pub persist_failures: u64,
 }
 
 /// A document saved for compaction, and the changes the save cannot contain.
@@ -213,6 +226,8 @@ pub struct Replica {
     batch: Vec<(String, Vec<Vec<u8>>)>,
     /// Persist batches emitted and not yet durable.
     unpersisted: BTreeSet<u64>,
+    /// Bytes of the changes in `batch`.
+    batch_bytes: usize,
     batch_index: HashMap<String, usize>,
     batch_acks: AckWork,
     /// Acks owed for changes received with missing dependencies (Automerge holds them
@@ -221,6 +236,8 @@ pub struct Replica {
     deferred_acks: AckWork,
     token: u64,
     ack_work: HashMap<u64, AckWork>,
+    /// Changes of failed persist batches, waiting to be written again (see `persist`).
+    retry: persist::Retry,
     /// Which peer each want-ack or repaired change came from, to route acks back.
     ack_routes: Memory<String>,
     /// Whose acks of each change this node has relayed: each at most once, so acks end
@@ -233,6 +250,8 @@ pub struct Replica {
     now: u64,
     gate: SyncGate,
     clients: Clients,
+    /// Documents named by a message over the size limit (each is logged once).
+    refused_docs: BTreeSet<String>,
     stats: CoreStats,
 }
 
@@ -263,11 +282,13 @@ impl Replica {
             dirty: BTreeSet::new(),
             batch: Vec::new(),
             unpersisted: BTreeSet::new(),
+            batch_bytes: 0,
             batch_index: HashMap::new(),
             batch_acks: BTreeMap::new(),
             deferred_acks: BTreeMap::new(),
             token: 1,
             ack_work: HashMap::new(),
+            retry: persist::Retry::default(),
             ack_routes: Memory::new(ack_memory),
             relayed: Memory::new(ack_memory),
             awaited: Memory::new(ack_memory),
@@ -275,6 +296,7 @@ impl Replica {
             now: 0,
             gate: SyncGate::default(),
             clients: Clients::default(),
+            refused_docs: BTreeSet::new(),
             stats: CoreStats::default(),
         }
     }
@@ -476,14 +498,42 @@ impl Replica {
         }
     }
 
-    /// The persist batch `token` is durable: acknowledge it to the peers waiting for it.
+    /// A message for `peer` is over the wire's message limit and was not sent: counted by
+    /// kind and logged, naming the documents (once per document at warning level; they
+    /// stay behind on that peer until they shrink or the limit grows).
+    pub fn send_refused(&mut self, peer: &str, unsent: Unsent, len: usize, docs: Vec<String>) {
+        *self.stats.sends_refused.entry(unsent.kind).or_default() += 1;
+        for doc in docs {
+            if self.refused_docs.insert(doc.clone()) {
+                tracing::warn!(
+                    peer,
+                    doc,
+                    kind = unsent.kind,
+                    bytes = len,
+                    limit = crate::wire::MAX_MESSAGE,
+                    "a message is over the size limit and cannot be sent; the document does \
+                     not replicate to this peer"
+                );
+            } else {
+                tracing::debug!(peer, doc, bytes = len, "message over the size limit again");
+            }
+        }
+        self.stats.refused_docs = self.refused_docs.len() as u64;
+    }
+
+    /// The persist batch `token` is durable: acknowledge it to the peers waiting for it
+    /// (and write what failed before at the next tick: storage works).
     pub fn persisted(&mut self, token: u64) {
-        self.unpersisted.remove(&token);
+        if self.unpersisted.remove(&token) {
+            // Storage works: what failed before is written at the next tick.
+            self.retry.soon();
+        }
         // Changes taken unloaded are in the store once their batch is: forget them here,
-        // when durability changes, rather than on every message.
-        let (current, unpersisted) = (self.token, &self.unpersisted);
+        // when durability changes, rather than on every message (not those of a document
+        // with changes of a failed batch still to write).
+        let (current, unpersisted, retry) = (self.token, &self.unpersisted, &self.retry);
         self.docs
-            .settle_unsaved(|t| t < current && !unpersisted.contains(&t));
+            .settle_unsaved(|doc, t| t < current && !unpersisted.contains(&t) && !retry.holds(doc));
         let Some(work) = self.ack_work.remove(&token) else {
             return;
         };
@@ -504,7 +554,8 @@ impl Replica {
     }
 
     /// Periodic work: reconciliation with every peer, expiry of stale sync sessions and of
-    /// repairs waiting too long for an answer.
+    /// repairs waiting too long for an answer, changes of failed persist batches written
+    /// again when due.
     pub fn tick(&mut self, now: u64) {
         self.now = self.now.max(now);
         let timeout = self.config.session_timeout_ms;
@@ -513,6 +564,7 @@ impl Replica {
                 .retain(|_, (_, last)| now.saturating_sub(*last) < timeout);
         }
         self.expire_client_requests(now);
+        self.retry_failed(now);
         for (id, peer) in self.peers.iter_mut() {
             let owed = peer.take_owed_acks();
             if !owed.is_empty() {
@@ -536,14 +588,23 @@ impl Replica {
             self.last_anti_entropy = now;
         }
         // A peer still being asked for documents is not reconciled again until that ends.
+        // One whose sends failed is reconciled at once, then less and less often while they
+        // keep failing (see `Peer::reconcile_due`).
+        let me = self.id.as_str();
+        let max_wait = self.config.anti_entropy_ms;
         let due: Vec<String> = self
             .peers
-            .iter()
-            .filter(|(id, p)| {
-                ((periodic && self.id.as_str() < id.as_str()) || p.needs_reconcile)
-                    && !p.wants_queued()
+            .iter_mut()
+            .filter_map(|(id, p)| {
+                let asked = p.reconcile_due(now);
+                if !((periodic && me < id.as_str()) || asked) || p.wants_queued() {
+                    return None;
+                }
+                if asked {
+                    p.reconcile_opened(now, max_wait);
+                }
+                Some(id.clone())
             })
-            .map(|(id, _)| id.clone())
             .collect();
         for peer in due {
             self.open_reconcile(&peer);
@@ -599,6 +660,7 @@ impl Replica {
             let token = self.token;
             self.token += 1;
             self.batch_index.clear();
+            self.batch_bytes = 0;
             let acks = std::mem::take(&mut self.batch_acks);
             if !acks.is_empty() {
                 self.ack_work.insert(token, acks);
@@ -741,9 +803,10 @@ impl Replica {
     /// Drops documents past the cache budget, keeping those with changes not yet durable.
     fn evict(&mut self) {
         let current = self.token;
-        let unpersisted = &self.unpersisted;
-        self.docs.evict(|_, d| {
+        let (unpersisted, retry) = (&self.unpersisted, &self.retry);
+        self.docs.evict(|id, d| {
             d.has_orphans()
+                || retry.holds(id)
                 || (d.persist_token != 0
                     && (d.persist_token >= current || unpersisted.contains(&d.persist_token)))
         });
@@ -823,15 +886,8 @@ impl Replica {
         }
         let bytes: usize = changes.iter().map(Vec::len).sum();
         self.docs.batched(doc, self.token, bytes);
-        let index = match self.batch_index.get(doc) {
-            Some(&i) => i,
-            None => {
-                self.batch.push((doc.to_string(), Vec::new()));
-                self.batch_index
-                    .insert(doc.to_string(), self.batch.len() - 1);
-                self.batch.len() - 1
-            }
-        };
+        let index = self.batch_slot(doc);
+        self.batch_bytes += bytes;
         self.batch[index].1.extend(changes);
     }
 

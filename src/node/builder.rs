@@ -45,7 +45,14 @@ pub struct NodeConfig {
     /// the nodes, and `add-node`/`remove-node` change it while the cluster runs. `None`
     /// (nodes built in code): the topology stays as given.
     pub membership: Option<crate::membership::Membership>,
+    /// Bytes waiting to be written to storage, at most, before the node refuses writes with
+    /// 503 and stops reading from peers until storage catches up (default
+    /// [`DEFAULT_STORE_QUEUE_BYTES`]; see the module [`crate::node`]).
+    pub store_queue_bytes: usize,
 }
+
+/// The default of [`NodeConfig::store_queue_bytes`]: 64 MiB.
+pub const DEFAULT_STORE_QUEUE_BYTES: usize = 64 << 20;
 
 /// The file in a node's data directory that holds the newest live topology it knows.
 pub const TOPOLOGY_FILE: &str = "topology.json";
@@ -78,6 +85,7 @@ impl NodeConfig {
             storage: StorageChoice::Dir(me.data.clone()),
             tuning: config.tuning.clone(),
             membership: Some(membership),
+            store_queue_bytes: DEFAULT_STORE_QUEUE_BYTES,
         })
     }
 }
@@ -103,6 +111,7 @@ impl NodeBuilder {
                 storage: StorageChoice::Memory(MemoryStore::new()),
                 tuning: Tuning::default(),
                 membership: None,
+                store_queue_bytes: DEFAULT_STORE_QUEUE_BYTES,
             },
             topology: None,
         }
@@ -141,6 +150,13 @@ impl NodeBuilder {
     /// Tuning knobs.
     pub fn tuning(mut self, tuning: Tuning) -> Self {
         self.config.tuning = tuning;
+        self
+    }
+
+    /// Bytes waiting to be written to storage, at most (see
+    /// [`NodeConfig::store_queue_bytes`]).
+    pub fn store_queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.store_queue_bytes = bytes;
         self
     }
 

@@ -4,6 +4,7 @@
 
 mod cluster_view;
 mod drain;
+mod storage;
 mod topology;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -15,9 +16,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use super::links::{LinkChanges, Links};
 use super::store_thread::{self, StoreDone, StoreJob};
 use super::writes::Writes;
-use super::{Ack, ClientEvent, Command, DocEvent, Error, Node, NodeConfig, NodeStatus, PeerStatus};
+use super::{
+    Ack, ClientEvent, Command, DocEvent, Error, Health, Node, NodeConfig, NodeStatus, PeerStatus,
+};
 use crate::core::{ChangeError, CoreConfig, Effect, Replica, Unsent};
-use crate::storage::Compaction;
 use crate::transport::{SendError, Transport, TransportConfig, TransportEvent};
 
 /// At shutdown, documents with at least this many logged changes are compacted.
@@ -72,6 +74,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
             reconnect_min: Duration::from_millis(tuning.reconnect_min_ms),
             reconnect_max: Duration::from_millis(tuning.reconnect_max_ms),
             send_queue: tuning.send_queue,
+            compress: tuning.compress_links,
         },
         events_tx,
     )
@@ -84,9 +87,9 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         _ => None,
     };
     let (done_tx, dones) = mpsc::unbounded_channel();
-    let (failure_tx, failure) = watch::channel(None);
-    let failure_tx = std::sync::Arc::new(failure_tx);
-    let jobs = store_thread::spawn(store, tuning.compact_after, done_tx, failure_tx.clone());
+    let (health_tx, health) = watch::channel(Health::Ok);
+    let health_tx = std::sync::Arc::new(health_tx);
+    let jobs = store_thread::spawn(store, tuning.compact_after, done_tx, health_tx.clone());
     let (commands_tx, commands) = mpsc::channel(1024);
     let others = config.topology.nodes().len().saturating_sub(1);
     let driver = Driver {
@@ -98,6 +101,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         transport,
         addrs: config.peers.clone(),
         jobs,
+        store: storage::StoreState::new(config.store_queue_bytes, health_tx.clone()),
         writes: Writes::default(),
         subscribers: HashMap::new(),
         compacting: HashSet::new(),
@@ -126,7 +130,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
                     panic_text(e.into_panic())
                 );
                 tracing::error!("{why}");
-                failure_tx.send_replace(Some(why));
+                health_tx.send_replace(Health::Failed(why));
             }
         }
     });
@@ -134,7 +138,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         id: config.id,
         peer_addr,
         commands: commands_tx,
-        failure,
+        health,
     })
 }
 
@@ -158,6 +162,8 @@ struct Driver {
     transport: Transport,
     addrs: BTreeMap<String, std::net::SocketAddr>,
     jobs: std_mpsc::Sender<StoreJob>,
+    /// Bytes queued for storage and whether it fails (see `storage`).
+    store: storage::StoreState,
     writes: Writes,
     subscribers: HashMap<String, broadcast::Sender<DocEvent>>,
     compacting: HashSet<String>,
@@ -212,7 +218,8 @@ impl Driver {
                         return;
                     }
                 },
-                Some(ev) = events.recv() => Input::Event(ev),
+                // Past the storage bound peers' messages wait (see `storage`).
+                Some(ev) = events.recv(), if !self.storage_full() => Input::Event(ev),
                 Some(done) = dones.recv() => Input::Done(done),
                 _ = tick.tick() => Input::Tick,
             };
@@ -230,7 +237,10 @@ impl Driver {
                 }
                 next = if let Ok(done) = dones.try_recv() {
                     Some(Input::Done(done))
-                } else if let Ok(ev) = events.try_recv() {
+                } else if let Some(ev) = (!self.storage_full())
+                    .then(|| events.try_recv().ok())
+                    .flatten()
+                {
                     Some(Input::Event(ev))
                 } else if let Ok(cmd) = commands.try_recv() {
                     Some(Input::Command(cmd))
@@ -418,14 +428,15 @@ impl Driver {
         }
     }
 
-    /// Why writes are refused now, if they are: this node was removed or is leaving.
+    /// Why writes are refused now, if they are: this node was removed or is leaving, or
+    /// its storage is failing or behind (see `storage`).
     fn refusing_writes(&self) -> Option<Error> {
         if self.removed {
             Some(Error::Removed(self.id.clone()))
         } else if self.draining.is_some() {
             Some(Error::Leaving(self.id.clone()))
         } else {
-            None
+            self.storage_refusal()
         }
     }
 
@@ -449,39 +460,6 @@ impl Driver {
         }
     }
 
-    fn store_done(&mut self, done: StoreDone) {
-        match done {
-            StoreDone::Appended {
-                tokens,
-                result,
-                compact,
-            } => {
-                if let Err(e) = &result {
-                    tracing::error!(node = %self.id, "storage append failed: {e}");
-                }
-                for token in tokens {
-                    self.writes.persisted(token, &result);
-                    if result.is_ok() {
-                        self.replica.persisted(token);
-                    }
-                }
-                let docs: Vec<String> = compact
-                    .into_iter()
-                    .filter(|doc| !self.compacting.contains(doc))
-                    .collect();
-                self.compact(docs);
-            }
-            StoreDone::Compacted { docs, result } => {
-                if let Err(e) = result {
-                    tracing::warn!(node = %self.id, docs = docs.len(), "compaction failed, logs kept: {e}");
-                }
-                for doc in docs {
-                    self.compacting.remove(&doc);
-                }
-            }
-        }
-    }
-
     fn run_effects(&mut self) {
         loop {
             let effects = self.replica.drain_effects();
@@ -495,15 +473,13 @@ impl Driver {
                         match self.transport.send(&to, msg) {
                             Ok(()) => {}
                             Err(SendError::Full) => self.replica.send_failed(&to, unsent),
+                            Err(SendError::TooLarge { len, docs }) => {
+                                self.replica.send_refused(&to, unsent, len, docs)
+                            }
                             Err(SendError::NotConnected) => {}
                         }
                     }
-                    Effect::Persist { token, docs } => {
-                        if self.jobs.send(StoreJob::Append { token, docs }).is_err() {
-                            self.writes
-                                .persisted(token, &Err("the storage thread has stopped".into()));
-                        }
-                    }
+                    Effect::Persist { token, docs } => self.persist(token, docs),
                     Effect::Acked { doc, hash, by } => self.writes.acked(&doc, &hash, &by),
                     Effect::Client { client, msg } => self.send_client(client, msg),
                     Effect::Notify { doc, heads } => {
@@ -573,6 +549,8 @@ impl Driver {
             docs_loaded: counts.loaded,
             cache_bytes: counts.loaded_bytes,
             pending_writes: self.writes.len(),
+            storage_queued_bytes: self.storage_queued(),
+            storage_failing: self.storage_failing().cloned(),
             sync_clients: self.clients.len(),
             sync_clients_dropped: self.clients_dropped,
             core: self.replica.stats(),
@@ -580,37 +558,11 @@ impl Driver {
         }
     }
 
-    /// Queues one compaction of these documents (snapshots taken now).
-    fn compact(&mut self, docs: Vec<String>) {
-        let compactions: Vec<Compaction> = docs
-            .into_iter()
-            .filter_map(|doc| {
-                let (snapshot, keep) = match self.replica.snapshot(&doc) {
-                    Ok(Some(s)) => s,
-                    Ok(None) => return None,
-                    Err(e) => {
-                        tracing::warn!(node = %self.id, "not compacted: {e}");
-                        return None;
-                    }
-                };
-                Some(Compaction {
-                    doc,
-                    snapshot,
-                    keep,
-                })
-            })
-            .collect();
-        if compactions.is_empty() {
-            return;
-        }
-        self.compacting
-            .extend(compactions.iter().map(|c| c.doc.clone()));
-        let _ = self.jobs.send(StoreJob::Compact(compactions));
-    }
-
     /// Flushes everything to storage, compacts long logs (a restart then loads snapshots,
     /// several times faster than replaying changes), closes the transport and the store.
     async fn stop(&mut self, reply: Option<oneshot::Sender<()>>) {
+        // What a failed commit left in memory gets one last try.
+        self.replica.retry_persists();
         self.replica.flush();
         self.run_effects();
         self.transport.shutdown().await;

@@ -4,6 +4,30 @@
 //! This is the only module that imports core, transport and storage together. One task
 //! (see `driver`) owns the [`Replica`](crate::core::Replica); everything else talks to it
 //! through a bounded command channel, so no lock is held across an await.
+//!
+//! # When storage fails or falls behind
+//! A local write is applied in memory and pushed to peers at once, and answered once it is
+//! durable here. If the commit that holds it fails, the write answers
+//! [`Error::StorageFailed`]: its outcome is *uncertain* (it is applied in memory here and
+//! may have replicated, but it is not durable here). The node then:
+//! - reports [`Health::StorageFailing`] (`GET /v1/health` answers 503 with the reason) and
+//!   refuses writes with [`Error::StorageFailing`] (503);
+//! - keeps serving reads and replicating; what it could not store stays in memory and is
+//!   written again every `persist_retry_ms` (half a second), which is also the probe:
+//!   the first commit that succeeds, a retry or any other, makes the node
+//!   [`Health::Ok`] again and writes are accepted. No acknowledgement is ever sent for a
+//!   change whose commit failed (a peer's write concern times out instead).
+//!
+//! A panicked driver or storage thread is different: [`Health::Failed`] is final
+//! ([`Node::failure`], [`Node::failed`]), the process should exit and be restarted.
+//!
+//! Bytes waiting to be written (queued for the storage thread, or held after a failed
+//! commit) are bounded by [`NodeConfig::store_queue_bytes`]: past it, local writes are
+//! refused with [`Error::StorageBusy`] (503) and the node stops reading peers' messages
+//! (they wait in the transport, and QUIC's flow control holds the peers back; nothing is
+//! lost) until the queue drains below the bound. The bound is checked before each input,
+//! so it is exceeded by one write or one peer message at most; what was accepted is always
+//! queued, never dropped.
 
 mod builder;
 mod driver;
@@ -20,7 +44,9 @@ use automerge::{Automerge, ChangeHash};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use crate::ops::Ack;
-pub use builder::{NodeBuilder, NodeConfig, StorageChoice, TOPOLOGY_FILE};
+pub use builder::{
+    NodeBuilder, NodeConfig, StorageChoice, DEFAULT_STORE_QUEUE_BYTES, TOPOLOGY_FILE,
+};
 
 use crate::core::{ClientMsg, CoreError, CoreStats, Replica};
 use crate::transport::TransportStats;
@@ -69,9 +95,33 @@ pub enum Error {
         /// Peers that did acknowledge.
         acked_by: Vec<String>,
     },
-    /// The write could not be made durable; it is not acknowledged.
-    #[error("storage failed: {0}")]
+    /// The write's outcome is uncertain: storage failed to make it durable on this node,
+    /// but it was already applied in memory here (reads show it) and may have replicated to
+    /// peers. It is not acknowledged. The node keeps it in memory and writes it again once
+    /// storage works (see [`Health::StorageFailing`]); if the node stops first, it survives
+    /// only on peers that have it.
+    #[error(
+        "outcome uncertain: the write is applied in memory on this node and may have \
+         replicated to peers, but storage failed, so it is not durable here: {0}"
+    )]
     StorageFailed(String),
+    /// Storage is failing (the last commit failed): the node refuses writes until a
+    /// commit succeeds again (see [`Health::StorageFailing`]). Nothing was written.
+    #[error("storage is failing, so this node refuses writes until it works again: {0}")]
+    StorageFailing(String),
+    /// Storage is behind: more bytes wait to be written than the node's bound
+    /// ([`NodeConfig::store_queue_bytes`]); the node refuses writes until the queue drains.
+    /// Nothing was written; try again shortly.
+    #[error(
+        "storage is busy: {queued} bytes wait to be written (bound {limit}); nothing was \
+         written, try again shortly"
+    )]
+    StorageBusy {
+        /// Bytes waiting to be written.
+        queued: usize,
+        /// The bound.
+        limit: usize,
+    },
     /// This node is being removed: it hands what it holds to its neighbours and takes no
     /// more writes.
     #[error("node {0:?} is leaving the cluster: it takes no more writes")]
@@ -167,6 +217,11 @@ pub struct NodeStatus {
     pub cache_bytes: usize,
     /// Writes waiting for durability or acknowledgements.
     pub pending_writes: usize,
+    /// Bytes waiting to be written to storage: queued for the storage thread, and held in
+    /// memory after a failed commit.
+    pub storage_queued_bytes: usize,
+    /// Why storage is failing, if it is (see [`Health::StorageFailing`]).
+    pub storage_failing: Option<String>,
     /// automerge-repo clients connected (see [`crate::sync`]).
     pub sync_clients: usize,
     /// Clients disconnected because they fell too far behind.
@@ -186,6 +241,21 @@ impl NodeStatus {
             .map(|p| p.id.as_str())
             .collect()
     }
+}
+
+/// How well a node works (see [`Node::health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// It serves reads and writes.
+    Ok,
+    /// Its storage is failing (the last commit failed; the reason is given). A degraded
+    /// state it recovers from by itself: it serves reads and keeps replicating, refuses
+    /// writes ([`Error::StorageFailing`]), keeps in memory what it could not store and
+    /// writes it again every half second (or as soon as any other commit succeeds); the
+    /// first commit that succeeds makes it [`Health::Ok`] again.
+    StorageFailing(String),
+    /// It has stopped working for good (see [`Node::failure`]). Final.
+    Failed(String),
 }
 
 /// How a write finished, as the driver reports it.
@@ -293,8 +363,9 @@ pub struct Node {
     id: String,
     peer_addr: SocketAddr,
     commands: mpsc::Sender<Command>,
-    /// Set once the node can no longer work (its driver or storage thread panicked).
-    failure: watch::Receiver<Option<String>>,
+    /// Its health: failing storage (recoverable), or failed for good (its driver or
+    /// storage thread panicked).
+    health: watch::Receiver<Health>,
 }
 
 impl Node {
@@ -308,16 +379,30 @@ impl Node {
     /// (a bug). It then answers every call with [`Error::Stopped`] and cannot write; the
     /// process should exit and be restarted (a restart is safe: everything acknowledged is
     /// on disk).
+    /// Failing storage is not a failure (see [`Node::health`]).
     pub fn failure(&self) -> Option<String> {
-        self.failure.borrow().clone()
+        match &*self.health.borrow() {
+            Health::Failed(why) => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    /// How well the node works now: [`Health::Ok`], [`Health::StorageFailing`] (it
+    /// refuses writes until storage works again, by itself) or [`Health::Failed`] (final;
+    /// the same as [`Node::failure`]).
+    pub fn health(&self) -> Health {
+        self.health.borrow().clone()
     }
 
     /// Waits until the node fails (see [`Node::failure`]) and says why; never returns for
-    /// a node that keeps working.
+    /// a node that keeps working (failing storage is not a failure).
     pub async fn failed(&self) -> String {
-        let mut failure = self.failure.clone();
-        let why = match failure.wait_for(Option::is_some).await {
-            Ok(f) => f.clone(),
+        let mut health = self.health.clone();
+        let why = match health.wait_for(|h| matches!(h, Health::Failed(_))).await {
+            Ok(h) => match &*h {
+                Health::Failed(why) => Some(why.clone()),
+                _ => None,
+            },
             Err(_) => None,
         };
         match why {

@@ -1,11 +1,17 @@
 //! The storage thread: runs blocking store calls off the async runtime and groups every
 //! queued append into one durable commit (one fsync for many writes under load).
+//!
+//! Its job queue is a plain channel that never blocks the driver; the driver bounds it (see
+//! `driver::storage`): every job carries its bytes, the thread reports them back when the
+//! job is done, and past the limit the driver stops taking new work until the queue drains.
+//! A failed append reports the documents it held, so that the replica can write them again.
 
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
+use super::Health;
 use crate::storage::{Compaction, DocAppend, StorageError, Store};
 
 /// Work for the storage thread.
@@ -13,10 +19,12 @@ pub(crate) enum StoreJob {
     Append {
         token: u64,
         docs: Vec<DocAppend>,
+        /// Bytes the job holds (counted against the queue's bound).
+        bytes: usize,
     },
     /// Replaces these documents' logs with their snapshots (one commit for the run of
     /// consecutive compactions).
-    Compact(Vec<Compaction>),
+    Compact { docs: Vec<Compaction>, bytes: usize },
     /// Commits what is queued, then answers with the documents whose log holds at least
     /// this many changes (to compact them before closing).
     LongLogs(usize, tokio::sync::oneshot::Sender<Vec<String>>),
@@ -32,12 +40,32 @@ pub(crate) enum StoreDone {
         result: Result<(), String>,
         /// Documents whose change log has grown past the compaction threshold.
         compact: Vec<String>,
+        /// On failure, what the batches held (nothing of it is stored).
+        failed: Vec<DocAppend>,
+        /// Bytes of the jobs, no longer queued.
+        bytes: usize,
     },
     /// A compaction finished: `Ok`, or failed with the old state intact.
     Compacted {
         docs: Vec<String>,
         result: Result<(), StorageError>,
+        /// Bytes of the jobs, no longer queued.
+        bytes: usize,
     },
+}
+
+/// Bytes of a persist batch: its changes and heads.
+pub(crate) fn append_bytes(docs: &[DocAppend]) -> usize {
+    docs.iter()
+        .map(|d| d.doc.len() + 32 * d.heads.len() + d.changes.iter().map(Vec::len).sum::<usize>())
+        .sum()
+}
+
+/// Bytes of a compaction: its snapshots and kept changes.
+pub(crate) fn compaction_bytes(docs: &[Compaction]) -> usize {
+    docs.iter()
+        .map(|c| c.doc.len() + c.snapshot.len() + c.keep.iter().map(Vec::len).sum::<usize>())
+        .sum()
 }
 
 /// Starts the thread; it ends when the job sender is dropped.
@@ -45,10 +73,10 @@ pub(crate) fn spawn(
     mut store: Box<dyn Store>,
     compact_after: usize,
     done: mpsc::UnboundedSender<StoreDone>,
-    failure: Arc<watch::Sender<Option<String>>>,
+    health: Arc<watch::Sender<Health>>,
 ) -> std_mpsc::Sender<StoreJob> {
     let (tx, rx) = std_mpsc::channel::<StoreJob>();
-    let failed = failure.clone();
+    let failed = health.clone();
     let started = std::thread::Builder::new()
         .name("concordant-store".into())
         .spawn(move || {
@@ -77,14 +105,14 @@ pub(crate) fn spawn(
                         super::driver::panic_text(payload)
                     );
                     tracing::error!("{why}");
-                    failure.send_replace(Some(why));
+                    health.send_replace(Health::Failed(why));
                 }
             }
         });
     if let Err(e) = started {
         let why = format!("cannot start the storage thread: {e}");
         tracing::error!("{why}");
-        failed.send_replace(Some(why));
+        failed.send_replace(Health::Failed(why));
     }
     tx
 }
@@ -98,66 +126,84 @@ fn run_jobs(
     compact_after: usize,
     done: &mpsc::UnboundedSender<StoreDone>,
 ) -> Option<tokio::sync::oneshot::Sender<()>> {
-    let mut tokens = Vec::new();
-    let mut batch: Vec<DocAppend> = Vec::new();
-    let mut compactions: Vec<Compaction> = Vec::new();
+    let mut appends = Pending::default();
+    let mut compactions = (Vec::new(), 0);
     for job in jobs {
-        if !matches!(job, StoreJob::Compact(_)) {
+        if !matches!(job, StoreJob::Compact { .. }) {
             compact(store, &mut compactions, done);
         }
         match job {
-            StoreJob::Append { token, docs } => {
-                tokens.push(token);
-                batch.extend(docs);
+            StoreJob::Append { token, docs, bytes } => {
+                appends.tokens.push(token);
+                appends.docs.extend(docs);
+                appends.bytes += bytes;
             }
-            StoreJob::Compact(docs) => {
-                commit(store, &mut tokens, &mut batch, compact_after, done);
-                compactions.extend(docs);
+            StoreJob::Compact { docs, bytes } => {
+                commit(store, &mut appends, compact_after, done);
+                compactions.0.extend(docs);
+                compactions.1 += bytes;
             }
             StoreJob::LongLogs(min, reply) => {
-                commit(store, &mut tokens, &mut batch, compact_after, done);
+                commit(store, &mut appends, compact_after, done);
                 let _ = reply.send(store.docs_with_log(min));
             }
             StoreJob::Close(reply) => {
-                commit(store, &mut tokens, &mut batch, compact_after, done);
+                commit(store, &mut appends, compact_after, done);
                 return Some(reply);
             }
         }
     }
     compact(store, &mut compactions, done);
-    commit(store, &mut tokens, &mut batch, compact_after, done);
+    commit(store, &mut appends, compact_after, done);
     None
+}
+
+/// Appends gathered for one commit.
+#[derive(Default)]
+struct Pending {
+    tokens: Vec<u64>,
+    docs: Vec<DocAppend>,
+    bytes: usize,
 }
 
 fn compact(
     store: &mut dyn Store,
-    compactions: &mut Vec<Compaction>,
+    compactions: &mut (Vec<Compaction>, usize),
     done: &mpsc::UnboundedSender<StoreDone>,
 ) {
-    if compactions.is_empty() {
+    if compactions.0.is_empty() {
         return;
     }
-    let compactions = std::mem::take(compactions);
+    let (compactions, bytes) = std::mem::take(compactions);
     let docs = compactions.iter().map(|c| c.doc.clone()).collect();
     let result = store.compact(compactions);
-    let _ = done.send(StoreDone::Compacted { docs, result });
+    let _ = done.send(StoreDone::Compacted {
+        docs,
+        result,
+        bytes,
+    });
 }
 
 fn commit(
     store: &mut dyn Store,
-    tokens: &mut Vec<u64>,
-    batch: &mut Vec<DocAppend>,
+    pending: &mut Pending,
     compact_after: usize,
     done: &mpsc::UnboundedSender<StoreDone>,
 ) {
-    if tokens.is_empty() {
+    if pending.tokens.is_empty() {
         return;
     }
-    let batch = std::mem::take(batch);
+    let Pending {
+        tokens,
+        docs: batch,
+        bytes,
+    } = std::mem::take(pending);
     let mut docs: Vec<String> = batch.iter().map(|d| d.doc.clone()).collect();
     let changes: usize = batch.iter().map(|d| d.changes.len()).sum();
     let started = std::time::Instant::now();
-    let result = store.append(batch).map_err(|e| e.to_string());
+    let result = store.append(&batch).map_err(|e| e.to_string());
+    // Handed back if the commit failed (then nothing of it is stored), to be written again.
+    let failed = if result.is_err() { batch } else { Vec::new() };
     tracing::debug!(
         changes,
         batches = tokens.len(),
@@ -171,8 +217,10 @@ fn commit(
         .filter(|d| store.log_len(d) >= compact_after)
         .collect();
     let _ = done.send(StoreDone::Appended {
-        tokens: std::mem::take(tokens),
+        tokens,
         result,
         compact,
+        failed,
+        bytes,
     });
 }

@@ -5,9 +5,15 @@
 //! [`super::RedbStore`]. A clone is a new handle, as if the store were reopened: what
 //! [`Store::docs_with_log`] remembers (the documents this handle wrote) starts empty.
 //! Readers share the data too. Every operation is all-or-nothing under one lock.
+//!
+//! For tests of what a node does when its disk fails or is slow, [`MemoryStore::faults`]
+//! makes appends fail (storing nothing) or take longer, on demand; clones share the faults
+//! as they share the data.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::{
     Compaction, DocAppend, DocReader, Heads, IndexVisitor, StorageError, Store, StoredDoc,
@@ -36,6 +42,7 @@ pub struct MemoryStore {
     docs: Docs,
     /// Log lengths of the documents this handle appended to or compacted.
     touched: HashMap<String, usize>,
+    faults: StoreFaults,
 }
 
 impl Clone for MemoryStore {
@@ -43,7 +50,55 @@ impl Clone for MemoryStore {
         MemoryStore {
             docs: Arc::clone(&self.docs),
             touched: HashMap::new(),
+            faults: self.faults.clone(),
         }
+    }
+}
+
+/// Faults injected into a [`MemoryStore`]'s appends, for tests; cloned handles share them.
+#[derive(Debug, Default, Clone)]
+pub struct StoreFaults(Arc<Faults>);
+
+#[derive(Debug, Default)]
+struct Faults {
+    fail_appends: AtomicBool,
+    append_delay_ms: AtomicU64,
+    appends: AtomicU64,
+    largest_append: AtomicUsize,
+}
+
+impl StoreFaults {
+    /// While `fail` is true, every append fails and stores nothing (as a full or broken
+    /// disk would).
+    pub fn fail_appends(&self, fail: bool) {
+        self.0.fail_appends.store(fail, Ordering::SeqCst);
+    }
+
+    /// Every append takes at least this much longer (a slow disk).
+    pub fn delay_appends(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.0.append_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Appends attempted so far (failed ones included).
+    pub fn appends(&self) -> u64 {
+        self.0.appends.load(Ordering::SeqCst)
+    }
+
+    /// The largest append attempted so far: the bytes of its changes.
+    pub fn largest_append(&self) -> usize {
+        self.0.largest_append.load(Ordering::SeqCst)
+    }
+
+    /// Waits as configured, then says whether this append fails.
+    fn on_append(&self, bytes: usize) -> bool {
+        self.0.appends.fetch_add(1, Ordering::SeqCst);
+        self.0.largest_append.fetch_max(bytes, Ordering::SeqCst);
+        let delay = self.0.append_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        self.0.fail_appends.load(Ordering::SeqCst)
     }
 }
 
@@ -51,6 +106,11 @@ impl MemoryStore {
     /// A new, empty store.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// The faults injected into this store's appends (shared with its clones).
+    pub fn faults(&self) -> StoreFaults {
+        self.faults.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, MemDoc>> {
@@ -98,13 +158,21 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn append(&mut self, batch: Vec<DocAppend>) -> Result<(), StorageError> {
+    fn append(&mut self, batch: &[DocAppend]) -> Result<(), StorageError> {
+        let bytes = batch.iter().flat_map(|d| &d.changes).map(Vec::len).sum();
+        if self.faults.on_append(bytes) {
+            return Err(StorageError::Io {
+                path: "memory".into(),
+                action: "appending",
+                source: std::io::Error::other("injected fault: appends fail"),
+            });
+        }
         let mut docs = lock(&self.docs);
         for append in batch {
             let doc = docs.entry(append.doc.clone()).or_default();
-            doc.changes.extend(append.changes);
-            doc.heads = Some(append.heads);
-            self.touched.insert(append.doc, doc.changes.len());
+            doc.changes.extend(append.changes.iter().cloned());
+            doc.heads = Some(append.heads.clone());
+            self.touched.insert(append.doc.clone(), doc.changes.len());
         }
         Ok(())
     }

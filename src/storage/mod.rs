@@ -32,7 +32,7 @@ mod migrate;
 mod redb_reader;
 mod redb_store;
 
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, StoreFaults};
 pub use redb_store::{RedbStore, DB_FILE, FORMAT_VERSION};
 
 /// One document as stored: the latest snapshot (an Automerge `save()`), if any, plus every
@@ -175,7 +175,7 @@ pub trait Store: Send + 'static {
     /// (fsync). A [`DocAppend`] with no changes still records its heads (creating the index
     /// entry if needed); for a document listed twice, the later heads win. When it returns
     /// Ok, all of it is on disk; on Err, none of it is visible.
-    fn append(&mut self, batch: Vec<DocAppend>) -> Result<(), StorageError>;
+    fn append(&mut self, batch: &[DocAppend]) -> Result<(), StorageError>;
 
     /// Atomically replaces, for every given document, its snapshot and ALL its appended
     /// changes with `snapshot` followed by `keep` (changes the snapshot does not contain).

@@ -273,12 +273,12 @@ impl Store for RedbStore {
         guarded(&self.path, || self.write_heads(&heads))
     }
 
-    fn append(&mut self, batch: Vec<DocAppend>) -> Result<(), StorageError> {
+    fn append(&mut self, batch: &[DocAppend]) -> Result<(), StorageError> {
         if batch.is_empty() {
             return Ok(());
         }
         // Log lengths are remembered only once the commit succeeded.
-        let updated = guarded(&self.path, || self.write_append(&batch))?;
+        let updated = guarded(&self.path, || self.write_append(batch))?;
         self.touched.extend(updated);
         Ok(())
     }

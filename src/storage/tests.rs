@@ -73,8 +73,8 @@ fn one(doc: &str, snapshot: &str, keep: Vec<Vec<u8>>) -> Vec<Compaction> {
 fn round_trip(reopen: Reopen) {
     let mut s = reopen();
     assert!(load(s.as_mut()).is_empty());
-    s.append(vec![ap("a", 0..2), ap("b", 0..1)]).unwrap();
-    s.append(vec![ap("a", 2..3)]).unwrap();
+    s.append(&[ap("a", 0..2), ap("b", 0..1)]).unwrap();
+    s.append(&[ap("a", 2..3)]).unwrap();
     assert_eq!(s.log_len("a"), 3);
     assert_eq!(s.log_len("b"), 1);
     assert_eq!(s.log_len("zzz"), 0);
@@ -88,7 +88,7 @@ fn round_trip(reopen: Reopen) {
     ];
     assert_eq!(load(s.as_mut()), want);
     // Appends after a reopen continue the same log.
-    s.append(vec![ap("b", 1..2)]).unwrap();
+    s.append(&[ap("b", 1..2)]).unwrap();
     drop(s);
     let mut s = reopen();
     assert_eq!(load(s.as_mut())[1], doc("b", None, changes("b", 0..2)));
@@ -103,11 +103,11 @@ fn round_trip(reopen: Reopen) {
 
 fn compaction(reopen: Reopen) {
     let mut s = reopen();
-    s.append(vec![ap("a", 0..5), ap("b", 0..2)]).unwrap();
+    s.append(&[ap("a", 0..5), ap("b", 0..2)]).unwrap();
     // The snapshot holds a/0..4; a/4 is not in it and is kept.
     s.compact(one("a", "snap0-4", changes("a", 4..5))).unwrap();
     assert_eq!(s.log_len("a"), 1);
-    s.append(vec![ap("a", 5..7)]).unwrap();
+    s.append(&[ap("a", 5..7)]).unwrap();
     assert_eq!(s.log_len("a"), 3);
     drop(s);
 
@@ -122,7 +122,7 @@ fn compaction(reopen: Reopen) {
     // A second compaction replaces the first snapshot and the whole log.
     s.compact(one("a", "snap0-7", vec![])).unwrap();
     assert_eq!(s.log_len("a"), 0);
-    s.append(vec![ap("a", 7..8)]).unwrap();
+    s.append(&[ap("a", 7..8)]).unwrap();
     drop(s);
     let mut s = reopen();
     assert_eq!(
@@ -151,7 +151,7 @@ fn compaction(reopen: Reopen) {
     );
 
     // Several documents in one compaction; the others keep their logs.
-    s.append(vec![ap("b", 2..4)]).unwrap();
+    s.append(&[ap("b", 2..4)]).unwrap();
     let mut both = one("a", "snapA", vec![]);
     both.extend(one("b", "snapB", changes("b", 3..4)));
     s.compact(both).unwrap();
@@ -184,12 +184,12 @@ fn many_docs_and_batches(reopen: Reopen) {
         let batch = ids
             .iter()
             .map(|id| ap(id, round * 2..round * 2 + 2))
-            .collect();
-        s.append(batch).unwrap();
+            .collect::<Vec<_>>();
+        s.append(&batch).unwrap();
     }
     // The same document twice in one batch keeps the batch order and the later heads; an
     // empty list of changes records heads only.
-    s.append(vec![
+    s.append(&[
         ap("doc-000", 6..7),
         DocAppend {
             doc: "doc-001".into(),
@@ -199,7 +199,7 @@ fn many_docs_and_batches(reopen: Reopen) {
         ap("doc-000", 7..8),
     ])
     .unwrap();
-    s.append(vec![]).unwrap();
+    s.append(&[]).unwrap();
     drop(s);
 
     let mut s = reopen();
@@ -276,7 +276,7 @@ fn index_entries(reopen: Reopen) {
     assert_eq!(r.read("a").unwrap(), None);
     assert_eq!(r.heads("a").unwrap(), None);
     // Heads alone create the entry, with an empty log.
-    s.append(vec![DocAppend {
+    s.append(&[DocAppend {
         doc: "a".into(),
         changes: vec![],
         heads: vec![head("a", 0)],
@@ -285,7 +285,7 @@ fn index_entries(reopen: Reopen) {
     assert_eq!(r.read("a").unwrap(), Some(doc("a", None, vec![])));
     assert_eq!(r.heads("a").unwrap(), Some(vec![head("a", 0)]));
     assert_eq!(s.log_len("a"), 0);
-    s.append(vec![ap("a", 0..2), ap("b", 0..1)]).unwrap();
+    s.append(&[ap("a", 0..2), ap("b", 0..1)]).unwrap();
     s.compact(one("c", "snapC", vec![])).unwrap();
     assert_eq!(
         index(s.as_ref()),
@@ -343,7 +343,7 @@ fn index_entries(reopen: Reopen) {
 /// `docs_with_log` lists the documents written since the store was opened.
 fn long_logs(reopen: Reopen) {
     let mut s = reopen();
-    s.append(vec![ap("a", 0..3), ap("b", 0..1)]).unwrap();
+    s.append(&[ap("a", 0..3), ap("b", 0..1)]).unwrap();
     assert_eq!(
         sorted(s.docs_with_log(1)),
         vec!["a".to_string(), "b".into()]
@@ -358,13 +358,13 @@ fn long_logs(reopen: Reopen) {
         "nothing written since the reopen"
     );
     assert_eq!(s.log_len("a"), 3, "the log length is in the index");
-    s.append(vec![ap("b", 1..3)]).unwrap();
+    s.append(&[ap("b", 1..3)]).unwrap();
     assert_eq!(s.docs_with_log(1), vec!["b".to_string()]);
     s.compact(one("b", "snapB", vec![])).unwrap();
     assert!(s.docs_with_log(1).is_empty());
     assert_eq!(s.docs_with_log(0), vec!["b".to_string()]);
     // Recording heads alone lists the document with its unchanged log.
-    s.append(vec![DocAppend {
+    s.append(&[DocAppend {
         doc: "a".into(),
         changes: vec![],
         heads: vec![head("a", 3)],
@@ -405,7 +405,7 @@ fn reader_sees_commits_from_another_thread(reopen: Reopen) {
         }
     });
     for i in 0..ROUNDS {
-        s.append(vec![ap("x", i..i + 1), ap(&format!("other-{i:03}"), 0..1)])
+        s.append(&[ap("x", i..i + 1), ap(&format!("other-{i:03}"), 0..1)])
             .unwrap();
         committed.store(i + 1, SeqCst);
     }
@@ -418,14 +418,14 @@ fn reader_sees_commits_from_another_thread(reopen: Reopen) {
 /// (not reported as a damaged store), and the store stays usable.
 fn scan_callback_panic_unwinds(reopen: Reopen) {
     let mut s = reopen();
-    s.append(vec![ap("a", 0..1), ap("b", 0..1)]).unwrap();
+    s.append(&[ap("a", 0..1), ap("b", 0..1)]).unwrap();
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         s.scan_index(&mut |_, _| panic!("caller bug")).map(|_| ())
     }));
     let payload = caught.expect_err("the panic unwinds out of scan_index");
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"caller bug"));
     assert_eq!(index(s.as_ref()).len(), 2);
-    s.append(vec![ap("a", 1..2)]).unwrap();
+    s.append(&[ap("a", 1..2)]).unwrap();
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! The acceptor side: the accept loop and the acceptor's handshake. A dialer's Hello is
 //! checked (version, cluster, membership, certificate valid for the claimed id) before we
 //! send anything; a refusal closes the connection with an error code and reason and is
-//! counted. An accepted connection goes to `state.rs` for admission, with our Hello as the
+//! counted. An accepted connection goes to `admit.rs` for admission, with our Hello as the
 //! first frame its writer sends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use rustls_pki_types::CertificateDer;
 
@@ -18,9 +20,15 @@ use super::tls::is_tls_failure;
 use crate::certs::cert_node_id_matches;
 use crate::wire::{Hello, Message, PROTOCOL_VERSION};
 
+/// Most incoming connections in their handshake (TLS and Hello) at once; more are refused
+/// unanswered until one finishes. Peers are few, so this only bounds the work a flood of
+/// connection attempts can cause.
+pub(crate) const MAX_HANDSHAKES: usize = 64;
+
 /// Accepts connections until the endpoint closes or the transport shuts down.
 pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
     let mut closing = inner.closing_rx();
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
@@ -29,7 +37,23 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
         let Some(incoming) = incoming else {
             break;
         };
-        inner.spawn(accept_one(inner.clone(), incoming));
+        match handshakes.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let shared = inner.clone();
+                inner.spawn(async move {
+                    accept_one(shared, incoming).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                inner.rejected.inc(Reject::Busy);
+                tracing::debug!(
+                    remote = %incoming.remote_address(),
+                    "refused a connection: {MAX_HANDSHAKES} handshakes in progress"
+                );
+                incoming.refuse();
+            }
+        }
     }
 }
 
@@ -55,7 +79,7 @@ fn refuse(
         Reject::UnknownNode => code::UNKNOWN_NODE,
         Reject::CertMismatch => code::CERT_MISMATCH,
         Reject::BadFrame => code::BAD_FRAME,
-        Reject::BadHello | Reject::Tls => code::BAD_HELLO,
+        Reject::BadHello | Reject::Tls | Reject::Busy => code::BAD_HELLO,
     };
     tracing::warn!(%remote, reason, detail, "refused a connection");
     conn.close(code, reason.as_bytes());
@@ -148,6 +172,7 @@ async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
         frames,
         first_frame: Some(answer),
         dial_generation: None,
+        compress: inner.compress_with(&hello),
     };
     if let Err(refusal) = inner.admit(&hello.node, new).await {
         tracing::debug!(peer = hello.node, ?refusal, "incoming connection not kept");

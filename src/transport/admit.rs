@@ -33,6 +33,8 @@ pub(crate) struct NewLink {
     pub(crate) first_frame: Option<Vec<u8>>,
     /// `Some(generation)` if we dialed it: admitted only while that dial is still wanted.
     pub(crate) dial_generation: Option<u64>,
+    /// Both Hellos offered deflate: everything after them is compressed, both ways.
+    pub(crate) compress: bool,
 }
 
 /// Why [`Inner::admit`] refused a connection (it has been closed).
@@ -96,15 +98,20 @@ impl Inner {
                 first_frame: new.first_frame,
                 queue,
                 counters: counters.clone(),
+                compress: new.compress,
             },
             guard,
         ));
+        let mut frames = new.frames;
+        if new.compress {
+            frames.inflate();
+        }
         self.spawn(link::run_reader(
             self.clone(),
             peer.to_string(),
             id,
             new.conn,
-            new.frames,
+            frames,
             counters,
         ));
         Ok(())

@@ -1,7 +1,9 @@
 //! The dialer side: one loop per wanted peer that dials whenever the peer has no link (with
 //! capped exponential backoff and jitter between attempts), and the dialer's handshake: send
 //! our Hello on a new stream, read and check the acceptor's Hello, hand the connection to
-//! `state.rs` for admission. Does not decide duplicates (see `state.rs`).
+//! `admit.rs` for admission. Does not decide duplicates (see `admit.rs`). Starting a dial
+//! loop ([`Inner::connect`]) is here too, so that the shared state does not depend on the
+//! dialer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use tokio::sync::watch;
 
 use super::admit::{DialPermit, NewLink, Refusal};
 use super::frames::{FrameError, FrameReader};
+use super::peers::Wanted;
 use super::state::{code, wait_closing, Inner};
 use super::stats::{PeerCounters, Reject};
 use super::tls::is_tls_failure;
@@ -39,6 +42,48 @@ pub(crate) struct DialTarget {
     /// Whether the peer has a link, in either direction.
     pub(crate) connected: watch::Receiver<bool>,
     pub(crate) counters: Arc<PeerCounters>,
+}
+
+impl Inner {
+    /// See [`super::Transport::connect`].
+    pub(crate) fn connect(self: &Arc<Self>, peer: &str, addr: SocketAddr) {
+        if !self.is_member(peer) {
+            tracing::warn!(
+                peer,
+                "not dialing: not a member of the cluster or this node itself"
+            );
+            return;
+        }
+        if self.is_closing() {
+            return;
+        }
+        let generation = self.next_id();
+        let (cancel_tx, cancel_rx) = watch::channel(());
+        let (connected, counters) = {
+            let mut peers = self.peers();
+            let p = peers.get_or_create(peer);
+            if p.wanted.as_ref().is_some_and(|w| w.addr == addr) {
+                return;
+            }
+            p.wanted = Some(Wanted {
+                addr,
+                generation,
+                _cancel: cancel_tx,
+            });
+            (p.connected.subscribe(), p.counters.clone())
+        };
+        self.spawn(dial_loop(
+            self.clone(),
+            DialTarget {
+                peer: peer.to_string(),
+                addr,
+                generation,
+                cancel: cancel_rx,
+                connected,
+                counters,
+            },
+        ));
+    }
 }
 
 /// Capped exponential backoff with jitter: delays lie in `[max(min, d/2), d]` where `d`
@@ -272,6 +317,7 @@ async fn dial_once(inner: &Arc<Inner>, t: &DialTarget) -> Result<Outcome, DialEr
         frames,
         first_frame: None,
         dial_generation: Some(t.generation),
+        compress: inner.compress_with(&h),
     };
     match inner.admit(&t.peer, new).await {
         Ok(()) => Ok(Outcome::Up),

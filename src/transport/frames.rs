@@ -1,94 +1,183 @@
-//! Reading frames from a QUIC receive stream: the length prefix is checked against
-//! `MAX_FRAME` before any payload is read, and the payload buffer grows with the bytes that
-//! actually arrive, so a lying prefix cannot make the node allocate. Decoding itself is
+//! Reading messages from a QUIC receive stream, and the deflate stream below them when the
+//! Hellos agreed on compression. Frame headers are checked (by [`crate::wire`]) before any
+//! payload is read, and buffers grow only with the bytes that actually arrive (inflated at
+//! most [`INFLATE_STEP`] at a time), so neither a lying header nor a deflate bomb can make
+//! the node allocate more than [`crate::wire::MAX_MESSAGE`] plus a step. Decoding itself is
 //! [`crate::wire`]'s; this file only moves bytes.
 
-use tokio::io::{AsyncReadExt, BufReader};
+use flate2::{Decompress, FlushDecompress, Status};
 
 use crate::wire::{self, Message, WireError, HEADER_LEN};
 
-/// Read buffer size: many small frames are served from one read of the stream.
-const READ_BUFFER: usize = 64 * 1024;
-/// Initial payload capacity; larger payloads grow as their bytes arrive.
-const INITIAL_PAYLOAD: usize = 64 * 1024;
+/// Most bytes taken from the stream by one read.
+const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes inflated at a time.
+const INFLATE_STEP: usize = 256 * 1024;
 
-/// Why no frame could be read.
+/// Why no message could be read.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FrameError {
-    /// The peer finished its stream cleanly between two frames.
+    /// The peer finished its stream cleanly between two messages.
     #[error("stream finished")]
     Finished,
     /// The stream or connection failed (closed, reset, timed out).
     #[error("stream lost: {0}")]
-    Lost(std::io::Error),
-    /// The stream ended in the middle of a frame.
-    #[error("stream ended inside a frame ({got} of {expected} bytes)")]
+    Lost(quinn::ReadError),
+    /// The stream ended in the middle of a message.
+    #[error("stream ended inside a message ({got} bytes of it received)")]
     Truncated {
-        /// Bytes the frame announced (or the header size).
-        expected: usize,
-        /// Bytes received.
+        /// Bytes of the unfinished message received.
         got: usize,
     },
-    /// The frame is oversized or does not decode.
+    /// The compressed stream is not valid deflate.
+    #[error("bad compressed stream: {0}")]
+    Inflate(String),
+    /// A frame is oversized or the message does not decode.
     #[error("bad frame: {0}")]
     Bad(#[from] WireError),
 }
 
 impl FrameError {
-    /// Whether the peer sent bytes that are not a valid frame (as opposed to going away).
+    /// Whether the peer sent bytes that are not a valid message (as opposed to going away).
     pub(crate) fn is_malformed(&self) -> bool {
-        matches!(self, FrameError::Truncated { .. } | FrameError::Bad(_))
+        matches!(
+            self,
+            FrameError::Truncated { .. } | FrameError::Inflate(_) | FrameError::Bad(_)
+        )
     }
 }
 
-/// Frames of one receive stream.
+/// Messages of one receive stream.
 pub(crate) struct FrameReader {
-    stream: BufReader<quinn::RecvStream>,
+    stream: quinn::RecvStream,
+    /// Bytes of the stream not yet inflated (compressed streams only).
+    raw: Vec<u8>,
+    /// Bytes of frames not yet parsed, from `at` on.
+    plain: Vec<u8>,
+    at: usize,
+    inflate: Option<Decompress>,
+    /// Bytes read from the stream and not yet reported by [`FrameReader::read`].
+    wire_bytes: usize,
 }
 
 impl FrameReader {
     pub(crate) fn new(stream: quinn::RecvStream) -> Self {
         FrameReader {
-            stream: BufReader::with_capacity(READ_BUFFER, stream),
+            stream,
+            raw: Vec::new(),
+            plain: Vec::new(),
+            at: 0,
+            inflate: None,
+            wire_bytes: 0,
         }
     }
 
-    /// The next message and the size of its frame on the wire.
+    /// From here on the stream is one deflate stream (the Hellos agreed on compression).
+    /// Bytes already read past the last message are the start of it.
+    pub(crate) fn inflate(&mut self) {
+        self.raw = self.plain.split_off(self.at);
+        self.plain.clear();
+        self.at = 0;
+        self.inflate = Some(Decompress::new(false));
+    }
+
+    /// The next message, and the bytes read from the stream since the previous one (after
+    /// decompression, a message's own size may be larger).
     pub(crate) async fn read(&mut self) -> Result<(Message, usize), FrameError> {
-        let mut header = [0u8; HEADER_LEN];
-        let mut filled = 0;
-        while filled < HEADER_LEN {
-            let n = self
-                .stream
-                .read(&mut header[filled..])
-                .await
-                .map_err(FrameError::Lost)?;
-            if n == 0 {
-                return Err(if filled == 0 {
+        let mut joined: Vec<u8> = Vec::new();
+        let mut frames = 0;
+        loop {
+            let head = match self.plain.get(self.at..self.at + HEADER_LEN) {
+                Some(h) => {
+                    let mut header = [0u8; HEADER_LEN];
+                    header.copy_from_slice(h);
+                    Some(wire::frame_head(header)?)
+                }
+                None => None,
+            };
+            if let Some(head) = head {
+                wire::check_message_len(joined.len(), head.len)?;
+                let start = self.at + HEADER_LEN;
+                if let Some(body) = self.plain.get(start..start + head.len) {
+                    frames += 1;
+                    self.at = start + head.len;
+                    if !head.more {
+                        let msg = if joined.is_empty() {
+                            wire::decode_payload(body)?
+                        } else {
+                            joined.extend_from_slice(body);
+                            wire::decode_payload(&joined)?
+                        };
+                        self.compact();
+                        return Ok((msg, std::mem::take(&mut self.wire_bytes)));
+                    }
+                    joined.extend_from_slice(body);
+                    self.compact();
+                    continue;
+                }
+            }
+            if !self.fill().await? {
+                let got = joined.len() + self.plain.len() - self.at;
+                return Err(if got == 0 && frames == 0 {
                     FrameError::Finished
                 } else {
-                    FrameError::Truncated {
-                        expected: HEADER_LEN,
-                        got: filled,
-                    }
+                    FrameError::Truncated { got }
                 });
             }
-            filled += n;
         }
-        let len = wire::frame_len(header)?;
-        let mut payload = Vec::with_capacity(len.min(INITIAL_PAYLOAD));
-        (&mut self.stream)
-            .take(len as u64)
-            .read_to_end(&mut payload)
-            .await
-            .map_err(FrameError::Lost)?;
-        if payload.len() < len {
-            return Err(FrameError::Truncated {
-                expected: len,
-                got: payload.len(),
-            });
+    }
+
+    /// Drops the parsed bytes once they are most of the buffer.
+    fn compact(&mut self) {
+        if self.at == self.plain.len() {
+            self.plain.clear();
+            self.at = 0;
+        } else if self.at > READ_CHUNK && self.at * 2 > self.plain.len() {
+            self.plain.drain(..self.at);
+            self.at = 0;
         }
-        let msg = wire::decode_payload(&payload)?;
-        Ok((msg, HEADER_LEN + len))
+    }
+
+    /// Adds bytes to `plain`: false once the stream has finished and nothing more comes.
+    async fn fill(&mut self) -> Result<bool, FrameError> {
+        loop {
+            if self.inflate.is_some() && !self.raw.is_empty() && self.inflate_step()? {
+                return Ok(true);
+            }
+            let Some(chunk) = self
+                .stream
+                .read_chunk(READ_CHUNK, true)
+                .await
+                .map_err(FrameError::Lost)?
+            else {
+                return Ok(false);
+            };
+            self.wire_bytes += chunk.bytes.len();
+            if self.inflate.is_some() {
+                self.raw.extend_from_slice(&chunk.bytes);
+            } else {
+                self.plain.extend_from_slice(&chunk.bytes);
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Inflates some of `raw` into `plain`: whether it produced any bytes.
+    fn inflate_step(&mut self) -> Result<bool, FrameError> {
+        let Some(inflate) = self.inflate.as_mut() else {
+            return Ok(false);
+        };
+        self.plain.reserve(INFLATE_STEP);
+        let before_in = inflate.total_in();
+        let before_out = self.plain.len();
+        let status = inflate
+            .decompress_vec(&self.raw, &mut self.plain, FlushDecompress::Sync)
+            .map_err(|e| FrameError::Inflate(e.to_string()))?;
+        let used = (inflate.total_in() - before_in) as usize;
+        self.raw.drain(..used);
+        if status == Status::StreamEnd {
+            return Err(FrameError::Inflate("the deflate stream ended".into()));
+        }
+        Ok(self.plain.len() > before_out)
     }
 }

@@ -1,10 +1,14 @@
 //! The two tasks of one link: the reader decodes frames from the peer's stream and forwards
 //! them as events (waiting when the owner is slow: backpressure), and owns the link's end;
-//! the writer drains the peer's send queue and writes batches of frames on our stream.
+//! the writer drains the peer's send queue and writes batches of frames on our stream,
+//! through one deflate stream flushed after every batch when the Hellos agreed on it.
 //! A malformed frame or an unexpected Hello is counted and closes the connection; nothing
-//! here panics on what the peer sends. Admission and events live in `state.rs`.
+//! here panics on what the peer sends. Admission is `admit.rs`'s; events are delivered
+//! through `state.rs`.
 
 use std::sync::Arc;
+
+use flate2::{Compress, Compression, FlushCompress};
 
 use super::frames::{FrameError, FrameReader};
 use super::peers::SharedQueue;
@@ -15,6 +19,11 @@ use crate::wire::{self, Message};
 
 /// A batch is written once it holds this many bytes (or the queue is empty).
 const BATCH_BYTES: usize = 1024 * 1024;
+/// Batches larger than this go uncompressed (stored deflate blocks): they are a large
+/// document's changes or sync data, often random or compressed already by Automerge, and
+/// compressing them would hold a runtime thread for long. Small batches (the writes of a
+/// busy cluster) are where the bytes per write are saved.
+const STORED_ABOVE: usize = 1024 * 1024;
 
 /// What a writer needs.
 pub(crate) struct WriterArgs {
@@ -24,6 +33,8 @@ pub(crate) struct WriterArgs {
     pub(crate) first_frame: Option<Vec<u8>>,
     pub(crate) queue: SharedQueue,
     pub(crate) counters: Arc<PeerCounters>,
+    /// Compress what follows the first frame (both Hellos offered deflate).
+    pub(crate) compress: bool,
 }
 
 /// Reads frames until the connection ends, then tells the state the link is gone.
@@ -44,8 +55,8 @@ pub(crate) async fn run_reader(
                 conn.close(code::BAD_HELLO, b"unexpected hello");
                 break;
             }
-            Ok((msg, len)) => {
-                counters.received(len as u64);
+            Ok((msg, wire_bytes)) => {
+                counters.received(wire_bytes as u64);
                 let ev = TransportEvent::Message {
                     from: peer.clone(),
                     msg,
@@ -118,7 +129,9 @@ pub(crate) async fn run_writer(inner: Arc<Inner>, args: WriterArgs, _guard: Writ
         first_frame,
         queue,
         counters,
+        compress,
     } = args;
+    let mut deflate = compress.then(Deflate::new);
     let mut closing = inner.closing_rx();
     if let Some(frame) = first_frame {
         if send.write_all(&frame).await.is_err() {
@@ -135,6 +148,7 @@ pub(crate) async fn run_writer(inner: Arc<Inner>, args: WriterArgs, _guard: Writ
         rx = queue.lock() => rx,
     };
     let mut buf = Vec::new();
+    let mut out = Vec::new();
     loop {
         let next = tokio::select! {
             biased;
@@ -148,17 +162,79 @@ pub(crate) async fn run_writer(inner: Arc<Inner>, args: WriterArgs, _guard: Writ
         let flushing = next.is_none();
         let count = fill_batch(&mut buf, next, &mut rx, &peer, &counters);
         if !buf.is_empty() {
-            if send.write_all(&buf).await.is_err() {
+            let wire = match deflate.as_mut() {
+                Some(d) => {
+                    if let Err(e) = d.batch(&buf, &mut out) {
+                        tracing::error!(peer, error = %e, "cannot compress; closing the link");
+                        conn.close(code::DONE, b"compression failed");
+                        return;
+                    }
+                    &out
+                }
+                None => &buf,
+            };
+            if send.write_all(wire).await.is_err() {
                 return;
             }
-            counters.sent(count, buf.len() as u64);
+            counters.sent(count, wire.len() as u64);
         }
         if buf.capacity() > 4 * BATCH_BYTES {
-            buf = Vec::new(); // do not keep a huge message's buffer for the link's lifetime
+            // Do not keep a huge message's buffers for the link's lifetime.
+            buf = Vec::new();
+            out = Vec::new();
         }
         if flushing && buf.is_empty() {
             finish(&mut send).await;
             return;
+        }
+    }
+}
+
+/// The compressing side of a link's deflate stream.
+struct Deflate(Compress);
+
+impl Deflate {
+    fn new() -> Self {
+        Deflate(Compress::new(Compression::fast(), false))
+    }
+
+    /// Compresses `input` into `out` (cleared first) and flushes, so that the peer can
+    /// read all of it. Batches over [`STORED_ABOVE`] go as stored blocks.
+    fn batch(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), flate2::CompressError> {
+        if input.len() <= STORED_ABOVE {
+            return deflate(&mut self.0, input, out);
+        }
+        // Every batch ends with a sync flush, so the stream is at a byte boundary here and
+        // stored blocks can follow. The compressor must then start over: the reader's
+        // window now ends with these bytes, which the compressor has not seen.
+        out.clear();
+        out.reserve(input.len() + input.len() / 65535 * 5 + 5);
+        for chunk in input.chunks(u16::MAX as usize) {
+            let len = chunk.len() as u16;
+            out.push(0); // not the final block, type 0 (stored), padded to the byte
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&(!len).to_le_bytes());
+            out.extend_from_slice(chunk);
+        }
+        self.0.reset();
+        Ok(())
+    }
+}
+
+/// Deflates `input` into `out` with a sync flush (the output ends on a byte boundary with
+/// everything decodable).
+fn deflate(c: &mut Compress, input: &[u8], out: &mut Vec<u8>) -> Result<(), flate2::CompressError> {
+    out.clear();
+    let mut at = 0;
+    loop {
+        let left = input.len() - at;
+        out.reserve(left + left / 8 + 1024);
+        let before = c.total_in();
+        c.compress_vec(&input[at..], out, FlushCompress::Sync)?;
+        at += (c.total_in() - before) as usize;
+        // Flushed once all input is taken and the output did not fill its space.
+        if at == input.len() && out.len() < out.capacity() {
+            return Ok(());
         }
     }
 }

@@ -16,6 +16,9 @@
 //!   claimed id; it refuses by closing the connection (application error code and reason,
 //!   nothing else sent). Only then does it open its own stream and answer with its Hello.
 //! - After the Hellos, each side sends its messages as frames on its one long-lived stream.
+//!   When both Hellos offer [`crate::wire::DEFLATE`], everything after the Hello on each
+//!   stream is one deflate stream, flushed after every batch of frames (`link.rs` writes
+//!   it, `frames.rs` reads it). Traffic counters count the bytes on the stream.
 //! - One connection per pair: a node dials only while it has no link to the peer. When both
 //!   dial at once, the node with the smaller id refuses the other's connection (waiting for
 //!   its own attempt first) and keeps the one it dialed; the refused one never carried a
@@ -88,12 +91,15 @@ pub struct TransportConfig {
     pub reconnect_max: Duration,
     /// Capacity of each peer's send queue, in messages.
     pub send_queue: usize,
+    /// Offer deflate in the Hello: a link is compressed (one deflate stream per direction,
+    /// flushed after every batch of frames) when both ends offer it. On by default.
+    pub compress: bool,
 }
 
 impl TransportConfig {
     /// A configuration with the default timings of [`crate::config::Tuning`] (keep-alive
     /// 250 ms, idle timeout 1 s, reconnect backoff 50 ms to 2 s, 1024 queued messages per
-    /// peer).
+    /// peer) and compression offered.
     pub fn new(
         cluster: impl Into<String>,
         node: impl Into<String>,
@@ -114,6 +120,7 @@ impl TransportConfig {
             reconnect_min: Duration::from_millis(t.reconnect_min_ms),
             reconnect_max: Duration::from_millis(t.reconnect_max_ms),
             send_queue: t.send_queue,
+            compress: t.compress_links,
         }
     }
 }
@@ -167,12 +174,19 @@ pub enum TransportError {
 }
 
 /// Why [`Transport::send`] did not queue a message. The message is dropped either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
     /// No live connection to that peer.
     NotConnected,
     /// The peer's send queue is full; the caller repairs later (anti-entropy).
     Full,
+    /// The message is over [`crate::wire::MAX_MESSAGE`]: no peer would take it.
+    TooLarge {
+        /// Its encoded size.
+        len: usize,
+        /// The documents it carries.
+        docs: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for SendError {
@@ -180,6 +194,11 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::NotConnected => f.write_str("peer not connected"),
             SendError::Full => f.write_str("peer send queue full"),
+            SendError::TooLarge { len, docs } => write!(
+                f,
+                "message of {len} bytes for documents {docs:?} is over the limit of {} bytes",
+                crate::wire::MAX_MESSAGE
+            ),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! send, stats, shutdown). The std mutex on the peer table is never held across an await.
 //!
 //! Link admission and removal are in `admit.rs`; streams are read and written in `link.rs`;
-//! handshakes are in `dial.rs` and `accept.rs`.
+//! handshakes are in `dial.rs` (which also starts dial loops: `connect`) and `accept.rs`.
+//! This module imports none of them.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
-use super::peers::{Peers, Wanted};
+use super::peers::Peers;
 use super::stats::{PeerStats, RejectCounters, TransportStats};
 use super::tls::{self, Timing};
 use super::{SendError, TransportConfig, TransportError, TransportEvent};
@@ -60,6 +61,7 @@ pub(crate) struct Settings {
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) send_queue: usize,
+    pub(crate) compress: bool,
 }
 
 /// Everything shared by the transport's handle and tasks.
@@ -132,7 +134,17 @@ impl Inner {
             cluster: self.settings.cluster.clone(),
             node: self.settings.node.clone(),
             version: crate::wire::PROTOCOL_VERSION,
+            compression: if self.settings.compress {
+                vec![crate::wire::DEFLATE.to_string()]
+            } else {
+                Vec::new()
+            },
         }))
+    }
+
+    /// Whether a link with the peer that sent `hello` is compressed: both offered deflate.
+    pub(crate) fn compress_with(&self, hello: &crate::wire::Hello) -> bool {
+        self.settings.compress && hello.compression.iter().any(|c| c == crate::wire::DEFLATE)
     }
 
     /// Validates `cfg`, builds the TLS configurations and binds the endpoint.
@@ -163,6 +175,7 @@ impl Inner {
                 reconnect_min: cfg.reconnect_min,
                 reconnect_max: cfg.reconnect_max,
                 send_queue: cfg.send_queue,
+                compress: cfg.compress,
             },
             local_addr,
             client_config,
@@ -271,46 +284,6 @@ impl Inner {
         }
     }
 
-    /// See [`super::Transport::connect`].
-    pub(crate) fn connect(self: &Arc<Self>, peer: &str, addr: SocketAddr) {
-        if !self.is_member(peer) {
-            tracing::warn!(
-                peer,
-                "not dialing: not a member of the cluster or this node itself"
-            );
-            return;
-        }
-        if self.is_closing() {
-            return;
-        }
-        let generation = self.next_id();
-        let (cancel_tx, cancel_rx) = watch::channel(());
-        let (connected, counters) = {
-            let mut peers = self.peers();
-            let p = peers.get_or_create(peer);
-            if p.wanted.as_ref().is_some_and(|w| w.addr == addr) {
-                return;
-            }
-            p.wanted = Some(Wanted {
-                addr,
-                generation,
-                _cancel: cancel_tx,
-            });
-            (p.connected.subscribe(), p.counters.clone())
-        };
-        self.spawn(super::dial::dial_loop(
-            self.clone(),
-            super::dial::DialTarget {
-                peer: peer.to_string(),
-                addr,
-                generation,
-                cancel: cancel_rx,
-                connected,
-                counters,
-            },
-        ));
-    }
-
     /// See [`super::Transport::disconnect`].
     pub(crate) fn disconnect(&self, peer: &str) {
         let mut peers = self.peers();
@@ -324,6 +297,12 @@ impl Inner {
 
     /// See [`super::Transport::send`].
     pub(crate) fn send(&self, peer: &str, msg: Message) -> Result<(), SendError> {
+        if let Err(crate::wire::WireError::TooLarge { len, .. }) = crate::wire::check_fits(&msg) {
+            return Err(SendError::TooLarge {
+                len,
+                docs: msg.docs(),
+            });
+        }
         let peers = self.peers();
         let Some(p) = peers.by_id.get(peer) else {
             return Err(SendError::NotConnected);

@@ -72,6 +72,7 @@ pub(crate) enum Reject {
     UnknownNode,
     CertMismatch,
     Tls,
+    Busy,
 }
 
 /// Counters of refused connections, one per [`Reject`].
@@ -83,6 +84,7 @@ pub(crate) struct RejectCounters {
     unknown_node: AtomicU64,
     cert_mismatch: AtomicU64,
     tls: AtomicU64,
+    busy: AtomicU64,
 }
 
 impl RejectCounters {
@@ -94,6 +96,7 @@ impl RejectCounters {
             Reject::UnknownNode => &self.unknown_node,
             Reject::CertMismatch => &self.cert_mismatch,
             Reject::Tls => &self.tls,
+            Reject::Busy => &self.busy,
         };
         add(c, 1);
     }
@@ -106,21 +109,22 @@ impl RejectCounters {
             unknown_node: get(&self.unknown_node),
             cert_mismatch: get(&self.cert_mismatch),
             tls: get(&self.tls),
+            busy: get(&self.busy),
         }
     }
 }
 
-/// Counters of one peer at the time of the snapshot. Bytes are frame bytes (length prefix
-/// included), not UDP bytes.
+/// Counters of one peer at the time of the snapshot. Bytes are the bytes of the link's
+/// stream (frames, compressed when the link is), not UDP bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerStats {
     /// Whether a live connection exists.
     pub connected: bool,
     /// Messages waiting in the send queue.
     pub queue_depth: usize,
-    /// Frame bytes written to the peer.
+    /// Stream bytes written to the peer.
     pub bytes_sent: u64,
-    /// Frame bytes read from the peer.
+    /// Stream bytes read from the peer.
     pub bytes_received: u64,
     /// Messages written to the peer.
     pub messages_sent: u64,
@@ -128,7 +132,8 @@ pub struct PeerStats {
     pub messages_received: u64,
     /// Messages refused by `send` because the queue was full.
     pub dropped_full: u64,
-    /// Queued messages dropped because they could not be encoded (e.g. over `MAX_FRAME`).
+    /// Queued messages dropped because they could not be encoded (never expected: sizes
+    /// are checked by `send`).
     pub dropped_unencodable: u64,
     /// Failed dial attempts.
     pub dial_failures: u64,
@@ -150,6 +155,9 @@ pub struct RejectedStats {
     pub cert_mismatch: u64,
     /// A failed TLS handshake (unknown CA, bad certificate, wrong ALPN...), either side.
     pub tls: u64,
+    /// An incoming connection refused unanswered because as many handshakes as allowed
+    /// were already in progress.
+    pub busy: u64,
 }
 
 /// Sums of the traffic counters over all peers.

@@ -97,6 +97,10 @@ pub fn server_config(
     let quic = QuicServerConfig::try_from(tls).map_err(|e| tls_error(node, e))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(Arc::new(transport_params(timing)?));
+    // Connection attempts not yet taken by the accept loop (which takes them at once and
+    // caps the handshakes in progress): far below quinn's defaults of 65,536 and 100 MiB.
+    cfg.max_incoming(1024)
+        .incoming_buffer_size_total(16 * 1024 * 1024);
     Ok(cfg)
 }
 

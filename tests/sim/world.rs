@@ -154,7 +154,7 @@ fn store_initial(store: &mut MemoryStore, doc: &str) {
         .map(|h| h.0)
         .collect();
     store
-        .append(vec![DocAppend {
+        .append(&[DocAppend {
             doc: doc.to_string(),
             changes: vec![],
             heads,
@@ -687,7 +687,7 @@ impl Sim {
                 let appended: Vec<String> = docs.iter().map(|a| a.doc.clone()).collect();
                 self.nodes[node]
                     .store
-                    .append(docs)
+                    .append(&docs)
                     .expect("a memory store appends");
                 if let Some(idx) = self.awaiting.remove(&(node, life, token)) {
                     for w in idx {

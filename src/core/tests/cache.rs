@@ -8,7 +8,7 @@ use crate::core::StoredIndex;
 use crate::storage::{MemoryStore, Store};
 
 /// A replica over a fresh in-memory store holding at most `cache` documents in memory.
-fn stored_replica(id: &str, cache: usize) -> (Replica, MemoryStore) {
+pub(super) fn stored_replica(id: &str, cache: usize) -> (Replica, MemoryStore) {
     let store = MemoryStore::new();
     let config = CoreConfig {
         cache_docs: cache,
@@ -20,7 +20,18 @@ fn stored_replica(id: &str, cache: usize) -> (Replica, MemoryStore) {
 }
 
 /// Flushes `r` and carries out its persists into `store`; returns the other effects.
-fn settle(r: &mut Replica, store: &mut MemoryStore) -> Vec<Effect> {
+/// Replica "a" (in memory) linked to "b", whose store holds at most one document in memory.
+pub(super) fn linked_to_stored() -> (Replica, Replica, MemoryStore) {
+    let (mut b, mut store) = stored_replica("b", 1);
+    b.peer_up(0, "a");
+    settle(&mut b, &mut store);
+    let mut a = replica("a");
+    a.peer_up(0, "b");
+    effects(&mut a);
+    (a, b, store)
+}
+
+pub(super) fn settle(r: &mut Replica, store: &mut MemoryStore) -> Vec<Effect> {
     let mut rest = Vec::new();
     for _ in 0..10 {
         let list = effects(r);
@@ -30,7 +41,7 @@ fn settle(r: &mut Replica, store: &mut MemoryStore) -> Vec<Effect> {
         for e in list {
             match e {
                 Effect::Persist { token, docs } => {
-                    store.append(docs).unwrap();
+                    store.append(&docs).unwrap();
                     r.persisted(token);
                 }
                 other => rest.push(other),
@@ -70,12 +81,7 @@ fn evicted_documents_reload_with_their_heads() {
 
 #[test]
 fn changes_extending_an_unloaded_document_are_stored_without_loading_it() {
-    let (mut b, mut store) = stored_replica("b", 1);
-    b.peer_up(0, "a");
-    settle(&mut b, &mut store);
-    let mut a = replica("a");
-    a.peer_up(0, "b");
-    effects(&mut a);
+    let (mut a, mut b, mut store) = linked_to_stored();
     let first = put(&mut a, 1, "d", "k", 1, false);
     let push = |a: &mut Replica| -> Vec<Message> {
         sends(&effects(a))

@@ -245,3 +245,26 @@ fn change_waiting_for_dependencies_is_acked_only_once_applicable_and_durable() {
     assert_eq!(reloaded, c.heads("a"));
     assert!(reloaded[0].1.contains(&second) && !reloaded[0].1.contains(&first));
 }
+
+#[test]
+fn a_message_over_the_size_limit_is_counted_by_kind_and_names_its_document_once() {
+    let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
+    c.link("a", "b");
+    c.run();
+    put(c.node("a"), 10, "big", "k", 1, false);
+    c.pump("a");
+    let at = c
+        .net
+        .iter()
+        .position(|(from, _, m)| from == "a" && matches!(m, Message::Push(_)))
+        .expect("a pushes");
+    let (_, _, push) = c.net.remove(at).expect("the push");
+    for _ in 0..2 {
+        c.node("a")
+            .send_refused("b", Unsent::of(&push), 600 << 20, push.docs());
+    }
+    let stats = c.nodes["a"].stats();
+    assert_eq!(stats.sends_refused.get("push"), Some(&2));
+    assert_eq!(stats.refused_docs, 1, "the document is counted once");
+    assert!(stats.sends_dropped.is_empty(), "refused is not dropped");
+}

@@ -112,6 +112,7 @@ fn messages_from_unconnected_peers_are_ignored() {
             cluster: "c".into(),
             node: "z".into(),
             version: wire::PROTOCOL_VERSION,
+            compression: Vec::new(),
         }),
     );
     assert_eq!(b.stats().unexpected_messages, 4);

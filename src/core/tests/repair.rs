@@ -87,6 +87,42 @@ fn send_failed_triggers_reconciliation_on_next_tick() {
 }
 
 #[test]
+fn a_peer_whose_sends_keep_failing_is_not_sent_a_digest_every_tick() {
+    let mut a = replica("a");
+    a.peer_up(0, "b");
+    let mut digests = 0;
+    // 10 s of 100 ms ticks with writes; every message to b finds its queue full.
+    for t in 0..100u64 {
+        let now = t * 100;
+        if t % 3 == 0 {
+            put(&mut a, now, "d", "k", t as i64, false);
+        }
+        a.tick(now);
+        for (to, msg) in sends(&effects(&mut a)) {
+            if matches!(msg, Message::Fingerprints(_)) {
+                digests += 1;
+            }
+            a.send_failed(&to, Unsent::of(&msg));
+        }
+    }
+    // Waits doubling from 0.1 s up to the 5 s anti-entropy period, plus the periodic
+    // rounds: 9 (one per tick, 100, before the back-off).
+    assert!((5..=12).contains(&digests), "{digests} digests in 10 s");
+    assert!(a.stats().pushes_dropped >= 30);
+    // Once sends have gone through for a whole wait, a failure is answered at once again.
+    a.tick(20_000);
+    effects(&mut a);
+    a.tick(30_000);
+    effects(&mut a);
+    let push = Message::Push(Vec::new());
+    a.send_failed("b", Unsent::of(&push));
+    a.tick(30_100);
+    assert!(sends(&effects(&mut a))
+        .iter()
+        .any(|(_, m)| matches!(m, Message::Fingerprints(_))));
+}
+
+#[test]
 fn outbox_limit_drops_pushes_then_anti_entropy_repairs() {
     let config = CoreConfig {
         outbox_limit: 300,

@@ -91,7 +91,7 @@ fn redb_leftover_temporary_file_is_replaced() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("concordant.redb.tmp"), b"half-created").unwrap();
     let mut s = RedbStore::open(tmp.path()).unwrap();
-    s.append(vec![ap("a", 0..1)]).unwrap();
+    s.append(&[ap("a", 0..1)]).unwrap();
     assert!(!tmp.path().join("concordant.redb.tmp").exists());
 }
 
@@ -101,12 +101,12 @@ fn filled(dir: &Path) -> Vec<StoredDoc> {
     for round in 0..10 {
         let batch = (0..20)
             .map(|d| ap(&format!("doc{d}"), round..round + 1))
-            .collect();
-        s.append(batch).unwrap();
+            .collect::<Vec<_>>();
+        s.append(&batch).unwrap();
     }
     s.compact(one("doc3", "snapshot of doc3", changes("doc3", 9..10)))
         .unwrap();
-    s.append(vec![DocAppend {
+    s.append(&[DocAppend {
         doc: "marked".into(),
         changes: vec![bytes("MARKER-0123456789")],
         heads: vec![[0x4D; 32]],
@@ -276,7 +276,7 @@ fn redb_migrates_a_format_1_file() {
     assert!(r.all_heads().unwrap().is_empty());
     assert_eq!(r.read("b").unwrap().as_ref(), Some(&want[1]));
     // The migrated counters continue each log after its last change.
-    s.append(vec![ap("b", 7..8)]).unwrap();
+    s.append(&[ap("b", 7..8)]).unwrap();
     assert_eq!(
         r.read("b").unwrap(),
         Some(doc("b", Some("snapB"), changes("b", 5..8)))
@@ -353,7 +353,7 @@ fn redb_damaged_index_entry_is_reported_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mut s = RedbStore::open(dir).unwrap();
-    s.append(vec![ap("a", 0..2), ap("b", 0..1), ap("c", 0..1)])
+    s.append(&[ap("a", 0..2), ap("b", 0..1), ap("c", 0..1)])
         .unwrap();
     drop(s);
     let row = IndexRow {
@@ -375,7 +375,7 @@ fn redb_damaged_index_entry_is_reported_and_changes_nothing() {
     // Opening reads no index entry, so it succeeds; every use of a damaged one fails.
     let mut s = RedbStore::open(dir).unwrap();
     let r = s.reader();
-    assert_corrupt("append", s.append(vec![ap("c", 1..2), ap("a", 2..3)]), "a");
+    assert_corrupt("append", s.append(&[ap("c", 1..2), ap("a", 2..3)]), "a");
     assert_corrupt("compact", s.compact(one("a", "snap", vec![])), "a");
     assert_corrupt("set_heads", s.set_heads(vec![("b".into(), vec![])]), "b");
     assert_corrupt("read", r.read("a"), "a");
@@ -403,7 +403,7 @@ fn redb_index_disagreeing_with_the_log_is_corrupt() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mut s = RedbStore::open(dir).unwrap();
-    s.append(vec![ap("a", 0..2), ap("b", 0..2), ap("c", 0..1)])
+    s.append(&[ap("a", 0..2), ap("b", 0..2), ap("c", 0..1)])
         .unwrap();
     drop(s);
     let row = |next_seq, log_len| IndexRow {
@@ -447,7 +447,7 @@ fn redb_index_disagreeing_with_the_log_is_corrupt() {
 fn redb_reader_outliving_the_store_is_closed_and_releases_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = RedbStore::open(tmp.path()).unwrap();
-    s.append(vec![ap("a", 0..1)]).unwrap();
+    s.append(&[ap("a", 0..1)]).unwrap();
     let old = s.reader();
     assert_eq!(old.location(), s.location());
     drop(s);

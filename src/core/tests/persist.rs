@@ -1,0 +1,142 @@
+//! Persist batches that storage failed: no acknowledgement, no bookkeeping left behind, and
+//! the changes written again (their documents kept in memory meanwhile).
+
+use super::cache::{linked_to_stored, settle, stored_replica};
+use super::*;
+use crate::storage::{DocAppend, Store};
+
+/// The one persist batch among `list`, taken.
+fn take_persist(list: Vec<Effect>) -> (u64, Vec<DocAppend>) {
+    let mut found: Vec<(u64, Vec<DocAppend>)> = list
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Persist { token, docs } => Some((token, docs)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one persist batch");
+    found.remove(0)
+}
+
+fn acks_in(list: &[Effect]) -> usize {
+    sends(list)
+        .iter()
+        .filter(|(_, m)| matches!(m, Message::Ack(_)))
+        .count()
+}
+
+/// Delivers `from`'s pushes to `to`.
+fn deliver(from: &mut Replica, to: &mut Replica, now: u64) {
+    for (peer, m) in sends(&effects(from)) {
+        if peer == to.id() && matches!(m, Message::Push(_)) {
+            to.handle_message(now, from.id(), via_wire(&m));
+        }
+    }
+}
+
+#[test]
+fn a_failed_persist_sends_no_ack_keeps_no_bookkeeping_and_is_written_again() {
+    let retry_ms = CoreConfig::default().persist_retry_ms;
+    let mut a = replica("a");
+    let mut b = replica("b");
+    a.peer_up(0, "b");
+    b.peer_up(0, "a");
+    effects(&mut a);
+    effects(&mut b);
+    let hash = put(&mut a, 1, "d", "k", 1, true);
+    deliver(&mut a, &mut b, 2);
+    let (token, docs) = take_persist(effects(&mut b));
+    assert_eq!(
+        b.persist_bookkeeping(),
+        (1, 1, 0),
+        "awaited, with an ack owed"
+    );
+    b.persist_failed(&[token], docs);
+    assert_eq!(
+        b.persist_bookkeeping(),
+        (0, 0, 1),
+        "the failed batch is forgotten; its change waits to be written again"
+    );
+    assert_eq!(b.stats().persist_failures, 1);
+    assert!(b.unwritten_bytes() > 0, "held to be written again");
+    // Nothing is acknowledged for it, even if its token is reported again.
+    b.persisted(token);
+    assert_eq!(acks_in(&effects(&mut b)), 0);
+    // Not written again before the retry time.
+    b.tick(2 + retry_ms / 2);
+    assert!(persists(&effects(&mut b)).is_empty());
+    b.tick(2 + retry_ms);
+    let (again, docs) = take_persist(effects(&mut b));
+    assert_ne!(again, token);
+    assert_eq!(docs.len(), 1);
+    assert_eq!(docs[0].doc, "d");
+    assert_eq!(
+        docs[0].changes,
+        vec![change_bytes(a.doc("d").unwrap(), hash)]
+    );
+    assert_eq!(docs[0].heads, vec![hash.0]);
+    assert_eq!(b.unwritten_bytes(), 0, "handed to storage");
+    b.persisted(again);
+    assert_eq!(
+        acks_in(&effects(&mut b)),
+        0,
+        "its ack was dropped with the failure"
+    );
+    assert_eq!(b.persist_bookkeeping(), (0, 0, 0));
+}
+
+#[test]
+fn a_document_whose_persist_failed_stays_in_memory_until_it_is_written() {
+    let (mut a, mut store) = stored_replica("a", 1);
+    let hash = put(&mut a, 1, "d0", "k", 1, false);
+    let (token, docs) = take_persist(effects(&mut a));
+    a.persist_failed(&[token], docs);
+    // Other documents fill the one-document cache; storage works for them.
+    for i in 1..4 {
+        put(&mut a, 2, &format!("d{i}"), "k", i, false);
+        settle(&mut a, &mut store);
+    }
+    assert!(
+        a.doc("d0").is_some(),
+        "kept in memory: the store does not have its change"
+    );
+    assert_eq!(store.reader().heads("d0").unwrap(), None);
+    // A batch was durable, so the failed one is written at the next tick.
+    a.tick(3);
+    settle(&mut a, &mut store);
+    assert_eq!(store.reader().heads("d0").unwrap(), Some(vec![hash.0]));
+    put(&mut a, 4, "d9", "k", 9, false);
+    settle(&mut a, &mut store);
+    assert!(a.doc("d0").is_none(), "evicted once durable");
+    assert_eq!(a.load("d0").unwrap().unwrap().get_heads(), vec![hash]);
+}
+
+#[test]
+fn changes_taken_unloaded_whose_persist_failed_are_kept_until_written() {
+    let (mut a, mut b, mut store) = linked_to_stored();
+    put(&mut a, 1, "d", "k", 1, false);
+    deliver(&mut a, &mut b, 1);
+    settle(&mut b, &mut store);
+    put(&mut b, 2, "other", "k", 1, false);
+    settle(&mut b, &mut store);
+    assert!(b.doc("d").is_none(), "evicted");
+    // a's second change is taken without loading "d", and its batch fails.
+    let second = put(&mut a, 3, "d", "k", 2, false);
+    deliver(&mut a, &mut b, 3);
+    let (token, docs) = take_persist(effects(&mut b));
+    b.persist_failed(&[token], docs);
+    // A third, on top of it, is stored; the second must not be forgotten meanwhile.
+    let third = put(&mut a, 4, "d", "k", 3, false);
+    deliver(&mut a, &mut b, 4);
+    settle(&mut b, &mut store);
+    assert!(b.doc("d").is_none());
+    assert_eq!(b.heads().unwrap()[0], ("d".to_string(), vec![third]));
+    b.tick(5);
+    settle(&mut b, &mut store);
+    let stored = store.load_all().unwrap();
+    let d = stored.iter().find(|s| s.id == "d").unwrap();
+    assert_eq!(d.changes.len(), 3, "the second is written after the third");
+    let doc = b.load("d").unwrap().unwrap();
+    assert_eq!(doc.get_heads(), vec![third]);
+    assert!(doc.get_change_meta_by_hash(&second).is_some());
+}
