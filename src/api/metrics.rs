@@ -24,9 +24,9 @@
 //! `concordant_api_responses_total{status}` (every answer by status),
 //! `concordant_peer_bytes_sent_total{peer}`, `concordant_peer_bytes_received_total{peer}`,
 //! `concordant_peer_messages_sent_total{peer}`, `concordant_peer_messages_received_total{peer}`
-//! (frame bytes and messages on the wire), `concordant_peer_dropped_messages_total{peer}`
-//! (refused by a full send queue), `concordant_peer_dial_failures_total{peer}`,
-//! `concordant_pushes_dropped_total`, `concordant_messages_dropped_total{kind}` (messages a
+//! (stream bytes, compressed when the link is, and messages),
+//! `concordant_peer_dropped_messages_total{peer}` (refused by a full send queue),
+//! `concordant_peer_dial_failures_total{peer}`, `concordant_pushes_dropped_total`, `concordant_messages_dropped_total{kind}` (messages a
 //! full link could not take, by kind; acknowledgements among them are sent again at the
 //! next tick), `concordant_messages_too_large_total{kind}` (messages over the wire's
 //! message limit, never sent; the log names their documents),
@@ -371,13 +371,13 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         (
             "concordant_peer_bytes_sent_total",
             "counter",
-            "Frame bytes written to the peer.",
+            "Bytes written to the peer's stream (frames, compressed when the link is).",
             |_, t| t.bytes_sent,
         ),
         (
             "concordant_peer_bytes_received_total",
             "counter",
-            "Frame bytes read from the peer.",
+            "Bytes read from the peer's stream (frames, compressed when the link is).",
             |_, t| t.bytes_received,
         ),
         (

@@ -163,9 +163,9 @@ pub struct RejectedStats {
 /// Sums of the traffic counters over all peers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TrafficTotals {
-    /// Frame bytes written.
+    /// Stream bytes written (compressed when the link is).
     pub bytes_sent: u64,
-    /// Frame bytes read.
+    /// Stream bytes read (compressed when the link is).
     pub bytes_received: u64,
     /// Messages written.
     pub messages_sent: u64,
