@@ -26,6 +26,8 @@
 //!   default; `--no-default-features` builds the embeddable library alone).
 //! - [`api`]: the HTTP API of a node (axum): JSON endpoints, change events, metrics, and
 //!   the live cluster page at `/` (`api/ui/page.html`).
+//! - [`serve`]: nodes with their HTTP APIs run as one process does, until a stop or a
+//!   node's failure (`concordant node`, `concordant up`).
 //! - [`cluster`]: the cluster view behind that page and `GET /v1/cluster`: what each node
 //!   tells about itself, its events, and the assembled picture (nodes, links, healing).
 //! - [`sync`]: automerge-repo clients over WebSocket (`GET /v1/sync`): the protocol's
@@ -54,6 +56,7 @@ pub mod local;
 pub mod membership;
 pub mod node;
 pub mod ops;
+pub mod serve;
 pub mod storage;
 pub mod sync;
 pub mod topology;

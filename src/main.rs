@@ -663,9 +663,7 @@ async fn run_nodes(
             .with_context(|| format!("node {}", config.id))?;
         listeners.push(listener);
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut nodes = Vec::new();
-    let mut servers = tokio::task::JoinSet::new();
+    let mut served = Vec::new();
     for ((config, _), listener) in configs.into_iter().zip(listeners) {
         let id = config.id.clone();
         let mut options = concordant::api::ApiOptions::new(token.clone());
@@ -676,43 +674,19 @@ async fn run_nodes(
         let node = Node::start(config)
             .await
             .with_context(|| format!("node {id}"))?;
-        let mut stop = stop_rx.clone();
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        let server = concordant::api::serve_with(node.clone(), listener, options, stopped);
-        servers.spawn(async move { server.await.with_context(|| format!("node {id}")) });
-        nodes.push(node);
+        served.push(concordant::serve::Served {
+            node,
+            listener,
+            options,
+        });
     }
-    tracing::info!(nodes = nodes.len(), "running; stop with Ctrl-C or SIGTERM");
-    let reload = tokio::spawn(reload_on_sighup(path, nodes.clone()));
-    let failures = futures_util::future::select_all(
-        nodes
-            .iter()
-            .map(|n| Box::pin(n.failed()))
-            .collect::<Vec<_>>(),
-    );
-    let mut failed = tokio::select! {
-        r = shutdown_signal() => { r?; None }
-        (why, _, _) = failures => Some(anyhow::anyhow!("{why}; stopping (a restart is safe)")),
-        Some(done) = servers.join_next() => Some(match done {
-            Ok(Ok(())) => anyhow::anyhow!("an HTTP API stopped unexpectedly"),
-            Ok(Err(e)) => e,
-            Err(e) => anyhow::anyhow!("an HTTP API task failed: {e}"),
-        }),
-    };
+    tracing::info!(nodes = served.len(), "running; stop with Ctrl-C or SIGTERM");
+    let nodes = served.iter().map(|s| s.node.clone()).collect();
+    let reload = tokio::spawn(reload_on_sighup(path, nodes));
+    let ran = concordant::serve::run(served, shutdown_signal()?).await;
     reload.abort();
-    let _ = stop_tx.send(true);
-    while servers.join_next().await.is_some() {}
-    for node in nodes {
-        if let Err(e) = node.shutdown().await {
-            failed.get_or_insert(e.into());
-        }
-    }
-    match failed {
-        None => Ok(ExitCode::SUCCESS),
-        Some(e) => Err(e),
-    }
+    ran?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGHUP: reads the topology file again and proposes its differences from the live
@@ -743,13 +717,19 @@ async fn reload_on_sighup(path: PathBuf, nodes: Vec<Node>) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() -> Result<()> {
+/// Resolves on SIGINT or SIGTERM (or if SIGINT cannot be listened for, said in the log).
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                if let Err(e) = r {
+                    tracing::error!("cannot listen for SIGINT: {e}");
+                }
+            }
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
 }

@@ -11,6 +11,7 @@ use concordant::api::{self, ApiOptions};
 use concordant::certs::in_memory_identities;
 use concordant::client::{doc_path, Answer, Client};
 use concordant::config::{TopologyKind, Tuning};
+use concordant::serve;
 use concordant::topology::Topology;
 use concordant::{Node, NodeBuilder};
 use hyper::Method;
@@ -739,4 +740,91 @@ async fn a_panicking_driver_fails_the_node_instead_of_leaving_it_half_alive() {
     if let Some(stop) = nodes[0].stop_api.take() {
         let _ = stop.send(());
     }
+}
+
+/// One node with its API under [`serve::run`] (what `concordant node` and `concordant up`
+/// run), stopped by `stop`: the node, its API's URL, and the run.
+async fn served_node(
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (
+    Node,
+    Client,
+    tokio::task::JoinHandle<Result<(), serve::RunError>>,
+) {
+    let identity = in_memory_identities("apitest", &["n1"]).unwrap().remove(0);
+    let node = NodeBuilder::new("n1", "apitest", identity)
+        .topology(Topology::new(
+            TopologyKind::Mesh,
+            vec!["n1".to_string()],
+            Vec::new(),
+        ))
+        .start()
+        .await
+        .unwrap();
+    let listener = api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let client = Client::new(&format!("http://{}", listener.local_addr().unwrap()), None).unwrap();
+    let served = vec![serve::Served {
+        node: node.clone(),
+        listener,
+        options: ApiOptions::new(None),
+    }];
+    let run = tokio::spawn(serve::run(served, stop));
+    assert_eq!(get_json(&client, "/v1/health").await.0, 200);
+    (node, client, run)
+}
+
+/// A failed node ends the process's run with an error naming the node and the failure
+/// (the binary prints it and exits non-zero, for a supervisor to restart it), and the API
+/// stops instead of answering 503 forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_node_ends_the_process_run_with_an_error() {
+    let (node, client, run) = served_node(std::future::pending()).await;
+    let write = node.change("doc", |_tx| -> Result<(), std::io::Error> {
+        panic!("a bug in a change function")
+    });
+    assert!(write.await.is_err());
+    let ended = tokio::time::timeout(LIMIT, run)
+        .await
+        .expect("the run ends by itself")
+        .expect("the run does not panic");
+    let err = ended.expect_err("a failed node ends the run with an error");
+    assert!(
+        matches!(&err, serve::RunError::NodeFailed { node, .. } if node == "n1"),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("the driver panicked: a bug in a change function")
+            && text.contains("a restart is safe"),
+        "{text}"
+    );
+    assert!(
+        client
+            .request(Method::GET, "/v1/health", None)
+            .await
+            .is_err(),
+        "the API stopped with the run"
+    );
+}
+
+/// A run that is stopped (the binary: SIGINT or SIGTERM) ends Ok with the node shut down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_run_ends_ok_with_the_node_shut_down() {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (node, client, run) = served_node(async {
+        let _ = stop_rx.await;
+    })
+    .await;
+    let _ = stop_tx.send(());
+    let ended = tokio::time::timeout(LIMIT, run)
+        .await
+        .expect("the run ends once stopped")
+        .expect("the run does not panic");
+    assert!(ended.is_ok(), "{ended:?}");
+    let write = node.change("doc", |tx| tx.put(ROOT, "k", 1));
+    assert!(matches!(write.await, Err(concordant::Error::Stopped)));
+    assert!(client
+        .request(Method::GET, "/v1/health", None)
+        .await
+        .is_err());
 }
