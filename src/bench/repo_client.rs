@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{Automerge, Change, ChangeHash, ROOT};
+use automerge::{Automerge, Change, ChangeHash, ReadDoc, ROOT};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -229,12 +229,17 @@ impl DocCopy {
             .map_err(|e| format!("document {}: bad sync message: {e}", self.id))?;
         let before: Vec<ChangeHash> = self.doc.get_heads();
         // The changes the message carries (cheaper than asking Automerge afterwards), unless
-        // it carries a whole document.
+        // it carries a whole document, or Automerge holds changes back for a missing
+        // dependency: this message may bring the dependency, and they apply with it. (The
+        // node skips a change the client's Bloom filter wrongly claims, and sends it when
+        // the client then asks for it, after its dependents.)
+        let queued = !self.doc.get_missing_deps(&[]).is_empty();
         let offered: Option<Vec<Change>> = msg
             .changes
             .iter()
             .map(|chunk| Change::from_bytes(chunk.to_vec()).ok())
             .collect::<Option<Vec<Change>>>()
+            .filter(|_| !queued)
             .map(|all| {
                 all.into_iter()
                     .filter(|c| self.doc.get_change_meta_by_hash(&c.hash()).is_none())

@@ -5,6 +5,12 @@
 //! `driver::storage`): every job carries its bytes, the thread reports them back when the
 //! job is done, and past the limit the driver stops taking new work until the queue drains.
 //! A failed append reports the documents it held, so that the replica can write them again.
+//!
+//! On Linux the thread runs at nice [`NICE`], below the async runtime's threads: while the
+//! CPU is saturated, replication and clients run first and more appends wait for each
+//! commit, so commits grow instead of taking the CPU one small batch at a time. Only
+//! durability waits longer, and only while the CPU is saturated; with a free core the
+//! thread runs at once.
 
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -13,6 +19,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::Health;
 use crate::storage::{Compaction, DocAppend, StorageError, Store};
+
+/// The storage thread's nice value on Linux (the runtime's threads keep 0).
+pub(crate) const NICE: i32 = 10;
 
 /// Work for the storage thread.
 pub(crate) enum StoreJob {
@@ -80,6 +89,7 @@ pub(crate) fn spawn(
     let started = std::thread::Builder::new()
         .name("concordant-store".into())
         .spawn(move || {
+            lower_priority();
             let work = std::panic::AssertUnwindSafe(|| {
                 while let Ok(first) = rx.recv() {
                     let mut jobs = vec![first];
@@ -115,6 +125,16 @@ pub(crate) fn spawn(
         failed.send_replace(Health::Failed(why));
     }
     tx
+}
+
+/// Gives the calling thread nice [`NICE`] (see the module docs). Elsewhere than on Linux,
+/// where the nice value belongs to the whole process, nothing changes.
+fn lower_priority() {
+    // Linux: `setpriority(PRIO_PROCESS, 0, ..)` sets the calling thread's nice value only.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, NICE) {
+        tracing::debug!("storage thread keeps its priority: {e}");
+    }
 }
 
 /// Runs jobs in order; consecutive appends share one commit, and so do consecutive
@@ -223,4 +243,53 @@ fn commit(
         failed,
         bytes,
     });
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStore;
+
+    /// The nice value of one of this process's threads, from `/proc/self/task/{tid}/stat`
+    /// (the 19th field; the 2nd, the name in parentheses, may hold spaces).
+    fn nice_of(task: &std::path::Path) -> Option<i32> {
+        let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+        let (_, fields) = stat.rsplit_once(") ")?;
+        fields.split_whitespace().nth(16)?.parse().ok()
+    }
+
+    /// The nice values of this process's storage threads.
+    fn storage_threads_nice() -> Vec<i32> {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return Vec::new();
+        };
+        tasks
+            .flatten()
+            .map(|t| t.path())
+            .filter(|t| {
+                // The kernel keeps 15 bytes of a thread's name.
+                std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "concordant-stor")
+            })
+            .filter_map(|t| nice_of(&t))
+            .collect()
+    }
+
+    #[test]
+    fn the_storage_thread_alone_runs_at_a_lower_priority() {
+        let me = std::path::Path::new("/proc/thread-self");
+        let before = nice_of(me).expect("this thread's nice value");
+        let (done, _dones) = mpsc::unbounded_channel();
+        let (health, _) = watch::channel(Health::Ok);
+        let jobs = spawn(Box::new(MemoryStore::new()), 100, done, Arc::new(health));
+        // Once it answered a job, the thread is past setting its priority.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        assert!(jobs.send(StoreJob::LongLogs(1, reply)).is_ok());
+        assert_eq!(answer.blocking_recv().ok(), Some(Vec::new()));
+        let nices = storage_threads_nice();
+        assert!(
+            nices.contains(&NICE),
+            "storage threads' nice values: {nices:?}"
+        );
+        assert_eq!(nice_of(me), Some(before), "the other threads keep theirs");
+    }
 }
