@@ -13,7 +13,7 @@
 //! persist batch leaves behind in `persist`.
 
 mod acks;
-mod clients;
+pub(crate) mod clients;
 mod persist;
 mod repair;
 

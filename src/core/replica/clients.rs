@@ -160,6 +160,7 @@ impl Replica {
                 Some(s) => &s.doc,
                 None => &*empty.get_or_insert_with(Automerge::new),
             };
+            let heads = doc_now.get_heads();
             for client in followers {
                 // A client's own changes are acknowledged (our heads include them) only
                 // once they are durable here.
@@ -170,6 +171,9 @@ impl Replica {
                 let Some(session) = self.clients.session(client, &doc) else {
                     continue;
                 };
+                if in_step(session, &heads) {
+                    continue;
+                }
                 if let Some(m) = doc_now.generate_sync_message(session) {
                     self.effects.push(Effect::Client {
                         client,
@@ -306,6 +310,17 @@ impl Replica {
             });
         }
     }
+}
+
+/// True if the client was told our heads and says it has exactly them (so it lacks and
+/// needs nothing): `generate_sync_message` would return nothing, after building a Bloom
+/// filter and a list of changes to decide so. Most client messages are such
+/// acknowledgements of what the node just sent.
+pub(crate) fn in_step(session: &sync::State, heads: &[ChangeHash]) -> bool {
+    session.have_responded
+        && session.last_sent_heads == heads
+        && session.their_heads.as_deref() == Some(heads)
+        && session.their_need.as_ref().is_none_or(|n| n.is_empty())
 }
 
 /// The changes a sync message carries that `doc` does not have, if every chunk of it is a

@@ -257,3 +257,62 @@ fn a_client_hears_back_about_its_changes_only_once_they_are_durable() {
         "{answers:?}"
     );
 }
+
+/// `serve_clients` skips Automerge's message generation for a session `in_step` says is
+/// settled: over an exchange with edits on both sides, every such session is one Automerge
+/// has nothing for, and the acknowledgements that follow each change are such sessions.
+#[test]
+fn in_step_sessions_are_those_automerge_has_nothing_for() {
+    use crate::core::replica::clients::in_step;
+    let (mut node, mut client) = (Automerge::new(), Automerge::new());
+    let (mut ns, mut cs) = (sync::State::new(), sync::State::new());
+    let (mut skipped, mut sent) = (0, 0);
+    for round in 0..12_i64 {
+        let writer = if round % 3 == 0 {
+            &mut node
+        } else {
+            &mut client
+        };
+        let mut tx = writer.transaction();
+        tx.put(ROOT, "k", round).unwrap();
+        tx.commit();
+        for _ in 0..10 {
+            let heads = node.get_heads();
+            let settled = in_step(&ns, &heads);
+            let from_node = node.generate_sync_message(&mut ns);
+            if settled {
+                assert!(from_node.is_none(), "round {round}: skipped a message");
+                skipped += 1;
+            }
+            if let Some(m) = from_node {
+                sent += 1;
+                client.receive_sync_message(&mut cs, m).unwrap();
+            }
+            match client.generate_sync_message(&mut cs) {
+                Some(m) => node.receive_sync_message(&mut ns, m).unwrap(),
+                None if in_step(&ns, &node.get_heads()) => break,
+                None => {}
+            }
+        }
+        assert_eq!(node.get_heads(), client.get_heads(), "round {round}");
+    }
+    assert!(
+        skipped >= 12,
+        "every change ends in a settled session: {skipped}"
+    );
+    assert!(sent >= 12, "{sent}");
+    // The client got a change from another node and tells this one its heads (as a client
+    // connected to two nodes does): not settled, and Automerge asks for the change.
+    let mut elsewhere = node.fork();
+    let mut tx = elsewhere.transaction();
+    tx.put(ROOT, "k", -1_i64).unwrap();
+    tx.commit();
+    // (What receiving a message that carries only those heads does to the session.)
+    ns.their_heads = Some(elsewhere.get_heads());
+    ns.in_flight = false;
+    assert!(!in_step(&ns, &node.get_heads()));
+    let ask = node
+        .generate_sync_message(&mut ns)
+        .expect("a message asking for it");
+    assert_eq!(ask.need, elsewhere.get_heads());
+}
