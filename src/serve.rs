@@ -91,8 +91,11 @@ pub async fn run(served: Vec<Served>, stop: impl Future<Output = ()>) -> Result<
         };
         let id = node.id().to_string();
         let server = api::serve_with(node.clone(), listener, options, stopped);
-        let task = apis.spawn(async move { (id, server.await) });
-        api_of.insert(task.id(), node.id().to_string());
+        let task = apis.spawn({
+            let id = id.clone();
+            async move { (id, server.await) }
+        });
+        api_of.insert(task.id(), id);
         nodes.push(node);
     }
     let mut failures: FuturesUnordered<_> = nodes

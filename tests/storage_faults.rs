@@ -100,6 +100,14 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: im
     }
 }
 
+/// Whether `node` shows `doc` with `key` set to `value`.
+async fn shows(node: &Node, doc: &str, key: &str, value: i64) -> bool {
+    node.json(doc)
+        .await
+        .unwrap()
+        .is_some_and(|d| d[key] == value)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_is_uncertain_then_writes_are_refused_until_storage_recovers() {
     let ids = ["n1", "n2"];
@@ -129,13 +137,7 @@ async fn a_failed_commit_is_uncertain_then_writes_are_refused_until_storage_reco
     n1.set_peer_addr("n2", n2.peer_addr()).await.unwrap();
     let c = serve(&n1).await;
     assert_eq!(post_ops(&c, "d", "before", 1).await.status, 200);
-    eventually("n2 has the first write", || async {
-        n2.json("d")
-            .await
-            .unwrap()
-            .is_some_and(|d| d["before"] == 1)
-    })
-    .await;
+    eventually("n2 has the first write", || shows(&n2, "d", "before", 1)).await;
 
     // The disk fails: the write's outcome is uncertain, and says why.
     faults.fail_appends(true);
@@ -148,11 +150,8 @@ async fn a_failed_commit_is_uncertain_then_writes_are_refused_until_storage_reco
     // Exactly that: it is applied here, and it replicated to n2.
     let (_, shown) = get_json(&c, &doc_path("d", "")).await;
     assert_eq!(shown["uncertain"], 2);
-    eventually("the uncertain write replicated to n2", || async {
-        n2.json("d")
-            .await
-            .unwrap()
-            .is_some_and(|d| d["uncertain"] == 2)
+    eventually("the uncertain write replicated to n2", || {
+        shows(&n2, "d", "uncertain", 2)
     })
     .await;
     assert_ne!(stored_heads(&store, "d"), Some(node_heads(&n1, "d").await));
