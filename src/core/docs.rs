@@ -3,24 +3,20 @@
 //! documents, each with the remote changes waiting to be applied in one batch and the
 //! changes Automerge holds back because their dependencies have not arrived yet.
 //!
-//! A document not in memory is read from the store ([`DocReader`]) on first use. The cache
-//! has a budget by count and by bytes (the encoded size of what a document holds); past it,
-//! the least recently used documents are dropped, except pinned ones: those with changes
-//! not yet durable, pending or held back. A dropped document is exactly what the store
-//! holds, so reading it again gives the same heads.
-//!
-//! Changes that extend a document not in memory directly (see `history`) are accepted
-//! without loading it: until they are durable they wait here (`unsaved`), and a load in the
-//! meantime applies them over what the store holds.
+//! A document not in memory is never read here: the core asks its driver to read it
+//! (`Residency::Reading`, then [`crate::core::Effect::Read`]) and goes on with other work
+//! until [`Docs::read_done`] brings it. The cache has a budget by count and by bytes (the
+//! encoded size of what a document holds); past it, the least recently used documents are
+//! dropped, except pinned ones: those with changes not yet durable, pending or held back.
+//! A dropped document is exactly what the store holds, so reading it again gives the same
+//! heads.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
 use super::reconcile::{Bulk, Index};
 use super::{CoreError, LoadedDoc};
-use crate::storage::DocReader;
 use crate::wire::heads_digest;
 
 /// A store's list of documents and their heads, gathered at start-up for
@@ -219,15 +215,16 @@ pub(crate) struct CacheStats {
     pub(crate) load_errors: u64,
 }
 
-/// What [`Docs::append_unloaded`] took: the indexes of the new changes, and the heads.
-pub(crate) type Appended = (Vec<usize>, Vec<ChangeHash>);
-
-/// Changes accepted for a document that is not in memory, not yet durable.
-struct Unsaved {
-    heads: Vec<ChangeHash>,
-    changes: Vec<Change>,
-    /// The persist batch that took the last of them.
-    token: u64,
+/// Whether a document can be worked on now (see [`Docs::residency`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Residency {
+    /// In memory.
+    Loaded,
+    /// Neither in memory nor stored: a new document.
+    Absent,
+    /// Stored but not in memory: its read from the store is under way; `started` if this
+    /// call started it (the caller asks its driver for the read).
+    Reading { started: bool },
 }
 
 /// Every document of a replica: the index of all, and the loaded ones.
@@ -239,8 +236,11 @@ pub(crate) struct Docs {
     clock: u64,
     bytes: usize,
     index: Index,
-    source: Option<Arc<dyn DocReader>>,
-    unsaved: HashMap<String, Unsaved>,
+    /// Documents not in memory are in a store (read through the driver): only then are
+    /// documents dropped from memory.
+    stored: bool,
+    /// Stored documents whose read is under way.
+    reading: HashSet<String>,
     budget: Budget,
     pub(crate) stats: CacheStats,
 }
@@ -254,21 +254,18 @@ impl Docs {
             clock: 0,
             bytes: 0,
             index: Index::new(),
-            source: None,
-            unsaved: HashMap::new(),
+            stored: false,
+            reading: HashSet::new(),
             budget,
             stats: CacheStats::default(),
         }
     }
 
-    /// Reads documents that are not in memory from `source` from now on; without a source
-    /// every document stays in memory.
-    pub(crate) fn set_source(&mut self, source: Arc<dyn DocReader>) {
-        self.source = Some(source);
-    }
-
-    /// Records stored documents' heads without loading them (start-up).
+    /// Records stored documents' heads without loading them (start-up); from now on a
+    /// document not in memory is read from the store when first needed, and the least
+    /// recently used ones are dropped past the budget.
     pub(crate) fn index_stored(&mut self, stored: StoredIndex) {
+        self.stored = true;
         self.index.extend(stored.bulk);
     }
 
@@ -276,67 +273,111 @@ impl Docs {
         &self.index
     }
 
-    /// The loaded document, without loading it or changing the use order.
+    /// Whether `id` can be worked on now. A stored document not in memory gets its read
+    /// started (once: later calls answer `Reading { started: false }` until
+    /// [`Docs::read_done`]).
+    pub(crate) fn residency(&mut self, id: &str) -> Residency {
+        if self.loaded.contains_key(id) {
+            return Residency::Loaded;
+        }
+        if self.reading.contains(id) {
+            return Residency::Reading { started: false };
+        }
+        if self.stored && self.index.get(id).is_some() {
+            self.reading.insert(id.to_string());
+            return Residency::Reading { started: true };
+        }
+        Residency::Absent
+    }
+
+    /// The documents in memory (any order).
+    pub(crate) fn loaded(&self) -> impl Iterator<Item = (&String, &DocState)> {
+        self.loaded.iter()
+    }
+
+    /// Reads under way.
+    pub(crate) fn reading_len(&self) -> usize {
+        self.reading.len()
+    }
+
+    /// True if `id`'s read is under way.
+    pub(crate) fn is_reading(&self, id: &str) -> bool {
+        self.reading.contains(id)
+    }
+
+    /// The read of `id` ended: the decoded document joins the cache (`None`: the store
+    /// does not have it after all, so it is absent).
+    pub(crate) fn read_done(&mut self, id: &str, result: Result<Option<LoadedDoc>, CoreError>) {
+        if !self.reading.remove(id) || self.loaded.contains_key(id) {
+            return;
+        }
+        match result {
+            Ok(Some(loaded)) => {
+                self.stats.loads += 1;
+                let LoadedDoc {
+                    doc, changes, size, ..
+                } = loaded;
+                let mut state = DocState::new(doc.with_actor(self.actor.clone()));
+                state.track_orphans(changes);
+                state.size = size;
+                self.insert_state(id.to_string(), state);
+                self.bytes += size;
+                self.refresh(id);
+            }
+            Ok(None) => self.index.remove(id),
+            Err(_) => self.stats.load_errors += 1,
+        }
+    }
+
+    /// The loaded document, without changing the use order.
     pub(crate) fn peek(&self, id: &str) -> Option<&DocState> {
         self.loaded.get(id)
     }
 
-    /// The loaded document, mutably, without loading it or changing the use order.
+    /// The loaded document, mutably, without changing the use order.
     pub(crate) fn peek_mut(&mut self, id: &str) -> Option<&mut DocState> {
         self.loaded.get_mut(id)
     }
 
-    /// The store documents are read from, if any.
-    pub(crate) fn source(&self) -> Option<&Arc<dyn DocReader>> {
-        self.source.as_ref()
-    }
-
-    /// The document, loaded from the store if needed; `None` if this node does not have it.
-    pub(crate) fn get(&mut self, id: &str) -> Result<Option<&mut DocState>, CoreError> {
-        if !self.loaded.contains_key(id) && !self.load(id)? {
-            return Ok(None);
-        }
+    /// The document if it is in memory (marked as used).
+    pub(crate) fn get(&mut self, id: &str) -> Option<&mut DocState> {
         self.touch(id);
-        Ok(self.loaded.get_mut(id))
+        self.loaded.get_mut(id)
     }
 
-    /// The document, loaded from the store or created empty.
+    /// The document in memory, or created empty if this node does not have it. A stored
+    /// document not in memory is an error: it must be read first (see `residency`).
     pub(crate) fn get_or_create(&mut self, id: &str) -> Result<&mut DocState, CoreError> {
-        if !self.loaded.contains_key(id) && !self.load(id)? {
+        if !self.loaded.contains_key(id) {
+            if self.reading.contains(id) || (self.stored && self.index.get(id).is_some()) {
+                return Err(CoreError::NotRead {
+                    doc: id.to_string(),
+                });
+            }
             let doc = Automerge::new().with_actor(self.actor.clone());
             self.insert_state(id.to_string(), DocState::new(doc));
         }
         self.touch(id);
-        self.loaded
-            .get_mut(id)
-            .ok_or_else(|| CoreError::CorruptStored {
-                doc: id.to_string(),
-                detail: "document vanished from the cache".into(),
-            })
+        self.loaded.get_mut(id).ok_or_else(|| CoreError::NotRead {
+            doc: id.to_string(),
+        })
     }
 
-    /// The document's heads: from memory if loaded, else from the store's index (no load).
-    pub(crate) fn heads(&self, id: &str) -> Result<Vec<ChangeHash>, CoreError> {
-        if let Some(d) = self.loaded.get(id) {
-            return Ok(d.doc.get_heads());
+    /// The document's heads if known without reading it: from memory, or empty for a
+    /// document this node does not have; `None` for a stored document not in memory.
+    pub(crate) fn heads(&self, id: &str) -> Option<Vec<ChangeHash>> {
+        match self.loaded.get(id) {
+            Some(d) => Some(d.doc.get_heads()),
+            None if self.reading.contains(id) || self.index.get(id).is_some() => None,
+            None => Some(Vec::new()),
         }
-        if let Some(u) = self.unsaved.get(id) {
-            return Ok(u.heads.clone());
-        }
-        let Some(source) = &self.source else {
-            return Ok(Vec::new());
-        };
-        let heads = source.heads(id).map_err(|e| storage_error(id, e))?;
-        Ok(heads
-            .unwrap_or_default()
-            .into_iter()
-            .map(ChangeHash)
-            .collect())
     }
 
     /// Adds a decoded document (start-up without a store, or tests).
     pub(crate) fn insert(&mut self, loaded: LoadedDoc) {
-        let LoadedDoc { id, doc, changes } = loaded;
+        let LoadedDoc {
+            id, doc, changes, ..
+        } = loaded;
         let mut state = DocState::new(doc.with_actor(self.actor.clone()));
         state.track_orphans(changes);
         self.insert_state(id.clone(), state);
@@ -361,94 +402,14 @@ impl Docs {
             d.size += bytes;
             d.persist_token = token;
             self.bytes += bytes;
-        } else if let Some(u) = self.unsaved.get_mut(id) {
-            u.token = token;
         }
     }
 
-    /// True if the document has the change (applied in memory, or accepted unloaded).
+    /// True if the document in memory has the change.
     pub(crate) fn has_change(&self, id: &str, hash: &ChangeHash) -> bool {
-        match self.loaded.get(id) {
-            Some(d) => d.doc.get_change_meta_by_hash(hash).is_some(),
-            None => self
-                .unsaved
-                .get(id)
-                .is_some_and(|u| u.changes.iter().any(|c| c.hash() == *hash)),
-        }
-    }
-
-    /// Accepts changes of a document that is not in memory without loading it, if they
-    /// extend its history directly (`history::fast_forward`). Returns the indexes of the
-    /// changes that are new and the document's heads after them; `None`: load it instead.
-    pub(crate) fn append_unloaded(
-        &mut self,
-        id: &str,
-        changes: &[Change],
-    ) -> Result<Option<Appended>, CoreError> {
-        if self.loaded.contains_key(id) || self.source.is_none() {
-            return Ok(None);
-        }
-        let base = self.heads(id)?;
-        let Some((heads, fresh)) = super::history::fast_forward(&base, changes) else {
-            return Ok(None);
-        };
-        if fresh.is_empty() {
-            return Ok(Some((fresh, heads)));
-        }
-        let entry = self.unsaved.entry(id.to_string()).or_insert(Unsaved {
-            heads: Vec::new(),
-            changes: Vec::new(),
-            token: 0,
-        });
-        entry.heads = heads.clone();
-        entry
-            .changes
-            .extend(fresh.iter().map(|&i| changes[i].clone()));
-        let raw: Vec<[u8; 32]> = heads.iter().map(|h| h.0).collect();
-        self.index.set(id, heads_digest(&raw));
-        Ok(Some((fresh, heads)))
-    }
-
-    /// Forgets accepted unloaded changes once durable (`durable(doc, token)` is true); the
-    /// store has them then.
-    pub(crate) fn settle_unsaved(&mut self, durable: impl Fn(&str, u64) -> bool) {
-        self.unsaved.retain(|doc, u| !durable(doc, u.token));
-    }
-
-    /// The changes of an unloaded document after `after`, from its stored log (and the
-    /// changes accepted unloaded), without loading it; `None` if that needs the document.
-    pub(crate) fn stored_changes_after(
-        &self,
-        id: &str,
-        after: &[ChangeHash],
-    ) -> Result<Option<Vec<Vec<u8>>>, CoreError> {
-        let Some(source) = &self.source else {
-            return Ok(None);
-        };
-        if self.loaded.contains_key(id) {
-            return Ok(None);
-        }
-        let Some(stored) = source.read(id).map_err(|e| storage_error(id, e))? else {
-            return Ok(None);
-        };
-        let mut log = Vec::with_capacity(stored.changes.len());
-        for bytes in stored.changes {
-            match Change::from_bytes(bytes) {
-                Ok(c) => log.push(c),
-                Err(_) => return Ok(None),
-            }
-        }
-        if let Some(u) = self.unsaved.get(id) {
-            log.extend(u.changes.iter().cloned());
-        }
-        let in_log: HashSet<ChangeHash> = log.iter().map(|c| c.hash()).collect();
-        // Where they name a change the log does not hold, the walk cannot stop there.
-        if !after.iter().all(|h| in_log.contains(h)) {
-            return Ok(None);
-        }
-        let heads = self.heads(id)?;
-        Ok(super::history::changes_after(&log, &heads, after)
-            .map(|list| list.iter().map(|c| c.raw_bytes().to_vec()).collect()))
+        self.loaded
+            .get(id)
+            .is_some_and(|d| d.doc.get_change_meta_by_hash(hash).is_some())
     }
 
     /// Removes a document that holds nothing (a failed first write must not leave it).
@@ -462,7 +423,7 @@ impl Docs {
     /// Drops least recently used documents until the cache is within its budget; documents
     /// for which `pinned` is true stay. Only with a store to read them back from.
     pub(crate) fn evict(&mut self, pinned: impl Fn(&str, &DocState) -> bool) {
-        if self.source.is_none() {
+        if !self.stored {
             return;
         }
         let mut kept = Vec::new();
@@ -499,63 +460,6 @@ impl Docs {
         self.bytes
     }
 
-    /// Documents with changes accepted unloaded and not yet durable, with their heads.
-    pub(crate) fn unsaved_heads(&self) -> impl Iterator<Item = (&String, &Vec<ChangeHash>)> {
-        self.unsaved.iter().map(|(id, u)| (id, &u.heads))
-    }
-
-    /// Ids of the loaded documents (any order).
-    pub(crate) fn loaded_ids(&self) -> impl Iterator<Item = &String> {
-        self.loaded.keys()
-    }
-
-    /// Reads `id` from the store into the cache; false if it is not stored.
-    fn load(&mut self, id: &str) -> Result<bool, CoreError> {
-        let Some(source) = &self.source else {
-            return Ok(false);
-        };
-        let stored = match source.read(id) {
-            Ok(Some(stored)) => stored,
-            // Nothing durable yet, but changes accepted unloaded: they are the document.
-            Ok(None) if self.unsaved.contains_key(id) => crate::storage::StoredDoc {
-                id: id.to_string(),
-                snapshot: None,
-                changes: Vec::new(),
-            },
-            Ok(None) => return Ok(false),
-            Err(e) => {
-                self.stats.load_errors += 1;
-                return Err(storage_error(id, e));
-            }
-        };
-        let size = stored.snapshot.as_ref().map_or(0, Vec::len)
-            + stored.changes.iter().map(Vec::len).sum::<usize>();
-        let loaded = LoadedDoc::decode(id, stored.snapshot.as_deref(), &stored.changes)
-            .inspect_err(|_| self.stats.load_errors += 1)?;
-        self.stats.loads += 1;
-        let LoadedDoc {
-            mut doc, changes, ..
-        } = loaded;
-        let mut persist_token = 0;
-        if let Some(u) = self.unsaved.remove(id) {
-            // Accepted while unloaded and not yet durable: the store does not have them.
-            doc.apply_changes(u.changes)
-                .map_err(|e| CoreError::CorruptStored {
-                    doc: id.to_string(),
-                    detail: format!("changes accepted unloaded do not apply: {e}"),
-                })?;
-            persist_token = u.token;
-        }
-        let mut state = DocState::new(doc.with_actor(self.actor.clone()));
-        state.track_orphans(changes);
-        state.size = size;
-        state.persist_token = persist_token;
-        self.insert_state(id.to_string(), state);
-        self.bytes += size;
-        self.refresh(id);
-        Ok(true)
-    }
-
     fn insert_state(&mut self, id: String, mut state: DocState) {
         self.clock += 1;
         state.stamp = self.clock;
@@ -585,12 +489,5 @@ impl Docs {
             self.order.remove(&state.stamp);
             self.bytes -= state.size;
         }
-    }
-}
-
-fn storage_error(doc: &str, e: crate::storage::StorageError) -> CoreError {
-    CoreError::Storage {
-        doc: doc.to_string(),
-        detail: e.to_string(),
     }
 }

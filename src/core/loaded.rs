@@ -1,4 +1,4 @@
-//! [`LoadedDoc`]: a stored document decoded at start-up, before it joins a replica.
+//! [`LoadedDoc`]: a stored document decoded (on any thread) before it joins a replica.
 
 use automerge::{Automerge, Change};
 
@@ -10,12 +10,31 @@ pub struct LoadedDoc {
     pub(crate) id: String,
     pub(crate) doc: Automerge,
     pub(crate) changes: Vec<Change>,
+    /// Encoded bytes it was decoded from (what the cache counts).
+    pub(crate) size: usize,
 }
 
 impl LoadedDoc {
     /// The document id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Decodes a document as the store holds it (see [`LoadedDoc::decode`]).
+    pub fn from_stored(stored: &crate::storage::StoredDoc) -> Result<LoadedDoc, CoreError> {
+        LoadedDoc::decode(&stored.id, stored.snapshot.as_deref(), &stored.changes)
+    }
+
+    /// A snapshot for compaction, as [`Replica::snapshot`](super::Replica::snapshot) makes
+    /// it: the saved document and the changes it cannot hold (waiting for dependencies).
+    pub fn snapshot(&self) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let held_back = self
+            .changes
+            .iter()
+            .filter(|c| self.doc.get_change_meta_by_hash(&c.hash()).is_none())
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        (self.doc.save(), held_back)
     }
 
     /// The document's heads.
@@ -52,10 +71,12 @@ impl LoadedDoc {
             doc = base()?;
             decoded.retain(|c| doc.apply_changes([c.clone()]).is_ok());
         }
+        let size = snapshot.map_or(0, <[u8]>::len) + changes.iter().map(Vec::len).sum::<usize>();
         Ok(LoadedDoc {
             id: id.to_string(),
             doc,
             changes: decoded,
+            size,
         })
     }
 }

@@ -6,7 +6,10 @@
 //! replication protocol: push and forwarding, batched application, deduplication,
 //! reconciliation of document sets (`reconcile`), bulk repair, repair of diverged histories
 //! with Automerge's sync protocol, and durable acknowledgements. Documents are held in a
-//! bounded cache over the node's store (`docs`).
+//! bounded cache over the node's store (`docs`); the core never reads the store itself:
+//! it asks for a document ([`Effect::Read`]), parks the work that needs it, and goes on
+//! with other documents until the driver hands the document over
+//! ([`Replica::read_done`]).
 //!
 //! It must not touch tokio, sockets, files or clocks: time comes in as `now` (milliseconds
 //! of any monotonic clock) and randomness as the actor seed, so a simulation can drive it
@@ -16,7 +19,6 @@ mod clients;
 mod docs;
 mod effect;
 mod gate;
-mod history;
 mod lag;
 mod loaded;
 mod memory;
@@ -62,6 +64,13 @@ pub enum CoreError {
         doc: String,
         /// What failed.
         detail: String,
+    },
+    /// The document is stored but not in memory: it must be read first (the core asked
+    /// for it with [`Effect::Read`]; see [`Replica::prepare`]). Nothing was changed.
+    #[error("document {doc:?} is not read from the store yet")]
+    NotRead {
+        /// Document id.
+        doc: String,
     },
     /// Bytes given to merge are neither a saved document nor changes.
     #[error("document {doc:?}: not Automerge data: {detail}")]

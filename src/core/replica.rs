@@ -8,23 +8,24 @@
 //! as few messages as fit, then takes the effects with [`Replica::drain_effects`].
 //!
 //! Documents live in a bounded cache over the node's store (see `docs`): a replica given a
-//! store with [`Replica::set_store`] reads documents on first use and drops idle ones.
-//! Anti-entropy and repair are in `repair`, acknowledgements in `acks`, what a failed
-//! persist batch leaves behind in `persist`.
+//! store's index with [`Replica::set_store`] asks for documents on first use
+//! ([`Effect::Read`], see `reads`) and drops idle ones. The receive path is in `receive`,
+//! anti-entropy and repair in `repair`, acknowledgements in `acks`, what a failed persist
+//! batch leaves behind in `persist`.
 
 mod acks;
 pub(crate) mod clients;
 mod persist;
+mod reads;
+mod receive;
 mod repair;
 
 pub use clients::ClientError;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
 use automerge::transaction::Transaction;
-use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
-use serde_bytes::ByteBuf;
+use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
 
 use super::clients::Clients;
 use super::docs::{Budget, Docs, StoredIndex};
@@ -33,7 +34,7 @@ use super::loaded::LoadedDoc;
 use super::memory::Memory;
 use super::peers::Peer;
 use super::{CoreError, Effect, Router};
-use crate::storage::{DocAppend, DocReader};
+use crate::storage::DocAppend;
 use crate::wire::{Ack, Message};
 
 /// Tuning of the core; every field has a default.
@@ -157,6 +158,8 @@ pub struct CoreStats {
     pub sends_refused: BTreeMap<&'static str, u64>,
     /// Documents named by such messages since start-up.
     pub refused_docs: u64,
+    /// Stored documents asked of the driver ([`Effect::Read`]).
+    pub reads_asked: u64,
     /// Durable acknowledgements sent by this node for remote changes.
     pub acks_sent: u64,
     /// Documents read from the store into memory.
@@ -252,6 +255,8 @@ pub struct Replica {
     clients: Clients,
     /// Documents named by a message over the size limit (each is logged once).
     refused_docs: BTreeSet<String>,
+    /// Work waiting for its document to be read, per document in arrival order.
+    parked: HashMap<String, Vec<reads::Parked>>,
     stats: CoreStats,
 }
 
@@ -297,6 +302,7 @@ impl Replica {
             gate: SyncGate::default(),
             clients: Clients::default(),
             refused_docs: BTreeSet::new(),
+            parked: HashMap::new(),
             stats: CoreStats::default(),
         }
     }
@@ -311,11 +317,11 @@ impl Replica {
         self.router = router;
     }
 
-    /// Backs the replica with a store: documents not in memory are read from `reader`, and
-    /// the least recently used ones are dropped past the cache budget. `index` lists every
-    /// stored document with its heads (read at start-up, without loading documents).
-    pub fn set_store(&mut self, reader: Arc<dyn DocReader>, index: StoredIndex) {
-        self.docs.set_source(reader);
+    /// Backs the replica with a store: `index` lists every stored document with its
+    /// heads (read at start-up, without loading documents). From now on a stored document
+    /// not in memory is asked for with [`Effect::Read`] when first needed, and the least
+    /// recently used ones are dropped past the cache budget.
+    pub fn set_store(&mut self, index: StoredIndex) {
         self.docs.index_stored(index);
     }
 
@@ -338,7 +344,8 @@ impl Replica {
     }
 
     /// Runs `f` as one Automerge transaction on `doc` (created if new). On `Err` the
-    /// transaction is rolled back and nothing changes. A change is pushed to peers and
+    /// transaction is rolled back and nothing changes. A stored document must be in
+    /// memory ([`Replica::prepare`] first; else [`CoreError::NotRead`] and `f` is not run). A change is pushed to peers and
     /// queued for persistence; it is durable once the returned token is persisted.
     pub fn local_change<R, E>(
         &mut self,
@@ -414,7 +421,12 @@ impl Replica {
         let missing = scratch.get_missing_deps(&[]);
         if !missing.is_empty() {
             // Changes made on top of history (`save_after`): fine if the document has it.
-            let existing = self.docs.get(doc)?;
+            if self.docs.heads(doc).is_none() {
+                return Err(CoreError::NotRead {
+                    doc: doc.to_string(),
+                });
+            }
+            let existing = self.docs.get(doc);
             let Some(existing) = existing.filter(|d| {
                 missing
                     .iter()
@@ -528,12 +540,6 @@ impl Replica {
             // Storage works: what failed before is written at the next tick.
             self.retry.soon();
         }
-        // Changes taken unloaded are in the store once their batch is: forget them here,
-        // when durability changes, rather than on every message (not those of a document
-        // with changes of a failed batch still to write).
-        let (current, unpersisted, retry) = (self.token, &self.unpersisted, &self.retry);
-        self.docs
-            .settle_unsaved(|doc, t| t < current && !unpersisted.contains(&t) && !retry.holds(doc));
         let Some(work) = self.ack_work.remove(&token) else {
             return;
         };
@@ -668,10 +674,8 @@ impl Replica {
             let docs = std::mem::take(&mut self.batch)
                 .into_iter()
                 .map(|(doc, changes)| {
-                    let heads = match self.docs.peek(&doc) {
-                        Some(d) => d.doc.get_heads(),
-                        None => self.docs.heads(&doc).unwrap_or_default(),
-                    };
+                    // A document with changes in the batch is pinned in memory.
+                    let heads = self.docs.heads(&doc).unwrap_or_default();
                     let heads = heads.iter().map(|h| h.0).collect();
                     DocAppend {
                         doc,
@@ -701,42 +705,36 @@ impl Replica {
         std::mem::take(&mut self.effects)
     }
 
-    /// The document if it is in memory (see [`Replica::load`] for any document).
+    /// The document if it is in memory (see [`Replica::load`]).
     pub fn doc(&self, id: &str) -> Option<&Automerge> {
         self.docs.peek(id).map(|d| &d.doc)
     }
 
-    /// The document, read from the store if it is not in memory; `None` if this node does
-    /// not have it.
+    /// The document with its pending changes applied; `None` if this node does not have
+    /// it. A stored document not in memory is [`CoreError::NotRead`]: [`Replica::prepare`]
+    /// it first.
     pub fn load(&mut self, id: &str) -> Result<Option<&Automerge>, CoreError> {
         self.apply_doc(id);
-        let state = self.docs.get(id)?;
-        Ok(state.map(|d| &d.doc))
+        if self.docs.heads(id).is_none() {
+            return Err(CoreError::NotRead {
+                doc: id.to_string(),
+            });
+        }
+        Ok(self.docs.get(id).map(|d| &d.doc))
     }
 
-    /// Every document with its heads, in id order: stored documents from the store's
-    /// index, documents in memory from memory.
-    pub fn heads(&self) -> Result<Vec<(String, Vec<ChangeHash>)>, CoreError> {
-        let mut all: BTreeMap<String, Vec<ChangeHash>> = BTreeMap::new();
-        if let Some(reader) = self.docs.source() {
-            let stored = reader.all_heads().map_err(|e| CoreError::Storage {
-                doc: "*".into(),
-                detail: e.to_string(),
-            })?;
-            for (id, heads) in stored {
-                all.insert(id, heads.into_iter().map(ChangeHash).collect());
-            }
-        }
-        for (id, heads) in self.docs.unsaved_heads() {
-            all.insert(id.clone(), heads.clone());
-        }
-        for id in self.docs.loaded_ids() {
-            if let Some(d) = self.docs.peek(id) {
-                all.insert(id.clone(), d.doc.get_heads());
-            }
-        }
-        all.retain(|_, heads| !heads.is_empty());
-        Ok(all.into_iter().collect())
+    /// Every document in memory with its heads, in id order: for a replica without a
+    /// store, every document it has. (A node lists its stored documents from the store,
+    /// see `Node::docs`.)
+    pub fn heads(&self) -> Vec<(String, Vec<ChangeHash>)> {
+        let mut all: Vec<(String, Vec<ChangeHash>)> = self
+            .docs
+            .loaded()
+            .map(|(id, d)| (id.clone(), d.doc.get_heads()))
+            .filter(|(_, heads)| !heads.is_empty())
+            .collect();
+        all.sort();
+        all
     }
 
     /// Number of documents this node has.
@@ -760,10 +758,10 @@ impl Replica {
     }
 
     /// A snapshot for compaction: the saved document and the changes it cannot contain
-    /// (received, but waiting for dependencies). Reads the document if it is not in memory.
-    pub fn snapshot(&mut self, id: &str) -> Result<Option<Snapshot>, CoreError> {
+    /// (received, but waiting for dependencies); `None` if the document is not in memory.
+    pub fn snapshot(&mut self, id: &str) -> Option<Snapshot> {
         self.apply_doc(id);
-        Ok(self.docs.get(id)?.map(|d| (d.doc.save(), d.orphan_bytes())))
+        self.docs.peek(id).map(|d| (d.doc.save(), d.orphan_bytes()))
     }
 
     /// Connected peers, in id order.
@@ -839,128 +837,5 @@ impl Replica {
             self.stats.bad_changes += applied.rejected.len() as u64;
             self.unaccept(doc, &applied.rejected);
         }
-    }
-
-    /// Takes back changes accepted by `accept_new` that Automerge then refused: they leave
-    /// the persist batch being filled, the peers' queues and the acks owed (none of these
-    /// has been flushed yet: pending changes are always applied before a flush ends).
-    fn unaccept(&mut self, doc: &str, rejected: &[Vec<u8>]) {
-        if let Some(&i) = self.batch_index.get(doc) {
-            self.batch[i].1.retain(|c| !rejected.contains(c));
-        }
-        for peer in self.peers.values_mut() {
-            peer.forget(doc, rejected);
-        }
-        let hashes: Vec<[u8; 32]> = rejected
-            .iter()
-            .filter_map(|b| Change::from_bytes(b.clone()).ok())
-            .map(|c| c.hash().0)
-            .collect();
-        for ((_, d), owed) in self.batch_acks.iter_mut() {
-            if d == doc {
-                owed.retain(|h| !hashes.contains(h));
-            }
-        }
-    }
-
-    /// Records new changes (already in or pending for the document): persist them and push
-    /// them on (asking the next nodes for acks if `want_ack`).
-    fn accept_new(
-        &mut self,
-        doc: &str,
-        origin: &str,
-        from: Option<&str>,
-        want_ack: bool,
-        changes: Vec<Vec<u8>>,
-    ) {
-        let targets = self.router.targets(&self.id, origin, from, &self.connected);
-        for target in &targets {
-            let Some(peer) = self.peers.get_mut(target) else {
-                continue;
-            };
-            for bytes in &changes {
-                if !peer.queue(doc, origin, want_ack, bytes, self.config.outbox_limit) {
-                    self.stats.pushes_dropped += 1;
-                }
-            }
-        }
-        let bytes: usize = changes.iter().map(Vec::len).sum();
-        self.docs.batched(doc, self.token, bytes);
-        let index = self.batch_slot(doc);
-        self.batch_bytes += bytes;
-        self.batch[index].1.extend(changes);
-    }
-
-    fn receive_push(
-        &mut self,
-        now: u64,
-        from: &str,
-        doc: String,
-        origin: String,
-        want_ack: bool,
-        changes: Vec<ByteBuf>,
-    ) {
-        if self.gate.answered(&doc, from) {
-            self.release_held(now, &doc);
-        }
-        let mut decoded = Vec::with_capacity(changes.len());
-        for bytes in changes {
-            match Change::from_bytes(bytes.into_vec()) {
-                Ok(change) => decoded.push(change),
-                Err(_) => self.stats.bad_changes += 1,
-            }
-        }
-        let total = decoded.len();
-        // A document not in memory whose history these changes extend directly takes them
-        // without being loaded; otherwise they wait for the next batched apply.
-        let (accepted, loaded) = match self.docs.append_unloaded(&doc, &decoded) {
-            Ok(Some((fresh, heads))) => {
-                if !fresh.is_empty() {
-                    self.notify(doc.clone(), heads);
-                }
-                let picked: Vec<Change> = fresh.iter().map(|&i| decoded[i].clone()).collect();
-                (picked, false)
-            }
-            Ok(None) => {
-                // Not acknowledged, so not lost: anti-entropy brings the changes again.
-                let Ok(state) = self.docs.get_or_create(&doc) else {
-                    return;
-                };
-                let picked = decoded
-                    .into_iter()
-                    .filter(|c| state.push_pending(c.clone()))
-                    .collect();
-                (picked, true)
-            }
-            Err(_) => return,
-        };
-        self.stats.duplicates += (total - accepted.len()) as u64;
-        let mut fresh = Vec::with_capacity(accepted.len());
-        let mut owed = Vec::new();
-        for change in accepted {
-            if want_ack {
-                self.ack_routes.insert(change.hash(), from.to_string());
-                owed.push(change.hash().0);
-            }
-            fresh.push(change.raw_bytes().to_vec());
-        }
-        if fresh.is_empty() {
-            self.docs.remove_if_empty(&doc);
-            return;
-        }
-        self.stats.remote_changes += fresh.len() as u64;
-        if loaded {
-            if let Some(state) = self.docs.peek_mut(&doc) {
-                state.last_change_ms = now;
-            }
-            self.dirty.insert(doc.clone());
-        }
-        if !owed.is_empty() {
-            self.batch_acks
-                .entry((from.to_string(), doc.clone()))
-                .or_default()
-                .extend(owed);
-        }
-        self.accept_new(&doc, &origin, Some(from), want_ack, fresh);
     }
 }

@@ -4,8 +4,9 @@
 //! `flush()`, messages go through the wire codec and are delivered in order by the test,
 //! persists complete when the test says so. This file holds the harness; the tests are in
 //! `tests/flow.rs` (push, batching, forwarding, acks), `tests/repair.rs` (anti-entropy and
-//! sync), `tests/input.rs` (bad input, merge, load and snapshots) and `tests/persist.rs`
-//! (persist batches that storage failed). Owns nothing else.
+//! sync), `tests/input.rs` (bad input, merge, load and snapshots), `tests/persist.rs`
+//! (persist batches that storage failed) and `tests/cache.rs` (documents read from a store
+//! as effects, and the cache over it). Owns nothing else.
 
 mod cache;
 mod clients;
@@ -187,6 +188,7 @@ impl Cluster {
                 }
                 Effect::Acked { doc, hash, by } => self.acked.push((id.to_string(), doc, hash, by)),
                 Effect::Notify { .. } => {}
+                Effect::Read { doc } => panic!("{id} asks to read {doc}, but it has no store"),
                 Effect::Client { client, msg } => {
                     self.to_clients.push((id.to_string(), client, msg))
                 }
@@ -245,7 +247,7 @@ impl Cluster {
     }
 
     fn heads(&self, id: &str) -> Vec<(String, Vec<ChangeHash>)> {
-        self.nodes[id].heads().unwrap()
+        self.nodes[id].heads()
     }
 
     /// A fresh replica of `id` loaded from its storage only.

@@ -1,25 +1,28 @@
 //! The driver task: owns the [`Replica`], feeds it commands, transport events, storage
-//! confirmations and ticks, batches whatever is ready before each flush, and carries out
-//! the effects (sends, persists, acks, notifications).
+//! confirmations, documents read by the reader threads and ticks, batches whatever is
+//! ready before each flush, and carries out the effects (sends, persists, reads, acks,
+//! notifications). Commands that need a stored document not in memory wait here, per
+//! document and in order, until its read is done; nothing on this task waits for the disk.
 
 mod cluster_view;
 mod drain;
 mod storage;
 mod topology;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::links::{LinkChanges, Links};
+use super::read_pool::{self, ReadDone, ReadPool};
 use super::store_thread::{self, StoreDone, StoreJob};
 use super::writes::Writes;
 use super::{
     Ack, ClientEvent, Command, DocEvent, Error, Health, Node, NodeConfig, NodeStatus, PeerStatus,
 };
-use crate::core::{ChangeError, CoreConfig, Effect, Replica, Unsent};
+use crate::core::{ChangeError, CoreConfig, CoreError, Effect, Replica, Unsent};
 use crate::transport::{SendError, Transport, TransportConfig, TransportEvent};
 
 /// At shutdown, documents with at least this many logged changes are compacted.
@@ -53,6 +56,10 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
             .await
             .map_err(|_| Error::Stopped)??;
     tracing::info!(node = %config.id, docs = replica.doc_count(), store = %store.location(), "store open");
+    let reader = store.reader();
+    let (read_tx, read_dones) = mpsc::unbounded_channel();
+    let reads =
+        ReadPool::spawn(reader.clone(), read_pool::READ_THREADS, read_tx).map_err(Error::Thread)?;
 
     let (events_tx, events) = mpsc::channel(4096);
     let members = config
@@ -101,6 +108,8 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         transport,
         addrs: config.peers.clone(),
         jobs,
+        reads,
+        parked: HashMap::new(),
         store: storage::StoreState::new(config.store_queue_bytes, health_tx.clone()),
         writes: Writes::default(),
         subscribers: HashMap::new(),
@@ -119,7 +128,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         draining: None,
         gather: cluster_view::Gather::new(&config.id),
     };
-    let driver = tokio::spawn(driver.run(commands, events, dones));
+    let driver = tokio::spawn(driver.run(commands, events, dones, read_dones));
     let id = config.id.clone();
     tokio::spawn(async move {
         // A panic ends the driver: the node is then failed, never silently half-alive.
@@ -137,6 +146,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     Ok(Node {
         id: config.id,
         peer_addr,
+        reader,
         commands: commands_tx,
         health,
     })
@@ -162,6 +172,9 @@ struct Driver {
     transport: Transport,
     addrs: BTreeMap<String, std::net::SocketAddr>,
     jobs: std_mpsc::Sender<StoreJob>,
+    reads: ReadPool,
+    /// Commands waiting for their document's read, per document in arrival order.
+    parked: HashMap<String, VecDeque<Command>>,
     /// Bytes queued for storage and whether it fails (see `storage`).
     store: storage::StoreState,
     writes: Writes,
@@ -191,6 +204,7 @@ enum Input {
     Command(Command),
     Event(TransportEvent),
     Done(StoreDone),
+    Read(ReadDone),
     Tick,
 }
 
@@ -204,6 +218,7 @@ impl Driver {
         mut commands: mpsc::Receiver<Command>,
         mut events: mpsc::Receiver<TransportEvent>,
         mut dones: mpsc::UnboundedReceiver<StoreDone>,
+        mut read_dones: mpsc::UnboundedReceiver<ReadDone>,
     ) {
         let initial = self.links.start();
         self.apply_links(initial);
@@ -221,6 +236,7 @@ impl Driver {
                 // Past the storage bound peers' messages wait (see `storage`).
                 Some(ev) = events.recv(), if !self.storage_full() => Input::Event(ev),
                 Some(done) = dones.recv() => Input::Done(done),
+                Some(read) = read_dones.recv() => Input::Read(read),
                 _ = tick.tick() => Input::Tick,
             };
             let mut next = Some(first);
@@ -237,6 +253,8 @@ impl Driver {
                 }
                 next = if let Ok(done) = dones.try_recv() {
                     Some(Input::Done(done))
+                } else if let Ok(read) = read_dones.try_recv() {
+                    Some(Input::Read(read))
                 } else if let Some(ev) = (!self.storage_full())
                     .then(|| events.try_recv().ok())
                     .flatten()
@@ -291,6 +309,7 @@ impl Driver {
                 self.replica.handle_message(now, &from, msg)
             }
             Input::Done(done) => self.store_done(done),
+            Input::Read((doc, result)) => self.read_done(now, doc, result),
             Input::Tick => {
                 self.topology_tick(now);
                 self.drain_tick(now);
@@ -303,6 +322,15 @@ impl Driver {
     }
 
     fn command(&mut self, now: u64, cmd: Command) {
+        // A command on a stored document not in memory waits for its read (and so does
+        // every later one on that document, to keep their order).
+        if let Some(doc) = cmd.doc() {
+            if !self.replica.prepare(doc) {
+                let doc = doc.to_string();
+                self.parked.entry(doc).or_default().push_back(cmd);
+                return;
+            }
+        }
         match cmd {
             Command::Change {
                 doc,
@@ -362,7 +390,7 @@ impl Driver {
                 };
                 let _ = reply.send(answer);
             }
-            Command::Read(f) => f(&mut self.replica),
+            Command::Read { doc, f } => f(self.replica.load(&doc)),
             Command::Subscribe { doc, reply } => {
                 let sender = self
                     .subscribers
@@ -480,6 +508,15 @@ impl Driver {
                         }
                     }
                     Effect::Persist { token, docs } => self.persist(token, docs),
+                    Effect::Read { doc } => {
+                        if !self.reads.read(doc.clone()) {
+                            let gone = CoreError::Storage {
+                                doc: doc.clone(),
+                                detail: "the reader threads have stopped".into(),
+                            };
+                            self.read_done(self.now(), doc, Err(gone));
+                        }
+                    }
                     Effect::Acked { doc, hash, by } => self.writes.acked(&doc, &hash, &by),
                     Effect::Client { client, msg } => self.send_client(client, msg),
                     Effect::Notify { doc, heads } => {
@@ -488,6 +525,30 @@ impl Driver {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// A document's read is done: it joins the replica, and the commands that waited for
+    /// it run in order (or fail with the read's error).
+    fn read_done(
+        &mut self,
+        now: u64,
+        doc: String,
+        result: Result<Option<crate::core::LoadedDoc>, CoreError>,
+    ) {
+        let failure = result.as_ref().err().map(|e| e.to_string());
+        self.replica.read_done(now, &doc, result);
+        let Some(waiting) = self.parked.remove(&doc) else {
+            return;
+        };
+        for cmd in waiting {
+            match &failure {
+                None => self.command(now, cmd),
+                Some(detail) => cmd.fail(CoreError::Storage {
+                    doc: doc.clone(),
+                    detail: detail.clone(),
+                }),
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Start-up: opens the node's store and gives the replica its index of documents (id and
-//! heads), without reading any document: documents are read when first used. A store
+//! heads), without reading any document: documents are read when first used (by the
+//! reader threads, see `read_pool`). A store
 //! written before the index existed (format 1) is indexed once here: its documents are
 //! decoded, spread over the machine's cores, and their heads recorded. Runs on a blocking
 //! thread, never on the async runtime.
@@ -54,7 +55,7 @@ pub(crate) fn open_store(
             index.add(doc, heads);
         }
     }
-    replica.set_store(reader, index);
+    replica.set_store(index);
     Ok((store, replica))
 }
 

@@ -33,10 +33,12 @@ mod builder;
 mod driver;
 mod links;
 mod load;
+mod read_pool;
 mod store_thread;
 mod writes;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use automerge::transaction::Transaction;
@@ -48,7 +50,8 @@ pub use builder::{
     NodeBuilder, NodeConfig, StorageChoice, DEFAULT_STORE_QUEUE_BYTES, TOPOLOGY_FILE,
 };
 
-use crate::core::{ClientMsg, CoreError, CoreStats, Replica};
+use crate::core::{ClientMsg, CoreError, CoreStats};
+use crate::storage::DocReader;
 use crate::transport::TransportStats;
 
 /// Errors of the node layer.
@@ -80,6 +83,9 @@ pub enum Error {
     /// The node has shut down.
     #[error("the node has shut down")]
     Stopped,
+    /// A thread of the node could not be started.
+    #[error("cannot start a thread of the node: {0}")]
+    Thread(std::io::Error),
     /// The change function failed; nothing was written.
     #[error("change refused: {0}")]
     Change(Box<dyn std::error::Error + Send + Sync>),
@@ -275,7 +281,8 @@ pub(crate) enum WriteOutcome {
 type ChangeFn = Box<
     dyn FnOnce(&mut Transaction<'_>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send,
 >;
-type ReadFn = Box<dyn FnOnce(&mut Replica) + Send>;
+/// Runs on the document once it is in memory (`None`: this node does not have it).
+type ReadFn = Box<dyn FnOnce(Result<Option<&Automerge>, CoreError>) + Send>;
 
 /// A merge accepted by the driver: new changes, and when they will be durable.
 pub(crate) type MergeStarted = (usize, Option<oneshot::Receiver<WriteOutcome>>);
@@ -297,7 +304,10 @@ pub(crate) enum Command {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<MergeStarted, Error>>,
     },
-    Read(ReadFn),
+    Read {
+        doc: String,
+        f: ReadFn,
+    },
     Subscribe {
         doc: String,
         reply: oneshot::Sender<broadcast::Receiver<DocEvent>>,
@@ -321,6 +331,32 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<serde_json::Value, Error>>,
     },
     Shutdown(oneshot::Sender<()>),
+}
+
+impl Command {
+    /// The document the command works on, if it needs one in memory.
+    fn doc(&self) -> Option<&str> {
+        match self {
+            Command::Change { doc, .. }
+            | Command::Merge { doc, .. }
+            | Command::Read { doc, .. } => Some(doc),
+            _ => None,
+        }
+    }
+
+    /// Answers a command whose document could not be read with the error.
+    fn fail(self, e: CoreError) {
+        match self {
+            Command::Change { started, .. } => {
+                let _ = started.send(Err(Error::store(e)));
+            }
+            Command::Merge { reply, .. } => {
+                let _ = reply.send(Err(Error::store(e)));
+            }
+            Command::Read { f, .. } => f(Err(e)),
+            _ => {}
+        }
+    }
 }
 
 /// A change of the live topology (see [`Node::change_topology`]).
@@ -363,6 +399,8 @@ pub struct Node {
     id: String,
     peer_addr: SocketAddr,
     commands: mpsc::Sender<Command>,
+    /// Reads the node's store (listings), off the driver's task.
+    reader: Arc<dyn DocReader>,
     /// Its health: failing storage (recoverable), or failed for good (its driver or
     /// storage thread panicked).
     health: watch::Receiver<Health>,
@@ -516,10 +554,16 @@ impl Node {
         doc: &str,
         f: impl FnOnce(&Automerge) -> R + Send + 'static,
     ) -> Result<Option<R>, Error> {
-        let doc = doc.to_string();
-        self.read(move |r| r.load(&doc).map(|d| d.map(f)))
-            .await?
-            .map_err(Error::store)
+        let (tx, rx) = oneshot::channel();
+        let f: ReadFn = Box::new(move |d| {
+            let _ = tx.send(d.map(|d| d.map(f)));
+        });
+        self.send(Command::Read {
+            doc: doc.to_string(),
+            f,
+        })
+        .await?;
+        rx.await.map_err(|_| Error::Stopped)?.map_err(Error::store)
     }
 
     /// The document as plain JSON, if this node has it.
@@ -532,9 +576,17 @@ impl Node {
         self.with_doc(doc, |d| d.save()).await
     }
 
-    /// Every document with its heads, in id order.
+    /// Every document durable on this node with its heads, in id order (read from the
+    /// store on a blocking thread, not by the node's driver).
     pub async fn docs(&self) -> Result<Vec<(String, Vec<ChangeHash>)>, Error> {
-        self.read(|r| r.heads()).await?.map_err(Error::store)
+        let reader = Arc::clone(&self.reader);
+        let all = tokio::task::spawn_blocking(move || reader.all_heads())
+            .await
+            .map_err(|_| Error::Stopped)??;
+        Ok(all
+            .into_iter()
+            .map(|(id, heads)| (id, heads.into_iter().map(ChangeHash).collect()))
+            .collect())
     }
 
     /// A stream of change notifications for `doc` (local and remote changes). A receiver
@@ -635,18 +687,6 @@ impl Node {
     pub async fn shutdown(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Shutdown(tx)).await?;
-        rx.await.map_err(|_| Error::Stopped)
-    }
-
-    async fn read<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Replica) -> R + Send + 'static,
-    ) -> Result<R, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Read(Box::new(move |r| {
-            let _ = tx.send(f(r));
-        })))
-        .await?;
         rx.await.map_err(|_| Error::Stopped)
     }
 

@@ -2,12 +2,13 @@
 //! no lost acknowledged write, counter bounds, and stores that hold everything each replica
 //! has.
 
+use std::collections::BTreeSet;
+
 use automerge::{Automerge, ChangeHash};
 use concordant::core::{CoreConfig, Flood, Replica};
-use concordant::storage::Store;
 
 use super::workload::counter_value;
-use super::world::{as_stored, stored_index, Sim, Totals};
+use super::world::{as_stored, read_stored, stored_index, Sim, Totals};
 use super::Summary;
 
 /// The document at replica `r`, read from its store if it is not in memory.
@@ -16,28 +17,34 @@ fn load<'a>(r: &'a mut Replica, i: usize, doc: &str) -> Result<Option<&'a Autome
         .map_err(|e| format!("n{i} cannot read {doc}: {e}"))
 }
 
-fn heads(r: &Replica, who: &str) -> Result<Vec<(String, Vec<ChangeHash>)>, String> {
-    r.heads()
-        .map_err(|e| format!("{who} cannot list its heads: {e}"))
-}
-
 impl Sim {
     /// Checks a quiet cluster: same heads, values and fingerprints everywhere, every
     /// acknowledged write present everywhere, counters within [acknowledged, all]
     /// increments, and every node's store reloading to exactly what its replica holds.
     pub(crate) fn check(&mut self) -> Result<(), String> {
+        let expected = self.all_heads(0).ok_or("n0 is down")?;
+        for i in 0..self.nodes.len() {
+            let h = self.all_heads(i).ok_or(format!("n{i} is down"))?;
+            if h != expected {
+                return Err(format!("n{i} heads {h:?} differ from n0 {expected:?}"));
+            }
+        }
+        // Every document the checks look at is read into memory first.
+        let docs: BTreeSet<String> = expected
+            .iter()
+            .map(|(doc, _)| doc.clone())
+            .chain(self.docs.iter().cloned())
+            .collect();
+        for i in 0..self.nodes.len() {
+            for doc in &docs {
+                self.read_now(i, doc);
+            }
+        }
         let mut replicas: Vec<&mut Replica> = self
             .nodes
             .iter_mut()
             .map(|n| n.replica.as_mut().expect("all restarted"))
             .collect();
-        let expected = heads(replicas[0], "n0")?;
-        for (i, r) in replicas.iter().enumerate() {
-            let h = heads(r, &format!("n{i}"))?;
-            if h != expected {
-                return Err(format!("n{i} heads {h:?} differ from n0 {expected:?}"));
-            }
-        }
         let fingerprint = replicas[0].fingerprint();
         for (i, r) in replicas.iter().enumerate() {
             if r.fingerprint() != fingerprint {
@@ -99,8 +106,11 @@ impl Sim {
             let store = node.store.clone();
             let mut r = Replica::new("check", [0xee; 16], Box::new(Flood), CoreConfig::default());
             let index = stored_index(&store);
-            r.set_store(store.reader(), as_stored(&index));
-            let listed = heads(&r, &format!("n{i}'s store"))?;
+            r.set_store(as_stored(&index));
+            let listed: Vec<(String, Vec<ChangeHash>)> = index
+                .iter()
+                .map(|(doc, heads)| (doc.clone(), heads.iter().copied().map(ChangeHash).collect()))
+                .collect();
             if listed != expected {
                 return Err(format!(
                     "n{i} store lists heads {listed:?}, its replica {expected:?}"
@@ -110,6 +120,9 @@ impl Sim {
                 return Err(format!("n{i} store has another fingerprint"));
             }
             for (doc, doc_heads) in &expected {
+                if !r.prepare(doc) {
+                    r.read_done(0, doc, read_stored(&store, doc));
+                }
                 let d = r
                     .load(doc)
                     .map_err(|e| format!("n{i} store does not load {doc}: {e}"))?
@@ -152,11 +165,7 @@ impl Sim {
             delivered: self.delivered,
             crashes,
             acks: self.acked_effects,
-            heads: self.nodes[0]
-                .replica
-                .as_ref()
-                .and_then(|r| r.heads().ok())
-                .unwrap_or_default(),
+            heads: self.all_heads(0).unwrap_or_default(),
             heal_ms: self.now - healed_at,
             totals: self.totals(),
         }

@@ -86,12 +86,8 @@ impl Sim {
     /// A node's heads per document, how many dependencies it misses (of the documents in
     /// memory), how many documents it has in memory, and its error counters.
     pub(crate) fn describe_heads(&self, i: usize) -> String {
-        let Some(r) = self.nodes[i].replica.as_ref() else {
+        let (Some(r), Some(heads)) = (self.nodes[i].replica.as_ref(), self.all_heads(i)) else {
             return "down".into();
-        };
-        let heads = match r.heads() {
-            Ok(heads) => heads,
-            Err(e) => return format!("heads unreadable: {e}"),
         };
         let parts: Vec<String> = heads
             .iter()

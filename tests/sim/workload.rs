@@ -92,7 +92,7 @@ pub(crate) fn counter_value(doc: &Automerge) -> Option<i64> {
     }
 }
 
-/// A document's heads at a replica, read from its store if needed (empty if it has none).
+/// A document's heads at a replica that has it in memory (empty if it has none).
 fn heads_of(r: &mut Replica, doc: &str) -> Vec<ChangeHash> {
     let id = r.id().to_string();
     r.load(doc)
@@ -124,7 +124,15 @@ impl Sim {
         let to = live[self.rng.random_range(0..live.len())];
         let doc = self.random_doc();
         let doc = doc.as_str();
-        // The source may have to read the document from its store.
+        // Either side may have to read the document from its store first: this merge is
+        // then left out (the read goes on).
+        for i in [from, to] {
+            if !self.nodes[i].replica.as_mut().expect("alive").prepare(doc) {
+                self.log(|| format!("merge n{from}->n{to} {doc}: n{i} reads it first"));
+                self.pump(i);
+                return;
+            }
+        }
         let source = self.nodes[from].replica.as_mut().expect("alive").load(doc);
         let source = source.unwrap_or_else(|e| panic!("n{from} cannot read {doc}: {e}"));
         let Some((bytes, has_orphans)) =
@@ -160,6 +168,14 @@ impl Sim {
         let fail = self.rng.random_bool(0.03);
         let want_ack = self.rng.random_bool(0.5);
         let now = self.now;
+        let r = self.nodes[i].replica.as_mut().expect("alive");
+        // A stored document not in memory is read first: this write is left out (as a
+        // node's driver would hold it until the read is done).
+        if !r.prepare(doc) {
+            self.log(|| format!("write n{i} {doc}: read first"));
+            self.pump(i);
+            return;
+        }
         let rng = &mut self.rng;
         let r = self.nodes[i].replica.as_mut().expect("alive");
         // A document being fetched by sync exists empty; a refused write may drop it.

@@ -32,6 +32,13 @@ pub(crate) enum Event {
         token: u64,
         docs: Vec<DocAppend>,
     },
+    /// A read of a stored document asked for by a replica ([`Effect::Read`]), as the
+    /// node's reader threads do: the store is read when it completes.
+    ReadDone {
+        node: usize,
+        life: u64,
+        doc: String,
+    },
     /// A compaction queued after the persists before it, as the node's store thread does.
     CompactDone {
         node: usize,
@@ -125,6 +132,15 @@ pub(crate) fn as_stored(index: &[(String, Vec<[u8; 32]>)]) -> StoredIndex {
     stored
 }
 
+/// What a node's reader threads do: the stored document, decoded.
+pub(crate) fn read_stored(
+    store: &MemoryStore,
+    doc: &str,
+) -> Result<Option<LoadedDoc>, concordant::core::CoreError> {
+    let stored = store.reader().read(doc).expect("a memory store reads");
+    stored.as_ref().map(LoadedDoc::from_stored).transpose()
+}
+
 /// What a crash left must be consistent: every stored document loads, to the heads its
 /// index entry records (a restart trusts the index until it reads the document).
 pub(crate) fn check_store(name: &str, store: &MemoryStore, index: &[(String, Vec<[u8; 32]>)]) {
@@ -206,6 +222,8 @@ pub(crate) struct Params {
     pub(crate) compact_after: Option<usize>,
     /// Longest time one persist takes, in ms.
     pub(crate) persist_ms: u64,
+    /// Longest time one read of a stored document takes, in ms.
+    pub(crate) read_ms: u64,
 }
 
 /// The whole simulation of one seed.
@@ -260,6 +278,7 @@ impl Sim {
                 None
             },
             persist_ms: rng.random_range(5..=150),
+            read_ms: rng.random_range(1..=60),
         };
         let config = CoreConfig {
             anti_entropy_ms: 500,
@@ -385,6 +404,7 @@ impl Sim {
                 ..
             } | Event::PersistDone { .. }
                 | Event::CompactDone { .. }
+                | Event::ReadDone { .. }
         ) {
             self.in_flight += 1;
         }
@@ -412,14 +432,14 @@ impl Sim {
         if node.life > 0 {
             check_store(&node.name, &node.store, &index);
         }
-        replica.set_store(node.store.reader(), as_stored(&index));
+        replica.set_store(as_stored(&index));
         if compact {
             let mut compactions = Vec::new();
             for (doc, _) in &index {
-                let (snapshot, keep) = replica
-                    .snapshot(doc)
+                let loaded = read_stored(&node.store, doc)
                     .unwrap_or_else(|e| panic!("{} cannot read its store: {e}", node.name))
                     .unwrap_or_else(|| panic!("{} lost {doc} from its store", node.name));
+                let (snapshot, keep) = loaded.snapshot();
                 compactions.push(Compaction {
                     doc: doc.clone(),
                     snapshot,
@@ -577,6 +597,11 @@ impl Sim {
                     "n{i} got an ack from n{j} for {hash}, which n{j} has not persisted"
                 );
             }
+            Effect::Read { doc } => {
+                let delay = self.rng.random_range(1..=self.params.read_ms);
+                let life = self.nodes[i].life;
+                self.schedule(delay, Event::ReadDone { node: i, life, doc });
+            }
             // No automerge-repo clients in the simulation.
             Effect::Notify { .. } | Effect::Client { .. } => {}
         }
@@ -608,10 +633,7 @@ impl Sim {
             if node.store.log_len(&doc) < min || node.compacting.contains(&doc) {
                 continue;
             }
-            let snapshot = r
-                .snapshot(&doc)
-                .unwrap_or_else(|e| panic!("{} cannot read {doc}: {e}", node.name));
-            if let Some((snapshot, keep)) = snapshot {
+            if let Some((snapshot, keep)) = r.snapshot(&doc) {
                 node.compacting.insert(doc.clone());
                 compactions.push(Compaction {
                     doc,
@@ -701,6 +723,19 @@ impl Sim {
                     .persisted(token);
                 // As the node's driver does: compactions are queued before anything else.
                 self.compact_long_logs(node, appended);
+                self.pump(node);
+            }
+            Event::ReadDone { node, life, doc } => {
+                self.in_flight -= 1;
+                if self.nodes[node].life != life || !self.alive(node) {
+                    return;
+                }
+                self.log(|| format!("read n{node} {doc}"));
+                let result = read_stored(&self.nodes[node].store, &doc);
+                let now = self.now;
+                if let Some(r) = self.nodes[node].replica.as_mut() {
+                    r.read_done(now, &doc, result);
+                }
                 self.pump(node);
             }
             Event::CompactDone { node, life, docs } => {
@@ -844,8 +879,37 @@ impl Sim {
         if self.in_flight > 0 {
             return false;
         }
-        let heads = |n: &Node| n.replica.as_ref().and_then(|r| r.heads().ok());
-        let first = heads(&self.nodes[0]);
-        first.is_some() && self.nodes.iter().all(|n| heads(n) == first)
+        let first = self.all_heads(0);
+        first.is_some() && (0..self.nodes.len()).all(|i| self.all_heads(i) == first)
+    }
+
+    /// Every document of node `i` with its heads: those in memory from its replica, the
+    /// others from its store (what a node's listing shows once its writes are durable);
+    /// `None` if it is down.
+    pub(crate) fn all_heads(&self, i: usize) -> Option<Vec<(String, Vec<ChangeHash>)>> {
+        let node = &self.nodes[i];
+        let r = node.replica.as_ref()?;
+        let mut all: BTreeMap<String, Vec<ChangeHash>> = stored_index(&node.store)
+            .into_iter()
+            .filter(|(doc, _)| r.doc(doc).is_none())
+            .map(|(doc, heads)| (doc, heads.into_iter().map(ChangeHash).collect()))
+            .collect();
+        all.extend(r.heads());
+        all.retain(|_, heads| !heads.is_empty());
+        Some(all.into_iter().collect())
+    }
+
+    /// Reads `doc` into node `i`'s replica at once if it is stored and not in memory (for
+    /// the checks, which look at every document); false if it is down.
+    pub(crate) fn read_now(&mut self, i: usize, doc: &str) -> bool {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let Some(r) = node.replica.as_mut() else {
+            return false;
+        };
+        if !r.prepare(doc) {
+            r.read_done(now, doc, read_stored(&node.store, doc));
+        }
+        true
     }
 }

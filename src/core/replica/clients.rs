@@ -9,6 +9,7 @@
 use automerge::sync::{self, SyncDoc};
 use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
+use super::reads::Parked;
 use super::Replica;
 use crate::core::clients::{ClientMsg, Waiting};
 use crate::core::{CoreError, Effect};
@@ -52,7 +53,8 @@ impl Replica {
     /// A `sync` message from a client (`request: false`), or a `request` (the client does
     /// not have the document): applies it to the document, which its changes create if
     /// new; the answers follow at the next flush. A request for a document this node does
-    /// not have waits while its peers are asked.
+    /// not have waits while its peers are asked; a message for a stored document not in
+    /// memory waits for its read.
     pub fn client_sync(
         &mut self,
         now: u64,
@@ -69,8 +71,20 @@ impl Replica {
             doc: doc.to_string(),
             detail: e.to_string(),
         })?;
+        if !self.prepare(doc) {
+            let data = data.to_vec();
+            self.park(
+                doc,
+                Parked::Client {
+                    client,
+                    data,
+                    request,
+                },
+            );
+            return Ok(());
+        }
         self.apply_doc(doc);
-        let have = self.docs.get(doc)?.is_some();
+        let have = self.docs.get(doc).is_some();
         if !have && request {
             let asked = self.clients.waiting.contains_key(doc);
             self.clients
@@ -152,11 +166,12 @@ impl Replica {
             if followers.is_empty() {
                 continue;
             }
-            self.apply_doc(&doc);
-            let Ok(state) = self.docs.get(&doc) else {
+            if !self.prepare(&doc) {
+                self.park(&doc, Parked::Serve);
                 continue;
-            };
-            let doc_now = match state {
+            }
+            self.apply_doc(&doc);
+            let doc_now = match self.docs.get(&doc) {
                 Some(s) => &s.doc,
                 None => &*empty.get_or_insert_with(Automerge::new),
             };

@@ -22,6 +22,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::ChangeHash;
 use serde_bytes::ByteBuf;
 
+use super::reads::Parked;
 use super::Replica;
 use crate::core::peers::Wanted;
 use crate::core::reconcile::Answer;
@@ -101,7 +102,12 @@ impl Replica {
                 continue;
             }
             if d.ours.is_some() && d.theirs.is_none() {
-                self.send_missing(from, &d.doc, &[]);
+                if self.prepare(&d.doc) {
+                    self.send_missing(from, &d.doc, &[]);
+                } else {
+                    let peer = from.to_string();
+                    self.park(&d.doc, Parked::Missing { peer });
+                }
             } else if let Some(p) = self.peers.get_mut(from) {
                 p.want(Wanted {
                     doc: d.doc,
@@ -119,60 +125,59 @@ impl Replica {
             if want.reply && self.gate.answered(&want.doc, from) {
                 self.release_held(now, &want.doc);
             }
-            let theirs: Vec<ChangeHash> = want.heads.iter().copied().map(ChangeHash).collect();
-            // From the stored log where it holds what they lack (no load).
-            if let Ok(Some(changes)) = self.docs.stored_changes_after(&want.doc, &theirs) {
-                self.queue_repair(from, &want.doc, changes);
-                continue;
+            if self.prepare(&want.doc) {
+                self.answer_want(now, from, want);
+            } else {
+                let doc = want.doc.clone();
+                let from = from.to_string();
+                self.park(&doc, Parked::Want { from, want });
             }
-            self.apply_doc(&want.doc);
-            let known = match self.docs.get(&want.doc) {
-                Err(_) => continue,
-                Ok(None) => None,
-                Ok(Some(state)) => Some(
-                    theirs
-                        .iter()
-                        .all(|h| state.doc.get_change_meta_by_hash(h).is_some()),
-                ),
-            };
-            match known {
-                // We have all they have: send the rest.
-                Some(true) => self.send_missing(from, &want.doc, &theirs),
-                // We lack some of theirs: ask with our heads, once.
-                Some(false) | None if !want.reply && !theirs.is_empty() => {
-                    if let Some(p) = self.peers.get_mut(from) {
-                        p.want(Wanted {
-                            doc: want.doc,
-                            reply: true,
-                            theirs: None,
-                        });
-                    }
+        }
+    }
+
+    /// Answers one want of a document in memory (or that this node does not have).
+    pub(super) fn answer_want(&mut self, now: u64, from: &str, want: Want) {
+        let theirs: Vec<ChangeHash> = want.heads.iter().copied().map(ChangeHash).collect();
+        self.apply_doc(&want.doc);
+        let known = self.docs.get(&want.doc).map(|state| {
+            theirs
+                .iter()
+                .all(|h| state.doc.get_change_meta_by_hash(h).is_some())
+        });
+        match known {
+            // We have all they have: send the rest.
+            Some(true) => self.send_missing(from, &want.doc, &theirs),
+            // We lack some of theirs: ask with our heads, once.
+            Some(false) | None if !want.reply && !theirs.is_empty() => {
+                if let Some(p) = self.peers.get_mut(from) {
+                    p.want(Wanted {
+                        doc: want.doc,
+                        reply: true,
+                        theirs: None,
+                    });
                 }
-                // Neither has it, or a reply we cannot place while we have nothing.
-                Some(false) | None if !want.reply => {}
-                // Both sides lack some of the other's changes: the histories diverged.
-                Some(false) => {
-                    let active = self
-                        .peers
-                        .get(from)
-                        .is_some_and(|p| p.sessions.contains_key(&want.doc));
-                    if !active && self.gate.may_start(&want.doc, from) {
-                        self.start_sync(now, from, &want.doc);
-                    }
-                }
-                None => {}
             }
+            // Neither has it, or a reply we cannot place while we have nothing.
+            Some(false) | None if !want.reply => {}
+            // Both sides lack some of the other's changes: the histories diverged.
+            Some(false) => {
+                let active = self
+                    .peers
+                    .get(from)
+                    .is_some_and(|p| p.sessions.contains_key(&want.doc));
+                if !active && self.gate.may_start(&want.doc, from) {
+                    self.start_sync(now, from, &want.doc);
+                }
+            }
+            None => {}
         }
     }
 
     /// Queues for `peer` the changes of `doc` that follow `heads` (all of them if empty),
     /// as repaired changes: the peer acknowledges them and passes them on as if this node
-    /// had written them.
-    fn send_missing(&mut self, peer: &str, doc: &str, heads: &[ChangeHash]) {
-        if let Ok(Some(changes)) = self.docs.stored_changes_after(doc, heads) {
-            return self.queue_repair(peer, doc, changes);
-        }
-        let Ok(Some(state)) = self.docs.get(doc) else {
+    /// had written them. The document is in memory (or this node does not have it).
+    pub(super) fn send_missing(&mut self, peer: &str, doc: &str, heads: &[ChangeHash]) {
+        let Some(state) = self.docs.get(doc) else {
             return;
         };
         let changes: Vec<Vec<u8>> = state
@@ -229,7 +234,13 @@ impl Replica {
                     }
                     continue;
                 }
-                let Ok(heads) = self.docs.heads(&doc) else {
+                let Some(heads) = self.docs.heads(&doc) else {
+                    // Stored, not in memory: asked for now, and wanted again once read
+                    // (a flush follows every read).
+                    self.prepare(&doc);
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.want(Wanted { doc, reply, theirs });
+                    }
                     continue;
                 };
                 self.gate.started(&doc, &peer, now);
@@ -312,11 +323,15 @@ impl Replica {
         }
     }
 
-    fn process_sync(&mut self, now: u64, from: &str, doc: &str, data: &[u8]) {
+    pub(super) fn process_sync(&mut self, now: u64, from: &str, doc: &str, data: &[u8]) {
         let Ok(msg) = sync::Message::decode(data) else {
             self.stats.bad_sync += 1;
             return;
         };
+        if !self.prepare(doc) {
+            let (from, data) = (from.to_string(), data.to_vec());
+            return self.park(doc, Parked::Sync { from, data });
+        }
         self.apply_doc(doc);
         if !self.peers.contains_key(from) {
             return;

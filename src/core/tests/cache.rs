@@ -1,10 +1,8 @@
-//! The document cache over a store: eviction, reloads, changes taken without loading the
-//! document, and answers from the stored log.
-
-use std::sync::Arc;
+//! The document cache over a store: eviction, and documents read as effects (work on a
+//! document being read waits; other documents go on).
 
 use super::*;
-use crate::core::StoredIndex;
+use crate::core::{LoadedDoc, StoredIndex};
 use crate::storage::{MemoryStore, Store};
 
 /// A replica over a fresh in-memory store holding at most `cache` documents in memory.
@@ -15,11 +13,10 @@ pub(super) fn stored_replica(id: &str, cache: usize) -> (Replica, MemoryStore) {
         ..CoreConfig::default()
     };
     let mut r = replica_with(id, config);
-    r.set_store(Arc::clone(&store.reader()), StoredIndex::new());
+    r.set_store(StoredIndex::new());
     (r, store)
 }
 
-/// Flushes `r` and carries out its persists into `store`; returns the other effects.
 /// Replica "a" (in memory) linked to "b", whose store holds at most one document in memory.
 pub(super) fn linked_to_stored() -> (Replica, Replica, MemoryStore) {
     let (mut b, mut store) = stored_replica("b", 1);
@@ -31,6 +28,14 @@ pub(super) fn linked_to_stored() -> (Replica, Replica, MemoryStore) {
     (a, b, store)
 }
 
+/// What the driver's reader threads do for an [`Effect::Read`].
+pub(super) fn read(store: &MemoryStore, doc: &str) -> Result<Option<LoadedDoc>, CoreError> {
+    let stored = store.reader().read(doc).unwrap();
+    stored.as_ref().map(LoadedDoc::from_stored).transpose()
+}
+
+/// Flushes `r`, carries out its persists into `store` and serves its reads from it at
+/// once; returns the other effects.
 pub(super) fn settle(r: &mut Replica, store: &mut MemoryStore) -> Vec<Effect> {
     let mut rest = Vec::new();
     for _ in 0..10 {
@@ -44,11 +49,39 @@ pub(super) fn settle(r: &mut Replica, store: &mut MemoryStore) -> Vec<Effect> {
                     store.append(&docs).unwrap();
                     r.persisted(token);
                 }
+                Effect::Read { doc } => r.read_done(0, &doc, read(store, &doc)),
                 other => rest.push(other),
             }
         }
     }
     rest
+}
+
+/// The document, read from the store first if it is not in memory.
+pub(super) fn loaded<'a>(r: &'a mut Replica, store: &mut MemoryStore, doc: &str) -> &'a Automerge {
+    for _ in 0..10 {
+        if r.prepare(doc) {
+            break;
+        }
+        settle(r, store);
+    }
+    r.load(doc).unwrap().unwrap()
+}
+
+/// Fills `b`'s one-document cache with another document, so that `doc` is evicted.
+fn evict(b: &mut Replica, store: &mut MemoryStore, doc: &str) {
+    put(b, 3, "other", "k", 1, false);
+    settle(b, store);
+    assert!(b.doc(doc).is_none(), "{doc} evicted");
+}
+
+fn reads_of(list: &[Effect]) -> Vec<String> {
+    list.iter()
+        .filter_map(|e| match e {
+            Effect::Read { doc } => Some(doc.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -66,76 +99,164 @@ fn evicted_documents_reload_with_their_heads() {
     assert!(counts.loaded <= 2, "{counts:?}");
     assert!(a.stats().doc_evictions >= 8);
     for (doc, h) in &heads {
-        assert_eq!(&a.load(doc).unwrap().unwrap().get_heads(), h);
+        if a.doc(doc).is_none() {
+            assert!(matches!(a.load(doc), Err(CoreError::NotRead { .. })));
+        }
+        assert_eq!(&loaded(&mut a, &mut store, doc).get_heads(), h);
     }
     assert!(a.stats().doc_loads >= 8);
-    let listed: BTreeMap<String, Vec<ChangeHash>> = a.heads().unwrap().into_iter().collect();
+    let listed: BTreeMap<String, Vec<ChangeHash>> = store
+        .reader()
+        .all_heads()
+        .unwrap()
+        .into_iter()
+        .map(|(id, h)| (id, h.into_iter().map(ChangeHash).collect()))
+        .collect();
     assert_eq!(listed, heads);
-    // A write to an evicted document builds on what the store holds.
+    // A write to an evicted document builds on what the store holds, once it is read.
+    loaded(&mut a, &mut store, "d0");
     let h = put(&mut a, 2, "d0", "k2", 1, false);
     settle(&mut a, &mut store);
-    let doc = a.load("d0").unwrap().unwrap();
+    let doc = loaded(&mut a, &mut store, "d0");
     assert_eq!(doc.get_heads(), vec![h]);
     assert_eq!(doc.get_changes(&[]).len(), 2);
 }
 
 #[test]
-fn changes_extending_an_unloaded_document_are_stored_without_loading_it() {
-    let (mut a, mut b, mut store) = linked_to_stored();
-    let first = put(&mut a, 1, "d", "k", 1, false);
-    let push = |a: &mut Replica| -> Vec<Message> {
-        sends(&effects(a))
-            .into_iter()
-            .filter(|(to, m)| to == "b" && matches!(m, Message::Push(_)))
-            .map(|(_, m)| via_wire(&m))
-            .collect()
-    };
-    for m in push(&mut a) {
-        b.handle_message(2, "a", m);
-    }
+fn a_local_change_to_a_stored_document_not_in_memory_waits_for_its_read() {
+    let (mut b, mut store) = stored_replica("b", 1);
+    put(&mut b, 1, "d", "k", 1, false);
     settle(&mut b, &mut store);
-    // Another document pushes "d" out of b's one-document cache.
-    put(&mut b, 3, "other", "k", 1, false);
+    evict(&mut b, &mut store, "d");
+    // Without prepare, the change is refused (it would fork the document's history).
+    let refused = b.local_change(4, "d", false, |tx: &mut Transaction<'_>| -> TxResult<()> {
+        tx.put(ROOT, "k", 2)
+    });
+    assert!(matches!(
+        refused,
+        Err(crate::core::ChangeError::Core(CoreError::NotRead { .. }))
+    ));
+    assert!(!b.prepare("d"));
+    assert!(!b.prepare("d"), "asked once");
+    assert_eq!(reads_of(&b.drain_effects()), vec!["d".to_string()]);
+    assert_eq!(b.reads_in_flight(), 1);
+    let stored = read(&store, "d");
+    b.read_done(5, "d", stored);
+    assert!(b.prepare("d"));
+    let h = put(&mut b, 6, "d", "k", 2, false);
     settle(&mut b, &mut store);
-    assert!(b.doc("d").is_none(), "evicted");
-    let loads = b.stats().doc_loads;
-    let second = put(&mut a, 4, "d", "k", 2, true);
-    for m in push(&mut a) {
-        b.handle_message(5, "a", m);
-    }
-    let rest = settle(&mut b, &mut store);
-    assert_eq!(b.stats().doc_loads, loads, "taken without loading");
-    assert!(b.doc("d").is_none());
-    assert_eq!(store.reader().heads("d").unwrap(), Some(vec![second.0]));
-    // Acknowledged once durable, as any pushed change.
-    assert!(rest.iter().any(|e| matches!(e,
-        Effect::Send { msg: Message::Ack(acks), .. } if acks.iter().any(|k| k.hashes.contains(&second.0)))));
-    // The same push again is a duplicate; a change on top of the head still goes in.
+    assert_eq!(store.reader().heads("d").unwrap(), Some(vec![h.0]));
     let doc = b.load("d").unwrap().unwrap();
-    assert_eq!(doc.get_heads(), vec![second]);
-    assert!(doc.get_change_meta_by_hash(&first).is_some());
+    assert_eq!(doc.get_changes(&[]).len(), 2);
 }
 
 #[test]
-fn a_want_is_answered_from_the_stored_log() {
+fn a_push_waits_for_its_documents_read_while_other_documents_go_on() {
+    let (mut a, mut b, mut store) = linked_to_stored();
+    put(&mut a, 1, "d", "k", 1, false);
+    for (_, m) in sends(&effects(&mut a)) {
+        b.handle_message(2, "a", via_wire(&m));
+    }
+    settle(&mut b, &mut store);
+    evict(&mut b, &mut store, "d");
+    let second = put(&mut a, 4, "d", "k", 2, true);
+    let other = put(&mut a, 4, "e", "k", 1, true);
+    for (_, m) in sends(&effects(&mut a)) {
+        b.handle_message(5, "a", via_wire(&m));
+    }
+    b.flush();
+    let list = b.drain_effects();
+    assert_eq!(reads_of(&list), vec!["d".to_string()]);
+    // "e" is new here: persisted at once, while "d" waits for its read.
+    let persisted: Vec<String> = list
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist { docs, .. } => Some(docs.iter().map(|d| d.doc.clone())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(persisted, vec!["e".to_string()]);
+    for e in list {
+        if let Effect::Persist { token, docs } = e {
+            store.append(&docs).unwrap();
+            b.persisted(token);
+        }
+    }
+    let acks = b.drain_effects();
+    let acked = |list: &[Effect], h: ChangeHash| {
+        list.iter().any(|e| matches!(e,
+            Effect::Send { msg: Message::Ack(acks), .. } if acks.iter().any(|k| k.hashes.contains(&h.0))))
+    };
+    assert!(acked(&acks, other));
+    assert!(!acked(&acks, second));
+    // The read arrives: the push is applied, persisted and acknowledged.
+    let stored = read(&store, "d");
+    b.read_done(6, "d", stored);
+    let rest = settle(&mut b, &mut store);
+    assert!(acked(&rest, second));
+    assert_eq!(store.reader().heads("d").unwrap(), Some(vec![second.0]));
+    assert_eq!(b.doc("d").unwrap().get_changes(&[]).len(), 2);
+}
+
+#[test]
+fn a_failed_read_drops_the_waiting_work_and_the_next_use_reads_again() {
+    let (mut a, mut b, mut store) = linked_to_stored();
+    put(&mut a, 1, "d", "k", 1, false);
+    for (_, m) in sends(&effects(&mut a)) {
+        b.handle_message(2, "a", via_wire(&m));
+    }
+    settle(&mut b, &mut store);
+    evict(&mut b, &mut store, "d");
+    let second = put(&mut a, 4, "d", "k", 2, true);
+    let push: Vec<Message> = sends(&effects(&mut a))
+        .into_iter()
+        .map(|(_, m)| via_wire(&m))
+        .collect();
+    for m in push.clone() {
+        b.handle_message(5, "a", m);
+    }
+    b.flush();
+    assert_eq!(reads_of(&b.drain_effects()), vec!["d".to_string()]);
+    let failed = Err(CoreError::Storage {
+        doc: "d".into(),
+        detail: "disk on fire".into(),
+    });
+    b.read_done(6, "d", failed);
+    assert_eq!(b.stats().doc_load_errors, 1);
+    let rest = settle(&mut b, &mut store);
+    assert!(rest.is_empty(), "nothing acknowledged: {rest:?}");
+    assert_eq!(b.reads_in_flight(), 0);
+    // The push again (as anti-entropy would bring it): read again, and taken.
+    for m in push {
+        b.handle_message(7, "a", m);
+    }
+    settle(&mut b, &mut store);
+    assert_eq!(store.reader().heads("d").unwrap(), Some(vec![second.0]));
+}
+
+#[test]
+fn a_want_for_a_stored_document_not_in_memory_is_answered_after_its_read() {
     let (mut b, mut store) = stored_replica("b", 1);
     b.peer_up(0, "a");
     settle(&mut b, &mut store);
     let first = put(&mut b, 1, "d", "k", 1, false);
     let second = put(&mut b, 2, "d", "k", 2, false);
     settle(&mut b, &mut store);
-    put(&mut b, 3, "other", "k", 1, false);
-    settle(&mut b, &mut store);
-    assert!(b.doc("d").is_none(), "evicted");
-    let loads = b.stats().doc_loads;
+    evict(&mut b, &mut store, "d");
     let want = Message::Want(vec![wire::Want {
         doc: "d".into(),
         heads: vec![first.0],
         reply: false,
     }]);
     b.handle_message(4, "a", want);
+    b.flush();
+    let list = b.drain_effects();
+    assert_eq!(reads_of(&list), vec!["d".to_string()]);
+    assert!(pushes_to(&list, "a").is_empty());
+    let stored = read(&store, "d");
+    b.read_done(5, "d", stored);
     let rest = settle(&mut b, &mut store);
-    assert_eq!(b.stats().doc_loads, loads, "answered without loading");
     let sent = pushes_to(&rest, "a");
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].changes.len(), 1);

@@ -175,14 +175,8 @@ impl Driver {
         let compactions: Vec<Compaction> = docs
             .into_iter()
             .filter_map(|doc| {
-                let (snapshot, keep) = match self.replica.snapshot(&doc) {
-                    Ok(Some(s)) => s,
-                    Ok(None) => return None,
-                    Err(e) => {
-                        tracing::warn!(node = %self.id, "not compacted: {e}");
-                        return None;
-                    }
-                };
+                // A document no longer in memory is compacted after its next write.
+                let (snapshot, keep) = self.replica.snapshot(&doc)?;
                 Some(Compaction {
                     doc,
                     snapshot,

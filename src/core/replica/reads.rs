@@ -1,0 +1,149 @@
+//! Documents read from the store as effects, never on the caller's time.
+//!
+//! Work that needs a stored document not in memory (a push, a peer's want, a sync message,
+//! a client's message) is parked here, per document and in arrival order, and the core
+//! asks its driver for the document with [`Effect::Read`]. Every other document goes on
+//! meanwhile. When the driver hands the decoded document over ([`Replica::read_done`]), the
+//! parked work runs in order; if the read failed, it is dropped as if lost on the way
+//! (anti-entropy brings peers' changes again; clients hear `Unavailable`).
+//!
+//! Callers outside the core (the driver's local writes, merges and reads) ask
+//! [`Replica::prepare`] first and wait for the same hand-over themselves.
+
+use automerge::Change;
+
+use super::Replica;
+use crate::core::clients::ClientMsg;
+use crate::core::docs::Residency;
+use crate::core::{CoreError, Effect, LoadedDoc};
+use crate::wire::Want;
+
+/// Work waiting for its document's read.
+pub(super) enum Parked {
+    /// Changes pushed by `from` (see `receive_push`).
+    Push {
+        from: String,
+        origin: String,
+        want_ack: bool,
+        changes: Vec<Change>,
+    },
+    /// A peer's want of the document (see `receive_wants`).
+    Want { from: String, want: Want },
+    /// The peer lacks the whole document (see `receive_items`).
+    Missing { peer: String },
+    /// A sync message of a repair, admitted by the gate (see `process_sync`).
+    Sync { from: String, data: Vec<u8> },
+    /// A client's sync message or request (checked to decode before it was parked).
+    Client {
+        client: u64,
+        data: Vec<u8>,
+        request: bool,
+    },
+    /// The document's clients are due a sync message (see `serve_clients`).
+    Serve,
+}
+
+impl Replica {
+    /// True if `doc` can be worked on now: it is in memory, or this node does not have it
+    /// (a new document). Otherwise its read has been asked for ([`Effect::Read`]): call
+    /// again after [`Replica::read_done`] for it. Local changes, merges, [`Replica::load`]
+    /// and [`Replica::snapshot`] need this first.
+    pub fn prepare(&mut self, doc: &str) -> bool {
+        match self.docs.residency(doc) {
+            Residency::Loaded | Residency::Absent => true,
+            Residency::Reading { started } => {
+                if started {
+                    self.stats.reads_asked += 1;
+                    self.effects.push(Effect::Read {
+                        doc: doc.to_string(),
+                    });
+                }
+                false
+            }
+        }
+    }
+
+    /// Reads of stored documents under way.
+    pub fn reads_in_flight(&self) -> usize {
+        self.docs.reading_len()
+    }
+
+    /// The read asked for by [`Effect::Read`] ended: the document joins the memory
+    /// (`Ok(None)`: it is not stored after all) and the work parked for it runs, in
+    /// order. On `Err` the parked work is dropped (counted as a load error).
+    pub fn read_done(&mut self, now: u64, doc: &str, result: Result<Option<LoadedDoc>, CoreError>) {
+        self.now = self.now.max(now);
+        if !self.docs.is_reading(doc) {
+            return;
+        }
+        let failed = match &result {
+            Err(e) => {
+                tracing::warn!(node = %self.id, doc, "cannot read a stored document: {e}");
+                true
+            }
+            Ok(_) => false,
+        };
+        self.docs.read_done(doc, result);
+        let parked = self.parked.remove(doc).unwrap_or_default();
+        for work in parked {
+            if failed {
+                self.drop_parked(doc, work);
+            } else {
+                self.resume(now, doc, work);
+            }
+        }
+    }
+
+    /// Parks `work` until `doc` is read (after [`Replica::prepare`] said it must be).
+    pub(super) fn park(&mut self, doc: &str, work: Parked) {
+        self.parked.entry(doc.to_string()).or_default().push(work);
+    }
+
+    fn resume(&mut self, now: u64, doc: &str, work: Parked) {
+        match work {
+            Parked::Push {
+                from,
+                origin,
+                want_ack,
+                changes,
+            } => self.accept_push(now, &from, doc, &origin, want_ack, changes),
+            Parked::Want { from, want } => {
+                if self.peers.contains_key(&from) {
+                    self.answer_want(now, &from, want);
+                }
+            }
+            Parked::Missing { peer } => self.send_missing(&peer, doc, &[]),
+            Parked::Sync { from, data } => self.process_sync(now, &from, doc, &data),
+            Parked::Client {
+                client,
+                data,
+                request,
+            } => {
+                if let Err(e) = self.client_sync(now, client, doc, &data, request) {
+                    tracing::debug!(node = %self.id, client, "client message refused: {e}");
+                    self.effects.push(Effect::Client {
+                        client,
+                        msg: ClientMsg::Unavailable {
+                            doc: doc.to_string(),
+                        },
+                    });
+                }
+            }
+            Parked::Serve => self.clients.mark(doc),
+        }
+    }
+
+    /// Work whose document could not be read: peers' changes are not acknowledged (so
+    /// not lost: anti-entropy brings them again); a client hears the document is
+    /// unavailable.
+    fn drop_parked(&mut self, doc: &str, work: Parked) {
+        if let Parked::Client { client, .. } = work {
+            self.effects.push(Effect::Client {
+                client,
+                msg: ClientMsg::Unavailable {
+                    doc: doc.to_string(),
+                },
+            });
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The receive path of the replica: changes pushed by peers are decoded, de-duplicated
+//! and queued for the next batched apply; every new change (local, pushed, merged,
+//! repaired or from a client) is recorded for persistence and pushed on along the router's
+//! targets; changes Automerge then refuses are taken back before anything leaves.
+
+use automerge::Change;
+use serde_bytes::ByteBuf;
+
+use super::reads::Parked;
+use super::Replica;
+
+impl Replica {
+    /// Changes pushed by `from`: decoded (bad ones counted), then accepted once the
+    /// document is in memory (parked while it is read).
+    pub(super) fn receive_push(
+        &mut self,
+        now: u64,
+        from: &str,
+        doc: String,
+        origin: String,
+        want_ack: bool,
+        changes: Vec<ByteBuf>,
+    ) {
+        if self.gate.answered(&doc, from) {
+            self.release_held(now, &doc);
+        }
+        let mut decoded = Vec::with_capacity(changes.len());
+        for bytes in changes {
+            match Change::from_bytes(bytes.into_vec()) {
+                Ok(change) => decoded.push(change),
+                Err(_) => self.stats.bad_changes += 1,
+            }
+        }
+        if self.prepare(&doc) {
+            self.accept_push(now, from, &doc, &origin, want_ack, decoded);
+        } else {
+            let work = Parked::Push {
+                from: from.to_string(),
+                origin,
+                want_ack,
+                changes: decoded,
+            };
+            self.park(&doc, work);
+        }
+    }
+
+    /// Pushed changes of a document in memory (or new): the new ones wait for the next
+    /// batched apply, are persisted, acknowledged once durable if asked, and pushed on.
+    pub(super) fn accept_push(
+        &mut self,
+        now: u64,
+        from: &str,
+        doc: &str,
+        origin: &str,
+        want_ack: bool,
+        decoded: Vec<Change>,
+    ) {
+        let total = decoded.len();
+        // Not acknowledged, so not lost: anti-entropy brings the changes again.
+        let Ok(state) = self.docs.get_or_create(doc) else {
+            return;
+        };
+        let accepted: Vec<Change> = decoded
+            .into_iter()
+            .filter(|c| state.push_pending(c.clone()))
+            .collect();
+        self.stats.duplicates += (total - accepted.len()) as u64;
+        let mut fresh = Vec::with_capacity(accepted.len());
+        let mut owed = Vec::new();
+        for change in accepted {
+            if want_ack {
+                self.ack_routes.insert(change.hash(), from.to_string());
+                owed.push(change.hash().0);
+            }
+            fresh.push(change.raw_bytes().to_vec());
+        }
+        if fresh.is_empty() {
+            self.docs.remove_if_empty(doc);
+            return;
+        }
+        self.stats.remote_changes += fresh.len() as u64;
+        if let Some(state) = self.docs.peek_mut(doc) {
+            state.last_change_ms = now;
+        }
+        self.dirty.insert(doc.to_string());
+        if !owed.is_empty() {
+            self.batch_acks
+                .entry((from.to_string(), doc.to_string()))
+                .or_default()
+                .extend(owed);
+        }
+        self.accept_new(doc, origin, Some(from), want_ack, fresh);
+    }
+
+    /// Takes back changes accepted by `accept_new` that Automerge then refused: they leave
+    /// the persist batch being filled, the peers' queues and the acks owed (none of these
+    /// has been flushed yet: pending changes are always applied before a flush ends).
+    pub(super) fn unaccept(&mut self, doc: &str, rejected: &[Vec<u8>]) {
+        if let Some(&i) = self.batch_index.get(doc) {
+            self.batch[i].1.retain(|c| !rejected.contains(c));
+        }
+        for peer in self.peers.values_mut() {
+            peer.forget(doc, rejected);
+        }
+        let hashes: Vec<[u8; 32]> = rejected
+            .iter()
+            .filter_map(|b| Change::from_bytes(b.clone()).ok())
+            .map(|c| c.hash().0)
+            .collect();
+        for ((_, d), owed) in self.batch_acks.iter_mut() {
+            if d == doc {
+                owed.retain(|h| !hashes.contains(h));
+            }
+        }
+    }
+
+    /// Records new changes (already in or pending for the document): persist them and push
+    /// them on (asking the next nodes for acks if `want_ack`).
+    pub(super) fn accept_new(
+        &mut self,
+        doc: &str,
+        origin: &str,
+        from: Option<&str>,
+        want_ack: bool,
+        changes: Vec<Vec<u8>>,
+    ) {
+        let targets = self.router.targets(&self.id, origin, from, &self.connected);
+        for target in &targets {
+            let Some(peer) = self.peers.get_mut(target) else {
+                continue;
+            };
+            for bytes in &changes {
+                if !peer.queue(doc, origin, want_ack, bytes, self.config.outbox_limit) {
+                    self.stats.pushes_dropped += 1;
+                }
+            }
+        }
+        let bytes: usize = changes.iter().map(Vec::len).sum();
+        self.docs.batched(doc, self.token, bytes);
+        let index = self.batch_slot(doc);
+        self.batch_bytes += bytes;
+        self.batch[index].1.extend(changes);
+    }
+}
