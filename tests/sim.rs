@@ -43,7 +43,7 @@ use automerge::ChangeHash;
 
 use world::{Sim, Totals};
 
-/// Virtual milliseconds between ticks.
+/// Virtual milliseconds between the world's ticks (faults, and checks for the run's end).
 const TICK_MS: u64 = 100;
 /// Length of the phase with writes and faults.
 const FAULT_MS: u64 = 5_000;

@@ -121,6 +121,11 @@ fn status_json(s: &NodeStatus) -> Value {
         "cache_bytes": s.cache_bytes,
         "sync_clients": s.sync_clients,
         "pending_writes": s.pending_writes,
+        "wakeups": {
+            "total": s.wakeups,
+            "timer": s.timer_wakeups,
+        },
+        "reads_in_flight": s.reads_in_flight,
         "storage": {
             "queued_bytes": s.storage_queued_bytes,
             "failing": s.storage_failing,

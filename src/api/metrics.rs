@@ -28,9 +28,12 @@
 //! `concordant_peer_dropped_messages_total{peer}` (refused by a full send queue),
 //! `concordant_peer_dial_failures_total{peer}`, `concordant_pushes_dropped_total`, `concordant_messages_dropped_total{kind}` (messages a
 //! full link could not take, by kind; acknowledgements among them are sent again at the
-//! next tick), `concordant_messages_too_large_total{kind}` (messages over the wire's
+//! `tick_ms` later), `concordant_messages_too_large_total{kind}` (messages over the wire's
 //! message limit, never sent; the log names their documents),
-//! `concordant_too_large_docs` (documents named by them), `concordant_doc_loads_total`,
+//! `concordant_too_large_docs` (documents named by them), `concordant_doc_loads_total`
+//! (documents read from storage, off the driver's task), `concordant_driver_wakeups_total`
+//! and `concordant_driver_timer_wakeups_total` (the driver sleeps until an input or a
+//! timeout it asked for),
 //! `concordant_doc_evictions_total`, `concordant_doc_load_errors_total`,
 //! `concordant_reconcile_rounds_total`, `concordant_reconcile_messages_total`,
 //! `concordant_reconcile_bytes_total`, `concordant_repair_wants_total` (documents asked of a
@@ -457,6 +460,16 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
             "concordant_doc_loads_total",
             "Documents read from storage into memory.",
             c.doc_loads,
+        ),
+        (
+            "concordant_driver_wakeups_total",
+            "Times the node's driver woke (any input or timeout).",
+            s.wakeups,
+        ),
+        (
+            "concordant_driver_timer_wakeups_total",
+            "Times the node's driver woke for a timeout it asked for.",
+            s.timer_wakeups,
         ),
         (
             "concordant_doc_evictions_total",

@@ -59,6 +59,11 @@ pub(crate) struct Clients {
 }
 
 impl Clients {
+    /// When the oldest request still waiting for its document came, if any waits.
+    pub(crate) fn oldest_request(&self) -> Option<u64> {
+        self.waiting.values().map(|w| w.since).min()
+    }
+
     /// A client connected.
     pub(crate) fn open(&mut self, client: u64) {
         self.sessions.entry(client).or_default();

@@ -157,6 +157,11 @@ impl SyncGate {
         freed
     }
 
+    /// When the oldest repair still waiting for its answer started, if any waits.
+    pub(crate) fn oldest_wait(&self) -> Option<u64> {
+        self.awaiting.values().copied().min()
+    }
+
     /// Stops waiting for answers older than `hold_ms`. Returns the documents whose held
     /// openings may now be released.
     pub(crate) fn expire(&mut self, now: u64, hold_ms: u64) -> Vec<String> {

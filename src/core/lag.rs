@@ -4,7 +4,7 @@
 //! many documents the last anti-entropy round with the peer found different.
 //!
 //! Counts are cumulative per connection (both ends start at zero when the link comes up), so
-//! a receipt (`wire::Message::Receipt`, sent at a tick when something new arrived) confirms
+//! a receipt (`wire::Message::Receipt`, sent `retry_ms` after something new arrived) confirms
 //! everything up to its totals and a lost receipt is made good by the next one.
 
 use std::collections::VecDeque;

@@ -1,7 +1,8 @@
 //! The sans-IO replication core.
 //!
 //! [`Replica`] holds a node's documents and what it knows of its connected peers, and turns
-//! inputs (local changes, peer messages, ticks, storage confirmations) into [`Effect`]s
+//! inputs (local changes, peer messages, timeouts it asked for, storage confirmations,
+//! documents read) into [`Effect`]s
 //! (messages to send, batches to persist, acknowledgements, notifications). It owns the
 //! replication protocol: push and forwarding, batched application, deduplication,
 //! reconciliation of document sets (`reconcile`), bulk repair, repair of diverged histories

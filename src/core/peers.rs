@@ -28,7 +28,7 @@ pub(crate) struct Peer {
     outbox_bytes: usize,
     /// Automerge sync sessions, by document, with the time of the last message.
     pub(crate) sessions: HashMap<String, (sync::State, u64)>,
-    /// A push to this peer was dropped: reconcile with it at the next tick that
+    /// A push to this peer was dropped: reconcile with it as soon as
     /// [`Peer::reconcile_due`] allows.
     pub(crate) needs_reconcile: bool,
     /// Wait between reconciliations asked for by failures, in ms (0: none lately), and the
@@ -43,7 +43,11 @@ pub(crate) struct Peer {
     pub(crate) since: u64,
     /// Pushes not yet confirmed, receipts owed, divergence (see `core::lag`).
     pub(crate) lag: Lag,
-    /// Acknowledgements that could not be sent, sent again at the next tick.
+    /// When acknowledgements owed are sent again (see `timers`).
+    pub(crate) owed_at: Option<u64>,
+    /// When a receipt of the changes received is sent (see `timers`).
+    pub(crate) receipt_at: Option<u64>,
+    /// Acknowledgements that could not be sent, sent again at `owed_at`.
     owed_acks: Vec<Ack>,
 }
 
@@ -68,13 +72,15 @@ impl Peer {
             since,
             lag: Lag::default(),
             owed_acks: Vec::new(),
+            owed_at: None,
+            receipt_at: None,
         }
     }
 
     /// Whether a reconciliation asked for by a failure (`needs_reconcile`) may open at
     /// `now`. The first opens at once; while failures keep asking, each waits twice as long
     /// as the one before, up to `max` ms (the anti-entropy period), so a peer whose queue
-    /// stays full is not sent a digest every tick. A peer that asked nothing for a whole
+    /// stays full is not sent a digest every time. A peer that asked nothing for a whole
     /// wait starts again from no wait.
     pub(crate) fn reconcile_due(&mut self, now: u64) -> bool {
         if !self.needs_reconcile {
@@ -93,6 +99,11 @@ impl Peer {
             .saturating_mul(2)
             .clamp(RECONCILE_RETRY_MIN_MS, max.max(RECONCILE_RETRY_MIN_MS));
         self.reconcile_after = now.saturating_add(self.reconcile_backoff);
+    }
+
+    /// When a reconciliation asked for by a failure may open, if one is asked for.
+    pub(crate) fn reconcile_at(&self) -> Option<u64> {
+        self.needs_reconcile.then_some(self.reconcile_after)
     }
 
     /// Queues one change; returns false (and drops it) if the outbox is over `limit` bytes,
@@ -183,7 +194,7 @@ impl Peer {
         self.outbox.retain(|_, changes| !changes.is_empty());
     }
 
-    /// Keeps acknowledgements that could not be sent, for the next tick.
+    /// Keeps acknowledgements that could not be sent, to send at `owed_at`.
     pub(crate) fn owe_acks(&mut self, acks: Vec<Ack>) {
         let held: usize = self.owed_acks.iter().map(|a| a.hashes.len()).sum();
         let mut room = OWED_ACKS.saturating_sub(held);

@@ -1,7 +1,8 @@
 //! [`Replica`]: the replication state machine of one node.
 //!
 //! Inputs: [`Replica::local_change`], [`Replica::merge`], [`Replica::handle_message`],
-//! [`Replica::peer_up`] / [`Replica::peer_down`], [`Replica::tick`],
+//! [`Replica::peer_up`] / [`Replica::peer_down`], [`Replica::handle_timeout`] (when
+//! [`Replica::poll_timeout`] says), [`Replica::read_done`],
 //! [`Replica::persisted`] / [`Replica::persist_failed`], [`Replica::send_failed`]. After a
 //! burst of inputs the driver calls [`Replica::flush`], which applies every pending remote
 //! change of a document in one Automerge call and drains every peer's queued changes into
@@ -19,6 +20,7 @@ mod persist;
 mod reads;
 mod receive;
 mod repair;
+mod timers;
 
 pub use clients::ClientError;
 
@@ -40,6 +42,10 @@ use crate::wire::{Ack, Message};
 /// Tuning of the core; every field has a default.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
+    /// Acknowledgements a full link could not take are sent again this long after, and
+    /// receipts of pushed changes go out this long after the first one they count, in ms
+    /// (`[tuning] tick_ms`).
+    pub retry_ms: u64,
     /// Period of the reconciliation opened with every peer, in ms.
     pub anti_entropy_ms: u64,
     /// Documents changed here more recently than this are not repaired when reconciliation
@@ -69,7 +75,7 @@ pub struct CoreConfig {
     /// Target size of one push message's changes, in bytes (`[tuning] max_batch_bytes`).
     pub batch_bytes: usize,
     /// Changes whose persist batch failed are written again after this long, in ms (or at
-    /// the next tick after any batch is durable); see [`Replica::persist_failed`].
+    /// soon after any batch is durable); see [`Replica::persist_failed`].
     pub persist_retry_ms: u64,
 }
 
@@ -79,6 +85,7 @@ impl Default for CoreConfig {
     fn default() -> Self {
         let t = crate::config::Tuning::default();
         CoreConfig {
+            retry_ms: t.tick_ms,
             anti_entropy_ms: t.anti_entropy_ms,
             quiet_ms: 1_000,
             session_timeout_ms: 10_000,
@@ -494,7 +501,7 @@ impl Replica {
     }
 
     /// A message for `peer` could not be queued (its link's queue was full): counted by
-    /// kind; acknowledgements are sent again at the next tick, and anything else is left
+    /// kind; acknowledgements are sent again `retry_ms` later, and anything else is left
     /// to the reconciliation that opens then.
     pub fn send_failed(&mut self, peer: &str, unsent: Unsent) {
         *self.stats.sends_dropped.entry(unsent.kind).or_default() += 1;
@@ -506,6 +513,8 @@ impl Replica {
                 p.needs_reconcile = true;
             } else {
                 p.owe_acks(unsent.acks);
+                p.owed_at
+                    .get_or_insert(self.now.saturating_add(self.config.retry_ms));
             }
         }
     }
@@ -534,10 +543,10 @@ impl Replica {
     }
 
     /// The persist batch `token` is durable: acknowledge it to the peers waiting for it
-    /// (and write what failed before at the next tick: storage works).
+    /// (and write what failed before at once: storage works).
     pub fn persisted(&mut self, token: u64) {
         if self.unpersisted.remove(&token) {
-            // Storage works: what failed before is written at the next tick.
+            // Storage works: what failed before is written at the next timeout (now).
             self.retry.soon();
         }
         let Some(work) = self.ack_work.remove(&token) else {
@@ -559,64 +568,6 @@ impl Replica {
         }
     }
 
-    /// Periodic work: reconciliation with every peer, expiry of stale sync sessions and of
-    /// repairs waiting too long for an answer, changes of failed persist batches written
-    /// again when due.
-    pub fn tick(&mut self, now: u64) {
-        self.now = self.now.max(now);
-        let timeout = self.config.session_timeout_ms;
-        for peer in self.peers.values_mut() {
-            peer.sessions
-                .retain(|_, (_, last)| now.saturating_sub(*last) < timeout);
-        }
-        self.expire_client_requests(now);
-        self.retry_failed(now);
-        for (id, peer) in self.peers.iter_mut() {
-            let owed = peer.take_owed_acks();
-            if !owed.is_empty() {
-                self.effects.push(Effect::Send {
-                    to: id.clone(),
-                    msg: Message::Ack(owed),
-                });
-            }
-            if let Some((changes, bytes)) = peer.lag.receipt_due() {
-                self.effects.push(Effect::Send {
-                    to: id.clone(),
-                    msg: Message::Receipt { changes, bytes },
-                });
-            }
-        }
-        for doc in self.gate.expire(now, self.config.repair_hold_ms) {
-            self.release_held(now, &doc);
-        }
-        let periodic = now.saturating_sub(self.last_anti_entropy) >= self.config.anti_entropy_ms;
-        if periodic {
-            self.last_anti_entropy = now;
-        }
-        // A peer still being asked for documents is not reconciled again until that ends.
-        // One whose sends failed is reconciled at once, then less and less often while they
-        // keep failing (see `Peer::reconcile_due`).
-        let me = self.id.as_str();
-        let max_wait = self.config.anti_entropy_ms;
-        let due: Vec<String> = self
-            .peers
-            .iter_mut()
-            .filter_map(|(id, p)| {
-                let asked = p.reconcile_due(now);
-                if !((periodic && me < id.as_str()) || asked) || p.wants_queued() {
-                    return None;
-                }
-                if asked {
-                    p.reconcile_opened(now, max_wait);
-                }
-                Some(id.clone())
-            })
-            .collect();
-        for peer in due {
-            self.open_reconcile(&peer);
-        }
-    }
-
     /// Handles one message from a connected peer.
     pub fn handle_message(&mut self, now: u64, from: &str, msg: Message) {
         self.now = self.now.max(now);
@@ -629,6 +580,8 @@ impl Replica {
                 if let Some(p) = self.peers.get_mut(from) {
                     let (changes, bytes) = super::peers::push_totals(&groups);
                     p.lag.received(changes, bytes);
+                    p.receipt_at
+                        .get_or_insert(now.saturating_add(self.config.retry_ms));
                 }
                 for g in groups {
                     self.receive_push(now, from, g.doc, g.origin, g.want_ack, g.changes);
@@ -785,6 +738,13 @@ impl Replica {
         if self.peers.contains_key(peer) {
             self.open_reconcile(peer);
         }
+    }
+
+    /// A number that moves whenever writes or repairs happen (cheaper than
+    /// [`Replica::stats`], for a driver deciding whether to look again).
+    pub fn activity(&self) -> u64 {
+        let s = &self.stats;
+        s.local_changes + s.client_changes + s.wants_sent + s.repairs
     }
 
     /// Counters.

@@ -235,7 +235,7 @@ impl Cluster {
         let ids: Vec<String> = self.nodes.keys().cloned().collect();
         for id in ids {
             let now = self.now;
-            self.node(&id).tick(now);
+            self.node(&id).handle_timeout(now);
             self.pump(&id);
         }
         self.run();

@@ -1,7 +1,9 @@
 //! The driver task: owns the [`Replica`], feeds it commands, transport events, storage
-//! confirmations, documents read by the reader threads and ticks, batches whatever is
+//! confirmations, documents read by the reader threads and timeouts, batches whatever is
 //! ready before each flush, and carries out the effects (sends, persists, reads, acks,
-//! notifications). Commands that need a stored document not in memory wait here, per
+//! notifications). It sleeps until the next input or the earliest time the replica or
+//! its own bookkeeping asked for (`next_wake`): an idle node wakes about once per
+//! anti-entropy period, not on a fixed tick. Commands that need a stored document not in memory wait here, per
 //! document and in order, until its read is done; nothing on this task waits for the disk.
 
 mod cluster_view;
@@ -37,6 +39,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     }
     let tuning = &config.tuning;
     let core_config = CoreConfig {
+        retry_ms: tuning.tick_ms.max(1),
         anti_entropy_ms: tuning.anti_entropy_ms,
         quiet_ms: (tuning.anti_entropy_ms / 2).clamp(1, 1_000),
         cache_docs: tuning.cache_docs,
@@ -116,7 +119,8 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         compacting: HashSet::new(),
         started: Instant::now(),
         others,
-        tick: Duration::from_millis(tuning.tick_ms.max(1)),
+        wakeups: 0,
+        timer_wakeups: 0,
         clients: HashMap::new(),
         next_client: 1,
         client_queue: tuning.sync_client_queue.max(1),
@@ -182,7 +186,9 @@ struct Driver {
     compacting: HashSet<String>,
     started: Instant,
     others: usize,
-    tick: Duration,
+    /// Times the driver woke (any input), and woke for a timeout.
+    wakeups: u64,
+    timer_wakeups: u64,
     /// automerge-repo clients: number → the channel to its connection.
     clients: HashMap<u64, mpsc::Sender<ClientEvent>>,
     next_client: u64,
@@ -205,7 +211,7 @@ enum Input {
     Event(TransportEvent),
     Done(StoreDone),
     Read(ReadDone),
-    Tick,
+    Timeout,
 }
 
 impl Driver {
@@ -222,9 +228,16 @@ impl Driver {
     ) {
         let initial = self.links.start();
         self.apply_links(initial);
-        let mut tick = tokio::time::interval(self.tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let timer = tokio::time::sleep_until(self.started.into());
+        tokio::pin!(timer);
         loop {
+            let wake = self.next_wake();
+            if let Some(at) = wake {
+                let at = (self.started + Duration::from_millis(at)).into();
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+            }
             let first = tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => Input::Command(cmd),
@@ -237,8 +250,9 @@ impl Driver {
                 Some(ev) = events.recv(), if !self.storage_full() => Input::Event(ev),
                 Some(done) = dones.recv() => Input::Done(done),
                 Some(read) = read_dones.recv() => Input::Read(read),
-                _ = tick.tick() => Input::Tick,
+                () = &mut timer, if wake.is_some() => Input::Timeout,
             };
+            self.wakeups += 1;
             let mut next = Some(first);
             let mut handled = 0;
             while let Some(input) = next.take() {
@@ -269,6 +283,21 @@ impl Driver {
             self.replica.flush();
             self.run_effects();
         }
+    }
+
+    /// The earliest time (ms since start) anything timed is due: the replica's timers,
+    /// write concerns, the cluster view, a drain, a relink.
+    fn next_wake(&self) -> Option<u64> {
+        [
+            self.replica.poll_timeout(),
+            self.writes.next_deadline(),
+            self.cluster_due(),
+            self.drain_due(),
+            self.relink_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn handle(&mut self, input: Input) {
@@ -310,11 +339,12 @@ impl Driver {
             }
             Input::Done(done) => self.store_done(done),
             Input::Read((doc, result)) => self.read_done(now, doc, result),
-            Input::Tick => {
+            Input::Timeout => {
+                self.timer_wakeups += 1;
                 self.topology_tick(now);
                 self.drain_tick(now);
                 self.cluster_tick(now);
-                self.replica.tick(now);
+                self.replica.handle_timeout(now);
                 self.writes.expire(now);
                 self.subscribers.retain(|_, s| s.receiver_count() > 0);
             }
@@ -614,6 +644,9 @@ impl Driver {
             storage_failing: self.storage_failing().cloned(),
             sync_clients: self.clients.len(),
             sync_clients_dropped: self.clients_dropped,
+            wakeups: self.wakeups,
+            timer_wakeups: self.timer_wakeups,
+            reads_in_flight: self.replica.reads_in_flight(),
             core: self.replica.stats(),
             transport: self.transport.stats(),
         }

@@ -232,6 +232,14 @@ pub struct NodeStatus {
     pub sync_clients: usize,
     /// Clients disconnected because they fell too far behind.
     pub sync_clients_dropped: u64,
+    /// Times the node's driver woke since start (any input: commands, peers' messages,
+    /// storage, reads, timeouts), and of those, for a timeout it asked for. An idle node
+    /// wakes about once per anti-entropy period.
+    pub wakeups: u64,
+    /// Of [`NodeStatus::wakeups`], those for a timeout.
+    pub timer_wakeups: u64,
+    /// Stored documents being read (work on them waits).
+    pub reads_in_flight: usize,
     /// Replication counters.
     pub core: CoreStats,
     /// Transport counters.

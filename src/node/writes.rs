@@ -151,6 +151,16 @@ impl Writes {
         self.by_hash.retain(|_, w| !w.is_empty());
     }
 
+    /// When the next durable write waiting for acknowledgements times out, if any.
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        self.by_hash
+            .values()
+            .flatten()
+            .filter(|w| w.durable)
+            .map(|w| w.deadline_ms)
+            .min()
+    }
+
     /// Number of writes waiting.
     pub(crate) fn len(&self) -> usize {
         self.by_hash.values().map(Vec::len).sum()

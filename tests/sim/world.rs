@@ -45,7 +45,16 @@ pub(crate) enum Event {
         life: u64,
         docs: Vec<Compaction>,
     },
+    /// The world's own clock: faults are drawn and the run's end is checked (replicas are
+    /// not ticked: they ask for their timeouts).
     Tick,
+    /// A timeout node `node` asked for (`Replica::poll_timeout`), at `at`: only the one it
+    /// asked for last is carried out.
+    Timeout {
+        node: usize,
+        life: u64,
+        at: u64,
+    },
     Write,
     Heal {
         links: Vec<usize>,
@@ -72,6 +81,8 @@ pub(crate) struct Node {
     pub(crate) durable: BTreeSet<ChangeHash>,
     /// Documents with a compaction queued (not compacted again until it is done).
     pub(crate) compacting: BTreeSet<String>,
+    /// The timeout scheduled for the replica, if any.
+    pub(crate) timer_at: Option<u64>,
 }
 
 /// Counters of the replicas of a run, crashed ones included.
@@ -357,6 +368,7 @@ impl Sim {
                 persist_free_at: 0,
                 durable: BTreeSet::new(),
                 compacting: BTreeSet::new(),
+                timer_at: None,
             })
             .collect();
         let mut sim = Sim {
@@ -453,6 +465,7 @@ impl Sim {
         node.replica = Some(replica);
         node.persist_free_at = self.now;
         node.compacting.clear();
+        node.timer_at = None;
         self.log(|| format!("start n{i}{}", if compact { " (compacted)" } else { "" }));
         self.update_links(i);
     }
@@ -508,6 +521,7 @@ impl Sim {
             r.flush();
             let effects = r.drain_effects();
             if effects.is_empty() {
+                self.schedule_timeout(i);
                 return;
             }
             for effect in effects {
@@ -515,6 +529,21 @@ impl Sim {
             }
         }
         panic!("n{i} keeps producing effects");
+    }
+
+    /// Schedules the timeout node `i`'s replica asks for, unless one as early is already.
+    fn schedule_timeout(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let Some(at) = node.replica.as_ref().and_then(|r| r.poll_timeout()) else {
+            return;
+        };
+        let at = at.max(self.now);
+        if node.timer_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        let life = node.life;
+        self.nodes[i].timer_at = Some(at);
+        self.schedule(at - self.now, Event::Timeout { node: i, life, at });
     }
 
     pub(crate) fn carry_out(&mut self, i: usize, effect: Effect) {
@@ -755,14 +784,24 @@ impl Sim {
                     .compact(docs)
                     .expect("a memory store compacts");
             }
-            Event::Tick => {
-                for i in 0..self.nodes.len() {
-                    let now = self.now;
-                    if let Some(r) = self.nodes[i].replica.as_mut() {
-                        r.tick(now);
-                        self.pump(i);
-                    }
+            Event::Timeout { node, life, at } => {
+                let n = &mut self.nodes[node];
+                if n.life != life || n.timer_at != Some(at) {
+                    return;
                 }
+                n.timer_at = None;
+                let now = self.now;
+                if let Some(r) = n.replica.as_mut() {
+                    r.handle_timeout(now);
+                    // Everything due is done: the node never asks to be woken again at
+                    // once (which would make a driver spin).
+                    if let Some(next) = r.poll_timeout() {
+                        assert!(next > now, "n{node} handled its timeouts at {now} and asks for {next}");
+                    }
+                    self.pump(node);
+                }
+            }
+            Event::Tick => {
                 if self.faults {
                     self.random_faults();
                 }

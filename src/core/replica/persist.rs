@@ -7,8 +7,8 @@
 //! - forgets the batch's bookkeeping at once: its acknowledgements are never sent (a peer's
 //!   write concern counts durable copies only; it times out instead), and its token is no
 //!   longer awaited;
-//! - keeps the batch's changes and writes them again in a later batch, at the first tick
-//!   `persist_retry_ms` after the failure, or at the first tick after any batch is durable
+//! - keeps the batch's changes and writes them again in a later batch, `persist_retry_ms`
+//!   after the failure, or as soon as any batch is durable
 //!   (storage works again). Until they are durable, their documents stay in memory (the
 //!   cache never drops them) and changes taken without loading their document are kept, so
 //!   the store catches up with memory once storage works again. A retry is also the probe
@@ -39,9 +39,14 @@ impl Retry {
         self.docs.contains_key(doc)
     }
 
-    /// Write again at the next tick (storage works).
+    /// Write again at the next timeout (storage works).
     pub(super) fn soon(&mut self) {
         self.at = 0;
+    }
+
+    /// When the changes waiting are due to be written again, if any wait.
+    pub(super) fn due_at(&self) -> Option<u64> {
+        (!self.docs.is_empty()).then_some(self.at)
     }
 }
 
@@ -50,8 +55,7 @@ impl Replica {
     /// none of their changes is durable here. `docs` is what their
     /// [`Effect::Persist`](crate::core::Effect::Persist)s carried. Their acknowledgements are
     /// dropped (never sent), and their changes are written again in a later batch (see the
-    /// module `persist`): the first tick `persist_retry_ms` from now, or the first tick
-    /// after any batch is durable.
+    /// module `persist`): `persist_retry_ms` from now, or as soon as any batch is durable.
     pub fn persist_failed(&mut self, tokens: &[u64], docs: Vec<DocAppend>) {
         for token in tokens {
             self.unpersisted.remove(token);

@@ -154,7 +154,7 @@ fn acks_are_relayed_back_along_the_line() {
 }
 
 #[test]
-fn an_ack_that_could_not_be_sent_goes_again_at_the_next_tick() {
+fn an_ack_that_could_not_be_sent_goes_again_retry_ms_later() {
     let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
     c.auto_persist = false;
     c.link("a", "b");
@@ -176,6 +176,10 @@ fn an_ack_that_could_not_be_sent_goes_again_at_the_next_tick() {
     let stats = c.nodes["b"].stats();
     assert_eq!(stats.sends_dropped.get("ack"), Some(&1));
     assert_eq!(stats.pushes_dropped, 0, "an ack is not a push");
+    let retry = CoreConfig::default().retry_ms;
+    assert_eq!(c.nodes["b"].poll_timeout(), Some(c.now + retry), "b asks to be woken");
+    c.tick_all(retry - 1);
+    assert!(c.acked.is_empty(), "not before retry_ms");
     c.tick_all(1);
     assert_eq!(c.acked, vec![("a".into(), "d".into(), hash, "b".into())]);
 }
@@ -266,4 +270,37 @@ fn a_message_over_the_size_limit_is_counted_by_kind_and_names_its_document_once(
     assert_eq!(stats.sends_refused.get("push"), Some(&2));
     assert_eq!(stats.refused_docs, 1, "the document is counted once");
     assert!(stats.sends_dropped.is_empty(), "refused is not dropped");
+}
+
+#[test]
+fn an_idle_replica_asks_to_be_woken_only_for_anti_entropy() {
+    let config = CoreConfig::default();
+    let mut c = Cluster::new(&["a", "b"], config.clone());
+    assert_eq!(c.nodes["a"].poll_timeout(), None, "no peers, nothing timed");
+    c.link("a", "b");
+    c.run();
+    c.tick_all(config.retry_ms);
+    // Quiet: a (the side that opens reconciliations) wakes for the next round only; b,
+    // which never opens, not at all.
+    let next = c.nodes["a"].poll_timeout().expect("a reconciles periodically");
+    assert!(next > c.now && next <= c.now + config.anti_entropy_ms, "{next}");
+    assert_eq!(c.nodes["b"].poll_timeout(), None);
+    // Handling that timeout opens a round and moves the next one a period on.
+    c.now = next;
+    let rounds = c.nodes["a"].stats().reconcile_rounds;
+    c.node("a").handle_timeout(next);
+    c.pump("a");
+    c.run();
+    assert_eq!(c.nodes["a"].stats().reconcile_rounds, rounds + 1);
+    assert_eq!(
+        c.nodes["a"].poll_timeout(),
+        Some(next + config.anti_entropy_ms)
+    );
+    // A write adds a receipt (b confirms what it got) and nothing else that stays.
+    put(c.node("a"), next, "d", "k", 1, false);
+    c.pump("a");
+    c.run();
+    assert_eq!(c.nodes["b"].poll_timeout(), Some(next + config.retry_ms));
+    c.tick_all(config.retry_ms);
+    assert_eq!(c.nodes["b"].poll_timeout(), None);
 }

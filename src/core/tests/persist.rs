@@ -63,9 +63,9 @@ fn a_failed_persist_sends_no_ack_keeps_no_bookkeeping_and_is_written_again() {
     b.persisted(token);
     assert_eq!(acks_in(&effects(&mut b)), 0);
     // Not written again before the retry time.
-    b.tick(2 + retry_ms / 2);
+    b.handle_timeout(2 + retry_ms / 2);
     assert!(persists(&effects(&mut b)).is_empty());
-    b.tick(2 + retry_ms);
+    b.handle_timeout(2 + retry_ms);
     let (again, docs) = take_persist(effects(&mut b));
     assert_ne!(again, token);
     assert_eq!(docs.len(), 1);
@@ -102,7 +102,7 @@ fn a_document_whose_persist_failed_stays_in_memory_until_it_is_written() {
     );
     assert_eq!(store.reader().heads("d0").unwrap(), None);
     // A batch was durable, so the failed one is written at the next tick.
-    a.tick(3);
+    a.handle_timeout(3);
     settle(&mut a, &mut store);
     assert_eq!(store.reader().heads("d0").unwrap(), Some(vec![hash.0]));
     put(&mut a, 4, "d9", "k", 9, false);
@@ -140,7 +140,7 @@ fn changes_to_a_document_read_back_whose_persist_failed_are_kept_until_written()
         b.doc("d").is_some(),
         "kept in memory until the second is written"
     );
-    b.tick(5);
+    b.handle_timeout(5);
     settle(&mut b, &mut store);
     let stored = store.load_all().unwrap();
     let d = stored.iter().find(|s| s.id == "d").unwrap();

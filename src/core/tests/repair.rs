@@ -93,7 +93,7 @@ fn a_peer_whose_sends_keep_failing_is_not_sent_a_digest_every_tick() {
         if t % 3 == 0 {
             put(&mut a, now, "d", "k", t as i64, false);
         }
-        a.tick(now);
+        a.handle_timeout(now);
         for (to, msg) in sends(&effects(&mut a)) {
             if matches!(msg, Message::Fingerprints(_)) {
                 digests += 1;
@@ -106,13 +106,13 @@ fn a_peer_whose_sends_keep_failing_is_not_sent_a_digest_every_tick() {
     assert!((5..=12).contains(&digests), "{digests} digests in 10 s");
     assert!(a.stats().pushes_dropped >= 30);
     // Once sends have gone through for a whole wait, a failure is answered at once again.
-    a.tick(20_000);
+    a.handle_timeout(20_000);
     effects(&mut a);
-    a.tick(30_000);
+    a.handle_timeout(30_000);
     effects(&mut a);
     let push = Message::Push(Vec::new());
     a.send_failed("b", Unsent::of(&push));
-    a.tick(30_100);
+    a.handle_timeout(30_100);
     assert!(sends(&effects(&mut a))
         .iter()
         .any(|(_, m)| matches!(m, Message::Fingerprints(_))));
@@ -251,7 +251,7 @@ fn lost_sync_message_does_not_wedge_the_session() {
     // b's) that b cannot place start a new one.
     c.now += CoreConfig::default().session_timeout_ms + 1;
     let now = c.now;
-    c.node("b").tick(now);
+    c.node("b").handle_timeout(now);
     c.pump("b");
     let heads: Vec<[u8; 32]> = c.heads("a")[0].1.iter().map(|h| h.0).collect();
     let want = Message::Want(vec![wire::Want {

@@ -46,6 +46,8 @@ pub(super) struct Gather {
     started_ms: u64,
     /// Last rate measurement: (driver ms, writes so far), and the rate.
     rate_at: (u64, u64),
+    /// [`crate::core::Replica::activity`] when the rate was last taken.
+    activity_at: u64,
     rate: f64,
     /// Repair counters at the last measurement: (documents asked for, diverged histories).
     repairs_at: (u64, u64),
@@ -64,6 +66,7 @@ impl Gather {
             events,
             started_ms,
             rate_at: (0, 0),
+            activity_at: 0,
             rate: 0.0,
             repairs_at: (0, 0),
             asks: BTreeMap::new(),
@@ -162,6 +165,16 @@ impl Driver {
 
     /// At each tick: the write rate (every second), repair events, and questions whose
     /// wait is over.
+    /// When the cluster view next has work: a question's deadline, or the next write rate
+    /// while writes or repairs move (an idle node's rate stays 0 without waking it).
+    pub(super) fn cluster_due(&self) -> Option<u64> {
+        let asks = self.gather.asks.values().map(|a| a.deadline).min();
+        let stats = self.replica.activity();
+        let moving = stats != self.gather.activity_at || self.gather.rate != 0.0;
+        let rate = moving.then_some(self.gather.rate_at.0 + RATE_EVERY_MS);
+        asks.into_iter().chain(rate).min()
+    }
+
     pub(super) fn cluster_tick(&mut self, now: u64) {
         if now.saturating_sub(self.gather.rate_at.0) >= RATE_EVERY_MS {
             let stats = self.replica.stats();
@@ -189,6 +202,7 @@ impl Driver {
                 );
             }
             self.gather.repairs_at = repairs;
+            self.gather.activity_at = self.replica.activity();
         }
         self.finish_asks(now);
     }

@@ -65,6 +65,13 @@ impl Driver {
     }
 
     /// At each tick: the next round, the end of the drain, or its failure.
+    /// When the drain next has work (its next round or its limit), if one is under way.
+    pub(super) fn drain_due(&self) -> Option<u64> {
+        let d = self.draining.as_ref()?;
+        let round = d.round_started.map_or(0, |at| at + ROUND_MS);
+        Some(round.min(d.until))
+    }
+
     pub(super) fn drain_tick(&mut self, now: u64) {
         let Some(d) = self.draining.as_mut() else {
             return;

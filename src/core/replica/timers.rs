@@ -1,0 +1,120 @@
+//! The replica's timers, asked for rather than ticked: [`Replica::poll_timeout`] says when
+//! the replica next has work that no input brings (as quinn-proto's `poll_timeout`), and
+//! [`Replica::handle_timeout`] does everything due by then. An idle replica with peers
+//! wakes once per anti-entropy period (only the side that opens reconciliations); one
+//! without peers and without pending work never.
+//!
+//! What is timed: the periodic reconciliation, a reconciliation asked for by a failed send
+//! (with its backoff), acknowledgements a full link could not take and receipts of pushed
+//! changes (sent `retry_ms` later), sync sessions without a message for
+//! `session_timeout_ms`, repairs held for an answer for `repair_hold_ms`, client requests
+//! unanswered for `unavailable_after_ms`, and changes of failed persist batches.
+
+use super::Replica;
+use crate::core::Effect;
+use crate::wire::Message;
+
+impl Replica {
+    /// The earliest time (ms, on the clock of the `now`s given) at which
+    /// [`Replica::handle_timeout`] has work; `None` while nothing is timed. Any input may
+    /// move it: ask again after each batch of inputs. A time already past means at once.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut at = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
+        let me = self.id.as_str();
+        if self.peers.keys().any(|id| me < id.as_str()) {
+            at(self
+                .last_anti_entropy
+                .saturating_add(self.config.anti_entropy_ms));
+        }
+        for p in self.peers.values() {
+            // A peer still being asked for documents is reconciled once that ends (an
+            // input), not on a timer.
+            if let Some(t) = p.reconcile_at().filter(|_| !p.wants_queued()) {
+                at(t);
+            }
+            if let Some(t) = p.owed_at {
+                at(t);
+            }
+            if let Some(t) = p.receipt_at {
+                at(t);
+            }
+            if let Some(last) = p.sessions.values().map(|(_, last)| *last).min() {
+                at(last.saturating_add(self.config.session_timeout_ms));
+            }
+        }
+        if let Some(t) = self.gate.oldest_wait() {
+            at(t.saturating_add(self.config.repair_hold_ms));
+        }
+        if let Some(t) = self.clients.oldest_request() {
+            at(t.saturating_add(self.config.unavailable_after_ms));
+        }
+        if let Some(t) = self.retry.due_at() {
+            at(t);
+        }
+        next
+    }
+
+    /// Does everything timed that is due at `now` (see [`Replica::poll_timeout`]); calling
+    /// it early, or more often, does no harm.
+    pub fn handle_timeout(&mut self, now: u64) {
+        self.now = self.now.max(now);
+        let timeout = self.config.session_timeout_ms;
+        for peer in self.peers.values_mut() {
+            peer.sessions
+                .retain(|_, (_, last)| now.saturating_sub(*last) < timeout);
+        }
+        self.expire_client_requests(now);
+        self.retry_failed(now);
+        for (id, peer) in self.peers.iter_mut() {
+            if peer.owed_at.is_some_and(|t| t <= now) {
+                peer.owed_at = None;
+                let owed = peer.take_owed_acks();
+                if !owed.is_empty() {
+                    self.effects.push(Effect::Send {
+                        to: id.clone(),
+                        msg: Message::Ack(owed),
+                    });
+                }
+            }
+            if peer.receipt_at.is_some_and(|t| t <= now) {
+                peer.receipt_at = None;
+                if let Some((changes, bytes)) = peer.lag.receipt_due() {
+                    self.effects.push(Effect::Send {
+                        to: id.clone(),
+                        msg: Message::Receipt { changes, bytes },
+                    });
+                }
+            }
+        }
+        for doc in self.gate.expire(now, self.config.repair_hold_ms) {
+            self.release_held(now, &doc);
+        }
+        let periodic = now.saturating_sub(self.last_anti_entropy) >= self.config.anti_entropy_ms;
+        if periodic {
+            self.last_anti_entropy = now;
+        }
+        // A peer still being asked for documents is not reconciled again until that ends.
+        // One whose sends failed is reconciled at once, then less and less often while they
+        // keep failing (see `Peer::reconcile_due`).
+        let me = self.id.as_str();
+        let max_wait = self.config.anti_entropy_ms;
+        let due: Vec<String> = self
+            .peers
+            .iter_mut()
+            .filter_map(|(id, p)| {
+                let asked = p.reconcile_due(now);
+                if !((periodic && me < id.as_str()) || asked) || p.wants_queued() {
+                    return None;
+                }
+                if asked {
+                    p.reconcile_opened(now, max_wait);
+                }
+                Some(id.clone())
+            })
+            .collect();
+        for peer in due {
+            self.open_reconcile(&peer);
+        }
+    }
+}
