@@ -15,6 +15,7 @@
 //! batch leaves behind in `persist`.
 
 mod acks;
+mod batch;
 pub(crate) mod clients;
 mod persist;
 mod reads;
@@ -218,9 +219,6 @@ pub struct LocalWrite<R> {
     pub persist_token: Option<u64>,
 }
 
-/// Acks owed to one peer once a persist batch is durable: (peer, doc) → hashes.
-type AckWork = BTreeMap<(String, String), Vec<[u8; 32]>>;
-
 /// The replication state machine of one node.
 pub struct Replica {
     id: String,
@@ -232,20 +230,12 @@ pub struct Replica {
     effects: Vec<Effect>,
     /// Documents with pending remote changes.
     dirty: BTreeSet<String>,
-    /// The persist batch being filled, its index by document, and its token.
-    batch: Vec<(String, Vec<Vec<u8>>)>,
-    /// Persist batches emitted and not yet durable.
-    unpersisted: BTreeSet<u64>,
-    /// Bytes of the changes in `batch`.
-    batch_bytes: usize,
-    batch_index: HashMap<String, usize>,
-    batch_acks: AckWork,
+    /// The persist batch being filled and those not yet durable (see `batch`).
+    batches: batch::Batches,
     /// Acks owed for changes received with missing dependencies (Automerge holds them
     /// back): a change is acknowledged only once it is applied, so that the acknowledging
     /// node can rebuild it from its own storage. Moved to `batch_acks` when it applies.
-    deferred_acks: AckWork,
-    token: u64,
-    ack_work: HashMap<u64, AckWork>,
+    deferred_acks: batch::AckWork,
     /// Changes of failed persist batches, waiting to be written again (see `persist`).
     retry: persist::Retry,
     /// Which peer each want-ack or repaired change came from, to route acks back.
@@ -292,14 +282,8 @@ impl Replica {
             config,
             effects: Vec::new(),
             dirty: BTreeSet::new(),
-            batch: Vec::new(),
-            unpersisted: BTreeSet::new(),
-            batch_bytes: 0,
-            batch_index: HashMap::new(),
-            batch_acks: BTreeMap::new(),
+            batches: batch::Batches::default(),
             deferred_acks: BTreeMap::new(),
-            token: 1,
-            ack_work: HashMap::new(),
             retry: persist::Retry::default(),
             ack_routes: Memory::new(ack_memory),
             relayed: Memory::new(ack_memory),
@@ -403,7 +387,7 @@ impl Replica {
             value,
             hash: Some(hash),
             heads,
-            persist_token: Some(self.token),
+            persist_token: Some(self.batches.token()),
         })
     }
 
@@ -476,7 +460,7 @@ impl Replica {
         let me = self.id.clone();
         self.accept_new(doc, &me, None, false, bytes);
         self.notify(doc.to_string(), heads);
-        Ok((count, Some(self.token)))
+        Ok((count, Some(self.batches.token())))
     }
 
     /// A link to `peer` is up: it becomes a push target, and the node of the two with the
@@ -545,11 +529,12 @@ impl Replica {
     /// The persist batch `token` is durable: acknowledge it to the peers waiting for it
     /// (and write what failed before at once: storage works).
     pub fn persisted(&mut self, token: u64) {
-        if self.unpersisted.remove(&token) {
+        let (was_in_flight, work) = self.batches.durable(token);
+        if was_in_flight {
             // Storage works: what failed before is written at the next timeout (now).
             self.retry.soon();
         }
-        let Some(work) = self.ack_work.remove(&token) else {
+        let Some(work) = work else {
             return;
         };
         let mut by_peer: BTreeMap<String, Vec<Ack>> = BTreeMap::new();
@@ -615,16 +600,8 @@ impl Replica {
         }
         self.serve_clients();
         self.settle_acks();
-        if !self.batch.is_empty() || !self.batch_acks.is_empty() {
-            let token = self.token;
-            self.token += 1;
-            self.batch_index.clear();
-            self.batch_bytes = 0;
-            let acks = std::mem::take(&mut self.batch_acks);
-            if !acks.is_empty() {
-                self.ack_work.insert(token, acks);
-            }
-            let docs = std::mem::take(&mut self.batch)
+        if let Some((token, docs)) = self.batches.seal() {
+            let docs = docs
                 .into_iter()
                 .map(|(doc, changes)| {
                     // A document with changes in the batch is pinned in memory.
@@ -637,7 +614,6 @@ impl Replica {
                     }
                 })
                 .collect();
-            self.unpersisted.insert(token);
             self.effects.push(Effect::Persist { token, docs });
         }
         self.pump_wants();
@@ -760,14 +736,9 @@ impl Replica {
 
     /// Drops documents past the cache budget, keeping those with changes not yet durable.
     fn evict(&mut self) {
-        let current = self.token;
-        let (unpersisted, retry) = (&self.unpersisted, &self.retry);
-        self.docs.evict(|id, d| {
-            d.has_orphans()
-                || retry.holds(id)
-                || (d.persist_token != 0
-                    && (d.persist_token >= current || unpersisted.contains(&d.persist_token)))
-        });
+        let (batches, retry) = (&self.batches, &self.retry);
+        self.docs
+            .evict(|id, d| d.has_orphans() || retry.holds(id) || batches.pins(d.persist_token));
     }
 
     fn refresh_connected(&mut self) {

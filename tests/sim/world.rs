@@ -796,7 +796,10 @@ impl Sim {
                     // Everything due is done: the node never asks to be woken again at
                     // once (which would make a driver spin).
                     if let Some(next) = r.poll_timeout() {
-                        assert!(next > now, "n{node} handled its timeouts at {now} and asks for {next}");
+                        assert!(
+                            next > now,
+                            "n{node} handled its timeouts at {now} and asks for {next}"
+                        );
                     }
                     self.pump(node);
                 }

@@ -25,7 +25,8 @@ impl Replica {
                 hashes.iter().partition(|h| applied(doc, h));
             if !ready.is_empty() {
                 waiting -= ready.len();
-                self.batch_acks
+                self.batches
+                    .acks
                     .entry((peer.clone(), doc.clone()))
                     .or_default()
                     .extend(ready);
@@ -33,7 +34,7 @@ impl Replica {
             }
         }
         self.deferred_acks.retain(|_, hashes| !hashes.is_empty());
-        for ((peer, doc), hashes) in self.batch_acks.iter_mut() {
+        for ((peer, doc), hashes) in self.batches.acks.iter_mut() {
             if hashes.iter().all(|h| applied(doc, h)) {
                 continue;
             }
@@ -47,7 +48,7 @@ impl Replica {
                 .or_default()
                 .extend(held.into_iter().take(room));
         }
-        self.batch_acks.retain(|_, hashes| {
+        self.batches.acks.retain(|_, hashes| {
             // A change repaired by sync may be owed twice (deferred, and as repaired).
             hashes.sort_unstable();
             hashes.dedup();

@@ -154,9 +154,6 @@ impl Replica {
                 }
             }
         }
-        // Batches in flight are few: a copy lets the loop below take `self` mutably.
-        let (current, unpersisted) = (self.token, self.unpersisted.clone());
-        let durable = |t: u64| t < current && !unpersisted.contains(&t);
         let mut deferred = Vec::new();
         // A client may sync a document this node does not have yet: it then learns that
         // this node has nothing and sends everything.
@@ -179,7 +176,11 @@ impl Replica {
             for client in followers {
                 // A client's own changes are acknowledged (our heads include them) only
                 // once they are durable here.
-                if self.clients.awaits_durability(client, &doc, durable) {
+                let batches = &self.batches;
+                if self
+                    .clients
+                    .awaits_durability(client, &doc, |t| batches.is_durable(t))
+                {
                     deferred.push(doc.clone());
                     continue;
                 }
@@ -277,7 +278,7 @@ impl Replica {
             self.stats.client_changes += new.len() as u64;
             let me = self.id.clone();
             self.accept_new(doc, &me, None, false, new);
-            self.clients.wrote(client, doc, self.token);
+            self.clients.wrote(client, doc, self.batches.token());
             self.notify(doc.to_string(), after);
         } else {
             self.docs.remove_if_empty(doc);

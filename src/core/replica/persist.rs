@@ -57,9 +57,8 @@ impl Replica {
     /// dropped (never sent), and their changes are written again in a later batch (see the
     /// module `persist`): `persist_retry_ms` from now, or as soon as any batch is durable.
     pub fn persist_failed(&mut self, tokens: &[u64], docs: Vec<DocAppend>) {
-        for token in tokens {
-            self.unpersisted.remove(token);
-            self.ack_work.remove(token);
+        for &token in tokens {
+            self.batches.failed(token);
         }
         self.stats.persist_failures += tokens.len() as u64;
         for d in docs {
@@ -73,7 +72,7 @@ impl Replica {
     /// (emitted at the next [`Replica::flush`]), and those of failed batches waiting to be
     /// written again.
     pub fn unwritten_bytes(&self) -> usize {
-        self.retry.bytes + self.batch_bytes
+        self.retry.bytes + self.batches.bytes()
     }
 
     /// Moves the changes of failed persist batches into the batch being filled now, whether
@@ -89,33 +88,19 @@ impl Replica {
             return;
         }
         for (doc, changes) in std::mem::take(&mut self.retry.docs) {
-            // Pinned (in memory, or kept unsaved) until this batch is durable.
-            self.docs.batched(&doc, self.token, 0);
-            let slot = self.batch_slot(&doc);
-            self.batch[slot].1.extend(changes);
+            // Pinned in memory until this batch is durable.
+            self.docs.batched(&doc, self.batches.token(), 0);
+            let bytes = changes.iter().map(Vec::len).sum();
+            self.batches.add(&doc, changes, bytes);
         }
-        self.batch_bytes += std::mem::take(&mut self.retry.bytes);
-    }
-
-    /// The position of `doc` in the persist batch being filled (added if absent).
-    pub(super) fn batch_slot(&mut self, doc: &str) -> usize {
-        if let Some(&i) = self.batch_index.get(doc) {
-            return i;
-        }
-        self.batch.push((doc.to_string(), Vec::new()));
-        self.batch_index
-            .insert(doc.to_string(), self.batch.len() - 1);
-        self.batch.len() - 1
+        self.retry.bytes = 0;
     }
 
     /// Persist bookkeeping, for tests: (batches awaited, batches whose acks wait,
     /// documents with changes to write again).
     #[cfg(test)]
     pub(crate) fn persist_bookkeeping(&self) -> (usize, usize, usize) {
-        (
-            self.unpersisted.len(),
-            self.ack_work.len(),
-            self.retry.docs.len(),
-        )
+        let (in_flight, owing) = self.batches.in_flight();
+        (in_flight, owing, self.retry.docs.len())
     }
 }

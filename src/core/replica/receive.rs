@@ -84,7 +84,8 @@ impl Replica {
         }
         self.dirty.insert(doc.to_string());
         if !owed.is_empty() {
-            self.batch_acks
+            self.batches
+                .acks
                 .entry((from.to_string(), doc.to_string()))
                 .or_default()
                 .extend(owed);
@@ -96,21 +97,9 @@ impl Replica {
     /// the persist batch being filled, the peers' queues and the acks owed (none of these
     /// has been flushed yet: pending changes are always applied before a flush ends).
     pub(super) fn unaccept(&mut self, doc: &str, rejected: &[Vec<u8>]) {
-        if let Some(&i) = self.batch_index.get(doc) {
-            self.batch[i].1.retain(|c| !rejected.contains(c));
-        }
+        self.batches.take_back(doc, rejected);
         for peer in self.peers.values_mut() {
             peer.forget(doc, rejected);
-        }
-        let hashes: Vec<[u8; 32]> = rejected
-            .iter()
-            .filter_map(|b| Change::from_bytes(b.clone()).ok())
-            .map(|c| c.hash().0)
-            .collect();
-        for ((_, d), owed) in self.batch_acks.iter_mut() {
-            if d == doc {
-                owed.retain(|h| !hashes.contains(h));
-            }
         }
     }
 
@@ -136,9 +125,7 @@ impl Replica {
             }
         }
         let bytes: usize = changes.iter().map(Vec::len).sum();
-        self.docs.batched(doc, self.token, bytes);
-        let index = self.batch_slot(doc);
-        self.batch_bytes += bytes;
-        self.batch[index].1.extend(changes);
+        self.docs.batched(doc, self.batches.token(), bytes);
+        self.batches.add(doc, changes, bytes);
     }
 }

@@ -379,7 +379,8 @@ impl Replica {
                     self.ack_routes.insert(hash, from.to_string());
                 }
             }
-            self.batch_acks
+            self.batches
+                .acks
                 .entry((from.to_string(), doc.to_string()))
                 .or_default()
                 .extend(hashes);

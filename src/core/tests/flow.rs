@@ -177,7 +177,11 @@ fn an_ack_that_could_not_be_sent_goes_again_retry_ms_later() {
     assert_eq!(stats.sends_dropped.get("ack"), Some(&1));
     assert_eq!(stats.pushes_dropped, 0, "an ack is not a push");
     let retry = CoreConfig::default().retry_ms;
-    assert_eq!(c.nodes["b"].poll_timeout(), Some(c.now + retry), "b asks to be woken");
+    assert_eq!(
+        c.nodes["b"].poll_timeout(),
+        Some(c.now + retry),
+        "b asks to be woken"
+    );
     c.tick_all(retry - 1);
     assert!(c.acked.is_empty(), "not before retry_ms");
     c.tick_all(1);
@@ -282,8 +286,13 @@ fn an_idle_replica_asks_to_be_woken_only_for_anti_entropy() {
     c.tick_all(config.retry_ms);
     // Quiet: a (the side that opens reconciliations) wakes for the next round only; b,
     // which never opens, not at all.
-    let next = c.nodes["a"].poll_timeout().expect("a reconciles periodically");
-    assert!(next > c.now && next <= c.now + config.anti_entropy_ms, "{next}");
+    let next = c.nodes["a"]
+        .poll_timeout()
+        .expect("a reconciles periodically");
+    assert!(
+        next > c.now && next <= c.now + config.anti_entropy_ms,
+        "{next}"
+    );
     assert_eq!(c.nodes["b"].poll_timeout(), None);
     // Handling that timeout opens a round and moves the next one a period on.
     c.now = next;
