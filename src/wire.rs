@@ -646,4 +646,20 @@ mod tests {
         assert_ne!(heads_digest(&a), heads_digest(&a[..1]));
         assert_ne!(heads_digest(&[]), heads_digest(&a[..1]));
     }
+
+    #[test]
+    fn heads_digest_is_pinned() {
+        // Digests are compared between nodes (and versions) and kept in the reconciliation
+        // tree: the values must never drift. Computed with the FNV-1a of 8962ab3.
+        let mut counting = [0u8; 32];
+        for (i, b) in counting.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        assert_eq!(heads_digest(&[]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(heads_digest(&[[1; 32]]), 0x38df_9853_f4ef_b1c5);
+        assert_eq!(
+            heads_digest(&[[2; 32], counting, [1; 32]]),
+            0x182e_d5df_9d06_5165
+        );
+    }
 }
