@@ -12,6 +12,8 @@
 //!   forwarding, a bounded cache of documents over the store, the reconciliation tree of
 //!   (document, heads) fingerprints, bulk repair, acknowledgements.
 //! - [`wire`]: the peer protocol: versioned messages, framing, limits.
+//! - `fnv`: FNV-1a 64, the one hash whose values nodes compare (heads digests, the
+//!   membership digest, the reconciliation tree); its values never change.
 //! - [`transport`]: QUIC endpoint, mutual TLS, connections and reconnects.
 //! - [`storage`]: durable store (redb) with a per-document index of heads, read per
 //!   document from any thread, and an in-memory store for tests and simulation.
@@ -50,6 +52,7 @@ pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod demo;
+mod fnv;
 pub mod init;
 pub mod json;
 pub mod local;

@@ -19,6 +19,8 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::fnv::Fnv1a;
+
 /// Version of the peer protocol; also part of the QUIC ALPN.
 pub const PROTOCOL_VERSION: u8 = 5;
 
@@ -424,14 +426,11 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Message, usize)>, WireError> {
 pub fn heads_digest(heads: &[[u8; 32]]) -> u64 {
     let mut sorted: Vec<&[u8; 32]> = heads.iter().collect();
     sorted.sort_unstable();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = Fnv1a::new();
     for head in sorted {
-        for &b in head.iter() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        h.write(head);
     }
-    h
+    h.finish()
 }
 
 #[cfg(test)]
