@@ -20,20 +20,13 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::fnv::Fnv1a;
+pub use crate::wire_limits::{BATCH_BUDGET, MAX_FRAME, MAX_MESSAGE};
 
 /// Version of the peer protocol; also part of the QUIC ALPN.
 pub const PROTOCOL_VERSION: u8 = 5;
 
 /// ALPN protocol id negotiated by QUIC; a peer speaking another version fails the handshake.
 pub const ALPN: &[u8] = b"concordant/5";
-
-/// Largest frame, in bytes after its header.
-pub const MAX_FRAME: usize = 32 * 1024 * 1024;
-
-/// Largest message (payload of all its frames together) accepted or produced, in bytes. A
-/// message above it (a document change or sync message this large) is refused by the
-/// sender, which reports it; see [`WireError::TooLarge`].
-pub const MAX_MESSAGE: usize = 512 * 1024 * 1024;
 
 /// Size of the header of every frame.
 pub const HEADER_LEN: usize = 4;
@@ -44,10 +37,6 @@ pub const MORE: u32 = 1 << 31;
 /// The name of the one compression a [`Hello`] can offer today: a deflate stream per
 /// direction, flushed after every batch of frames.
 pub const DEFLATE: &str = "deflate";
-
-/// What the core aims for when it packs changes into one message: well under [`MAX_FRAME`]
-/// so that framing and per-item overhead never push a batch over the limit.
-pub const BATCH_BUDGET: usize = MAX_FRAME / 4;
 
 /// Errors from decoding or encoding a frame. None of them leaves any state behind.
 #[derive(Debug, thiserror::Error)]
