@@ -17,6 +17,8 @@
 //! - [`doc_id`]: what a document id is, for the HTTP API, the peers and `/v1/sync` alike.
 //! - `fnv`: FNV-1a 64, the one hash whose values nodes compare (heads digests, the
 //!   membership digest, the reconciliation tree); its values never change.
+//! - `files`: files replaced whole, atomically and durably (the topology file, certificates
+//!   and keys, a node's stored topology), with owner-only access for secrets.
 //! - `panics`: the message of a caught panic (the driver, the storage thread, the store).
 //! - [`transport`]: QUIC endpoint, mutual TLS, connections and reconnects.
 //! - [`storage`]: durable store (redb) with a per-document index of heads, read per
@@ -57,6 +59,7 @@ pub mod config;
 pub mod core;
 pub mod demo;
 pub mod doc_id;
+mod files;
 mod fnv;
 pub mod init;
 pub mod json;
