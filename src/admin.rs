@@ -6,10 +6,13 @@
 //! node (`POST /v1/topology/nodes`; the change spreads to every node, which relink at
 //! once), and adds the node to the topology file so that the new host can start from it.
 //! `remove-node` records the removal (`DELETE /v1/topology/nodes/{id}`; sent to the node
-//! itself when it answers, so that it drains first) and takes the node out of the file. Both refuse an invalid change before anything is written.
+//! itself when it answers, so that it drains first) and takes the node out of the file.
+//! Both refuse an invalid change before anything is written.
 //!
-//! Owns the file edits and the choice of the node to ask; the rules of a valid change are
-//! [`crate::membership`]'s, checked again by the node that records it.
+//! Owns the choice of the node to ask and the commands' steps; the file edits are in
+//! `admin/file.rs` (a TOML document edit, written atomically, the previous file kept as
+//! `FILE.bak`). The rules of a valid change are [`crate::membership`]'s, checked again by
+//! the node that records it.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -22,6 +25,9 @@ use serde_json::{json, Value};
 use crate::certs::{generate_node_cert, CaBundle};
 use crate::client::{Client, ClientError};
 use crate::config::Config;
+use crate::files::{self, Access};
+
+mod file;
 
 /// Errors of the administration commands; each says what was left unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,15 @@ pub enum AdminError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The topology file could not be edited, or the edited file would not load (the file
+    /// was left unchanged; a change the cluster recorded stays recorded).
+    #[error("{path}: {detail}; the file was left unchanged")]
+    Edit {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
     },
     /// The certificate could not be issued.
     #[error(transparent)]
@@ -177,19 +192,15 @@ pub async fn add_node(
         None,
     )
     .await?;
-    write_secret(&cert, &cert_pem, false)?;
-    write_secret(&key, &key_pem, true)?;
-    let mut text = std::fs::read_to_string(path).map_err(io(path))?;
-    let mut block = String::new();
-    let _ = write!(
-        block,
-        "\n[[node]]  # added by `concordant add-node`\nid = \"{id}\"\npeer = \"{peer}\"\napi = \"{api}\"\ndata = \"data/{id}\"\n"
-    );
-    for other in links {
-        let _ = write!(block, "\n[[link]]\nnodes = [\"{id}\", \"{other}\"]\n");
-    }
-    insert_before_tuning(&mut text, &block);
-    std::fs::write(path, text).map_err(io(path))?;
+    files::write_atomic(&cert, cert_pem.as_bytes(), Access::Keep).map_err(io(&cert))?;
+    files::write_atomic(&key, key_pem.as_bytes(), Access::Owner).map_err(io(&key))?;
+    let change = file::Change::AddNode {
+        id,
+        peer,
+        api,
+        links,
+    };
+    file::apply(path, change)?;
     Ok(Added {
         cert,
         key,
@@ -219,8 +230,7 @@ pub async fn remove_node(path: &Path, target: &Target, id: &str) -> Result<Value
         Some(t) => t,
         None => ask(&config, target, Method::DELETE, &route, None, Some(id)).await?,
     };
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
-    std::fs::write(path, without_node(&text, id)).map_err(io(path))?;
+    file::apply(path, file::Change::RemoveNode { id })?;
     Ok(topology)
 }
 
@@ -343,109 +353,4 @@ pub fn topology_table(t: &Value) -> String {
         let _ = writeln!(out, "removed: {}", removed.join(", "));
     }
     out
-}
-
-fn write_secret(path: &Path, text: &str, secret: bool) -> Result<(), AdminError> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut file = options.open(path).map_err(io(path))?;
-    file.write_all(text.as_bytes()).map_err(io(path))
-}
-
-/// Inserts `block` before the `[tuning]` table (commented or not), or at the end.
-fn insert_before_tuning(text: &mut String, block: &str) {
-    let at = text
-        .lines()
-        .scan(0, |pos, line| {
-            let start = *pos;
-            *pos += line.len() + 1;
-            Some((start, line))
-        })
-        .find(|(_, line)| {
-            let l = line.trim_start_matches('#').trim();
-            l.starts_with("[tuning]") || l.starts_with("Optional tuning")
-        })
-        .map(|(start, _)| start);
-    match at {
-        Some(at) if at <= text.len() => text.insert_str(at, &format!("{}\n", block.trim_start())),
-        _ => {
-            if !text.ends_with('\n') {
-                text.push('\n');
-            }
-            text.push_str(block);
-        }
-    }
-}
-
-/// The file without the `[[node]]` table of `id` and without the `[[link]]` tables that
-/// name it (each up to its first blank or comment line, as `init` and `add-node` write
-/// them).
-fn without_node(text: &str, id: &str) -> String {
-    let mut out = String::new();
-    let mut block: Vec<&str> = Vec::new();
-    let quoted = format!("\"{id}\"");
-    let flush = |block: &mut Vec<&str>, out: &mut String| {
-        let header = block.first().map(|l| l.trim_start()).unwrap_or("");
-        let names_it = block.iter().any(|l| {
-            let l = l.trim();
-            (l.starts_with("id") && l.split('=').nth(1).map(str::trim) == Some(quoted.as_str()))
-                || (l.starts_with("nodes") && l.contains(&quoted))
-        });
-        let drop = (header.starts_with("[[node]]") || header.starts_with("[[link]]")) && names_it;
-        if !drop {
-            for l in block.iter() {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        block.clear();
-    };
-    for line in text.lines() {
-        // A table's lines end at the next header, blank line or comment (what follows a
-        // blank line belongs to the next table, visually).
-        let t = line.trim_start();
-        if t.starts_with('[') || t.is_empty() || t.starts_with('#') {
-            flush(&mut block, &mut out);
-        }
-        block.push(line);
-    }
-    flush(&mut block, &mut out);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FILE: &str = "cluster = \"c\"\ntopology = \"ring\"\n\n[[node]]\nid = \"n1\"\npeer = \"127.0.0.1:1\"\n\n[[node]]\nid = \"n2\"\npeer = \"127.0.0.1:2\"\n\n[[link]]\nnodes = [\"n1\", \"n2\"]\n\n# Optional tuning; the values shown are the defaults.\n# [tuning]\n# tick_ms = 100\n";
-
-    #[test]
-    fn a_node_block_goes_before_the_tuning() {
-        let mut text = FILE.to_string();
-        insert_before_tuning(&mut text, "\n[[node]]\nid = \"n3\"\n");
-        let n3 = text.find("id = \"n3\"").unwrap();
-        assert!(n3 < text.find("Optional tuning").unwrap());
-        assert!(n3 > text.find("id = \"n2\"").unwrap());
-        let mut plain = "a = 1".to_string();
-        insert_before_tuning(&mut plain, "\n[[node]]\n");
-        assert_eq!(plain, "a = 1\n\n[[node]]\n");
-    }
-
-    #[test]
-    fn removing_a_node_drops_its_table_and_links_only() {
-        let out = without_node(FILE, "n2");
-        assert!(!out.contains("\"n2\""), "{out}");
-        assert!(out.contains("id = \"n1\"") && out.contains("# [tuning]"));
-        assert_eq!(without_node(FILE, "n9"), FILE);
-        // "n1" is not removed by a removal of "n"
-        assert_eq!(without_node(FILE, "n"), FILE);
-    }
 }

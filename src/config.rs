@@ -58,7 +58,7 @@ pub struct Tuning {
     /// (default 2000).
     pub compact_after: usize,
     /// Target size of one batch of changes in a message, in bytes (default 1 MiB); at most
-    /// [`crate::wire::BATCH_BUDGET`].
+    /// [`crate::wire_limits::BATCH_BUDGET`].
     pub max_batch_bytes: usize,
     /// Documents kept in memory, at most (default 4096); others are read from storage on
     /// use. Documents whose changes are not yet durable stay besides.
@@ -648,13 +648,13 @@ impl Checker<'_> {
                 ),
             ));
         }
-        if t.max_batch_bytes > crate::wire::BATCH_BUDGET {
+        if t.max_batch_bytes > crate::wire_limits::BATCH_BUDGET {
             return Err(self.invalid(
                 "tuning.max_batch_bytes",
                 format!(
                     "{} is over the wire limit for a batch ({})",
                     t.max_batch_bytes,
-                    crate::wire::BATCH_BUDGET
+                    crate::wire_limits::BATCH_BUDGET
                 ),
             ));
         }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::certs::{self, CertError};
 use crate::config::{Config, ConfigError, RingDirection, TopologyKind, Tuning};
+use crate::files::{self, Access};
 
 /// Default first port: node `i` (from 1) gets peer port `base + i` and API port
 /// `base + 1000 + i`.
@@ -267,28 +268,11 @@ fn cluster_toml(opts: &InitOptions, cluster: &str, ids: &[String], token: &str) 
     out
 }
 
-/// Writes `text` to `path`, replacing it; secret files are made readable by the owner only.
+/// Writes `text` to `path`, replacing it atomically; secret files are made readable by the
+/// owner only (also when they existed).
 fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), InitError> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(io_error(path))?;
-    #[cfg(unix)]
-    if secret {
-        // An existing file keeps its old mode on open: tighten it before writing.
-        use std::os::unix::fs::PermissionsExt as _;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(io_error(path))?;
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    file.write_all(text.as_bytes()).map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))
+    let access = if secret { Access::Owner } else { Access::Keep };
+    files::write_atomic(path, text.as_bytes(), access).map_err(io_error(path))
 }
 
 #[cfg(test)]

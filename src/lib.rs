@@ -12,6 +12,14 @@
 //!   forwarding, a bounded cache of documents over the store, the reconciliation tree of
 //!   (document, heads) fingerprints, bulk repair, acknowledgements.
 //! - [`wire`]: the peer protocol: versioned messages, framing, limits.
+//! - [`wire_limits`]: the protocol's size limits (frame, message, batch budget), a leaf that
+//!   the configuration checks `[tuning]` against without depending on the protocol.
+//! - [`doc_id`]: what a document id is, for the HTTP API, the peers and `/v1/sync` alike.
+//! - `fnv`: FNV-1a 64, the one hash whose values nodes compare (heads digests, the
+//!   membership digest, the reconciliation tree); its values never change.
+//! - `files`: files replaced whole, atomically and durably (the topology file, certificates
+//!   and keys, a node's stored topology), with owner-only access for secrets.
+//! - `panics`: the message of a caught panic (the driver, the storage thread, the store).
 //! - [`transport`]: QUIC endpoint, mutual TLS, connections and reconnects.
 //! - [`storage`]: durable store (redb) with a per-document index of heads, read per
 //!   document from any thread, and an in-memory store for tests and simulation.
@@ -50,15 +58,20 @@ pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod demo;
+pub mod doc_id;
+mod files;
+mod fnv;
 pub mod init;
 pub mod json;
 pub mod local;
 pub mod membership;
 pub mod node;
 pub mod ops;
+mod panics;
 pub mod serve;
 pub mod storage;
 pub mod sync;
 pub mod topology;
 pub mod transport;
 pub mod wire;
+pub mod wire_limits;

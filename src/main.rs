@@ -667,10 +667,7 @@ async fn run_nodes(
     for ((config, _), listener) in configs.into_iter().zip(listeners) {
         let id = config.id.clone();
         let mut options = concordant::api::ApiOptions::new(token.clone());
-        options.sync = concordant::sync::SyncOptions {
-            max_clients: config.tuning.sync_clients,
-            max_message: config.tuning.sync_message_bytes,
-        };
+        options.sync = concordant::sync::SyncOptions::from(&config.tuning);
         let node = Node::start(config)
             .await
             .with_context(|| format!("node {id}"))?;

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::{is_valid_node_id, Config, RingDirection, TopologyKind};
+use crate::fnv::Fnv1a;
 use crate::topology::Topology;
 
 /// A Lamport clock and the node that proposed the change; stamps are ordered by
@@ -543,7 +544,7 @@ impl Membership {
             h.stamp(&l.added);
             h.opt_stamp(l.removed.as_ref());
         }
-        h.0
+        h.0.finish()
     }
 
     /// The live topology as JSON (`GET /v1/topology`): `cluster`, `topology` (`"mesh"`,
@@ -711,19 +712,16 @@ fn kind_label(kind: TopologyKind) -> &'static str {
     }
 }
 
-/// FNV-1a, 64 bits, over a length-prefixed little-endian encoding.
-struct Fnv(u64);
+/// The digest's encoding: length-prefixed and little-endian, hashed with FNV-1a (64 bits).
+struct Fnv(Fnv1a);
 
 impl Fnv {
     fn new() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
+        Fnv(Fnv1a::new())
     }
 
     fn bytes(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        self.0.write(bytes);
     }
 
     fn u64(&mut self, v: u64) {

@@ -19,19 +19,14 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::fnv::Fnv1a;
+pub use crate::wire_limits::{BATCH_BUDGET, MAX_FRAME, MAX_MESSAGE};
+
 /// Version of the peer protocol; also part of the QUIC ALPN.
 pub const PROTOCOL_VERSION: u8 = 5;
 
 /// ALPN protocol id negotiated by QUIC; a peer speaking another version fails the handshake.
 pub const ALPN: &[u8] = b"concordant/5";
-
-/// Largest frame, in bytes after its header.
-pub const MAX_FRAME: usize = 32 * 1024 * 1024;
-
-/// Largest message (payload of all its frames together) accepted or produced, in bytes. A
-/// message above it (a document change or sync message this large) is refused by the
-/// sender, which reports it; see [`WireError::TooLarge`].
-pub const MAX_MESSAGE: usize = 512 * 1024 * 1024;
 
 /// Size of the header of every frame.
 pub const HEADER_LEN: usize = 4;
@@ -42,10 +37,6 @@ pub const MORE: u32 = 1 << 31;
 /// The name of the one compression a [`Hello`] can offer today: a deflate stream per
 /// direction, flushed after every batch of frames.
 pub const DEFLATE: &str = "deflate";
-
-/// What the core aims for when it packs changes into one message: well under [`MAX_FRAME`]
-/// so that framing and per-item overhead never push a batch over the limit.
-pub const BATCH_BUDGET: usize = MAX_FRAME / 4;
 
 /// Errors from decoding or encoding a frame. None of them leaves any state behind.
 #[derive(Debug, thiserror::Error)]
@@ -424,14 +415,11 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Message, usize)>, WireError> {
 pub fn heads_digest(heads: &[[u8; 32]]) -> u64 {
     let mut sorted: Vec<&[u8; 32]> = heads.iter().collect();
     sorted.sort_unstable();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = Fnv1a::new();
     for head in sorted {
-        for &b in head.iter() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        h.write(head);
     }
-    h
+    h.finish()
 }
 
 #[cfg(test)]
@@ -645,5 +633,21 @@ mod tests {
         assert_eq!(heads_digest(&a), heads_digest(&b));
         assert_ne!(heads_digest(&a), heads_digest(&a[..1]));
         assert_ne!(heads_digest(&[]), heads_digest(&a[..1]));
+    }
+
+    #[test]
+    fn heads_digest_is_pinned() {
+        // Digests are compared between nodes (and versions) and kept in the reconciliation
+        // tree: the values must never drift. Computed with the FNV-1a of 8962ab3.
+        let mut counting = [0u8; 32];
+        for (i, b) in counting.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        assert_eq!(heads_digest(&[]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(heads_digest(&[[1; 32]]), 0x38df_9853_f4ef_b1c5);
+        assert_eq!(
+            heads_digest(&[[2; 32], counting, [1; 32]]),
+            0x182e_d5df_9d06_5165
+        );
     }
 }

@@ -65,6 +65,7 @@ use tokio::net::TcpListener;
 
 use crate::node::Node;
 
+pub use crate::doc_id::{is_valid_doc_id, MAX_DOC_ID};
 pub use error::HttpError;
 
 /// The default largest request body accepted, in bytes (16 MiB); larger bodies get 413.
@@ -72,9 +73,6 @@ pub const DEFAULT_BODY_LIMIT: usize = 16 << 20;
 
 /// The longest write-concern wait a request may ask for (`timeout_ms`), in milliseconds.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
-
-/// The longest document id accepted, in bytes.
-pub const MAX_DOC_ID: usize = 256;
 
 /// Errors of the API server.
 #[derive(Debug, thiserror::Error)]
@@ -120,15 +118,6 @@ impl ApiOptions {
             sync: crate::sync::SyncOptions::default(),
         }
     }
-}
-
-/// Whether `id` is a valid document id: `[A-Za-z0-9_.~-]{1,256}`.
-pub fn is_valid_doc_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_DOC_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'~' | b'-'))
 }
 
 /// What every handler shares.

@@ -68,6 +68,8 @@
 //! Owns only the index and the exchange's logic: no I/O, no clocks, no Automerge; what a
 //! digest is and what to do about a difference are the caller's business.
 
+use crate::fnv::fnv1a;
+
 /// Bits per level of the tree: fanout 16.
 const FANOUT_BITS: u32 = 4;
 /// Children of a node.
@@ -432,16 +434,6 @@ fn merge(ours: &[(&str, u64)], theirs: &[(&str, u64)], out: &mut Vec<Difference>
 }
 
 // ---- Hashes: fixed algorithms, identical on every build and platform. ----
-
-/// FNV-1a, 64 bits.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
 
 /// The splitmix64 finaliser: a bijection that spreads every input bit over the output.
 fn mix(mut z: u64) -> u64 {

@@ -200,17 +200,6 @@ fn read_stored_topology(path: &std::path::Path) -> Result<Option<Membership>, Er
 
 /// Writes the live topology to `path` atomically (a temporary file, fsync'd, renamed).
 pub(crate) fn write_stored_topology(path: &std::path::Path, m: &Membership) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(m).map_err(std::io::Error::other)?;
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    crate::files::write_atomic(path, &bytes, crate::files::Access::Keep)
 }

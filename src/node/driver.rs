@@ -25,6 +25,7 @@ use super::{
     Ack, ClientEvent, Command, DocEvent, Error, Health, Node, NodeConfig, NodeStatus, PeerStatus,
 };
 use crate::core::{ChangeError, CoreConfig, CoreError, Effect, Replica, Unsent};
+use crate::panics::panic_text;
 use crate::transport::{SendError, Transport, TransportConfig, TransportEvent};
 
 /// At shutdown, documents with at least this many logged changes are compacted.
@@ -154,17 +155,6 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         commands: commands_tx,
         health,
     })
-}
-
-/// The message of a panic's payload.
-pub(crate) fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
-    match payload.downcast::<String>() {
-        Ok(s) => *s,
-        Err(payload) => payload
-            .downcast::<&str>()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|_| "(no message)".into()),
-    }
 }
 
 struct Driver {

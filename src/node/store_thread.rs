@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use super::Health;
+use crate::panics::panic_text;
 use crate::storage::{Compaction, DocAppend, StorageError, Store};
 
 /// The storage thread's nice value on Linux (the runtime's threads keep 0).
@@ -110,10 +111,7 @@ pub(crate) fn spawn(
                 Ok(None) => {}
                 Err(payload) => {
                     // Nothing more can be made durable: the node is failed.
-                    let why = format!(
-                        "the storage thread panicked: {}",
-                        super::driver::panic_text(payload)
-                    );
+                    let why = format!("the storage thread panicked: {}", panic_text(payload));
                     tracing::error!("{why}");
                     health.send_replace(Health::Failed(why));
                 }

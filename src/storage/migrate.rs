@@ -15,7 +15,7 @@ use redb::{Database, Durability, ReadableTable, Table};
 
 use super::checksum::seal_index;
 use super::index::IndexRow;
-use super::redb_store::{db_error, DOCS, FORMAT_VERSION, LOG, META, SNAPSHOTS, VERSION_KEY};
+use super::schema::{db_error, DOCS, FORMAT_VERSION, LOG, META, SNAPSHOTS, VERSION_KEY};
 use super::StorageError;
 
 const ACTION: &str = "migrating the store from format 1 to 2";

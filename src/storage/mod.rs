@@ -31,9 +31,11 @@ mod memory;
 mod migrate;
 mod redb_reader;
 mod redb_store;
+mod schema;
 
 pub use memory::{MemoryStore, StoreFaults};
-pub use redb_store::{RedbStore, DB_FILE, FORMAT_VERSION};
+pub use redb_store::{RedbStore, DB_FILE};
+pub use schema::FORMAT_VERSION;
 
 /// One document as stored: the latest snapshot (an Automerge `save()`), if any, plus every
 /// change appended since, in append order.

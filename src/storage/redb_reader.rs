@@ -16,7 +16,7 @@ use redb::{Database, ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use super::checksum::{log_key, snapshot_key, unseal, unseal_index};
 use super::index::{self, IndexRow, RowRef};
-use super::redb_store::{db_error, guarded, DOCS, LOG, SNAPSHOTS};
+use super::schema::{db_error, guarded, DOCS, LOG, SNAPSHOTS};
 use super::{DocReader, Heads, IndexVisitor, StorageError, StoredDoc};
 
 /// What [`Reads::scan_until`] calls per index entry.

@@ -1,16 +1,10 @@
 //! [`RedbStore`]: the durable [`Store`] in one redb database file, `DIR/concordant.redb`.
 //!
-//! Owns the file layout, its format version and every write. Must not touch Automerge:
+//! Owns the database file (making, opening, checking and migrating it) and every write. Must not touch Automerge:
 //! values are opaque. Reads live in [`super::redb_reader`], the format-1 migration in
 //! [`super::migrate`].
 //!
-//! Tables (format version 2):
-//! - `meta: &str -> u64`: `format_version` = [`FORMAT_VERSION`].
-//! - `docs: &str -> &[u8]`: the index, one entry per document: its log's next sequence
-//!   number and length and its heads ([`super::index`]). Every stored document has one;
-//!   written in the same commit as the data it describes.
-//! - `snapshots: &str -> &[u8]`: per document, the snapshot of its last compaction.
-//! - `log: (&str, u64) -> &[u8]`: per document and sequence number, an appended change.
+//! Its tables, format version and error mapping are in [`super::schema`].
 //!
 //! Every value is sealed with a checksum over its key and bytes ([`super::checksum`]),
 //! verified when read. redb panics on some damaged files (e.g. truncated ones); every
@@ -31,33 +25,25 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, Durability, Table, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, Table, WriteTransaction};
 
 use super::checksum::{log_key, seal, seal_index, snapshot_key};
 use super::index::IndexRow;
 use super::migrate::migrate_v1;
 use super::redb_reader::{get_row, Reads, RedbReader};
+use super::schema::{db_error, guarded, DOCS, FORMAT_VERSION, LOG, META, SNAPSHOTS, VERSION_KEY};
 use super::{Compaction, DocAppend, DocReader, IndexVisitor, StorageError, Store, StoredDoc};
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "concordant.redb";
 /// Name under which a new database is initialised before it is renamed to [`DB_FILE`].
 const TMP_FILE: &str = "concordant.redb.tmp";
-/// The on-disk format version this build reads and writes (it also migrates version 1).
-pub const FORMAT_VERSION: u64 = 2;
 /// redb's page cache per store (its default, 1 GiB, would hold a large store in memory;
 /// the operating system's page cache serves the rest).
 const CACHE_BYTES: usize = 32 << 20;
-
-pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-pub(super) const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
-pub(super) const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
-pub(super) const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
-pub(super) const VERSION_KEY: &str = "format_version";
 
 /// A [`Store`] backed by a redb database file; every commit is fsync'd.
 pub struct RedbStore {
@@ -464,56 +450,4 @@ fn check_tables(db: &Database, path: &Path) -> Result<(), StorageError> {
         .map_err(|e| db_error(path, ACTION, e))?;
     txn.open_table(LOG).map_err(|e| db_error(path, ACTION, e))?;
     Ok(())
-}
-
-/// Maps any redb error to a [`StorageError`] naming `path`.
-pub(super) fn db_error(
-    path: &Path,
-    action: &'static str,
-    e: impl Into<redb::Error>,
-) -> StorageError {
-    let path = path.to_path_buf();
-    match e.into() {
-        redb::Error::Corrupted(detail) => StorageError::Corrupt { path, detail },
-        redb::Error::TableDoesNotExist(name) => StorageError::Corrupt {
-            path,
-            detail: format!("table `{name}` is missing"),
-        },
-        redb::Error::DatabaseAlreadyOpen => StorageError::Locked { path },
-        redb::Error::Io(source) => StorageError::Io {
-            path,
-            action,
-            source,
-        },
-        redb::Error::UpgradeRequired(version) => StorageError::Open {
-            path,
-            detail: format!("written in redb file format {version}, which this build cannot read"),
-        },
-        other => StorageError::Db {
-            path,
-            action,
-            detail: other.to_string(),
-        },
-    }
-}
-
-/// Runs `f`, turning a panic inside redb (which happens on some damaged files, e.g.
-/// truncated ones) into [`StorageError::Corrupt`]: a bad file must never crash the node.
-pub(super) fn guarded<T>(
-    path: &Path,
-    f: impl FnOnce() -> Result<T, StorageError>,
-) -> Result<T, StorageError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let text = if let Some(s) = panic.downcast_ref::<&str>() {
-            (*s).to_string()
-        } else if let Some(s) = panic.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "unknown panic".into()
-        };
-        Err(StorageError::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!("the database library failed on it (truncated or damaged?): {text}"),
-        })
-    })
 }

@@ -216,7 +216,7 @@ fn to_client(server: &Server, peer: &str, msg: ClientMsg) -> RepoMessage {
 }
 
 fn check_doc(id: &str) -> Result<(), End> {
-    if crate::api::is_valid_doc_id(id) {
+    if crate::doc_id::is_valid_doc_id(id) {
         Ok(())
     } else {
         Err(End::Error(format!(

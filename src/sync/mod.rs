@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
+use crate::config::Tuning;
+
 /// Limits of the sync endpoint (from `[tuning]`).
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
@@ -32,8 +34,15 @@ pub struct SyncOptions {
 }
 
 impl Default for SyncOptions {
+    /// The limits of the default [`Tuning`].
     fn default() -> Self {
-        let t = crate::config::Tuning::default();
+        SyncOptions::from(&Tuning::default())
+    }
+}
+
+impl From<&Tuning> for SyncOptions {
+    /// The limits `[tuning]` sets: `sync_clients` and `sync_message_bytes`.
+    fn from(t: &Tuning) -> Self {
         SyncOptions {
             max_clients: t.sync_clients,
             max_message: t.sync_message_bytes,
@@ -144,5 +153,27 @@ pub(crate) struct Place {
 impl Drop for Place {
     fn drop(&mut self) {
         self.server.counters.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_follow_the_tuning() {
+        let tuning = Tuning {
+            sync_clients: 7,
+            sync_message_bytes: 4096,
+            ..Tuning::default()
+        };
+        let options = SyncOptions::from(&tuning);
+        assert_eq!((options.max_clients, options.max_message), (7, 4096));
+        let default = SyncOptions::default();
+        let t = Tuning::default();
+        assert_eq!(
+            (default.max_clients, default.max_message),
+            (t.sync_clients, t.sync_message_bytes)
+        );
     }
 }

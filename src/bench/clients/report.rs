@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use super::{Edited, Held, SyncBenchOptions, NODES};
+use super::phases::{Edited, Held};
+use super::{SyncBenchOptions, NODES};
 
 /// Results of a run; serialises to the `--json` line.
 #[derive(Debug, Clone, Serialize)]
