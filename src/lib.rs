@@ -9,8 +9,10 @@
 //! - [`certs`]: cluster CA and node certificates (generation and loading).
 //! - [`init`]: `concordant init`, writing a new cluster directory.
 //! - [`core`]: the sans-IO replication core (no tokio, sockets, files or clocks): push and
-//!   forwarding, a bounded cache of documents over the store, the reconciliation tree of
-//!   (document, heads) fingerprints, bulk repair, acknowledgements.
+//!   forwarding, a bounded cache of documents over the store (documents it lacks are asked
+//!   for as effects, never read by the core), the reconciliation tree of (document, heads)
+//!   fingerprints, bulk repair, acknowledgements, and the timers it asks to be woken for
+//!   (`poll_timeout`).
 //! - [`wire`]: the peer protocol: versioned messages, framing, limits.
 //! - [`wire_limits`]: the protocol's size limits (frame, message, batch budget), a leaf that
 //!   the configuration checks `[tuning]` against without depending on the protocol.
@@ -26,6 +28,7 @@
 //! - [`ops`] and [`json`]: the JSON operations of the HTTP API and documents as JSON.
 //! - [`demo`]: `concordant demo`, a local cluster showing failure and catch-up.
 //! - [`node`]: the driver joining core, transport and storage; the embeddable [`Node`];
+//!   the reader threads that read and decode documents for the core (`node/read_pool.rs`);
 //!   what a node does when its storage fails or falls behind (`node/driver/storage.rs`).
 //! - [`local`]: a local cluster of N nodes in one process (demo, bench, experiments).
 //! - [`membership`]: the live topology every node holds and gossips (a state-based CRDT:

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
 use super::reconcile::{Bulk, Index};
-use super::{CoreError, LoadedDoc};
+use super::{CoreError, Fetched, LoadedDoc, ReadKind, StoredLog};
 use crate::wire::heads_digest;
 
 /// A store's list of documents and their heads, gathered at start-up for
@@ -215,17 +215,37 @@ pub(crate) struct CacheStats {
     pub(crate) load_errors: u64,
 }
 
-/// Whether a document can be worked on now (see [`Docs::residency`]).
+/// What a piece of work needs of a document (see [`Docs::ready`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Its heads (a push that may extend them directly, a want to send).
+    Heads,
+    /// Its heads and stored change log (a peer's want, answered from the log).
+    Log,
+    /// The document itself, loaded into Automerge.
+    Doc,
+}
+
+/// Whether a document can be worked on now (see [`Docs::ready`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Residency {
-    /// In memory.
-    Loaded,
-    /// Neither in memory nor stored: a new document.
-    Absent,
-    /// Stored but not in memory: its read from the store is under way; `started` if this
-    /// call started it (the caller asks its driver for the read).
-    Reading { started: bool },
+    /// What the work needs is here (in memory, known, or the document is new).
+    Ready,
+    /// A read from the store is under way; `Some(kind)` if this call started it (the
+    /// caller asks its driver for the read).
+    Reading(Option<ReadKind>),
 }
+
+/// Changes accepted for a document that is not in memory, not yet durable.
+struct Unsaved {
+    heads: Vec<ChangeHash>,
+    changes: Vec<Change>,
+    /// The persist batch that took the last of them.
+    token: u64,
+}
+
+/// What [`Docs::append_unloaded`] took: the indexes of the new changes, and the heads.
+pub(crate) type Appended = (Vec<usize>, Vec<ChangeHash>);
 
 /// Every document of a replica: the index of all, and the loaded ones.
 pub(crate) struct Docs {
@@ -239,8 +259,12 @@ pub(crate) struct Docs {
     /// Documents not in memory are in a store (read through the driver): only then are
     /// documents dropped from memory.
     stored: bool,
-    /// Stored documents whose read is under way.
-    reading: HashSet<String>,
+    /// Stored documents whose read is under way, and what is read.
+    reading: HashMap<String, ReadKind>,
+    /// Changes accepted without loading their document, until durable.
+    unsaved: HashMap<String, Unsaved>,
+    /// A stored log read for the work resumed now (see [`Docs::read_done`]).
+    fetched: Option<(String, StoredLog)>,
     budget: Budget,
     pub(crate) stats: CacheStats,
 }
@@ -255,7 +279,9 @@ impl Docs {
             bytes: 0,
             index: Index::new(),
             stored: false,
-            reading: HashSet::new(),
+            reading: HashMap::new(),
+            unsaved: HashMap::new(),
+            fetched: None,
             budget,
             stats: CacheStats::default(),
         }
@@ -273,21 +299,31 @@ impl Docs {
         &self.index
     }
 
-    /// Whether `id` can be worked on now. A stored document not in memory gets its read
-    /// started (once: later calls answer `Reading { started: false }` until
-    /// [`Docs::read_done`]).
-    pub(crate) fn residency(&mut self, id: &str) -> Residency {
+    /// Whether work that needs `need` of `id` can run now. Otherwise a read is under way
+    /// (started by this call if none was: `Reading(Some(kind))`, the caller asks its driver
+    /// for it).
+    pub(crate) fn ready(&mut self, id: &str, need: Need) -> Residency {
         if self.loaded.contains_key(id) {
-            return Residency::Loaded;
+            return Residency::Ready;
         }
-        if self.reading.contains(id) {
-            return Residency::Reading { started: false };
+        if self.reading.contains_key(id) {
+            return Residency::Reading(None);
         }
-        if self.stored && self.index.get(id).is_some() {
-            self.reading.insert(id.to_string());
-            return Residency::Reading { started: true };
+        let fetched = self.fetched.as_ref().is_some_and(|(f, _)| f == id);
+        let known = match need {
+            Need::Heads => fetched || self.unsaved.contains_key(id),
+            Need::Log => fetched,
+            Need::Doc => false,
+        };
+        if known || !self.stored || self.index.get(id).is_none() {
+            return Residency::Ready;
         }
-        Residency::Absent
+        let kind = match need {
+            Need::Doc => ReadKind::Doc,
+            Need::Heads | Need::Log => ReadKind::Log,
+        };
+        self.reading.insert(id.to_string(), kind);
+        Residency::Reading(Some(kind))
     }
 
     /// The documents in memory (any order).
@@ -302,31 +338,55 @@ impl Docs {
 
     /// True if `id`'s read is under way.
     pub(crate) fn is_reading(&self, id: &str) -> bool {
-        self.reading.contains(id)
+        self.reading.contains_key(id)
     }
 
-    /// The read of `id` ended: the decoded document joins the cache (`None`: the store
-    /// does not have it after all, so it is absent).
-    pub(crate) fn read_done(&mut self, id: &str, result: Result<Option<LoadedDoc>, CoreError>) {
-        if !self.reading.remove(id) || self.loaded.contains_key(id) {
+    /// The read of `id` ended. A document joins the cache, with the changes accepted
+    /// unloaded since (the store may not have them yet); a stored log is kept for the work
+    /// resumed now, until [`Docs::forget_fetched`]. `None`: the store does not have it.
+    pub(crate) fn read_done(&mut self, id: &str, result: Result<Fetched, CoreError>) {
+        if self.reading.remove(id).is_none() || self.loaded.contains_key(id) {
             return;
         }
         match result {
-            Ok(Some(loaded)) => {
+            Ok(Fetched::Doc(Some(loaded))) => {
                 self.stats.loads += 1;
                 let LoadedDoc {
-                    doc, changes, size, ..
+                    mut doc,
+                    changes,
+                    size,
+                    ..
                 } = loaded;
+                let mut persist_token = 0;
+                if let Some(u) = self.unsaved.remove(id) {
+                    // Accepted while unloaded: a change the store already has is a no-op.
+                    if doc.apply_changes(u.changes).is_err() {
+                        self.stats.load_errors += 1;
+                        return;
+                    }
+                    persist_token = u.token;
+                }
                 let mut state = DocState::new(doc.with_actor(self.actor.clone()));
                 state.track_orphans(changes);
                 state.size = size;
+                state.persist_token = persist_token;
                 self.insert_state(id.to_string(), state);
                 self.bytes += size;
                 self.refresh(id);
             }
-            Ok(None) => self.index.remove(id),
+            Ok(Fetched::Log(Some(log))) => self.fetched = Some((id.to_string(), log)),
+            Ok(Fetched::Doc(None) | Fetched::Log(None)) => {
+                if !self.unsaved.contains_key(id) {
+                    self.index.remove(id);
+                }
+            }
             Err(_) => self.stats.load_errors += 1,
         }
+    }
+
+    /// Drops the stored log kept by [`Docs::read_done`].
+    pub(crate) fn forget_fetched(&mut self) {
+        self.fetched = None;
     }
 
     /// The loaded document, without changing the use order.
@@ -349,7 +409,10 @@ impl Docs {
     /// document not in memory is an error: it must be read first (see `residency`).
     pub(crate) fn get_or_create(&mut self, id: &str) -> Result<&mut DocState, CoreError> {
         if !self.loaded.contains_key(id) {
-            if self.reading.contains(id) || (self.stored && self.index.get(id).is_some()) {
+            if self.reading.contains_key(id)
+                || self.unsaved.contains_key(id)
+                || (self.stored && self.index.get(id).is_some())
+            {
                 return Err(CoreError::NotRead {
                     doc: id.to_string(),
                 });
@@ -363,13 +426,20 @@ impl Docs {
         })
     }
 
-    /// The document's heads if known without reading it: from memory, or empty for a
-    /// document this node does not have; `None` for a stored document not in memory.
+    /// The document's heads if known without reading it: from memory, from changes
+    /// accepted unloaded, from a log just read, or empty for a document this node does not
+    /// have; `None` for a stored document not in memory.
     pub(crate) fn heads(&self, id: &str) -> Option<Vec<ChangeHash>> {
-        match self.loaded.get(id) {
-            Some(d) => Some(d.doc.get_heads()),
-            None if self.reading.contains(id) || self.index.get(id).is_some() => None,
-            None => Some(Vec::new()),
+        if let Some(d) = self.loaded.get(id) {
+            return Some(d.doc.get_heads());
+        }
+        if let Some(u) = self.unsaved.get(id) {
+            return Some(u.heads.clone());
+        }
+        match &self.fetched {
+            Some((f, log)) if f == id => Some(log.heads.clone()),
+            _ if self.reading.contains_key(id) || self.index.get(id).is_some() => None,
+            _ => Some(Vec::new()),
         }
     }
 
@@ -402,14 +472,79 @@ impl Docs {
             d.size += bytes;
             d.persist_token = token;
             self.bytes += bytes;
+        } else if let Some(u) = self.unsaved.get_mut(id) {
+            u.token = token;
         }
     }
 
-    /// True if the document in memory has the change.
+    /// True if the document has the change (applied in memory, or accepted unloaded).
     pub(crate) fn has_change(&self, id: &str, hash: &ChangeHash) -> bool {
-        self.loaded
-            .get(id)
-            .is_some_and(|d| d.doc.get_change_meta_by_hash(hash).is_some())
+        match self.loaded.get(id) {
+            Some(d) => d.doc.get_change_meta_by_hash(hash).is_some(),
+            None => self
+                .unsaved
+                .get(id)
+                .is_some_and(|u| u.changes.iter().any(|c| c.hash() == *hash)),
+        }
+    }
+
+    /// Accepts changes of a document that is not in memory without loading it, if they
+    /// extend its heads (known: see [`Need::Heads`]) directly (`history::fast_forward`).
+    /// Returns the indexes of the changes that are new and the document's heads after
+    /// them; `None`: load it instead.
+    pub(crate) fn append_unloaded(&mut self, id: &str, changes: &[Change]) -> Option<Appended> {
+        if self.loaded.contains_key(id) || !self.stored {
+            return None;
+        }
+        let base = self.heads(id)?;
+        let (heads, fresh) = super::history::fast_forward(&base, changes)?;
+        if fresh.is_empty() {
+            return Some((fresh, heads));
+        }
+        let entry = self.unsaved.entry(id.to_string()).or_insert(Unsaved {
+            heads: Vec::new(),
+            changes: Vec::new(),
+            token: 0,
+        });
+        entry.heads = heads.clone();
+        entry
+            .changes
+            .extend(fresh.iter().map(|&i| changes[i].clone()));
+        let raw: Vec<[u8; 32]> = heads.iter().map(|h| h.0).collect();
+        self.index.set(id, heads_digest(&raw));
+        Some((fresh, heads))
+    }
+
+    /// Forgets accepted unloaded changes once durable (`durable(doc, token)` is true); the
+    /// store has them then.
+    pub(crate) fn settle_unsaved(&mut self, durable: impl Fn(&str, u64) -> bool) {
+        self.unsaved.retain(|doc, u| !durable(doc, u.token));
+    }
+
+    /// The changes of a document not in memory after `after`, from the stored log just
+    /// read (see [`Need::Log`]) and the changes accepted unloaded; `None` if that needs
+    /// the document.
+    pub(crate) fn stored_changes_after(
+        &self,
+        id: &str,
+        after: &[ChangeHash],
+    ) -> Option<Vec<Vec<u8>>> {
+        if self.loaded.contains_key(id) {
+            return None;
+        }
+        let (_, stored) = self.fetched.as_ref().filter(|(f, _)| f == id)?;
+        let mut log = stored.changes.clone();
+        if let Some(u) = self.unsaved.get(id) {
+            log.extend(u.changes.iter().cloned());
+        }
+        let in_log: HashSet<ChangeHash> = log.iter().map(|c| c.hash()).collect();
+        // Where they name a change the log does not hold, the walk cannot stop there.
+        if !after.iter().all(|h| in_log.contains(h)) {
+            return None;
+        }
+        let heads = self.heads(id)?;
+        super::history::changes_after(&log, &heads, after)
+            .map(|list| list.iter().map(|c| c.raw_bytes().to_vec()).collect())
     }
 
     /// Removes a document that holds nothing (a failed first write must not leave it).

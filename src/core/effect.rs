@@ -44,13 +44,15 @@ pub enum Effect {
         /// What to send.
         msg: ClientMsg,
     },
-    /// Read the stored document `doc` (off the driver's task: e.g. a reader thread),
-    /// decode it with [`LoadedDoc::from_stored`](super::LoadedDoc::from_stored) and hand
-    /// the result to [`Replica::read_done`](super::Replica::read_done). Work that needs the
-    /// document waits in the core until then; everything else goes on.
+    /// Read `kind` of the stored document `doc` (off the driver's task: e.g. a reader
+    /// thread, with [`Fetched::read`](super::Fetched::read)) and hand the result to
+    /// [`Replica::read_done`](super::Replica::read_done). Work that needs the document
+    /// waits in the core until then; everything else goes on.
     Read {
         /// Document id.
         doc: String,
+        /// What to read.
+        kind: super::ReadKind,
     },
     /// The document's visible state changed (local or remote change); these are its heads.
     Notify {

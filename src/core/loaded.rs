@@ -1,8 +1,73 @@
-//! [`LoadedDoc`]: a stored document decoded (on any thread) before it joins a replica.
+//! What the driver reads from the store for the core, on any thread: a document decoded
+//! into Automerge ([`LoadedDoc`]) or just its heads and change log ([`StoredLog`]: enough to
+//! take changes that extend it, or to answer a peer, without decoding the document).
 
-use automerge::{Automerge, Change};
+use automerge::{Automerge, Change, ChangeHash};
 
 use super::CoreError;
+use crate::storage::{DocReader, StoredDoc};
+
+/// What [`Effect::Read`](super::Effect::Read) asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadKind {
+    /// Its heads (from the store's index) and its change log: [`StoredLog::read`].
+    Log,
+    /// The whole document, decoded: [`LoadedDoc::read`].
+    Doc,
+}
+
+/// A finished read, for [`Replica::read_done`](super::Replica::read_done); `None`: the
+/// store does not have the document.
+pub enum Fetched {
+    /// For [`ReadKind::Log`].
+    Log(Option<StoredLog>),
+    /// For [`ReadKind::Doc`].
+    Doc(Option<LoadedDoc>),
+}
+
+impl Fetched {
+    /// Carries out a read of `kind` of `doc` from `reader` (blocking: a reader thread's
+    /// work).
+    pub fn read(reader: &dyn DocReader, doc: &str, kind: ReadKind) -> Result<Fetched, CoreError> {
+        match kind {
+            ReadKind::Log => StoredLog::read(reader, doc).map(Fetched::Log),
+            ReadKind::Doc => LoadedDoc::read(reader, doc).map(Fetched::Doc),
+        }
+    }
+}
+
+/// A stored document's heads and the changes logged since its snapshot, decoded as
+/// changes only (the snapshot is not loaded).
+pub struct StoredLog {
+    pub(crate) heads: Vec<ChangeHash>,
+    pub(crate) changes: Vec<Change>,
+}
+
+impl StoredLog {
+    /// Reads `doc`'s heads from the store's index and its log; `None` if not stored.
+    pub fn read(reader: &dyn DocReader, doc: &str) -> Result<Option<StoredLog>, CoreError> {
+        let storage = |e: crate::storage::StorageError| CoreError::Storage {
+            doc: doc.to_string(),
+            detail: e.to_string(),
+        };
+        let Some(stored) = reader.read(doc).map_err(storage)? else {
+            return Ok(None);
+        };
+        let heads = reader.heads(doc).map_err(storage)?.unwrap_or_default();
+        let mut changes = Vec::with_capacity(stored.changes.len());
+        for (i, bytes) in stored.changes.into_iter().enumerate() {
+            let change = Change::from_bytes(bytes).map_err(|e| CoreError::CorruptStored {
+                doc: doc.to_string(),
+                detail: format!("change #{i}: {e}"),
+            })?;
+            changes.push(change);
+        }
+        Ok(Some(StoredLog {
+            heads: heads.into_iter().map(ChangeHash).collect(),
+            changes,
+        }))
+    }
+}
 
 /// A stored document decoded and loaded, ready for
 /// [`Replica::insert_loaded`](super::Replica::insert_loaded).
@@ -21,8 +86,17 @@ impl LoadedDoc {
     }
 
     /// Decodes a document as the store holds it (see [`LoadedDoc::decode`]).
-    pub fn from_stored(stored: &crate::storage::StoredDoc) -> Result<LoadedDoc, CoreError> {
+    pub fn from_stored(stored: &StoredDoc) -> Result<LoadedDoc, CoreError> {
         LoadedDoc::decode(&stored.id, stored.snapshot.as_deref(), &stored.changes)
+    }
+
+    /// Reads `doc` from the store and decodes it; `None` if not stored.
+    pub fn read(reader: &dyn DocReader, doc: &str) -> Result<Option<LoadedDoc>, CoreError> {
+        let stored = reader.read(doc).map_err(|e| CoreError::Storage {
+            doc: doc.to_string(),
+            detail: e.to_string(),
+        })?;
+        stored.as_ref().map(LoadedDoc::from_stored).transpose()
     }
 
     /// A snapshot for compaction, as [`Replica::snapshot`](super::Replica::snapshot) makes

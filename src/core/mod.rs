@@ -20,6 +20,7 @@ mod clients;
 mod docs;
 mod effect;
 mod gate;
+mod history;
 mod lag;
 mod loaded;
 mod memory;
@@ -32,7 +33,7 @@ pub use clients::ClientMsg;
 pub use docs::StoredIndex;
 pub use effect::Effect;
 pub use lag::LagView;
-pub use loaded::LoadedDoc;
+pub use loaded::{Fetched, LoadedDoc, ReadKind, StoredLog};
 pub use replica::{
     ChangeError, ClientError, CoreConfig, CoreStats, DocCounts, LocalWrite, Replica, Snapshot,
     Unsent,

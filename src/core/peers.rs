@@ -43,6 +43,8 @@ pub(crate) struct Peer {
     pub(crate) since: u64,
     /// Pushes not yet confirmed, receipts owed, divergence (see `core::lag`).
     pub(crate) lag: Lag,
+    /// Wants started once their document's heads were read, sent with the next pump.
+    pub(crate) ready_wants: Vec<crate::wire::Want>,
     /// When acknowledgements owed are sent again (see `timers`).
     pub(crate) owed_at: Option<u64>,
     /// When a receipt of the changes received is sent (see `timers`).
@@ -72,6 +74,7 @@ impl Peer {
             since,
             lag: Lag::default(),
             owed_acks: Vec::new(),
+            ready_wants: Vec::new(),
             owed_at: None,
             receipt_at: None,
         }

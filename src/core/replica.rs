@@ -534,6 +534,12 @@ impl Replica {
             // Storage works: what failed before is written at the next timeout (now).
             self.retry.soon();
         }
+        // Changes taken unloaded are in the store once their batch is: forget them here,
+        // when durability changes, rather than on every message (not those of a document
+        // with changes of a failed batch still to write).
+        let (batches, retry) = (&self.batches, &self.retry);
+        self.docs
+            .settle_unsaved(|doc, t| batches.is_durable(t) && !retry.holds(doc));
         let Some(work) = work else {
             return;
         };

@@ -188,7 +188,7 @@ impl Cluster {
                 }
                 Effect::Acked { doc, hash, by } => self.acked.push((id.to_string(), doc, hash, by)),
                 Effect::Notify { .. } => {}
-                Effect::Read { doc } => panic!("{id} asks to read {doc}, but it has no store"),
+                Effect::Read { doc, .. } => panic!("{id} asks to read {doc}, but it has no store"),
                 Effect::Client { client, msg } => {
                     self.to_clients.push((id.to_string(), client, msg))
                 }

@@ -528,8 +528,8 @@ impl Driver {
                         }
                     }
                     Effect::Persist { token, docs } => self.persist(token, docs),
-                    Effect::Read { doc } => {
-                        if !self.reads.read(doc.clone()) {
+                    Effect::Read { doc, kind } => {
+                        if !self.reads.read(doc.clone(), kind) {
                             let gone = CoreError::Storage {
                                 doc: doc.clone(),
                                 detail: "the reader threads have stopped".into(),
@@ -555,7 +555,7 @@ impl Driver {
         &mut self,
         now: u64,
         doc: String,
-        result: Result<Option<crate::core::LoadedDoc>, CoreError>,
+        result: Result<crate::core::Fetched, CoreError>,
     ) {
         let failure = result.as_ref().err().map(|e| e.to_string());
         self.replica.read_done(now, &doc, result);

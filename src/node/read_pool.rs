@@ -1,8 +1,9 @@
 //! The reader threads: they serve the core's [`Effect::Read`](crate::core::Effect::Read)
 //! requests off the async runtime. Each read takes the document from the store (a redb
 //! read transaction, which runs concurrently with the storage thread's commits) and decodes
-//! it into a [`LoadedDoc`]; the result goes back to the driver as one input, so the driver's
-//! task never waits for the disk nor spends its time decoding.
+//! what was asked ([`Fetched::read`]: the document into Automerge, or its heads and change
+//! log); the result goes back to the driver as one input, so the driver's task never waits
+//! for the disk nor spends its time decoding.
 //!
 //! The queue of reads is unbounded but holds only document ids: the core asks for each
 //! document once until its read is done.
@@ -12,18 +13,18 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use crate::core::{CoreError, LoadedDoc};
+use crate::core::{CoreError, Fetched, ReadKind};
 use crate::storage::DocReader;
 
 /// Reader threads per node.
 pub(crate) const READ_THREADS: usize = 2;
 
-/// A finished read: the document id and the decoded document (`None`: not stored).
-pub(crate) type ReadDone = (String, Result<Option<LoadedDoc>, CoreError>);
+/// A finished read: the document id and what was read.
+pub(crate) type ReadDone = (String, Result<Fetched, CoreError>);
 
 /// Hands reads to the reader threads; they end when it is dropped.
 pub(crate) struct ReadPool {
-    jobs: std_mpsc::Sender<String>,
+    jobs: std_mpsc::Sender<(String, ReadKind)>,
 }
 
 impl ReadPool {
@@ -33,7 +34,7 @@ impl ReadPool {
         threads: usize,
         done: mpsc::UnboundedSender<ReadDone>,
     ) -> std::io::Result<ReadPool> {
-        let (jobs, rx) = std_mpsc::channel::<String>();
+        let (jobs, rx) = std_mpsc::channel::<(String, ReadKind)>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads.max(1) {
             let (rx, reader, done) = (Arc::clone(&rx), Arc::clone(&reader), done.clone());
@@ -45,10 +46,10 @@ impl ReadPool {
                         Ok(rx) => rx.recv(),
                         Err(_) => return,
                     };
-                    let Ok(doc) = next else {
+                    let Ok((doc, kind)) = next else {
                         return;
                     };
-                    let result = read(reader.as_ref(), &doc);
+                    let result = Fetched::read(reader.as_ref(), &doc, kind);
                     if done.send((doc, result)).is_err() {
                         return;
                     }
@@ -57,19 +58,10 @@ impl ReadPool {
         Ok(ReadPool { jobs })
     }
 
-    /// Queues the read of `doc`; false if the readers are gone.
-    pub(crate) fn read(&self, doc: String) -> bool {
-        self.jobs.send(doc).is_ok()
+    /// Queues a read of `kind` of `doc`; false if the readers are gone.
+    pub(crate) fn read(&self, doc: String, kind: ReadKind) -> bool {
+        self.jobs.send((doc, kind)).is_ok()
     }
-}
-
-/// Reads and decodes one document.
-pub(crate) fn read(reader: &dyn DocReader, doc: &str) -> Result<Option<LoadedDoc>, CoreError> {
-    let stored = reader.read(doc).map_err(|e| CoreError::Storage {
-        doc: doc.to_string(),
-        detail: e.to_string(),
-    })?;
-    stored.as_ref().map(LoadedDoc::from_stored).transpose()
 }
 
 #[cfg(test)]
@@ -93,15 +85,34 @@ mod tests {
             .unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let pool = ReadPool::spawn(store.reader(), 2, tx).unwrap();
-        assert!(pool.read("a".into()));
-        assert!(pool.read("missing".into()));
+        assert!(pool.read("a".into(), ReadKind::Doc));
+        assert!(pool.read("missing".into(), ReadKind::Doc));
+        assert!(pool.read("a".into(), ReadKind::Log));
         let mut got = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..3 {
             got.push(rx.recv().await.unwrap());
         }
-        got.sort_by(|a, b| a.0.cmp(&b.0));
-        let loaded = got[0].1.as_ref().unwrap().as_ref().unwrap();
-        assert_eq!(loaded.heads(), heads);
-        assert!(matches!(got[1].1, Ok(None)));
+        let (mut docs, mut logs, mut missing) = (0, 0, 0);
+        for (doc, result) in got {
+            match result.unwrap() {
+                Fetched::Doc(Some(loaded)) => {
+                    assert_eq!((doc.as_str(), loaded.heads()), ("a", heads.clone()));
+                    docs += 1;
+                }
+                Fetched::Log(Some(log)) => {
+                    assert_eq!(doc, "a");
+                    assert_eq!(log.changes.len(), 1);
+                    let raw: Vec<[u8; 32]> = log.heads.iter().map(|h| h.0).collect();
+                    assert_eq!(raw, heads);
+                    logs += 1;
+                }
+                Fetched::Doc(None) => {
+                    assert_eq!(doc, "missing");
+                    missing += 1;
+                }
+                Fetched::Log(None) => panic!("a is stored"),
+            }
+        }
+        assert_eq!((docs, logs, missing), (1, 1, 1));
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use automerge::{Automerge, ChangeHash};
-use concordant::core::{CoreConfig, Flood, Replica};
+use concordant::core::{CoreConfig, Fetched, Flood, Replica};
 
 use super::workload::counter_value;
 use super::world::{as_stored, read_stored, stored_index, Sim, Totals};
@@ -121,7 +121,7 @@ impl Sim {
             }
             for (doc, doc_heads) in &expected {
                 if !r.prepare(doc) {
-                    r.read_done(0, doc, read_stored(&store, doc));
+                    r.read_done(0, doc, read_stored(&store, doc).map(Fetched::Doc));
                 }
                 let d = r
                     .load(doc)

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{Automerge, ChangeHash};
-use concordant::core::{CoreConfig, CoreStats, Effect, Flood, LoadedDoc, Replica, StoredIndex};
+use concordant::core::{
+    CoreConfig, CoreStats, Effect, Fetched, Flood, LoadedDoc, ReadKind, Replica, StoredIndex,
+};
 use concordant::storage::{Compaction, DocAppend, MemoryStore, Store};
 use concordant::wire;
 use rand::rngs::StdRng;
@@ -38,6 +40,7 @@ pub(crate) enum Event {
         node: usize,
         life: u64,
         doc: String,
+        kind: ReadKind,
     },
     /// A compaction queued after the persists before it, as the node's store thread does.
     CompactDone {
@@ -626,10 +629,16 @@ impl Sim {
                     "n{i} got an ack from n{j} for {hash}, which n{j} has not persisted"
                 );
             }
-            Effect::Read { doc } => {
+            Effect::Read { doc, kind } => {
                 let delay = self.rng.random_range(1..=self.params.read_ms);
                 let life = self.nodes[i].life;
-                self.schedule(delay, Event::ReadDone { node: i, life, doc });
+                let read = Event::ReadDone {
+                    node: i,
+                    life,
+                    doc,
+                    kind,
+                };
+                self.schedule(delay, read);
             }
             // No automerge-repo clients in the simulation.
             Effect::Notify { .. } | Effect::Client { .. } => {}
@@ -754,13 +763,19 @@ impl Sim {
                 self.compact_long_logs(node, appended);
                 self.pump(node);
             }
-            Event::ReadDone { node, life, doc } => {
+            Event::ReadDone {
+                node,
+                life,
+                doc,
+                kind,
+            } => {
                 self.in_flight -= 1;
                 if self.nodes[node].life != life || !self.alive(node) {
                     return;
                 }
-                self.log(|| format!("read n{node} {doc}"));
-                let result = read_stored(&self.nodes[node].store, &doc);
+                self.log(|| format!("read n{node} {doc} ({kind:?})"));
+                let reader = self.nodes[node].store.reader();
+                let result = Fetched::read(reader.as_ref(), &doc, kind);
                 let now = self.now;
                 if let Some(r) = self.nodes[node].replica.as_mut() {
                     r.read_done(now, &doc, result);
@@ -950,7 +965,8 @@ impl Sim {
             return false;
         };
         if !r.prepare(doc) {
-            r.read_done(now, doc, read_stored(&node.store, doc));
+            let fetched = read_stored(&node.store, doc).map(Fetched::Doc);
+            r.read_done(now, doc, fetched);
         }
         true
     }

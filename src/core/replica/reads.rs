@@ -2,20 +2,25 @@
 //!
 //! Work that needs a stored document not in memory (a push, a peer's want, a sync message,
 //! a client's message) is parked here, per document and in arrival order, and the core
-//! asks its driver for the document with [`Effect::Read`]. Every other document goes on
-//! meanwhile. When the driver hands the decoded document over ([`Replica::read_done`]), the
-//! parked work runs in order; if the read failed, it is dropped as if lost on the way
-//! (anti-entropy brings peers' changes again; clients hear `Unavailable`).
+//! asks its driver for what it needs with [`Effect::Read`]: the document itself, or only
+//! its heads and change log ([`crate::core::ReadKind::Log`]: a push that extends the heads is taken
+//! without loading the document, and a peer's want is answered from the log). Every other
+//! document goes on meanwhile. When the driver hands the read over ([`Replica::read_done`]),
+//! the parked work runs in order (work that turns out to need the whole document asks for
+//! it and parks again, with everything after it); if the read failed, it is dropped as if
+//! lost on the way (anti-entropy brings peers' changes again; clients hear `Unavailable`).
 //!
 //! Callers outside the core (the driver's local writes, merges and reads) ask
 //! [`Replica::prepare`] first and wait for the same hand-over themselves.
 
 use automerge::Change;
 
+use super::repair::WantStep;
 use super::Replica;
 use crate::core::clients::ClientMsg;
-use crate::core::docs::Residency;
-use crate::core::{CoreError, Effect, LoadedDoc};
+use crate::core::docs::{Need, Residency};
+use crate::core::peers::Wanted;
+use crate::core::{CoreError, Effect, Fetched};
 use crate::wire::Want;
 
 /// Work waiting for its document's read.
@@ -41,6 +46,8 @@ pub(super) enum Parked {
     },
     /// The document's clients are due a sync message (see `serve_clients`).
     Serve,
+    /// A document to ask `peer` for, once its heads are read (see `pump_wants`).
+    Wanted { peer: String, wanted: Wanted },
 }
 
 impl Replica {
@@ -49,13 +56,20 @@ impl Replica {
     /// again after [`Replica::read_done`] for it. Local changes, merges, [`Replica::load`]
     /// and [`Replica::snapshot`] need this first.
     pub fn prepare(&mut self, doc: &str) -> bool {
-        match self.docs.residency(doc) {
-            Residency::Loaded | Residency::Absent => true,
-            Residency::Reading { started } => {
-                if started {
+        self.ready(doc, Need::Doc)
+    }
+
+    /// True if work needing `need` of `doc` can run now; otherwise the read it needs is
+    /// under way (asked for now if it was not).
+    pub(super) fn ready(&mut self, doc: &str, need: Need) -> bool {
+        match self.docs.ready(doc, need) {
+            Residency::Ready => true,
+            Residency::Reading(started) => {
+                if let Some(kind) = started {
                     self.stats.reads_asked += 1;
                     self.effects.push(Effect::Read {
                         doc: doc.to_string(),
+                        kind,
                     });
                 }
                 false
@@ -68,10 +82,11 @@ impl Replica {
         self.docs.reading_len()
     }
 
-    /// The read asked for by [`Effect::Read`] ended: the document joins the memory
-    /// (`Ok(None)`: it is not stored after all) and the work parked for it runs, in
-    /// order. On `Err` the parked work is dropped (counted as a load error).
-    pub fn read_done(&mut self, now: u64, doc: &str, result: Result<Option<LoadedDoc>, CoreError>) {
+    /// The read asked for by [`Effect::Read`] ended: the document joins the memory, or
+    /// its stored log (a [`crate::core::ReadKind::Log`] read) serves the work parked for it, which runs
+    /// in order (`None`: it is not stored after all). On `Err` the parked work is dropped
+    /// (counted as a load error).
+    pub fn read_done(&mut self, now: u64, doc: &str, result: Result<Fetched, CoreError>) {
         self.now = self.now.max(now);
         if !self.docs.is_reading(doc) {
             return;
@@ -84,14 +99,22 @@ impl Replica {
             Ok(_) => false,
         };
         self.docs.read_done(doc, result);
-        let parked = self.parked.remove(doc).unwrap_or_default();
-        for work in parked {
+        let mut parked = self.parked.remove(doc).unwrap_or_default().into_iter();
+        while let Some(work) = parked.next() {
             if failed {
                 self.drop_parked(doc, work);
+            } else if self.parked.contains_key(doc) {
+                // Earlier work asked for more (the whole document): the rest waits too.
+                self.park(doc, work);
+                self.parked
+                    .entry(doc.to_string())
+                    .or_default()
+                    .extend(parked.by_ref());
             } else {
                 self.resume(now, doc, work);
             }
         }
+        self.docs.forget_fetched();
     }
 
     /// Parks `work` until `doc` is read (after [`Replica::prepare`] said it must be).
@@ -130,6 +153,19 @@ impl Replica {
                 }
             }
             Parked::Serve => self.clients.mark(doc),
+            Parked::Wanted { peer, wanted } => {
+                if !self.peers.contains_key(&peer) {
+                    return;
+                }
+                let step = self.want_step(&peer, wanted, now);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    match step {
+                        WantStep::Send(want) => p.ready_wants.push(want),
+                        WantStep::Later(wanted) | WantStep::Read(wanted) => p.want(wanted),
+                        WantStep::Skip => {}
+                    }
+                }
+            }
         }
     }
 

@@ -8,6 +8,7 @@ use serde_bytes::ByteBuf;
 
 use super::reads::Parked;
 use super::Replica;
+use crate::core::docs::Need;
 
 impl Replica {
     /// Changes pushed by `from`: decoded (bad ones counted), then accepted once the
@@ -31,7 +32,7 @@ impl Replica {
                 Err(_) => self.stats.bad_changes += 1,
             }
         }
-        if self.prepare(&doc) {
+        if self.ready(&doc, Need::Heads) {
             self.accept_push(now, from, &doc, &origin, want_ack, decoded);
         } else {
             let work = Parked::Push {
@@ -44,8 +45,10 @@ impl Replica {
         }
     }
 
-    /// Pushed changes of a document in memory (or new): the new ones wait for the next
-    /// batched apply, are persisted, acknowledged once durable if asked, and pushed on.
+    /// Pushed changes of a document whose heads are known: taken without loading it where
+    /// they extend its heads directly, else once it is in memory (then they wait for the
+    /// next batched apply). New ones are persisted, acknowledged once durable if asked, and
+    /// pushed on.
     pub(super) fn accept_push(
         &mut self,
         now: u64,
@@ -56,14 +59,39 @@ impl Replica {
         decoded: Vec<Change>,
     ) {
         let total = decoded.len();
-        // Not acknowledged, so not lost: anti-entropy brings the changes again.
-        let Ok(state) = self.docs.get_or_create(doc) else {
-            return;
+        let (accepted, loaded) = match self.docs.append_unloaded(doc, &decoded) {
+            Some((fresh, heads)) => {
+                if !fresh.is_empty() {
+                    self.notify(doc.to_string(), heads);
+                }
+                let picked: Vec<Change> = fresh.iter().map(|&i| decoded[i].clone()).collect();
+                (picked, false)
+            }
+            None if !self.ready(doc, Need::Doc) => {
+                let (from, origin) = (from.to_string(), origin.to_string());
+                let changes = decoded;
+                return self.park(
+                    doc,
+                    Parked::Push {
+                        from,
+                        origin,
+                        want_ack,
+                        changes,
+                    },
+                );
+            }
+            None => {
+                // Not acknowledged, so not lost: anti-entropy brings the changes again.
+                let Ok(state) = self.docs.get_or_create(doc) else {
+                    return;
+                };
+                let picked = decoded
+                    .into_iter()
+                    .filter(|c| state.push_pending(c.clone()))
+                    .collect();
+                (picked, true)
+            }
         };
-        let accepted: Vec<Change> = decoded
-            .into_iter()
-            .filter(|c| state.push_pending(c.clone()))
-            .collect();
         self.stats.duplicates += (total - accepted.len()) as u64;
         let mut fresh = Vec::with_capacity(accepted.len());
         let mut owed = Vec::new();
@@ -79,10 +107,12 @@ impl Replica {
             return;
         }
         self.stats.remote_changes += fresh.len() as u64;
-        if let Some(state) = self.docs.peek_mut(doc) {
-            state.last_change_ms = now;
+        if loaded {
+            if let Some(state) = self.docs.peek_mut(doc) {
+                state.last_change_ms = now;
+            }
+            self.dirty.insert(doc.to_string());
         }
-        self.dirty.insert(doc.to_string());
         if !owed.is_empty() {
             self.batches
                 .acks

@@ -23,7 +23,17 @@ use automerge::ChangeHash;
 use serde_bytes::ByteBuf;
 
 use super::reads::Parked;
+
+/// See [`Replica::want_step`].
+pub(super) enum WantStep {
+    Send(Want),
+    Skip,
+    Later(Wanted),
+    Read(Wanted),
+}
+
 use super::Replica;
+use crate::core::docs::Need;
 use crate::core::peers::Wanted;
 use crate::core::reconcile::Answer;
 use crate::core::Effect;
@@ -102,7 +112,7 @@ impl Replica {
                 continue;
             }
             if d.ours.is_some() && d.theirs.is_none() {
-                if self.prepare(&d.doc) {
+                if self.ready(&d.doc, Need::Log) {
                     self.send_missing(from, &d.doc, &[]);
                 } else {
                     let peer = from.to_string();
@@ -125,7 +135,7 @@ impl Replica {
             if want.reply && self.gate.answered(&want.doc, from) {
                 self.release_held(now, &want.doc);
             }
-            if self.prepare(&want.doc) {
+            if self.ready(&want.doc, Need::Log) {
                 self.answer_want(now, from, want);
             } else {
                 let doc = want.doc.clone();
@@ -135,9 +145,18 @@ impl Replica {
         }
     }
 
-    /// Answers one want of a document in memory (or that this node does not have).
+    /// Answers one want of a document whose stored log is at hand (or in memory, or that
+    /// this node does not have): from the log where it holds the answer, else from the
+    /// document (read first if need be).
     pub(super) fn answer_want(&mut self, now: u64, from: &str, want: Want) {
         let theirs: Vec<ChangeHash> = want.heads.iter().copied().map(ChangeHash).collect();
+        if let Some(changes) = self.docs.stored_changes_after(&want.doc, &theirs) {
+            return self.queue_repair(from, &want.doc, changes);
+        }
+        if !self.ready(&want.doc, Need::Doc) {
+            let (doc, from) = (want.doc.clone(), from.to_string());
+            return self.park(&doc, Parked::Want { from, want });
+        }
         self.apply_doc(&want.doc);
         let known = self.docs.get(&want.doc).map(|state| {
             theirs
@@ -175,8 +194,16 @@ impl Replica {
 
     /// Queues for `peer` the changes of `doc` that follow `heads` (all of them if empty),
     /// as repaired changes: the peer acknowledges them and passes them on as if this node
-    /// had written them. The document is in memory (or this node does not have it).
+    /// had written them. The document's stored log is at hand, or the document in memory
+    /// (or this node does not have it); read first if the log does not hold the answer.
     pub(super) fn send_missing(&mut self, peer: &str, doc: &str, heads: &[ChangeHash]) {
+        if let Some(changes) = self.docs.stored_changes_after(doc, heads) {
+            return self.queue_repair(peer, doc, changes);
+        }
+        if !self.ready(doc, Need::Doc) {
+            let peer = peer.to_string();
+            return self.park(doc, Parked::Missing { peer });
+        }
         let Some(state) = self.docs.get(doc) else {
             return;
         };
@@ -200,57 +227,69 @@ impl Replica {
         self.stats.repair_changes_sent += changes.len() as u64;
     }
 
-    /// Sends queued wants to every peer, up to the window of unanswered ones.
+    /// Sends queued wants to every peer, up to the window of unanswered ones. A document
+    /// whose heads are not known without reading it waits for a read of its log (at most a
+    /// window of reads at once), then goes out with the next pump.
     pub(super) fn pump_wants(&mut self) {
         let now = self.now;
         let window = self.config.want_window;
         let ids: Vec<String> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.wants_queued())
+            .filter(|(_, p)| p.wants_queued() || !p.ready_wants.is_empty())
             .map(|(id, _)| id.clone())
             .collect();
         for peer in ids {
             let mut out = Vec::new();
             let mut size = 0;
+            let ready = self
+                .peers
+                .get_mut(&peer)
+                .map(|p| std::mem::take(&mut p.ready_wants))
+                .unwrap_or_default();
             // Each queued document is looked at once per pump at most.
             let mut budget = self.peers.get(&peer).map_or(0, |p| p.wants_len());
-            while budget > 0 && self.gate.awaiting_from(&peer) < window {
-                budget -= 1;
-                let Some(wanted) = self.peers.get_mut(&peer).and_then(|p| p.next_want()) else {
-                    break;
-                };
-                let Wanted { doc, reply, theirs } = wanted;
-                if theirs.is_some() && self.docs.index().get(&doc) == theirs {
-                    continue; // repaired meanwhile (from another peer)
-                }
-                if self.gate.is_awaiting(&doc, &peer) {
-                    continue; // asked already
-                }
-                if !self.gate.may_start(&doc, &peer) {
-                    // Asked of another peer: ask this one later if that does not settle it.
-                    if let Some(p) = self.peers.get_mut(&peer) {
-                        p.want(Wanted { doc, reply, theirs });
+            let mut pending = ready.into_iter();
+            loop {
+                let want = if let Some(want) = pending.next() {
+                    want
+                } else {
+                    if budget == 0 || self.gate.awaiting_from(&peer) >= window {
+                        break;
                     }
-                    continue;
-                }
-                let Some(heads) = self.docs.heads(&doc) else {
-                    // Stored, not in memory: asked for now, and wanted again once read
-                    // (a flush follows every read).
-                    self.prepare(&doc);
-                    if let Some(p) = self.peers.get_mut(&peer) {
-                        p.want(Wanted { doc, reply, theirs });
+                    budget -= 1;
+                    let Some(wanted) = self.peers.get_mut(&peer).and_then(|p| p.next_want()) else {
+                        break;
+                    };
+                    match self.want_step(&peer, wanted, now) {
+                        WantStep::Send(want) => want,
+                        WantStep::Skip => continue,
+                        WantStep::Later(wanted) => {
+                            if let Some(p) = self.peers.get_mut(&peer) {
+                                p.want(wanted);
+                            }
+                            continue;
+                        }
+                        WantStep::Read(wanted) => {
+                            let full = self.docs.reading_len() >= window;
+                            let doc = wanted.doc.clone();
+                            if full || self.ready(&doc, Need::Heads) {
+                                if let Some(p) = self.peers.get_mut(&peer) {
+                                    p.want(wanted);
+                                }
+                            } else {
+                                let peer = peer.clone();
+                                self.park(&doc, Parked::Wanted { peer, wanted });
+                            }
+                            if full {
+                                break;
+                            }
+                            continue;
+                        }
                     }
-                    continue;
                 };
-                self.gate.started(&doc, &peer, now);
-                self.stats.wants_sent += 1;
-                size += doc.len() + 32 * heads.len() + 8;
-                out.push(Want {
-                    doc,
-                    heads: heads.iter().map(|h| h.0).collect(),
-                    reply,
-                });
+                size += want.doc.len() + 32 * want.heads.len() + 8;
+                out.push(want);
                 if size >= BATCH_BUDGET / 4 {
                     size = 0;
                     self.send_reconcile(&peer, Message::Want(std::mem::take(&mut out)));
@@ -260,6 +299,32 @@ impl Replica {
                 self.send_reconcile(&peer, Message::Want(out));
             }
         }
+    }
+
+    /// What to do with a document wanted of `peer`: ask for it now (the repair is
+    /// started), not at all, later, or once its heads are read.
+    pub(super) fn want_step(&mut self, peer: &str, wanted: Wanted, now: u64) -> WantStep {
+        let Wanted { doc, reply, theirs } = wanted;
+        if theirs.is_some() && self.docs.index().get(&doc) == theirs {
+            return WantStep::Skip; // repaired meanwhile (from another peer)
+        }
+        if self.gate.is_awaiting(&doc, peer) {
+            return WantStep::Skip; // asked already
+        }
+        if !self.gate.may_start(&doc, peer) {
+            // Asked of another peer: ask this one later if that does not settle it.
+            return WantStep::Later(Wanted { doc, reply, theirs });
+        }
+        let Some(heads) = self.docs.heads(&doc) else {
+            return WantStep::Read(Wanted { doc, reply, theirs });
+        };
+        self.gate.started(&doc, peer, now);
+        self.stats.wants_sent += 1;
+        WantStep::Send(Want {
+            doc,
+            heads: heads.iter().map(|h| h.0).collect(),
+            reply,
+        })
     }
 
     pub(super) fn send_reconcile(&mut self, to: &str, msg: Message) {

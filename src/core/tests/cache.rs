@@ -2,7 +2,7 @@
 //! document being read waits; other documents go on).
 
 use super::*;
-use crate::core::{LoadedDoc, StoredIndex};
+use crate::core::{Fetched, ReadKind, StoredIndex};
 use crate::storage::{MemoryStore, Store};
 
 /// A replica over a fresh in-memory store holding at most `cache` documents in memory.
@@ -29,9 +29,8 @@ pub(super) fn linked_to_stored() -> (Replica, Replica, MemoryStore) {
 }
 
 /// What the driver's reader threads do for an [`Effect::Read`].
-pub(super) fn read(store: &MemoryStore, doc: &str) -> Result<Option<LoadedDoc>, CoreError> {
-    let stored = store.reader().read(doc).unwrap();
-    stored.as_ref().map(LoadedDoc::from_stored).transpose()
+pub(super) fn read(store: &MemoryStore, doc: &str, kind: ReadKind) -> Result<Fetched, CoreError> {
+    Fetched::read(store.reader().as_ref(), doc, kind)
 }
 
 /// Flushes `r`, carries out its persists into `store` and serves its reads from it at
@@ -49,7 +48,7 @@ pub(super) fn settle(r: &mut Replica, store: &mut MemoryStore) -> Vec<Effect> {
                     store.append(&docs).unwrap();
                     r.persisted(token);
                 }
-                Effect::Read { doc } => r.read_done(0, &doc, read(store, &doc)),
+                Effect::Read { doc, kind } => r.read_done(0, &doc, read(store, &doc, kind)),
                 other => rest.push(other),
             }
         }
@@ -75,10 +74,10 @@ fn evict(b: &mut Replica, store: &mut MemoryStore, doc: &str) {
     assert!(b.doc(doc).is_none(), "{doc} evicted");
 }
 
-fn reads_of(list: &[Effect]) -> Vec<String> {
+fn reads_of(list: &[Effect]) -> Vec<(String, ReadKind)> {
     list.iter()
         .filter_map(|e| match e {
-            Effect::Read { doc } => Some(doc.clone()),
+            Effect::Read { doc, kind } => Some((doc.clone(), *kind)),
             _ => None,
         })
         .collect()
@@ -138,10 +137,12 @@ fn a_local_change_to_a_stored_document_not_in_memory_waits_for_its_read() {
     ));
     assert!(!b.prepare("d"));
     assert!(!b.prepare("d"), "asked once");
-    assert_eq!(reads_of(&b.drain_effects()), vec!["d".to_string()]);
+    assert_eq!(
+        reads_of(&b.drain_effects()),
+        vec![("d".into(), ReadKind::Doc)]
+    );
     assert_eq!(b.reads_in_flight(), 1);
-    let stored = read(&store, "d");
-    b.read_done(5, "d", stored);
+    b.read_done(5, "d", read(&store, "d", ReadKind::Doc));
     assert!(b.prepare("d"));
     let h = put(&mut b, 6, "d", "k", 2, false);
     settle(&mut b, &mut store);
@@ -164,9 +165,11 @@ fn a_push_waits_for_its_documents_read_while_other_documents_go_on() {
     for (_, m) in sends(&effects(&mut a)) {
         b.handle_message(5, "a", via_wire(&m));
     }
+    let loads = b.stats().doc_loads;
     b.flush();
     let list = b.drain_effects();
-    assert_eq!(reads_of(&list), vec!["d".to_string()]);
+    // Only its heads and log are read: the push extends them.
+    assert_eq!(reads_of(&list), vec![("d".into(), ReadKind::Log)]);
     // "e" is new here: persisted at once, while "d" waits for its read.
     let persisted: Vec<String> = list
         .iter()
@@ -190,13 +193,17 @@ fn a_push_waits_for_its_documents_read_while_other_documents_go_on() {
     };
     assert!(acked(&acks, other));
     assert!(!acked(&acks, second));
-    // The read arrives: the push is applied, persisted and acknowledged.
-    let stored = read(&store, "d");
-    b.read_done(6, "d", stored);
+    // The read arrives: the push is taken (without loading "d"), persisted, acknowledged.
+    b.read_done(6, "d", read(&store, "d", ReadKind::Log));
     let rest = settle(&mut b, &mut store);
     assert!(acked(&rest, second));
     assert_eq!(store.reader().heads("d").unwrap(), Some(vec![second.0]));
-    assert_eq!(b.doc("d").unwrap().get_changes(&[]).len(), 2);
+    assert_eq!(
+        b.stats().doc_loads,
+        loads,
+        "taken without loading the document"
+    );
+    assert_eq!(loaded(&mut b, &mut store, "d").get_changes(&[]).len(), 2);
 }
 
 #[test]
@@ -217,7 +224,10 @@ fn a_failed_read_drops_the_waiting_work_and_the_next_use_reads_again() {
         b.handle_message(5, "a", m);
     }
     b.flush();
-    assert_eq!(reads_of(&b.drain_effects()), vec!["d".to_string()]);
+    assert_eq!(
+        reads_of(&b.drain_effects()),
+        vec![("d".into(), ReadKind::Log)]
+    );
     let failed = Err(CoreError::Storage {
         doc: "d".into(),
         detail: "disk on fire".into(),
@@ -249,14 +259,15 @@ fn a_want_for_a_stored_document_not_in_memory_is_answered_after_its_read() {
         heads: vec![first.0],
         reply: false,
     }]);
+    let loads = b.stats().doc_loads;
     b.handle_message(4, "a", want);
     b.flush();
     let list = b.drain_effects();
-    assert_eq!(reads_of(&list), vec!["d".to_string()]);
+    assert_eq!(reads_of(&list), vec![("d".into(), ReadKind::Log)]);
     assert!(pushes_to(&list, "a").is_empty());
-    let stored = read(&store, "d");
-    b.read_done(5, "d", stored);
+    b.read_done(5, "d", read(&store, "d", ReadKind::Log));
     let rest = settle(&mut b, &mut store);
+    assert_eq!(b.stats().doc_loads, loads, "answered from the stored log");
     let sent = pushes_to(&rest, "a");
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].changes.len(), 1);
@@ -277,4 +288,52 @@ fn a_stored_change_automerge_refuses_is_left_out_when_the_document_loads() {
     let loaded = crate::core::LoadedDoc::decode("d", None, &[first, clash]).unwrap();
     assert_eq!(loaded.heads().len(), 1);
     assert!(crate::core::LoadedDoc::decode("d", None, &[b"junk".to_vec()]).is_err());
+}
+
+#[test]
+fn a_push_that_does_not_extend_the_stored_heads_reads_the_whole_document_next() {
+    let (mut a, mut b, mut store) = linked_to_stored();
+    put(&mut a, 1, "d", "k", 1, false);
+    for (_, m) in sends(&effects(&mut a)) {
+        b.handle_message(2, "a", via_wire(&m));
+    }
+    settle(&mut b, &mut store);
+    evict(&mut b, &mut store, "d");
+    // c2 is lost on the way; c3 (on top of it) arrives first.
+    let c2: Vec<Message> = {
+        put(&mut a, 4, "d", "k", 2, false);
+        sends(&effects(&mut a))
+            .into_iter()
+            .map(|(_, m)| via_wire(&m))
+            .collect()
+    };
+    let c3 = put(&mut a, 5, "d", "k", 3, false);
+    for (_, m) in sends(&effects(&mut a)) {
+        b.handle_message(6, "a", via_wire(&m));
+    }
+    b.flush();
+    assert_eq!(
+        reads_of(&b.drain_effects()),
+        vec![("d".into(), ReadKind::Log)]
+    );
+    b.read_done(7, "d", read(&store, "d", ReadKind::Log));
+    b.flush();
+    // Its dependency is not in the stored heads: the document itself is read, then the
+    // change waits in it for c2.
+    assert_eq!(
+        reads_of(&b.drain_effects()),
+        vec![("d".into(), ReadKind::Doc)]
+    );
+    b.read_done(8, "d", read(&store, "d", ReadKind::Doc));
+    settle(&mut b, &mut store);
+    assert!(
+        b.doc("d").unwrap().get_change_meta_by_hash(&c3).is_none(),
+        "held back"
+    );
+    for m in c2 {
+        b.handle_message(9, "a", m);
+    }
+    settle(&mut b, &mut store);
+    assert_eq!(b.doc("d").unwrap().get_heads(), vec![c3]);
+    assert_eq!(store.reader().heads("d").unwrap(), Some(vec![c3.0]));
 }

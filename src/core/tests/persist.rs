@@ -1,8 +1,9 @@
 //! Persist batches that storage failed: no acknowledgement, no bookkeeping left behind, and
 //! the changes written again (their documents kept in memory meanwhile).
 
-use super::cache::{linked_to_stored, loaded, read, settle, stored_replica};
+use super::cache::{linked_to_stored, loaded, settle, stored_replica};
 use super::*;
+use crate::core::Fetched;
 use crate::storage::{DocAppend, Store};
 
 /// The one persist batch among `list`, taken.
@@ -112,7 +113,7 @@ fn a_document_whose_persist_failed_stays_in_memory_until_it_is_written() {
 }
 
 #[test]
-fn changes_to_a_document_read_back_whose_persist_failed_are_kept_until_written() {
+fn changes_taken_unloaded_whose_persist_failed_are_kept_until_written() {
     let (mut a, mut b, mut store) = linked_to_stored();
     put(&mut a, 1, "d", "k", 1, false);
     deliver(&mut a, &mut b, 1);
@@ -120,31 +121,32 @@ fn changes_to_a_document_read_back_whose_persist_failed_are_kept_until_written()
     put(&mut b, 2, "other", "k", 1, false);
     settle(&mut b, &mut store);
     assert!(b.doc("d").is_none(), "evicted");
-    // a's second change waits for "d" to be read, then its batch fails.
+    // a's second change is taken without loading "d" (its stored log is read), and its
+    // batch fails.
     let second = put(&mut a, 3, "d", "k", 2, false);
     deliver(&mut a, &mut b, 3);
     b.flush();
     for e in b.drain_effects() {
-        if let Effect::Read { doc } = e {
-            let stored = read(&store, &doc);
-            b.read_done(3, &doc, stored);
+        if let Effect::Read { doc, kind } = e {
+            assert_eq!(kind, crate::core::ReadKind::Log, "only its log is read");
+            let fetched = Fetched::read(store.reader().as_ref(), &doc, kind);
+            b.read_done(3, &doc, fetched);
         }
     }
     let (token, docs) = take_persist(effects(&mut b));
     b.persist_failed(&[token], docs);
+    assert!(b.doc("d").is_none(), "taken without loading it");
     // A third, on top of it, is stored; the second must not be forgotten meanwhile.
     let third = put(&mut a, 4, "d", "k", 3, false);
     deliver(&mut a, &mut b, 4);
     settle(&mut b, &mut store);
-    assert!(
-        b.doc("d").is_some(),
-        "kept in memory until the second is written"
-    );
+    assert!(b.doc("d").is_none());
     b.handle_timeout(5);
     settle(&mut b, &mut store);
     let stored = store.load_all().unwrap();
     let d = stored.iter().find(|s| s.id == "d").unwrap();
     assert_eq!(d.changes.len(), 3, "the second is written after the third");
+    assert_eq!(b.stats().doc_loads, 0, "never loaded");
     let doc = loaded(&mut b, &mut store, "d");
     assert_eq!(doc.get_heads(), vec![third]);
     assert!(doc.get_change_meta_by_hash(&second).is_some());
