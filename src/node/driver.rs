@@ -53,6 +53,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
             .await
             .map_err(|_| Error::Stopped)??;
     tracing::info!(node = %config.id, docs = replica.doc_count(), store = %store.location(), "store open");
+    let reader = store.reader();
 
     let (events_tx, events) = mpsc::channel(4096);
     let members = config
@@ -139,6 +140,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         peer_addr,
         commands: commands_tx,
         health,
+        reader,
     })
 }
 
@@ -551,6 +553,7 @@ impl Driver {
             pending_writes: self.writes.len(),
             storage_queued_bytes: self.storage_queued(),
             storage_failing: self.storage_failing().cloned(),
+            fingerprint: self.replica.fingerprint(),
             sync_clients: self.clients.len(),
             sync_clients_dropped: self.clients_dropped,
             core: self.replica.stats(),

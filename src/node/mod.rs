@@ -32,11 +32,13 @@
 mod builder;
 mod driver;
 mod links;
+mod listing;
 mod load;
 mod store_thread;
 mod writes;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use automerge::transaction::Transaction;
@@ -47,6 +49,7 @@ pub use crate::ops::Ack;
 pub use builder::{
     NodeBuilder, NodeConfig, StorageChoice, DEFAULT_STORE_QUEUE_BYTES, TOPOLOGY_FILE,
 };
+pub use listing::{DocsPage, LIST_PAGE};
 
 use crate::core::{ClientMsg, CoreError, CoreStats, Replica};
 use crate::transport::TransportStats;
@@ -222,6 +225,11 @@ pub struct NodeStatus {
     pub storage_queued_bytes: usize,
     /// Why storage is failing, if it is (see [`Health::StorageFailing`]).
     pub storage_failing: Option<String>,
+    /// The fingerprint of every (document, heads) pair this node holds (the root of its
+    /// reconciliation tree, in memory: changes count from the moment they are applied):
+    /// equal on two nodes exactly when they hold the same documents at the same heads (up
+    /// to a 2^-64 chance).
+    pub fingerprint: u64,
     /// automerge-repo clients connected (see [`crate::sync`]).
     pub sync_clients: usize,
     /// Clients disconnected because they fell too far behind.
@@ -366,6 +374,8 @@ pub struct Node {
     /// Its health: failing storage (recoverable), or failed for good (its driver or
     /// storage thread panicked).
     health: watch::Receiver<Health>,
+    /// Reads the store's index for listings, off the driver (see [`Node::docs_page`]).
+    reader: Arc<dyn crate::storage::DocReader>,
 }
 
 impl Node {
@@ -530,11 +540,6 @@ impl Node {
     /// The document in Automerge's binary format, if this node has it.
     pub async fn save(&self, doc: &str) -> Result<Option<Vec<u8>>, Error> {
         self.with_doc(doc, |d| d.save()).await
-    }
-
-    /// Every document with its heads, in id order.
-    pub async fn docs(&self) -> Result<Vec<(String, Vec<ChangeHash>)>, Error> {
-        self.read(|r| r.heads()).await?.map_err(Error::store)
     }
 
     /// A stream of change notifications for `doc` (local and remote changes). A receiver
