@@ -4,11 +4,13 @@
 //! `flush()`, messages go through the wire codec and are delivered in order by the test,
 //! persists complete when the test says so. This file holds the harness; the tests are in
 //! `tests/flow.rs` (push, batching, forwarding, acks), `tests/repair.rs` (anti-entropy and
-//! sync), `tests/input.rs` (bad input, merge, load and snapshots) and `tests/persist.rs`
-//! (persist batches that storage failed). Owns nothing else.
+//! sync), `tests/input.rs` (bad input, merge, load and snapshots), `tests/persist.rs`
+//! (persist batches that storage failed) and `tests/fingerprint.rs` (the document-set
+//! fingerprint). Owns nothing else.
 
 mod cache;
 mod clients;
+mod fingerprint;
 mod flow;
 mod input;
 mod persist;
