@@ -122,6 +122,13 @@ async fn fingerprint(c: &Client) -> u64 {
     fp
 }
 
+/// Sets `a` of `doc` through `c`; answers the node's fingerprint after the write.
+async fn write_and_fingerprint(c: &Client, doc: &str, value: i64) -> u64 {
+    let answer = post_ops(c, doc, set(json!(["a"]), json!(value))).await;
+    assert_eq!(answer.status, 200);
+    fingerprint(c).await
+}
+
 /// Waits until `c`'s fingerprint is `want`.
 async fn wait_fingerprint(c: &Client, want: u64) {
     let start = Instant::now();
@@ -145,11 +152,7 @@ async fn fingerprints_are_equal_exactly_when_the_documents_are() {
     assert_eq!(fingerprint(&c2).await, empty);
 
     // A write on n1: n1 differs from the node apart at once; n2 converges to it.
-    assert_eq!(
-        post_ops(&c1, "d", set(json!(["a"]), json!(1))).await.status,
-        200
-    );
-    let written = fingerprint(&c1).await;
+    let written = write_and_fingerprint(&c1, "d", 1).await;
     assert_ne!(written, empty);
     assert_eq!(fingerprint(&other).await, empty);
     wait_fingerprint(&c2, written).await;
@@ -163,19 +166,9 @@ async fn fingerprints_are_equal_exactly_when_the_documents_are() {
         .unwrap();
     assert_eq!(merged.status, 200);
     assert_eq!(fingerprint(&other).await, written);
-    assert_eq!(
-        post_ops(&other, "d", set(json!(["a"]), json!(2)))
-            .await
-            .status,
-        200
-    );
-    assert_ne!(fingerprint(&other).await, written);
+    assert_ne!(write_and_fingerprint(&other, "d", 2).await, written);
     // Another document on the pair: both change, together.
-    assert_eq!(
-        post_ops(&c2, "e", set(json!(["b"]), json!(1))).await.status,
-        200
-    );
-    let two = fingerprint(&c2).await;
+    let two = write_and_fingerprint(&c2, "e", 1).await;
     assert_ne!(two, written);
     wait_fingerprint(&c1, two).await;
     for mut n in pair.into_iter().chain(apart.drain(..)) {
