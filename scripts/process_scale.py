@@ -3,9 +3,12 @@
 
 Makes a 3-node mesh with `concordant init` in a temporary directory, starts three
 `concordant node` processes on 127.0.0.1, writes DOCS one-write documents through the HTTP
-API, then reports each process's resident memory, the idle peer traffic per node, and the
-catch-up of a node SIGKILLed while NEW writes go to NEW new documents (until it serves, and
-until it holds every document). Prints one JSON line at the end. Every wait is bounded.
+API, then reports each process's resident memory (once converged, and again after a full
+`GET /v1/docs` on every node), whether the nodes' fingerprints agree, the idle peer traffic
+per node, and the catch-up of a node SIGKILLed while NEW writes go to NEW new documents
+(until it serves, and until it holds every document), and the resident memory at the end
+after another full listing on every node. Prints one JSON line at the end. Every wait is
+bounded.
 
     cargo build --release
     python3 scripts/process_scale.py --docs 204000 --new 20000
@@ -81,6 +84,18 @@ def sent_bytes(port, token):
     )
 
 
+def list_all(port, token):
+    """A full `GET /v1/docs` (the unpaged listing, read to its end): the number of documents."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    c.request("GET", "/v1/docs", headers={"Authorization": "Bearer " + token})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    if r.status != 200:
+        sys.exit(f"GET /v1/docs on port {port}: HTTP {r.status}")
+    return len(json.loads(data))
+
+
 def rss_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -107,17 +122,19 @@ def main():
     ap.add_argument("--new", type=int, default=20000)
     ap.add_argument("--binary", default="target/release/concordant")
     ap.add_argument("--idle-secs", type=float, default=20.0)
+    ap.add_argument("--base-port", type=int, default=BASE_PORT,
+                    help="peers listen from BASE+1, APIs from BASE+1001 (default %(default)s)")
     args = ap.parse_args()
     binary = os.path.abspath(args.binary)
     work = tempfile.mkdtemp(prefix="concordant-scale-")
     subprocess.run(
         [binary, "init", "--nodes", "3", "--topology", "mesh", "--dir", work,
-         "--base-port", str(BASE_PORT)],
+         "--base-port", str(args.base_port)],
         check=True, stdout=subprocess.DEVNULL,
     )
     config = os.path.join(work, "cluster.toml")
     token = open(config).read().split('token = "')[1].split('"')[0]
-    ports = [BASE_PORT + 1001 + i for i in range(3)]
+    ports = [args.base_port + 1001 + i for i in range(3)]
     procs = {}
 
     def start(i):
@@ -136,12 +153,20 @@ def main():
         print(f"{written} documents written in {took:.1f} s", file=sys.stderr)
         wait_for("convergence", lambda: all(status(p, token)["docs"] == written for p in ports), 600)
         rss = [rss_mib(procs[i].pid) for i in range(3)]
+        fingerprints = [status(p, token)["fingerprint"] for p in ports]
+        listed = [list_all(p, token) for p in ports]
+        rss_listed = [rss_mib(procs[i].pid) for i in range(3)]
+        print(
+            f"resident MiB {rss} converged, {rss_listed} after GET /v1/docs of {listed} "
+            f"documents; fingerprints {fingerprints}",
+            file=sys.stderr,
+        )
         time.sleep(2)
         before = [sent_bytes(p, token) for p in ports]
         time.sleep(args.idle_secs)
         after = [sent_bytes(p, token) for p in ports]
         idle = [(b - a) / args.idle_secs for a, b in zip(before, after)]
-        print(f"resident MiB {rss}, idle B/s {idle}", file=sys.stderr)
+        print(f"idle B/s {idle}", file=sys.stderr)
 
         procs[2].send_signal(signal.SIGKILL)
         procs[2].wait(timeout=10)
@@ -152,9 +177,16 @@ def main():
         start(2)
         serving = wait_for("n3 to serve", lambda: request(ports[2], token, "GET", "/v1/health")[0] == 200, 60)
         caught_up = wait_for("n3 to catch up", lambda: status(ports[2], token)["docs"] == target, 600)
+        listed_end = [list_all(p, token) for p in ports]
+        rss_end = [rss_mib(procs[i].pid) for i in range(3)]
+        print(f"resident MiB {rss_end} after the catch-up and GET /v1/docs of {listed_end}", file=sys.stderr)
         result = {
             "docs": written,
             "rss_mib": [round(r, 1) for r in rss],
+            "rss_after_listing_mib": [round(r, 1) for r in rss_listed],
+            "listed": listed,
+            "fingerprints_agree": len(set(fingerprints)) == 1,
+            "rss_end_mib": [round(r, 1) for r in rss_end],
             "idle_bytes_per_s": [round(x, 1) for x in idle],
             "new_docs": new,
             "restart_s": round(serving - began, 3),

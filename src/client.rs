@@ -3,8 +3,9 @@
 //!
 //! Owns: addressing a node (`--config FILE --node ID` or `--url URL [--token T]`), turning
 //! non-2xx answers into [`ClientError::Status`] with the server's `"error"` text, the
-//! server-sent-events reader, and the cluster status table. Must not touch: the node
-//! itself, storage or the network beyond HTTP requests to the given address.
+//! server-sent-events reader. The cluster status table is in [`mod@status`]. Must not
+//! touch: the node itself, storage or the network beyond HTTP requests to the given
+//! address.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -21,6 +22,10 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 
 use crate::config::Config;
+
+mod status;
+
+pub use status::{cluster_status, ClusterStatus, NodeRow};
 
 /// The default time a request may take, connection included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -504,136 +509,6 @@ pub async fn health(client: &Client) -> Result<Value, ClientError> {
 /// `concordant watch`: the change events of `doc`.
 pub async fn watch(client: &Client, doc: &str) -> Result<EventStream, ClientError> {
     client.events(&doc_path(doc, "/watch")).await
-}
-
-/// One node's line of the cluster status table.
-#[derive(Debug, Clone)]
-pub struct NodeRow {
-    /// Node id.
-    pub node: String,
-    /// Its API URL.
-    pub url: String,
-    /// Its status and documents, or why they could not be had.
-    pub answer: Result<(Value, Value), String>,
-    /// Whether its documents and heads equal those of every other reachable node (`None`
-    /// if unreachable).
-    pub in_sync: Option<bool>,
-}
-
-/// `concordant status --config FILE`: every node of the file.
-#[derive(Debug, Clone)]
-pub struct ClusterStatus {
-    /// One row per node, in file order.
-    pub rows: Vec<NodeRow>,
-}
-
-/// Asks every node of `config` for its status and documents (concurrently, each bounded
-/// by `timeout`) and compares their heads.
-pub async fn cluster_status(config: &Config, timeout: Duration) -> ClusterStatus {
-    let asks = config.nodes.iter().map(|n| async move {
-        let url = url_of(n.api);
-        let answer = async {
-            let client = Client::for_node(config, &n.id)?.with_timeout(timeout);
-            Ok::<_, ClientError>((status(&client).await?, docs(&client).await?))
-        }
-        .await
-        .map_err(|e| e.to_string());
-        NodeRow {
-            node: n.id.clone(),
-            url,
-            answer,
-            in_sync: None,
-        }
-    });
-    let mut rows = futures_util::future::join_all(asks).await;
-    let all_docs: Vec<Option<Value>> = rows
-        .iter()
-        .map(|r| r.answer.as_ref().ok().map(|(_, d)| d.clone()))
-        .collect();
-    for (i, row) in rows.iter_mut().enumerate() {
-        if let Some(mine) = &all_docs[i] {
-            row.in_sync = Some(all_docs.iter().flatten().all(|other| other == mine));
-        }
-    }
-    ClusterStatus { rows }
-}
-
-impl ClusterStatus {
-    /// Every node answered, has a live connection to every peer its topology links it to,
-    /// and all have the same documents with the same heads.
-    pub fn healthy(&self) -> bool {
-        self.rows.iter().all(|r| {
-            r.in_sync == Some(true)
-                && r.answer.as_ref().is_ok_and(|(status, _)| {
-                    let (up, linked) = links(status);
-                    up == linked
-                })
-        })
-    }
-
-    /// The table: node, API, reachable, links up, documents, pending writes, heads match.
-    pub fn table(&self) -> String {
-        let header = [
-            "NODE",
-            "API",
-            "REACHABLE",
-            "LINKS UP",
-            "DOCS",
-            "PENDING",
-            "HEADS",
-        ];
-        let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
-        let mut problems = Vec::new();
-        for row in &self.rows {
-            let mut cells = vec![row.node.clone(), row.url.clone()];
-            match &row.answer {
-                Ok((status, docs)) => {
-                    let (up, linked) = links(status);
-                    let docs = docs.as_array().map_or(0, Vec::len);
-                    cells.push("yes".into());
-                    cells.push(format!("{up}/{linked}"));
-                    cells.push(docs.to_string());
-                    cells.push(status["pending_writes"].to_string());
-                    cells.push(match row.in_sync {
-                        Some(true) => "match".into(),
-                        _ => "DIFFER".into(),
-                    });
-                }
-                Err(e) => {
-                    cells.extend(["NO".into(), "-".into(), "-".into(), "-".into(), "-".into()]);
-                    problems.push(format!("{}: {e}", row.node));
-                }
-            }
-            lines.push(cells);
-        }
-        let widths: Vec<usize> = (0..header.len())
-            .map(|c| lines.iter().map(|l| l[c].len()).max().unwrap_or(0))
-            .collect();
-        let mut out = String::new();
-        for line in &lines {
-            let cells: Vec<String> = line
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            let _ = writeln!(out, "{}", cells.join("  ").trim_end());
-        }
-        for p in problems {
-            let _ = writeln!(out, "{p}");
-        }
-        out
-    }
-}
-
-/// (links up, links wanted) of a `/v1/status` answer.
-fn links(status: &Value) -> (usize, usize) {
-    let peers = status["peers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    let linked = peers.iter().filter(|p| p["linked"] == true).count();
-    let up = peers
-        .iter()
-        .filter(|p| p["linked"] == true && p["connected"] == true)
-        .count();
-    (up, linked)
 }
 
 #[cfg(test)]

@@ -24,26 +24,31 @@
 //! - `panics`: the message of a caught panic (the driver, the storage thread, the store).
 //! - [`transport`]: QUIC endpoint, mutual TLS, connections and reconnects.
 //! - [`storage`]: durable store (redb) with a per-document index of heads, read per
-//!   document from any thread, and an in-memory store for tests and simulation.
+//!   document or a page of the index at a time from any thread, and an in-memory store for
+//!   tests and simulation.
 //! - [`ops`] and [`json`]: the JSON operations of the HTTP API and documents as JSON.
 //! - [`demo`]: `concordant demo`, a local cluster showing failure and catch-up.
 //! - [`node`]: the driver joining core, transport and storage; the embeddable [`Node`];
 //!   the reader threads that read and decode documents for the core (`node/read_pool.rs`);
-//!   what a node does when its storage fails or falls behind (`node/driver/storage.rs`).
+//!   what a node does when its storage fails or falls behind (`node/driver/storage.rs`);
+//!   its document listing, paged from the store off the driver (`node/listing.rs`).
 //! - [`local`]: a local cluster of N nodes in one process (demo, bench, experiments).
 //! - [`membership`]: the live topology every node holds and gossips (a state-based CRDT:
 //!   nodes added and removed while the cluster runs, links, ring order, version, digest).
 //! - `bench`: `concordant bench`, the convergence benchmark (feature `cli`, on by
 //!   default; `--no-default-features` builds the embeddable library alone).
-//! - [`api`]: the HTTP API of a node (axum): JSON endpoints, change events, metrics, and
-//!   the live cluster page at `/` (`api/ui/page.html`).
+//! - [`api`]: the HTTP API of a node (axum): JSON endpoints, the paged and streamed
+//!   document listing (`api/listing.rs`), change events, metrics, and the live cluster
+//!   page at `/` (`api/ui/page.html`).
 //! - [`serve`]: nodes with their HTTP APIs run as one process does, until a stop or a
 //!   node's failure (`concordant node`, `concordant up`).
 //! - [`cluster`]: the cluster view behind that page and `GET /v1/cluster`: what each node
 //!   tells about itself, its events, and the assembled picture (nodes, links, healing).
 //! - [`sync`]: automerge-repo clients over WebSocket (`GET /v1/sync`): the protocol's
 //!   messages, document ids and one client connection.
-//! - [`client`]: an HTTP client for the API and the command line's client commands.
+//! - [`client`]: an HTTP client for the API and the command line's client commands; the
+//!   cluster status table of `concordant status`, which compares nodes by their
+//!   fingerprints (`client/status.rs`).
 //! - [`admin`]: `add-node`, `remove-node` and `topology`: growing and shrinking a running
 //!   cluster.
 #![deny(missing_docs)]

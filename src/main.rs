@@ -98,8 +98,9 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// A node's status; with --config and no --node, a table of every node (exit status 0
-    /// only if every node answers, all its links are up and all heads match).
+    /// A node's status; with --config and no --node, a table of every node with its
+    /// fingerprint (exit status 0 only if every node answers, all its links are up and all
+    /// fingerprints agree: the same documents at the same heads).
     Status {
         #[command(flatten)]
         target: Target,

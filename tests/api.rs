@@ -1,7 +1,7 @@
 //! The HTTP API against in-process nodes over real QUIC on 127.0.0.1 (port 0): every
 //! endpoint, every op, every error status of the SPEC, the token, the body limit, write
 //! concern (including the 504 with a peer down), change events, metrics, and Automerge
-//! export and import.
+//! export and import; the document listing and the fingerprint in [`listing`].
 
 use std::time::{Duration, Instant};
 
@@ -828,3 +828,6 @@ async fn a_stopped_run_ends_ok_with_the_node_shut_down() {
         .await
         .is_err());
 }
+
+#[path = "api/listing.rs"]
+mod listing;

@@ -144,17 +144,33 @@ fn up_and_client_commands() {
     assert_eq!(status["node"], "n3");
     assert_eq!(status["peers"].as_array().unwrap().len(), 2);
 
-    // The cluster table: every node reachable, links up, heads matching.
+    // The cluster table: every node reachable, links up, one fingerprint on every node.
     let out = until_ok(&table_args, &mut child, &log);
     let table = stdout(&out);
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("NODE"), "{table}");
-    assert_eq!(lines.len(), 4, "{table}");
-    for (line, node) in lines[1..].iter().zip(["n1", "n2", "n3"]) {
+    assert_eq!(lines.len(), 5, "{table}");
+    let mut fingerprints = Vec::new();
+    for (line, node) in lines[1..4].iter().zip(["n1", "n2", "n3"]) {
         let cells: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(cells[0], node, "{table}");
-        assert_eq!(&cells[2..], ["yes", "2/2", "2", "0", "match"], "{table}");
+        assert_eq!(cells[2..6], ["yes", "2/2", "2", "0"], "{table}");
+        assert_eq!(cells[7..], ["match"], "{table}");
+        let fp = cells[6];
+        assert!(
+            fp.len() == 16 && fp.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{table}"
+        );
+        fingerprints.push(fp);
     }
+    assert!(
+        fingerprints.iter().all(|fp| *fp == fingerprints[0]),
+        "{table}"
+    );
+    assert_eq!(
+        lines[4], "fingerprints: all 3 reachable nodes agree",
+        "{table}"
+    );
 
     // --url with and without the token.
     let url = format!("http://127.0.0.1:{}", base + 1001);

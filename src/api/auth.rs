@@ -67,7 +67,7 @@ fn query_token(query: &str) -> Option<String> {
 }
 
 /// Decodes `%XX` escapes and `+` (a malformed escape is kept as it is).
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -1,5 +1,5 @@
-//! The JSON endpoints: health, status, the document list, documents, ops, and Automerge
-//! binary export and import.
+//! The JSON endpoints: health, status, documents, ops, and Automerge binary export and
+//! import (the document list is [`super::listing`]).
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -117,6 +117,7 @@ fn status_json(s: &NodeStatus) -> Value {
         "topology": s.topology,
         "peers": peers,
         "docs": s.docs,
+        "fingerprint": format!("{:016x}", s.fingerprint),
         "docs_loaded": s.docs_loaded,
         "cache_bytes": s.cache_bytes,
         "sync_clients": s.sync_clients,
@@ -159,20 +160,6 @@ fn status_json(s: &NodeStatus) -> Value {
             "tls": r.tls,
         },
     })
-}
-
-/// `GET /v1/docs`.
-pub(crate) async fn list_docs(State(state): State<AppState>) -> Answer {
-    let docs = state
-        .node
-        .docs()
-        .await
-        .map_err(|e| HttpError::from_node("", e))?;
-    let list: Vec<Value> = docs
-        .iter()
-        .map(|(id, heads)| json!({"id": id, "heads": heads_json(heads)}))
-        .collect();
-    Ok(Json(Value::Array(list)).into_response())
 }
 
 /// `POST /v1/docs`: a new empty document (one empty change, so that it has heads and

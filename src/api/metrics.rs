@@ -2,8 +2,10 @@
 //! counters ([`ApiCounters`]).
 //!
 //! # Metrics
-//! Gauges: `concordant_docs` (documents stored), `concordant_docs_loaded` (documents in
-//! memory), `concordant_cache_bytes` (their encoded bytes), `concordant_pending_writes` (writes waiting for durability or
+//! Gauges: `concordant_docs` (documents stored), `concordant_fingerprint` (the top 53 bits
+//! of the node's document-set fingerprint, `fingerprint >> 11`, so that the float64 of the
+//! text format holds it exactly; equal on two nodes that hold the same documents at the same
+//! heads), `concordant_docs_loaded` (documents in memory), `concordant_cache_bytes` (their encoded bytes), `concordant_pending_writes` (writes waiting for durability or
 //! acknowledgements), `concordant_storage_queued_bytes` (bytes waiting to be written to
 //! storage), `concordant_storage_failing` (1 while storage fails and writes are refused),
 //! `concordant_peers`, `concordant_peers_connected`,
@@ -214,6 +216,14 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         "Documents in memory.",
         &[],
         s.docs_loaded as u64,
+    );
+    m.gauge(
+        "concordant_fingerprint",
+        "The top 53 bits of the document-set fingerprint (fingerprint >> 11, exact as a \
+         float64): equal on two nodes exactly when they hold the same documents at the same \
+         heads. /v1/status has all 64 bits in hex.",
+        &[],
+        s.fingerprint >> 11,
     );
     m.gauge(
         "concordant_cache_bytes",

@@ -5,11 +5,13 @@
 //! persists complete when the test says so. This file holds the harness; the tests are in
 //! `tests/flow.rs` (push, batching, forwarding, acks), `tests/repair.rs` (anti-entropy and
 //! sync), `tests/input.rs` (bad input, merge, load and snapshots), `tests/persist.rs`
-//! (persist batches that storage failed) and `tests/cache.rs` (documents read from a store
-//! as effects, and the cache over it). Owns nothing else.
+//! (persist batches that storage failed), `tests/cache.rs` (documents read from a store
+//! as effects, and the cache over it) and `tests/fingerprint.rs` (the document-set
+//! fingerprint). Owns nothing else.
 
 mod cache;
 mod clients;
+mod fingerprint;
 mod flow;
 mod input;
 mod persist;

@@ -151,9 +151,9 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     Ok(Node {
         id: config.id,
         peer_addr,
-        reader,
         commands: commands_tx,
         health,
+        reader,
     })
 }
 
@@ -632,6 +632,7 @@ impl Driver {
             pending_writes: self.writes.len(),
             storage_queued_bytes: self.storage_queued(),
             storage_failing: self.storage_failing().cloned(),
+            fingerprint: self.replica.fingerprint(),
             sync_clients: self.clients.len(),
             sync_clients_dropped: self.clients_dropped,
             wakeups: self.wakeups,

@@ -32,6 +32,7 @@
 mod builder;
 mod driver;
 mod links;
+mod listing;
 mod load;
 mod read_pool;
 mod store_thread;
@@ -49,9 +50,9 @@ pub use crate::ops::Ack;
 pub use builder::{
     NodeBuilder, NodeConfig, StorageChoice, DEFAULT_STORE_QUEUE_BYTES, TOPOLOGY_FILE,
 };
+pub use listing::{DocsPage, LIST_PAGE};
 
 use crate::core::{ClientMsg, CoreError, CoreStats};
-use crate::storage::DocReader;
 use crate::transport::TransportStats;
 
 /// Errors of the node layer.
@@ -228,6 +229,11 @@ pub struct NodeStatus {
     pub storage_queued_bytes: usize,
     /// Why storage is failing, if it is (see [`Health::StorageFailing`]).
     pub storage_failing: Option<String>,
+    /// The fingerprint of every (document, heads) pair this node holds (the root of its
+    /// reconciliation tree, in memory: changes count from the moment they are applied):
+    /// equal on two nodes exactly when they hold the same documents at the same heads (up
+    /// to a 2^-64 chance).
+    pub fingerprint: u64,
     /// automerge-repo clients connected (see [`crate::sync`]).
     pub sync_clients: usize,
     /// Clients disconnected because they fell too far behind.
@@ -407,11 +413,11 @@ pub struct Node {
     id: String,
     peer_addr: SocketAddr,
     commands: mpsc::Sender<Command>,
-    /// Reads the node's store (listings), off the driver's task.
-    reader: Arc<dyn DocReader>,
     /// Its health: failing storage (recoverable), or failed for good (its driver or
     /// storage thread panicked).
     health: watch::Receiver<Health>,
+    /// Reads the store's index for listings, off the driver (see [`Node::docs_page`]).
+    reader: Arc<dyn crate::storage::DocReader>,
 }
 
 impl Node {
@@ -582,19 +588,6 @@ impl Node {
     /// The document in Automerge's binary format, if this node has it.
     pub async fn save(&self, doc: &str) -> Result<Option<Vec<u8>>, Error> {
         self.with_doc(doc, |d| d.save()).await
-    }
-
-    /// Every document durable on this node with its heads, in id order (read from the
-    /// store on a blocking thread, not by the node's driver).
-    pub async fn docs(&self) -> Result<Vec<(String, Vec<ChangeHash>)>, Error> {
-        let reader = Arc::clone(&self.reader);
-        let all = tokio::task::spawn_blocking(move || reader.all_heads())
-            .await
-            .map_err(|_| Error::Stopped)??;
-        Ok(all
-            .into_iter()
-            .map(|(id, heads)| (id, heads.into_iter().map(ChangeHash).collect()))
-            .collect())
     }
 
     /// A stream of change notifications for `doc` (local and remote changes). A receiver

@@ -11,6 +11,7 @@
 //! as they share the data.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -115,6 +116,15 @@ impl MemoryStore {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, MemDoc>> {
         lock(&self.docs)
+    }
+
+    /// Forgets documents (no store removes documents; tests of listings need it).
+    #[cfg(test)]
+    pub(super) fn remove_for_test(&self, ids: &[&str]) {
+        let mut docs = self.lock();
+        for id in ids {
+            docs.remove(*id);
+        }
     }
 }
 
@@ -229,6 +239,22 @@ impl DocReader for MemoryReader {
         Ok(lock(&self.docs)
             .iter()
             .filter_map(|(id, d)| Some((id.clone(), d.heads.clone()?)))
+            .collect())
+    }
+
+    fn heads_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Heads)>, StorageError> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(lock(&self.docs)
+            .range::<str, _>((from, Bound::Unbounded))
+            .filter_map(|(id, d)| match &d.heads {
+                Some(heads) if !heads.is_empty() => Some((id.clone(), heads.clone())),
+                _ => None,
+            })
+            .take(limit)
             .collect())
     }
 

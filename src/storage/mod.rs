@@ -12,8 +12,9 @@
 //!
 //! Scale model: opening a store reads nothing per document. Each document has an index
 //! entry (its log bookkeeping and its heads), so the caller can list every document and its
-//! heads with [`Store::scan_index`] without reading document data, and load one document
-//! when it needs it with [`DocReader::read`].
+//! heads with [`Store::scan_index`] without reading document data, list them a page at a
+//! time with [`DocReader::heads_page`], and load one document when it needs it with
+//! [`DocReader::read`].
 //!
 //! Durability model: [`Store::append`] writes changes and heads for many documents in one
 //! durable commit, so under load many writes share one fsync. [`Store::compact`] replaces a
@@ -217,6 +218,19 @@ pub trait DocReader: Send + Sync {
     /// Every stored document's heads from the index, in id order (for listings; unknown
     /// heads are left out).
     fn all_heads(&self) -> Result<Vec<(String, Heads)>, StorageError>;
+
+    /// One page of the index: at most `limit` documents with their heads, in id order,
+    /// every id strictly after `after` (from the first with `None`); documents whose heads
+    /// are unknown or empty are left out. Each page is read on its own (one short read
+    /// transaction), so a listing paged with the last id of each page as the next `after`
+    /// holds in constant memory whatever the size of the store. It is not one snapshot: a
+    /// document stored throughout the listing is listed exactly once; one added or removed
+    /// meanwhile may or may not be.
+    fn heads_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Heads)>, StorageError>;
 
     /// Number of documents in the index.
     fn count(&self) -> Result<usize, StorageError>;

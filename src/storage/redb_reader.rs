@@ -1,5 +1,5 @@
-//! Reads of a [`super::RedbStore`] file: single documents, index entries, the whole index,
-//! and `load_all`; shared by the store itself and its [`DocReader`] handles.
+//! Reads of a [`super::RedbStore`] file: single documents, index entries, the whole index
+//! or a page of it, and `load_all`; shared by the store itself and its [`DocReader`] handles.
 //!
 //! Owns: how stored values are verified on the way out (checksums, index rows, and the
 //! agreement of each index row with its document's log). Must not write: every function here
@@ -7,7 +7,7 @@
 //! which sees every commit that returned before it began.
 
 use std::collections::BTreeMap;
-use std::ops::ControlFlow;
+use std::ops::{Bound, ControlFlow};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -83,6 +83,36 @@ impl Reads<'_> {
             resume_unwind(panic);
         }
         result
+    }
+
+    /// At most `limit` index entries with known, non-empty heads, in id order, every id
+    /// strictly after `after`: one read transaction, which reads only those rows (and the
+    /// rows without heads among them).
+    pub fn heads_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Heads)>, StorageError> {
+        const ACTION: &str = "reading a page of the index";
+        let txn = self.begin(ACTION)?;
+        let docs = txn.open_table(DOCS).map_err(|e| self.err(ACTION, e))?;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let rows = docs
+            .range::<&str>((from, Bound::Unbounded))
+            .map_err(|e| self.err(ACTION, e))?;
+        let mut page = Vec::with_capacity(limit.min(1024));
+        for entry in rows {
+            if page.len() >= limit {
+                break;
+            }
+            let (id, row) = entry.map_err(|e| self.err(ACTION, e))?;
+            let id = id.value();
+            match decode_row(self.path, id, row.value())?.heads {
+                Some(heads) if !heads.is_empty() => page.push((id.to_string(), heads.to_vec())),
+                _ => {}
+            }
+        }
+        Ok(page)
     }
 
     /// `doc`'s index entry, if it has one.
@@ -309,6 +339,14 @@ impl DocReader for RedbReader {
             })?;
             Ok(all)
         })
+    }
+
+    fn heads_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Heads)>, StorageError> {
+        self.with(|r| r.heads_page(after, limit))
     }
 
     fn count(&self) -> Result<usize, StorageError> {

@@ -1,6 +1,6 @@
 //! Unit tests of both stores: the shared semantics run against [`MemoryStore`] and
 //! [`RedbStore`]; the file-handling tests (damage, versions, migration, locks) against redb
-//! only, in [`file`].
+//! only, in [`file`]; the paged listing in [`paging`].
 
 use std::path::Path;
 
@@ -477,3 +477,4 @@ fn redb_reader_on_another_thread() {
 }
 
 mod file;
+mod paging;

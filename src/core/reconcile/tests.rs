@@ -445,3 +445,57 @@ fn million_documents() {
     );
     assert!(run.bytes < 2_000);
 }
+
+/// The root (a node's fingerprint) is a function of the set alone: the same whatever the
+/// order of insertion, replacements and removals that led to it, set one by one or in
+/// bulk; and any one difference (a document more, a document less, another digest)
+/// changes it.
+#[test]
+fn the_root_is_the_set_and_any_difference_changes_it() {
+    let mut rng = Rng(11);
+    let model = random_model(&mut rng, 2_000);
+    let forward = build(&model);
+    let mut backward = Index::new();
+    for (doc, &digest) in model.iter().rev() {
+        backward.set(doc, digest);
+    }
+    // Other digests first, documents that end up removed, then the final set.
+    let mut churned = Index::new();
+    let extra = random_model(&mut rng, 300);
+    for (doc, &digest) in model.iter().chain(&extra) {
+        churned.set(doc, !digest);
+    }
+    for (doc, &digest) in &model {
+        churned.set(doc, digest);
+    }
+    for doc in extra.keys() {
+        churned.remove(doc);
+    }
+    let mut bulk = Bulk::default();
+    for (doc, &digest) in model.iter().rev() {
+        bulk.add(doc, digest);
+    }
+    let mut bulked = Index::new();
+    bulked.extend(bulk);
+    let root = forward.root();
+    assert_ne!(root, Index::new().root());
+    assert_eq!(backward.root(), root);
+    assert_eq!(churned.root(), root);
+    assert_eq!(bulked.root(), root);
+
+    let mut index = forward;
+    for (doc, &digest) in model.iter().step_by(40) {
+        index.remove(doc);
+        assert_ne!(index.root(), root, "{doc} removed");
+        index.set(doc, digest ^ 1);
+        assert_ne!(index.root(), root, "{doc} with another digest");
+        index.set(doc, digest);
+        assert_eq!(index.root(), root, "{doc} restored");
+    }
+    for doc in extra.keys().take(50) {
+        index.set(doc, 0);
+        assert_ne!(index.root(), root, "{doc} added");
+        index.remove(doc);
+        assert_eq!(index.root(), root);
+    }
+}
