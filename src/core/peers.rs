@@ -60,6 +60,18 @@ const OWED_ACKS: usize = 100_000;
 /// The shortest wait between two reconciliations asked for by failed sends, in ms.
 pub(crate) const RECONCILE_RETRY_MIN_MS: u64 = 100;
 
+/// What to do with a document wanted of a peer (see `Replica::want_step`).
+pub(crate) enum WantStep {
+    /// Ask for it now (its repair is started).
+    Send(crate::wire::Want),
+    /// Not at all (asked already, or repaired meanwhile).
+    Skip,
+    /// Later (another peer is asked first).
+    Later(Wanted),
+    /// Once its heads are read.
+    Read(Wanted),
+}
+
 impl Peer {
     pub(crate) fn new(since: u64) -> Self {
         Peer {

@@ -15,11 +15,10 @@
 
 use automerge::Change;
 
-use super::repair::WantStep;
 use super::Replica;
 use crate::core::clients::ClientMsg;
 use crate::core::docs::{Need, Residency};
-use crate::core::peers::Wanted;
+use crate::core::peers::{WantStep, Wanted};
 use crate::core::{CoreError, Effect, Fetched};
 use crate::wire::Want;
 

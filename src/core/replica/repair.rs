@@ -24,17 +24,9 @@ use serde_bytes::ByteBuf;
 
 use super::reads::Parked;
 
-/// See [`Replica::want_step`].
-pub(super) enum WantStep {
-    Send(Want),
-    Skip,
-    Later(Wanted),
-    Read(Wanted),
-}
-
 use super::Replica;
 use crate::core::docs::Need;
-use crate::core::peers::Wanted;
+use crate::core::peers::{WantStep, Wanted};
 use crate::core::reconcile::Answer;
 use crate::core::Effect;
 use crate::wire::{self, Bucket, Fingerprints, Message, Want, BATCH_BUDGET};
