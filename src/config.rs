@@ -39,7 +39,10 @@ pub struct NodeSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tuning {
-    /// Period of the replication core's timer tick, in ms (default 100).
+    /// How long acknowledgements a full link could not take wait before they are sent
+    /// again, and how long after the first change it counts a receipt of pushed changes
+    /// goes out, in ms (default 100). (The core has no fixed tick: it asks to be woken when
+    /// it has timed work.)
     pub tick_ms: u64,
     /// Period of the reconciliation with each neighbour, in ms (default 5000).
     pub anti_entropy_ms: u64,
