@@ -356,7 +356,7 @@ impl Docs {
                     changes,
                     size,
                     ..
-                } = loaded;
+                } = *loaded;
                 let mut persist_token = 0;
                 if let Some(u) = self.unsaved.remove(id) {
                     // Accepted while unloaded: a change the store already has is a no-op.

@@ -21,8 +21,8 @@ pub enum ReadKind {
 pub enum Fetched {
     /// For [`ReadKind::Log`].
     Log(Option<StoredLog>),
-    /// For [`ReadKind::Doc`].
-    Doc(Option<LoadedDoc>),
+    /// For [`ReadKind::Doc`] (boxed: a decoded document is large).
+    Doc(Option<Box<LoadedDoc>>),
 }
 
 impl Fetched {
@@ -31,7 +31,7 @@ impl Fetched {
     pub fn read(reader: &dyn DocReader, doc: &str, kind: ReadKind) -> Result<Fetched, CoreError> {
         match kind {
             ReadKind::Log => StoredLog::read(reader, doc).map(Fetched::Log),
-            ReadKind::Doc => LoadedDoc::read(reader, doc).map(Fetched::Doc),
+            ReadKind::Doc => LoadedDoc::read(reader, doc).map(|d| Fetched::Doc(d.map(Box::new))),
         }
     }
 }

@@ -121,7 +121,8 @@ impl Sim {
             }
             for (doc, doc_heads) in &expected {
                 if !r.prepare(doc) {
-                    r.read_done(0, doc, read_stored(&store, doc).map(Fetched::Doc));
+                    let fetched = read_stored(&store, doc).map(|d| Fetched::Doc(d.map(Box::new)));
+                    r.read_done(0, doc, fetched);
                 }
                 let d = r
                     .load(doc)

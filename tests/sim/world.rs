@@ -965,7 +965,7 @@ impl Sim {
             return false;
         };
         if !r.prepare(doc) {
-            let fetched = read_stored(&node.store, doc).map(Fetched::Doc);
+            let fetched = read_stored(&node.store, doc).map(|d| Fetched::Doc(d.map(Box::new)));
             r.read_done(now, doc, fetched);
         }
         true

@@ -8,6 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// Acks owed to one peer once a persist batch is durable: (peer, doc) → hashes.
 pub(super) type AckWork = BTreeMap<(String, String), Vec<[u8; 32]>>;
 
+/// A sealed batch: its token and its changes by document.
+pub(super) type Sealed = (u64, Vec<(String, Vec<Vec<u8>>)>);
+
 /// The batch being filled, and the batches in flight.
 pub(super) struct Batches {
     /// Changes of the batch being filled, by document in order of first change.
@@ -86,7 +89,7 @@ impl Batches {
 
     /// Closes the batch being filled, if it holds anything: its token and documents. It is
     /// in flight until [`Batches::durable`] or [`Batches::failed`].
-    pub(super) fn seal(&mut self) -> Option<(u64, Vec<(String, Vec<Vec<u8>>)>)> {
+    pub(super) fn seal(&mut self) -> Option<Sealed> {
         if self.docs.is_empty() && self.acks.is_empty() {
             return None;
         }
