@@ -6,11 +6,14 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::Write;
+
+#[path = "common/bomb.rs"]
+mod bomb;
 
 use automerge::inflate_limit::{check_inflated_size, with_inflate_limit, InflateLimitExceeded};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, Change, ObjType, ReadDoc, ROOT};
+use bomb::{change_chunk_bomb, MIB};
 
 /// Counts the bytes each thread has allocated and not freed, and their peak.
 struct Counting;
@@ -64,32 +67,6 @@ fn peak_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
     let r = f();
     let peak = PEAK.with(Cell::get) - start;
     (r, peak.max(0) as usize)
-}
-
-const MIB: usize = 1 << 20;
-
-/// A compressed change chunk (type 2) whose deflate data inflates to `n` zero bytes.
-fn change_chunk_bomb(n: usize) -> Vec<u8> {
-    let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-    let zeros = vec![0u8; MIB];
-    for _ in 0..n / MIB {
-        deflate.write_all(&zeros).unwrap();
-    }
-    deflate.write_all(&zeros[..n % MIB]).unwrap();
-    let data = deflate.finish().unwrap();
-    let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
-    let mut len = data.len() as u64;
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            chunk.push(byte);
-            break;
-        }
-        chunk.push(byte | 0x80);
-    }
-    chunk.extend(data);
-    chunk
 }
 
 /// A saved document with a text of `n` times the letter a: its value column is compressed.
