@@ -3,21 +3,13 @@
 //! billions of probes is refused when the message is decoded, instead of dividing by zero
 //! or allocating a probe list of its size when the node answers.
 
+#[path = "common/bomb.rs"]
+mod bomb;
+
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT};
-
-fn uleb(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
+use bomb::uleb;
 
 /// A V1 sync message with no heads, no need, one `have` (no last sync, this filter) and no
 /// changes.

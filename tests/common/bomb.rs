@@ -1,6 +1,7 @@
 //! Decompression bombs for the tests of bounded inflation (`tests/inflate_limit.rs`,
 //! `tests/hostile.rs`), included with `#[path]`: a compressed Automerge change chunk whose
-//! deflate data inflates far beyond its size.
+//! deflate data inflates far beyond its size; and the LEB128 of Automerge's formats.
+#![allow(dead_code)]
 
 use std::io::Write;
 
@@ -19,16 +20,20 @@ pub fn change_chunk_bomb(n: usize) -> Vec<u8> {
     let data = deflate.finish().unwrap();
     // Magic bytes, a checksum (checked only after parsing), the chunk type, the length.
     let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
-    let mut len = data.len() as u64;
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            chunk.push(byte);
-            break;
-        }
-        chunk.push(byte | 0x80);
-    }
+    uleb(&mut chunk, data.len() as u64);
     chunk.extend(data);
     chunk
+}
+
+/// Appends `v` as unsigned LEB128.
+pub fn uleb(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
 }
