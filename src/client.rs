@@ -418,8 +418,10 @@ pub fn url_of(addr: SocketAddr) -> String {
 /// (the server refuses ids outside `[A-Za-z0-9_.~-]` with a clear error).
 pub fn doc_path(doc: &str, suffix: &str) -> String {
     let mut path = String::from("/v1/docs/");
+    // `.` and `..` would be dot segments of the path: encoded, they reach the server as ids.
+    let dots = doc == "." || doc == "..";
     for b in doc.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'~' | b'-') {
+        if (b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'~' | b'-')) && !dots {
             path.push(char::from(b));
         } else {
             let _ = write!(path, "%{b:02X}");

@@ -79,6 +79,14 @@ pub struct Tuning {
     /// Offer compression on peer links (default true): a link is one deflate stream per
     /// direction when both of its nodes offer it (about half the bytes per write).
     pub compress_links: bool,
+    /// The most bytes Automerge data from a client (a `POST /v1/docs/{id}/automerge` body,
+    /// a sync message of a `/v1/sync` client) may inflate to, compressed chunks and columns
+    /// all together (default 64 MiB); more is refused (413, or `error` and the socket
+    /// closed) before anything is allocated beyond it. See [`crate::limits`].
+    pub max_inflated_bytes: usize,
+    /// The most such data may inflate to per byte of its size (default 64; inputs up to
+    /// 16 KiB may always inflate to 1 MiB), within `max_inflated_bytes`.
+    pub max_inflate_ratio: usize,
 }
 
 impl Default for Tuning {
@@ -99,6 +107,8 @@ impl Default for Tuning {
             sync_message_bytes: 32 << 20,
             sync_client_queue: 1024,
             compress_links: true,
+            max_inflated_bytes: 64 << 20,
+            max_inflate_ratio: 64,
         }
     }
 }
@@ -627,6 +637,8 @@ impl Checker<'_> {
             ("sync_clients", t.sync_clients),
             ("sync_message_bytes", t.sync_message_bytes),
             ("sync_client_queue", t.sync_client_queue),
+            ("max_inflated_bytes", t.max_inflated_bytes),
+            ("max_inflate_ratio", t.max_inflate_ratio),
         ] {
             if value == 0 {
                 return Err(self.invalid(format!("tuning.{name}"), "must be at least 1"));

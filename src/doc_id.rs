@@ -8,9 +8,12 @@
 /// The longest document id accepted, in bytes.
 pub const MAX_DOC_ID: usize = 256;
 
-/// Whether `id` is a valid document id: `[A-Za-z0-9_.~-]{1,256}`.
+/// Whether `id` is a valid document id: `[A-Za-z0-9_.~-]{1,256}`, other than `.` and `..`
+/// (path segments that URLs, proxies and file names treat as "here" and "up").
 pub fn is_valid_doc_id(id: &str) -> bool {
     !id.is_empty()
+        && id != "."
+        && id != ".."
         && id.len() <= MAX_DOC_ID
         && id
             .bytes()
@@ -23,7 +26,15 @@ mod tests {
 
     #[test]
     fn ids_of_the_allowed_characters_up_to_the_limit() {
-        for id in ["a", "doc-1", "A.b~c_d-9", "2DrjgbFdhNiSFCWQ4cyvxAzsYkTW"] {
+        for id in [
+            "a",
+            "doc-1",
+            "A.b~c_d-9",
+            "2DrjgbFdhNiSFCWQ4cyvxAzsYkTW",
+            "...",
+            ".a",
+            "a..",
+        ] {
             assert!(is_valid_doc_id(id), "{id}");
         }
         assert!(is_valid_doc_id(&"x".repeat(MAX_DOC_ID)));
@@ -33,7 +44,9 @@ mod tests {
     fn empty_long_or_other_characters_are_refused() {
         assert!(!is_valid_doc_id(""));
         assert!(!is_valid_doc_id(&"x".repeat(MAX_DOC_ID + 1)));
-        for id in ["a/b", "a b", "a%2F", "é", "a\0", "a:b", "a?b", "a#b"] {
+        for id in [
+            ".", "..", "a/b", "a b", "a%2F", "é", "a\0", "a:b", "a?b", "a#b",
+        ] {
             assert!(!is_valid_doc_id(id), "{id:?}");
         }
     }

@@ -261,6 +261,8 @@ fn cluster_toml(opts: &InitOptions, cluster: &str, ids: &[String], token: &str) 
         ("sync_clients", t.sync_clients),
         ("sync_message_bytes", t.sync_message_bytes),
         ("sync_client_queue", t.sync_client_queue),
+        ("max_inflated_bytes", t.max_inflated_bytes),
+        ("max_inflate_ratio", t.max_inflate_ratio),
     ] {
         let _ = writeln!(out, "# {name} = {value}");
     }

@@ -301,6 +301,18 @@ async fn refused_requests_change_nothing() {
         let error = assert_error(&answer, 400);
         assert!(error.contains("document id"), "{error}");
     }
+    // `.` and `..` are not document ids, however they are written.
+    for path in [
+        "/v1/docs/%2E/ops",
+        "/v1/docs/%2E%2E/ops",
+        "/v1/docs/.%2E/ops",
+        &doc_path(".", "/ops"),
+        &doc_path("..", "/ops"),
+    ] {
+        let answer = send(&c, Method::POST, path, Some(set(json!(["a"]), json!(1)))).await;
+        let error = assert_error(&answer, 400);
+        assert!(error.contains("document id"), "{path}: {error}");
+    }
     // 404: absent document, its Automerge form, an unknown endpoint; 405: wrong method.
     assert_error(&send(&c, Method::GET, "/v1/docs/absent", None).await, 404);
     let absent = send(&c, Method::GET, "/v1/docs/absent/automerge", None).await;
@@ -489,6 +501,18 @@ async fn watch_sends_local_and_remote_changes() {
     wait_connected(&nodes[0].node, &["n2"]).await;
     let c1 = nodes[0].client();
     let c2 = nodes[1].client();
+    // A document this node does not have cannot be watched.
+    let absent = c1.events(&doc_path("w", "/watch")).await;
+    assert!(
+        matches!(
+            absent,
+            Err(concordant::client::ClientError::Status { status: 404, .. })
+        ),
+        "watching an absent document: {:?}",
+        absent.as_ref().err()
+    );
+    let created = post_ops(&c1, "w", set(json!(["created"]), json!(true))).await;
+    assert_eq!(created.status, 200);
     let mut events = c1.events(&doc_path("w", "/watch")).await.unwrap();
 
     // Reads events until one has `heads`.

@@ -26,7 +26,7 @@ pub(crate) fn doc_id(path: Result<Path<String>, PathRejection>) -> Result<String
         let shown: String = id.chars().take(64).collect();
         Err(HttpError::bad_request(format!(
             "invalid document id {shown:?}: ids are 1 to {MAX_DOC_ID} characters of \
-             A-Z a-z 0-9 _ . ~ -"
+             A-Z a-z 0-9 _ . ~ -, other than . and .."
         )))
     }
 }
@@ -190,7 +190,7 @@ pub(crate) async fn get_doc(
     }
 }
 
-fn no_such_doc(id: &str) -> HttpError {
+pub(crate) fn no_such_doc(id: &str) -> HttpError {
     HttpError::not_found(format!("this node has no document {id:?}"))
 }
 
@@ -264,11 +264,14 @@ pub(crate) async fn post_automerge(
              or changes)"
         )));
     }
-    let new_changes = state
-        .node
-        .merge(&id, raw.to_vec())
-        .await
-        .map_err(|e| HttpError::from_node(&id, e))?;
+    check_inflate(&state, &id, raw.clone()).await?;
+    let new_changes = state.node.merge(&id, raw.to_vec()).await.map_err(|e| {
+        if let crate::node::Error::Merge(why) = &e {
+            // Automerge's own line about it is at debug level: one line per request here.
+            tracing::warn!(doc = %id, "merge refused: {why}");
+        }
+        HttpError::from_node(&id, e)
+    })?;
     let heads = state
         .node
         .with_doc(&id, |d| d.get_heads())
@@ -276,6 +279,32 @@ pub(crate) async fn post_automerge(
         .map_err(|e| HttpError::from_node(&id, e))?
         .unwrap_or_default();
     Ok(Json(json!({"new_changes": new_changes, "heads": heads_json(&heads)})).into_response())
+}
+
+/// Refuses (413) Automerge data that inflates past its budget, before the node sees it;
+/// the check runs off the async workers (it inflates up to the budget).
+async fn check_inflate(state: &AppState, id: &str, data: Bytes) -> Result<(), HttpError> {
+    let limit = state.sync.options.inflate;
+    let checked = tokio::task::spawn_blocking(move || limit.check_data(&data))
+        .await
+        .map_err(|e| {
+            HttpError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("document {id:?}: checking the data failed: {e}"),
+            )
+        })?;
+    checked.map_err(|refused| {
+        state
+            .sync
+            .counters
+            .limits
+            .refused(crate::limits::INFLATED_BYTES);
+        tracing::warn!(doc = %id, "merge refused: {refused}");
+        HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("document {id:?}: {refused}"),
+        )
+    })
 }
 
 /// Any path that is not an endpoint.

@@ -53,6 +53,9 @@
 //! `concordant_sync_clients_dropped_total` (too far behind),
 //! `concordant_sync_client_changes_total`.
 //!
+//! Limits ([`render_limits`]): `concordant_limits_refused_total{limit}` (requests and
+//! messages refused by a limit: `inflated_bytes`, see [`crate::limits`]).
+//!
 //! # Replication lag
 //! Per peer, the lag is what this node has and has not yet handed to the peer's link:
 //! `concordant_peer_lag_bytes{peer}` is the bytes of changes queued for the peer in the
@@ -80,6 +83,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{AppState, HttpError};
+use crate::limits::LimitCounters;
 use crate::node::{NodeStatus, PeerStatus};
 use crate::sync::SyncCounters;
 use crate::transport::PeerStats;
@@ -133,7 +137,9 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, H
         .status()
         .await
         .map_err(|e| HttpError::from_node("", e))?;
-    let text = render(&status, &state.counters) + &render_sync(&status, state.sync.counters());
+    let text = render(&status, &state.counters)
+        + &render_sync(&status, state.sync.counters())
+        + &render_limits(&state.sync.counters().limits);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -142,6 +148,23 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, H
         text,
     )
         .into_response())
+}
+
+/// Prometheus text for what limits refused: `concordant_limits_refused_total{limit}`
+/// (`inflated_bytes`: Automerge data from a client over its inflate budget).
+pub fn render_limits(limits: &LimitCounters) -> String {
+    let mut m = Metrics::default();
+    let mut refused = limits.snapshot();
+    refused.entry(crate::limits::INFLATED_BYTES).or_insert(0);
+    for (limit, n) in refused {
+        m.counter(
+            "concordant_limits_refused_total",
+            "Requests, messages or connections refused by a limit, by limit.",
+            &[("limit", limit)],
+            n,
+        );
+    }
+    m.out
 }
 
 /// Prometheus text for the automerge-repo client endpoint (`GET /v1/sync`).

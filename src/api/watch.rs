@@ -1,7 +1,8 @@
 //! `GET /v1/docs/{id}/watch`: server-sent events, one `change` event per change of the
 //! document (local or remote) with `{"doc","heads":[hex...]}`.
 //!
-//! The subscription exists once the response headers are sent, so a client that has them
+//! A document this node does not store answers 404 (create it first, e.g. with
+//! `POST /v1/docs` or a write). The subscription exists once the response headers are sent, so a client that has them
 //! sees every later change. A watcher that falls behind the node's bounded notification
 //! channel skips what it missed (the next event carries the current heads); the node never
 //! waits for it. The stream ends when the node stops or the server shuts down.
@@ -19,7 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 
 use super::error::heads_json;
-use super::handlers::doc_id;
+use super::handlers::{doc_id, no_such_doc};
 use super::{AppState, HttpError};
 use crate::node::DocEvent;
 
@@ -34,6 +35,15 @@ pub(crate) async fn watch(
         .subscribe(&id)
         .await
         .map_err(|e| HttpError::from_node(&id, e))?;
+    // Checked after subscribing, so that a change between the two is not missed.
+    let known = state
+        .node
+        .with_doc(&id, |_| ())
+        .await
+        .map_err(|e| HttpError::from_node(&id, e))?;
+    if known.is_none() {
+        return Err(no_such_doc(&id));
+    }
     let stream = event_stream(events, state.stopping.clone());
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -330,11 +330,15 @@ fn tuning_defaults_overrides_and_checks() {
     let c = parse(&file(
         "topology = \"mesh\"",
         1,
-        "[tuning]\ntick_ms = 10\nsend_queue = 8\n",
+        "[tuning]\ntick_ms = 10\nsend_queue = 8\nmax_inflated_bytes = 1000\nmax_inflate_ratio = 8\n",
     ))
     .unwrap();
     assert_eq!(c.tuning.tick_ms, 10);
     assert_eq!(c.tuning.send_queue, 8);
+    assert_eq!(
+        (c.tuning.max_inflated_bytes, c.tuning.max_inflate_ratio),
+        (1000, 8)
+    );
     assert_eq!(c.tuning.anti_entropy_ms, 5000);
     let t = Tuning::default();
     assert_eq!(
@@ -351,6 +355,7 @@ fn tuning_defaults_overrides_and_checks() {
         (t.send_queue, t.compact_after, t.max_batch_bytes),
         (1024, 2000, 1 << 20)
     );
+    assert_eq!((t.max_inflated_bytes, t.max_inflate_ratio), (64 << 20, 64));
 
     for field in [
         "tick_ms",
@@ -360,6 +365,8 @@ fn tuning_defaults_overrides_and_checks() {
         "send_queue",
         "compact_after",
         "max_batch_bytes",
+        "max_inflated_bytes",
+        "max_inflate_ratio",
     ] {
         let e = refused(&file(
             "topology = \"mesh\"",

@@ -111,6 +111,10 @@ async fn run(
         tokio::select! {
             incoming = next_message(socket, &server.counters) => {
                 let msg = match incoming {
+                    Ok(msg) => check_inflate(server, msg).await,
+                    Err(end) => Err(end),
+                };
+                let msg = match msg {
                     Ok(msg) => msg,
                     Err(end) => return end,
                 };
@@ -255,8 +259,38 @@ async fn send(
     socket.send(WsMessage::Binary(bytes.into())).await
 }
 
+/// Refuses a `request` or `sync` whose Automerge data inflates past its budget
+/// ([`crate::limits`]), before the node sees it; the check runs off the async workers.
+async fn check_inflate(server: &Server, msg: RepoMessage) -> Result<RepoMessage, End> {
+    if !matches!(msg, RepoMessage::Request { .. } | RepoMessage::Sync { .. }) {
+        return Ok(msg);
+    }
+    let limit = server.options.inflate;
+    let (msg, checked) = tokio::task::spawn_blocking(move || {
+        let checked = match &msg {
+            RepoMessage::Request { data, .. } | RepoMessage::Sync { data, .. } => {
+                limit.check_sync(data)
+            }
+            _ => Ok(()),
+        };
+        (msg, checked)
+    })
+    .await
+    .map_err(|e| End::Error(format!("checking the sync data failed: {e}")))?;
+    checked.map_err(|refused| {
+        server
+            .counters
+            .limits
+            .refused(crate::limits::INFLATED_BYTES);
+        End::Error(format!("sync message refused: {refused}"))
+    })?;
+    Ok(msg)
+}
+
 /// Tells the client what was wrong, then closes the socket.
 async fn fail(socket: &mut WebSocket, server: &Server, peer: Option<&str>, why: &str) {
+    // Automerge's own line about refused data is at debug level: one line per client here.
+    tracing::warn!(client = peer.unwrap_or("?"), "closing a sync client: {why}");
     server
         .counters
         .errors

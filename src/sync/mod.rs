@@ -24,13 +24,16 @@ use tokio::sync::oneshot;
 
 use crate::config::Tuning;
 
-/// Limits of the sync endpoint (from `[tuning]`).
+/// Limits of the sync endpoint (from `[tuning]`), and the inflate limit the API shares.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
     /// Clients connected at once, at most; more are refused (503) before the upgrade.
     pub max_clients: usize,
     /// The largest WebSocket message accepted from a client, in bytes.
     pub max_message: usize,
+    /// The inflate budget of Automerge data from clients: their sync messages, and the
+    /// bodies of `POST /v1/docs/{id}/automerge` (the API's other client of it).
+    pub inflate: crate::limits::InflateLimit,
 }
 
 impl Default for SyncOptions {
@@ -46,6 +49,7 @@ impl From<&Tuning> for SyncOptions {
         SyncOptions {
             max_clients: t.sync_clients,
             max_message: t.sync_message_bytes,
+            inflate: crate::limits::InflateLimit::from(t),
         }
     }
 }
@@ -67,6 +71,9 @@ pub struct SyncCounters {
     pub refused: AtomicU64,
     /// Connections closed for a malformed or refused message.
     pub errors: AtomicU64,
+    /// Messages and requests refused by a limit (also the API's: the sync server is what
+    /// its handlers and the client connections share).
+    pub limits: crate::limits::LimitCounters,
 }
 
 impl SyncCounters {
@@ -165,10 +172,16 @@ mod tests {
         let tuning = Tuning {
             sync_clients: 7,
             sync_message_bytes: 4096,
+            max_inflated_bytes: 5000,
+            max_inflate_ratio: 3,
             ..Tuning::default()
         };
         let options = SyncOptions::from(&tuning);
         assert_eq!((options.max_clients, options.max_message), (7, 4096));
+        assert_eq!(
+            (options.inflate.max_bytes, options.inflate.ratio),
+            (5000, 3)
+        );
         let default = SyncOptions::default();
         let t = Tuning::default();
         assert_eq!(

@@ -858,7 +858,7 @@ impl Automerge {
     /// * `patch_log` - A [`PatchLog`] to log the changes required to materialize the current state of
     ///                 the document once loaded
     #[deprecated(since = "0.5.2", note = "Use `load_with_options` instead")]
-    #[tracing::instrument(skip(data), err)]
+    #[tracing::instrument(skip(data), err(level = "debug"))] // concordant patch: was error level
     pub fn load_with(
         data: &[u8],
         on_error: OnPartialLoad,
@@ -879,7 +879,7 @@ impl Automerge {
     /// # Arguments
     /// * `data` - The data to load
     /// * `options` - The options to use when loading
-    #[tracing::instrument(skip(data), err)]
+    #[tracing::instrument(skip(data), err(level = "debug"))] // concordant patch: was error level
     pub fn load_with_options(
         data: &[u8],
         options: LoadOptions<'_>,
@@ -1058,7 +1058,7 @@ impl Automerge {
         ) {
             load::LoadedChanges::Complete(c) => c,
             load::LoadedChanges::Partial { error, loaded, .. } => {
-                tracing::warn!(successful_chunks=loaded.len(), err=?error, "partial load");
+                tracing::debug!(successful_chunks=loaded.len(), err=?error, "partial load");
                 loaded
             }
         };

@@ -263,7 +263,7 @@ where
                     self.literal = false;
                 }
                 Err(e) => {
-                    tracing::warn!(error=?e, "error during rle decoding");
+                    tracing::debug!(error=?e, "error during rle decoding");
                     return None;
                 }
             }

@@ -276,6 +276,7 @@ mod cursor;
 pub mod error;
 mod exid;
 pub mod hydrate;
+pub mod inflate_limit;
 mod indexed_cache;
 pub mod iter;
 pub use iter::Span;

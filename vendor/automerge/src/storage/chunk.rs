@@ -79,10 +79,9 @@ impl<'a> Chunk<'a> {
             }
             ChunkType::Compressed => {
                 let compressed = &input.unconsumed_bytes()[header.data_bytes()];
-                let mut decoder = flate2::bufread::DeflateDecoder::new(compressed);
+                // concordant patch: bounded by the thread's inflate budget (see PATCHED.md)
                 let mut decompressed = Vec::new();
-                decoder
-                    .read_to_end(&mut decompressed)
+                crate::inflate_limit::inflate(compressed, &mut decompressed)
                     .map_err(|_| parse::ParseError::Error(error::Chunk::Deflate))?;
                 let inner_header = header.with_data(ChunkType::Change, &decompressed);
                 let mut inner_chunk = Vec::with_capacity(inner_header.len() + decompressed.len());

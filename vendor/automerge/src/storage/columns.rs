@@ -182,7 +182,7 @@ impl ColumnLayoutParser {
         Ok(Columns { columns })
     }
 
-    #[tracing::instrument(skip(self), err)]
+    #[tracing::instrument(skip(self), err(level = "debug"))] // concordant patch: was error level
     fn add_column(
         &mut self,
         column: ColumnSpec,
@@ -315,7 +315,7 @@ impl ColumnLayoutParser {
             LayoutParserState::Ready => {
                 if let Some(prev) = self.columns.last() {
                     if prev.range().end != next_range.start {
-                        tracing::error!(prev=?prev.range(), next=?next_range, "it's here");
+                        tracing::debug!(prev=?prev.range(), next=?next_range, "it's here");
                         Err(BadColumnLayout::NonContiguousColumns)
                     } else {
                         Ok(())

@@ -310,7 +310,7 @@ impl<'a> Document<'a> {
     ) -> Result<(), ReconstructError> {
         if mode == VerificationMode::Check && !self.heads().iter().eq(cc.heads.iter()) {
             let expected_heads: BTreeSet<_> = self.heads().iter().cloned().collect();
-            tracing::error!(?expected_heads, ?cc.heads, "mismatching heads");
+            tracing::debug!(?expected_heads, ?cc.heads, "mismatching heads");
             Err(ReconstructError::MismatchingHeads(MismatchedHeads {
                 changes: cc.changes.clone(),
                 expected_heads,

@@ -28,10 +28,21 @@ impl Default for BloomFilter {
     }
 }
 
+/// concordant patch (PATCHED.md): the most probes a filter from outside may ask for.
+const MAX_PROBES: u32 = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ParseError {
     #[error(transparent)]
     Leb128(#[from] parse::leb128::Error),
+    // concordant patch (PATCHED.md): a filter with entries but no bits would divide by zero
+    // when probed; one with billions of probes would allocate a probe list of that size.
+    #[error("invalid bloom filter: {num_entries} entries, {num_bits} bits, {num_probes} probes")]
+    Invalid {
+        num_entries: u32,
+        num_bits: usize,
+        num_probes: u32,
+    },
 }
 
 impl BloomFilter {
@@ -54,6 +65,15 @@ impl BloomFilter {
             let (i, num_bits_per_entry) = parse::leb128_u32(i)?;
             let (i, num_probes) = parse::leb128_u32(i)?;
             let (i, bits) = parse::take_n(bits_capacity(num_entries, num_bits_per_entry), i)?;
+            if num_entries != 0
+                && (bits.is_empty() || num_probes == 0 || num_probes > MAX_PROBES)
+            {
+                return Err(parse::ParseError::Error(ParseError::Invalid {
+                    num_entries,
+                    num_bits: bits.len() * 8,
+                    num_probes,
+                }));
+            }
             Ok((
                 i,
                 Self {

@@ -193,7 +193,7 @@ impl KeyIter<'_> {
             },
             (None | Some(None), None | Some(None), None | Some(None)) => Ok(None),
             (None | Some(None), k, _) => {
-                tracing::error!(key=?k, "unexpected null actor");
+                tracing::debug!(key=?k, "unexpected null actor");
                 Err(DecodeColumnError::unexpected_null("actor"))
             }
             (_, None | Some(None), _) => Err(DecodeColumnError::unexpected_null("counter")),

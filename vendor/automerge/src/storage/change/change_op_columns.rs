@@ -546,7 +546,7 @@ impl TryFrom<Columns> for ChangeOpsColumns {
                 (EXPAND_COL_ID, ColumnType::Boolean) => expand = Some(col.range().into()),
                 (MARK_NAME_COL_ID, ColumnType::String) => mark_name = Some(col.range().into()),
                 (other_type, other_col) => {
-                    tracing::warn!(typ=?other_type, id=?other_col, "unknown column");
+                    tracing::debug!(typ=?other_type, id=?other_col, "unknown column");
                     other.append(col);
                 }
             }

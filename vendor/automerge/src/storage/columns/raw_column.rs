@@ -92,8 +92,9 @@ impl<T: compression::ColumnCompression> RawColumn<T> {
         out: &mut Vec<u8>,
     ) -> Result<(ColumnSpec, usize), ParseError> {
         let len = if self.spec.deflate() {
-            let mut inflater = flate2::bufread::DeflateDecoder::new(&input[self.data.clone()]);
-            inflater.read_to_end(out).map_err(ParseError::Deflate)?
+            // concordant patch: bounded by the thread's inflate budget (see PATCHED.md)
+            crate::inflate_limit::inflate(&input[self.data.clone()], out)
+                .map_err(ParseError::Deflate)?
         } else {
             out.extend(&input[self.data.clone()]);
             self.data.len()

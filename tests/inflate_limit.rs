@@ -1,0 +1,213 @@
+//! The bounded inflation patched into the vendored Automerge (`vendor/automerge/PATCHED.md`,
+//! `automerge::inflate_limit`): compressed change chunks and compressed document columns
+//! inflate only within the budget of a `with_inflate_limit` scope, and the bytes this thread
+//! allocates while refusing a bomb stay near the budget (measured with a counting global
+//! allocator: this test binary's own).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+#[path = "common/bomb.rs"]
+mod bomb;
+
+use automerge::inflate_limit::{check_inflated_size, with_inflate_limit, InflateLimitExceeded};
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, Automerge, Change, ObjType, ReadDoc, ROOT};
+use bomb::{change_chunk_bomb, MIB};
+
+/// Counts the bytes each thread has allocated and not freed, and their peak.
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn track(delta: isize) {
+    let _ = LIVE.try_with(|live| {
+        let now = live.get() + delta;
+        live.set(now);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counting only
+// touches const-initialised thread-locals, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            track(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(p, layout) };
+        track(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, layout, new_size) };
+        if !q.is_null() {
+            track(new_size as isize - layout.size() as isize);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Runs `f` and returns its result and the most bytes this thread held at once beyond what
+/// it held before.
+fn peak_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let start = LIVE.with(Cell::get);
+    PEAK.with(|p| p.set(start));
+    let r = f();
+    let peak = PEAK.with(Cell::get) - start;
+    (r, peak.max(0) as usize)
+}
+
+/// A saved document with a text of `n` times the letter a: its value column is compressed.
+fn repetitive_doc(n: usize) -> Vec<u8> {
+    let mut doc = AutoCommit::new();
+    let text = doc.put_object(ROOT, "text", ObjType::Text).unwrap();
+    doc.splice_text(&text, 0, 0, &"a".repeat(n)).unwrap();
+    doc.save()
+}
+
+#[test]
+fn a_change_chunk_bomb_stops_at_the_budget() {
+    let bomb = change_chunk_bomb(64 * MIB);
+    assert!(bomb.len() < 128 * 1024, "the bomb is small: {}", bomb.len());
+    let (result, peak) =
+        peak_during(|| with_inflate_limit(MIB, || Change::from_bytes(bomb.clone())));
+    assert_eq!(result.unwrap_err(), InflateLimitExceeded { limit: MIB });
+    // The output buffer grows by doubling up to the budget, plus the copy of the bomb.
+    assert!(peak < 4 * MIB, "allocated {peak} bytes for a 1 MiB budget");
+    assert_eq!(
+        check_inflated_size(&bomb, MIB),
+        Err(InflateLimitExceeded { limit: MIB })
+    );
+}
+
+#[test]
+fn without_a_scope_inflation_is_unbounded_and_measured() {
+    // What the bound prevents, and proof that the measurement above can fail.
+    let bomb = change_chunk_bomb(16 * MIB);
+    let (result, peak) = peak_during(|| Change::from_bytes(bomb.clone()));
+    assert!(result.is_err(), "zeros are not a change");
+    assert!(
+        peak >= 16 * MIB,
+        "inflating 16 MiB allocated only {peak} bytes"
+    );
+}
+
+#[test]
+fn compressed_document_columns_are_bounded() {
+    let saved = repetitive_doc(200_000);
+    assert!(
+        saved.len() < 20_000,
+        "columns compressed: {} bytes",
+        saved.len()
+    );
+    let refused = with_inflate_limit(50_000, || Automerge::load(&saved));
+    assert_eq!(refused.unwrap_err(), InflateLimitExceeded { limit: 50_000 });
+    assert!(check_inflated_size(&saved, 50_000).is_err());
+    let inflated = check_inflated_size(&saved, 10 * MIB).unwrap();
+    assert!(inflated >= 200_000, "inflated {inflated} bytes");
+    // Within a budget that fits, loading works and gives the document.
+    let doc = with_inflate_limit(inflated, || Automerge::load(&saved))
+        .unwrap()
+        .unwrap();
+    let (_, text) = doc.get(ROOT, "text").unwrap().unwrap();
+    assert_eq!(doc.text(&text).unwrap().len(), 200_000);
+}
+
+#[test]
+fn a_partial_load_does_not_hide_the_limit() {
+    let mut doc = AutoCommit::new();
+    doc.put(ROOT, "k", 1).unwrap();
+    let mut data = doc.save();
+    data.extend(change_chunk_bomb(8 * MIB));
+    let mut target = Automerge::new();
+    target
+        .load_incremental(&repetitive_doc(10))
+        .expect("a small document loads");
+    // Automerge ignores a bad chunk after the first one (a partial load) ...
+    let scoped = with_inflate_limit(MIB, || target.load_incremental(&data));
+    // ... but the scope reports that the budget was exceeded.
+    assert_eq!(scoped.unwrap_err(), InflateLimitExceeded { limit: MIB });
+}
+
+/// A valid change chunk, compressed by Automerge, that inflates to more than `n` bytes: a
+/// text of `n` times the letter a.
+fn compressed_change(n: usize) -> Vec<u8> {
+    let mut doc = AutoCommit::new();
+    let text = doc.put_object(ROOT, "text", ObjType::Text).unwrap();
+    doc.splice_text(&text, 0, 0, &"a".repeat(n)).unwrap();
+    let mut change = doc.get_changes(&[]).pop().unwrap();
+    let bytes = change.bytes().into_owned();
+    assert_eq!(bytes[8], 2, "a compressed change chunk");
+    bytes
+}
+
+#[test]
+fn the_budget_covers_every_chunk_and_nested_scopes() {
+    let one = compressed_change(600 * 1024);
+    assert!(one.len() < 10_000, "compressed: {} bytes", one.len());
+    let two = [compressed_change(600 * 1024), compressed_change(600 * 1024)].concat();
+    assert!(check_inflated_size(&one, MIB).is_ok());
+    assert!(check_inflated_size(&two, MIB).is_err(), "the sum is over");
+    assert!(check_inflated_size(&two, 2 * MIB).is_ok());
+    // An inner scope gets at most what the outer one has left, and uses it up.
+    let outer = with_inflate_limit(MIB, || {
+        let inner = check_inflated_size(&change_chunk_bomb(600 * 1024), 10 * MIB);
+        assert!(inner.is_ok());
+        check_inflated_size(&change_chunk_bomb(600 * 1024), 10 * MIB)
+    });
+    assert!(outer.is_err());
+    // Nothing is left over from the scopes: a new one has its whole budget.
+    assert!(check_inflated_size(&change_chunk_bomb(2 * MIB), 3 * MIB).is_ok());
+}
+
+/// Counts the events at WARN or ERROR.
+struct CountLoud(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for CountLoud {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() <= tracing::Level::WARN {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn refused_input_logs_nothing_above_debug() {
+    let loud = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut valid = AutoCommit::new();
+    valid.put(ROOT, "k", 1).unwrap();
+    let mut partial = valid.save();
+    partial.extend(change_chunk_bomb(1000));
+    tracing::subscriber::with_default(CountLoud(loud.clone()), || {
+        assert!(Automerge::load(b"not automerge").is_err());
+        assert!(Automerge::load(&change_chunk_bomb(1000)).is_err());
+        let mut doc = Automerge::load(&repetitive_doc(10)).unwrap();
+        doc.load_incremental(&partial)
+            .expect("a partial load is not an error");
+        assert_eq!(loud.load(std::sync::atomic::Ordering::Relaxed), 0);
+        tracing::warn!("the subscriber sees warnings");
+    });
+    assert_eq!(loud.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
