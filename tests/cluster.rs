@@ -407,3 +407,34 @@ async fn node_restarts_at_once_after_shutdown() {
     }
     cluster.shutdown().await;
 }
+
+/// The core is woken when it asks, not on a fixed tick: a lone node with nothing timed never
+/// wakes for a timeout, and a linked idle pair wakes about once per anti-entropy period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_nodes_wake_only_for_the_timers_they_ask_for() {
+    let mut lone = TestCluster::new(1, TopologyKind::Mesh);
+    let node = lone.start_node(0).await;
+    node.change("d", |tx| tx.put(ROOT, "k", 1)).await.unwrap();
+    let before = node.status().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after = node.status().await.unwrap();
+    assert_eq!(
+        after.timer_wakeups, before.timer_wakeups,
+        "a node with nothing timed sleeps until its next input"
+    );
+    lone.shutdown().await;
+
+    let pair = TestCluster::start(2, TopologyKind::Mesh).await;
+    let period = common::test_tuning().anti_entropy_ms;
+    pair.node(0).change("d", |tx| tx.put(ROOT, "k", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = pair.node(0).status().await.unwrap();
+    let window = Duration::from_millis(10 * period);
+    tokio::time::sleep(window).await;
+    let after = pair.node(0).status().await.unwrap();
+    let woken = after.timer_wakeups - before.timer_wakeups;
+    // n1 opens the reconciliations: one timeout per period (a fixed 50 ms tick would be
+    // 60 over this window), with room for a receipt or two.
+    assert!((5..=16).contains(&woken), "{woken} timer wake-ups in {window:?}");
+    pair.shutdown().await;
+}
