@@ -51,6 +51,14 @@
 //! `concordant_sync_clients_dropped_total` (too far behind),
 //! `concordant_sync_client_changes_total`.
 //!
+//! Limits ([`render_limits`]): `concordant_api_connections` (open),
+//! `concordant_api_connections_max`, `concordant_watch_streams` (open),
+//! `concordant_limits_refused_total{limit}`: `connections` (503 over `api_connections`),
+//! `header_timeout` (no request head within `api_header_timeout_ms`), `watch` (503 over
+//! `watch_streams`), `sync_clients` (503 over `sync_clients`), `sync_client_queue_bytes`
+//! (clients disconnected past their queue's bytes), `sync_client_write_timeout` (clients
+//! disconnected because their socket took no write within `sync_client_write_timeout_ms`).
+//!
 //! # Replication lag
 //! Per peer, the lag is what this node has and has not yet handed to the peer's link:
 //! `concordant_peer_lag_bytes{peer}` is the bytes of changes queued for the peer in the
@@ -131,7 +139,9 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, H
         .status()
         .await
         .map_err(|e| HttpError::from_node("", e))?;
-    let text = render(&status, &state.counters) + &render_sync(&status, state.sync.counters());
+    let text = render(&status, &state.counters)
+        + &render_sync(&status, state.sync.counters())
+        + &render_limits(&status, state.sync.counters(), &state.limits);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -140,6 +150,52 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, H
         text,
     )
         .into_response())
+}
+
+/// Prometheus text for the caps on what clients hold (see [`super::limits`]).
+pub(crate) fn render_limits(
+    s: &NodeStatus,
+    sync: &SyncCounters,
+    limits: &super::limits::Limits,
+) -> String {
+    let mut m = Metrics::default();
+    let open = limits.connections.used() + limits.health.used();
+    m.gauge(
+        "concordant_api_connections",
+        "HTTP API connections open (WebSockets and streams included).",
+        &[],
+        open as u64,
+    );
+    m.gauge(
+        "concordant_api_connections_max",
+        "HTTP API connections served at once, at most (tuning.api_connections).",
+        &[],
+        limits.connections.max() as u64,
+    );
+    m.gauge(
+        "concordant_watch_streams",
+        "Watch streams (server-sent events) open.",
+        &[],
+        limits.watches.used() as u64,
+    );
+    let mut refused = limits.refusals();
+    for limit in ["connections", "header_timeout", "watch", "sync_clients"] {
+        refused.entry(limit).or_insert(0);
+    }
+    refused.insert("sync_client_queue_bytes", s.sync_clients_dropped);
+    refused.insert(
+        "sync_client_write_timeout",
+        sync.write_timeouts.load(Ordering::Relaxed),
+    );
+    for (limit, n) in refused {
+        m.counter(
+            "concordant_limits_refused_total",
+            "Requests, messages or connections refused by a limit, by limit.",
+            &[("limit", limit)],
+            n,
+        );
+    }
+    m.out
 }
 
 /// Prometheus text for the automerge-repo client endpoint (`GET /v1/sync`).

@@ -46,12 +46,16 @@
 
 mod auth;
 mod cluster;
+mod conn_io;
+mod conns;
 mod error;
 mod handlers;
+pub mod limits;
 pub mod metrics;
 mod sync;
 mod topology;
 mod watch;
+mod watch_cap;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -59,7 +63,6 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -67,6 +70,7 @@ use crate::node::Node;
 
 pub use crate::doc_id::{is_valid_doc_id, MAX_DOC_ID};
 pub use error::HttpError;
+pub use limits::ConnLimits;
 
 /// The default largest request body accepted, in bytes (16 MiB); larger bodies get 413.
 pub const DEFAULT_BODY_LIMIT: usize = 16 << 20;
@@ -107,6 +111,8 @@ pub struct ApiOptions {
     pub body_limit: usize,
     /// Limits of `GET /v1/sync` (automerge-repo clients).
     pub sync: crate::sync::SyncOptions,
+    /// Limits on connections, their timeouts and `watch` streams.
+    pub limits: ConnLimits,
 }
 
 impl ApiOptions {
@@ -116,6 +122,7 @@ impl ApiOptions {
             token,
             body_limit: DEFAULT_BODY_LIMIT,
             sync: crate::sync::SyncOptions::default(),
+            limits: ConnLimits::default(),
         }
     }
 }
@@ -131,6 +138,8 @@ pub(crate) struct Shared {
     pub(crate) sync: Arc<crate::sync::Server>,
     /// Becomes true when the server shuts down; watch streams end then.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    /// The caps on connections and streams, and their refusals.
+    pub(crate) limits: Arc<limits::Limits>,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -167,6 +176,7 @@ pub async fn serve_with(
     let status = node.status().await?;
     let others = status.peers.len();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let limits = Arc::new(limits::Limits::new(options.limits));
     let shared = Arc::new(Shared {
         node: node.clone(),
         token: options.token,
@@ -177,23 +187,22 @@ pub async fn serve_with(
             node.id(),
             options.sync,
         )),
-        stopping: stop_rx,
+        stopping: stop_rx.clone(),
+        limits: Arc::clone(&limits),
     });
     let app = router(shared, options.body_limit);
-    tracing::info!(node = %node.id(), addr = %addr, "HTTP API listening");
+    tracing::info!(
+        node = %node.id(),
+        addr = %addr,
+        connections = limits.conns.max,
+        "HTTP API listening"
+    );
     let signal = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    // Without TCP_NODELAY a small answer can wait for the client's delayed ACK (about
-    // 40 ms on Linux): measured as the p99 of client-to-client latency over /v1/sync.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await
-        .map_err(|source| ApiError::Serve { addr, source })
+    conns::serve(listener, app, limits, stop_rx, signal).await;
+    Ok(())
 }
 
 fn router(state: AppState, body_limit: usize) -> Router {
@@ -219,7 +228,13 @@ fn router(state: AppState, body_limit: usize) -> Router {
             "/v1/docs/{id}/automerge",
             get(handlers::get_automerge).post(handlers::post_automerge),
         )
-        .route("/v1/docs/{id}/watch", get(watch::watch))
+        .route(
+            "/v1/docs/{id}/watch",
+            get(watch::watch).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                watch_cap::hold_place,
+            )),
+        )
         .route("/metrics", get(metrics::metrics))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)

@@ -67,6 +67,8 @@ pub struct SyncCounters {
     pub refused: AtomicU64,
     /// Connections closed for a malformed or refused message.
     pub errors: AtomicU64,
+    /// Connections closed because the client's socket took no write within the timeout.
+    pub write_timeouts: AtomicU64,
 }
 
 impl SyncCounters {
