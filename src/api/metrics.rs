@@ -44,6 +44,7 @@
 //! `concordant_persist_failures_total` (persist batches storage failed to make durable).
 //!
 //! automerge-repo clients ([`render_sync`]): `concordant_sync_clients` (gauge: connected),
+//! `concordant_sync_client_queued_bytes` (gauge: waiting for them),
 //! `concordant_sync_client_messages_received_total`,
 //! `concordant_sync_client_messages_sent_total`, `concordant_sync_client_bytes_received_total`,
 //! `concordant_sync_client_bytes_sent_total`, `concordant_sync_clients_refused_total`
@@ -207,6 +208,12 @@ pub fn render_sync(s: &NodeStatus, sync: &SyncCounters) -> String {
         "automerge-repo WebSocket clients connected.",
         &[],
         sync.clients.load(Ordering::Relaxed) as u64,
+    );
+    m.gauge(
+        "concordant_sync_client_queued_bytes",
+        "Bytes queued for automerge-repo clients (each at most tuning.sync_client_queue_bytes).",
+        &[],
+        s.sync_client_queued_bytes as u64,
     );
     for (name, help, value) in [
         (
