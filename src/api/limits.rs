@@ -3,7 +3,7 @@
 //! streams; the refusals they made, by limit (`concordant_limits_refused_total{limit}`);
 //! and the answer a cap gives, 503 with `Retry-After`.
 //!
-//! Owns the numbers and the counting only: the accept loop ([`super::conns`]) and the
+//! Owns the numbers and the counting only: the accept loop (`conns.rs`) and the
 //! handlers decide when to ask. The default connection cap is derived from the process's
 //! soft file limit (`RLIMIT_NOFILE`) so that open sockets can never take the descriptors
 //! peers, storage and `/v1/health` need: see [`ConnLimits::from_tuning`].

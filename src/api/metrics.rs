@@ -52,7 +52,7 @@
 //! `concordant_sync_clients_dropped_total` (too far behind),
 //! `concordant_sync_client_changes_total`.
 //!
-//! Limits ([`render_limits`]): `concordant_api_connections` (open),
+//! Limits (`render_limits`): `concordant_api_connections` (open),
 //! `concordant_api_connections_max`, `concordant_watch_streams` (open),
 //! `concordant_limits_refused_total{limit}`: `connections` (503 over `api_connections`),
 //! `header_timeout` (no request head within `api_header_timeout_ms`), `watch` (503 over

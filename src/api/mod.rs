@@ -22,7 +22,7 @@
 //! | `POST /v1/docs/{id}/ops` | `{"heads","acked_by"}`; 400 malformed, 409 does not fit, 504 write concern not met, 500 outcome uncertain (storage failed), 503 storage failing or busy |
 //! | `GET /v1/docs/{id}/automerge` | `application/octet-stream` saved document; 404 if absent |
 //! | `POST /v1/docs/{id}/automerge` | merges the raw body: `{"new_changes":n,"heads":[...]}`; 400 if not Automerge data |
-//! | `GET /v1/docs/{id}/watch` | server-sent events `change` with `{"doc","heads"}` per change |
+//! | `GET /v1/docs/{id}/watch` | server-sent events `change` with `{"doc","heads"}` per change; 503 past `watch_streams` |
 //! | `GET /metrics` | Prometheus text format (see [`metrics`]) |
 //!
 //! # Decisions
@@ -40,6 +40,9 @@
 //! - The token is compared in constant time; only `GET /v1/health` is exempt.
 //!   `GET /v1/sync` also takes it as `?token=<token>` (browsers cannot set headers on a
 //!   WebSocket), and refuses a wrong one with 401 before any upgrade.
+//! - Connections, their timeouts and watch streams are capped (see [`limits`] and
+//!   `conns.rs`): past a cap the answer is 503 with `Retry-After`, never a hung accept, and
+//!   `GET /v1/health` is still answered on a reserve of connections.
 //! - A watcher that falls behind skips the events it missed (each event carries the full
 //!   heads, so the next one is current); the node never waits for a watcher. Watch streams
 //!   end when the server shuts down, so shutdown never waits for them.
