@@ -14,7 +14,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use axum::http::Method;
+use common::metrics_text::{metrics, refused, sample};
 use common::procs::{ChildGuard, ProcCluster, POLL, WAIT};
 use concordant::client::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -79,22 +79,6 @@ async fn health(api: &str, within: Duration) -> Result<u16, String> {
     tokio::time::timeout(within, exchange)
         .await
         .map_err(|_| format!("no answer within {within:?}"))?
-}
-
-/// The value of one metric sample (`name{labels}`), 0 if absent.
-fn sample(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
-}
-
-async fn metrics(client: &Client) -> String {
-    let answer = client
-        .checked(Method::GET, "/metrics", None)
-        .await
-        .expect("metrics");
-    String::from_utf8(answer.body).expect("metrics text")
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -172,29 +156,29 @@ async fn health_answers_while_idle_sockets_exceed_the_file_limit() {
     });
     let closed = futures_util::future::join_all(closes).await;
     let still_open = closed.iter().filter(|(done, _)| !done).count();
-    let refused = closed.iter().filter(|(_, r)| *r).count();
+    let answered_503 = closed.iter().filter(|(_, r)| *r).count();
     assert_eq!(still_open, 0, "idle sockets the node kept open");
     assert!(
-        refused >= IDLE - cap,
-        "only {refused} sockets over the cap of {cap} got a 503"
+        answered_503 >= IDLE - cap,
+        "only {answered_503} sockets over the cap of {cap} got a 503"
     );
 
     let after = metrics(&client).await;
-    let by = |limit: &str| {
-        sample(
-            &after,
-            &format!("concordant_limits_refused_total{{limit=\"{limit}\"}}"),
-        )
-    };
     eprintln!(
         "file limit {FILE_LIMIT}: {IDLE} idle sockets, cap {cap}, {answered} health checks \
          answered, at most {most_fds} descriptors held; refused: connections {}, \
          header_timeout {}",
-        by("connections"),
-        by("header_timeout")
+        refused(&after, "connections"),
+        refused(&after, "header_timeout")
     );
-    assert!(by("connections") >= (IDLE - cap) as u64, "{after}");
-    assert!(by("header_timeout") >= (cap - 64) as u64, "{after}");
+    assert!(
+        refused(&after, "connections") >= (IDLE - cap) as u64,
+        "{after}"
+    );
+    assert!(
+        refused(&after, "header_timeout") >= (cap - 64) as u64,
+        "{after}"
+    );
     assert!(
         sample(&after, "concordant_api_connections") <= 2,
         "connections still counted:\n{after}"
@@ -265,7 +249,7 @@ async fn watch_streams_past_the_cap_get_503_with_retry_after() {
     };
     let client = Client::new(&format!("http://{addr}"), None).expect("client");
     let text = metrics(&client).await;
-    assert!(sample(&text, "concordant_limits_refused_total{limit=\"watch\"}") >= 1);
+    assert!(refused(&text, "watch") >= 1, "{text}");
     assert_eq!(sample(&text, "concordant_watch_streams"), 2, "{text}");
     let _ = stop_tx.send(());
     let stopped = tokio::time::timeout(WAIT, server).await;

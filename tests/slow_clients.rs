@@ -16,19 +16,21 @@ use concordant::api::{self, ApiOptions};
 use concordant::certs::in_memory_identities;
 use concordant::client::Client;
 use concordant::config::Tuning;
-use concordant::sync::codec::{self, PeerMetadata, RepoMessage};
+use concordant::sync::codec::{self, RepoMessage};
 use concordant::sync::SyncOptions;
 use concordant::{Node, NodeBuilder};
 use futures_util::{SinkExt, StreamExt};
-use hyper::Method;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+
+#[path = "common/metrics_text.rs"]
+mod metrics_text;
+#[path = "common/repo_socket.rs"]
+mod repo_socket;
+use metrics_text::{metrics, refused, sample};
+use repo_socket::{join, next, open, send, Socket};
 
 /// Bound on every wait.
 const LIMIT: Duration = Duration::from_secs(30);
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// One node with its API on 127.0.0.1:0 and these limits; the node and its API client.
 async fn node(tuning: Tuning) -> (Node, Client, String) {
@@ -58,45 +60,11 @@ async fn node(tuning: Tuning) -> (Node, Client, String) {
 
 /// Opens a socket and joins as `peer`; returns the socket and the server's peer id.
 async fn joined(addr: &str, peer: &str) -> (Socket, String) {
-    let (mut socket, _) =
-        tokio::time::timeout(LIMIT, connect_async(format!("ws://{addr}/v1/sync")))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-    let join = RepoMessage::Join {
-        sender_id: peer.into(),
-        peer_metadata: Some(PeerMetadata {
-            storage_id: None,
-            is_ephemeral: true,
-        }),
-        supported_protocol_versions: vec!["1".into()],
-    };
-    send(&mut socket, &join).await;
+    let mut socket = open(addr, "").await.expect("connect");
+    send(&mut socket, &join(peer, &["1"])).await;
     match next(&mut socket).await {
         Some(RepoMessage::Peer { sender_id, .. }) => (socket, sender_id),
         other => panic!("expected peer, got {other:?}"),
-    }
-}
-
-async fn send(socket: &mut Socket, msg: &RepoMessage) {
-    socket
-        .send(Message::Binary(codec::encode(msg).into()))
-        .await
-        .expect("send");
-}
-
-/// The next protocol message, or `None` once the server closed the socket.
-async fn next(socket: &mut Socket) -> Option<RepoMessage> {
-    loop {
-        let frame = tokio::time::timeout(LIMIT, socket.next())
-            .await
-            .expect("an answer in time");
-        match frame {
-            Some(Ok(Message::Binary(bytes))) => return Some(codec::decode(&bytes).expect("cbor")),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-            Some(Ok(other)) => panic!("unexpected frame {other:?}"),
-        }
     }
 }
 
@@ -113,22 +81,6 @@ fn request(me: &str, server: &str, doc: &str) -> RepoMessage {
         document_id: doc.into(),
         data,
     }
-}
-
-async fn metrics(client: &Client) -> String {
-    let answer = client
-        .checked(Method::GET, "/metrics", None)
-        .await
-        .expect("metrics");
-    String::from_utf8(answer.body).expect("text")
-}
-
-/// The value of one metric sample (`name{labels}`), 0 if absent.
-fn sample(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// This process's resident memory, in KiB.
@@ -216,19 +168,13 @@ async fn a_client_past_its_queue_bytes_is_disconnected_and_released() {
         ..Tuning::default()
     };
     let (m, most_queued, _) = paused_client(tuning, 200).await;
-    let limit = |l: &str| {
-        sample(
-            &m,
-            &format!("concordant_limits_refused_total{{limit=\"{l}\"}}"),
-        )
-    };
-    assert_eq!(limit("sync_client_queue_bytes"), 1, "{m}");
+    assert_eq!(refused(&m, "sync_client_queue_bytes"), 1, "{m}");
     assert_eq!(
         sample(&m, "concordant_sync_clients_dropped_total"),
         1,
         "{m}"
     );
-    assert_eq!(limit("sync_client_write_timeout"), 0, "{m}");
+    assert_eq!(refused(&m, "sync_client_write_timeout"), 0, "{m}");
     // The bound, and one message that may come into an empty queue.
     assert!(
         most_queued <= (bound + 2 * CHANGE) as u64,
@@ -244,14 +190,8 @@ async fn a_client_whose_socket_takes_no_write_is_disconnected_after_the_timeout(
         ..Tuning::default()
     };
     let (m, _, written) = paused_client(tuning, 200).await;
-    let limit = |l: &str| {
-        sample(
-            &m,
-            &format!("concordant_limits_refused_total{{limit=\"{l}\"}}"),
-        )
-    };
-    assert_eq!(limit("sync_client_write_timeout"), 1, "{m}");
-    assert_eq!(limit("sync_client_queue_bytes"), 0, "{m}");
+    assert_eq!(refused(&m, "sync_client_write_timeout"), 1, "{m}");
+    assert_eq!(refused(&m, "sync_client_queue_bytes"), 0, "{m}");
     assert!(
         written < 200,
         "the client was only gone once writes stopped"
