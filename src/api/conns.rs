@@ -10,7 +10,8 @@
 //!   answered, anything else gets 503 with `Retry-After`. Over that too, the 503 is written
 //!   at once and the socket closed: the accept never waits.
 //! - Shutdown: the listener closes, every connection finishes its request in progress
-//!   (hyper's graceful shutdown) and the loop returns once all are closed; upgraded
+//!   (hyper's graceful shutdown, at most [`SHUTDOWN_GRACE`]) and the loop returns once all
+//!   are closed; upgraded
 //!   connections and streams end through the server's `stopping` signal.
 
 use std::future::Future;
@@ -32,6 +33,9 @@ pub const OVERFLOW_HEAD: Duration = Duration::from_secs(1);
 
 /// The longest the 503 to a refused connection may take to write.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// The longest a connection may take to finish its answer once the server stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Pause after an accept that failed for want of resources (file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -155,8 +159,9 @@ async fn connection(
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(app))
         .with_upgrades();
     tokio::pin!(conn);
-    let mut closing = false;
+    let mut closing = None;
     loop {
+        let grace = closing.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             served = conn.as_mut() => {
                 if let Err(e) = served {
@@ -164,10 +169,12 @@ async fn connection(
                 }
                 return;
             }
-            _ = stopping.wait_for(|s| *s), if !closing => {
-                closing = true;
+            _ = stopping.wait_for(|s| *s), if closing.is_none() => {
+                closing = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
                 conn.as_mut().graceful_shutdown();
             }
+            // A client that does not take its answer does not hold the shutdown.
+            () = tokio::time::sleep_until(grace), if closing.is_some() => return,
         }
     }
 }
