@@ -73,9 +73,30 @@ pub struct Tuning {
     pub sync_clients: usize,
     /// The largest WebSocket message accepted from a client, in bytes (default 32 MiB).
     pub sync_message_bytes: usize,
-    /// Messages queued for one client; a client that falls this far behind is disconnected
-    /// (it syncs again when it reconnects) rather than slow the node (default 1024).
+    /// Messages queued for one client past which the node stops reading that client's
+    /// messages until it has taken some (default 1024): a burst of requests is answered at
+    /// the pace the client reads.
     pub sync_client_queue: usize,
+    /// Bytes queued for one client, at most (default 4 MiB; each message counts its data
+    /// plus 128 bytes): a client that falls this far behind is disconnected (it syncs again
+    /// when it reconnects) rather than hold the node's memory. One message always fits.
+    pub sync_client_queue_bytes: usize,
+    /// A client whose socket takes no write for this long, in ms, is disconnected
+    /// (default 30000).
+    pub sync_client_write_timeout_ms: u64,
+    /// Open HTTP API connections per node, at most; more are answered 503 with
+    /// `Retry-After` (default: derived from the process's soft file limit, see
+    /// [`crate::api::ConnLimits`]). A few more are kept for `GET /v1/health`.
+    pub api_connections: Option<usize>,
+    /// Time a new API connection has to send its first request's head, in ms (default
+    /// 10000); past it the connection is closed.
+    pub api_header_timeout_ms: u64,
+    /// Time a kept-alive API connection may wait between requests (its next request's head
+    /// included), in ms (default 60000); past it the connection is closed.
+    pub api_idle_timeout_ms: u64,
+    /// `GET /v1/docs/{id}/watch` streams (server-sent events) open at once per node, at
+    /// most (default 1024); more are answered 503 with `Retry-After`.
+    pub watch_streams: usize,
     /// Offer compression on peer links (default true): a link is one deflate stream per
     /// direction when both of its nodes offer it (about half the bytes per write).
     pub compress_links: bool,
@@ -106,6 +127,12 @@ impl Default for Tuning {
             sync_clients: 10_000,
             sync_message_bytes: 32 << 20,
             sync_client_queue: 1024,
+            sync_client_queue_bytes: 4 << 20,
+            sync_client_write_timeout_ms: 30_000,
+            api_connections: None,
+            api_header_timeout_ms: 10_000,
+            api_idle_timeout_ms: 60_000,
+            watch_streams: 1024,
             compress_links: true,
             max_inflated_bytes: 64 << 20,
             max_inflate_ratio: 64,
@@ -615,13 +642,19 @@ impl Checker<'_> {
     }
 
     fn tuning(&self, t: &Tuning) -> Result<(), ConfigError> {
-        let positive: [(&str, u64); 6] = [
+        let positive: [(&str, u64); 9] = [
             ("tick_ms", t.tick_ms),
             ("anti_entropy_ms", t.anti_entropy_ms),
             ("keep_alive_ms", t.keep_alive_ms),
             ("idle_timeout_ms", t.idle_timeout_ms),
             ("reconnect_min_ms", t.reconnect_min_ms),
             ("reconnect_max_ms", t.reconnect_max_ms),
+            (
+                "sync_client_write_timeout_ms",
+                t.sync_client_write_timeout_ms,
+            ),
+            ("api_header_timeout_ms", t.api_header_timeout_ms),
+            ("api_idle_timeout_ms", t.api_idle_timeout_ms),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -639,6 +672,9 @@ impl Checker<'_> {
             ("sync_client_queue", t.sync_client_queue),
             ("max_inflated_bytes", t.max_inflated_bytes),
             ("max_inflate_ratio", t.max_inflate_ratio),
+            ("sync_client_queue_bytes", t.sync_client_queue_bytes),
+            ("api_connections", t.api_connections.unwrap_or(1)),
+            ("watch_streams", t.watch_streams),
         ] {
             if value == 0 {
                 return Err(self.invalid(format!("tuning.{name}"), "must be at least 1"));

@@ -249,6 +249,12 @@ fn cluster_toml(opts: &InitOptions, cluster: &str, ids: &[String], token: &str) 
         ("idle_timeout_ms", t.idle_timeout_ms),
         ("reconnect_min_ms", t.reconnect_min_ms),
         ("reconnect_max_ms", t.reconnect_max_ms),
+        (
+            "sync_client_write_timeout_ms",
+            t.sync_client_write_timeout_ms,
+        ),
+        ("api_header_timeout_ms", t.api_header_timeout_ms),
+        ("api_idle_timeout_ms", t.api_idle_timeout_ms),
     ] {
         let _ = writeln!(out, "# {name} = {value}");
     }
@@ -263,9 +269,12 @@ fn cluster_toml(opts: &InitOptions, cluster: &str, ids: &[String], token: &str) 
         ("sync_client_queue", t.sync_client_queue),
         ("max_inflated_bytes", t.max_inflated_bytes),
         ("max_inflate_ratio", t.max_inflate_ratio),
+        ("sync_client_queue_bytes", t.sync_client_queue_bytes),
+        ("watch_streams", t.watch_streams),
     ] {
         let _ = writeln!(out, "# {name} = {value}");
     }
+
     let _ = writeln!(out, "# compress_links = {}", t.compress_links);
     out
 }

@@ -665,10 +665,13 @@ async fn run_nodes(
         listeners.push(listener);
     }
     let mut served = Vec::new();
+    // The file descriptors of the process are shared by the nodes it runs.
+    let nodes = configs.len();
     for ((config, _), listener) in configs.into_iter().zip(listeners) {
         let id = config.id.clone();
         let mut options = concordant::api::ApiOptions::new(token.clone());
         options.sync = concordant::sync::SyncOptions::from(&config.tuning);
+        options.limits = concordant::api::ConnLimits::from_tuning(&config.tuning, nodes);
         let node = Node::start(config)
             .await
             .with_context(|| format!("node {id}"))?;

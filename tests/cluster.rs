@@ -426,7 +426,10 @@ async fn idle_nodes_wake_only_for_the_timers_they_ask_for() {
 
     let pair = TestCluster::start(2, TopologyKind::Mesh).await;
     let period = common::test_tuning().anti_entropy_ms;
-    pair.node(0).change("d", |tx| tx.put(ROOT, "k", 1)).await.unwrap();
+    pair.node(0)
+        .change("d", |tx| tx.put(ROOT, "k", 1))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = pair.node(0).status().await.unwrap();
     let window = Duration::from_millis(10 * period);
@@ -435,6 +438,9 @@ async fn idle_nodes_wake_only_for_the_timers_they_ask_for() {
     let woken = after.timer_wakeups - before.timer_wakeups;
     // n1 opens the reconciliations: one timeout per period (a fixed 50 ms tick would be
     // 60 over this window), with room for a receipt or two.
-    assert!((5..=16).contains(&woken), "{woken} timer wake-ups in {window:?}");
+    assert!(
+        (5..=16).contains(&woken),
+        "{woken} timer wake-ups in {window:?}"
+    );
     pair.shutdown().await;
 }

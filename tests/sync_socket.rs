@@ -10,20 +10,18 @@ use automerge::{Automerge, ROOT};
 use concordant::api::{self, ApiOptions};
 use concordant::certs::in_memory_identities;
 use concordant::config::TopologyKind;
-use concordant::sync::codec::{self, PeerMetadata, RepoMessage};
+use concordant::sync::codec::RepoMessage;
 use concordant::sync::SyncOptions;
 use concordant::topology::Topology;
 use concordant::{Node, NodeBuilder};
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+
+#[path = "common/repo_socket.rs"]
+mod repo_socket;
+use repo_socket::{join, next, open, send, Socket};
 
 const TOKEN: &str = "s3cret";
-const LIMIT: Duration = Duration::from_secs(10);
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// One node with its API on 127.0.0.1:0; returns the node and the API's address.
 async fn node(max_clients: usize) -> (Node, String) {
     let identities = in_memory_identities("synctest", &["n1"]).unwrap();
@@ -47,47 +45,6 @@ async fn node(max_clients: usize) -> (Node, String) {
             .unwrap();
     });
     (node, addr)
-}
-
-async fn open(addr: &str, query: &str) -> Result<Socket, tungstenite::Error> {
-    let (socket, _) =
-        tokio::time::timeout(LIMIT, connect_async(format!("ws://{addr}/v1/sync{query}")))
-            .await
-            .expect("connect in time")?;
-    Ok(socket)
-}
-
-async fn send(socket: &mut Socket, msg: &RepoMessage) {
-    socket
-        .send(Message::Binary(codec::encode(msg).into()))
-        .await
-        .unwrap();
-}
-
-/// The next protocol message, or `None` once the server closed the socket.
-async fn next(socket: &mut Socket) -> Option<RepoMessage> {
-    loop {
-        let frame = tokio::time::timeout(LIMIT, socket.next())
-            .await
-            .expect("an answer in time");
-        match frame {
-            Some(Ok(Message::Binary(bytes))) => return Some(codec::decode(&bytes).unwrap()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-            Some(Ok(other)) => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-fn join(peer: &str, versions: &[&str]) -> RepoMessage {
-    RepoMessage::Join {
-        sender_id: peer.into(),
-        peer_metadata: Some(PeerMetadata {
-            storage_id: None,
-            is_ephemeral: true,
-        }),
-        supported_protocol_versions: versions.iter().map(|v| v.to_string()).collect(),
-    }
 }
 
 /// Opens a socket and joins as `peer`; returns the socket and the server's peer id.

@@ -46,6 +46,7 @@
 //! `concordant_persist_failures_total` (persist batches storage failed to make durable).
 //!
 //! automerge-repo clients ([`render_sync`]): `concordant_sync_clients` (gauge: connected),
+//! `concordant_sync_client_queued_bytes` (gauge: waiting for them),
 //! `concordant_sync_client_messages_received_total`,
 //! `concordant_sync_client_messages_sent_total`, `concordant_sync_client_bytes_received_total`,
 //! `concordant_sync_client_bytes_sent_total`, `concordant_sync_clients_refused_total`
@@ -53,8 +54,15 @@
 //! `concordant_sync_clients_dropped_total` (too far behind),
 //! `concordant_sync_client_changes_total`.
 //!
-//! Limits ([`render_limits`]): `concordant_limits_refused_total{limit}` (requests and
-//! messages refused by a limit: `inflated_bytes`, see [`crate::limits`]).
+//! Limits (`render_limits`): `concordant_api_connections` (open),
+//! `concordant_api_connections_max`, `concordant_watch_streams` (open),
+//! `concordant_limits_refused_total{limit}`: `connections` (503 over `api_connections`),
+//! `header_timeout` (no request head within `api_header_timeout_ms`), `watch` (503 over
+//! `watch_streams`), `sync_clients` (503 over `sync_clients`), `sync_client_queue_bytes`
+//! (clients disconnected past their queue's bytes), `sync_client_write_timeout` (clients
+//! disconnected because their socket took no write within `sync_client_write_timeout_ms`),
+//! `inflated_bytes` (Automerge data from a client over its inflate budget, see
+//! [`crate::limits`]).
 //!
 //! # Replication lag
 //! Per peer, the lag is what this node has and has not yet handed to the peer's link:
@@ -83,7 +91,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{AppState, HttpError};
-use crate::limits::LimitCounters;
 use crate::node::{NodeStatus, PeerStatus};
 use crate::sync::SyncCounters;
 use crate::transport::PeerStats;
@@ -139,7 +146,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, H
         .map_err(|e| HttpError::from_node("", e))?;
     let text = render(&status, &state.counters)
         + &render_sync(&status, state.sync.counters())
-        + &render_limits(&state.sync.counters().limits);
+        + &render_limits(&status, state.sync.counters(), &state.limits);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -150,12 +157,50 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, H
         .into_response())
 }
 
-/// Prometheus text for what limits refused: `concordant_limits_refused_total{limit}`
-/// (`inflated_bytes`: Automerge data from a client over its inflate budget).
-pub fn render_limits(limits: &LimitCounters) -> String {
+/// Prometheus text for the caps on what clients hold (see [`super::limits`]).
+pub(crate) fn render_limits(
+    s: &NodeStatus,
+    sync: &SyncCounters,
+    limits: &super::limits::Limits,
+) -> String {
     let mut m = Metrics::default();
-    let mut refused = limits.snapshot();
-    refused.entry(crate::limits::INFLATED_BYTES).or_insert(0);
+    let open = limits.connections.used() + limits.health.used();
+    m.gauge(
+        "concordant_api_connections",
+        "HTTP API connections open (WebSockets and streams included).",
+        &[],
+        open as u64,
+    );
+    m.gauge(
+        "concordant_api_connections_max",
+        "HTTP API connections served at once, at most (tuning.api_connections).",
+        &[],
+        limits.connections.max() as u64,
+    );
+    m.gauge(
+        "concordant_watch_streams",
+        "Watch streams (server-sent events) open.",
+        &[],
+        limits.watches.used() as u64,
+    );
+    let mut refused = limits.refusals();
+    for (limit, n) in sync.limits.snapshot() {
+        *refused.entry(limit).or_insert(0) += n;
+    }
+    for limit in [
+        "connections",
+        "header_timeout",
+        "watch",
+        "sync_clients",
+        crate::limits::INFLATED_BYTES,
+    ] {
+        refused.entry(limit).or_insert(0);
+    }
+    refused.insert("sync_client_queue_bytes", s.sync_clients_dropped);
+    refused.insert(
+        "sync_client_write_timeout",
+        sync.write_timeouts.load(Ordering::Relaxed),
+    );
     for (limit, n) in refused {
         m.counter(
             "concordant_limits_refused_total",
@@ -176,6 +221,12 @@ pub fn render_sync(s: &NodeStatus, sync: &SyncCounters) -> String {
         "automerge-repo WebSocket clients connected.",
         &[],
         sync.clients.load(Ordering::Relaxed) as u64,
+    );
+    m.gauge(
+        "concordant_sync_client_queued_bytes",
+        "Bytes queued for automerge-repo clients (each at most tuning.sync_client_queue_bytes).",
+        &[],
+        s.sync_client_queued_bytes as u64,
     );
     for (name, help, value) in [
         (

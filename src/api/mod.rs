@@ -22,7 +22,7 @@
 //! | `POST /v1/docs/{id}/ops` | `{"heads","acked_by"}`; 400 malformed, 409 does not fit, 504 write concern not met, 500 outcome uncertain (storage failed), 503 storage failing or busy |
 //! | `GET /v1/docs/{id}/automerge` | `application/octet-stream` saved document; 404 if absent |
 //! | `POST /v1/docs/{id}/automerge` | merges the raw body: `{"new_changes":n,"heads":[...]}`; 400 if not Automerge data |
-//! | `GET /v1/docs/{id}/watch` | server-sent events `change` with `{"doc","heads"}` per change |
+//! | `GET /v1/docs/{id}/watch` | server-sent events `change` with `{"doc","heads"}` per change; 503 past `watch_streams` |
 //! | `GET /metrics` | Prometheus text format (see [`metrics`]) |
 //!
 //! # Decisions
@@ -40,19 +40,26 @@
 //! - The token is compared in constant time; only `GET /v1/health` is exempt.
 //!   `GET /v1/sync` also takes it as `?token=<token>` (browsers cannot set headers on a
 //!   WebSocket), and refuses a wrong one with 401 before any upgrade.
+//! - Connections, their timeouts and watch streams are capped (see [`limits`] and
+//!   `conns.rs`): past a cap the answer is 503 with `Retry-After`, never a hung accept, and
+//!   `GET /v1/health` is still answered on a reserve of connections.
 //! - A watcher that falls behind skips the events it missed (each event carries the full
 //!   heads, so the next one is current); the node never waits for a watcher. Watch streams
 //!   end when the server shuts down, so shutdown never waits for them.
 
 mod auth;
 mod cluster;
+mod conn_io;
+mod conns;
 mod error;
 mod handlers;
+pub mod limits;
 mod listing;
 pub mod metrics;
 mod sync;
 mod topology;
 mod watch;
+mod watch_cap;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,7 +67,6 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -68,6 +74,7 @@ use crate::node::Node;
 
 pub use crate::doc_id::{is_valid_doc_id, MAX_DOC_ID};
 pub use error::HttpError;
+pub use limits::ConnLimits;
 
 /// The default largest request body accepted, in bytes (16 MiB); larger bodies get 413.
 pub const DEFAULT_BODY_LIMIT: usize = 16 << 20;
@@ -108,6 +115,8 @@ pub struct ApiOptions {
     pub body_limit: usize,
     /// Limits of `GET /v1/sync` (automerge-repo clients).
     pub sync: crate::sync::SyncOptions,
+    /// Limits on connections, their timeouts and `watch` streams.
+    pub limits: ConnLimits,
 }
 
 impl ApiOptions {
@@ -117,6 +126,7 @@ impl ApiOptions {
             token,
             body_limit: DEFAULT_BODY_LIMIT,
             sync: crate::sync::SyncOptions::default(),
+            limits: ConnLimits::default(),
         }
     }
 }
@@ -132,6 +142,8 @@ pub(crate) struct Shared {
     pub(crate) sync: Arc<crate::sync::Server>,
     /// Becomes true when the server shuts down; watch streams end then.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    /// The caps on connections and streams, and their refusals.
+    pub(crate) limits: Arc<limits::Limits>,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -168,6 +180,7 @@ pub async fn serve_with(
     let status = node.status().await?;
     let others = status.peers.len();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let limits = Arc::new(limits::Limits::new(options.limits));
     let shared = Arc::new(Shared {
         node: node.clone(),
         token: options.token,
@@ -178,23 +191,22 @@ pub async fn serve_with(
             node.id(),
             options.sync,
         )),
-        stopping: stop_rx,
+        stopping: stop_rx.clone(),
+        limits: Arc::clone(&limits),
     });
     let app = router(shared, options.body_limit);
-    tracing::info!(node = %node.id(), addr = %addr, "HTTP API listening");
+    tracing::info!(
+        node = %node.id(),
+        addr = %addr,
+        connections = limits.conns.max,
+        "HTTP API listening"
+    );
     let signal = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    // Without TCP_NODELAY a small answer can wait for the client's delayed ACK (about
-    // 40 ms on Linux): measured as the p99 of client-to-client latency over /v1/sync.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await
-        .map_err(|source| ApiError::Serve { addr, source })
+    conns::serve(listener, app, limits, stop_rx, signal).await;
+    Ok(())
 }
 
 fn router(state: AppState, body_limit: usize) -> Router {
@@ -220,7 +232,13 @@ fn router(state: AppState, body_limit: usize) -> Router {
             "/v1/docs/{id}/automerge",
             get(handlers::get_automerge).post(handlers::post_automerge),
         )
-        .route("/v1/docs/{id}/watch", get(watch::watch))
+        .route(
+            "/v1/docs/{id}/watch",
+            get(watch::watch).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                watch_cap::hold_place,
+            )),
+        )
         .route("/metrics", get(metrics::metrics))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)

@@ -1,11 +1,10 @@
 //! `GET /v1/sync`: the upgrade to an automerge-repo client WebSocket (the connection itself
-//! is [`crate::sync::connection`]). A node at its client limit answers 503 before any
-//! upgrade; a request that is not a WebSocket upgrade gets the usual JSON error.
+//! is [`crate::sync::connection`]). A node at its client limit answers 503 with
+//! `Retry-After` before any upgrade; a request that is not a WebSocket upgrade gets the usual JSON error.
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::{AppState, HttpError};
@@ -29,11 +28,10 @@ pub(crate) async fn upgrade(
         }
     };
     let Some(place) = state.sync.admit() else {
-        return HttpError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this node has its maximum of sync clients (tuning.sync_clients)",
-        )
-        .into_response();
+        state.limits.refused("sync_clients");
+        return super::limits::unavailable(
+            "this node has its maximum of sync clients (tuning.sync_clients); retry later",
+        );
     };
     let node = state.node.clone();
     let server = state.sync.clone();

@@ -340,6 +340,15 @@ fn tuning_defaults_overrides_and_checks() {
         (1000, 8)
     );
     assert_eq!(c.tuning.anti_entropy_ms, 5000);
+    assert_eq!(c.tuning.api_connections, None);
+    let limited = parse(&file(
+        "topology = \"mesh\"",
+        1,
+        "[tuning]\napi_connections = 100\nsync_client_queue_bytes = 4096\n",
+    ))
+    .unwrap();
+    assert_eq!(limited.tuning.api_connections, Some(100));
+    assert_eq!(limited.tuning.sync_client_queue_bytes, 4096);
     let t = Tuning::default();
     assert_eq!(
         (
@@ -367,6 +376,12 @@ fn tuning_defaults_overrides_and_checks() {
         "max_batch_bytes",
         "max_inflated_bytes",
         "max_inflate_ratio",
+        "sync_client_queue_bytes",
+        "sync_client_write_timeout_ms",
+        "api_connections",
+        "api_header_timeout_ms",
+        "api_idle_timeout_ms",
+        "watch_streams",
     ] {
         let e = refused(&file(
             "topology = \"mesh\"",

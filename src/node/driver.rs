@@ -17,13 +17,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use super::client_queue::{self, ClientSender, Unqueued};
 use super::links::{LinkChanges, Links};
 use super::read_pool::{self, ReadDone, ReadPool};
 use super::store_thread::{self, StoreDone, StoreJob};
 use super::writes::Writes;
-use super::{
-    Ack, ClientEvent, Command, DocEvent, Error, Health, Node, NodeConfig, NodeStatus, PeerStatus,
-};
+use super::{Ack, Command, DocEvent, Error, Health, Node, NodeConfig, NodeStatus, PeerStatus};
 use crate::core::{ChangeError, CoreConfig, CoreError, Effect, Replica, Unsent};
 use crate::panics::panic_text;
 use crate::transport::{SendError, Transport, TransportConfig, TransportEvent};
@@ -124,7 +123,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         timer_wakeups: 0,
         clients: HashMap::new(),
         next_client: 1,
-        client_queue: tuning.sync_client_queue.max(1),
+        client_queue_bytes: tuning.sync_client_queue_bytes,
         clients_dropped: 0,
         membership: config.membership.clone(),
         topology_file,
@@ -179,10 +178,11 @@ struct Driver {
     /// Times the driver woke (any input), and woke for a timeout.
     wakeups: u64,
     timer_wakeups: u64,
-    /// automerge-repo clients: number → the channel to its connection.
-    clients: HashMap<u64, mpsc::Sender<ClientEvent>>,
+    /// automerge-repo clients: number → the queue to its connection.
+    clients: HashMap<u64, ClientSender>,
     next_client: u64,
-    client_queue: usize,
+    /// Bytes queued for one client, at most (`sync_client_queue_bytes`).
+    client_queue_bytes: usize,
     clients_dropped: u64,
     /// The live topology (nodes started from a topology file), where it is stored, and
     /// whether it removed this node.
@@ -430,7 +430,7 @@ impl Driver {
             Command::ClientOpen(reply) => {
                 let client = self.next_client;
                 self.next_client += 1;
-                let (tx, rx) = mpsc::channel(self.client_queue);
+                let (tx, rx) = client_queue::channel(self.client_queue_bytes);
                 if reply.send((client, rx)).is_ok() {
                     self.clients.insert(client, tx);
                     self.replica.client_open(client);
@@ -452,7 +452,7 @@ impl Driver {
                 if let Err(e) = result {
                     tracing::debug!(node = %self.id, client, "client message refused: {e}");
                     if let Some(tx) = self.clients.remove(&client) {
-                        let _ = tx.try_send(ClientEvent::Close(e));
+                        tx.close(e);
                     }
                     self.replica.client_close(client);
                 }
@@ -488,24 +488,28 @@ impl Driver {
         }
     }
 
-    /// Queues a message for a client; one that cannot take it is disconnected.
+    /// Queues a message for a client; one whose queue is past its bytes is disconnected
+    /// (its connection ends at once, its queue is dropped).
     fn send_client(&mut self, client: u64, msg: crate::core::ClientMsg) {
         let Some(tx) = self.clients.get(&client) else {
             return;
         };
-        match tx.try_send(ClientEvent::Msg(msg)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::info!(node = %self.id, client, "client too far behind: disconnected");
-                self.clients_dropped += 1;
-                self.clients.remove(&client);
-                self.replica.client_close(client);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.clients.remove(&client);
-                self.replica.client_close(client);
-            }
+        let Err(unqueued) = tx.send(msg) else {
+            return;
+        };
+        if let Unqueued::Full { queued } = unqueued {
+            tracing::warn!(
+                node = %self.id,
+                client,
+                queued_bytes = queued,
+                "client too far behind (tuning.sync_client_queue_bytes): disconnected"
+            );
+            self.clients_dropped += 1;
         }
+        if let Some(tx) = self.clients.remove(&client) {
+            tx.give_up();
+        }
+        self.replica.client_close(client);
     }
 
     fn run_effects(&mut self) {
@@ -635,6 +639,7 @@ impl Driver {
             fingerprint: self.replica.fingerprint(),
             sync_clients: self.clients.len(),
             sync_clients_dropped: self.clients_dropped,
+            sync_client_queued_bytes: self.clients.values().map(ClientSender::queued_bytes).sum(),
             wakeups: self.wakeups,
             timer_wakeups: self.timer_wakeups,
             reads_in_flight: self.replica.reads_in_flight(),

@@ -30,6 +30,7 @@
 //! queued, never dropped.
 
 mod builder;
+pub(crate) mod client_queue;
 mod driver;
 mod links;
 mod listing;
@@ -238,6 +239,8 @@ pub struct NodeStatus {
     pub sync_clients: usize,
     /// Clients disconnected because they fell too far behind.
     pub sync_clients_dropped: u64,
+    /// Bytes queued for the clients, all together (each at most `sync_client_queue_bytes`).
+    pub sync_client_queued_bytes: usize,
     /// Times the node's driver woke since start (any input: commands, peers' messages,
     /// storage, reads, timeouts), and of those, for a timeout it asked for. An idle node
     /// wakes about once per anti-entropy period.
@@ -328,7 +331,7 @@ pub(crate) enum Command {
     },
     Status(oneshot::Sender<NodeStatus>),
     SetPeerAddr(String, SocketAddr),
-    ClientOpen(oneshot::Sender<(u64, mpsc::Receiver<ClientEvent>)>),
+    ClientOpen(oneshot::Sender<(u64, client_queue::ClientReceiver)>),
     ClientSync {
         client: u64,
         doc: String,
@@ -615,8 +618,9 @@ impl Node {
     }
 
     /// Registers an automerge-repo client connection: its number, and the messages the
-    /// node has for it (the channel ends if the client falls too far behind).
-    pub(crate) async fn client_open(&self) -> Result<(u64, mpsc::Receiver<ClientEvent>), Error> {
+    /// node has for it (the queue ends if the client falls too far behind, see
+    /// [`client_queue`]).
+    pub(crate) async fn client_open(&self) -> Result<(u64, client_queue::ClientReceiver), Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::ClientOpen(tx)).await?;
         rx.await.map_err(|_| Error::Stopped)

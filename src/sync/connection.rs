@@ -4,19 +4,24 @@
 //!
 //! Bad input (a text frame, CBOR that is not a protocol message, a message before `join`,
 //! an unsupported protocol version, a document id concordant cannot hold, sync data the
-//! core refuses) answers `error` and closes this socket only. A client that falls too far
-//! behind is disconnected by the node (its channel ends) and syncs again when it
-//! reconnects.
+//! core refuses) answers `error` and closes this socket only. The client's messages are
+//! read at the pace it takes the node's ([`super::pace`]). A client that falls too far
+//! behind (its queue past `sync_client_queue_bytes`, see
+//! [`crate::node::client_queue`]), or whose socket takes no write within
+//! `sync_client_write_timeout_ms`, is disconnected at once: this task ends, the socket
+//! closes, its place and its queue are released. It syncs again when it reconnects.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::codec::{self, PeerMetadata, RepoMessage, PROTOCOL_VERSION as PROTOCOL};
+use super::pace::Pace;
 use super::{Place, Server, SyncCounters};
 use crate::core::ClientMsg;
+use crate::node::client_queue::ClientReceiver;
 use crate::node::{ClientEvent, Node};
 use crate::wire::Ephemeral;
 
@@ -91,9 +96,7 @@ async fn handshake(socket: &mut WebSocket, server: &Server) -> Result<String, En
         },
         selected_protocol_version: PROTOCOL.to_string(),
     };
-    send(socket, &server.counters, &peer)
-        .await
-        .map_err(|_| End::Gone)?;
+    send(socket, server, &peer).await?;
     Ok(sender_id)
 }
 
@@ -104,12 +107,15 @@ async fn run(
     server: &Server,
     client: u64,
     peer: &str,
-    mut events: mpsc::Receiver<ClientEvent>,
+    mut events: ClientReceiver,
     mut replaced: tokio::sync::oneshot::Receiver<()>,
 ) -> End {
+    let mut pace = Pace::new(&server.options);
     loop {
+        let read = pace.may_read(events.queued());
+        let held = pace.held_by_requests();
         tokio::select! {
-            incoming = next_message(socket, &server.counters) => {
+            incoming = next_message(socket, &server.counters), if read => {
                 let msg = match incoming {
                     Ok(msg) => check_inflate(server, msg).await,
                     Err(end) => Err(end),
@@ -118,21 +124,30 @@ async fn run(
                     Ok(msg) => msg,
                     Err(end) => return end,
                 };
+                if let RepoMessage::Request { document_id, .. } = &msg {
+                    pace.requested(document_id);
+                }
                 if let Err(end) = from_client(node, client, peer, msg).await {
                     return end;
                 }
             }
             event = events.recv() => match event {
                 Some(ClientEvent::Msg(msg)) => {
+                    pace.sending(&msg);
                     let out = to_client(server, peer, msg);
-                    if send(socket, &server.counters, &out).await.is_err() {
-                        return End::Gone;
+                    let sent = tokio::select! {
+                        sent = send(socket, server, &out) => sent,
+                        () = events.given_up() => Err(End::Gone),
+                    };
+                    if let Err(end) = sent {
+                        return end;
                     }
                 }
                 Some(ClientEvent::Close(why)) => return End::Error(why),
-                // Dropped by the node (too far behind) or the node stopped.
+                // Given up by the node (too far behind) or the node stopped.
                 None => return End::Gone,
             },
+            () = tokio::time::sleep_until(pace.stalls_at()), if held => pace.stalled(),
             _ = &mut replaced => return End::Gone,
         }
     }
@@ -248,15 +263,26 @@ async fn next_message(socket: &mut WebSocket, counters: &SyncCounters) -> Result
     }
 }
 
-async fn send(
-    socket: &mut WebSocket,
-    counters: &SyncCounters,
-    msg: &RepoMessage,
-) -> Result<(), axum::Error> {
+/// Sends one message; a socket that does not take it within the write timeout ends the
+/// connection (logged here, once per client: the connection ends).
+async fn send(socket: &mut WebSocket, server: &Server, msg: &RepoMessage) -> Result<(), End> {
     let bytes = codec::encode(msg);
+    let counters = &server.counters;
     SyncCounters::add(&counters.messages_out, 1);
     SyncCounters::add(&counters.bytes_out, bytes.len());
-    socket.send(WsMessage::Binary(bytes.into())).await
+    let timeout = server.options.write_timeout;
+    match tokio::time::timeout(timeout, socket.send(WsMessage::Binary(bytes.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => {
+            SyncCounters::add(&counters.write_timeouts, 1);
+            tracing::warn!(
+                "a sync client's socket took no write for {timeout:?} \
+                 (tuning.sync_client_write_timeout_ms): disconnected"
+            );
+            Err(End::Gone)
+        }
+    }
 }
 
 /// Refuses a `request` or `sync` whose Automerge data inflates past its budget
@@ -300,6 +326,8 @@ async fn fail(socket: &mut WebSocket, server: &Server, peer: Option<&str>, why: 
         target_id: peer.map(str::to_string),
         message: why.to_string(),
     };
-    let _ = send(socket, &server.counters, &error).await;
-    let _ = socket.send(WsMessage::Close(None)).await;
+    if send(socket, server, &error).await.is_ok() {
+        let close = socket.send(WsMessage::Close(None));
+        let _ = tokio::time::timeout(server.options.write_timeout, close).await;
+    }
 }

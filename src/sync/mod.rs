@@ -3,7 +3,8 @@
 //!
 //! - [`codec`]: the protocol's CBOR messages; [`doc_id`]: its document ids.
 //! - [`connection`]: one client socket: the `join`/`peer` handshake, then its messages to
-//!   and from the node ([`crate::node::Node`]'s client commands).
+//!   and from the node ([`crate::node::Node`]'s client commands); [`pace`]: when it reads
+//!   the client's next message.
 //! - This file: what the connections of one node share ([`Server`]: the node's peer and
 //!   storage ids, limits, counters, and who is connected, so that a client joining again
 //!   replaces its earlier socket).
@@ -15,6 +16,7 @@
 pub mod codec;
 pub(crate) mod connection;
 pub mod doc_id;
+pub mod pace;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,6 +36,15 @@ pub struct SyncOptions {
     /// The inflate budget of Automerge data from clients: their sync messages, and the
     /// bodies of `POST /v1/docs/{id}/automerge` (the API's other client of it).
     pub inflate: crate::limits::InflateLimit,
+    /// Messages queued for a client past which its own messages are not read
+    /// (`sync_client_queue`).
+    pub queue_messages: usize,
+    /// Bytes queued for a client at most (`sync_client_queue_bytes`): its own messages are
+    /// not read past half of it, and the node gives up on it past all of it.
+    pub queue_bytes: usize,
+    /// A socket that takes no write for this long is closed
+    /// (`sync_client_write_timeout_ms`).
+    pub write_timeout: std::time::Duration,
 }
 
 impl Default for SyncOptions {
@@ -44,12 +55,16 @@ impl Default for SyncOptions {
 }
 
 impl From<&Tuning> for SyncOptions {
-    /// The limits `[tuning]` sets: `sync_clients` and `sync_message_bytes`.
+    /// The limits `[tuning]` sets: `sync_clients`, `sync_message_bytes`,
+    /// `sync_client_queue`, `sync_client_queue_bytes`, `sync_client_write_timeout_ms`.
     fn from(t: &Tuning) -> Self {
         SyncOptions {
             max_clients: t.sync_clients,
             max_message: t.sync_message_bytes,
             inflate: crate::limits::InflateLimit::from(t),
+            queue_messages: t.sync_client_queue,
+            queue_bytes: t.sync_client_queue_bytes,
+            write_timeout: std::time::Duration::from_millis(t.sync_client_write_timeout_ms),
         }
     }
 }
@@ -74,6 +89,8 @@ pub struct SyncCounters {
     /// Messages and requests refused by a limit (also the API's: the sync server is what
     /// its handlers and the client connections share).
     pub limits: crate::limits::LimitCounters,
+    /// Connections closed because the client's socket took no write within the timeout.
+    pub write_timeouts: AtomicU64,
 }
 
 impl SyncCounters {
@@ -174,6 +191,9 @@ mod tests {
             sync_message_bytes: 4096,
             max_inflated_bytes: 5000,
             max_inflate_ratio: 3,
+            sync_client_queue: 9,
+            sync_client_queue_bytes: 1000,
+            sync_client_write_timeout_ms: 1500,
             ..Tuning::default()
         };
         let options = SyncOptions::from(&tuning);
@@ -182,6 +202,8 @@ mod tests {
             (options.inflate.max_bytes, options.inflate.ratio),
             (5000, 3)
         );
+        assert_eq!((options.queue_messages, options.queue_bytes), (9, 1000));
+        assert_eq!(options.write_timeout.as_millis(), 1500);
         let default = SyncOptions::default();
         let t = Tuning::default();
         assert_eq!(

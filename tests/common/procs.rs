@@ -56,6 +56,18 @@ impl ChildGuard {
     /// stderr in `log`; inside network namespace `netns` (through `ip netns exec`, which
     /// execs the binary: the child is the node itself) if given.
     pub fn node(config: &Path, id: &str, log: PathBuf, netns: Option<&str>) -> ChildGuard {
+        ChildGuard::node_with(config, id, log, netns, |_| {})
+    }
+
+    /// [`ChildGuard::node`], with `setup` applied to the command before it runs (limits
+    /// set in `pre_exec`, say).
+    pub fn node_with(
+        config: &Path,
+        id: &str,
+        log: PathBuf,
+        netns: Option<&str>,
+        setup: impl FnOnce(&mut Command),
+    ) -> ChildGuard {
         let stderr = File::create(&log).expect("log file");
         let mut cmd = match netns {
             Some(ns) => {
@@ -65,6 +77,7 @@ impl ChildGuard {
             }
             None => Command::new(BIN),
         };
+        setup(&mut cmd);
         let child = cmd
             .args(["node", "--config"])
             .arg(config)
