@@ -517,8 +517,11 @@ impl Docs {
 
     /// Forgets accepted unloaded changes once durable (`durable(doc, token)` is true); the
     /// store has them then.
+    /// A read under way may have missed them: they stay until it is done.
     pub(crate) fn settle_unsaved(&mut self, durable: impl Fn(&str, u64) -> bool) {
-        self.unsaved.retain(|doc, u| !durable(doc, u.token));
+        let reading = &self.reading;
+        self.unsaved
+            .retain(|doc, u| reading.contains_key(doc) || !durable(doc, u.token));
     }
 
     /// The changes of a document not in memory after `after`, from the stored log just
