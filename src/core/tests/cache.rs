@@ -337,3 +337,68 @@ fn a_push_that_does_not_extend_the_stored_heads_reads_the_whole_document_next() 
     assert_eq!(b.doc("d").unwrap().get_heads(), vec![c3]);
     assert_eq!(store.reader().heads("d").unwrap(), Some(vec![c3.0]));
 }
+
+#[test]
+fn a_want_the_stored_log_cannot_answer_because_this_node_lacks_something_asks_back() {
+    let (mut a, mut b, mut store) = linked_to_stored();
+    put(&mut a, 1, "d", "k", 1, false);
+    for (_, m) in sends(&effects(&mut a)) {
+        b.handle_message(2, "a", via_wire(&m));
+    }
+    settle(&mut b, &mut store);
+    // b writes Z; a writes X then Y (on X) before it hears of Z.
+    loaded(&mut b, &mut store, "d");
+    let z = put(&mut b, 3, "d", "b", 1, false);
+    let to_a: Vec<Message> = sends(&settle(&mut b, &mut store))
+        .into_iter()
+        .map(|(_, m)| via_wire(&m))
+        .collect();
+    put(&mut a, 4, "d", "k", 2, false);
+    effects(&mut a); // X is lost on the way
+    let y = put(&mut a, 5, "d", "k", 3, false);
+    for (_, m) in sends(&effects(&mut a)) {
+        b.handle_message(6, "a", via_wire(&m));
+    }
+    settle(&mut b, &mut store);
+    for m in to_a {
+        a.handle_message(7, "b", m);
+    }
+    effects(&mut a);
+    let mut theirs = a.doc("d").unwrap().get_heads();
+    theirs.sort();
+    let mut expected = vec![y, z];
+    expected.sort();
+    assert_eq!(theirs, expected);
+    // b holds Y back (X is missing); its log has Y and Z, its heads are [Z]. A document
+    // with changes held back stays in memory: b restarts to have it on disk only.
+    drop(b);
+    let mut index = StoredIndex::new();
+    store
+        .scan_index(&mut |doc, heads| {
+            if let Some(heads) = heads {
+                index.add(doc, heads);
+            }
+        })
+        .unwrap();
+    let config = CoreConfig {
+        cache_docs: 1,
+        ..CoreConfig::default()
+    };
+    let mut b = Replica::new("b", seed("b", 2), Box::new(Flood), config);
+    b.set_store(index);
+    b.peer_up(8, "a");
+    settle(&mut b, &mut store);
+    let want = Message::Want(vec![wire::Want {
+        doc: "d".into(),
+        heads: theirs.iter().map(|h| h.0).collect(),
+        reply: false,
+    }]);
+    b.handle_message(8, "a", want);
+    let rest = settle(&mut b, &mut store);
+    // Nothing in b's log is new to a, but b lacks X: it asks a back with its own heads.
+    let asked_back = sends(&rest).iter().any(|(to, m)| {
+        to == "a"
+            && matches!(m, Message::Want(w) if w.iter().any(|w| w.doc == "d" && w.reply && w.heads == vec![z.0]))
+    });
+    assert!(asked_back, "{:?}", sends(&rest));
+}
