@@ -11,7 +11,7 @@
 //! A dropped document is exactly what the store holds, so reading it again gives the same
 //! heads.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
@@ -215,6 +215,9 @@ pub(crate) struct CacheStats {
     pub(crate) load_errors: u64,
 }
 
+/// Heads of documents not in memory remembered, at most (see `Docs::known`).
+const KNOWN_HEADS: usize = 8_192;
+
 /// What a piece of work needs of a document (see [`Docs::ready`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Need {
@@ -265,6 +268,14 @@ pub(crate) struct Docs {
     unsaved: HashMap<String, Unsaved>,
     /// A stored log read for the work resumed now (see [`Docs::read_done`]).
     fetched: Option<(String, StoredLog)>,
+    /// Heads of documents not in memory learnt lately (from a log read, or changes taken
+    /// unloaded that became durable), so that a push or a want soon after needs no read:
+    /// a catching-up node reads a document once to ask for it and takes the answer without
+    /// reading it again. Exact: a document's heads change only through this replica, which
+    /// forgets the entry when it takes changes unloaded or loads the document. At most
+    /// [`KNOWN_HEADS`], the oldest forgotten first.
+    known: HashMap<String, Vec<ChangeHash>>,
+    known_order: VecDeque<String>,
     budget: Budget,
     pub(crate) stats: CacheStats,
 }
@@ -282,6 +293,8 @@ impl Docs {
             reading: HashMap::new(),
             unsaved: HashMap::new(),
             fetched: None,
+            known: HashMap::new(),
+            known_order: VecDeque::new(),
             budget,
             stats: CacheStats::default(),
         }
@@ -311,7 +324,7 @@ impl Docs {
         }
         let fetched = self.fetched.as_ref().is_some_and(|(f, _)| f == id);
         let known = match need {
-            Need::Heads => fetched || self.unsaved.contains_key(id),
+            Need::Heads => fetched || self.unsaved.contains_key(id) || self.known.contains_key(id),
             Need::Log => fetched,
             Need::Doc => false,
         };
@@ -374,7 +387,12 @@ impl Docs {
                 self.bytes += size;
                 self.refresh(id);
             }
-            Ok(Fetched::Log(Some(log))) => self.fetched = Some((id.to_string(), log)),
+            Ok(Fetched::Log(Some(log))) => {
+                if !self.unsaved.contains_key(id) {
+                    self.learn(id, log.heads.clone());
+                }
+                self.fetched = Some((id.to_string(), log));
+            }
             Ok(Fetched::Doc(None) | Fetched::Log(None)) => {
                 if !self.unsaved.contains_key(id) {
                     self.index.remove(id);
@@ -435,6 +453,9 @@ impl Docs {
         }
         if let Some(u) = self.unsaved.get(id) {
             return Some(u.heads.clone());
+        }
+        if let Some(heads) = self.known.get(id) {
+            return Some(heads.clone());
         }
         match &self.fetched {
             Some((f, log)) if f == id => Some(log.heads.clone()),
@@ -501,6 +522,7 @@ impl Docs {
         if fresh.is_empty() {
             return Some((fresh, heads));
         }
+        self.known.remove(id);
         let entry = self.unsaved.entry(id.to_string()).or_insert(Unsaved {
             heads: Vec::new(),
             changes: Vec::new(),
@@ -519,9 +541,35 @@ impl Docs {
     /// store has them then.
     /// A read under way may have missed them: they stay until it is done.
     pub(crate) fn settle_unsaved(&mut self, durable: impl Fn(&str, u64) -> bool) {
-        let reading = &self.reading;
-        self.unsaved
-            .retain(|doc, u| reading.contains_key(doc) || !durable(doc, u.token));
+        let settled: Vec<String> = self
+            .unsaved
+            .iter()
+            .filter(|(doc, u)| !self.reading.contains_key(*doc) && durable(doc, u.token))
+            .map(|(doc, _)| doc.clone())
+            .collect();
+        for doc in settled {
+            if let Some(u) = self.unsaved.remove(&doc) {
+                // Durable: the store's heads now.
+                self.learn(&doc, u.heads);
+            }
+        }
+    }
+
+    /// Remembers the heads of a document not in memory (see `known`).
+    fn learn(&mut self, id: &str, heads: Vec<ChangeHash>) {
+        if self.known.insert(id.to_string(), heads).is_none() {
+            self.known_order.push_back(id.to_string());
+        }
+        while self.known.len() > KNOWN_HEADS {
+            let Some(old) = self.known_order.pop_front() else {
+                break;
+            };
+            self.known.remove(&old);
+        }
+        if self.known_order.len() > 2 * KNOWN_HEADS {
+            let known = &self.known;
+            self.known_order.retain(|d| known.contains_key(d));
+        }
     }
 
     /// The changes of a document not in memory after `after`, from the stored log just
@@ -605,6 +653,7 @@ impl Docs {
     }
 
     fn insert_state(&mut self, id: String, mut state: DocState) {
+        self.known.remove(&id);
         self.clock += 1;
         state.stamp = self.clock;
         self.order.insert(self.clock, id.clone());

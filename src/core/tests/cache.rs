@@ -67,8 +67,10 @@ pub(super) fn loaded<'a>(r: &'a mut Replica, store: &mut MemoryStore, doc: &str)
     r.load(doc).unwrap().unwrap()
 }
 
-/// Fills `b`'s one-document cache with another document, so that `doc` is evicted.
+/// Loads `doc`, then fills `b`'s one-document cache with another document, so that `doc`
+/// is evicted and its heads are not known without reading it.
 fn evict(b: &mut Replica, store: &mut MemoryStore, doc: &str) {
+    loaded(b, store, doc);
     put(b, 3, "other", "k", 1, false);
     settle(b, store);
     assert!(b.doc(doc).is_none(), "{doc} evicted");
@@ -401,4 +403,58 @@ fn a_want_the_stored_log_cannot_answer_because_this_node_lacks_something_asks_ba
             && matches!(m, Message::Want(w) if w.iter().any(|w| w.doc == "d" && w.reply && w.heads == vec![z.0]))
     });
     assert!(asked_back, "{:?}", sends(&rest));
+}
+
+#[test]
+fn heads_learnt_from_a_read_or_a_durable_batch_spare_the_next_read() {
+    let (mut a, mut b, mut store) = linked_to_stored();
+    put(&mut a, 1, "d", "k", 1, false);
+    for (_, m) in sends(&effects(&mut a)) {
+        b.handle_message(2, "a", via_wire(&m));
+    }
+    settle(&mut b, &mut store);
+    // Taken unloaded and durable: its heads are known, the next push needs no read.
+    let second = put(&mut a, 3, "d", "k", 2, false);
+    for (_, m) in sends(&effects(&mut a)) {
+        b.handle_message(4, "a", via_wire(&m));
+    }
+    b.flush();
+    let list = b.drain_effects();
+    assert!(reads_of(&list).is_empty(), "{:?}", reads_of(&list));
+    for e in list {
+        if let Effect::Persist { token, docs } = e {
+            store.append(&docs).unwrap();
+            b.persisted(token);
+        }
+    }
+    assert_eq!(store.reader().heads("d").unwrap(), Some(vec![second.0]));
+    // Loaded and dropped again, it is read once for a push; the one after needs none.
+    evict(&mut b, &mut store, "d");
+    for v in [3, 4] {
+        let h = put(&mut a, 5, "d", "k", v, false);
+        for (_, m) in sends(&effects(&mut a)) {
+            b.handle_message(6, "a", via_wire(&m));
+        }
+        b.flush();
+        let list = b.drain_effects();
+        let expected = if v == 3 {
+            vec![("d".into(), ReadKind::Log)]
+        } else {
+            vec![]
+        };
+        assert_eq!(reads_of(&list), expected);
+        for e in list {
+            match e {
+                Effect::Read { doc, kind } => b.read_done(7, &doc, read(&store, &doc, kind)),
+                Effect::Persist { token, docs } => {
+                    store.append(&docs).unwrap();
+                    b.persisted(token);
+                }
+                _ => {}
+            }
+        }
+        settle(&mut b, &mut store);
+        assert_eq!(store.reader().heads("d").unwrap(), Some(vec![h.0]));
+    }
+    assert_eq!(b.stats().doc_loads, 1, "only the load that `evict` made");
 }
