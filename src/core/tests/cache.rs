@@ -76,6 +76,25 @@ fn evict(b: &mut Replica, store: &mut MemoryStore, doc: &str) {
     assert!(b.doc(doc).is_none(), "{doc} evicted");
 }
 
+/// `linked_to_stored`, with a document "d" written by a and stored by b, which holds it
+/// neither in memory nor knows its heads.
+fn d_stored_on_b_not_in_memory() -> (Replica, Replica, MemoryStore) {
+    let (mut a, mut b, mut store) = linked_to_stored();
+    put(&mut a, 1, "d", "k", 1, false);
+    send_all(&mut a, &mut b, 2);
+    settle(&mut b, &mut store);
+    evict(&mut b, &mut store, "d");
+    (a, b, store)
+}
+
+/// Flushes `from` and delivers everything it sends to `to`, through the codec.
+fn send_all(from: &mut Replica, to: &mut Replica, now: u64) {
+    let id = from.id().to_string();
+    for (_, m) in sends(&effects(from)) {
+        to.handle_message(now, &id, via_wire(&m));
+    }
+}
+
 fn reads_of(list: &[Effect]) -> Vec<(String, ReadKind)> {
     list.iter()
         .filter_map(|e| match e {
@@ -155,18 +174,10 @@ fn a_local_change_to_a_stored_document_not_in_memory_waits_for_its_read() {
 
 #[test]
 fn a_push_waits_for_its_documents_read_while_other_documents_go_on() {
-    let (mut a, mut b, mut store) = linked_to_stored();
-    put(&mut a, 1, "d", "k", 1, false);
-    for (_, m) in sends(&effects(&mut a)) {
-        b.handle_message(2, "a", via_wire(&m));
-    }
-    settle(&mut b, &mut store);
-    evict(&mut b, &mut store, "d");
+    let (mut a, mut b, mut store) = d_stored_on_b_not_in_memory();
     let second = put(&mut a, 4, "d", "k", 2, true);
     let other = put(&mut a, 4, "e", "k", 1, true);
-    for (_, m) in sends(&effects(&mut a)) {
-        b.handle_message(5, "a", via_wire(&m));
-    }
+    send_all(&mut a, &mut b, 5);
     let loads = b.stats().doc_loads;
     b.flush();
     let list = b.drain_effects();
@@ -210,13 +221,7 @@ fn a_push_waits_for_its_documents_read_while_other_documents_go_on() {
 
 #[test]
 fn a_failed_read_drops_the_waiting_work_and_the_next_use_reads_again() {
-    let (mut a, mut b, mut store) = linked_to_stored();
-    put(&mut a, 1, "d", "k", 1, false);
-    for (_, m) in sends(&effects(&mut a)) {
-        b.handle_message(2, "a", via_wire(&m));
-    }
-    settle(&mut b, &mut store);
-    evict(&mut b, &mut store, "d");
+    let (mut a, mut b, mut store) = d_stored_on_b_not_in_memory();
     let second = put(&mut a, 4, "d", "k", 2, true);
     let push: Vec<Message> = sends(&effects(&mut a))
         .into_iter()
@@ -294,13 +299,7 @@ fn a_stored_change_automerge_refuses_is_left_out_when_the_document_loads() {
 
 #[test]
 fn a_push_that_does_not_extend_the_stored_heads_reads_the_whole_document_next() {
-    let (mut a, mut b, mut store) = linked_to_stored();
-    put(&mut a, 1, "d", "k", 1, false);
-    for (_, m) in sends(&effects(&mut a)) {
-        b.handle_message(2, "a", via_wire(&m));
-    }
-    settle(&mut b, &mut store);
-    evict(&mut b, &mut store, "d");
+    let (mut a, mut b, mut store) = d_stored_on_b_not_in_memory();
     // c2 is lost on the way; c3 (on top of it) arrives first.
     let c2: Vec<Message> = {
         put(&mut a, 4, "d", "k", 2, false);
@@ -310,9 +309,7 @@ fn a_push_that_does_not_extend_the_stored_heads_reads_the_whole_document_next() 
             .collect()
     };
     let c3 = put(&mut a, 5, "d", "k", 3, false);
-    for (_, m) in sends(&effects(&mut a)) {
-        b.handle_message(6, "a", via_wire(&m));
-    }
+    send_all(&mut a, &mut b, 6);
     b.flush();
     assert_eq!(
         reads_of(&b.drain_effects()),
@@ -344,9 +341,7 @@ fn a_push_that_does_not_extend_the_stored_heads_reads_the_whole_document_next() 
 fn a_want_the_stored_log_cannot_answer_because_this_node_lacks_something_asks_back() {
     let (mut a, mut b, mut store) = linked_to_stored();
     put(&mut a, 1, "d", "k", 1, false);
-    for (_, m) in sends(&effects(&mut a)) {
-        b.handle_message(2, "a", via_wire(&m));
-    }
+    send_all(&mut a, &mut b, 2);
     settle(&mut b, &mut store);
     // b writes Z; a writes X then Y (on X) before it hears of Z.
     loaded(&mut b, &mut store, "d");
@@ -358,9 +353,7 @@ fn a_want_the_stored_log_cannot_answer_because_this_node_lacks_something_asks_ba
     put(&mut a, 4, "d", "k", 2, false);
     effects(&mut a); // X is lost on the way
     let y = put(&mut a, 5, "d", "k", 3, false);
-    for (_, m) in sends(&effects(&mut a)) {
-        b.handle_message(6, "a", via_wire(&m));
-    }
+    send_all(&mut a, &mut b, 6);
     settle(&mut b, &mut store);
     for m in to_a {
         a.handle_message(7, "b", m);
@@ -409,15 +402,11 @@ fn a_want_the_stored_log_cannot_answer_because_this_node_lacks_something_asks_ba
 fn heads_learnt_from_a_read_or_a_durable_batch_spare_the_next_read() {
     let (mut a, mut b, mut store) = linked_to_stored();
     put(&mut a, 1, "d", "k", 1, false);
-    for (_, m) in sends(&effects(&mut a)) {
-        b.handle_message(2, "a", via_wire(&m));
-    }
+    send_all(&mut a, &mut b, 2);
     settle(&mut b, &mut store);
     // Taken unloaded and durable: its heads are known, the next push needs no read.
     let second = put(&mut a, 3, "d", "k", 2, false);
-    for (_, m) in sends(&effects(&mut a)) {
-        b.handle_message(4, "a", via_wire(&m));
-    }
+    send_all(&mut a, &mut b, 4);
     b.flush();
     let list = b.drain_effects();
     assert!(reads_of(&list).is_empty(), "{:?}", reads_of(&list));
@@ -432,9 +421,7 @@ fn heads_learnt_from_a_read_or_a_durable_batch_spare_the_next_read() {
     evict(&mut b, &mut store, "d");
     for v in [3, 4] {
         let h = put(&mut a, 5, "d", "k", v, false);
-        for (_, m) in sends(&effects(&mut a)) {
-            b.handle_message(6, "a", via_wire(&m));
-        }
+        send_all(&mut a, &mut b, 6);
         b.flush();
         let list = b.drain_effects();
         let expected = if v == 3 {
