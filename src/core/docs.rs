@@ -11,7 +11,7 @@
 //! A dropped document is exactly what the store holds, so reading it again gives the same
 //! heads.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
@@ -273,9 +273,8 @@ pub(crate) struct Docs {
     /// a catching-up node reads a document once to ask for it and takes the answer without
     /// reading it again. Exact: a document's heads change only through this replica, which
     /// forgets the entry when it takes changes unloaded or loads the document. At most
-    /// [`KNOWN_HEADS`], the oldest forgotten first.
+    /// [`KNOWN_HEADS`]: when full, it starts again empty.
     known: HashMap<String, Vec<ChangeHash>>,
-    known_order: VecDeque<String>,
     budget: Budget,
     pub(crate) stats: CacheStats,
 }
@@ -294,7 +293,6 @@ impl Docs {
             unsaved: HashMap::new(),
             fetched: None,
             known: HashMap::new(),
-            known_order: VecDeque::new(),
             budget,
             stats: CacheStats::default(),
         }
@@ -557,19 +555,10 @@ impl Docs {
 
     /// Remembers the heads of a document not in memory (see `known`).
     fn learn(&mut self, id: &str, heads: Vec<ChangeHash>) {
-        if self.known.insert(id.to_string(), heads).is_none() {
-            self.known_order.push_back(id.to_string());
+        if self.known.len() >= KNOWN_HEADS && !self.known.contains_key(id) {
+            self.known.clear();
         }
-        while self.known.len() > KNOWN_HEADS {
-            let Some(old) = self.known_order.pop_front() else {
-                break;
-            };
-            self.known.remove(&old);
-        }
-        if self.known_order.len() > 2 * KNOWN_HEADS {
-            let known = &self.known;
-            self.known_order.retain(|d| known.contains_key(d));
-        }
+        self.known.insert(id.to_string(), heads);
     }
 
     /// The changes of a document not in memory after `after`, from the stored log just

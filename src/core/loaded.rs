@@ -5,7 +5,7 @@
 use automerge::{Automerge, Change, ChangeHash};
 
 use super::CoreError;
-use crate::storage::{DocReader, StoredDoc};
+use crate::storage::DocReader;
 
 /// What [`Effect::Read`](super::Effect::Read) asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,14 +46,13 @@ pub struct StoredLog {
 impl StoredLog {
     /// Reads `doc`'s heads from the store's index and its log; `None` if not stored.
     pub fn read(reader: &dyn DocReader, doc: &str) -> Result<Option<StoredLog>, CoreError> {
-        let storage = |e: crate::storage::StorageError| CoreError::Storage {
-            doc: doc.to_string(),
-            detail: e.to_string(),
-        };
-        let Some(stored) = reader.read(doc).map_err(storage)? else {
+        let Some(stored) = reader.read(doc).map_err(|e| storage_error(doc, e))? else {
             return Ok(None);
         };
-        let heads = reader.heads(doc).map_err(storage)?.unwrap_or_default();
+        let heads = reader
+            .heads(doc)
+            .map_err(|e| storage_error(doc, e))?
+            .unwrap_or_default();
         let mut changes = Vec::with_capacity(stored.changes.len());
         for (i, bytes) in stored.changes.into_iter().enumerate() {
             let change = Change::from_bytes(bytes).map_err(|e| CoreError::CorruptStored {
@@ -85,18 +84,12 @@ impl LoadedDoc {
         &self.id
     }
 
-    /// Decodes a document as the store holds it (see [`LoadedDoc::decode`]).
-    pub fn from_stored(stored: &StoredDoc) -> Result<LoadedDoc, CoreError> {
-        LoadedDoc::decode(&stored.id, stored.snapshot.as_deref(), &stored.changes)
-    }
-
     /// Reads `doc` from the store and decodes it; `None` if not stored.
     pub fn read(reader: &dyn DocReader, doc: &str) -> Result<Option<LoadedDoc>, CoreError> {
-        let stored = reader.read(doc).map_err(|e| CoreError::Storage {
-            doc: doc.to_string(),
-            detail: e.to_string(),
-        })?;
-        stored.as_ref().map(LoadedDoc::from_stored).transpose()
+        let stored = reader.read(doc).map_err(|e| storage_error(doc, e))?;
+        stored
+            .map(|s| LoadedDoc::decode(&s.id, s.snapshot.as_deref(), &s.changes))
+            .transpose()
     }
 
     /// A snapshot for compaction, as [`Replica::snapshot`](super::Replica::snapshot) makes
@@ -152,5 +145,12 @@ impl LoadedDoc {
             changes: decoded,
             size,
         })
+    }
+}
+
+fn storage_error(doc: &str, e: crate::storage::StorageError) -> CoreError {
+    CoreError::Storage {
+        doc: doc.to_string(),
+        detail: e.to_string(),
     }
 }

@@ -3,8 +3,9 @@
 //! ready before each flush, and carries out the effects (sends, persists, reads, acks,
 //! notifications). It sleeps until the next input or the earliest time the replica or
 //! its own bookkeeping asked for (`next_wake`): an idle node wakes about once per
-//! anti-entropy period, not on a fixed tick. Commands that need a stored document not in memory wait here, per
-//! document and in order, until its read is done; nothing on this task waits for the disk.
+//! anti-entropy period, not on a fixed tick. Commands that need a stored document not in
+//! memory wait here, per document and in order, until its read is done; nothing on this
+//! task waits for the disk.
 
 mod cluster_view;
 mod drain;

@@ -5,10 +5,11 @@
 use std::collections::BTreeSet;
 
 use automerge::{Automerge, ChangeHash};
-use concordant::core::{CoreConfig, Fetched, Flood, Replica};
+use concordant::core::{CoreConfig, Fetched, Flood, ReadKind, Replica};
+use concordant::storage::Store;
 
 use super::workload::counter_value;
-use super::world::{as_stored, read_stored, stored_index, Sim, Totals};
+use super::world::{as_stored, stored_index, Sim, Totals};
 use super::Summary;
 
 /// The document at replica `r`, read from its store if it is not in memory.
@@ -121,7 +122,7 @@ impl Sim {
             }
             for (doc, doc_heads) in &expected {
                 if !r.prepare(doc) {
-                    let fetched = read_stored(&store, doc).map(|d| Fetched::Doc(d.map(Box::new)));
+                    let fetched = Fetched::read(store.reader().as_ref(), doc, ReadKind::Doc);
                     r.read_done(0, doc, fetched);
                 }
                 let d = r

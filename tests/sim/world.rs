@@ -146,15 +146,6 @@ pub(crate) fn as_stored(index: &[(String, Vec<[u8; 32]>)]) -> StoredIndex {
     stored
 }
 
-/// What a node's reader threads do: the stored document, decoded.
-pub(crate) fn read_stored(
-    store: &MemoryStore,
-    doc: &str,
-) -> Result<Option<LoadedDoc>, concordant::core::CoreError> {
-    let stored = store.reader().read(doc).expect("a memory store reads");
-    stored.as_ref().map(LoadedDoc::from_stored).transpose()
-}
-
 /// What a crash left must be consistent: every stored document loads, to the heads its
 /// index entry records (a restart trusts the index until it reads the document).
 pub(crate) fn check_store(name: &str, store: &MemoryStore, index: &[(String, Vec<[u8; 32]>)]) {
@@ -451,7 +442,7 @@ impl Sim {
         if compact {
             let mut compactions = Vec::new();
             for (doc, _) in &index {
-                let loaded = read_stored(&node.store, doc)
+                let loaded = LoadedDoc::read(node.store.reader().as_ref(), doc)
                     .unwrap_or_else(|e| panic!("{} cannot read its store: {e}", node.name))
                     .unwrap_or_else(|| panic!("{} lost {doc} from its store", node.name));
                 let (snapshot, keep) = loaded.snapshot();
@@ -965,7 +956,7 @@ impl Sim {
             return false;
         };
         if !r.prepare(doc) {
-            let fetched = read_stored(&node.store, doc).map(|d| Fetched::Doc(d.map(Box::new)));
+            let fetched = Fetched::read(node.store.reader().as_ref(), doc, ReadKind::Doc);
             r.read_done(now, doc, fetched);
         }
         true

@@ -156,13 +156,16 @@ impl Replica {
                 if !self.peers.contains_key(&peer) {
                     return;
                 }
-                let step = self.want_step(&peer, wanted, now);
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    match step {
-                        WantStep::Send(want) => p.ready_wants.push(want),
-                        WantStep::Later(wanted) | WantStep::Read(wanted) => p.want(wanted),
-                        WantStep::Skip => {}
+                match self.want_step(&peer, wanted, now) {
+                    WantStep::Send(want) => {
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            p.ready_wants.push(want);
+                        }
                     }
+                    WantStep::Later(wanted) | WantStep::Read(wanted) => {
+                        self.want_again(&peer, wanted)
+                    }
+                    WantStep::Skip => {}
                 }
             }
         }

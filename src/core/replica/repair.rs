@@ -224,7 +224,6 @@ impl Replica {
     /// window of reads at once), then goes out with the next pump.
     pub(super) fn pump_wants(&mut self) {
         let now = self.now;
-        let window = self.config.want_window;
         let ids: Vec<String> = self
             .peers
             .iter()
@@ -234,52 +233,18 @@ impl Replica {
         for peer in ids {
             let mut out = Vec::new();
             let mut size = 0;
-            let ready = self
+            let mut ready = self
                 .peers
                 .get_mut(&peer)
                 .map(|p| std::mem::take(&mut p.ready_wants))
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .into_iter();
             // Each queued document is looked at once per pump at most.
             let mut budget = self.peers.get(&peer).map_or(0, |p| p.wants_len());
-            let mut pending = ready.into_iter();
-            loop {
-                let want = if let Some(want) = pending.next() {
-                    want
-                } else {
-                    if budget == 0 || self.gate.awaiting_from(&peer) >= window {
-                        break;
-                    }
-                    budget -= 1;
-                    let Some(wanted) = self.peers.get_mut(&peer).and_then(|p| p.next_want()) else {
-                        break;
-                    };
-                    match self.want_step(&peer, wanted, now) {
-                        WantStep::Send(want) => want,
-                        WantStep::Skip => continue,
-                        WantStep::Later(wanted) => {
-                            if let Some(p) = self.peers.get_mut(&peer) {
-                                p.want(wanted);
-                            }
-                            continue;
-                        }
-                        WantStep::Read(wanted) => {
-                            let full = self.docs.reading_len() >= window;
-                            let doc = wanted.doc.clone();
-                            if full || self.ready(&doc, Need::Heads) {
-                                if let Some(p) = self.peers.get_mut(&peer) {
-                                    p.want(wanted);
-                                }
-                            } else {
-                                let peer = peer.clone();
-                                self.park(&doc, Parked::Wanted { peer, wanted });
-                            }
-                            if full {
-                                break;
-                            }
-                            continue;
-                        }
-                    }
-                };
+            while let Some(want) = ready
+                .next()
+                .or_else(|| self.next_want_to_send(&peer, &mut budget, now))
+            {
                 size += want.doc.len() + 32 * want.heads.len() + 8;
                 out.push(want);
                 if size >= BATCH_BUDGET / 4 {
@@ -290,6 +255,44 @@ impl Replica {
             if !out.is_empty() {
                 self.send_reconcile(&peer, Message::Want(out));
             }
+        }
+    }
+
+    /// The next document queued for `peer` to ask for now, looking at `budget` of them at
+    /// most and within the window of unanswered wants. On the way, documents not to ask
+    /// for now are queued again, and those whose heads are not known wait for a read of
+    /// their log (at most a window of reads at once).
+    fn next_want_to_send(&mut self, peer: &str, budget: &mut usize, now: u64) -> Option<Want> {
+        let window = self.config.want_window;
+        while *budget > 0 && self.gate.awaiting_from(peer) < window {
+            *budget -= 1;
+            let wanted = self.peers.get_mut(peer)?.next_want()?;
+            match self.want_step(peer, wanted, now) {
+                WantStep::Send(want) => return Some(want),
+                WantStep::Skip => {}
+                WantStep::Later(wanted) => self.want_again(peer, wanted),
+                WantStep::Read(wanted) if self.docs.reading_len() >= window => {
+                    self.want_again(peer, wanted);
+                    return None;
+                }
+                WantStep::Read(wanted) => {
+                    let doc = wanted.doc.clone();
+                    if self.ready(&doc, Need::Heads) {
+                        self.want_again(peer, wanted);
+                    } else {
+                        let peer = peer.to_string();
+                        self.park(&doc, Parked::Wanted { peer, wanted });
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Queues `wanted` for `peer` again (if still connected).
+    pub(super) fn want_again(&mut self, peer: &str, wanted: Wanted) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.want(wanted);
         }
     }
 
