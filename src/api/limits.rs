@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -146,7 +146,7 @@ pub(crate) struct Limits {
     pub(crate) connections: Arc<Slots>,
     pub(crate) health: Arc<Slots>,
     pub(crate) watches: Arc<Slots>,
-    refused: Mutex<BTreeMap<&'static str, u64>>,
+    refused: crate::limits::LimitCounters,
     /// The whole answer written to a connection over the caps.
     pub(crate) raw_refusal: Vec<u8>,
 }
@@ -157,7 +157,7 @@ impl Limits {
             connections: Slots::new(conns.max),
             health: Slots::new(conns.health_reserve),
             watches: Slots::new(conns.watch_streams),
-            refused: Mutex::new(BTreeMap::new()),
+            refused: crate::limits::LimitCounters::default(),
             raw_refusal: raw_503(&format!(
                 "this node has its maximum of {} open API connections (tuning.api_connections); retry later",
                 conns.max
@@ -168,16 +168,12 @@ impl Limits {
 
     /// Counts one refusal by `limit`.
     pub(crate) fn refused(&self, limit: &'static str) {
-        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-        *refused.entry(limit).or_insert(0) += 1;
+        self.refused.refused(limit);
     }
 
     /// Refusals so far, by limit.
     pub(crate) fn refusals(&self) -> BTreeMap<&'static str, u64> {
-        self.refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.refused.snapshot()
     }
 }
 
