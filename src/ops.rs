@@ -247,6 +247,35 @@ impl WriteRequest {
         let ops: Vec<Value> = self.ops.iter().map(Op::to_json).collect();
         json!({"ops": ops, "ack": ack, "timeout_ms": self.timeout_ms})
     }
+
+    /// About how much work applying the request is: the bytes of its strings (each
+    /// character of a text becomes one Automerge op) plus one per value and op. The node
+    /// applies heavy requests off its event loop.
+    pub fn weight(&self) -> usize {
+        self.ops.iter().map(Op::weight).sum()
+    }
+}
+
+impl Op {
+    fn weight(&self) -> usize {
+        1 + match self {
+            Op::Set { value, .. } | Op::Push { value, .. } | Op::Insert { value, .. } => {
+                value_weight(value)
+            }
+            Op::Text { value, .. } => value.len(),
+            Op::Splice { delete, insert, .. } => delete.saturating_add(insert.len()),
+            Op::Del { .. } | Op::Counter { .. } | Op::Inc { .. } => 0,
+        }
+    }
+}
+
+fn value_weight(value: &Value) -> usize {
+    1 + match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(value_weight).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() + value_weight(v)).sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
 }
 
 /// Why a write request was refused. Whatever the error, the caller rolls back the

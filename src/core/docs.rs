@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
 use super::reconcile::{Bulk, Index};
-use super::{CoreError, Fetched, LoadedDoc, ReadKind, StoredLog};
+use super::{CoreError, Fetched, Lent, LoadedDoc, ReadKind, StoredLog};
 use crate::wire::heads_digest;
 
 /// A store's list of documents and their heads, gathered at start-up for
@@ -264,6 +264,8 @@ pub(crate) struct Docs {
     stored: bool,
     /// Stored documents whose read is under way, and what is read.
     reading: HashMap<String, ReadKind>,
+    /// Documents lent out of memory (see `lend`): work on them waits as for a read.
+    lent: HashSet<String>,
     /// Changes accepted without loading their document, until durable.
     unsaved: HashMap<String, Unsaved>,
     /// A stored log read for the work resumed now (see [`Docs::read_done`]).
@@ -290,6 +292,7 @@ impl Docs {
             index: Index::new(),
             stored: false,
             reading: HashMap::new(),
+            lent: HashSet::new(),
             unsaved: HashMap::new(),
             fetched: None,
             known: HashMap::new(),
@@ -317,7 +320,7 @@ impl Docs {
         if self.loaded.contains_key(id) {
             return Residency::Ready;
         }
-        if self.reading.contains_key(id) {
+        if self.reading.contains_key(id) || self.lent.contains(id) {
             return Residency::Reading(None);
         }
         let fetched = self.fetched.as_ref().is_some_and(|(f, _)| f == id);
@@ -400,6 +403,27 @@ impl Docs {
         }
     }
 
+    /// Takes the document in memory out of the cache until [`Docs::give_back`]; meanwhile
+    /// it is not ready for any work (see `lend`).
+    pub(crate) fn lend(&mut self, id: &str) -> Option<DocState> {
+        let state = self.loaded.remove(id)?;
+        self.order.remove(&state.stamp);
+        self.bytes -= state.size;
+        self.lent.insert(id.to_string());
+        Some(state)
+    }
+
+    /// A lent document comes back into the cache (as the most recently used); its id.
+    pub(crate) fn give_back(&mut self, lent: Lent) -> String {
+        let Lent { id, state } = lent;
+        self.lent.remove(&id);
+        let size = state.size;
+        self.insert_state(id.clone(), state);
+        self.bytes += size;
+        self.refresh(&id);
+        id
+    }
+
     /// Drops the stored log kept by [`Docs::read_done`].
     pub(crate) fn forget_fetched(&mut self) {
         self.fetched = None;
@@ -426,6 +450,7 @@ impl Docs {
     pub(crate) fn get_or_create(&mut self, id: &str) -> Result<&mut DocState, CoreError> {
         if !self.loaded.contains_key(id) {
             if self.reading.contains_key(id)
+                || self.lent.contains(id)
                 || self.unsaved.contains_key(id)
                 || (self.stored && self.index.get(id).is_some())
             {
@@ -457,7 +482,12 @@ impl Docs {
         }
         match &self.fetched {
             Some((f, log)) if f == id => Some(log.heads.clone()),
-            _ if self.reading.contains_key(id) || self.index.get(id).is_some() => None,
+            _ if self.reading.contains_key(id)
+                || self.lent.contains(id)
+                || self.index.get(id).is_some() =>
+            {
+                None
+            }
             _ => Some(Vec::new()),
         }
     }

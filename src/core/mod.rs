@@ -22,6 +22,7 @@ mod effect;
 mod gate;
 mod history;
 mod lag;
+mod lend;
 mod loaded;
 mod memory;
 mod peers;
@@ -33,6 +34,7 @@ pub use clients::ClientMsg;
 pub use docs::StoredIndex;
 pub use effect::Effect;
 pub use lag::LagView;
+pub use lend::{Lent, Merged};
 pub use loaded::{Fetched, LoadedDoc, ReadKind, StoredLog};
 pub use replica::{
     ChangeError, ClientError, CoreConfig, CoreStats, DocCounts, LocalWrite, Replica, Snapshot,

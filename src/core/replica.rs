@@ -33,6 +33,7 @@ use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
 use super::clients::Clients;
 use super::docs::{Budget, Docs, StoredIndex};
 use super::gate::SyncGate;
+use super::lend::{self, Lent, Merged};
 use super::loaded::LoadedDoc;
 use super::memory::Memory;
 use super::peers::Peer;
@@ -219,6 +220,28 @@ pub struct LocalWrite<R> {
     pub persist_token: Option<u64>,
 }
 
+impl LocalWrite<()> {
+    /// No change was made; the document is at `heads`.
+    fn nothing(heads: Vec<ChangeHash>) -> Self {
+        LocalWrite {
+            value: (),
+            hash: None,
+            heads,
+            persist_token: None,
+        }
+    }
+
+    /// The same write, returning `value`.
+    pub fn with<R>(self, value: R) -> LocalWrite<R> {
+        LocalWrite {
+            value,
+            hash: self.hash,
+            heads: self.heads,
+            persist_token: self.persist_token,
+        }
+    }
+}
+
 /// The replication state machine of one node.
 pub struct Replica {
     id: String,
@@ -349,25 +372,31 @@ impl Replica {
         // Keep the causal order simple: pending remote changes go in first.
         self.apply_doc(doc);
         let state = self.docs.get_or_create(doc).map_err(ChangeError::Core)?;
-        let mut tx = state.doc.transaction();
-        let value = match f(&mut tx) {
-            Ok(v) => v,
+        match lend::transact(&mut state.doc, f) {
+            Ok((value, hash)) => Ok(self.committed(now, doc, hash, want_ack).with(value)),
             Err(e) => {
-                tx.rollback();
                 self.docs.remove_if_empty(doc);
-                return Err(ChangeError::Refused(e));
+                Err(ChangeError::Refused(e))
             }
+        }
+    }
+
+    /// After a transaction on `doc` in memory: its change (if any) is pushed, queued for
+    /// persistence and, with `want_ack`, awaited.
+    fn committed(
+        &mut self,
+        now: u64,
+        doc: &str,
+        hash: Option<ChangeHash>,
+        want_ack: bool,
+    ) -> LocalWrite<()> {
+        let Some(state) = self.docs.peek_mut(doc) else {
+            return LocalWrite::nothing(Vec::new());
         };
-        let (hash, _) = tx.commit();
         let heads = state.doc.get_heads();
         let Some(hash) = hash else {
             self.docs.remove_if_empty(doc);
-            return Ok(LocalWrite {
-                value,
-                hash: None,
-                heads,
-                persist_token: None,
-            });
+            return LocalWrite::nothing(heads);
         };
         let bytes = state
             .doc
@@ -383,12 +412,12 @@ impl Replica {
         let me = self.id.clone();
         self.accept_new(doc, &me, None, want_ack, vec![bytes]);
         self.notify(doc.to_string(), heads.clone());
-        Ok(LocalWrite {
-            value,
+        LocalWrite {
+            value: (),
             hash: Some(hash),
             heads,
             persist_token: Some(self.batches.token()),
-        })
+        }
     }
 
     /// Merges Automerge data (a saved document or concatenated changes) into `doc`. The
@@ -400,67 +429,100 @@ impl Replica {
         doc: &str,
         data: &[u8],
     ) -> Result<(usize, Option<u64>), CoreError> {
-        let bad = |detail: String| CoreError::BadAutomergeData {
-            doc: doc.to_string(),
-            detail,
-        };
-        let mut scratch = Automerge::new();
-        scratch
-            .load_incremental(data)
-            .map_err(|e| bad(e.to_string()))?;
+        self.now = self.now.max(now);
         self.apply_doc(doc);
-        let missing = scratch.get_missing_deps(&[]);
-        if !missing.is_empty() {
-            // Changes made on top of history (`save_after`): fine if the document has it.
-            if self.docs.heads(doc).is_none() {
-                return Err(CoreError::NotRead {
-                    doc: doc.to_string(),
-                });
-            }
-            let existing = self.docs.get(doc);
-            let Some(existing) = existing.filter(|d| {
-                missing
-                    .iter()
-                    .all(|h| d.doc.get_change_meta_by_hash(h).is_some())
-            }) else {
-                return Err(bad(
-                    "changes depend on history that neither the data nor the document has".into(),
-                ));
-            };
-            scratch = existing.doc.clone();
-            scratch
-                .load_incremental(data)
-                .map_err(|e| bad(e.to_string()))?;
-        }
         let state = self.docs.get_or_create(doc)?;
-        let new = state.doc.get_changes_added(&scratch);
-        if new.is_empty() {
-            self.docs.remove_if_empty(doc);
-            return Ok((0, None));
-        }
-        let count = new.len();
-        let mut bytes: Vec<Vec<u8>> = new.iter().map(|c| c.raw_bytes().to_vec()).collect();
-        let accepted: std::collections::HashSet<ChangeHash> =
-            new.iter().map(|c| c.hash()).collect();
-        let before = state.doc.get_heads();
-        let queued_before = !state.doc.get_missing_deps(&[]).is_empty();
-        if let Err(source) = state.doc.apply_changes(new) {
-            return Err(CoreError::Automerge {
-                doc: doc.to_string(),
-                source: Box::new(source),
-            });
-        }
-        if queued_before {
-            // Changes Automerge had queued may have become applicable: persist them too.
-            bytes.extend(state.unaccepted_since(&before, &accepted));
-        }
+        let merged = lend::merge_into(doc, state, data);
+        self.merged(now, doc, merged)
+    }
+
+    /// After a merge into `doc` in memory: its new changes are pushed and queued for
+    /// persistence.
+    fn merged(
+        &mut self,
+        now: u64,
+        doc: &str,
+        merged: Result<Merged, CoreError>,
+    ) -> Result<(usize, Option<u64>), CoreError> {
+        let merged = match merged {
+            Ok(m) if !m.bytes.is_empty() => m,
+            other => {
+                self.docs.remove_if_empty(doc);
+                return other.map(|m| (m.count, None));
+            }
+        };
+        let Some(state) = self.docs.peek_mut(doc) else {
+            return Ok((merged.count, None));
+        };
         state.last_change_ms = now;
         let heads = state.doc.get_heads();
         self.docs.refresh(doc);
         let me = self.id.clone();
-        self.accept_new(doc, &me, None, false, bytes);
+        self.accept_new(doc, &me, None, false, merged.bytes);
         self.notify(doc.to_string(), heads);
-        Ok((count, Some(self.batches.token())))
+        Ok((merged.count, Some(self.batches.token())))
+    }
+
+    /// The size the cache counts for `doc`, if it is in memory.
+    pub fn loaded_size(&self, doc: &str) -> Option<usize> {
+        self.docs.peek(doc).map(|d| d.size)
+    }
+
+    /// Takes `doc` out of memory for heavy work on another thread (see `lend`): until it
+    /// is given back with [`Replica::return_change`], [`Replica::return_merge`] or
+    /// [`Replica::return_read`], work on it waits and [`Replica::prepare`] says it is not
+    /// ready. A stored document must be in memory ([`Replica::prepare`] first); a new one
+    /// is created empty.
+    pub fn lend(&mut self, doc: &str) -> Result<Lent, CoreError> {
+        self.apply_doc(doc);
+        self.docs.get_or_create(doc)?;
+        let state = self.docs.lend(doc).ok_or_else(|| CoreError::NotRead {
+            doc: doc.to_string(),
+        })?;
+        Ok(Lent {
+            id: doc.to_string(),
+            state,
+        })
+    }
+
+    /// A lent document comes back after [`Lent::change`] made the change `hash` (or
+    /// none): what [`Replica::local_change`] does after its transaction, then the work
+    /// that waited runs.
+    pub fn return_change(
+        &mut self,
+        now: u64,
+        lent: Lent,
+        hash: Option<ChangeHash>,
+        want_ack: bool,
+    ) -> LocalWrite<()> {
+        self.now = self.now.max(now);
+        let doc = self.docs.give_back(lent);
+        let write = self.committed(now, &doc, hash, want_ack);
+        self.resume_parked(now, &doc, false);
+        write
+    }
+
+    /// A lent document comes back after [`Lent::merge`]: what [`Replica::merge`] does
+    /// after merging, then the work that waited runs.
+    pub fn return_merge(
+        &mut self,
+        now: u64,
+        lent: Lent,
+        merged: Result<Merged, CoreError>,
+    ) -> Result<(usize, Option<u64>), CoreError> {
+        self.now = self.now.max(now);
+        let doc = self.docs.give_back(lent);
+        let answer = self.merged(now, &doc, merged);
+        self.resume_parked(now, &doc, false);
+        answer
+    }
+
+    /// A lent document comes back unchanged (it was only read); the work that waited runs.
+    pub fn return_read(&mut self, now: u64, lent: Lent) {
+        self.now = self.now.max(now);
+        let doc = self.docs.give_back(lent);
+        self.docs.remove_if_empty(&doc);
+        self.resume_parked(now, &doc, false);
     }
 
     /// A link to `peer` is up: it becomes a push target, and the node of the two with the

@@ -6,7 +6,7 @@
 //! `tests/flow.rs` (push, batching, forwarding, acks), `tests/repair.rs` (anti-entropy and
 //! sync), `tests/input.rs` (bad input, merge, load and snapshots), `tests/persist.rs`
 //! (persist batches that storage failed), `tests/cache.rs` (documents read from a store
-//! as effects, and the cache over it) and `tests/fingerprint.rs` (the document-set
+//! as effects, and the cache over it), `tests/lend.rs` (documents lent for heavy work) and `tests/fingerprint.rs` (the document-set
 //! fingerprint). Owns nothing else.
 
 mod cache;
@@ -14,6 +14,7 @@ mod clients;
 mod fingerprint;
 mod flow;
 mod input;
+mod lend;
 mod persist;
 mod repair;
 
@@ -23,7 +24,7 @@ use automerge::transaction::{Transactable, Transaction};
 use automerge::{AutoCommit, Automerge, ChangeHash, ObjType, ReadDoc, ROOT};
 use serde_bytes::ByteBuf;
 
-use super::{ClientMsg, CoreConfig, CoreError, Effect, Flood, Replica, Unsent};
+use super::{ChangeError, ClientMsg, CoreConfig, CoreError, Effect, Flood, Replica, Unsent};
 use crate::wire::{self, DocChanges, Message};
 
 type TxResult<R> = Result<R, automerge::AutomergeError>;

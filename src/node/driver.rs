@@ -9,6 +9,7 @@
 
 mod cluster_view;
 mod drain;
+mod lending;
 mod storage;
 mod topology;
 
@@ -64,6 +65,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     let (read_tx, read_dones) = mpsc::unbounded_channel();
     let reads =
         ReadPool::spawn(reader.clone(), read_pool::READ_THREADS, read_tx).map_err(Error::Thread)?;
+    let (returned_tx, returned) = mpsc::unbounded_channel();
 
     let (events_tx, events) = mpsc::channel(4096);
     let members = config
@@ -113,6 +115,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         addrs: config.peers.clone(),
         jobs,
         reads,
+        returned_tx,
         parked: HashMap::new(),
         store: storage::StoreState::new(config.store_queue_bytes, health_tx.clone()),
         writes: Writes::default(),
@@ -133,7 +136,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         draining: None,
         gather: cluster_view::Gather::new(&config.id),
     };
-    let driver = tokio::spawn(driver.run(commands, events, dones, read_dones));
+    let driver = tokio::spawn(driver.run(commands, events, dones, read_dones, returned));
     let id = config.id.clone();
     tokio::spawn(async move {
         // A panic ends the driver: the node is then failed, never silently half-alive.
@@ -167,7 +170,10 @@ struct Driver {
     addrs: BTreeMap<String, std::net::SocketAddr>,
     jobs: std_mpsc::Sender<StoreJob>,
     reads: ReadPool,
-    /// Commands waiting for their document's read, per document in arrival order.
+    /// Where heavy work on lent documents reports (see `lending`).
+    returned_tx: mpsc::UnboundedSender<lending::Returned>,
+    /// Commands waiting for their document's read (or its return), per document in
+    /// arrival order.
     parked: HashMap<String, VecDeque<Command>>,
     /// Bytes queued for storage and whether it fails (see `storage`).
     store: storage::StoreState,
@@ -202,6 +208,7 @@ enum Input {
     Event(TransportEvent),
     Done(StoreDone),
     Read(ReadDone),
+    Returned(Box<lending::Returned>),
     Timeout,
 }
 
@@ -216,6 +223,7 @@ impl Driver {
         mut events: mpsc::Receiver<TransportEvent>,
         mut dones: mpsc::UnboundedReceiver<StoreDone>,
         mut read_dones: mpsc::UnboundedReceiver<ReadDone>,
+        mut returned: mpsc::UnboundedReceiver<lending::Returned>,
     ) {
         let initial = self.links.start();
         self.apply_links(initial);
@@ -241,6 +249,7 @@ impl Driver {
                 Some(ev) = events.recv(), if !self.storage_full() => Input::Event(ev),
                 Some(done) = dones.recv() => Input::Done(done),
                 Some(read) = read_dones.recv() => Input::Read(read),
+                Some(back) = returned.recv() => Input::Returned(Box::new(back)),
                 () = &mut timer, if wake.is_some() => Input::Timeout,
             };
             self.wakeups += 1;
@@ -260,6 +269,8 @@ impl Driver {
                     Some(Input::Done(done))
                 } else if let Ok(read) = read_dones.try_recv() {
                     Some(Input::Read(read))
+                } else if let Ok(back) = returned.try_recv() {
+                    Some(Input::Returned(Box::new(back)))
                 } else if let Some(ev) = (!self.storage_full())
                     .then(|| events.try_recv().ok())
                     .flatten()
@@ -330,6 +341,7 @@ impl Driver {
             }
             Input::Done(done) => self.store_done(done),
             Input::Read((doc, result)) => self.read_done(now, doc, result),
+            Input::Returned(back) => self.returned(now, *back),
             Input::Timeout => {
                 self.timer_wakeups += 1;
                 self.topology_tick(now);
@@ -357,6 +369,7 @@ impl Driver {
                 doc,
                 ack,
                 timeout,
+                weight,
                 f,
                 started,
                 outcome,
@@ -365,33 +378,24 @@ impl Driver {
                     let _ = started.send(Err(refused));
                     return;
                 }
+                let reply = lending::ChangeReply {
+                    ack,
+                    timeout,
+                    started,
+                    outcome,
+                };
+                if weight >= lending::HEAVY_WEIGHT {
+                    return self.lend_change(&doc, f, reply);
+                }
                 let want_ack = !matches!(ack, Ack::Local);
                 match self.replica.local_change(now, &doc, want_ack, f) {
                     Err(ChangeError::Refused(e)) => {
-                        let _ = started.send(Err(Error::Change(e)));
+                        let _ = reply.started.send(Err(Error::Change(e)));
                     }
                     Err(ChangeError::Core(e)) => {
-                        let _ = started.send(Err(Error::store(e)));
+                        let _ = reply.started.send(Err(Error::store(e)));
                     }
-                    Ok(w) => match (w.hash, w.persist_token) {
-                        (Some(hash), Some(token)) => {
-                            let deadline = now.saturating_add(timeout.as_millis() as u64);
-                            self.writes.wait(
-                                token,
-                                &doc,
-                                hash,
-                                w.heads,
-                                ack,
-                                self.others,
-                                deadline,
-                                outcome,
-                            );
-                            let _ = started.send(Ok(true));
-                        }
-                        _ => {
-                            let _ = started.send(Ok(false));
-                        }
-                    },
+                    Ok(write) => self.change_made(now, &doc, write, reply),
                 }
             }
             Command::Merge { reply, .. } if self.refusing_writes().is_some() => {
@@ -399,19 +403,12 @@ impl Driver {
                     let _ = reply.send(Err(refused));
                 }
             }
-            Command::Merge { doc, data, reply } => {
-                let answer = match self.replica.merge(now, &doc, &data) {
-                    Err(e) => Err(Error::Merge(Box::new(e))),
-                    Ok((count, None)) => Ok((count, None)),
-                    Ok((count, Some(token))) => {
-                        let (tx, rx) = oneshot::channel();
-                        self.writes.wait_durable(token, tx);
-                        Ok((count, Some(rx)))
-                    }
-                };
-                let _ = reply.send(answer);
+            Command::Merge { doc, data, reply } => self.lend_merge(&doc, data, reply),
+            Command::Read { doc, f } => {
+                if let Err(f) = self.lend_read(&doc, f) {
+                    f(self.replica.load(&doc));
+                }
             }
-            Command::Read { doc, f } => f(self.replica.load(&doc)),
             Command::Subscribe { doc, reply } => {
                 let sender = self
                     .subscribers
@@ -564,14 +561,20 @@ impl Driver {
     ) {
         let failure = result.as_ref().err().map(|e| e.to_string());
         self.replica.read_done(now, &doc, result);
-        let Some(waiting) = self.parked.remove(&doc) else {
+        self.resume_commands(now, &doc, failure);
+    }
+
+    /// The commands that waited for `doc` run in order (or fail with `failure`, the
+    /// read's error).
+    fn resume_commands(&mut self, now: u64, doc: &str, failure: Option<String>) {
+        let Some(waiting) = self.parked.remove(doc) else {
             return;
         };
         for cmd in waiting {
             match &failure {
                 None => self.command(now, cmd),
                 Some(detail) => cmd.fail(CoreError::Storage {
-                    doc: doc.clone(),
+                    doc: doc.to_string(),
                     detail: detail.clone(),
                 }),
             }

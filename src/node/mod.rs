@@ -310,6 +310,8 @@ pub(crate) enum Command {
         doc: String,
         ack: Ack,
         timeout: Duration,
+        /// About how heavy `f` is (see `WriteRequest::weight`; 0: light).
+        weight: usize,
         f: ChangeFn,
         /// Answered at once: `Err` if the change failed, `Ok(false)` if it made no
         /// operation, `Ok(true)` if it made a change whose outcome comes on `outcome`.
@@ -503,6 +505,24 @@ impl Node {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
         F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
     {
+        self.change_weighted(doc, ack, timeout, 0, f).await
+    }
+
+    /// [`Node::change_with`] of a change about `weight` heavy (see
+    /// [`crate::ops::WriteRequest::weight`]): a heavy one runs off the driver's task.
+    async fn change_weighted<R, E, F>(
+        &self,
+        doc: &str,
+        ack: Ack,
+        timeout: Duration,
+        weight: usize,
+        f: F,
+    ) -> Result<Written<R>, Error>
+    where
+        R: Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
+    {
         let (value_tx, value_rx) = oneshot::channel();
         let f: ChangeFn = Box::new(move |tx| {
             let value = f(tx).map_err(Into::into)?;
@@ -515,6 +535,7 @@ impl Node {
             doc: doc.to_string(),
             ack,
             timeout,
+            weight,
             f,
             started: started_tx,
             outcome: outcome_tx,
@@ -541,10 +562,12 @@ impl Node {
         request: crate::ops::WriteRequest,
     ) -> Result<Written<()>, Error> {
         let timeout = Duration::from_millis(request.timeout_ms);
-        let ack = request.ack;
+        let (ack, weight) = (request.ack, request.weight());
         let ops = request.ops;
-        self.change_with(doc, ack, timeout, move |tx| crate::ops::apply_ops(tx, &ops))
-            .await
+        self.change_weighted(doc, ack, timeout, weight, move |tx| {
+            crate::ops::apply_ops(tx, &ops)
+        })
+        .await
     }
 
     /// Merges Automerge data (a saved document or changes) into `doc`; returns the number

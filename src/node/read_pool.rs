@@ -1,12 +1,14 @@
 //! The reader threads: they serve the core's [`Effect::Read`](crate::core::Effect::Read)
-//! requests off the async runtime. Each read takes the document from the store (a redb
+//! requests off the async runtime, and run the driver's heavy work on lent documents
+//! ([`ReadPool::run`], see `driver::lending`). Each read takes the document from the store (a redb
 //! read transaction, which runs concurrently with the storage thread's commits) and decodes
 //! what was asked ([`Fetched::read`]: the document into Automerge, or its heads and change
 //! log); the result goes back to the driver as one input, so the driver's task never waits
 //! for the disk nor spends its time decoding.
 //!
 //! The queue of reads is unbounded but holds only document ids: the core asks for each
-//! document once until its read is done.
+//! document once until its read is done. Heavy work is queued behind the reads before it;
+//! each job holds its lent document, so the queue holds at most one job per document.
 
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -22,9 +24,15 @@ pub(crate) const READ_THREADS: usize = 2;
 /// A finished read: the document id and what was read.
 pub(crate) type ReadDone = (String, Result<Fetched, CoreError>);
 
+/// Work for the reader threads: a read, or a job that reports by itself.
+enum Job {
+    Read(String, ReadKind),
+    Run(Box<dyn FnOnce() + Send>),
+}
+
 /// Hands reads to the reader threads; they end when it is dropped.
 pub(crate) struct ReadPool {
-    jobs: std_mpsc::Sender<(String, ReadKind)>,
+    jobs: std_mpsc::Sender<Job>,
 }
 
 impl ReadPool {
@@ -34,7 +42,7 @@ impl ReadPool {
         threads: usize,
         done: mpsc::UnboundedSender<ReadDone>,
     ) -> std::io::Result<ReadPool> {
-        let (jobs, rx) = std_mpsc::channel::<(String, ReadKind)>();
+        let (jobs, rx) = std_mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads.max(1) {
             let (rx, reader, done) = (Arc::clone(&rx), Arc::clone(&reader), done.clone());
@@ -46,12 +54,15 @@ impl ReadPool {
                         Ok(rx) => rx.recv(),
                         Err(_) => return,
                     };
-                    let Ok((doc, kind)) = next else {
-                        return;
-                    };
-                    let result = Fetched::read(reader.as_ref(), &doc, kind);
-                    if done.send((doc, result)).is_err() {
-                        return;
+                    match next {
+                        Ok(Job::Read(doc, kind)) => {
+                            let result = Fetched::read(reader.as_ref(), &doc, kind);
+                            if done.send((doc, result)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Job::Run(job)) => job(),
+                        Err(_) => return,
                     }
                 })?;
         }
@@ -60,7 +71,15 @@ impl ReadPool {
 
     /// Queues a read of `kind` of `doc`; false if the readers are gone.
     pub(crate) fn read(&self, doc: String, kind: ReadKind) -> bool {
-        self.jobs.send((doc, kind)).is_ok()
+        self.jobs.send(Job::Read(doc, kind)).is_ok()
+    }
+
+    /// Runs `job` on a reader thread, or here and now if the readers are gone (it must
+    /// run: it holds a lent document).
+    pub(crate) fn run(&self, job: Box<dyn FnOnce() + Send>) {
+        if let Err(std_mpsc::SendError(Job::Run(job))) = self.jobs.send(Job::Run(job)) {
+            job();
+        }
     }
 }
 

@@ -98,6 +98,13 @@ impl Replica {
             Ok(_) => false,
         };
         self.docs.read_done(doc, result);
+        self.resume_parked(now, doc, failed);
+        self.docs.forget_fetched();
+    }
+
+    /// Runs the work parked for `doc` in order, now that its read is done or it is given
+    /// back (or drops it all: `failed`).
+    pub(super) fn resume_parked(&mut self, now: u64, doc: &str, failed: bool) {
         let mut parked = self.parked.remove(doc).unwrap_or_default().into_iter();
         while let Some(work) = parked.next() {
             if failed {
@@ -113,7 +120,6 @@ impl Replica {
                 self.resume(now, doc, work);
             }
         }
-        self.docs.forget_fetched();
     }
 
     /// Parks `work` until `doc` is read (after [`Replica::prepare`] said it must be).

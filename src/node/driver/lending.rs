@@ -1,0 +1,200 @@
+//! Heavy work off the driver's task: a large local change or merge, or a read of a large
+//! document, runs on a reader thread on a document lent by the replica
+//! ([`Replica::lend`](crate::core::Replica::lend)); meanwhile the driver goes on serving
+//! peers, clients, `/v1/health` and every other document. Work on the lent document waits
+//! (in the replica, and commands here in `parked`, as for a read) and runs in order once it
+//! is given back ([`Returned`]).
+//!
+//! What is heavy: a change of at least [`HEAVY_WEIGHT`] (its
+//! [`crate::ops::WriteRequest::weight`]), every merge (its data may be a few compressed
+//! bytes that expand to any number of ops within the client limits), a read of a document
+//! of at least [`HEAVY_DOC_BYTES`] in memory. Lighter work runs in place, which costs less
+//! than handing it over.
+
+use std::time::Duration;
+
+use automerge::ChangeHash;
+use tokio::sync::oneshot;
+
+use super::Driver;
+use crate::core::{CoreError, Lent, LocalWrite, Merged};
+use crate::node::{Ack, ChangeFn, Error, MergeStarted, ReadFn, WriteOutcome};
+
+/// Changes at least this heavy run off the driver's task.
+pub(super) const HEAVY_WEIGHT: usize = 32 << 10;
+
+/// Reads of documents at least this large in memory run off the driver's task.
+pub(super) const HEAVY_DOC_BYTES: usize = 1 << 20;
+
+/// A lent document back from a reader thread, with what was done on it and whom to answer.
+pub(super) enum Returned {
+    Change {
+        lent: Lent,
+        done: Result<Option<ChangeHash>, Box<dyn std::error::Error + Send + Sync>>,
+        reply: ChangeReply,
+    },
+    Merge {
+        lent: Lent,
+        merged: Result<Merged, CoreError>,
+        reply: oneshot::Sender<Result<MergeStarted, Error>>,
+    },
+    Read {
+        lent: Lent,
+    },
+}
+
+/// What a change's writer waits for.
+pub(super) struct ChangeReply {
+    pub(super) ack: Ack,
+    pub(super) timeout: Duration,
+    pub(super) started: oneshot::Sender<Result<bool, Error>>,
+    pub(super) outcome: oneshot::Sender<WriteOutcome>,
+}
+
+impl Driver {
+    /// Runs a heavy change on a reader thread.
+    pub(super) fn lend_change(&mut self, doc: &str, f: ChangeFn, reply: ChangeReply) {
+        let mut lent = match self.replica.lend(doc) {
+            Ok(lent) => lent,
+            Err(e) => {
+                let _ = reply.started.send(Err(Error::store(e)));
+                return;
+            }
+        };
+        let back = self.returned_tx.clone();
+        self.reads.run(Box::new(move || {
+            let done = lent.change(f).map(|((), hash)| hash);
+            let _ = back.send(Returned::Change { lent, done, reply });
+        }));
+    }
+
+    /// Runs a heavy merge on a reader thread.
+    pub(super) fn lend_merge(
+        &mut self,
+        doc: &str,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<MergeStarted, Error>>,
+    ) {
+        let mut lent = match self.replica.lend(doc) {
+            Ok(lent) => lent,
+            Err(e) => {
+                let _ = reply.send(Err(Error::Merge(Box::new(e))));
+                return;
+            }
+        };
+        let back = self.returned_tx.clone();
+        self.reads.run(Box::new(move || {
+            let merged = lent.merge(&data);
+            let _ = back.send(Returned::Merge {
+                lent,
+                merged,
+                reply,
+            });
+        }));
+    }
+
+    /// Runs a read of a large document on a reader thread; gives `f` back if the document
+    /// is not that large (or not in memory): read it in place.
+    pub(super) fn lend_read(&mut self, doc: &str, f: ReadFn) -> Result<(), ReadFn> {
+        if self
+            .replica
+            .loaded_size(doc)
+            .is_none_or(|size| size < HEAVY_DOC_BYTES)
+        {
+            return Err(f);
+        }
+        let lent = match self.replica.lend(doc) {
+            Ok(lent) => lent,
+            Err(e) => {
+                f(Err(e));
+                return Ok(());
+            }
+        };
+        let back = self.returned_tx.clone();
+        self.reads.run(Box::new(move || {
+            f(Ok(Some(lent.doc())));
+            let _ = back.send(Returned::Read { lent });
+        }));
+        Ok(())
+    }
+
+    /// A lent document is back: the replica takes it and what was done on it, the waiting
+    /// writer is answered, then the commands that waited for the document run.
+    pub(super) fn returned(&mut self, now: u64, returned: Returned) {
+        let doc = match returned {
+            Returned::Change { lent, done, reply } => {
+                let doc = lent.id().to_string();
+                match done {
+                    Ok(hash) => {
+                        let want_ack = !matches!(reply.ack, Ack::Local);
+                        let write = self.replica.return_change(now, lent, hash, want_ack);
+                        self.change_made(now, &doc, write, reply);
+                    }
+                    Err(e) => {
+                        self.replica.return_change(now, lent, None, false);
+                        let _ = reply.started.send(Err(Error::Change(e)));
+                    }
+                }
+                doc
+            }
+            Returned::Merge {
+                lent,
+                merged,
+                reply,
+            } => {
+                let doc = lent.id().to_string();
+                let answer = self.replica.return_merge(now, lent, merged);
+                let _ = reply.send(self.merge_started(answer));
+                doc
+            }
+            Returned::Read { lent } => {
+                let doc = lent.id().to_string();
+                self.replica.return_read(now, lent);
+                doc
+            }
+        };
+        self.resume_commands(now, &doc, None);
+    }
+
+    /// A local change was made (or nothing was): its writer waits for its write concern.
+    pub(super) fn change_made(
+        &mut self,
+        now: u64,
+        doc: &str,
+        write: LocalWrite<()>,
+        reply: ChangeReply,
+    ) {
+        let (Some(hash), Some(token)) = (write.hash, write.persist_token) else {
+            let _ = reply.started.send(Ok(false));
+            return;
+        };
+        let deadline = now.saturating_add(reply.timeout.as_millis() as u64);
+        self.writes.wait(
+            token,
+            doc,
+            hash,
+            write.heads,
+            reply.ack,
+            self.others,
+            deadline,
+            reply.outcome,
+        );
+        let _ = reply.started.send(Ok(true));
+    }
+
+    /// A merge's answer: how many changes were new and, if any, when they are durable.
+    pub(super) fn merge_started(
+        &mut self,
+        answer: Result<(usize, Option<u64>), CoreError>,
+    ) -> Result<MergeStarted, Error> {
+        match answer {
+            Err(e) => Err(Error::Merge(Box::new(e))),
+            Ok((count, None)) => Ok((count, None)),
+            Ok((count, Some(token))) => {
+                let (tx, rx) = oneshot::channel();
+                self.writes.wait_durable(token, tx);
+                Ok((count, Some(rx)))
+            }
+        }
+    }
+}

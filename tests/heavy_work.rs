@@ -1,0 +1,179 @@
+//! Heavy work never holds a node's event loop (issue 26): while one large change or merge
+//! is applied at a node (a text op of ~99,000 characters; Automerge data of three such
+//! changes; a long read of a document over 1 MiB), the node keeps answering its status (what `/v1/health` asks) and takes small
+//! writes to, and reads of, other documents. Two in-process nodes on 127.0.0.1, so the
+//! change also replicates. (That work on other documents, peers' changes included, goes on
+//! while a document is lent is also tested in the core: `core::tests::lend`.)
+//!
+//! How it is checked: probes run in a loop from just after the heavy request is sent until
+//! it is answered. Without the heavy work off the event loop, the first probe waits for the
+//! whole apply, so none completes in the first half of the heavy request's time; with it,
+//! probes complete all along.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{ops, TestCluster, LINK_TIMEOUT};
+use concordant::config::TopologyKind;
+use concordant::node::Node;
+use serde_json::json;
+
+/// Bound on any wait in these tests.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A status, a small write to another document and a read of it: what must go on during
+/// heavy work.
+async fn probe(here: &Node, i: u64) {
+    here.status().await.expect("status");
+    ops(
+        here,
+        "light",
+        json!([{"op": "set", "path": ["i"], "value": i}]),
+    )
+    .await;
+    let seen = here.json("light").await.expect("read").unwrap();
+    assert_eq!(seen["i"].as_u64(), Some(i));
+}
+
+/// Runs `heavy` at node 0 while probing; returns (its duration, probe completion times
+/// since it started).
+async fn probe_during<F>(cluster: &TestCluster, heavy: F) -> (Duration, Vec<Duration>)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let here = cluster.node(0);
+    let started = Instant::now();
+    let mut heavy = tokio::spawn(heavy);
+    let mut done = Vec::new();
+    let mut i = 0;
+    loop {
+        tokio::select! {
+            finished = &mut heavy => {
+                finished.expect("the heavy request");
+                return (started.elapsed(), done);
+            }
+            () = probe(&here, i) => {
+                done.push(started.elapsed());
+                i += 1;
+            }
+        }
+        assert!(started.elapsed() < LIMIT, "the heavy request never ended");
+    }
+}
+
+/// The probes of the first half of the heavy request (after its first 50 ms, which it may
+/// spend before reaching the node's event loop).
+fn early(total: Duration, done: &[Duration]) -> usize {
+    done.iter()
+        .filter(|t| **t > Duration::from_millis(50) && **t < total / 2)
+        .count()
+}
+
+/// Prints what the probes saw and asserts that some were answered in the first half of
+/// the heavy work.
+fn assert_served(what: &str, total: Duration, done: &[Duration]) {
+    let early = early(total, done);
+    println!(
+        "{what}: {total:?}; {} probes done, {early} in its first half",
+        done.len()
+    );
+    assert!(
+        early >= 2,
+        "no probe was answered in the first half of the {what} ({total:?}): {done:?}"
+    );
+}
+
+async fn linked_pair() -> TestCluster {
+    let cluster = TestCluster::start(2, TopologyKind::Mesh).await;
+    cluster.wait_linked(LINK_TIMEOUT).await;
+    cluster
+}
+
+const CHARS: usize = 99_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_text_op_is_applied_while_the_node_serves_everything_else() {
+    let cluster = linked_pair().await;
+    let node = cluster.node(0);
+    let text = "abcdefghij".repeat(CHARS / 10);
+    let request = concordant::ops::parse_write_request(
+        &serde_json::to_vec(&json!({"ops": [{"op": "text", "path": ["t"], "value": text}]}))
+            .unwrap(),
+    )
+    .unwrap();
+    let writer = node.clone();
+    let (total, done) = probe_during(&cluster, async move {
+        writer
+            .apply_ops("heavy", request)
+            .await
+            .expect("the heavy write");
+    })
+    .await;
+    assert_served("heavy text op", total, &done);
+    let doc = node.json("heavy").await.unwrap().unwrap();
+    assert_eq!(doc["t"].as_str().map(str::len), Some(CHARS));
+    cluster.wait_converged(LIMIT).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_merge_is_applied_while_the_node_serves_everything_else() {
+    use automerge::transaction::Transactable;
+    use automerge::ReadDoc;
+    let cluster = linked_pair().await;
+    let node = cluster.node(0);
+    // Several changes, each as large as one text op above.
+    let mut outside = automerge::AutoCommit::new();
+    let t = outside
+        .put_object(automerge::ROOT, "t", automerge::ObjType::Text)
+        .unwrap();
+    let chunk = "klmnopqrst".repeat(CHARS / 10);
+    for _ in 0..3 {
+        let end = outside.length(&t);
+        outside.splice_text(&t, end, 0, &chunk).unwrap();
+        outside.commit();
+    }
+    let data = outside.save();
+    let merger = node.clone();
+    let (total, done) = probe_during(&cluster, async move {
+        assert_eq!(merger.merge("merged", data).await.expect("the merge"), 3);
+    })
+    .await;
+    assert_served("heavy merge", total, &done);
+    let doc = node.json("merged").await.unwrap().unwrap();
+    assert_eq!(doc["t"].as_str().map(str::len), Some(3 * CHARS));
+    cluster.wait_converged(LIMIT).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_read_of_a_large_document_runs_while_the_node_serves_everything_else() {
+    use automerge::transaction::Transactable;
+    let cluster = TestCluster::start(1, TopologyKind::Mesh).await;
+    let node = cluster.node(0);
+    // A document over 1 MiB, read by a closure that takes 300 ms (an embedding app's
+    // `with_doc`; `GET /v1/docs/{id}` of a large document goes the same way).
+    let mut outside = automerge::AutoCommit::new();
+    outside
+        .put(automerge::ROOT, "a", "x".repeat(600_000))
+        .unwrap();
+    outside
+        .put(automerge::ROOT, "b", "y".repeat(600_000))
+        .unwrap();
+    node.merge("big", outside.save()).await.unwrap();
+    let reader = node.clone();
+    let (total, done) = probe_during(&cluster, async move {
+        let len = reader
+            .with_doc("big", |d| {
+                std::thread::sleep(Duration::from_millis(300));
+                automerge::ReadDoc::length(d, automerge::ROOT)
+            })
+            .await
+            .unwrap();
+        assert_eq!(len, Some(2));
+    })
+    .await;
+    assert_served("long read", total, &done);
+    cluster.shutdown().await;
+}
