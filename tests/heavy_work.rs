@@ -1,9 +1,10 @@
 //! Heavy work never holds a node's event loop (issue 26): while one large change or merge
 //! is applied at a node (a text op of ~99,000 characters; Automerge data of three such
-//! changes; a long read of a document over 1 MiB), the node keeps answering its status (what `/v1/health` asks) and takes small
-//! writes to, and reads of, other documents. Two in-process nodes on 127.0.0.1, so the
-//! change also replicates. (That work on other documents, peers' changes included, goes on
-//! while a document is lent is also tested in the core: `core::tests::lend`.)
+//! changes; a long read of a document over 1 MiB), the node keeps answering its status
+//! (what `/v1/health` asks), takes small writes to, and reads of, other documents, and
+//! takes a peer's changes; the peer, which applies the large change too, keeps writing
+//! and sending. Two in-process nodes on 127.0.0.1. (The core's side is tested in
+//! `core::tests::lend`.)
 //!
 //! How it is checked: probes run in a loop from just after the heavy request is sent until
 //! it is answered. Without the heavy work off the event loop, the first probe waits for the
@@ -22,9 +23,9 @@ use serde_json::json;
 /// Bound on any wait in these tests.
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// A status, a small write to another document and a read of it: what must go on during
-/// heavy work.
-async fn probe(here: &Node, i: u64) {
+/// A status, a small write to another document and a read of it, and a change written
+/// at the peer (if any) seen here: what must go on during heavy work.
+async fn probe(here: &Node, peer: Option<&Node>, i: u64) {
     here.status().await.expect("status");
     ops(
         here,
@@ -34,6 +35,27 @@ async fn probe(here: &Node, i: u64) {
     .await;
     let seen = here.json("light").await.expect("read").unwrap();
     assert_eq!(seen["i"].as_u64(), Some(i));
+    let Some(peer) = peer else {
+        return;
+    };
+    ops(
+        peer,
+        "from-peer",
+        json!([{"op": "set", "path": ["i"], "value": i}]),
+    )
+    .await;
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let doc = here.json("from-peer").await.expect("read");
+        if doc.and_then(|d| d["i"].as_u64()) == Some(i) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the peer's write {i} never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Runs `heavy` at node 0 while probing; returns (its duration, probe completion times
@@ -43,6 +65,7 @@ where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let here = cluster.node(0);
+    let peer = (cluster.len() > 1).then(|| cluster.node(1));
     let started = Instant::now();
     let mut heavy = tokio::spawn(heavy);
     let mut done = Vec::new();
@@ -53,7 +76,7 @@ where
                 finished.expect("the heavy request");
                 return (started.elapsed(), done);
             }
-            () = probe(&here, i) => {
+            () = probe(&here, peer.as_ref(), i) => {
                 done.push(started.elapsed());
                 i += 1;
             }
@@ -75,7 +98,7 @@ fn early(total: Duration, done: &[Duration]) -> usize {
 fn assert_served(what: &str, total: Duration, done: &[Duration]) {
     let early = early(total, done);
     println!(
-        "{what}: {total:?}; {} probes done, {early} in its first half",
+        "{what}: {total:?}; {} probes done, {early} in its first half: {done:?}",
         done.len()
     );
     assert!(

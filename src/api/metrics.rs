@@ -43,7 +43,8 @@
 //! (sync sessions started for diverged histories),
 //! `concordant_anti_entropy_repaired_changes_total`,
 //! `concordant_sync_messages_sent_total`, `concordant_acks_sent_total`,
-//! `concordant_persist_failures_total` (persist batches storage failed to make durable).
+//! `concordant_persist_failures_total` (persist batches storage failed to make durable),
+//! `concordant_docs_lent_total` (documents lent for heavy work off the event loop).
 //!
 //! automerge-repo clients ([`render_sync`]): `concordant_sync_clients` (gauge: connected),
 //! `concordant_sync_client_queued_bytes` (gauge: waiting for them),
@@ -622,6 +623,13 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         "Persist batches storage failed to make durable (their changes are written again).",
         &[],
         c.persist_failures,
+    );
+    m.counter(
+        "concordant_docs_lent_total",
+        "Documents lent for heavy work (large changes, merges, reads, pushes, client sync \
+         messages) off the node's event loop.",
+        &[],
+        c.lent,
     );
     m.out
 }

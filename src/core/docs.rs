@@ -264,8 +264,10 @@ pub(crate) struct Docs {
     stored: bool,
     /// Stored documents whose read is under way, and what is read.
     reading: HashMap<String, ReadKind>,
-    /// Documents lent out of memory (see `lend`): work on them waits as for a read.
-    lent: HashSet<String>,
+    /// Documents lent out of memory (see `lend`), with their heads when lent: work on them
+    /// waits as for a read, and changes of theirs accepted before are persisted with these
+    /// heads (nothing of theirs is accepted while they are out).
+    lent: HashMap<String, Vec<ChangeHash>>,
     /// Changes accepted without loading their document, until durable.
     unsaved: HashMap<String, Unsaved>,
     /// A stored log read for the work resumed now (see [`Docs::read_done`]).
@@ -292,7 +294,7 @@ impl Docs {
             index: Index::new(),
             stored: false,
             reading: HashMap::new(),
-            lent: HashSet::new(),
+            lent: HashMap::new(),
             unsaved: HashMap::new(),
             fetched: None,
             known: HashMap::new(),
@@ -320,7 +322,7 @@ impl Docs {
         if self.loaded.contains_key(id) {
             return Residency::Ready;
         }
-        if self.reading.contains_key(id) || self.lent.contains(id) {
+        if self.reading.contains_key(id) || self.lent.contains_key(id) {
             return Residency::Reading(None);
         }
         let fetched = self.fetched.as_ref().is_some_and(|(f, _)| f == id);
@@ -409,13 +411,23 @@ impl Docs {
         let state = self.loaded.remove(id)?;
         self.order.remove(&state.stamp);
         self.bytes -= state.size;
-        self.lent.insert(id.to_string());
+        self.lent.insert(id.to_string(), state.doc.get_heads());
         Some(state)
+    }
+
+    /// The heads to persist with the document's changes in the batch being sealed: as in
+    /// [`Docs::heads`], or for a lent document its heads when lent.
+    pub(crate) fn persist_heads(&self, id: &str) -> Vec<ChangeHash> {
+        match self.lent.get(id) {
+            Some(heads) => heads.clone(),
+            None => self.heads(id).unwrap_or_default(),
+        }
     }
 
     /// A lent document comes back into the cache (as the most recently used); its id.
     pub(crate) fn give_back(&mut self, lent: Lent) -> String {
         let Lent { id, state } = lent;
+        let state = *state;
         self.lent.remove(&id);
         let size = state.size;
         self.insert_state(id.clone(), state);
@@ -450,7 +462,7 @@ impl Docs {
     pub(crate) fn get_or_create(&mut self, id: &str) -> Result<&mut DocState, CoreError> {
         if !self.loaded.contains_key(id) {
             if self.reading.contains_key(id)
-                || self.lent.contains(id)
+                || self.lent.contains_key(id)
                 || self.unsaved.contains_key(id)
                 || (self.stored && self.index.get(id).is_some())
             {
@@ -483,7 +495,7 @@ impl Docs {
         match &self.fetched {
             Some((f, log)) if f == id => Some(log.heads.clone()),
             _ if self.reading.contains_key(id)
-                || self.lent.contains(id)
+                || self.lent.contains_key(id)
                 || self.index.get(id).is_some() =>
             {
                 None

@@ -54,6 +54,15 @@ pub enum Effect {
         /// What to read.
         kind: super::ReadKind,
     },
+    /// Heavy work on `doc` (a large push or client sync message): take it with
+    /// [`Replica::take_job`](super::Replica::take_job), run it off the driver's task
+    /// ([`Job::run`](super::Job::run)) and hand it back with
+    /// [`Replica::job_done`](super::Replica::job_done). Work that needs the document waits
+    /// in the core until then; everything else goes on.
+    Apply {
+        /// Document id.
+        doc: String,
+    },
     /// The document's visible state changed (local or remote change); these are its heads.
     Notify {
         /// Document id.

@@ -11,22 +11,28 @@
 //! done in place would have done next (persist and push a new change, notify watchers) and
 //! then resumes the parked work in order.
 //!
-//! Which work is heavy enough to lend is the driver's choice; the core only guarantees the
-//! lent document is left alone meanwhile.
+//! The replica also lends documents for heavy work of its own: a peer's push or a client's
+//! sync message of at least `heavy_ops` ops ([`crate::core::CoreConfig::heavy_ops`]) on a
+//! document in memory becomes a [`Job`], announced by
+//! [`Effect::Apply`](super::Effect::Apply); the changes are accepted (persisted, pushed
+//! on, acknowledged) only once the job is back, so nothing leaves the node before
+//! Automerge has taken them. Which of its own work is heavy enough to lend is the driver's
+//! choice; the core only guarantees the lent document is left alone meanwhile.
 
 use std::collections::HashSet;
 
+use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transaction;
-use automerge::{Automerge, ChangeHash, ReadDoc};
+use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
-use super::docs::DocState;
+use super::docs::{Applied, DocState};
 use super::CoreError;
 
 /// A document out of the replica's cache; give it back with a `return_*` method of
 /// [`Replica`](super::Replica).
 pub struct Lent {
     pub(super) id: String,
-    pub(super) state: DocState,
+    pub(super) state: Box<DocState>,
 }
 
 /// What [`Lent::merge`] added: the new changes, encoded.
@@ -51,14 +57,14 @@ impl Lent {
 
     /// Runs `f` as one Automerge transaction, as [`Replica::local_change`] would; on `Err`
     /// it is rolled back and nothing changes. Returns `f`'s value and the new change (if
-    /// `f` made any operation), for [`Replica::return_change`].
+    /// `f` made any operation, encoded here too), for [`Replica::return_change`].
     ///
     /// [`Replica::local_change`]: super::Replica::local_change
     /// [`Replica::return_change`]: super::Replica::return_change
     pub fn change<R, E>(
         &mut self,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E>,
-    ) -> Result<(R, Option<ChangeHash>), E> {
+    ) -> Result<(R, Option<Made>), E> {
         transact(&mut self.state.doc, f)
     }
 
@@ -69,15 +75,39 @@ impl Lent {
     }
 }
 
+/// A change made by a transaction: its hash and its bytes (encoding a large change is
+/// work too, done where the transaction ran).
+#[derive(Debug, Clone)]
+pub struct Made {
+    pub(super) hash: ChangeHash,
+    pub(super) bytes: Vec<u8>,
+}
+
+impl Made {
+    /// The change's hash.
+    pub fn hash(&self) -> ChangeHash {
+        self.hash
+    }
+}
+
 /// Runs `f` as one transaction on `doc`: its value and the new change, if any; on `Err`
 /// rolled back.
 pub(super) fn transact<R, E>(
     doc: &mut Automerge,
     f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E>,
-) -> Result<(R, Option<ChangeHash>), E> {
+) -> Result<(R, Option<Made>), E> {
     let mut tx = doc.transaction();
     match f(&mut tx) {
-        Ok(value) => Ok((value, tx.commit().0)),
+        Ok(value) => {
+            let made = tx.commit().0.map(|hash| Made {
+                hash,
+                bytes: doc
+                    .get_change_by_hash(&hash)
+                    .map(|c| c.raw_bytes().to_vec())
+                    .unwrap_or_default(),
+            });
+            Ok((value, made))
+        }
         Err(e) => {
             tx.rollback();
             Err(e)
@@ -136,4 +166,93 @@ pub(super) fn merge_into(id: &str, state: &mut DocState, data: &[u8]) -> Result<
         bytes.extend(state.unaccepted_since(&before, &accepted));
     }
     Ok(Merged { count, bytes })
+}
+
+/// Heavy work the replica lends out by itself ([`Effect::Apply`](super::Effect::Apply)):
+/// take it with [`Replica::take_job`](super::Replica::take_job), [`Job::run`] it on any
+/// thread, and give it back with [`Replica::job_done`](super::Replica::job_done).
+pub struct Job {
+    pub(super) lent: Lent,
+    pub(super) work: Work,
+}
+
+/// What a [`Job`] does, and what it found.
+pub(super) enum Work {
+    /// Changes pushed by a peer (new to the document), applied in one batch.
+    Push {
+        from: String,
+        origin: String,
+        want_ack: bool,
+        changes: Vec<Change>,
+        applied: Option<Applied>,
+    },
+    /// A client's sync message, received with (a copy of) its session.
+    Client {
+        client: u64,
+        session: Box<sync::State>,
+        msg: Option<sync::Message>,
+        /// Heads before, the changes offered that were new, and Automerge's verdict.
+        received: Option<Received>,
+    },
+}
+
+/// What receiving a client's sync message did: the heads before, the changes offered that
+/// were new (if that is known), and Automerge's verdict.
+pub(super) type Received = (Vec<ChangeHash>, Option<Vec<Change>>, Result<(), String>);
+
+impl Job {
+    /// The document it works on.
+    pub fn doc(&self) -> &str {
+        &self.lent.id
+    }
+
+    /// Does the work (once; blocking: a reader thread's work).
+    pub fn run(&mut self) {
+        let state = &mut self.lent.state;
+        match &mut self.work {
+            Work::Push {
+                changes, applied, ..
+            } => {
+                if applied.is_none() {
+                    for change in changes.iter() {
+                        state.push_pending(change.clone());
+                    }
+                    *applied = Some(state.apply_pending());
+                }
+            }
+            Work::Client {
+                session,
+                msg,
+                received,
+                ..
+            } => {
+                if let Some(msg) = msg.take() {
+                    let before = state.doc.get_heads();
+                    let offered = unseen_changes(&state.doc, &msg);
+                    let verdict = state
+                        .doc
+                        .receive_sync_message(session, msg)
+                        .map_err(|e| e.to_string());
+                    *received = Some((before, offered, verdict));
+                }
+            }
+        }
+    }
+}
+
+/// The changes a sync message carries that `doc` does not have, if every chunk of it is a
+/// plain change and `doc` has no changes queued for missing dependencies; `None` otherwise
+/// (a message may also carry a whole compressed document).
+pub(super) fn unseen_changes(doc: &Automerge, msg: &sync::Message) -> Option<Vec<Change>> {
+    if !doc.get_missing_deps(&[]).is_empty() {
+        return None;
+    }
+    let mut unseen = Vec::with_capacity(msg.changes.len());
+    for chunk in msg.changes.iter() {
+        let change = Change::from_bytes(chunk.to_vec()).ok()?;
+        if doc.get_change_meta_by_hash(&change.hash()).is_none() {
+            unseen.push(change);
+        }
+    }
+    Some(unseen)
 }

@@ -17,6 +17,7 @@
 mod acks;
 mod batch;
 pub(crate) mod clients;
+mod lending;
 mod persist;
 mod reads;
 mod receive;
@@ -28,12 +29,12 @@ pub use clients::ClientError;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use automerge::transaction::Transaction;
-use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
+use automerge::{ActorId, Automerge, ChangeHash};
 
 use super::clients::Clients;
 use super::docs::{Budget, Docs, StoredIndex};
 use super::gate::SyncGate;
-use super::lend::{self, Lent, Merged};
+use super::lend::{self, Made, Merged};
 use super::loaded::LoadedDoc;
 use super::memory::Memory;
 use super::peers::Peer;
@@ -79,6 +80,10 @@ pub struct CoreConfig {
     /// Changes whose persist batch failed are written again after this long, in ms (or at
     /// soon after any batch is durable); see [`Replica::persist_failed`].
     pub persist_retry_ms: u64,
+    /// A peer's push or a client's sync message of at least this many ops, for a document
+    /// in memory, is applied off the driver's task ([`Effect::Apply`]; text costs about
+    /// 2 µs per op to apply).
+    pub heavy_ops: usize,
 }
 
 impl Default for CoreConfig {
@@ -100,6 +105,7 @@ impl Default for CoreConfig {
             unavailable_after_ms: 1_000,
             batch_bytes: t.max_batch_bytes,
             persist_retry_ms: 500,
+            heavy_ops: 10_000,
         }
     }
 }
@@ -182,6 +188,9 @@ pub struct CoreStats {
     /// Persist batches that storage failed to make durable (their changes are written
     /// again; see [`Replica::persist_failed`]).
     pub persist_failures: u64,
+    /// Documents lent for heavy work off the driver's task ([`Replica::lend`], and
+    /// [`Effect::Apply`] for large pushes and client sync messages).
+    pub lent: u64,
 }
 
 /// A document saved for compaction, and the changes the save cannot contain.
@@ -277,6 +286,9 @@ pub struct Replica {
     refused_docs: BTreeSet<String>,
     /// Work waiting for its document to be read, per document in arrival order.
     parked: HashMap<String, Vec<reads::Parked>>,
+    /// Heavy work lent out ([`Effect::Apply`]): until the driver takes it, the job; then
+    /// `None` until it is back (see `lending`).
+    jobs: HashMap<String, Option<super::lend::Job>>,
     stats: CoreStats,
 }
 
@@ -317,6 +329,7 @@ impl Replica {
             clients: Clients::default(),
             refused_docs: BTreeSet::new(),
             parked: HashMap::new(),
+            jobs: HashMap::new(),
             stats: CoreStats::default(),
         }
     }
@@ -373,7 +386,7 @@ impl Replica {
         self.apply_doc(doc);
         let state = self.docs.get_or_create(doc).map_err(ChangeError::Core)?;
         match lend::transact(&mut state.doc, f) {
-            Ok((value, hash)) => Ok(self.committed(now, doc, hash, want_ack).with(value)),
+            Ok((value, made)) => Ok(self.committed(now, doc, made, want_ack).with(value)),
             Err(e) => {
                 self.docs.remove_if_empty(doc);
                 Err(ChangeError::Refused(e))
@@ -387,22 +400,17 @@ impl Replica {
         &mut self,
         now: u64,
         doc: &str,
-        hash: Option<ChangeHash>,
+        made: Option<Made>,
         want_ack: bool,
     ) -> LocalWrite<()> {
         let Some(state) = self.docs.peek_mut(doc) else {
             return LocalWrite::nothing(Vec::new());
         };
         let heads = state.doc.get_heads();
-        let Some(hash) = hash else {
+        let Some(Made { hash, bytes }) = made else {
             self.docs.remove_if_empty(doc);
             return LocalWrite::nothing(heads);
         };
-        let bytes = state
-            .doc
-            .get_change_by_hash(&hash)
-            .map(|c| c.raw_bytes().to_vec())
-            .unwrap_or_default();
         state.last_change_ms = now;
         self.docs.refresh(doc);
         self.stats.local_changes += 1;
@@ -461,68 +469,6 @@ impl Replica {
         self.accept_new(doc, &me, None, false, merged.bytes);
         self.notify(doc.to_string(), heads);
         Ok((merged.count, Some(self.batches.token())))
-    }
-
-    /// The size the cache counts for `doc`, if it is in memory.
-    pub fn loaded_size(&self, doc: &str) -> Option<usize> {
-        self.docs.peek(doc).map(|d| d.size)
-    }
-
-    /// Takes `doc` out of memory for heavy work on another thread (see `lend`): until it
-    /// is given back with [`Replica::return_change`], [`Replica::return_merge`] or
-    /// [`Replica::return_read`], work on it waits and [`Replica::prepare`] says it is not
-    /// ready. A stored document must be in memory ([`Replica::prepare`] first); a new one
-    /// is created empty.
-    pub fn lend(&mut self, doc: &str) -> Result<Lent, CoreError> {
-        self.apply_doc(doc);
-        self.docs.get_or_create(doc)?;
-        let state = self.docs.lend(doc).ok_or_else(|| CoreError::NotRead {
-            doc: doc.to_string(),
-        })?;
-        Ok(Lent {
-            id: doc.to_string(),
-            state,
-        })
-    }
-
-    /// A lent document comes back after [`Lent::change`] made the change `hash` (or
-    /// none): what [`Replica::local_change`] does after its transaction, then the work
-    /// that waited runs.
-    pub fn return_change(
-        &mut self,
-        now: u64,
-        lent: Lent,
-        hash: Option<ChangeHash>,
-        want_ack: bool,
-    ) -> LocalWrite<()> {
-        self.now = self.now.max(now);
-        let doc = self.docs.give_back(lent);
-        let write = self.committed(now, &doc, hash, want_ack);
-        self.resume_parked(now, &doc, false);
-        write
-    }
-
-    /// A lent document comes back after [`Lent::merge`]: what [`Replica::merge`] does
-    /// after merging, then the work that waited runs.
-    pub fn return_merge(
-        &mut self,
-        now: u64,
-        lent: Lent,
-        merged: Result<Merged, CoreError>,
-    ) -> Result<(usize, Option<u64>), CoreError> {
-        self.now = self.now.max(now);
-        let doc = self.docs.give_back(lent);
-        let answer = self.merged(now, &doc, merged);
-        self.resume_parked(now, &doc, false);
-        answer
-    }
-
-    /// A lent document comes back unchanged (it was only read); the work that waited runs.
-    pub fn return_read(&mut self, now: u64, lent: Lent) {
-        self.now = self.now.max(now);
-        let doc = self.docs.give_back(lent);
-        self.docs.remove_if_empty(&doc);
-        self.resume_parked(now, &doc, false);
     }
 
     /// A link to `peer` is up: it becomes a push target, and the node of the two with the
@@ -672,8 +618,8 @@ impl Replica {
             let docs = docs
                 .into_iter()
                 .map(|(doc, changes)| {
-                    // A document with changes in the batch is pinned in memory.
-                    let heads = self.docs.heads(&doc).unwrap_or_default();
+                    // A document with changes in the batch is pinned in memory (or lent).
+                    let heads = self.docs.persist_heads(&doc);
                     let heads = heads.iter().map(|h| h.0).collect();
                     DocAppend {
                         doc,

@@ -60,6 +60,28 @@ fn effects(r: &mut Replica) -> Vec<Effect> {
     r.drain_effects()
 }
 
+/// Like [`effects`], doing the heavy work it lends out ([`Effect::Apply`]) at once.
+fn effects_with_jobs(r: &mut Replica, now: u64) -> Vec<Effect> {
+    let mut rest = Vec::new();
+    for _ in 0..100 {
+        let list = effects(r);
+        if list.is_empty() {
+            break;
+        }
+        for e in list {
+            match e {
+                Effect::Apply { doc } => {
+                    let mut job = r.take_job(&doc).expect("the job announced");
+                    job.run();
+                    assert!(r.job_done(now, job).is_none());
+                }
+                other => rest.push(other),
+            }
+        }
+    }
+    rest
+}
+
 fn put(r: &mut Replica, now: u64, doc: &str, key: &str, value: i64, want_ack: bool) -> ChangeHash {
     r.local_change(
         now,
@@ -192,6 +214,15 @@ impl Cluster {
                 Effect::Acked { doc, hash, by } => self.acked.push((id.to_string(), doc, hash, by)),
                 Effect::Notify { .. } => {}
                 Effect::Read { doc, .. } => panic!("{id} asks to read {doc}, but it has no store"),
+                Effect::Apply { doc } => {
+                    // Heavy work, done at once.
+                    let now = self.now;
+                    let node = self.node(id);
+                    let mut job = node.take_job(&doc).expect("the job announced");
+                    job.run();
+                    assert!(node.job_done(now, job).is_none(), "no client here");
+                    self.pump(id);
+                }
                 Effect::Client { client, msg } => {
                     self.to_clients.push((id.to_string(), client, msg))
                 }

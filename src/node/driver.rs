@@ -448,11 +448,7 @@ impl Driver {
                         .map_err(|e| e.to_string())
                 };
                 if let Err(e) = result {
-                    tracing::debug!(node = %self.id, client, "client message refused: {e}");
-                    if let Some(tx) = self.clients.remove(&client) {
-                        tx.close(e);
-                    }
-                    self.replica.client_close(client);
+                    self.refuse_client(client, e);
                 }
             }
             Command::ClientEphemeral(client, msg) => self.replica.client_ephemeral(client, msg),
@@ -484,6 +480,15 @@ impl Driver {
         } else {
             self.storage_refusal()
         }
+    }
+
+    /// A client's message was refused: the client is closed with the reason.
+    fn refuse_client(&mut self, client: u64, why: String) {
+        tracing::debug!(node = %self.id, client, "client message refused: {why}");
+        if let Some(tx) = self.clients.remove(&client) {
+            tx.close(why);
+        }
+        self.replica.client_close(client);
     }
 
     /// Queues a message for a client; one whose queue is past its bytes is disconnected
@@ -539,6 +544,7 @@ impl Driver {
                             self.read_done(self.now(), doc, Err(gone));
                         }
                     }
+                    Effect::Apply { doc } => self.run_job(&doc),
                     Effect::Acked { doc, hash, by } => self.writes.acked(&doc, &hash, &by),
                     Effect::Client { client, msg } => self.send_client(client, msg),
                     Effect::Notify { doc, heads } => {

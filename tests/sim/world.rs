@@ -42,6 +42,13 @@ pub(crate) enum Event {
         doc: String,
         kind: ReadKind,
     },
+    /// Heavy work lent out by a replica ([`Effect::Apply`]), as the node's reader threads
+    /// do it: run when it completes.
+    JobDone {
+        node: usize,
+        life: u64,
+        job: concordant::core::Job,
+    },
     /// A compaction queued after the persists before it, as the node's store thread does.
     CompactDone {
         node: usize,
@@ -307,6 +314,13 @@ impl Sim {
             } else {
                 2_048
             },
+            // Pushes and client messages this heavy are applied as lent jobs, which take
+            // as long as reads: mostly all of them, or none.
+            heavy_ops: match rng.random_range(0..4) {
+                0 => 1,
+                1 => 3,
+                _ => 10_000,
+            },
             ..CoreConfig::default()
         };
         let docs: Vec<String> = (0..rng.random_range(4..=12usize))
@@ -411,6 +425,7 @@ impl Sim {
             } | Event::PersistDone { .. }
                 | Event::CompactDone { .. }
                 | Event::ReadDone { .. }
+                | Event::JobDone { .. }
         ) {
             self.in_flight += 1;
         }
@@ -631,6 +646,18 @@ impl Sim {
                 };
                 self.schedule(delay, read);
             }
+            Effect::Apply { doc } => {
+                let Some(job) = self.nodes[i]
+                    .replica
+                    .as_mut()
+                    .and_then(|r| r.take_job(&doc))
+                else {
+                    panic!("n{i} announced a job on {doc} it does not have");
+                };
+                let delay = self.rng.random_range(1..=self.params.read_ms);
+                let life = self.nodes[i].life;
+                self.schedule(delay, Event::JobDone { node: i, life, job });
+            }
             // No automerge-repo clients in the simulation.
             Effect::Notify { .. } | Effect::Client { .. } => {}
         }
@@ -770,6 +797,23 @@ impl Sim {
                 let now = self.now;
                 if let Some(r) = self.nodes[node].replica.as_mut() {
                     r.read_done(now, &doc, result);
+                }
+                self.pump(node);
+            }
+            Event::JobDone {
+                node,
+                life,
+                mut job,
+            } => {
+                self.in_flight -= 1;
+                if self.nodes[node].life != life || !self.alive(node) {
+                    return;
+                }
+                self.log(|| format!("job done n{node} {}", job.doc()));
+                job.run();
+                let now = self.now;
+                if let Some(r) = self.nodes[node].replica.as_mut() {
+                    r.job_done(now, job);
                 }
                 self.pump(node);
             }

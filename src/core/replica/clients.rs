@@ -9,9 +9,11 @@
 use automerge::sync::{self, SyncDoc};
 use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
+use super::lending;
 use super::reads::Parked;
 use super::Replica;
 use crate::core::clients::{ClientMsg, Waiting};
+use crate::core::lend::{unseen_changes, Work};
 use crate::core::{CoreError, Effect};
 use crate::wire::{Ephemeral, Message, Want};
 
@@ -244,6 +246,17 @@ impl Replica {
             self.docs.remove_if_empty(doc);
             return Err(ClientError::Unknown(client));
         };
+        if lending::sync_ops(&msg) >= self.config.heavy_ops {
+            // Received off the driver's task, accepted when back (see `lending`).
+            let work = Work::Client {
+                client,
+                session: Box::new(session.clone()),
+                msg: Some(msg),
+                received: None,
+            };
+            self.lend_job(doc, work);
+            return Ok(());
+        }
         let before = state.doc.get_heads();
         let offered = unseen_changes(&state.doc, &msg);
         if let Err(e) = state.doc.receive_sync_message(session, msg) {
@@ -253,6 +266,24 @@ impl Replica {
                 detail: e.to_string(),
             });
         }
+        self.client_synced(now, client, doc, before, offered);
+        Ok(())
+    }
+
+    /// After a client's sync message was received into `doc` (whose heads were `before`;
+    /// `offered`: the new changes it offered, if known): new changes are persisted, pushed
+    /// to the peers and to the document's other clients.
+    pub(super) fn client_synced(
+        &mut self,
+        now: u64,
+        client: u64,
+        doc: &str,
+        before: Vec<ChangeHash>,
+        offered: Option<Vec<Change>>,
+    ) {
+        let Some(state) = self.docs.peek_mut(doc) else {
+            return;
+        };
         let after = state.doc.get_heads();
         if after != before {
             let new: Vec<Vec<u8>> = match offered {
@@ -284,7 +315,6 @@ impl Replica {
             self.docs.remove_if_empty(doc);
         }
         self.clients.mark(doc);
-        Ok(())
     }
 
     /// Asks every connected peer for all of a document this node lacks (a `Want` with no
@@ -337,21 +367,4 @@ pub(crate) fn in_step(session: &sync::State, heads: &[ChangeHash]) -> bool {
         && session.last_sent_heads == heads
         && session.their_heads.as_deref() == Some(heads)
         && session.their_need.as_ref().is_none_or(|n| n.is_empty())
-}
-
-/// The changes a sync message carries that `doc` does not have, if every chunk of it is a
-/// plain change and `doc` has no changes queued for missing dependencies; `None` otherwise
-/// (a message may also carry a whole compressed document).
-fn unseen_changes(doc: &Automerge, msg: &sync::Message) -> Option<Vec<Change>> {
-    if !doc.get_missing_deps(&[]).is_empty() {
-        return None;
-    }
-    let mut unseen = Vec::with_capacity(msg.changes.len());
-    for chunk in msg.changes.iter() {
-        let change = Change::from_bytes(chunk.to_vec()).ok()?;
-        if doc.get_change_meta_by_hash(&change.hash()).is_none() {
-            unseen.push(change);
-        }
-    }
-    Some(unseen)
 }

@@ -3,12 +3,16 @@
 //! repaired or from a client) is recorded for persistence and pushed on along the router's
 //! targets; changes Automerge then refuses are taken back before anything leaves.
 
+use std::collections::HashSet;
+
 use automerge::Change;
 use serde_bytes::ByteBuf;
 
+use super::lending;
 use super::reads::Parked;
 use super::Replica;
 use crate::core::docs::Need;
+use crate::core::lend::Work;
 
 impl Replica {
     /// Changes pushed by `from`: decoded (bad ones counted), then accepted once the
@@ -47,7 +51,8 @@ impl Replica {
 
     /// Pushed changes of a document whose heads are known: taken without loading it where
     /// they extend its heads directly, else once it is in memory (then they wait for the
-    /// next batched apply). New ones are persisted, acknowledged once durable if asked, and
+    /// next batched apply, or, `heavy_ops` or more, are applied off the driver's task and
+    /// accepted when back). New ones are persisted, acknowledged once durable if asked, and
     /// pushed on.
     pub(super) fn accept_push(
         &mut self,
@@ -85,6 +90,28 @@ impl Replica {
                 let Ok(state) = self.docs.get_or_create(doc) else {
                     return;
                 };
+                if lending::ops(&decoded) >= self.config.heavy_ops {
+                    // Applied off the driver's task, accepted when back (see `lending`).
+                    let mut seen = HashSet::new();
+                    let changes: Vec<Change> = decoded
+                        .into_iter()
+                        .filter(|c| !state.has(&c.hash()) && seen.insert(c.hash()))
+                        .collect();
+                    self.stats.duplicates += (total - changes.len()) as u64;
+                    if changes.is_empty() {
+                        self.docs.remove_if_empty(doc);
+                        return;
+                    }
+                    let (from, origin) = (from.to_string(), origin.to_string());
+                    let work = Work::Push {
+                        from,
+                        origin,
+                        want_ack,
+                        changes,
+                        applied: None,
+                    };
+                    return self.lend_job(doc, work);
+                }
                 let picked = decoded
                     .into_iter()
                     .filter(|c| state.push_pending(c.clone()))
@@ -93,6 +120,22 @@ impl Replica {
             }
         };
         self.stats.duplicates += (total - accepted.len()) as u64;
+        self.accept_fresh(now, from, doc, origin, want_ack, accepted, loaded);
+    }
+
+    /// Pushed changes new to the document (in memory and pending there if `loaded`, else
+    /// taken unloaded): persisted, acknowledged once durable if asked, and pushed on.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn accept_fresh(
+        &mut self,
+        now: u64,
+        from: &str,
+        doc: &str,
+        origin: &str,
+        want_ack: bool,
+        accepted: Vec<Change>,
+        loaded: bool,
+    ) {
         let mut fresh = Vec::with_capacity(accepted.len());
         let mut owed = Vec::new();
         for change in accepted {

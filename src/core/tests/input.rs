@@ -279,6 +279,19 @@ fn snapshot_round_trip_keeps_heads_and_orphans() {
 /// change that arrives with them must still be applied, and what is stored must load.
 #[test]
 fn conflicting_seq_from_peer_does_not_poison_the_batch() {
+    conflicting_seq(CoreConfig::default());
+}
+
+/// The same when the pushes are applied as lent jobs (heavy pushes).
+#[test]
+fn conflicting_seq_from_peer_does_not_poison_a_heavy_batch_either() {
+    conflicting_seq(CoreConfig {
+        heavy_ops: 1,
+        ..CoreConfig::default()
+    });
+}
+
+fn conflicting_seq(config: CoreConfig) {
     let actor = automerge::ActorId::from([9u8; 16]);
     let mut x1 = Automerge::new().with_actor(actor.clone());
     let mut tx = x1.transaction();
@@ -293,7 +306,7 @@ fn conflicting_seq_from_peer_does_not_poison_the_batch() {
     let mut a = replica("a");
     let good = put(&mut a, 1, "d", "good", 1, false);
     let good_bytes = change_bytes(a.doc("d").unwrap(), good);
-    let mut b = replica("b");
+    let mut b = replica_with("b", config);
     b.peer_up(0, "a");
     b.peer_up(0, "c");
     effects(&mut b);
@@ -306,9 +319,9 @@ fn conflicting_seq_from_peer_does_not_poison_the_batch() {
         }])
     };
     b.handle_message(1, "a", push(vec![c1.clone()]));
-    effects(&mut b);
+    effects_with_jobs(&mut b, 1);
     b.handle_message(2, "a", push(vec![c2.clone(), good_bytes.clone()]));
-    let list = effects(&mut b);
+    let list = effects_with_jobs(&mut b, 2);
     let forwarded: Vec<ByteBuf> = pushes_to(&list, "c")
         .into_iter()
         .flat_map(|g| g.changes)

@@ -40,9 +40,10 @@ fn work_on_a_lent_document_waits_for_its_return_while_other_documents_go_on() {
     assert_eq!(value(&c.nodes["b"], "e", "k"), Some(7));
 
     // The borrower changes d; on return the change goes out, then the waiting push runs.
-    let ((), hash) = lent.change(put_tx("x", 3)).unwrap();
+    let ((), made) = lent.change(put_tx("x", 3)).unwrap();
+    let hash = made.as_ref().map(|m| m.hash());
     assert!(hash.is_some());
-    let write = c.node("b").return_change(now, lent, hash, false);
+    let write = c.node("b").return_change(now, lent, made, false);
     assert_eq!(write.hash, hash);
     assert!(write.persist_token.is_some());
     let list = effects(c.node("b"));
@@ -123,4 +124,126 @@ fn a_document_lent_for_reading_comes_back_unchanged_and_the_waiting_push_runs() 
     assert_eq!(value(&c.nodes["b"], "d", "k"), Some(2));
     assert_ne!(c.nodes["b"].doc("d").unwrap().get_heads(), heads);
     assert_eq!(c.heads("a"), c.heads("b"));
+}
+
+fn heavy() -> CoreConfig {
+    CoreConfig {
+        heavy_ops: 1,
+        ..CoreConfig::default()
+    }
+}
+
+fn push_of(a: &Replica, doc: &str, hash: ChangeHash, want_ack: bool) -> Message {
+    Message::Push(vec![DocChanges {
+        doc: doc.into(),
+        origin: "a".into(),
+        changes: vec![ByteBuf::from(change_bytes(a.doc(doc).unwrap(), hash))],
+        want_ack,
+    }])
+}
+
+#[test]
+fn a_heavy_push_is_applied_as_a_job_and_accepted_only_when_it_comes_back() {
+    let mut a = replica("a");
+    let mut b = replica_with("b", heavy());
+    for (r, peers) in [(&mut a, ["b", "c"]), (&mut b, ["a", "c"])] {
+        for p in peers {
+            r.peer_up(0, p);
+        }
+        effects(r);
+    }
+    let first = put(&mut a, 1, "d", "k", 1, true);
+    let second = put(&mut a, 2, "d", "k", 2, false);
+    b.handle_message(3, "a", push_of(&a, "d", first, true));
+    let list = effects(&mut b);
+    assert_eq!(
+        list,
+        vec![Effect::Apply { doc: "d".into() }],
+        "nothing else yet"
+    );
+    let mut job = b.take_job("d").unwrap();
+    assert_eq!(b.jobs_in_flight(), 1);
+
+    // While the job is out, the next push waits; nothing of d leaves b.
+    b.handle_message(4, "a", push_of(&a, "d", second, false));
+    assert!(effects(&mut b).is_empty());
+    job.run();
+    assert!(b.job_done(5, job).is_none());
+    assert_eq!(b.jobs_in_flight(), 1, "the waiting push is the next job");
+
+    // Back: the first change is persisted and forwarded; the waiting push became a job.
+    let list = effects(&mut b);
+    assert!(list.contains(&Effect::Apply { doc: "d".into() }));
+    let forwarded = pushes_to(&list, "c");
+    assert_eq!(forwarded.len(), 1, "the first change goes on to c");
+    let (token, docs) = persists(&list).pop().expect("a persist");
+    assert_eq!(docs[0].0, "d");
+    let mut job = b.take_job("d").expect("the second push's job");
+    job.run();
+    assert!(b.job_done(7, job).is_none());
+    b.persisted(token);
+    // The first change's ack was deferred while d was out: it goes with the next batch.
+    let mut list = effects(&mut b);
+    for (token, _) in persists(&list) {
+        b.persisted(token);
+    }
+    list.extend(effects(&mut b));
+    let acks: Vec<_> = sends(&list)
+        .into_iter()
+        .filter(|(to, m)| to == "a" && matches!(m, Message::Ack(_)))
+        .collect();
+    assert_eq!(
+        acks.len(),
+        1,
+        "the want-ack change is acknowledged once durable"
+    );
+    let doc = b.doc("d").unwrap();
+    assert!(doc.get_change_meta_by_hash(&second).is_some());
+    assert_eq!(b.stats().lent, 2);
+    assert_eq!(b.jobs_in_flight(), 0);
+}
+
+#[test]
+fn a_cluster_whose_pushes_are_all_heavy_converges() {
+    let mut c = Cluster::new(&["a", "b", "c"], heavy());
+    c.link("a", "b");
+    c.link("b", "c");
+    for i in 0..20 {
+        let writer = ["a", "b", "c"][i % 3];
+        c.put(writer, &format!("d{}", i % 4), "k", i as i64, i % 2 == 0);
+        c.pump(writer);
+        c.run();
+    }
+    c.tick_all(10_000);
+    assert_eq!(c.heads("a"), c.heads("b"));
+    assert_eq!(c.heads("b"), c.heads("c"));
+    assert!(c.nodes["b"].stats().lent > 0);
+    assert_eq!(
+        c.acked.len(),
+        10 * 2,
+        "every want-ack write acked by both other nodes"
+    );
+}
+
+#[test]
+fn a_change_in_the_open_batch_of_a_document_lent_before_the_flush_is_stored_with_its_heads() {
+    let mut r = replica("a");
+    let hash = put(&mut r, 1, "d", "k", 1, false);
+    let lent = r.lend("d").unwrap();
+    let list = effects(&mut r);
+    let heads: Vec<Vec<[u8; 32]>> = list
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist { docs, .. } => Some(docs.iter().map(|d| d.heads.clone())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(
+        heads,
+        vec![vec![hash.0]],
+        "the heads it had when lent, not none"
+    );
+    r.return_read(2, lent);
+    assert_eq!(r.doc("d").unwrap().get_heads(), vec![hash]);
 }

@@ -1,6 +1,8 @@
 //! Heavy work off the driver's task: a large local change or merge, or a read of a large
 //! document, runs on a reader thread on a document lent by the replica
-//! ([`Replica::lend`](crate::core::Replica::lend)); meanwhile the driver goes on serving
+//! ([`Replica::lend`](crate::core::Replica::lend)), and so does the replica's own heavy
+//! work (a large push from a peer or sync message from a client:
+//! [`crate::core::Effect::Apply`]); meanwhile the driver goes on serving
 //! peers, clients, `/v1/health` and every other document. Work on the lent document waits
 //! (in the replica, and commands here in `parked`, as for a read) and runs in order once it
 //! is given back ([`Returned`]).
@@ -13,11 +15,10 @@
 
 use std::time::Duration;
 
-use automerge::ChangeHash;
 use tokio::sync::oneshot;
 
 use super::Driver;
-use crate::core::{CoreError, Lent, LocalWrite, Merged};
+use crate::core::{CoreError, Job, Lent, LocalWrite, Made, Merged};
 use crate::node::{Ack, ChangeFn, Error, MergeStarted, ReadFn, WriteOutcome};
 
 /// Changes at least this heavy run off the driver's task.
@@ -30,7 +31,7 @@ pub(super) const HEAVY_DOC_BYTES: usize = 1 << 20;
 pub(super) enum Returned {
     Change {
         lent: Lent,
-        done: Result<Option<ChangeHash>, Box<dyn std::error::Error + Send + Sync>>,
+        done: Result<Option<Made>, Box<dyn std::error::Error + Send + Sync>>,
         reply: ChangeReply,
     },
     Merge {
@@ -41,6 +42,8 @@ pub(super) enum Returned {
     Read {
         lent: Lent,
     },
+    /// The replica's own heavy work ([`crate::core::Effect::Apply`]).
+    Job(Job),
 }
 
 /// What a change's writer waits for.
@@ -63,7 +66,7 @@ impl Driver {
         };
         let back = self.returned_tx.clone();
         self.reads.run(Box::new(move || {
-            let done = lent.change(f).map(|((), hash)| hash);
+            let done = lent.change(f).map(|((), made)| made);
             let _ = back.send(Returned::Change { lent, done, reply });
         }));
     }
@@ -118,6 +121,19 @@ impl Driver {
         Ok(())
     }
 
+    /// Runs the replica's heavy work on `doc` ([`crate::core::Effect::Apply`]) on a reader
+    /// thread.
+    pub(super) fn run_job(&mut self, doc: &str) {
+        let Some(mut job) = self.replica.take_job(doc) else {
+            return;
+        };
+        let back = self.returned_tx.clone();
+        self.reads.run(Box::new(move || {
+            job.run();
+            let _ = back.send(Returned::Job(job));
+        }));
+    }
+
     /// A lent document is back: the replica takes it and what was done on it, the waiting
     /// writer is answered, then the commands that waited for the document run.
     pub(super) fn returned(&mut self, now: u64, returned: Returned) {
@@ -125,9 +141,9 @@ impl Driver {
             Returned::Change { lent, done, reply } => {
                 let doc = lent.id().to_string();
                 match done {
-                    Ok(hash) => {
+                    Ok(made) => {
                         let want_ack = !matches!(reply.ack, Ack::Local);
-                        let write = self.replica.return_change(now, lent, hash, want_ack);
+                        let write = self.replica.return_change(now, lent, made, want_ack);
                         self.change_made(now, &doc, write, reply);
                     }
                     Err(e) => {
@@ -150,6 +166,13 @@ impl Driver {
             Returned::Read { lent } => {
                 let doc = lent.id().to_string();
                 self.replica.return_read(now, lent);
+                doc
+            }
+            Returned::Job(job) => {
+                let doc = job.doc().to_string();
+                if let Some((client, e)) = self.replica.job_done(now, job) {
+                    self.refuse_client(client, e.to_string());
+                }
                 doc
             }
         };
