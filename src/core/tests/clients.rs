@@ -82,7 +82,22 @@ impl Client {
 
 #[test]
 fn a_client_document_replicates_and_follows_remote_changes() {
-    let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
+    client_document_replicates(CoreConfig::default());
+}
+
+/// The same when every client message and push is heavy work, applied as a lent job.
+#[test]
+fn a_client_document_replicates_when_its_messages_are_applied_as_jobs() {
+    let c = client_document_replicates(CoreConfig {
+        heavy_ops: 1,
+        ..CoreConfig::default()
+    });
+    assert!(c.nodes["a"].stats().lent >= 2, "client messages lent");
+    assert!(c.nodes["b"].stats().lent >= 1, "pushes lent");
+}
+
+fn client_document_replicates(config: CoreConfig) -> Cluster {
+    let mut c = Cluster::new(&["a", "b"], config);
     c.link("a", "b");
     c.run();
     let mut client = Client::new(&mut c, "a", 1);
@@ -106,6 +121,7 @@ fn a_client_document_replicates_and_follows_remote_changes() {
     c.run();
     assert!(client.take(&mut c).is_empty());
     assert_eq!(c.node("a").client_count(), 0);
+    c
 }
 
 #[test]
