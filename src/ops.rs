@@ -1,8 +1,9 @@
 //! The JSON operations of the HTTP API (`POST /v1/docs/{id}/ops`): their types, parsing
-//! of a request body, and applying them to an Automerge transaction.
+//! of a request body, measuring the change they make, and applying them to an Automerge
+//! transaction.
 //!
 //! Owns: [`Op`], [`PathElem`], [`Ack`], [`WriteRequest`], [`OpError`], [`parse_write_request`],
-//! [`parse_ops`], [`apply_ops`]. Must not touch: storage, the network, the replication core,
+//! [`parse_ops`], [`change_size`], [`apply_ops`]. Must not touch: storage, the network, the replication core,
 //! or committing / rolling back transactions (the caller applies all ops of one request
 //! inside one transaction, and rolls it back when [`apply_ops`] fails, so a refused request
 //! changes nothing).
@@ -51,11 +52,13 @@ use serde_json::{json, Value};
 
 mod apply;
 mod parse;
+mod size;
 #[cfg(test)]
 mod tests;
 
 pub use apply::apply_ops;
 pub use parse::{parse_ops, parse_write_request};
+pub use size::{change_size, OP_OVERHEAD};
 
 /// The default write-concern timeout, in milliseconds, when a request gives no `timeout_ms`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;

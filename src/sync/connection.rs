@@ -117,7 +117,7 @@ async fn run(
         tokio::select! {
             incoming = next_message(socket, &server.counters), if read => {
                 let msg = match incoming {
-                    Ok(msg) => check_inflate(server, msg).await,
+                    Ok(msg) => check_data(server, msg).await,
                     Err(end) => Err(end),
                 };
                 let msg = match msg {
@@ -285,13 +285,14 @@ async fn send(socket: &mut WebSocket, server: &Server, msg: &RepoMessage) -> Res
     }
 }
 
-/// Refuses a `request` or `sync` whose Automerge data inflates past its budget
-/// ([`crate::limits`]), before the node sees it; the check runs off the async workers.
-async fn check_inflate(server: &Server, msg: RepoMessage) -> Result<RepoMessage, End> {
+/// Refuses a `request` or `sync` whose Automerge data inflates past its budget or holds a
+/// change over a cap ([`crate::limits`]), before the node sees it; the check runs off the
+/// async workers.
+async fn check_data(server: &Server, msg: RepoMessage) -> Result<RepoMessage, End> {
     if !matches!(msg, RepoMessage::Request { .. } | RepoMessage::Sync { .. }) {
         return Ok(msg);
     }
-    let limit = server.options.inflate;
+    let limit = server.options.data_limits;
     let (msg, checked) = tokio::task::spawn_blocking(move || {
         let checked = match &msg {
             RepoMessage::Request { data, .. } | RepoMessage::Sync { data, .. } => {
@@ -304,10 +305,7 @@ async fn check_inflate(server: &Server, msg: RepoMessage) -> Result<RepoMessage,
     .await
     .map_err(|e| End::Error(format!("checking the sync data failed: {e}")))?;
     checked.map_err(|refused| {
-        server
-            .counters
-            .limits
-            .refused(crate::limits::INFLATED_BYTES);
+        server.counters.limits.refused(refused.label());
         End::Error(format!("sync message refused: {refused}"))
     })?;
     Ok(msg)

@@ -26,16 +26,17 @@ use tokio::sync::oneshot;
 
 use crate::config::Tuning;
 
-/// Limits of the sync endpoint (from `[tuning]`), and the inflate limit the API shares.
+/// Limits of the sync endpoint (from `[tuning]`), and the data limits the API shares.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
     /// Clients connected at once, at most; more are refused (503) before the upgrade.
     pub max_clients: usize,
     /// The largest WebSocket message accepted from a client, in bytes.
     pub max_message: usize,
-    /// The inflate budget of Automerge data from clients: their sync messages, and the
-    /// bodies of `POST /v1/docs/{id}/automerge` (the API's other client of it).
-    pub inflate: crate::limits::InflateLimit,
+    /// The limits on Automerge data from clients (inflate budget, caps on each change):
+    /// their sync messages, and the bodies of `POST /v1/docs/{id}/automerge` (the API's
+    /// other client of it, which also checks JSON ops against its change caps).
+    pub data_limits: crate::limits::DataLimits,
     /// Messages queued for a client past which its own messages are not read
     /// (`sync_client_queue`).
     pub queue_messages: usize,
@@ -61,7 +62,7 @@ impl From<&Tuning> for SyncOptions {
         SyncOptions {
             max_clients: t.sync_clients,
             max_message: t.sync_message_bytes,
-            inflate: crate::limits::InflateLimit::from(t),
+            data_limits: crate::limits::DataLimits::from(t),
             queue_messages: t.sync_client_queue,
             queue_bytes: t.sync_client_queue_bytes,
             write_timeout: std::time::Duration::from_millis(t.sync_client_write_timeout_ms),
@@ -199,7 +200,7 @@ mod tests {
         let options = SyncOptions::from(&tuning);
         assert_eq!((options.max_clients, options.max_message), (7, 4096));
         assert_eq!(
-            (options.inflate.max_bytes, options.inflate.ratio),
+            (options.data_limits.max_bytes, options.data_limits.ratio),
             (5000, 3)
         );
         assert_eq!((options.queue_messages, options.queue_bytes), (9, 1000));
