@@ -16,7 +16,10 @@
 //! ([`crate::ops::change_size`]); Automerge data in the same pass as the inflate budget:
 //! each change chunk's ops are decoded only up to the cap (`automerge::change_sizes`,
 //! patched in too), so a change whose run-length encoded columns declare millions of ops
-//! costs at most `max_change_ops` decoded ops before it is refused. The changes of a saved
+//! costs at most `max_change_ops` decoded ops before it is refused; the predecessors those
+//! ops declare (the earlier ops they overwrite or delete, also run-length encoded, and
+//! allocated when an op is decoded) are counted from their count column first and may not
+//! exceed `max_change_ops` either. The changes of a saved
 //! document (or a bundle) are known only once it is loaded: data holding one is loaded into
 //! a scratch document within the same inflate budget and its changes are checked; that
 //! load costs what the node's own merge of the data would (see the README's known
@@ -67,6 +70,9 @@ pub struct ChangeSize {
     pub bytes: usize,
     /// The bytes of its largest value: a string or byte string, a map key, a text.
     pub largest_value: usize,
+    /// The predecessors its ops declare (the earlier ops they overwrite or delete), for
+    /// Automerge data (0 for JSON ops, whose predecessors the document decides).
+    pub preds: usize,
 }
 
 impl From<ChangeSizes> for ChangeSize {
@@ -76,6 +82,7 @@ impl From<ChangeSizes> for ChangeSize {
             exact: false,
             bytes: s.raw_bytes,
             largest_value: s.largest_value,
+            preds: s.preds,
         }
     }
 }
@@ -136,6 +143,17 @@ pub enum ChangeRefused {
         /// The cap.
         limit: usize,
     },
+    /// A change's ops declare more predecessors than `max_change_ops` (Automerge data).
+    #[error(
+        "one change's ops overwrite or delete at least {preds} earlier ops, over this node's \
+         limit of {limit} ([tuning] max_change_ops); nothing was changed"
+    )]
+    ChangePreds {
+        /// The predecessors counted.
+        preds: usize,
+        /// The cap.
+        limit: usize,
+    },
     /// A change is over `max_change_bytes`.
     #[error(
         "one change is {bytes} bytes encoded{}, over this node's limit of {limit} ([tuning] \
@@ -157,16 +175,23 @@ impl ChangeRefused {
     pub fn label(&self) -> &'static str {
         match self {
             ChangeRefused::OpBytes { .. } => OP_BYTES,
-            ChangeRefused::ChangeOps { .. } => CHANGE_OPS,
+            ChangeRefused::ChangeOps { .. } | ChangeRefused::ChangePreds { .. } => CHANGE_OPS,
             ChangeRefused::ChangeBytes { .. } => CHANGE_BYTES,
         }
     }
 }
 
 impl ChangeLimits {
-    /// Checks one change's size against the caps: its largest value first, then its ops,
-    /// then its bytes. `estimate` says that `size.bytes` is an estimate (for messages).
+    /// Checks one change's size against the caps: the predecessors its ops declare first
+    /// (over the cap, its ops were not counted), its largest value, its ops, its bytes.
+    /// `estimate` says that `size.bytes` is an estimate (for messages).
     pub fn check(&self, size: &ChangeSize, estimate: bool) -> Result<(), ChangeRefused> {
+        if size.preds > self.max_ops {
+            return Err(ChangeRefused::ChangePreds {
+                preds: size.preds,
+                limit: self.max_ops,
+            });
+        }
         if size.largest_value > self.max_op_bytes {
             return Err(ChangeRefused::OpBytes {
                 size: size.largest_value,
@@ -441,6 +466,7 @@ mod tests {
             exact: true,
             bytes: 400,
             largest_value: 4,
+            preds: 10,
         };
         assert_eq!(caps.check(&at, true), Ok(()));
         let over = |size: ChangeSize| caps.check(&size, true).unwrap_err();
@@ -452,6 +478,12 @@ mod tests {
                               max_change_ops)"
             ),
             "{ops}"
+        );
+        let preds = over(ChangeSize { preds: 11, ..at });
+        assert_eq!(preds.label(), CHANGE_OPS);
+        assert!(
+            preds.to_string().contains("at least 11 earlier ops"),
+            "{preds}"
         );
         let bytes = over(ChangeSize { bytes: 401, ..at });
         assert_eq!(bytes.label(), CHANGE_BYTES);

@@ -30,6 +30,7 @@ pub fn change_size(ops: &[Op]) -> ChangeSize {
             .strings
             .saturating_add(size.ops.saturating_mul(OP_OVERHEAD)),
         largest_value: size.largest,
+        preds: 0,
     }
 }
 

@@ -5,7 +5,9 @@
 //! and `Change::from_bytes` iterates every declared op to count them. [`visit_chunks`]
 //! parses each chunk of some data as loading it would, and for a change chunk counts its ops
 //! only up to a cap, so that a caller can refuse a change with too many ops after at most
-//! `cap + 1` ops were decoded. Nothing is allocated per op beyond the op being decoded.
+//! `cap + 1` ops were decoded; and, before decoding any, the predecessors those ops
+//! declare, so that a change whose ops declare more predecessors than the cap is refused
+//! without allocating them. Nothing is allocated per op beyond the op being decoded.
 //! Compressed chunks inflate within the thread's [`crate::inflate_limit`] budget, if any.
 
 use std::ops::ControlFlow;
@@ -26,6 +28,11 @@ pub struct ChangeSizes {
     /// The bytes of the largest value of the ops counted: a string or byte string, a map
     /// key, a mark name.
     pub largest_value: usize,
+    /// The predecessors (the earlier ops an op overwrites or deletes) of its first
+    /// `cap + 1` ops, read from their count column alone. Over the cap, the ops were not
+    /// decoded (`ops` is 0): decoding an op allocates its predecessors, and run-length
+    /// encoding can declare billions of them in a few bytes.
+    pub preds: usize,
 }
 
 /// One chunk of Automerge data.
@@ -73,8 +80,19 @@ fn change_sizes(change: &Change<'_, Unverified>, max_ops: usize) -> ChangeSizes 
         raw_bytes: change.bytes().len(),
         ..ChangeSizes::default()
     };
-    let ops = change.iter_ops().take(max_ops.saturating_add(1));
-    for op in ops {
+    let counted = max_ops.saturating_add(1);
+    sizes.preds = change
+        .ops_meta
+        .pred_counts(change.ops_data())
+        .take(counted)
+        .map_while(|n| n.ok().flatten())
+        .fold(0usize, |sum, n| {
+            sum.saturating_add(usize::try_from(n).unwrap_or(usize::MAX))
+        });
+    if sizes.preds > max_ops {
+        return sizes;
+    }
+    for op in change.iter_ops().take(counted) {
         let Ok(op) = op else {
             break;
         };
