@@ -3,8 +3,9 @@
 //! until either side ends it.
 //!
 //! Bad input (a text frame, CBOR that is not a protocol message, a message before `join`,
-//! an unsupported protocol version, a document id concordant cannot hold, sync data the
-//! core refuses) answers `error` and closes this socket only. The client's messages are
+//! an unsupported protocol version, a document id concordant cannot hold, sync data over a
+//! limit of [`crate::limits`] or that the core refuses) answers `error` and closes this
+//! socket only. The client's messages are
 //! read at the pace it takes the node's ([`super::pace`]). A client that falls too far
 //! behind (its queue past `sync_client_queue_bytes`, see
 //! [`crate::node::client_queue`]), or whose socket takes no write within
