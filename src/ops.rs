@@ -3,10 +3,10 @@
 //! transaction.
 //!
 //! Owns: [`Op`], [`PathElem`], [`Ack`], [`WriteRequest`], [`OpError`], [`parse_write_request`],
-//! [`parse_ops`], [`change_size`], [`apply_ops`]. Must not touch: storage, the network, the replication core,
-//! or committing / rolling back transactions (the caller applies all ops of one request
-//! inside one transaction, and rolls it back when [`apply_ops`] fails, so a refused request
-//! changes nothing).
+//! [`parse_ops`], [`change_size`], [`apply_ops`]. Must not touch: storage, the network, the
+//! replication core, or committing / rolling back transactions (the caller applies all ops
+//! of one request inside one transaction, and rolls it back when [`apply_ops`] fails, so a
+//! refused request changes nothing).
 //!
 //! # Semantics
 //! A `path` is a list of map keys (JSON strings) and list indexes (non-negative JSON

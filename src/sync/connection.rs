@@ -5,12 +5,12 @@
 //! Bad input (a text frame, CBOR that is not a protocol message, a message before `join`,
 //! an unsupported protocol version, a document id concordant cannot hold, sync data over a
 //! limit of [`crate::limits`] or that the core refuses) answers `error` and closes this
-//! socket only. The client's messages are
-//! read at the pace it takes the node's ([`super::pace`]). A client that falls too far
-//! behind (its queue past `sync_client_queue_bytes`, see
-//! [`crate::node::client_queue`]), or whose socket takes no write within
-//! `sync_client_write_timeout_ms`, is disconnected at once: this task ends, the socket
-//! closes, its place and its queue are released. It syncs again when it reconnects.
+//! socket only. The client's messages are read at the pace it takes the node's
+//! ([`super::pace`]). A client that falls too far behind (its queue past
+//! `sync_client_queue_bytes`, see [`crate::node::client_queue`]), or whose socket takes no
+//! write within `sync_client_write_timeout_ms`, is disconnected at once: this task ends,
+//! the socket closes, its place and its queue are released. It syncs again when it
+//! reconnects.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -57,7 +57,9 @@ impl Default for SyncOptions {
 
 impl From<&Tuning> for SyncOptions {
     /// The limits `[tuning]` sets: `sync_clients`, `sync_message_bytes`,
-    /// `sync_client_queue`, `sync_client_queue_bytes`, `sync_client_write_timeout_ms`.
+    /// `sync_client_queue`, `sync_client_queue_bytes`, `sync_client_write_timeout_ms`, and
+    /// the data limits (`max_inflated_bytes`, `max_inflate_ratio`, `max_op_bytes`,
+    /// `max_change_ops`, `max_change_bytes`).
     fn from(t: &Tuning) -> Self {
         SyncOptions {
             max_clients: t.sync_clients,
@@ -192,6 +194,9 @@ mod tests {
             sync_message_bytes: 4096,
             max_inflated_bytes: 5000,
             max_inflate_ratio: 3,
+            max_op_bytes: 10,
+            max_change_ops: 20,
+            max_change_bytes: 30,
             sync_client_queue: 9,
             sync_client_queue_bytes: 1000,
             sync_client_write_timeout_ms: 1500,
@@ -202,6 +207,11 @@ mod tests {
         assert_eq!(
             (options.data_limits.max_bytes, options.data_limits.ratio),
             (5000, 3)
+        );
+        let change = options.data_limits.change;
+        assert_eq!(
+            (change.max_op_bytes, change.max_ops, change.max_bytes),
+            (10, 20, 30)
         );
         assert_eq!((options.queue_messages, options.queue_bytes), (9, 1000));
         assert_eq!(options.write_timeout.as_millis(), 1500);
