@@ -44,7 +44,9 @@
 //! a target of the wrong type. [`OpError::Automerge`] (409 too) when Automerge itself
 //! refuses an op that passed these checks (for example on objects of a type this version
 //! does not know): the request is well-formed but cannot apply to this document's state,
-//! and, as for every error, the caller rolls the transaction back.
+//! and, as for every error, the caller rolls the transaction back. [`OpError::TooLarge`]
+//! (413) when the change is over a cap on one change ([`change_size`] measures the ops
+//! before they are applied, [`check_pending_ops`] what a transaction holds after).
 
 use std::fmt;
 
@@ -58,7 +60,7 @@ mod tests;
 
 pub use apply::apply_ops;
 pub use parse::{parse_ops, parse_write_request};
-pub use size::{change_size, OP_OVERHEAD};
+pub use size::{change_size, check_pending_ops, OP_OVERHEAD};
 
 /// The default write-concern timeout, in milliseconds, when a request gives no `timeout_ms`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
@@ -268,13 +270,19 @@ pub enum OpError {
     /// Automerge refused an op that passed every check: HTTP 409.
     #[error("automerge refused the change: {0}")]
     Automerge(String),
+    /// The change the ops made is over a cap of [`crate::limits::ChangeLimits`] (the
+    /// message says which): HTTP 413.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl OpError {
-    /// The HTTP status for this error: 400 for [`OpError::Malformed`], 409 otherwise.
+    /// The HTTP status for this error: 400 for [`OpError::Malformed`], 413 for
+    /// [`OpError::TooLarge`], 409 otherwise.
     pub fn status(&self) -> u16 {
         match self {
             OpError::Malformed(_) => 400,
+            OpError::TooLarge(_) => 413,
             OpError::Path(_) | OpError::Automerge(_) => 409,
         }
     }
@@ -285,6 +293,7 @@ impl OpError {
             OpError::Malformed(m) => OpError::Malformed(format!("{context}: {m}")),
             OpError::Path(m) => OpError::Path(format!("{context}: {m}")),
             OpError::Automerge(m) => OpError::Automerge(format!("{context}: {m}")),
+            OpError::TooLarge(m) => OpError::TooLarge(format!("{context}: {m}")),
         }
     }
 }

@@ -6,7 +6,9 @@
 //!   (413, or `error` and the socket closed) and counted by its limit, while `/v1/health`
 //!   keeps answering; nothing of the refused documents exists on any node afterwards, and
 //!   the documents written before are intact on every node;
-//! - requests exactly at each cap are accepted and replicate; one over is refused.
+//! - requests exactly at each cap are accepted and replicate; one over is refused;
+//! - `Node::apply_ops` (the embedding API, which the HTTP API's check does not cover)
+//!   refuses a change over `max_change_ops` and rolls it back.
 
 mod common;
 
@@ -326,4 +328,39 @@ async fn changes_at_the_caps_are_accepted_and_one_over_refused() {
     }
     assert_eq!(refused(&metrics(&clients[1]).await, "change_ops"), 1);
     cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_apply_ops_refuses_a_change_over_the_op_cap() {
+    use concordant::ops::{parse_write_request, OpError};
+    let identity = concordant::certs::in_memory_identities("caps", &["n1"])
+        .unwrap()
+        .remove(0);
+    let tuning = concordant::config::Tuning {
+        max_change_ops: 10,
+        ..concordant::config::Tuning::default()
+    };
+    let node = concordant::NodeBuilder::new("n1", "caps", identity)
+        .tuning(tuning)
+        .start()
+        .await
+        .unwrap();
+    let text = |chars: usize| {
+        let body = json!({"ops": [{"op": "text", "path": ["t"], "value": "w".repeat(chars)}]});
+        parse_write_request(&serde_json::to_vec(&body).unwrap()).unwrap()
+    };
+    node.apply_ops("at-cap", text(9)).await.unwrap();
+    let refused = node.apply_ops("over-cap", text(10)).await.unwrap_err();
+    let concordant::node::Error::Change(inner) = &refused else {
+        panic!("expected a refused change, got {refused:?}");
+    };
+    let op = inner.downcast_ref::<OpError>().expect("an OpError");
+    assert!(matches!(op, OpError::TooLarge(_)), "{op:?}");
+    assert!(op.to_string().contains("one change has 11 ops"), "{op}");
+    assert_eq!(
+        node.json("at-cap").await.unwrap(),
+        Some(json!({"t": "wwwwwwwww"}))
+    );
+    assert_eq!(node.json("over-cap").await.unwrap(), None);
+    node.shutdown().await.unwrap();
 }

@@ -150,6 +150,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     });
     Ok(Node {
         id: config.id,
+        max_change_ops: config.tuning.max_change_ops,
         peer_addr,
         commands: commands_tx,
         health,

@@ -414,6 +414,8 @@ pub(crate) enum ClientEvent {
 #[derive(Clone)]
 pub struct Node {
     id: String,
+    /// `[tuning] max_change_ops`: [`Node::apply_ops`] refuses a change with more ops.
+    max_change_ops: usize,
     peer_addr: SocketAddr,
     commands: mpsc::Sender<Command>,
     /// Its health: failing storage (recoverable), or failed for good (its driver or
@@ -534,7 +536,9 @@ impl Node {
     }
 
     /// Applies the SPEC's JSON operations as one atomic change with the request's write
-    /// concern.
+    /// concern. A change of more than `[tuning] max_change_ops` ops is refused
+    /// ([`crate::ops::OpError::TooLarge`]) and rolled back: the HTTP API refuses such ops
+    /// before they get here; this guards the other callers.
     pub async fn apply_ops(
         &self,
         doc: &str,
@@ -543,8 +547,13 @@ impl Node {
         let timeout = Duration::from_millis(request.timeout_ms);
         let ack = request.ack;
         let ops = request.ops;
-        self.change_with(doc, ack, timeout, move |tx| crate::ops::apply_ops(tx, &ops))
-            .await
+        let max_ops = self.max_change_ops;
+        self.change_with(doc, ack, timeout, move |tx| {
+            crate::ops::apply_ops(tx, &ops)?;
+            let pending = automerge::transaction::Transactable::pending_ops(tx);
+            crate::ops::check_pending_ops(pending, max_ops)
+        })
+        .await
     }
 
     /// Merges Automerge data (a saved document or changes) into `doc`; returns the number

@@ -5,8 +5,8 @@
 
 use serde_json::Value;
 
-use super::{Op, PathElem};
-use crate::limits::ChangeSize;
+use super::{Op, OpError, PathElem};
+use crate::limits::{ChangeRefused, ChangeSize};
 
 /// The estimated encoded bytes of one op besides its strings (action, object, key and
 /// predecessor columns).
@@ -32,6 +32,21 @@ pub fn change_size(ops: &[Op]) -> ChangeSize {
         largest_value: size.largest,
         preds: 0,
     }
+}
+
+/// Refuses a transaction whose pending ops are over `max_ops` (`[tuning] max_change_ops`):
+/// the node's own check of what [`super::apply_ops`] made, after the API checked the ops
+/// with [`change_size`]. The caller rolls the transaction back.
+pub fn check_pending_ops(pending: usize, max_ops: usize) -> Result<(), OpError> {
+    if pending <= max_ops {
+        return Ok(());
+    }
+    let refused = ChangeRefused::ChangeOps {
+        ops: pending,
+        exact: true,
+        limit: max_ops,
+    };
+    Err(OpError::TooLarge(refused.to_string()))
 }
 
 /// Counts of the walk so far.
@@ -166,6 +181,19 @@ mod tests {
         assert_eq!(
             (t.ops, t.largest_value, t.bytes),
             (3, 6, 1 + 6 + 3 * OP_OVERHEAD)
+        );
+    }
+
+    #[test]
+    fn pending_ops_pass_at_the_cap_and_are_refused_one_over() {
+        assert_eq!(check_pending_ops(10, 10), Ok(()));
+        let refused = check_pending_ops(11, 10).unwrap_err();
+        assert_eq!(refused.status(), 413);
+        assert!(
+            refused.to_string().starts_with(
+                "one change has 11 ops, over this node's limit of 10 ([tuning] max_change_ops)"
+            ),
+            "{refused}"
         );
     }
 
