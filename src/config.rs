@@ -108,6 +108,17 @@ pub struct Tuning {
     /// The most such data may inflate to per byte of its size (default 64; inputs up to
     /// 16 KiB may always inflate to 1 MiB), within `max_inflated_bytes`.
     pub max_inflate_ratio: usize,
+    /// The most bytes of one op's value from a client (default 1 MiB): a string or byte
+    /// string, a map key, the whole text of a `text` op, the insert of a `splice`. More is
+    /// refused (413, or `error` and the socket closed). See [`crate::limits`].
+    pub max_op_bytes: usize,
+    /// The most ops in one change from a client (default 100000), counted as Automerge
+    /// does: one per character a `text` or `splice` inserts or deletes, one per map, list
+    /// and scalar of a JSON value.
+    pub max_change_ops: usize,
+    /// The most encoded (uncompressed) bytes of one change from a client (default 4 MiB;
+    /// for JSON ops an estimate: the bytes of their strings and keys plus 16 per op).
+    pub max_change_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -136,6 +147,9 @@ impl Default for Tuning {
             compress_links: true,
             max_inflated_bytes: 64 << 20,
             max_inflate_ratio: 64,
+            max_op_bytes: 1 << 20,
+            max_change_ops: 100_000,
+            max_change_bytes: 4 << 20,
         }
     }
 }
@@ -672,6 +686,9 @@ impl Checker<'_> {
             ("sync_client_queue", t.sync_client_queue),
             ("max_inflated_bytes", t.max_inflated_bytes),
             ("max_inflate_ratio", t.max_inflate_ratio),
+            ("max_op_bytes", t.max_op_bytes),
+            ("max_change_ops", t.max_change_ops),
+            ("max_change_bytes", t.max_change_bytes),
             ("sync_client_queue_bytes", t.sync_client_queue_bytes),
             ("api_connections", t.api_connections.unwrap_or(1)),
             ("watch_streams", t.watch_streams),

@@ -269,6 +269,9 @@ fn cluster_toml(opts: &InitOptions, cluster: &str, ids: &[String], token: &str) 
         ("sync_client_queue", t.sync_client_queue),
         ("max_inflated_bytes", t.max_inflated_bytes),
         ("max_inflate_ratio", t.max_inflate_ratio),
+        ("max_op_bytes", t.max_op_bytes),
+        ("max_change_ops", t.max_change_ops),
+        ("max_change_bytes", t.max_change_bytes),
         ("sync_client_queue_bytes", t.sync_client_queue_bytes),
         ("watch_streams", t.watch_streams),
     ] {

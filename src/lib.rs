@@ -17,7 +17,8 @@
 //! - [`wire_limits`]: the protocol's size limits (frame, message, batch budget), a leaf that
 //!   the configuration checks `[tuning]` against without depending on the protocol.
 //! - [`limits`]: limits checked on what clients send before the core sees it (the inflate
-//!   budget of Automerge data from outside) and the count of refusals by limit.
+//!   budget of Automerge data from outside, the caps on one change) and the count of
+//!   refusals by limit.
 //! - [`doc_id`]: what a document id is, for the HTTP API, the peers and `/v1/sync` alike.
 //! - `fnv`: FNV-1a 64, the one hash whose values nodes compare (heads digests, the
 //!   membership digest, the reconciliation tree); its values never change.

@@ -1,11 +1,12 @@
 //! The JSON operations of the HTTP API (`POST /v1/docs/{id}/ops`): their types, parsing
-//! of a request body, and applying them to an Automerge transaction.
+//! of a request body, measuring the change they make, and applying them to an Automerge
+//! transaction.
 //!
 //! Owns: [`Op`], [`PathElem`], [`Ack`], [`WriteRequest`], [`OpError`], [`parse_write_request`],
-//! [`parse_ops`], [`apply_ops`]. Must not touch: storage, the network, the replication core,
-//! or committing / rolling back transactions (the caller applies all ops of one request
-//! inside one transaction, and rolls it back when [`apply_ops`] fails, so a refused request
-//! changes nothing).
+//! [`parse_ops`], [`change_size`], [`apply_ops`]. Must not touch: storage, the network, the
+//! replication core, or committing / rolling back transactions (the caller applies all ops
+//! of one request inside one transaction, and rolls it back when [`apply_ops`] fails, so a
+//! refused request changes nothing).
 //!
 //! # Semantics
 //! A `path` is a list of map keys (JSON strings) and list indexes (non-negative JSON
@@ -43,7 +44,9 @@
 //! a target of the wrong type. [`OpError::Automerge`] (409 too) when Automerge itself
 //! refuses an op that passed these checks (for example on objects of a type this version
 //! does not know): the request is well-formed but cannot apply to this document's state,
-//! and, as for every error, the caller rolls the transaction back.
+//! and, as for every error, the caller rolls the transaction back. [`OpError::TooLarge`]
+//! (413) when the change is over a cap on one change ([`change_size`] measures the ops
+//! before they are applied, [`check_pending_ops`] what a transaction holds after).
 
 use std::fmt;
 
@@ -51,11 +54,13 @@ use serde_json::{json, Value};
 
 mod apply;
 mod parse;
+mod size;
 #[cfg(test)]
 mod tests;
 
 pub use apply::apply_ops;
 pub use parse::{parse_ops, parse_write_request};
+pub use size::{change_size, check_pending_ops, OP_OVERHEAD};
 
 /// The default write-concern timeout, in milliseconds, when a request gives no `timeout_ms`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
@@ -247,35 +252,6 @@ impl WriteRequest {
         let ops: Vec<Value> = self.ops.iter().map(Op::to_json).collect();
         json!({"ops": ops, "ack": ack, "timeout_ms": self.timeout_ms})
     }
-
-    /// About how much work applying the request is: the bytes of its strings (each
-    /// character of a text becomes one Automerge op) plus one per value and op. The node
-    /// applies heavy requests off its event loop.
-    pub fn weight(&self) -> usize {
-        self.ops.iter().map(Op::weight).sum()
-    }
-}
-
-impl Op {
-    fn weight(&self) -> usize {
-        1 + match self {
-            Op::Set { value, .. } | Op::Push { value, .. } | Op::Insert { value, .. } => {
-                value_weight(value)
-            }
-            Op::Text { value, .. } => value.len(),
-            Op::Splice { delete, insert, .. } => delete.saturating_add(insert.len()),
-            Op::Del { .. } | Op::Counter { .. } | Op::Inc { .. } => 0,
-        }
-    }
-}
-
-fn value_weight(value: &Value) -> usize {
-    1 + match value {
-        Value::String(s) => s.len(),
-        Value::Array(items) => items.iter().map(value_weight).sum(),
-        Value::Object(map) => map.iter().map(|(k, v)| k.len() + value_weight(v)).sum(),
-        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-    }
 }
 
 /// Why a write request was refused. Whatever the error, the caller rolls back the
@@ -294,13 +270,19 @@ pub enum OpError {
     /// Automerge refused an op that passed every check: HTTP 409.
     #[error("automerge refused the change: {0}")]
     Automerge(String),
+    /// The change the ops made is over a cap of [`crate::limits::ChangeLimits`] (the
+    /// message says which): HTTP 413.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl OpError {
-    /// The HTTP status for this error: 400 for [`OpError::Malformed`], 409 otherwise.
+    /// The HTTP status for this error: 400 for [`OpError::Malformed`], 413 for
+    /// [`OpError::TooLarge`], 409 otherwise.
     pub fn status(&self) -> u16 {
         match self {
             OpError::Malformed(_) => 400,
+            OpError::TooLarge(_) => 413,
             OpError::Path(_) | OpError::Automerge(_) => 409,
         }
     }
@@ -311,6 +293,7 @@ impl OpError {
             OpError::Malformed(m) => OpError::Malformed(format!("{context}: {m}")),
             OpError::Path(m) => OpError::Path(format!("{context}: {m}")),
             OpError::Automerge(m) => OpError::Automerge(format!("{context}: {m}")),
+            OpError::TooLarge(m) => OpError::TooLarge(format!("{context}: {m}")),
         }
     }
 }

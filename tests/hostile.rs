@@ -17,7 +17,7 @@ use concordant::api::{self, ApiOptions};
 use concordant::certs::in_memory_identities;
 use concordant::client::{doc_path, Answer, Client};
 use concordant::config::TopologyKind;
-use concordant::limits::InflateLimit;
+use concordant::limits::DataLimits;
 use concordant::sync::codec::{self, PeerMetadata, RepoMessage};
 use concordant::topology::Topology;
 use concordant::{Node, NodeBuilder};
@@ -38,7 +38,7 @@ const BOMB: usize = 256 * MIB;
 const MAX_GROWTH: usize = 64 * MIB;
 
 /// One node with its API on 127.0.0.1:0 (no token); returns it and the API's base URL.
-async fn node(inflate: InflateLimit) -> (Node, String) {
+async fn node(limits: DataLimits) -> (Node, String) {
     let identities = in_memory_identities("hostile", &["n1"]).unwrap();
     let topology = Topology::new(TopologyKind::Mesh, vec!["n1".into()], Vec::new());
     let node = NodeBuilder::new("n1", "hostile", identities.into_iter().next().unwrap())
@@ -49,7 +49,7 @@ async fn node(inflate: InflateLimit) -> (Node, String) {
     let listener = api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut options = ApiOptions::new(None);
-    options.sync.inflate = inflate;
+    options.sync.data_limits = limits;
     let serving = node.clone();
     tokio::spawn(async move {
         api::serve_with(serving, listener, options, std::future::pending())
@@ -173,7 +173,7 @@ fn report(what: &str, (before, peak, now): (usize, usize, usize)) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_body_bomb_is_refused_with_413_within_its_budget() {
-    let (node, url) = node(InflateLimit::default()).await;
+    let (node, url) = node(DataLimits::default()).await;
     let client = Client::new(&url, None).unwrap();
     let kept = write_some(&client).await;
     let bomb = change_chunk_bomb(BOMB);
@@ -202,7 +202,7 @@ async fn a_merge_body_bomb_is_refused_with_413_within_its_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_message_bomb_closes_the_client_within_its_budget() {
-    let (node, url) = node(InflateLimit::default()).await;
+    let (node, url) = node(DataLimits::default()).await;
     let client = Client::new(&url, None).unwrap();
     let kept = write_some(&client).await;
     let mut message = SyncMessage {
@@ -276,9 +276,10 @@ async fn a_sync_message_bomb_closes_the_client_within_its_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn measure_the_merge_bomb_without_a_limit() {
-    let unbounded = InflateLimit {
+    let unbounded = DataLimits {
         max_bytes: usize::MAX,
         ratio: usize::MAX,
+        ..DataLimits::default()
     };
     let (node, url) = node(unbounded).await;
     let client = Client::new(&url, None).unwrap();

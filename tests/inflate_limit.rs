@@ -2,7 +2,9 @@
 //! `automerge::inflate_limit`): compressed change chunks and compressed document columns
 //! inflate only within the budget of a `with_inflate_limit` scope, and the bytes this thread
 //! allocates while refusing a bomb stay near the budget (measured with a counting global
-//! allocator: this test binary's own).
+//! allocator: this test binary's own). Also the change caps against ops and predecessors
+//! that run-length encoded columns declare (`automerge::change_sizes`, `src/limits.rs`):
+//! refused after at most `max_change_ops + 1` decoded ops, allocating nothing per op.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -13,7 +15,8 @@ mod bomb;
 use automerge::inflate_limit::{check_inflated_size, with_inflate_limit, InflateLimitExceeded};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, Change, ObjType, ReadDoc, ROOT};
-use bomb::{change_chunk_bomb, MIB};
+use bomb::{change_chunk_bomb, rle_ops_change, MIB};
+use concordant::limits::DataLimits;
 
 /// Counts the bytes each thread has allocated and not freed, and their peak.
 struct Counting;
@@ -210,4 +213,50 @@ fn refused_input_logs_nothing_above_debug() {
         tracing::warn!("the subscriber sees warnings");
     });
     assert_eq!(loud.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// A change whose run-length encoded columns declare a billion ops (about a hundred bytes)
+/// is refused by the op cap after `max_change_ops + 1` ops were decoded, allocating
+/// nothing per op; `Change::from_bytes` would iterate every declared op (it counts a
+/// million of them here, to show that the chunk is valid and declares what it says).
+#[test]
+fn ops_declared_by_run_length_encoding_are_refused_at_the_cap() {
+    assert_eq!(
+        Change::from_bytes(rle_ops_change(1_000_000, 0))
+            .unwrap()
+            .len(),
+        1_000_000
+    );
+    let limits = DataLimits::default();
+    let cap = limits.change.max_ops as u64;
+    assert_eq!(limits.check_data(&rle_ops_change(cap, 1)), Ok(()));
+    let over = limits.check_data(&rle_ops_change(cap + 1, 0));
+    assert_eq!(over.unwrap_err().label(), "change_ops");
+    let billion = rle_ops_change(1_000_000_000, 0);
+    assert!(billion.len() < 128, "{} bytes", billion.len());
+    let (refused, peak) = peak_during(|| limits.check_data(&billion));
+    let error = refused.unwrap_err().to_string();
+    assert!(error.contains("at least 100001 ops"), "{error}");
+    assert!(peak < MIB, "allocated {peak} bytes");
+}
+
+/// One op whose predecessor list is declared by run-length encoding: `Change::from_bytes`
+/// allocates every declared predecessor (10 million: over 64 MiB, from 87 bytes); the
+/// check counts them from their count column and refuses a billion of them allocating
+/// nothing per predecessor.
+#[test]
+fn predecessors_declared_by_run_length_encoding_are_refused_before_decoding() {
+    let (parsed, peak) = peak_during(|| Change::from_bytes(rle_ops_change(1, 10_000_000)));
+    assert_eq!(parsed.unwrap().len(), 1);
+    assert!(peak > 64 * MIB, "allocated {peak} bytes only");
+    let limits = DataLimits::default();
+    let cap = limits.change.max_ops as u64;
+    assert_eq!(limits.check_data(&rle_ops_change(1, cap)), Ok(()));
+    let (refused, peak) = peak_during(|| limits.check_data(&rle_ops_change(1, 1_000_000_000)));
+    let error = refused.unwrap_err().to_string();
+    assert!(
+        error.contains("overwrite or delete at least 1000000000 earlier ops"),
+        "{error}"
+    );
+    assert!(peak < MIB, "allocated {peak} bytes");
 }

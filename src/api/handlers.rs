@@ -220,6 +220,11 @@ pub(crate) async fn post_ops(
             request.timeout_ms
         )));
     }
+    let size = crate::ops::change_size(&request.ops);
+    let caps = state.sync.options.data_limits.change;
+    if let Err(refused) = caps.check(&size, true) {
+        return Err(too_large(&state, &id, refused.label(), &refused));
+    }
     let written = state
         .node
         .apply_ops(&id, request)
@@ -264,7 +269,7 @@ pub(crate) async fn post_automerge(
              or changes)"
         )));
     }
-    check_inflate(&state, &id, raw.clone()).await?;
+    check_data(&state, &id, raw.clone()).await?;
     let new_changes = state.node.merge(&id, raw.to_vec()).await.map_err(|e| {
         if let crate::node::Error::Merge(why) = &e {
             // Automerge's own line about it is at debug level: one line per request here.
@@ -281,10 +286,11 @@ pub(crate) async fn post_automerge(
     Ok(Json(json!({"new_changes": new_changes, "heads": heads_json(&heads)})).into_response())
 }
 
-/// Refuses (413) Automerge data that inflates past its budget, before the node sees it;
-/// the check runs off the async workers (it inflates up to the budget).
-async fn check_inflate(state: &AppState, id: &str, data: Bytes) -> Result<(), HttpError> {
-    let limit = state.sync.options.inflate;
+/// Refuses (413) Automerge data that inflates past its budget or holds a change over a cap,
+/// before the node sees it; the check runs off the async workers (it inflates up to the
+/// budget, and loads the saved documents the data holds).
+async fn check_data(state: &AppState, id: &str, data: Bytes) -> Result<(), HttpError> {
+    let limit = state.sync.options.data_limits;
     let checked = tokio::task::spawn_blocking(move || limit.check_data(&data))
         .await
         .map_err(|e| {
@@ -294,17 +300,23 @@ async fn check_inflate(state: &AppState, id: &str, data: Bytes) -> Result<(), Ht
             )
         })?;
     checked.map_err(|refused| {
-        state
-            .sync
-            .counters
-            .limits
-            .refused(crate::limits::INFLATED_BYTES);
         tracing::warn!(doc = %id, "merge refused: {refused}");
-        HttpError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("document {id:?}: {refused}"),
-        )
+        too_large(state, id, refused.label(), &refused)
     })
+}
+
+/// The 413 answer to a request refused by a limit of [`crate::limits`], counted by label.
+fn too_large(
+    state: &AppState,
+    id: &str,
+    label: &'static str,
+    refused: &dyn std::fmt::Display,
+) -> HttpError {
+    state.sync.counters.limits.refused(label);
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("document {id:?}: {refused}"),
+    )
 }
 
 /// Any path that is not an endpoint.

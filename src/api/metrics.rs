@@ -62,8 +62,9 @@
 //! `watch_streams`), `sync_clients` (503 over `sync_clients`), `sync_client_queue_bytes`
 //! (clients disconnected past their queue's bytes), `sync_client_write_timeout` (clients
 //! disconnected because their socket took no write within `sync_client_write_timeout_ms`),
-//! `inflated_bytes` (Automerge data from a client over its inflate budget, see
-//! [`crate::limits`]).
+//! `inflated_bytes` (Automerge data from a client over its inflate budget), `op_bytes`,
+//! `change_ops` and `change_bytes` (JSON ops or Automerge data from a client with a change
+//! over `max_op_bytes`, `max_change_ops` or `max_change_bytes`; see [`crate::limits`]).
 //!
 //! # Replication lag
 //! Per peer, the lag is what this node has and has not yet handed to the peer's link:
@@ -188,13 +189,8 @@ pub(crate) fn render_limits(
     for (limit, n) in sync.limits.snapshot() {
         *refused.entry(limit).or_insert(0) += n;
     }
-    for limit in [
-        "connections",
-        "header_timeout",
-        "watch",
-        "sync_clients",
-        crate::limits::INFLATED_BYTES,
-    ] {
+    let always = ["connections", "header_timeout", "watch", "sync_clients"];
+    for limit in always.into_iter().chain(crate::limits::DATA_LABELS) {
         refused.entry(limit).or_insert(0);
     }
     refused.insert("sync_client_queue_bytes", s.sync_clients_dropped);

@@ -330,7 +330,8 @@ fn tuning_defaults_overrides_and_checks() {
     let c = parse(&file(
         "topology = \"mesh\"",
         1,
-        "[tuning]\ntick_ms = 10\nsend_queue = 8\nmax_inflated_bytes = 1000\nmax_inflate_ratio = 8\n",
+        "[tuning]\ntick_ms = 10\nsend_queue = 8\nmax_inflated_bytes = 1000\nmax_inflate_ratio = 8\n\
+         max_op_bytes = 10\nmax_change_ops = 20\nmax_change_bytes = 30\n",
     ))
     .unwrap();
     assert_eq!(c.tuning.tick_ms, 10);
@@ -338,6 +339,14 @@ fn tuning_defaults_overrides_and_checks() {
     assert_eq!(
         (c.tuning.max_inflated_bytes, c.tuning.max_inflate_ratio),
         (1000, 8)
+    );
+    assert_eq!(
+        (
+            c.tuning.max_op_bytes,
+            c.tuning.max_change_ops,
+            c.tuning.max_change_bytes
+        ),
+        (10, 20, 30)
     );
     assert_eq!(c.tuning.anti_entropy_ms, 5000);
     assert_eq!(c.tuning.api_connections, None);
@@ -365,6 +374,10 @@ fn tuning_defaults_overrides_and_checks() {
         (1024, 2000, 1 << 20)
     );
     assert_eq!((t.max_inflated_bytes, t.max_inflate_ratio), (64 << 20, 64));
+    assert_eq!(
+        (t.max_op_bytes, t.max_change_ops, t.max_change_bytes),
+        (1 << 20, 100_000, 4 << 20)
+    );
 
     for field in [
         "tick_ms",
@@ -376,6 +389,9 @@ fn tuning_defaults_overrides_and_checks() {
         "max_batch_bytes",
         "max_inflated_bytes",
         "max_inflate_ratio",
+        "max_op_bytes",
+        "max_change_ops",
+        "max_change_bytes",
         "sync_client_queue_bytes",
         "sync_client_write_timeout_ms",
         "api_connections",

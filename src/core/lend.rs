@@ -28,6 +28,10 @@ use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 use super::docs::{Applied, DocState};
 use super::CoreError;
 
+/// Work of at least this many ops is heavy: the default of
+/// [`crate::core::CoreConfig::heavy_ops`], and the driver's measure for its own changes.
+pub const HEAVY_OPS: usize = 10_000;
+
 /// A document out of the replica's cache; give it back with a `return_*` method of
 /// [`Replica`](super::Replica).
 pub struct Lent {

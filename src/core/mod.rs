@@ -34,7 +34,7 @@ pub use clients::ClientMsg;
 pub use docs::StoredIndex;
 pub use effect::Effect;
 pub use lag::LagView;
-pub use lend::{Job, Lent, Made, Merged};
+pub use lend::{Job, Lent, Made, Merged, HEAVY_OPS};
 pub use loaded::{Fetched, LoadedDoc, ReadKind, StoredLog};
 pub use replica::{
     ChangeError, ClientError, CoreConfig, CoreStats, DocCounts, LocalWrite, Replica, Snapshot,

@@ -105,7 +105,7 @@ impl Default for CoreConfig {
             unavailable_after_ms: 1_000,
             batch_bytes: t.max_batch_bytes,
             persist_retry_ms: 500,
-            heavy_ops: 10_000,
+            heavy_ops: lend::HEAVY_OPS,
         }
     }
 }

@@ -153,6 +153,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     });
     Ok(Node {
         id: config.id,
+        max_change_ops: config.tuning.max_change_ops,
         peer_addr,
         commands: commands_tx,
         health,
@@ -384,7 +385,7 @@ impl Driver {
                     started,
                     outcome,
                 };
-                if weight >= lending::HEAVY_WEIGHT {
+                if weight >= lending::HEAVY_OPS {
                     return self.lend_change(&doc, f, reply);
                 }
                 let want_ack = !matches!(ack, Ack::Local);

@@ -310,7 +310,8 @@ pub(crate) enum Command {
         doc: String,
         ack: Ack,
         timeout: Duration,
-        /// About how heavy `f` is (see `WriteRequest::weight`; 0: light).
+        /// About how heavy `f` is: the ops it makes (see [`crate::ops::change_size`]; 0:
+        /// light).
         weight: usize,
         f: ChangeFn,
         /// Answered at once: `Err` if the change failed, `Ok(false)` if it made no
@@ -416,6 +417,8 @@ pub(crate) enum ClientEvent {
 #[derive(Clone)]
 pub struct Node {
     id: String,
+    /// `[tuning] max_change_ops`: [`Node::apply_ops`] refuses a change with more ops.
+    max_change_ops: usize,
     peer_addr: SocketAddr,
     commands: mpsc::Sender<Command>,
     /// Its health: failing storage (recoverable), or failed for good (its driver or
@@ -508,8 +511,8 @@ impl Node {
         self.change_weighted(doc, ack, timeout, 0, f).await
     }
 
-    /// [`Node::change_with`] of a change about `weight` heavy (see
-    /// [`crate::ops::WriteRequest::weight`]): a heavy one runs off the driver's task.
+    /// [`Node::change_with`] of a change of about `weight` ops (see
+    /// [`crate::ops::change_size`]): a heavy one runs off the driver's task.
     async fn change_weighted<R, E, F>(
         &self,
         doc: &str,
@@ -555,17 +558,22 @@ impl Node {
     }
 
     /// Applies the SPEC's JSON operations as one atomic change with the request's write
-    /// concern.
+    /// concern. A change of more than `[tuning] max_change_ops` ops is refused
+    /// ([`crate::ops::OpError::TooLarge`]) and rolled back: the HTTP API refuses such ops
+    /// before they get here; this guards the other callers.
     pub async fn apply_ops(
         &self,
         doc: &str,
         request: crate::ops::WriteRequest,
     ) -> Result<Written<()>, Error> {
         let timeout = Duration::from_millis(request.timeout_ms);
-        let (ack, weight) = (request.ack, request.weight());
+        let (ack, weight) = (request.ack, crate::ops::change_size(&request.ops).ops);
         let ops = request.ops;
+        let max_ops = self.max_change_ops;
         self.change_weighted(doc, ack, timeout, weight, move |tx| {
-            crate::ops::apply_ops(tx, &ops)
+            crate::ops::apply_ops(tx, &ops)?;
+            let pending = automerge::transaction::Transactable::pending_ops(tx);
+            crate::ops::check_pending_ops(pending, max_ops)
         })
         .await
     }

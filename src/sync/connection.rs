@@ -3,13 +3,14 @@
 //! until either side ends it.
 //!
 //! Bad input (a text frame, CBOR that is not a protocol message, a message before `join`,
-//! an unsupported protocol version, a document id concordant cannot hold, sync data the
-//! core refuses) answers `error` and closes this socket only. The client's messages are
-//! read at the pace it takes the node's ([`super::pace`]). A client that falls too far
-//! behind (its queue past `sync_client_queue_bytes`, see
-//! [`crate::node::client_queue`]), or whose socket takes no write within
-//! `sync_client_write_timeout_ms`, is disconnected at once: this task ends, the socket
-//! closes, its place and its queue are released. It syncs again when it reconnects.
+//! an unsupported protocol version, a document id concordant cannot hold, sync data over a
+//! limit of [`crate::limits`] or that the core refuses) answers `error` and closes this
+//! socket only. The client's messages are read at the pace it takes the node's
+//! ([`super::pace`]). A client that falls too far behind (its queue past
+//! `sync_client_queue_bytes`, see [`crate::node::client_queue`]), or whose socket takes no
+//! write within `sync_client_write_timeout_ms`, is disconnected at once: this task ends,
+//! the socket closes, its place and its queue are released. It syncs again when it
+//! reconnects.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,7 +118,7 @@ async fn run(
         tokio::select! {
             incoming = next_message(socket, &server.counters), if read => {
                 let msg = match incoming {
-                    Ok(msg) => check_inflate(server, msg).await,
+                    Ok(msg) => check_data(server, msg).await,
                     Err(end) => Err(end),
                 };
                 let msg = match msg {
@@ -285,13 +286,14 @@ async fn send(socket: &mut WebSocket, server: &Server, msg: &RepoMessage) -> Res
     }
 }
 
-/// Refuses a `request` or `sync` whose Automerge data inflates past its budget
-/// ([`crate::limits`]), before the node sees it; the check runs off the async workers.
-async fn check_inflate(server: &Server, msg: RepoMessage) -> Result<RepoMessage, End> {
+/// Refuses a `request` or `sync` whose Automerge data inflates past its budget or holds a
+/// change over a cap ([`crate::limits`]), before the node sees it; the check runs off the
+/// async workers.
+async fn check_data(server: &Server, msg: RepoMessage) -> Result<RepoMessage, End> {
     if !matches!(msg, RepoMessage::Request { .. } | RepoMessage::Sync { .. }) {
         return Ok(msg);
     }
-    let limit = server.options.inflate;
+    let limit = server.options.data_limits;
     let (msg, checked) = tokio::task::spawn_blocking(move || {
         let checked = match &msg {
             RepoMessage::Request { data, .. } | RepoMessage::Sync { data, .. } => {
@@ -304,10 +306,7 @@ async fn check_inflate(server: &Server, msg: RepoMessage) -> Result<RepoMessage,
     .await
     .map_err(|e| End::Error(format!("checking the sync data failed: {e}")))?;
     checked.map_err(|refused| {
-        server
-            .counters
-            .limits
-            .refused(crate::limits::INFLATED_BYTES);
+        server.counters.limits.refused(refused.label());
         End::Error(format!("sync message refused: {refused}"))
     })?;
     Ok(msg)

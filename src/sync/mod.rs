@@ -26,16 +26,17 @@ use tokio::sync::oneshot;
 
 use crate::config::Tuning;
 
-/// Limits of the sync endpoint (from `[tuning]`), and the inflate limit the API shares.
+/// Limits of the sync endpoint (from `[tuning]`), and the data limits the API shares.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
     /// Clients connected at once, at most; more are refused (503) before the upgrade.
     pub max_clients: usize,
     /// The largest WebSocket message accepted from a client, in bytes.
     pub max_message: usize,
-    /// The inflate budget of Automerge data from clients: their sync messages, and the
-    /// bodies of `POST /v1/docs/{id}/automerge` (the API's other client of it).
-    pub inflate: crate::limits::InflateLimit,
+    /// The limits on Automerge data from clients (inflate budget, caps on each change):
+    /// their sync messages, and the bodies of `POST /v1/docs/{id}/automerge` (the API's
+    /// other client of it, which also checks JSON ops against its change caps).
+    pub data_limits: crate::limits::DataLimits,
     /// Messages queued for a client past which its own messages are not read
     /// (`sync_client_queue`).
     pub queue_messages: usize,
@@ -56,12 +57,14 @@ impl Default for SyncOptions {
 
 impl From<&Tuning> for SyncOptions {
     /// The limits `[tuning]` sets: `sync_clients`, `sync_message_bytes`,
-    /// `sync_client_queue`, `sync_client_queue_bytes`, `sync_client_write_timeout_ms`.
+    /// `sync_client_queue`, `sync_client_queue_bytes`, `sync_client_write_timeout_ms`, and
+    /// the data limits (`max_inflated_bytes`, `max_inflate_ratio`, `max_op_bytes`,
+    /// `max_change_ops`, `max_change_bytes`).
     fn from(t: &Tuning) -> Self {
         SyncOptions {
             max_clients: t.sync_clients,
             max_message: t.sync_message_bytes,
-            inflate: crate::limits::InflateLimit::from(t),
+            data_limits: crate::limits::DataLimits::from(t),
             queue_messages: t.sync_client_queue,
             queue_bytes: t.sync_client_queue_bytes,
             write_timeout: std::time::Duration::from_millis(t.sync_client_write_timeout_ms),
@@ -191,6 +194,9 @@ mod tests {
             sync_message_bytes: 4096,
             max_inflated_bytes: 5000,
             max_inflate_ratio: 3,
+            max_op_bytes: 10,
+            max_change_ops: 20,
+            max_change_bytes: 30,
             sync_client_queue: 9,
             sync_client_queue_bytes: 1000,
             sync_client_write_timeout_ms: 1500,
@@ -199,8 +205,13 @@ mod tests {
         let options = SyncOptions::from(&tuning);
         assert_eq!((options.max_clients, options.max_message), (7, 4096));
         assert_eq!(
-            (options.inflate.max_bytes, options.inflate.ratio),
+            (options.data_limits.max_bytes, options.data_limits.ratio),
             (5000, 3)
+        );
+        let change = options.data_limits.change;
+        assert_eq!(
+            (change.max_op_bytes, change.max_ops, change.max_bytes),
+            (10, 20, 30)
         );
         assert_eq!((options.queue_messages, options.queue_bytes), (9, 1000));
         assert_eq!(options.write_timeout.as_millis(), 1500);

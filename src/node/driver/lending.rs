@@ -7,8 +7,8 @@
 //! (in the replica, and commands here in `parked`, as for a read) and runs in order once it
 //! is given back ([`Returned`]).
 //!
-//! What is heavy: a change of at least [`HEAVY_WEIGHT`] (its
-//! [`crate::ops::WriteRequest::weight`]), every merge (its data may be a few compressed
+//! What is heavy: a change of at least [`HEAVY_OPS`] ops (as
+//! [`crate::ops::change_size`] counts them), every merge (its data may be a few compressed
 //! bytes that expand to any number of ops within the client limits), a read of a document
 //! of at least [`HEAVY_DOC_BYTES`] in memory. Lighter work runs in place, which costs less
 //! than handing it over.
@@ -18,11 +18,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::Driver;
+pub(super) use crate::core::HEAVY_OPS;
 use crate::core::{CoreError, Job, Lent, LocalWrite, Made, Merged};
 use crate::node::{Ack, ChangeFn, Error, MergeStarted, ReadFn, WriteOutcome};
-
-/// Changes at least this heavy run off the driver's task.
-pub(super) const HEAVY_WEIGHT: usize = 32 << 10;
 
 /// Reads of documents at least this large in memory run off the driver's task.
 pub(super) const HEAVY_DOC_BYTES: usize = 1 << 20;

@@ -268,6 +268,8 @@ mod automerge;
 mod autoserde;
 mod change;
 mod change_graph;
+// concordant patch: sizes of changes without building a document (PATCHED.md).
+pub mod change_sizes;
 mod change_queue;
 mod clock;
 mod columnar;

@@ -166,6 +166,12 @@ impl From<change::ChangeOpsColumns> for ChangeOpsColumns {
 }
 
 impl ChangeOpsColumns {
+    /// concordant patch: the number of predecessors of each op, from the pred group column
+    /// alone (for `crate::change_sizes`).
+    pub(crate) fn pred_counts<'a>(&self, data: &'a [u8]) -> RleDecoder<'a, u64> {
+        self.pred.group_range().decoder(data)
+    }
+
     pub(crate) fn iter<'a>(&self, data: &'a [u8]) -> ChangeOpsIter<'a> {
         ChangeOpsIter {
             failed: false,
