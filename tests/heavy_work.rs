@@ -200,3 +200,30 @@ async fn a_long_read_of_a_large_document_runs_while_the_node_serves_everything_e
     assert_served("long read", total, &done);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_work_that_panics_fails_the_node_as_a_driver_panic_does() {
+    use automerge::transaction::Transactable;
+    let cluster = TestCluster::start(1, TopologyKind::Mesh).await;
+    let node = cluster.node(0);
+    let mut outside = automerge::AutoCommit::new();
+    outside
+        .put(automerge::ROOT, "a", "x".repeat(600_000))
+        .unwrap();
+    outside
+        .put(automerge::ROOT, "b", "y".repeat(600_000))
+        .unwrap();
+    node.merge("big", outside.save()).await.unwrap();
+    let answer = node
+        .with_doc("big", |_| -> () { panic!("a faulty read") })
+        .await;
+    assert!(answer.is_err(), "no answer from a failed node: {answer:?}");
+    let why = tokio::time::timeout(LIMIT, node.failed())
+        .await
+        .expect("the node fails");
+    assert!(
+        why.contains("heavy work on document \"big\" panicked: a faulty read"),
+        "{why}"
+    );
+    assert!(matches!(node.health(), concordant::node::Health::Failed(_)));
+}

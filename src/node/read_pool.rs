@@ -4,7 +4,7 @@
 //! read transaction, which runs concurrently with the storage thread's commits) and decodes
 //! what was asked ([`Fetched::read`]: the document into Automerge, or its heads and change
 //! log); the result goes back to the driver as one input, so the driver's task never waits
-//! for the disk nor spends its time decoding.
+//! for the disk nor spends its time decoding. A decode that panics is a failed read.
 //!
 //! The queue of reads is unbounded but holds only document ids: the core asks for each
 //! document once until its read is done. Heavy work is queued behind the reads before it;
@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::core::{CoreError, Fetched, ReadKind};
+use crate::panics::panic_text;
 use crate::storage::DocReader;
 
 /// Reader threads per node.
@@ -28,6 +29,20 @@ pub(crate) type ReadDone = (String, Result<Fetched, CoreError>);
 enum Job {
     Read(String, ReadKind),
     Run(Box<dyn FnOnce() + Send>),
+}
+
+/// Reads `kind` of `doc`; decoding that panics (stored data Automerge cannot take) is a
+/// failed read, as corrupt data is.
+fn read(reader: &dyn DocReader, doc: &str, kind: ReadKind) -> Result<Fetched, CoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Fetched::read(reader, doc, kind)
+    }))
+    .unwrap_or_else(|payload| {
+        Err(CoreError::CorruptStored {
+            doc: doc.to_string(),
+            detail: format!("decoding it panicked: {}", panic_text(payload)),
+        })
+    })
 }
 
 /// Hands reads to the reader threads; they end when it is dropped.
@@ -56,7 +71,7 @@ impl ReadPool {
                     };
                     match next {
                         Ok(Job::Read(doc, kind)) => {
-                            let result = Fetched::read(reader.as_ref(), &doc, kind);
+                            let result = read(reader.as_ref(), &doc, kind);
                             if done.send((doc, result)).is_err() {
                                 return;
                             }

@@ -21,6 +21,7 @@ use super::Driver;
 pub(super) use crate::core::HEAVY_OPS;
 use crate::core::{CoreError, Job, Lent, LocalWrite, Made, Merged};
 use crate::node::{Ack, ChangeFn, Error, MergeStarted, ReadFn, WriteOutcome};
+use crate::panics::panic_text;
 
 /// Reads of documents at least this large in memory run off the driver's task.
 pub(super) const HEAVY_DOC_BYTES: usize = 1 << 20;
@@ -42,6 +43,11 @@ pub(super) enum Returned {
     },
     /// The replica's own heavy work ([`crate::core::Effect::Apply`]).
     Job(Job),
+    /// The work on `doc` panicked; the document did not come back.
+    Panicked {
+        doc: String,
+        why: String,
+    },
 }
 
 /// What a change's writer waits for.
@@ -62,11 +68,10 @@ impl Driver {
                 return;
             }
         };
-        let back = self.returned_tx.clone();
-        self.reads.run(Box::new(move || {
+        self.off_loop(doc, move || {
             let done = lent.change(f).map(|((), made)| made);
-            let _ = back.send(Returned::Change { lent, done, reply });
-        }));
+            Returned::Change { lent, done, reply }
+        });
     }
 
     /// Runs a heavy merge on a reader thread.
@@ -83,15 +88,14 @@ impl Driver {
                 return;
             }
         };
-        let back = self.returned_tx.clone();
-        self.reads.run(Box::new(move || {
+        self.off_loop(doc, move || {
             let merged = lent.merge(&data);
-            let _ = back.send(Returned::Merge {
+            Returned::Merge {
                 lent,
                 merged,
                 reply,
-            });
-        }));
+            }
+        });
     }
 
     /// Runs a read of a large document on a reader thread; gives `f` back if the document
@@ -111,11 +115,10 @@ impl Driver {
                 return Ok(());
             }
         };
-        let back = self.returned_tx.clone();
-        self.reads.run(Box::new(move || {
+        self.off_loop(doc, move || {
             f(Ok(Some(lent.doc())));
-            let _ = back.send(Returned::Read { lent });
-        }));
+            Returned::Read { lent }
+        });
         Ok(())
     }
 
@@ -125,10 +128,25 @@ impl Driver {
         let Some(mut job) = self.replica.take_job(doc) else {
             return;
         };
-        let back = self.returned_tx.clone();
-        self.reads.run(Box::new(move || {
+        self.off_loop(doc, move || {
             job.run();
-            let _ = back.send(Returned::Job(job));
+            Returned::Job(job)
+        });
+    }
+
+    /// Runs `work` on a reader thread; what it returns comes back to the driver. A panic
+    /// there ends the node as a panic of the driver would (the document it held may be
+    /// half-changed; nothing acknowledged is lost, and a restart is safe).
+    fn off_loop(&self, doc: &str, work: impl FnOnce() -> Returned + Send + 'static) {
+        let back = self.returned_tx.clone();
+        let doc = doc.to_string();
+        self.reads.run(Box::new(move || {
+            let returned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                .unwrap_or_else(|payload| Returned::Panicked {
+                    doc,
+                    why: panic_text(payload),
+                });
+            let _ = back.send(returned);
         }));
     }
 
@@ -165,6 +183,9 @@ impl Driver {
                 let doc = lent.id().to_string();
                 self.replica.return_read(now, lent);
                 doc
+            }
+            Returned::Panicked { doc, why } => {
+                panic!("heavy work on document {doc:?} panicked: {why}")
             }
             Returned::Job(job) => {
                 let doc = job.doc().to_string();
