@@ -4,10 +4,11 @@
 //! some heads, and an encoded sync message with changes) is mutated with a seeded generator
 //! (bit flips, byte insertions and deletions, truncation, large LEB128 numbers spliced in
 //! where lengths and run-length counts sit, repeated slices and chunks). Automerge refuses a
-//! chunk whose checksum does not match, as a sender who means harm would not send, so most
+//! chunk whose checksum does not match, and a sender who means harm computes it: so most
 //! inputs mutate the body of one chunk and seal it again with a valid header (length and
-//! checksum): those reach the column parsers. Each input goes the way a client's data goes: the node's admission check (`concordant::limits::InflateLimit`), then,
-//! if it passes, Automerge within that budget (`load_incremental` for data to merge,
+//! checksum), and those reach the column parsers. Each input goes the way a client's data
+//! goes: the node's admission check (`concordant::limits::InflateLimit`), then, if it
+//! passes, Automerge within that budget (`load_incremental` for data to merge,
 //! `receive_sync_message` and an answer for sync messages). Nothing may panic but at the
 //! places listed in [`KNOWN_PANICS`] (found by this test, not fixed: see
 //! `vendor/automerge/PATCHED.md`), nothing may take more than [`SLOW`], and the bytes this
@@ -18,8 +19,8 @@
 //! `$CARGO_TARGET_TMPDIR/automerge_data_fuzz.last`, so an abort (an allocation that cannot
 //! be served) still names the input.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -29,46 +30,12 @@ use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, ObjType, ScalarValue, ROOT};
 use concordant::limits::InflateLimit;
 
-/// Counts the bytes each thread has allocated and not freed, and their peak.
-struct Counting;
+#[path = "common/bomb.rs"]
+mod bomb;
+#[path = "common/counting.rs"]
+mod counting;
 
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn track(delta: isize) {
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the counting only
-// touches const-initialised thread-locals, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            track(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(p, layout) };
-        track(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let q = unsafe { System.realloc(p, layout, new_size) };
-        if !q.is_null() {
-            track(new_size as isize - layout.size() as isize);
-        }
-        q
-    }
-}
+use counting::{peak_during, Counting};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -76,7 +43,7 @@ static ALLOCATOR: Counting = Counting;
 /// The most bytes one input may make this thread hold at once, above what it held before
 /// (the inputs here hold ~1.3 MB at most; before patch 6 of the vendored automerge, one
 /// held 268 MB).
-const PEAK_LIMIT: isize = 32 << 20;
+const PEAK_LIMIT: usize = 32 << 20;
 
 /// Inputs per seed input (`AUTOMERGE_FUZZ_ITERATIONS` in the environment: more).
 const ITERATIONS: usize = 400;
@@ -152,17 +119,10 @@ impl Rng {
 }
 
 /// Unsigned LEB128.
-fn uleb(mut n: u64) -> Vec<u8> {
+fn uleb(n: u64) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
+    bomb::uleb(&mut out, n);
+    out
 }
 
 /// Signed LEB128 (run-length counts of Automerge's RLE columns are signed).
@@ -521,6 +481,77 @@ fn keep(seed: usize, iteration: usize, input: &[u8]) {
     let _ = std::fs::write(dir.join(format!("{seed}-{iteration}.bin")), input);
 }
 
+/// The tally of a run.
+#[derive(Default)]
+struct Tally {
+    refused: usize,
+    failed: usize,
+    applied: usize,
+    max_peak: usize,
+    /// Known panics, by place.
+    known: BTreeMap<String, usize>,
+    /// What must not happen, described.
+    failures: Vec<String>,
+}
+
+impl Tally {
+    /// Counts one input's outcome (`Err`: it panicked).
+    fn count(&mut self, outcome: Result<Outcome, String>, what: &str) -> bool {
+        match outcome {
+            Ok(Outcome::Refused) => self.refused += 1,
+            Ok(Outcome::Failed) => self.failed += 1,
+            Ok(Outcome::Applied) => self.applied += 1,
+            Err(message) => {
+                let at = PANICKED_AT.with(|p| p.borrow().clone());
+                if !known(&at) {
+                    self.failures
+                        .push(format!("panic at {at} {message:?}: {what}"));
+                    return false;
+                }
+                *self.known.entry(at).or_default() += 1;
+            }
+        }
+        true
+    }
+
+    /// Checks one input's peak of memory and time.
+    fn bounds(&mut self, peak: usize, took: Duration, what: &str) -> bool {
+        self.max_peak = self.max_peak.max(peak);
+        if took > SLOW {
+            self.failures.push(format!("took {took:?}: {what}"));
+        }
+        if peak > PEAK_LIMIT {
+            self.failures.push(format!("peak {peak} bytes: {what}"));
+            return false;
+        }
+        true
+    }
+}
+
+/// Runs one input (a sync message if `sync` is `Some`): its outcome (`Err`: the panic's
+/// message), the most bytes held at once, and the time it took.
+fn run_one(
+    limit: &InflateLimit,
+    sync: Option<&Automerge>,
+    input: &[u8],
+) -> (Result<Outcome, String>, usize, Duration) {
+    let began = Instant::now();
+    let (outcome, peak) = peak_during(|| {
+        catch_unwind(AssertUnwindSafe(|| match sync {
+            Some(base) => run_sync(limit, base, input),
+            None => run_data(limit, input),
+        }))
+    });
+    let outcome = outcome.map_err(|panic| {
+        panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    });
+    (outcome, peak, began.elapsed())
+}
+
 #[test]
 fn mutated_automerge_data_panics_only_where_known_and_stays_bounded() {
     let limit = InflateLimit::default();
@@ -528,23 +559,20 @@ fn mutated_automerge_data_panics_only_where_known_and_stays_bounded() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(ITERATIONS);
-    record_panics();
-    FUZZING.with(|f| f.set(true));
-    let mut known_panics: std::collections::BTreeMap<String, usize> = Default::default();
     let (sync_base, sync_message) = sync_input();
     let mut seeds: Vec<(&str, Vec<u8>)> = data_inputs();
     seeds.push(("sync message", sync_message));
-    let mut failures = Vec::new();
-    let (mut refused, mut failed, mut applied) = (0, 0, 0);
-    let mut max_peak = 0;
+    record_panics();
+    FUZZING.with(|f| f.set(true));
+    let mut tally = Tally::default();
     let start = Instant::now();
     for (seed_index, (name, seed)) in seeds.iter().enumerate() {
+        let sync = (*name == "sync message").then_some(&sync_base);
         let mut rng = Rng(0x5eed_0000 + seed_index as u64 * 7919);
         for iteration in 0..iterations {
-            let (input, mutations) = if *name == "sync message" {
-                mutate_sync(&mut rng, seed)
-            } else {
-                mutate_data(&mut rng, seed)
+            let (input, mutations) = match sync {
+                Some(_) => mutate_sync(&mut rng, seed),
+                None => mutate_data(&mut rng, seed),
             };
             let what = format!(
                 "{name} ({} bytes), iteration {iteration}: {}",
@@ -552,58 +580,28 @@ fn mutated_automerge_data_panics_only_where_known_and_stays_bounded() {
                 mutations.join("; ")
             );
             note(&what);
-            let before = LIVE.with(Cell::get);
-            PEAK.with(|p| p.set(before));
-            let began = Instant::now();
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                if *name == "sync message" {
-                    run_sync(&limit, &sync_base, &input)
-                } else {
-                    run_data(&limit, &input)
-                }
-            }));
-            let took = began.elapsed();
-            let peak = PEAK.with(Cell::get) - before;
-            match outcome {
-                Ok(Outcome::Refused) => refused += 1,
-                Ok(Outcome::Failed) => failed += 1,
-                Ok(Outcome::Applied) => applied += 1,
-                Err(panic) => {
-                    let at = PANICKED_AT.with(|p| p.borrow().clone());
-                    let message = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default();
-                    if known(&at) {
-                        *known_panics.entry(at).or_default() += 1;
-                    } else {
-                        failures.push(format!("panic at {at} {message:?}: {what}"));
-                        keep(seed_index, iteration, &input);
-                    }
-                }
-            }
-            max_peak = max_peak.max(peak);
-            if peak > PEAK_LIMIT {
-                failures.push(format!("peak {peak} bytes: {what}"));
+            let (outcome, peak, took) = run_one(&limit, sync, &input);
+            let counted = tally.count(outcome, &what);
+            if !(tally.bounds(peak, took, &what) && counted) {
                 keep(seed_index, iteration, &input);
-            }
-            if took > SLOW {
-                failures.push(format!("took {took:?}: {what}"));
             }
         }
     }
+    FUZZING.with(|f| f.set(false));
     println!(
-        "{} inputs in {:?}: {refused} refused by the node's check, {failed} refused by \
-         Automerge, {applied} applied; at most {max_peak} bytes held at once",
+        "{} inputs in {:?}: {} refused by the node's check, {} refused by Automerge, {} \
+         applied; at most {} bytes held at once",
         seeds.len() * iterations,
-        start.elapsed()
+        start.elapsed(),
+        tally.refused,
+        tally.failed,
+        tally.applied,
+        tally.max_peak
     );
-    for (at, count) in &known_panics {
+    for (at, count) in &tally.known {
         println!("known panic at {at}: {count} inputs");
     }
-    FUZZING.with(|f| f.set(false));
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(tally.failures.is_empty(), "{}", tally.failures.join("\n"));
 }
 
 /// A change whose key string declares 2^28 bytes and holds 4 (the column's length is
@@ -627,10 +625,7 @@ fn a_string_longer_than_its_data_allocates_nothing_for_it() {
     body[at..at + 5].copy_from_slice(&uleb(1 << 28));
     let input = seal(&list[0]);
     assert!(InflateLimit::default().check_data(&input).is_ok());
-    let before = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(before));
-    let loaded = Automerge::new().load_incremental(&input);
-    let peak = PEAK.with(Cell::get) - before;
+    let (loaded, peak) = peak_during(|| Automerge::new().load_incremental(&input));
     assert!(loaded.is_err(), "{loaded:?}");
     assert!(peak < 1 << 20, "{peak} bytes held at once");
 }

@@ -1,52 +1,21 @@
 //! The document cache's estimate of a document's memory (`concordant::core::footprint`)
 //! against what Automerge really allocates for it, measured with a counting global
-//! allocator (one per test binary: the tests here run one after another under a lock).
+//! allocator (`common/counting.rs`: what a thread allocates and frees).
 //! For every shape the estimate must be at least the memory and at most four times it.
 //! Run with `--nocapture` to see the figures.
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, Change, ObjType, ReadDoc, ROOT};
 use concordant::core::footprint::{estimate, uncompressed_len};
+
+#[path = "common/counting.rs"]
+mod counting;
+
 use concordant::core::LoadedDoc;
-
-/// Counts the bytes allocated and not yet freed, by the whole process.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is passed on to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use counting::{held, Counting};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// One test measures at a time (the counter is the whole process's).
-static MEASURING: Mutex<()> = Mutex::new(());
-
-/// The bytes `value` holds: what dropping it frees.
-fn held<T>(value: T) -> usize {
-    let before = LIVE.load(Ordering::Relaxed);
-    drop(value);
-    before.saturating_sub(LIVE.load(Ordering::Relaxed))
-}
 
 /// Prints the figures and checks estimate ≥ memory ≥ estimate / 4.
 fn check(name: &str, stats: &automerge::Stats, estimated: usize, memory: usize) {
@@ -94,7 +63,6 @@ fn random_letters(seed: &mut u64, len: usize) -> String {
 
 #[test]
 fn the_estimate_covers_loaded_documents_of_every_shape() {
-    let _one = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     check_loaded("empty", &mut AutoCommit::new());
     let mut d = AutoCommit::new();
     d.put(ROOT, "k", 1).unwrap();
@@ -148,10 +116,10 @@ fn the_estimate_covers_loaded_documents_of_every_shape() {
     check_loaded("1000 strings of 1 KB, random", &mut d);
     let mut d = AutoCommit::new();
     let l = d.put_object(ROOT, "l", ObjType::List).unwrap();
-    for i in 0..10_000 {
+    for i in 0..2000 {
         d.insert(&l, i, i as i64).unwrap();
     }
-    check_loaded("list of 10000 ints", &mut d);
+    check_loaded("list of 2000 ints", &mut d);
     for (n, fields) in [(1000, 5), (1000, 1), (100, 50), (20, 500), (10_000, 0)] {
         let mut d = AutoCommit::new();
         for i in 0..n {
@@ -164,10 +132,10 @@ fn the_estimate_covers_loaded_documents_of_every_shape() {
     }
     let mut d = AutoCommit::new();
     let l = d.put_object(ROOT, "l", ObjType::List).unwrap();
-    for i in 0..10_000 {
+    for i in 0..2000 {
         d.insert_object(&l, i, ObjType::Map).unwrap();
     }
-    check_loaded("list of 10000 empty maps", &mut d);
+    check_loaded("list of 2000 empty maps", &mut d);
     let mut d = AutoCommit::new();
     let mut obj = ROOT;
     for _ in 0..1000 {
@@ -229,66 +197,56 @@ fn raw_len(changes: &[Change]) -> usize {
     changes.iter().map(|c| c.raw_bytes().len()).sum()
 }
 
+/// Checks the estimate of a document grown in memory from `data` bytes of data.
+fn check_grown(name: &str, doc: Automerge, data: usize) {
+    let stats = doc.stats();
+    check(name, &stats, estimate(data, &stats), held(doc));
+}
+
+/// Makes one local change with `f`; returns its raw length.
+fn local_change(
+    doc: &mut Automerge,
+    f: impl FnOnce(&mut automerge::transaction::Transaction),
+) -> usize {
+    let mut tx = doc.transaction();
+    f(&mut tx);
+    let (hash, _) = tx.commit();
+    let hash = hash.expect("a change");
+    doc.get_change_by_hash(&hash)
+        .map_or(0, |c| c.raw_bytes().len())
+}
+
 /// As the cache keeps it up to date: a loaded document's data grows by the raw bytes of
 /// each change applied, and its stats are read again.
 #[test]
 fn the_estimate_covers_documents_grown_in_memory() {
-    let _one = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let (mut doc, mut data) = loaded_base();
     let changes = remote_changes(&doc, 1000);
     data += raw_len(&changes);
     doc.apply_changes(changes).unwrap();
-    check(
-        "1000 changes applied in one batch",
-        &doc.stats(),
-        estimate(data, &doc.stats()),
-        held(doc),
-    );
+    check_grown("1000 changes applied in one batch", doc, data);
 
     let (mut doc, mut data) = loaded_base();
     for change in remote_changes(&doc, 300) {
         data += change.raw_bytes().len();
         doc.apply_changes([change]).unwrap();
     }
-    check(
-        "300 changes applied one by one",
-        &doc.stats(),
-        estimate(data, &doc.stats()),
-        held(doc),
-    );
+    check_grown("300 changes applied one by one", doc, data);
 
     let (mut doc, mut data) = loaded_base();
     for i in 0..1000 {
-        let mut tx = doc.transaction();
-        tx.put(ROOT, format!("n{i}"), i as i64).unwrap();
-        let (hash, _) = tx.commit();
-        let hash = hash.expect("a change");
-        data += doc
-            .get_change_by_hash(&hash)
-            .map_or(0, |c| c.raw_bytes().len());
+        data += local_change(&mut doc, |tx| {
+            tx.put(ROOT, format!("n{i}"), i as i64).unwrap();
+        });
     }
-    check(
-        "1000 local changes",
-        &doc.stats(),
-        estimate(data, &doc.stats()),
-        held(doc),
-    );
+    check_grown("1000 local changes", doc, data);
 
     let (mut doc, mut data) = loaded_base();
-    let mut tx = doc.transaction();
-    let t = tx.put_object(ROOT, "t", ObjType::Text).unwrap();
-    tx.splice_text(&t, 0, 0, &text(20_000)).unwrap();
-    let (hash, _) = tx.commit();
-    let hash = hash.expect("a change");
-    data += doc
-        .get_change_by_hash(&hash)
-        .map_or(0, |c| c.raw_bytes().len());
-    check(
-        "a local paste of 20000 chars",
-        &doc.stats(),
-        estimate(data, &doc.stats()),
-        held(doc),
-    );
+    data += local_change(&mut doc, |tx| {
+        let t = tx.put_object(ROOT, "t", ObjType::Text).unwrap();
+        tx.splice_text(&t, 0, 0, &text(20_000)).unwrap();
+    });
+    check_grown("a local paste of 20000 chars", doc, data);
 }
 
 /// The vendored automerge's `Stats::num_objects` (vendor/automerge/PATCHED.md, item 5)

@@ -6,9 +6,10 @@
 //! A document not in memory is never read here: the core asks its driver to read it
 //! (`Residency::Reading`, then [`crate::core::Effect::Read`]) and goes on with other work
 //! until [`Docs::read_done`] brings it. The cache has a budget by count and by bytes (the
-//! memory a document holds, estimated by [`super::footprint`] from lengths: measured where a
-//! document is decoded, and kept up to date as changes are applied); past it, the least recently used documents are
-//! dropped, except pinned ones: those with changes not yet durable, pending or held back.
+//! memory a document holds, estimated by [`super::footprint`] from lengths: measured where
+//! a document is decoded, and kept up to date as changes are applied); past it, the least
+//! recently used documents are dropped, except pinned ones: those with changes not yet
+//! durable, pending or held back.
 //! A dropped document is exactly what the store holds, so reading it again gives the same
 //! heads.
 
