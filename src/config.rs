@@ -66,7 +66,11 @@ pub struct Tuning {
     /// Documents kept in memory, at most (default 4096); others are read from storage on
     /// use. Documents whose changes are not yet durable stay besides.
     pub cache_docs: usize,
-    /// Encoded bytes of the documents kept in memory, at most (default 64 MiB).
+    /// The memory the documents kept in memory hold, at most (default 64 MiB), as estimated
+    /// from their data and their counts of changes, ops and objects (see
+    /// [`crate::core::footprint`]: at least what they hold, for the shapes measured; 13 KiB
+    /// per document, 1.5 times its data uncompressed, 256 bytes per change, 64 per object,
+    /// 1 per op). Documents with changes not yet durable stay besides.
     pub cache_bytes: usize,
     /// automerge-repo WebSocket clients (`GET /v1/sync`) one node accepts at once
     /// (default 10000); more are refused with 503.

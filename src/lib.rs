@@ -10,7 +10,8 @@
 //! - [`init`]: `concordant init`, writing a new cluster directory.
 //! - [`core`]: the sans-IO replication core (no tokio, sockets, files or clocks): push and
 //!   forwarding, a bounded cache of documents over the store (documents it lacks are asked
-//!   for as effects, never read by the core), the reconciliation tree of (document, heads)
+//!   for as effects, never read by the core; its bytes are the memory documents hold, as
+//!   `core::footprint` estimates it), the reconciliation tree of (document, heads)
 //!   fingerprints, bulk repair, acknowledgements, and the timers it asks to be woken for
 //!   (`poll_timeout`).
 //! - [`wire`]: the peer protocol: versioned messages, framing, limits.

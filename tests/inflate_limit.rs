@@ -6,71 +6,20 @@
 //! that run-length encoded columns declare (`automerge::change_sizes`, `src/limits.rs`):
 //! refused after at most `max_change_ops + 1` decoded ops, allocating nothing per op.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 #[path = "common/bomb.rs"]
 mod bomb;
+#[path = "common/counting.rs"]
+mod counting;
 
 use automerge::inflate_limit::{check_inflated_size, with_inflate_limit, InflateLimitExceeded};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, Change, ObjType, ReadDoc, ROOT};
 use bomb::{change_chunk_bomb, rle_ops_change, MIB};
 use concordant::limits::DataLimits;
-
-/// Counts the bytes each thread has allocated and not freed, and their peak.
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn track(delta: isize) {
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the counting only
-// touches const-initialised thread-locals, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            track(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(p, layout) };
-        track(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let q = unsafe { System.realloc(p, layout, new_size) };
-        if !q.is_null() {
-            track(new_size as isize - layout.size() as isize);
-        }
-        q
-    }
-}
+use counting::{peak_during, Counting};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// Runs `f` and returns its result and the most bytes this thread held at once beyond what
-/// it held before.
-fn peak_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let start = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(start));
-    let r = f();
-    let peak = PEAK.with(Cell::get) - start;
-    (r, peak.max(0) as usize)
-}
 
 /// A saved document with a text of `n` times the letter a: its value column is compressed.
 fn repetitive_doc(n: usize) -> Vec<u8> {

@@ -5,8 +5,9 @@
 //! Gauges: `concordant_docs` (documents stored), `concordant_fingerprint` (the top 53 bits
 //! of the node's document-set fingerprint, `fingerprint >> 11`, so that the float64 of the
 //! text format holds it exactly; equal on two nodes that hold the same documents at the same
-//! heads), `concordant_docs_loaded` (documents in memory), `concordant_cache_bytes` (their encoded bytes), `concordant_pending_writes` (writes waiting for durability or
-//! acknowledgements), `concordant_storage_queued_bytes` (bytes waiting to be written to
+//! heads), `concordant_docs_loaded` (documents in memory), `concordant_cache_bytes` (the
+//! memory they hold, estimated), `concordant_pending_writes` (writes waiting for durability
+//! or acknowledgements), `concordant_storage_queued_bytes` (bytes waiting to be written to
 //! storage), `concordant_storage_failing` (1 while storage fails and writes are refused),
 //! `concordant_peers`, `concordant_peers_connected`,
 //! `concordant_peer_connected{peer}`, `concordant_peer_down{peer}`,
@@ -298,7 +299,8 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
     );
     m.gauge(
         "concordant_cache_bytes",
-        "Encoded bytes of the documents in memory.",
+        "The memory the documents in memory hold, estimated from their data and counts of \
+         changes, ops and objects.",
         &[],
         s.cache_bytes as u64,
     );

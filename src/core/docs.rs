@@ -6,8 +6,10 @@
 //! A document not in memory is never read here: the core asks its driver to read it
 //! (`Residency::Reading`, then [`crate::core::Effect::Read`]) and goes on with other work
 //! until [`Docs::read_done`] brings it. The cache has a budget by count and by bytes (the
-//! encoded size of what a document holds); past it, the least recently used documents are
-//! dropped, except pinned ones: those with changes not yet durable, pending or held back.
+//! memory a document holds, estimated by [`super::footprint`] from lengths: measured where
+//! a document is decoded, and kept up to date as changes are applied); past it, the least
+//! recently used documents are dropped, except pinned ones: those with changes not yet
+//! durable, pending or held back.
 //! A dropped document is exactly what the store holds, so reading it again gives the same
 //! heads.
 
@@ -79,8 +81,12 @@ pub(crate) struct DocState {
     pub(crate) last_change_ms: u64,
     /// The persist batch that last took changes of this document (0: none this run).
     pub(crate) persist_token: u64,
-    /// Encoded bytes the document holds (stored size when loaded, plus changes since).
-    pub(crate) size: usize,
+    /// Bytes of Automerge data the document was built from, uncompressed (its stored data
+    /// when loaded, plus the changes accepted since).
+    data: usize,
+    /// The memory it holds, estimated from `data` and its stats when last measured (what
+    /// the cache counts).
+    size: usize,
     /// Position in the cache's use order.
     stamp: u64,
 }
@@ -94,9 +100,15 @@ impl DocState {
             orphans: HashMap::new(),
             last_change_ms: 0,
             persist_token: 0,
+            data: 0,
             size: 0,
             stamp: 0,
         }
+    }
+
+    /// The memory it holds, as the cache counts it (see `size`).
+    pub(crate) fn size(&self) -> usize {
+        self.size
     }
 
     /// True if the change is applied, queued in Automerge, or pending here.
@@ -203,7 +215,7 @@ impl DocState {
 pub(crate) struct Budget {
     /// Documents in memory, at most (pinned ones excepted).
     pub(crate) docs: usize,
-    /// Encoded bytes of documents in memory, at most (pinned ones excepted).
+    /// Memory of the documents in memory, estimated, at most (pinned ones excepted).
     pub(crate) bytes: usize,
 }
 
@@ -370,12 +382,13 @@ impl Docs {
                 let LoadedDoc {
                     mut doc,
                     changes,
-                    size,
+                    mut data,
                     ..
                 } = *loaded;
                 let mut persist_token = 0;
                 if let Some(u) = self.unsaved.remove(id) {
                     // Accepted while unloaded: a change the store already has is a no-op.
+                    data += u.changes.iter().map(|c| c.raw_bytes().len()).sum::<usize>();
                     if doc.apply_changes(u.changes).is_err() {
                         self.stats.load_errors += 1;
                         return;
@@ -384,10 +397,10 @@ impl Docs {
                 }
                 let mut state = DocState::new(doc.with_actor(self.actor.clone()));
                 state.track_orphans(changes);
-                state.size = size;
+                state.data = data;
                 state.persist_token = persist_token;
                 self.insert_state(id.to_string(), state);
-                self.bytes += size;
+                self.resize(id);
                 self.refresh(id);
             }
             Ok(Fetched::Log(Some(log))) => {
@@ -432,6 +445,7 @@ impl Docs {
         let size = state.size;
         self.insert_state(id.clone(), state);
         self.bytes += size;
+        self.resize(&id);
         self.refresh(&id);
         id
     }
@@ -507,11 +521,16 @@ impl Docs {
     /// Adds a decoded document (start-up without a store, or tests).
     pub(crate) fn insert(&mut self, loaded: LoadedDoc) {
         let LoadedDoc {
-            id, doc, changes, ..
+            id,
+            doc,
+            changes,
+            data,
         } = loaded;
         let mut state = DocState::new(doc.with_actor(self.actor.clone()));
         state.track_orphans(changes);
+        state.data = data;
         self.insert_state(id.clone(), state);
+        self.resize(&id);
         self.refresh(&id);
     }
 
@@ -527,14 +546,25 @@ impl Docs {
         }
     }
 
-    /// Records that persist batch `token` takes `bytes` more of the document's changes.
+    /// Records that persist batch `token` takes `bytes` more of the document's changes (in
+    /// the document, or pending for it).
     pub(crate) fn batched(&mut self, id: &str, token: u64, bytes: usize) {
         if let Some(d) = self.loaded.get_mut(id) {
-            d.size += bytes;
+            d.data += bytes;
             d.persist_token = token;
-            self.bytes += bytes;
+            self.resize(id);
         } else if let Some(u) = self.unsaved.get_mut(id) {
             u.token = token;
+        }
+    }
+
+    /// Measures again the memory the document holds (see [`super::footprint`]), after
+    /// changes were applied to it. Cheap: lengths only.
+    pub(crate) fn resize(&mut self, id: &str) {
+        if let Some(d) = self.loaded.get_mut(id) {
+            let size = super::footprint::estimate(d.data, &d.doc.stats());
+            self.bytes = self.bytes - d.size + size;
+            d.size = size;
         }
     }
 

@@ -2,7 +2,7 @@
 //! into Automerge ([`LoadedDoc`]) or just its heads and change log ([`StoredLog`]: enough to
 //! take changes that extend it, or to answer a peer, without decoding the document).
 
-use automerge::{Automerge, Change, ChangeHash};
+use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
 use super::CoreError;
 use crate::storage::DocReader;
@@ -74,8 +74,9 @@ pub struct LoadedDoc {
     pub(crate) id: String,
     pub(crate) doc: Automerge,
     pub(crate) changes: Vec<Change>,
-    /// Encoded bytes it was decoded from (what the cache counts).
-    pub(crate) size: usize,
+    /// Bytes of Automerge data it was built from, uncompressed (see
+    /// [`footprint`](super::footprint)).
+    pub(crate) data: usize,
 }
 
 impl LoadedDoc {
@@ -104,13 +105,26 @@ impl LoadedDoc {
         (self.doc.save(), held_back)
     }
 
+    /// The document.
+    pub fn doc(&self) -> &Automerge {
+        &self.doc
+    }
+
+    /// The memory the document holds, estimated (what the document cache counts; see
+    /// [`footprint`](super::footprint)).
+    pub fn footprint(&self) -> usize {
+        super::footprint::estimate(self.data, &self.doc.stats())
+    }
+
     /// The document's heads.
     pub fn heads(&self) -> Vec<[u8; 32]> {
         self.doc.get_heads().iter().map(|h| h.0).collect()
     }
 
     /// Loads the snapshot (if any) and applies the changes appended after it in one batch.
-    /// Needs no replica, so documents can be decoded in parallel. Bytes that do not decode
+    /// Needs no replica, so documents can be decoded in parallel. Measures the data for
+    /// [`LoadedDoc::footprint`] here too (the snapshot's compressed columns are inflated
+    /// once more), so that the driver's event loop never does. Bytes that do not decode
     /// are an error. A change that decodes but that Automerge refuses (stored unchecked
     /// while the document was not in memory, e.g. a faulty peer's reuse of a sequence
     /// number) is left out, as it would have been had the document been loaded.
@@ -138,12 +152,13 @@ impl LoadedDoc {
             doc = base()?;
             decoded.retain(|c| doc.apply_changes([c.clone()]).is_ok());
         }
-        let size = snapshot.map_or(0, <[u8]>::len) + changes.iter().map(Vec::len).sum::<usize>();
+        let data = snapshot.map_or(0, super::footprint::uncompressed_len)
+            + decoded.iter().map(|c| c.raw_bytes().len()).sum::<usize>();
         Ok(LoadedDoc {
             id: id.to_string(),
             doc,
             changes: decoded,
-            size,
+            data,
         })
     }
 }

@@ -19,6 +19,7 @@
 mod clients;
 mod docs;
 mod effect;
+pub mod footprint;
 mod gate;
 mod history;
 mod lag;

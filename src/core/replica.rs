@@ -68,7 +68,8 @@ pub struct CoreConfig {
     /// Documents kept in memory, at most (documents with changes not yet durable stay
     /// besides). Only with a store ([`Replica::set_store`]); without one all stay.
     pub cache_docs: usize,
-    /// Encoded bytes of the documents kept in memory, at most (likewise).
+    /// The memory the documents kept in memory hold, estimated (see
+    /// [`crate::core::footprint`]), at most (likewise).
     pub cache_bytes: usize,
     /// Documents asked of one peer by bulk repair and not answered yet, at most.
     pub want_window: usize,
@@ -203,7 +204,7 @@ pub struct DocCounts {
     pub stored: usize,
     /// Documents in memory.
     pub loaded: usize,
-    /// Encoded bytes of the documents in memory.
+    /// The memory the documents in memory hold, estimated (see [`crate::core::footprint`]).
     pub loaded_bytes: usize,
 }
 
@@ -774,6 +775,7 @@ impl Replica {
             self.docs.refresh(doc);
             self.notify(doc.to_string(), heads);
         }
+        self.docs.resize(doc);
         if !applied.extra.is_empty() {
             let me = self.id.clone();
             self.accept_new(doc, &me, None, false, applied.extra);

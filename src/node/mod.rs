@@ -219,9 +219,9 @@ pub struct NodeStatus {
     pub peers: Vec<PeerStatus>,
     /// Number of documents stored.
     pub docs: usize,
-    /// Documents in memory, and their encoded bytes.
+    /// Documents in memory.
     pub docs_loaded: usize,
-    /// Encoded bytes of the documents in memory.
+    /// The memory the documents in memory hold, estimated (see [`crate::core::footprint`]).
     pub cache_bytes: usize,
     /// Writes waiting for durability or acknowledgements.
     pub pending_writes: usize,

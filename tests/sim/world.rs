@@ -305,8 +305,10 @@ impl Sim {
                 2 | 3 => rng.random_range(4..=6),
                 _ => rng.random_range(1..=3),
             },
+            // Sometimes room for one to four small documents by bytes (see
+            // `concordant::core::footprint`).
             cache_bytes: match rng.random_range(0..10) {
-                0 | 1 => rng.random_range(200..=800),
+                0 | 1 => rng.random_range(14_000..=60_000),
                 _ => 64 << 20,
             },
             want_window: if rng.random_bool(0.5) {

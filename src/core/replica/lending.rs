@@ -13,9 +13,10 @@ use crate::core::lend::{Job, Lent, Made, Merged, Work};
 use crate::core::{CoreError, Effect, LocalWrite};
 
 impl Replica {
-    /// The size the cache counts for `doc`, if it is in memory.
+    /// The memory the cache counts for `doc` (an estimate, see `footprint`), if it is in
+    /// memory.
     pub fn loaded_size(&self, doc: &str) -> Option<usize> {
-        self.docs.peek(doc).map(|d| d.size)
+        self.docs.peek(doc).map(|d| d.size())
     }
 
     /// Takes `doc` out of memory for heavy work on another thread (see `lend`): until it

@@ -445,3 +445,60 @@ fn heads_learnt_from_a_read_or_a_durable_batch_spare_the_next_read() {
     }
     assert_eq!(b.stats().doc_loads, 1, "only the load that `evict` made");
 }
+
+#[test]
+fn the_byte_budget_counts_the_memory_documents_hold() {
+    use crate::core::footprint::{PER_CHANGE, PER_DOC, PER_OP};
+    let store = MemoryStore::new();
+    let config = CoreConfig {
+        cache_docs: 100,
+        // Three documents of one small change fit, four do not.
+        cache_bytes: 3 * PER_DOC + 3 * 1024,
+        ..CoreConfig::default()
+    };
+    let mut a = replica_with("a", config);
+    a.set_store(StoredIndex::new());
+    let mut store = store;
+    for i in 0..10 {
+        put(&mut a, 1, &format!("d{i}"), "k", i, false);
+        settle(&mut a, &mut store);
+    }
+    let counts = a.doc_counts();
+    assert_eq!(counts.loaded, 3, "{counts:?}");
+    assert!(
+        counts.loaded_bytes >= 3 * (PER_DOC + PER_CHANGE),
+        "{counts:?}"
+    );
+    assert!(counts.loaded_bytes <= 3 * PER_DOC + 3 * 1024, "{counts:?}");
+
+    // Remote changes to a document in memory count once applied: each adds a change, an
+    // op and its bytes.
+    let (mut a, mut b, mut store) = linked_to_stored();
+    put(&mut a, 1, "d", "k", 0, false);
+    send_all(&mut a, &mut b, 2);
+    settle(&mut b, &mut store);
+    loaded(&mut b, &mut store, "d");
+    let before = b.doc_counts().loaded_bytes;
+    assert!(before >= PER_DOC + PER_CHANGE + PER_OP, "{before}");
+    for v in 1..6 {
+        put(&mut a, 3, "d", "k", v, false);
+    }
+    send_all(&mut a, &mut b, 4);
+    settle(&mut b, &mut store);
+    let counts = b.doc_counts();
+    assert_eq!(counts.loaded, 1, "{counts:?}");
+    assert!(
+        counts.loaded_bytes >= before + 5 * (PER_CHANGE + PER_OP),
+        "{before} then {counts:?}"
+    );
+    // Read back after eviction, it counts what its decoded form is estimated at.
+    evict(&mut b, &mut store, "d");
+    let expected = crate::core::LoadedDoc::read(store.reader().as_ref(), "d")
+        .unwrap()
+        .unwrap()
+        .footprint();
+    loaded(&mut b, &mut store, "d");
+    let counts = b.doc_counts();
+    assert_eq!(counts.loaded, 1, "\"other\" was dropped: {counts:?}");
+    assert_eq!(counts.loaded_bytes, expected);
+}

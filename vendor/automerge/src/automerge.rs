@@ -2272,6 +2272,8 @@ impl ReadDoc for Automerge {
         let num_changes = self.change_graph.len() as u64;
         let num_ops = self.ops.len() as u64;
         let num_actors = self.ops.actors.len() as u64;
+        // concordant patch: objects, for an estimate of the document's memory
+        let num_objects = self.ops.obj_info.0.len() as u64;
         let cargo_package_name = env!("CARGO_PKG_NAME");
         let cargo_package_version = env!("CARGO_PKG_VERSION");
         let rustc_version = env!("CARGO_PKG_RUST_VERSION");
@@ -2279,6 +2281,7 @@ impl ReadDoc for Automerge {
             num_changes,
             num_ops,
             num_actors,
+            num_objects,
             cargo_package_name,
             cargo_package_version,
             rustc_version,

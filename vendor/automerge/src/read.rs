@@ -317,6 +317,9 @@ pub struct Stats {
     pub num_changes: u64,
     /// The number of actors in the document
     pub num_actors: u64,
+    /// The number of objects (maps, lists, texts) the document indexes, the root excepted
+    /// (concordant patch: what an object costs in memory is not in `num_ops`)
+    pub num_objects: u64,
     /// package name from cargo.toml ("automerge");
     pub cargo_package_name: &'static str,
     /// package version from cargo.toml

@@ -110,8 +110,13 @@ impl Decodable for Vec<u8> {
                 maximum: MAX_ALLOCATION,
             });
         }
-        let mut buffer = vec![0; len];
-        bytes.read_exact(buffer.as_mut_slice())?;
+        // concordant patch: grow the buffer with the bytes that are there, rather than
+        // allocate the declared length (up to MAX_ALLOCATION) before reading any.
+        let mut buffer = Vec::new();
+        bytes.take(len as u64).read_to_end(&mut buffer)?;
+        if buffer.len() != len {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
         Ok(buffer)
     }
 }
