@@ -629,3 +629,90 @@ fn a_string_longer_than_its_data_allocates_nothing_for_it() {
     assert!(loaded.is_err(), "{loaded:?}");
     assert!(peak < 1 << 20, "{peak} bytes held at once");
 }
+
+/// Up to `want` mutated inputs (data to merge, or sync messages if `sync`) that make
+/// Automerge panic, from the same seeds as the test above.
+fn panicking_inputs(sync: Option<&Automerge>, want: usize) -> Vec<Vec<u8>> {
+    let limit = DataLimits::default();
+    let seeds: Vec<Vec<u8>> = match sync {
+        Some(_) => vec![sync_input().1],
+        None => data_inputs().into_iter().map(|(_, d)| d).collect(),
+    };
+    let mut found = Vec::new();
+    FUZZING.with(|f| f.set(true));
+    for (i, seed) in seeds.iter().enumerate() {
+        let mut rng = Rng(0x5eed_0000 + i as u64 * 7919);
+        for _ in 0..ITERATIONS * 4 {
+            let (input, _) = match sync {
+                Some(_) => mutate_sync(&mut rng, seed),
+                None => mutate_data(&mut rng, seed),
+            };
+            if run_one(&limit, sync, &input).0.is_err() {
+                found.push(input);
+                if found.len() == want {
+                    break;
+                }
+            }
+        }
+    }
+    FUZZING.with(|f| f.set(false));
+    found
+}
+
+/// The node applies a client's data on a copy of the document with panics caught
+/// (`core::untrusted`): every input above that makes Automerge panic is refused as bad
+/// data by `Replica::merge` and by a client's sync message, the document is unchanged, and
+/// the replica goes on working.
+#[test]
+fn the_node_refuses_data_that_makes_automerge_panic_and_keeps_working() {
+    use concordant::core::{ClientError, CoreConfig, CoreError, Flood, Replica};
+    record_panics();
+    let data = panicking_inputs(None, 12);
+    let (base, _) = sync_input();
+    let messages = panicking_inputs(Some(&base), 4);
+    assert!(
+        !data.is_empty() && !messages.is_empty(),
+        "panicking inputs exist"
+    );
+    let mut r = Replica::new("n1", [7; 16], Box::new(Flood), CoreConfig::default());
+    r.merge(1, "d", &sample_doc().save()).unwrap();
+    r.merge(1, "s", &base.save()).unwrap();
+    let heads = |r: &Replica, doc: &str| r.doc(doc).unwrap().get_heads();
+    let (before_d, before_s) = (heads(&r, "d"), heads(&r, "s"));
+    FUZZING.with(|f| f.set(true));
+    for input in &data {
+        let refused = r.merge(2, "d", input);
+        assert!(
+            matches!(
+                refused,
+                Err(CoreError::BadAutomergeData { .. }) | Ok((0, None))
+            ),
+            "{refused:?}"
+        );
+    }
+    r.client_open(1);
+    for input in &messages {
+        let refused = r.client_sync(3, 1, "s", input, false);
+        assert!(
+            matches!(refused, Err(ClientError::BadSync { .. })),
+            "{refused:?}"
+        );
+        r.client_close(1);
+        r.client_open(1);
+    }
+    FUZZING.with(|f| f.set(false));
+    assert_eq!(heads(&r, "d"), before_d, "d unchanged");
+    assert_eq!(heads(&r, "s"), before_s, "s unchanged");
+    let mut other = AutoCommit::new();
+    other.put(ROOT, "after", 1).unwrap();
+    assert_eq!(
+        r.merge(4, "e", &other.save()).unwrap().0,
+        1,
+        "the replica works"
+    );
+    println!(
+        "{} panicking merge inputs and {} sync messages refused",
+        data.len(),
+        messages.len()
+    );
+}

@@ -294,9 +294,10 @@ async fn check_data(state: &AppState, id: &str, data: Bytes) -> Result<(), HttpE
     let checked = tokio::task::spawn_blocking(move || limit.check_data(&data))
         .await
         .map_err(|e| {
+            // Automerge panics on some malformed data (see `core::untrusted`).
             HttpError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("document {id:?}: checking the data failed: {e}"),
+                StatusCode::BAD_REQUEST,
+                format!("document {id:?}: not Automerge data this node can read: {e}"),
             )
         })?;
     checked.map_err(|refused| {

@@ -21,12 +21,12 @@
 
 use std::collections::HashSet;
 
-use automerge::sync::{self, SyncDoc};
+use automerge::sync;
 use automerge::transaction::Transaction;
 use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 
 use super::docs::{Applied, DocState};
-use super::CoreError;
+use super::{untrusted, CoreError};
 
 /// Work of at least this many ops is heavy: the default of
 /// [`crate::core::CoreConfig::heavy_ops`], and the driver's measure for its own changes.
@@ -41,10 +41,8 @@ pub struct Lent {
 
 /// What [`Lent::merge`] added: the new changes, encoded.
 pub struct Merged {
-    /// Changes new to the document (Automerge may hold some back until their dependencies
-    /// arrive).
-    pub(super) count: usize,
-    /// Their bytes, with any changes Automerge had queued that became applicable.
+    /// The changes new to the document, encoded: the data's, and any Automerge had queued
+    /// that became applicable.
     pub(super) bytes: Vec<Vec<u8>>,
 }
 
@@ -120,56 +118,37 @@ pub(super) fn transact<R, E>(
 }
 
 /// Merges Automerge data (a saved document or concatenated changes) into `state`. The data
-/// is checked completely before anything changes.
+/// must load into a new document, then it is taken by a copy of the document (see
+/// `untrusted`): refused, it changes nothing.
 pub(super) fn merge_into(id: &str, state: &mut DocState, data: &[u8]) -> Result<Merged, CoreError> {
     let bad = |detail: String| CoreError::BadAutomergeData {
         doc: id.to_string(),
         detail,
     };
-    let mut scratch = Automerge::new();
-    scratch
-        .load_incremental(data)
-        .map_err(|e| bad(e.to_string()))?;
-    let missing = scratch.get_missing_deps(&[]);
-    if !missing.is_empty() {
-        // Changes made on top of history (`save_after`): fine if the document has it.
-        if !missing
-            .iter()
-            .all(|h| state.doc.get_change_meta_by_hash(h).is_some())
-        {
-            return Err(bad(
-                "changes depend on history that neither the data nor the document has".into(),
-            ));
-        }
-        scratch = state.doc.clone();
-        scratch
-            .load_incremental(data)
-            .map_err(|e| bad(e.to_string()))?;
-    }
-    let new = state.doc.get_changes_added(&scratch);
-    let count = new.len();
-    if new.is_empty() {
-        return Ok(Merged {
-            count,
-            bytes: Vec::new(),
-        });
-    }
-    let mut bytes: Vec<Vec<u8>> = new.iter().map(|c| c.raw_bytes().to_vec()).collect();
-    let accepted: HashSet<ChangeHash> = new.iter().map(|c| c.hash()).collect();
+    // A document with history skips what it cannot parse: a new one refuses it.
+    let load = |doc: &mut Automerge| doc.load_incremental(data).map_err(|e| e.to_string());
+    untrusted::on_copy(&mut Automerge::new(), load).map_err(bad)?;
     let before = state.doc.get_heads();
-    let queued_before = !state.doc.get_missing_deps(&[]).is_empty();
-    state
-        .doc
-        .apply_changes(new)
-        .map_err(|source| CoreError::Automerge {
-            doc: id.to_string(),
-            source: Box::new(source),
-        })?;
-    if queued_before {
-        // Changes Automerge had queued may have become applicable: persist them too.
-        bytes.extend(state.unaccepted_since(&before, &accepted));
-    }
-    Ok(Merged { count, bytes })
+    let missing_before: HashSet<ChangeHash> = state.doc.get_missing_deps(&[]).into_iter().collect();
+    untrusted::on_copy(&mut state.doc, |copy| {
+        copy.load_incremental(data).map_err(|e| e.to_string())?;
+        // Changes made on top of history (`save_after`) are fine if the document has it.
+        if copy
+            .get_missing_deps(&[])
+            .iter()
+            .any(|h| !missing_before.contains(h))
+        {
+            return Err(
+                "changes depend on history that neither the data nor the document has".into(),
+            );
+        }
+        Ok(())
+    })
+    .map_err(bad)?;
+    // New: every change applied since (those Automerge had queued and could now apply
+    // included), but those held back before, which were persisted when they came.
+    let bytes = state.unaccepted_since(&before, &HashSet::new());
+    Ok(Merged { bytes })
 }
 
 /// Heavy work the replica lends out by itself ([`Effect::Apply`](super::Effect::Apply)):
@@ -233,10 +212,7 @@ impl Job {
                 if let Some(msg) = msg.take() {
                     let before = state.doc.get_heads();
                     let offered = unseen_changes(&state.doc, &msg);
-                    let verdict = state
-                        .doc
-                        .receive_sync_message(session, msg)
-                        .map_err(|e| e.to_string());
+                    let verdict = untrusted::receive_sync(&mut state.doc, session, msg);
                     *received = Some((before, offered, verdict));
                 }
             }

@@ -30,6 +30,7 @@ mod peers;
 mod reconcile;
 mod replica;
 mod router;
+mod untrusted;
 
 pub use clients::ClientMsg;
 pub use docs::StoredIndex;

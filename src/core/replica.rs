@@ -453,23 +453,24 @@ impl Replica {
         doc: &str,
         merged: Result<Merged, CoreError>,
     ) -> Result<(usize, Option<u64>), CoreError> {
-        let merged = match merged {
-            Ok(m) if !m.bytes.is_empty() => m,
+        let bytes = match merged {
+            Ok(m) if !m.bytes.is_empty() => m.bytes,
             other => {
                 self.docs.remove_if_empty(doc);
-                return other.map(|m| (m.count, None));
+                return other.map(|_| (0, None));
             }
         };
         let Some(state) = self.docs.peek_mut(doc) else {
-            return Ok((merged.count, None));
+            return Ok((0, None));
         };
         state.last_change_ms = now;
         let heads = state.doc.get_heads();
+        let count = bytes.len();
         self.docs.refresh(doc);
         let me = self.id.clone();
-        self.accept_new(doc, &me, None, false, merged.bytes);
+        self.accept_new(doc, &me, None, false, bytes);
         self.notify(doc.to_string(), heads);
-        Ok((merged.count, Some(self.batches.token())))
+        Ok((count, Some(self.batches.token())))
     }
 
     /// A link to `peer` is up: it becomes a push target, and the node of the two with the

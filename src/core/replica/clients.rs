@@ -14,6 +14,7 @@ use super::reads::Parked;
 use super::Replica;
 use crate::core::clients::{ClientMsg, Waiting};
 use crate::core::lend::{unseen_changes, Work};
+use crate::core::untrusted;
 use crate::core::{CoreError, Effect};
 use crate::wire::{Ephemeral, Message, Want};
 
@@ -259,11 +260,11 @@ impl Replica {
         }
         let before = state.doc.get_heads();
         let offered = unseen_changes(&state.doc, &msg);
-        if let Err(e) = state.doc.receive_sync_message(session, msg) {
+        if let Err(detail) = untrusted::receive_sync(&mut state.doc, session, msg) {
             self.docs.remove_if_empty(doc);
             return Err(ClientError::BadSync {
                 doc: doc.to_string(),
-                detail: e.to_string(),
+                detail,
             });
         }
         self.client_synced(now, client, doc, before, offered);
