@@ -192,32 +192,41 @@ impl Index {
 
     /// Sets every document of `bulk`, as many [`Index::set`]s in the order they were
     /// added would, but several times faster: bucket by bucket, each grown once to its final
-    /// size, and without searching the buckets if the index was empty.
+    /// size, and without searching the buckets if the index was empty (then the two halves
+    /// of the buckets are filled by two threads: a restart files millions of documents
+    /// before the node serves).
     pub(crate) fn extend(&mut self, bulk: Bulk) {
-        let fresh = self.len == 0;
         for (leaf, size) in self.leaves.iter_mut().zip(bulk.sizes) {
             leaf.reserve_exact(size);
         }
-        for mut part in bulk.parts {
-            // By bucket (the hash's top bits), then in the order added: adds of one id are
-            // next to each other, the last one last.
-            part.items.sort_unstable();
-            let entry = |start: usize| part.packed.get(start..).and_then(|r| entries(r).next());
-            for (i, &(h, start)) in part.items.iter().enumerate() {
-                let Some(e) = entry(start) else { continue };
-                if !fresh {
-                    self.put(h, e.id, e.digest);
-                    continue;
+        if self.len > 0 {
+            for mut part in bulk.parts {
+                part.items.sort_unstable();
+                for &(h, start) in &part.items {
+                    if let Some(e) = part.packed.get(start..).and_then(|r| entries(r).next()) {
+                        self.put(h, e.id, e.digest);
+                    }
                 }
-                let replaced_later = part.items[i + 1..]
-                    .iter()
-                    .take_while(|&&(later, _)| later == h)
-                    .any(|&(_, s)| entry(s).is_some_and(|l| l.id == e.id));
-                if !replaced_later {
-                    let b = bucket_of_hash(h);
-                    pack(&mut self.leaves[b], e.id, e.digest);
-                    self.len += 1;
-                    self.update(b, item_hash(h, e.digest));
+            }
+            return;
+        }
+        let mut low_parts = bulk.parts;
+        let high_parts = low_parts.split_off(low_parts.len() / 2);
+        let (low_leaves, high_leaves) = self.leaves.split_at_mut(BUCKETS / 2);
+        let (low, high) = std::thread::scope(|scope| {
+            let low = scope.spawn(|| fill(low_parts, low_leaves, 0));
+            let high = fill(high_parts, high_leaves, BUCKETS / 2);
+            (low.join(), high)
+        });
+        let low = match low {
+            Ok(low) => low,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        for (first, (count, xors)) in [(0, low), (BUCKETS / 2, high)] {
+            self.len += count;
+            for (i, x) in xors.into_iter().enumerate() {
+                if x != 0 {
+                    self.update(first + i, x);
                 }
             }
         }
@@ -366,6 +375,35 @@ impl Index {
             fps[b >> (FANOUT_BITS as usize * (LEAF_LEVEL as usize - level))] ^= delta;
         }
     }
+}
+
+/// Files the items of `parts` into `leaves`, the buckets from `first` on, of an empty
+/// index: an id added several times keeps its last digest. Returns how many documents it
+/// filed and the XOR of their item hashes per bucket (for the tree).
+fn fill(parts: Vec<Part>, leaves: &mut [Vec<u8>], first: usize) -> (usize, Vec<u64>) {
+    let mut xors = vec![0u64; leaves.len()];
+    let mut count = 0;
+    for mut part in parts {
+        // By bucket (the hash's top bits), then in the order added: adds of one id are next
+        // to each other, the last one last.
+        part.items.sort_unstable();
+        let (items, packed) = (&part.items, &part.packed);
+        let entry = |start: usize| packed.get(start..).and_then(|r| entries(r).next());
+        for (i, &(h, start)) in items.iter().enumerate() {
+            let Some(e) = entry(start) else { continue };
+            let replaced_later = items[i + 1..]
+                .iter()
+                .take_while(|&&(later, _)| later == h)
+                .any(|&(_, s)| entry(s).is_some_and(|l| l.id == e.id));
+            if !replaced_later {
+                let b = bucket_of_hash(h) - first;
+                pack(&mut leaves[b], e.id, e.digest);
+                xors[b] ^= item_hash(h, e.digest);
+                count += 1;
+            }
+        }
+    }
+    (count, xors)
 }
 
 /// Number of nodes at `level`.
