@@ -170,13 +170,10 @@ async fn a_large_merge_is_applied_while_the_node_serves_everything_else() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_read_of_a_large_document_runs_while_the_node_serves_everything_else() {
+/// Merges a document over 1 MiB in memory (two strings of 600,000 bytes) into `doc`: reads
+/// of it are heavy work.
+async fn merge_large_doc(node: &Node, doc: &str) {
     use automerge::transaction::Transactable;
-    let cluster = TestCluster::start(1, TopologyKind::Mesh).await;
-    let node = cluster.node(0);
-    // A document over 1 MiB, read by a closure that takes 300 ms (an embedding app's
-    // `with_doc`; `GET /v1/docs/{id}` of a large document goes the same way).
     let mut outside = automerge::AutoCommit::new();
     outside
         .put(automerge::ROOT, "a", "x".repeat(600_000))
@@ -184,7 +181,16 @@ async fn a_long_read_of_a_large_document_runs_while_the_node_serves_everything_e
     outside
         .put(automerge::ROOT, "b", "y".repeat(600_000))
         .unwrap();
-    node.merge("big", outside.save()).await.unwrap();
+    node.merge(doc, outside.save()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_read_of_a_large_document_runs_while_the_node_serves_everything_else() {
+    let cluster = TestCluster::start(1, TopologyKind::Mesh).await;
+    let node = cluster.node(0);
+    // A document over 1 MiB, read by a closure that takes 300 ms (an embedding app's
+    // `with_doc`; `GET /v1/docs/{id}` of a large document goes the same way).
+    merge_large_doc(&node, "big").await;
     let reader = node.clone();
     let (total, done) = probe_during(&cluster, async move {
         let len = reader
@@ -203,17 +209,9 @@ async fn a_long_read_of_a_large_document_runs_while_the_node_serves_everything_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_work_that_panics_fails_the_node_as_a_driver_panic_does() {
-    use automerge::transaction::Transactable;
     let cluster = TestCluster::start(1, TopologyKind::Mesh).await;
     let node = cluster.node(0);
-    let mut outside = automerge::AutoCommit::new();
-    outside
-        .put(automerge::ROOT, "a", "x".repeat(600_000))
-        .unwrap();
-    outside
-        .put(automerge::ROOT, "b", "y".repeat(600_000))
-        .unwrap();
-    node.merge("big", outside.save()).await.unwrap();
+    merge_large_doc(&node, "big").await;
     let answer = node
         .with_doc("big", |_| -> () { panic!("a faulty read") })
         .await;
