@@ -11,7 +11,9 @@
 //! - [`core`]: the sans-IO replication core (no tokio, sockets, files or clocks): push and
 //!   forwarding, a bounded cache of documents over the store (documents it lacks are asked
 //!   for as effects, never read by the core; its bytes are the memory documents hold, as
-//!   `core::footprint` estimates it), the reconciliation tree of (document, heads)
+//!   `core::footprint` estimates it), documents lent out for heavy work on other threads
+//!   (`core::lend`), a client's data applied to a copy of its document with Automerge's
+//!   panics caught (`core::untrusted`), the reconciliation tree of (document, heads)
 //!   fingerprints, bulk repair, acknowledgements, and the timers it asks to be woken for
 //!   (`poll_timeout`).
 //! - [`wire`]: the peer protocol: versioned messages, framing, limits.
@@ -33,7 +35,8 @@
 //! - [`ops`] and [`json`]: the JSON operations of the HTTP API and documents as JSON.
 //! - [`demo`]: `concordant demo`, a local cluster showing failure and catch-up.
 //! - [`node`]: the driver joining core, transport and storage; the embeddable [`Node`];
-//!   the reader threads that read and decode documents for the core (`node/read_pool.rs`);
+//!   the reader threads that read and decode documents for the core (`node/read_pool.rs`)
+//!   and run heavy work on lent documents (`node/driver/lending.rs`);
 //!   what a node does when its storage fails or falls behind (`node/driver/storage.rs`);
 //!   its document listing, paged from the store off the driver (`node/listing.rs`).
 //! - [`local`]: a local cluster of N nodes in one process (demo, bench, experiments).
