@@ -118,20 +118,21 @@ pub(super) fn transact<R, E>(
 }
 
 /// Merges Automerge data (a saved document or concatenated changes) into `state`. The data
-/// must load into a new document, then it is taken by a copy of the document (see
-/// `untrusted`): refused, it changes nothing.
+/// is taken by a copy of the document (see `untrusted`): refused, it changes nothing.
 pub(super) fn merge_into(id: &str, state: &mut DocState, data: &[u8]) -> Result<Merged, CoreError> {
     let bad = |detail: String| CoreError::BadAutomergeData {
         doc: id.to_string(),
         detail,
     };
-    // A document with history skips what it cannot parse: a new one refuses it.
     let load = |doc: &mut Automerge| doc.load_incremental(data).map_err(|e| e.to_string());
-    untrusted::on_copy(&mut Automerge::new(), load).map_err(bad)?;
     let before = state.doc.get_heads();
     let missing_before: HashSet<ChangeHash> = state.doc.get_missing_deps(&[]).into_iter().collect();
     untrusted::on_copy(&mut state.doc, |copy| {
-        copy.load_incremental(data).map_err(|e| e.to_string())?;
+        if load(copy)? == 0 {
+            // A document with history skips what it cannot parse (a new one refuses it):
+            // nothing new is either data it has, or not Automerge data.
+            load(&mut Automerge::new())?;
+        }
         // Changes made on top of history (`save_after`) are fine if the document has it.
         if copy
             .get_missing_deps(&[])
@@ -174,6 +175,8 @@ pub(super) enum Work {
         client: u64,
         session: Box<sync::State>,
         msg: Option<sync::Message>,
+        /// The changes it offers that the document lacks, if known (see `unseen_changes`).
+        offered: Option<Vec<Change>>,
         /// Heads before, the changes offered that were new, and Automerge's verdict.
         received: Option<Received>,
     },
@@ -206,12 +209,13 @@ impl Job {
             Work::Client {
                 session,
                 msg,
+                offered,
                 received,
                 ..
             } => {
                 if let Some(msg) = msg.take() {
                     let before = state.doc.get_heads();
-                    let offered = unseen_changes(&state.doc, &msg);
+                    let offered = offered.take();
                     let verdict = untrusted::receive_sync(&mut state.doc, session, msg);
                     *received = Some((before, offered, verdict));
                 }

@@ -47,7 +47,7 @@ pub(crate) enum Event {
     JobDone {
         node: usize,
         life: u64,
-        job: concordant::core::Job,
+        job: Box<concordant::core::Job>,
     },
     /// A compaction queued after the persists before it, as the node's store thread does.
     CompactDone {
@@ -658,7 +658,14 @@ impl Sim {
                 };
                 let delay = self.rng.random_range(1..=self.params.read_ms);
                 let life = self.nodes[i].life;
-                self.schedule(delay, Event::JobDone { node: i, life, job });
+                self.schedule(
+                    delay,
+                    Event::JobDone {
+                        node: i,
+                        life,
+                        job: Box::new(job),
+                    },
+                );
             }
             // No automerge-repo clients in the simulation.
             Effect::Notify { .. } | Effect::Client { .. } => {}
@@ -815,7 +822,7 @@ impl Sim {
                 job.run();
                 let now = self.now;
                 if let Some(r) = self.nodes[node].replica.as_mut() {
-                    r.job_done(now, job);
+                    r.job_done(now, *job);
                 }
                 self.pump(node);
             }

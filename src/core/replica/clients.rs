@@ -247,19 +247,23 @@ impl Replica {
             self.docs.remove_if_empty(doc);
             return Err(ClientError::Unknown(client));
         };
-        if lending::sync_ops(&msg) >= self.config.heavy_ops {
+        let offered = unseen_changes(&state.doc, &msg);
+        let ops = offered
+            .as_deref()
+            .map_or_else(|| lending::sync_ops(&msg), lending::ops);
+        if ops >= self.config.heavy_ops {
             // Received off the driver's task, accepted when back (see `lending`).
             let work = Work::Client {
                 client,
                 session: Box::new(session.clone()),
                 msg: Some(msg),
+                offered,
                 received: None,
             };
             self.lend_job(doc, work);
             return Ok(());
         }
         let before = state.doc.get_heads();
-        let offered = unseen_changes(&state.doc, &msg);
         if let Err(detail) = untrusted::receive_sync(&mut state.doc, session, msg) {
             self.docs.remove_if_empty(doc);
             return Err(ClientError::BadSync {
