@@ -123,6 +123,11 @@ pub struct Tuning {
     /// The most encoded (uncompressed) bytes of one change from a client (default 4 MiB;
     /// for JSON ops an estimate: the bytes of their strings and keys plus 16 per op).
     pub max_change_bytes: usize,
+    /// The most rows a saved document from a client may declare (default 1000000): its
+    /// ops, their successors, its changes, their dependencies, each counted from run
+    /// lengths before the document is loaded (loading costs time and memory per row, and
+    /// run-length encoding declares millions of rows in a few bytes). See [`crate::limits`].
+    pub max_doc_ops: usize,
 }
 
 impl Default for Tuning {
@@ -154,6 +159,7 @@ impl Default for Tuning {
             max_op_bytes: 1 << 20,
             max_change_ops: 100_000,
             max_change_bytes: 4 << 20,
+            max_doc_ops: 1_000_000,
         }
     }
 }
@@ -693,6 +699,7 @@ impl Checker<'_> {
             ("max_op_bytes", t.max_op_bytes),
             ("max_change_ops", t.max_change_ops),
             ("max_change_bytes", t.max_change_bytes),
+            ("max_doc_ops", t.max_doc_ops),
             ("sync_client_queue_bytes", t.sync_client_queue_bytes),
             ("api_connections", t.api_connections.unwrap_or(1)),
             ("watch_streams", t.watch_streams),

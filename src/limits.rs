@@ -20,10 +20,13 @@
 //! ops declare (the earlier ops they overwrite or delete, also run-length encoded, and
 //! allocated when an op is decoded) are counted from their count column first and may not
 //! exceed `max_change_ops` either. The changes of a saved
-//! document (or a bundle) are known only once it is loaded: data holding one is loaded into
-//! a scratch document within the same inflate budget and its changes are checked; that
-//! load costs what the node's own merge of the data would (see the README's known
-//! limitations).
+//! document are known only once it is loaded, and loading costs time and memory per row
+//! its run-length encoded columns declare: so the rows a document declares (its ops, their
+//! successors, its changes, their dependencies) are first summed from the run lengths
+//! alone (`automerge::change_sizes` again) and refused over `max_doc_ops`; a document
+//! within it is loaded into a scratch document within the same inflate budget and its
+//! changes are checked. Bundles (an experimental Automerge format that no client sends,
+//! whose parsing allocates per declared op) are refused unparsed.
 //!
 //! Peers' data is not checked here: peers are authenticated nodes of the cluster, and what
 //! they forward entered the cluster through one of these checks (or as JSON ops).
@@ -35,7 +38,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Mutex;
 
-use automerge::change_sizes::{visit_chunks, ChangeSizes, ChunkSizes};
+use automerge::change_sizes::{visit_chunks, ChangeSizes, ChunkSizes, DocumentSizes};
 use automerge::inflate_limit::with_inflate_limit;
 
 use crate::config::Tuning;
@@ -52,8 +55,11 @@ pub const CHANGE_OPS: &str = "change_ops";
 /// The label of refusals by `max_change_bytes`.
 pub const CHANGE_BYTES: &str = "change_bytes";
 
+/// The label of refusals by `max_doc_ops`.
+pub const DOC_OPS: &str = "doc_ops";
+
 /// Every label of refusals of client data, for metrics that show each one from the start.
-pub const DATA_LABELS: [&str; 4] = [INFLATED_BYTES, OP_BYTES, CHANGE_OPS, CHANGE_BYTES];
+pub const DATA_LABELS: [&str; 5] = [INFLATED_BYTES, OP_BYTES, CHANGE_OPS, CHANGE_BYTES, DOC_OPS];
 
 /// Inputs this small may always inflate to this much (tiny compressed changes of
 /// repetitive text exceed any ratio, and cannot hurt).
@@ -214,42 +220,6 @@ impl ChangeLimits {
         }
         Ok(())
     }
-
-    /// Checks every change chunk of Automerge data (decoding at most `max_ops + 1` ops of
-    /// each); answers whether the data holds chunks whose changes are known only once
-    /// loaded (saved documents, bundles).
-    fn check_chunks(&self, data: &[u8]) -> Result<bool, ChangeRefused> {
-        let mut outcome = Ok(false);
-        visit_chunks(data, self.max_ops, |chunk| match chunk {
-            ChunkSizes::Change(sizes) => match self.check(&sizes.into(), false) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(refused) => {
-                    outcome = Err(refused);
-                    ControlFlow::Break(())
-                }
-            },
-            ChunkSizes::Document | ChunkSizes::Bundle => {
-                outcome = outcome.clone().map(|_| true);
-                ControlFlow::Continue(())
-            }
-        });
-        outcome
-    }
-
-    /// Loads data holding saved documents or bundles into a scratch document, as the
-    /// node's merge would, and checks each change it holds. Data that does not load passes:
-    /// the merge reports it.
-    fn check_loaded(&self, data: &[u8]) -> Result<(), ChangeRefused> {
-        let mut scratch = automerge::Automerge::new();
-        if scratch.load_incremental(data).is_err() {
-            return Ok(());
-        }
-        for change in scratch.get_changes(&[]) {
-            let bytes = change.raw_bytes();
-            self.check_chunks(bytes)?;
-        }
-        Ok(())
-    }
 }
 
 /// The limits on Automerge data from outside (from `[tuning]`): its inflate budget and
@@ -262,6 +232,8 @@ pub struct DataLimits {
     pub ratio: usize,
     /// The caps on each change of the data.
     pub change: ChangeLimits,
+    /// The most rows a saved document in the data may declare (`max_doc_ops`).
+    pub max_doc_rows: u64,
 }
 
 impl Default for DataLimits {
@@ -277,6 +249,7 @@ impl From<&Tuning> for DataLimits {
             max_bytes: t.max_inflated_bytes,
             ratio: t.max_inflate_ratio,
             change: ChangeLimits::from(t),
+            max_doc_rows: u64::try_from(t.max_doc_ops).unwrap_or(u64::MAX),
         }
     }
 }
@@ -304,6 +277,25 @@ pub enum DataRefused {
     /// One of its changes is over a cap.
     #[error(transparent)]
     Change(#[from] ChangeRefused),
+    /// A saved document in it declares more rows of one kind than `max_doc_ops`.
+    #[error(
+        "a saved document in the data declares {count} {rows}, over this node's limit of \
+         {limit} ([tuning] max_doc_ops); nothing was changed"
+    )]
+    DocumentRows {
+        /// What it declares too many of: ops, successors, changes or dependencies.
+        rows: &'static str,
+        /// How many.
+        count: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// It holds a bundle (not a size: a format this node does not take from clients).
+    #[error(
+        "the data holds an Automerge bundle, an experimental format this node does not take \
+         from clients (send changes or a saved document); nothing was changed"
+    )]
+    Bundle,
 }
 
 impl DataRefused {
@@ -312,7 +304,15 @@ impl DataRefused {
         match self {
             DataRefused::Inflate(_) => INFLATED_BYTES,
             DataRefused::Change(refused) => refused.label(),
+            DataRefused::DocumentRows { .. } => DOC_OPS,
+            DataRefused::Bundle => "bundle",
         }
+    }
+
+    /// Whether it was refused for its size (413, counted by label) rather than its format
+    /// (400, a bundle).
+    pub fn is_size(&self) -> bool {
+        !matches!(self, DataRefused::Bundle)
     }
 }
 
@@ -343,14 +343,78 @@ impl DataLimits {
     }
 
     /// Checks data within an inflate budget of `limit` (`size`: the input's size, for the
-    /// message): its change chunks in one pass, then the changes of its saved documents.
+    /// message): its change chunks and what its saved documents declare in one pass, then
+    /// the changes of its saved documents.
     fn check_within(&self, data: &[u8], limit: usize, size: usize) -> Result<(), DataRefused> {
         let refused = |_| InflateRefused { size, limit };
-        let loaded =
-            with_inflate_limit(limit, || self.change.check_chunks(data)).map_err(refused)??;
+        let loaded = with_inflate_limit(limit, || self.check_chunks(data)).map_err(refused)??;
         if loaded {
             // Inflates what the first pass did again, so in a budget of its own.
-            with_inflate_limit(limit, || self.change.check_loaded(data)).map_err(refused)??;
+            with_inflate_limit(limit, || self.check_loaded(data)).map_err(refused)??;
+        }
+        Ok(())
+    }
+
+    /// Checks every chunk of Automerge data: each change chunk's sizes (decoding at most
+    /// `max_ops + 1` ops of each), the rows each document chunk declares; refuses bundles.
+    /// Answers whether the data holds saved documents, whose changes are known only once
+    /// loaded.
+    fn check_chunks(&self, data: &[u8]) -> Result<bool, DataRefused> {
+        let mut outcome = Ok(false);
+        visit_chunks(data, self.change.max_ops, |chunk| {
+            let checked = match chunk {
+                ChunkSizes::Change(sizes) => self
+                    .change
+                    .check(&sizes.into(), false)
+                    .map_err(DataRefused::from),
+                ChunkSizes::Document(rows) => self.check_document(&rows),
+                ChunkSizes::Bundle => Err(DataRefused::Bundle),
+            };
+            match checked {
+                Ok(()) => {
+                    if matches!(chunk, ChunkSizes::Document(_)) {
+                        outcome = Ok(true);
+                    }
+                    ControlFlow::Continue(())
+                }
+                Err(refused) => {
+                    outcome = Err(refused);
+                    ControlFlow::Break(())
+                }
+            }
+        });
+        outcome
+    }
+
+    /// Refuses a saved document that declares more rows of a kind than `max_doc_ops`.
+    fn check_document(&self, declared: &DocumentSizes) -> Result<(), DataRefused> {
+        for (rows, count) in [
+            ("ops", declared.ops),
+            ("successors of ops", declared.succs),
+            ("changes", declared.changes),
+            ("dependencies of changes", declared.deps),
+        ] {
+            if count > self.max_doc_rows {
+                return Err(DataRefused::DocumentRows {
+                    rows,
+                    count,
+                    limit: self.max_doc_rows,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads data holding saved documents into a scratch document, as the node's merge
+    /// would, and checks each change it holds. Data that does not load passes: the merge
+    /// reports it.
+    fn check_loaded(&self, data: &[u8]) -> Result<(), DataRefused> {
+        let mut scratch = automerge::Automerge::new();
+        if scratch.load_incremental(data).is_err() {
+            return Ok(());
+        }
+        for change in scratch.get_changes(&[]) {
+            self.check_chunks(change.raw_bytes())?;
         }
         Ok(())
     }
@@ -385,7 +449,7 @@ mod tests {
         let limit = DataLimits {
             max_bytes: 64 << 20,
             ratio: 64,
-            change: ChangeLimits::default(),
+            ..DataLimits::default()
         };
         assert_eq!(limit.budget(0), INFLATE_FLOOR);
         assert_eq!(limit.budget(100), INFLATE_FLOOR);

@@ -738,3 +738,70 @@ fn the_node_refuses_data_that_makes_automerge_panic_and_keeps_working() {
         data.len() + messages.len()
     );
 }
+
+/// A change chunk whose key counter does not fit Automerge's 32-bit op counter (found by
+/// `fuzz/automerge_data`, minimized): Automerge 0.12 panicked while decoding its ops
+/// (`OpId::new` unwraps), inside the node's own check; the vendored copy answers a decode
+/// error (`vendor/automerge/PATCHED.md`, section 8), so the check passes it on and the
+/// load refuses it.
+#[test]
+fn an_op_counter_out_of_range_is_a_decode_error_not_a_panic() {
+    const DATA: [u8; 144] = [
+        0x85, 0x6f, 0x4a, 0x83, 0x65, 0xc5, 0xdb, 0x53, 0x01, 0x85, 0x01, 0x00, 0x10, 0x0a, 0xbe,
+        0x54, 0x8f, 0x91, 0x2c, 0x1d, 0x6f, 0x30, 0xb0, 0xd9, 0x99, 0x55, 0x48, 0x72, 0x6b, 0x01,
+        0x01, 0xd3, 0xd8, 0x06, 0x00, 0x00, 0x0a, 0x01, 0x04, 0x02, 0x08, 0x11, 0x0a, 0x13, 0x0e,
+        0x15, 0x10, 0x34, 0x02, 0x42, 0x0a, 0x56, 0x0a, 0x57, 0x09, 0x70, 0x02, 0x00, 0x03, 0x0a,
+        0x00, 0x00, 0x03, 0x04, 0x01, 0x05, 0x03, 0x7f, 0x07, 0x00, 0x04, 0x03, 0x00, 0x00, 0x01,
+        0x04, 0x00, 0x00, 0x01, 0x00, 0x03, 0x7e, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0x0f, 0x7f, 0x75, 0x7d, 0x04, 0x6c, 0x69, 0x73, 0x74, 0x01, 0x6e, 0x05, 0x74, 0x69, 0x74,
+        0x6c, 0x65, 0x00, 0x0a, 0x03, 0x0a, 0x32, 0x02, 0x01, 0x04, 0x03, 0x01, 0x7f, 0x04, 0x06,
+        0x01, 0x01, 0x42, 0x01, 0xe1, 0x98, 0x2f, 0xab, 0xa4, 0x14, 0x51, 0xc5, 0x00, 0x02, 0x02,
+        0x84, 0x6c, 0x6c, 0x6f, 0x78, 0x0d, 0x00, 0x85, 0x7f,
+    ];
+    assert_eq!(
+        concordant::limits::DataLimits::default().check_data(&DATA),
+        Ok(())
+    );
+    let decoded = automerge::Change::from_bytes(DATA.to_vec()).unwrap_err();
+    assert!(
+        decoded
+            .to_string()
+            .contains("counter or actor out of range"),
+        "{decoded}"
+    );
+    assert!(automerge::Automerge::new().load_incremental(&DATA).is_err());
+}
+
+/// The fuzz target's seed inputs (`fuzz/seeds/automerge_data`, made with the JavaScript
+/// Automerge) stay valid: each passes the node's check and loads (first byte even: merge
+/// data; a lone change waits for its dependencies) or is received (odd: a sync message)
+/// without error.
+#[test]
+fn fuzz_seeds_pass_the_check_and_load() {
+    use automerge::sync::SyncDoc;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/automerge_data");
+    let limits = concordant::limits::DataLimits::default();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let input = std::fs::read(&path).unwrap();
+        let name = path.display();
+        let (mode, data) = input.split_first().unwrap();
+        if mode % 2 == 0 {
+            assert_eq!(limits.check_data(data), Ok(()), "{name}");
+            let mut doc = automerge::Automerge::new();
+            // A change whose dependencies are missing loads as pending.
+            doc.load_incremental(data)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        } else {
+            assert_eq!(limits.check_sync(data), Ok(()), "{name}");
+            let msg = automerge::sync::Message::decode(data).unwrap();
+            let mut doc = automerge::Automerge::new();
+            let mut state = automerge::sync::State::new();
+            doc.receive_sync_message(&mut state, msg)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        seen += 1;
+    }
+    assert!(seen >= 5, "only {seen} seeds in {}", dir.display());
+}

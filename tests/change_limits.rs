@@ -6,6 +6,8 @@
 //!   (413, or `error` and the socket closed) and counted by its limit, while `/v1/health`
 //!   keeps answering; nothing of the refused documents exists on any node afterwards, and
 //!   the documents written before are intact on every node;
+//! - a saved document whose run-length encoded columns declare a trillion ops is refused
+//!   (`max_doc_ops`) as a merge body and as sync data, and a bundle as a merge body (400);
 //! - requests exactly at each cap are accepted and replicate; one over is refused;
 //! - `Node::apply_ops` (the embedding API, which the HTTP API's check does not cover)
 //!   refuses a change over `max_change_ops` and rolls it back.
@@ -26,6 +28,8 @@ use concordant::sync::SyncOptions;
 use hyper::Method;
 use serde_json::{json, Value};
 
+#[path = "common/bomb.rs"]
+mod bomb;
 #[path = "common/repo_socket.rs"]
 mod repo_socket;
 use repo_socket::{join, next, open, send};
@@ -67,6 +71,16 @@ async fn request(client: &Client, method: Method, path: &str, body: Option<Vec<u
         .await
         .expect("an answer in time")
         .unwrap()
+}
+
+async fn merge(client: &Client, doc: &str, data: Vec<u8>) -> Answer {
+    request(
+        client,
+        Method::POST,
+        &doc_path(doc, "/automerge"),
+        Some(data),
+    )
+    .await
 }
 
 async fn post_ops(client: &Client, doc: &str, ops: Value) -> Answer {
@@ -142,6 +156,19 @@ async fn poll_health(clients: Vec<Client>, stop: tokio::sync::watch::Receiver<bo
     answers
 }
 
+/// A sync message carrying `data` as its one chunk of changes.
+fn sync_message(data: Vec<u8>) -> Vec<u8> {
+    SyncMessage {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: ChunkList::from(vec![data]),
+        flags: None,
+        version: MessageVersion::V1,
+    }
+    .encode()
+}
+
 /// Sends `data` as the sync message of a `request` for `doc` from a new client; returns
 /// the `error` it was answered with, and asserts the socket was closed after it.
 async fn sync_attack(addr: &str, doc: &str, data: Vec<u8>) -> String {
@@ -212,14 +239,8 @@ async fn a_15_mib_text_is_refused_as_json_ops_merge_data_and_sync_data() {
         "{error}"
     );
 
-    let merge = request(
-        &clients[1],
-        Method::POST,
-        &doc_path("attacked-merge", "/automerge"),
-        Some(change.clone()),
-    )
-    .await;
-    let error = refusal(&merge);
+    let merged = merge(&clients[1], "attacked-merge", change.clone()).await;
+    let error = refusal(&merged);
     assert!(
         error.contains(
             "one change has at least 100001 ops, over this node's limit of 100000 \
@@ -228,15 +249,7 @@ async fn a_15_mib_text_is_refused_as_json_ops_merge_data_and_sync_data() {
         "{error}"
     );
 
-    let message = SyncMessage {
-        heads: Vec::new(),
-        need: Vec::new(),
-        have: Vec::new(),
-        changes: ChunkList::from(vec![change]),
-        flags: None,
-        version: MessageVersion::V1,
-    }
-    .encode();
+    let message = sync_message(change);
     let error = sync_attack(&addrs[2], "attacked-sync", message).await;
     assert!(error.contains("[tuning] max_change_ops"), "{error}");
 
@@ -294,16 +307,9 @@ async fn changes_at_the_caps_are_accepted_and_one_over_refused() {
     assert!(refusal(&over).contains("max_change_bytes"));
 
     // The same op cap for Automerge data.
-    let merge = |change: Vec<u8>, doc: &'static str| {
-        let client = clients[1].clone();
-        async move {
-            let path = doc_path(doc, "/automerge");
-            request(&client, Method::POST, &path, Some(change)).await
-        }
-    };
-    let at = merge(text_change(99_999), "merge-at-cap").await;
+    let at = merge(&clients[1], "merge-at-cap", text_change(99_999)).await;
     assert_eq!(at.status, 200, "{:?}", at.json());
-    let over = merge(text_change(100_000), "merge-over-cap").await;
+    let over = merge(&clients[1], "merge-over-cap", text_change(100_000)).await;
     assert!(refusal(&over).contains("max_change_ops"));
 
     cluster.wait_converged(CONVERGE_TIMEOUT).await;
@@ -327,6 +333,49 @@ async fn changes_at_the_caps_are_accepted_and_one_over_refused() {
         assert_eq!(refused(&text, label), 1, "{label}");
     }
     assert_eq!(refused(&metrics(&clients[1]).await, "change_ops"), 1);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_declaring_a_trillion_ops_and_a_bundle_are_refused() {
+    let (cluster, clients, addrs) = cluster().await;
+    let kept = write_some(&cluster, &clients).await;
+    let bomb = bomb::rle_ops_document(bomb::DocRows {
+        ops: 1_000_000_000_000,
+        succs_each: 0,
+        changes: 1,
+        deps_each: 0,
+    });
+    let merged = merge(&clients[0], "attacked-merge", bomb.clone()).await;
+    let error = refusal(&merged);
+    assert!(
+        error.contains(
+            "a saved document in the data declares 1000000000000 ops, over this node's \
+             limit of 1000000 ([tuning] max_doc_ops); nothing was changed"
+        ),
+        "{error}"
+    );
+    let message = sync_message(bomb);
+    let error = sync_attack(&addrs[1], "attacked-sync", message).await;
+    assert!(error.contains("[tuning] max_doc_ops"), "{error}");
+
+    let mut doc = automerge::AutoCommit::new();
+    doc.put(automerge::ROOT, "k", 1).unwrap();
+    let heads = doc.get_heads();
+    let bundle = doc.bundle(heads).unwrap().bytes().to_vec();
+    let answer = merge(&clients[2], "attacked-bundle", bundle).await;
+    assert_eq!(answer.status, 400, "{:?}", answer.json());
+
+    assert_unharmed(
+        &clients,
+        &kept,
+        &["attacked-merge", "attacked-sync", "attacked-bundle"],
+    )
+    .await;
+    for (i, expected) in [1, 1, 0].into_iter().enumerate() {
+        let text = metrics(&clients[i]).await;
+        assert_eq!(refused(&text, "doc_ops"), expected, "n{}", i + 1);
+    }
     cluster.shutdown().await;
 }
 

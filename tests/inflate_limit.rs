@@ -4,17 +4,19 @@
 //! allocates while refusing a bomb stay near the budget (measured with a counting global
 //! allocator: this test binary's own). Also the change caps against ops and predecessors
 //! that run-length encoded columns declare (`automerge::change_sizes`, `src/limits.rs`):
-//! refused after at most `max_change_ops + 1` decoded ops, allocating nothing per op.
+//! refused after at most `max_change_ops + 1` decoded ops, allocating nothing per op; and
+//! the rows a saved document declares, refused over `max_doc_ops` before it is loaded.
 
 #[path = "common/bomb.rs"]
 mod bomb;
 #[path = "common/counting.rs"]
 mod counting;
 
+use automerge::change_sizes::{visit_chunks, ChunkSizes, DocumentSizes};
 use automerge::inflate_limit::{check_inflated_size, with_inflate_limit, InflateLimitExceeded};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, Change, ObjType, ReadDoc, ROOT};
-use bomb::{change_chunk_bomb, rle_ops_change, MIB};
+use bomb::{change_chunk_bomb, rle_ops_change, rle_ops_document, DocRows, MIB};
 use concordant::limits::DataLimits;
 use counting::{peak_during, Counting};
 
@@ -208,4 +210,152 @@ fn predecessors_declared_by_run_length_encoding_are_refused_before_decoding() {
         "{error}"
     );
     assert!(peak < MIB, "allocated {peak} bytes");
+}
+
+/// The rows of a saved document Automerge made (a list of 1,000 nulls, 10 of them then
+/// overwritten in changes of their own), summed from run lengths, match what it holds.
+#[test]
+fn the_rows_of_a_saved_document_are_counted_from_run_lengths() {
+    let mut doc = AutoCommit::new();
+    let list = doc.put_object(ROOT, "list", ObjType::List).unwrap();
+    for i in 0..1000 {
+        doc.insert(&list, i, ()).unwrap();
+    }
+    doc.commit();
+    for i in 0..10 {
+        doc.put(&list, i, 1).unwrap();
+        doc.commit();
+    }
+    let mut seen = Vec::new();
+    visit_chunks(&doc.save(), 100, |chunk| {
+        seen.push(chunk);
+        std::ops::ControlFlow::Continue(())
+    });
+    assert_eq!(
+        seen,
+        [ChunkSizes::Document(DocumentSizes {
+            ops: 1 + 1000 + 10,
+            succs: 10,
+            changes: 11,
+            deps: 10,
+        })]
+    );
+}
+
+/// A saved document whose run-length encoded columns declare a trillion rows of one kind
+/// (under 200 bytes) is refused by `max_doc_ops` before it is loaded, allocating
+/// nothing per row; at the cap it passes the count (and then fails to load: its heads are
+/// made up, and data that does not load is left to the merge to report).
+#[test]
+fn rows_declared_by_a_saved_document_are_refused_before_loading() {
+    let limits = DataLimits::default();
+    let cap = limits.max_doc_rows;
+    let one = DocRows {
+        ops: 1,
+        succs_each: 0,
+        changes: 1,
+        deps_each: 0,
+    };
+    let at_cap = [
+        DocRows { ops: cap, ..one },
+        DocRows {
+            ops: cap,
+            succs_each: 1,
+            ..one
+        },
+        DocRows {
+            changes: cap,
+            ..one
+        },
+        DocRows {
+            changes: cap,
+            deps_each: 1,
+            ..one
+        },
+    ];
+    for rows in at_cap {
+        assert_eq!(
+            limits.check_data(&rle_ops_document(rows)),
+            Ok(()),
+            "{rows:?}"
+        );
+    }
+    let trillion = 1_000_000_000_000;
+    for (rows, what) in [
+        (
+            DocRows {
+                ops: trillion,
+                ..one
+            },
+            "1000000000000 ops",
+        ),
+        (
+            DocRows {
+                succs_each: trillion,
+                ..one
+            },
+            "1000000000000 successors of ops",
+        ),
+        (
+            DocRows {
+                changes: trillion,
+                ..one
+            },
+            "1000000000000 changes",
+        ),
+        (
+            DocRows {
+                deps_each: trillion,
+                ..one
+            },
+            "1000000000000 dependencies of changes",
+        ),
+    ] {
+        let bomb = rle_ops_document(rows);
+        assert!(bomb.len() < 256, "{} bytes", bomb.len());
+        let (refused, peak) = peak_during(|| limits.check_data(&bomb));
+        let refused = refused.unwrap_err();
+        assert_eq!(refused.label(), "doc_ops");
+        let error = refused.to_string();
+        assert!(
+            error.contains(&format!("declares {what}, over this node's limit of {cap}")),
+            "{error}"
+        );
+        assert!(peak < MIB, "allocated {peak} bytes");
+    }
+    let over = DocRows {
+        ops: cap + 1,
+        ..one
+    };
+    assert_eq!(
+        limits
+            .check_data(&rle_ops_document(over))
+            .unwrap_err()
+            .label(),
+        "doc_ops"
+    );
+}
+
+/// Bundles are refused before they are parsed (parsing one allocates per declared op), as
+/// a format, not a size.
+#[test]
+fn a_bundle_is_refused_unparsed() {
+    let mut doc = AutoCommit::new();
+    doc.put(ROOT, "k", 1).unwrap();
+    doc.commit();
+    let heads = doc.get_heads();
+    let bundle = doc.bundle(heads).unwrap().bytes().to_vec();
+    let refused = DataLimits::default().check_data(&bundle).unwrap_err();
+    assert!(!refused.is_size());
+    assert!(
+        refused.to_string().contains("Automerge bundle"),
+        "{refused}"
+    );
+    // After changes too.
+    let mut data = doc.save();
+    data.extend(&bundle);
+    assert!(!DataLimits::default()
+        .check_data(&data)
+        .unwrap_err()
+        .is_size());
 }

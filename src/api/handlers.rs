@@ -286,8 +286,9 @@ pub(crate) async fn post_automerge(
     Ok(Json(json!({"new_changes": new_changes, "heads": heads_json(&heads)})).into_response())
 }
 
-/// Refuses (413) Automerge data that inflates past its budget or holds a change over a cap,
-/// before the node sees it; the check runs off the async workers (it inflates up to the
+/// Refuses (413) Automerge data that inflates past its budget, holds a change over a cap or
+/// a saved document declaring too many rows, and (400) data holding a bundle, before the
+/// node sees it; the check runs off the async workers (it inflates up to the
 /// budget, and loads the saved documents the data holds).
 async fn check_data(state: &AppState, id: &str, data: Bytes) -> Result<(), HttpError> {
     let limit = state.sync.options.data_limits;
@@ -302,7 +303,14 @@ async fn check_data(state: &AppState, id: &str, data: Bytes) -> Result<(), HttpE
         })?;
     checked.map_err(|refused| {
         tracing::warn!(doc = %id, "merge refused: {refused}");
-        too_large(state, id, refused.label(), &refused)
+        if refused.is_size() {
+            too_large(state, id, refused.label(), &refused)
+        } else {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!("document {id:?}: {refused}"),
+            )
+        }
     })
 }
 

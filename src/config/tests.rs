@@ -331,7 +331,7 @@ fn tuning_defaults_overrides_and_checks() {
         "topology = \"mesh\"",
         1,
         "[tuning]\ntick_ms = 10\nsend_queue = 8\nmax_inflated_bytes = 1000\nmax_inflate_ratio = 8\n\
-         max_op_bytes = 10\nmax_change_ops = 20\nmax_change_bytes = 30\n",
+         max_op_bytes = 10\nmax_change_ops = 20\nmax_change_bytes = 30\nmax_doc_ops = 40\n",
     ))
     .unwrap();
     assert_eq!(c.tuning.tick_ms, 10);
@@ -348,6 +348,7 @@ fn tuning_defaults_overrides_and_checks() {
         ),
         (10, 20, 30)
     );
+    assert_eq!(c.tuning.max_doc_ops, 40);
     assert_eq!(c.tuning.anti_entropy_ms, 5000);
     assert_eq!(c.tuning.api_connections, None);
     let limited = parse(&file(
@@ -378,6 +379,7 @@ fn tuning_defaults_overrides_and_checks() {
         (t.max_op_bytes, t.max_change_ops, t.max_change_bytes),
         (1 << 20, 100_000, 4 << 20)
     );
+    assert_eq!(t.max_doc_ops, 1_000_000);
 
     for field in [
         "tick_ms",
@@ -392,6 +394,7 @@ fn tuning_defaults_overrides_and_checks() {
         "max_op_bytes",
         "max_change_ops",
         "max_change_bytes",
+        "max_doc_ops",
         "sync_client_queue_bytes",
         "sync_client_write_timeout_ms",
         "api_connections",

@@ -306,7 +306,9 @@ async fn check_data(server: &Server, msg: RepoMessage) -> Result<RepoMessage, En
     .await
     .map_err(|e| End::Error(format!("checking the sync data failed: {e}")))?;
     checked.map_err(|refused| {
-        server.counters.limits.refused(refused.label());
+        if refused.is_size() {
+            server.counters.limits.refused(refused.label());
+        }
         End::Error(format!("sync message refused: {refused}"))
     })?;
     Ok(msg)

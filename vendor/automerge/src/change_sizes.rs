@@ -9,12 +9,23 @@
 //! declare, so that a change whose ops declare more predecessors than the cap is refused
 //! without allocating them. Nothing is allocated per op beyond the op being decoded.
 //! Compressed chunks inflate within the thread's [`crate::inflate_limit`] budget, if any.
+//!
+//! A document chunk's columns are run-length encoded too, and loading one collects or
+//! indexes every row they declare (ops, their successors, changes, their dependencies):
+//! [`visit_chunks`] reports how many rows of each the chunk declares, summed from the run
+//! lengths alone, so that a caller can refuse a document declaring millions of rows in a
+//! few bytes before loading it. A bundle chunk is reported without being parsed: parsing
+//! one already allocates a counter per op it declares.
 
 use std::ops::ControlFlow;
 
+use crate::change_graph::ids::{
+    ACTOR_COL_SPEC, DEPS_COUNT_COL_SPEC, MAX_OP_COL_SPEC, SEQ_COL_SPEC,
+};
 use crate::columnar::Key;
+use crate::op_set2::columns::ids::{ID_ACTOR_COL_SPEC, SUCC_COUNT_COL_SPEC};
 use crate::storage::change::Unverified;
-use crate::storage::{parse, Change, Chunk};
+use crate::storage::{parse, Change, Chunk, ChunkType, Document, MAGIC_BYTES};
 use crate::types::ScalarValue;
 
 /// What one change chunk holds, as far as it was counted.
@@ -35,14 +46,32 @@ pub struct ChangeSizes {
     pub preds: usize,
 }
 
+/// The rows a document chunk declares, summed from the run lengths of the columns its load
+/// decodes row by row (saturating; a column that stops parsing counts up to there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DocumentSizes {
+    /// Its ops: the rows of the op id column (every other op column must have as many).
+    pub ops: u64,
+    /// The successors of its ops (the later ops that overwrite or delete them): the sum of
+    /// the successor count column.
+    pub succs: u64,
+    /// Its changes: the most rows any change column the load collects declares (actor,
+    /// sequence number, max op, dependency count).
+    pub changes: u64,
+    /// The dependencies of its changes: the sum of the dependency count column.
+    pub deps: u64,
+}
+
 /// One chunk of Automerge data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkSizes {
     /// A change chunk (compressed or not).
     Change(ChangeSizes),
-    /// A document chunk (a saved document): its changes are known only once it is loaded.
-    Document,
-    /// A bundle of changes: its changes are known only once it is loaded.
+    /// A document chunk (a saved document): what it declares; its changes are known only
+    /// once it is loaded.
+    Document(DocumentSizes),
+    /// A bundle of changes, not parsed (parsing allocates per declared op). Visiting stops
+    /// after it.
     Bundle,
 }
 
@@ -57,6 +86,10 @@ pub fn visit_chunks(
 ) {
     let mut input = parse::Input::new(data);
     while !input.is_empty() {
+        if is_bundle(input.unconsumed_bytes()) {
+            let _ = f(ChunkSizes::Bundle);
+            return;
+        }
         let Ok((rest, chunk)) = Chunk::parse(input) else {
             return;
         };
@@ -65,7 +98,7 @@ pub fn visit_chunks(
             Chunk::Change(change) | Chunk::CompressedChange(change, _) => {
                 ChunkSizes::Change(change_sizes(change, max_ops))
             }
-            Chunk::Document(_) => ChunkSizes::Document,
+            Chunk::Document(doc) => ChunkSizes::Document(document_sizes(doc)),
             Chunk::Bundle(_) => ChunkSizes::Bundle,
         };
         if f(sizes).is_break() {
@@ -111,3 +144,70 @@ fn change_sizes(change: &Change<'_, Unverified>, max_ops: usize) -> ChangeSizes 
     }
     sizes
 }
+
+/// Whether the chunk at the start of `bytes` is a bundle: the magic bytes, a 4-byte
+/// checksum, then the chunk type.
+fn is_bundle(bytes: &[u8]) -> bool {
+    bytes.len() > 8 && bytes[..4] == MAGIC_BYTES && bytes[8] == u8::from(ChunkType::Bundle)
+}
+
+/// Sums the rows a parsed document chunk declares, from run lengths alone.
+fn document_sizes(doc: &Document<'_>) -> DocumentSizes {
+    let ops = doc.op_raw_bytes();
+    let changes = doc.change_bytes();
+    let op_column = |spec| Rows::of(doc.op_metadata.bytes(spec, ops));
+    let change_column = |spec| Rows::of(doc.change_meta().bytes(spec, changes));
+    let deps = change_column(DEPS_COUNT_COL_SPEC);
+    DocumentSizes {
+        ops: op_column(ID_ACTOR_COL_SPEC).rows,
+        succs: op_column(SUCC_COUNT_COL_SPEC).sum,
+        changes: [ACTOR_COL_SPEC, SEQ_COL_SPEC, MAX_OP_COL_SPEC]
+            .into_iter()
+            .map(|spec| change_column(spec).rows)
+            .fold(deps.rows, u64::max),
+        deps: deps.sum,
+    }
+}
+
+/// The rows of a run-length encoded column of integers (Automerge's format: a signed count,
+/// then for a count `n > 0` one value repeated `n` times, for `n < 0` `-n` literal values,
+/// for 0 an unsigned count of nulls), and the sum of its values read as unsigned (a
+/// group's count column: the rows of the group), saturating. Delta columns are such a
+/// column of signed deltas. Counting stops where the column stops parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Rows {
+    rows: u64,
+    sum: u64,
+}
+
+impl Rows {
+    fn of(mut column: &[u8]) -> Rows {
+        let mut rows = Rows::default();
+        while !column.is_empty() {
+            let Ok(count) = leb128::read::signed(&mut column) else {
+                break;
+            };
+            let values = match count {
+                0 => {
+                    let Ok(nulls) = leb128::read::unsigned(&mut column) else {
+                        break;
+                    };
+                    rows.rows = rows.rows.saturating_add(nulls);
+                    continue;
+                }
+                n if n > 0 => 1,
+                n => n.unsigned_abs(),
+            };
+            let repeat = count.unsigned_abs() / values;
+            for _ in 0..values {
+                let Ok(value) = leb128::read::unsigned(&mut column) else {
+                    return rows;
+                };
+                rows.rows = rows.rows.saturating_add(repeat);
+                rows.sum = rows.sum.saturating_add(value.saturating_mul(repeat));
+            }
+        }
+        rows
+    }
+}
+

@@ -464,6 +464,12 @@ impl OpId {
         Self(counter.try_into().unwrap(), actor.try_into().unwrap())
     }
 
+    /// concordant patch: an op id from decoded data, `None` when the counter or the actor
+    /// index does not fit (`new` panics; see `PATCHED.md`).
+    pub(crate) fn try_new(counter: u64, actor: u64) -> Option<Self> {
+        Some(Self(counter.try_into().ok()?, actor.try_into().ok()?))
+    }
+
     pub(crate) fn map(&self, actor_map: &[usize]) -> Result<OpId, AutomergeError> {
         let actor = actor_map.get(self.actor()).cloned();
         let actor = actor.ok_or(AutomergeError::InvalidActorIndex(self.actor()))?;

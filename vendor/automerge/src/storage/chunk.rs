@@ -228,6 +228,11 @@ impl Header {
         self.header_size
     }
 
+    /// concordant patch: the type of the chunk (for `crate::change_sizes`).
+    pub(crate) fn chunk_type(&self) -> ChunkType {
+        self.chunk_type
+    }
+
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
         out.extend(MAGIC_BYTES);
         out.extend(self.checksum.bytes());

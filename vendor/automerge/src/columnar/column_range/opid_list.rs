@@ -207,15 +207,18 @@ impl OpIdListIter<'_> {
                 .transpose()
                 .map_err(|e| DecodeColumnError::decode_raw("counter", e))?;
             match (actor, counter) {
-                (Some(Some(a)), Some(Some(ctr))) => match ctr.try_into() {
-                    Ok(ctr) => p.push(OpId::new(ctr, a as usize)),
-                    Err(_e) => {
-                        return Err(DecodeColumnError::invalid_value(
-                            "counter",
-                            "negative value for counter",
-                        ))
+                // concordant patch: a counter or actor out of range is an error, not a panic.
+                (Some(Some(a)), Some(Some(ctr))) => {
+                    match u64::try_from(ctr).ok().and_then(|ctr| OpId::try_new(ctr, a)) {
+                        Some(id) => p.push(id),
+                        None => {
+                            return Err(DecodeColumnError::invalid_value(
+                                "counter",
+                                "counter or actor out of range",
+                            ))
+                        }
                     }
-                },
+                }
                 (Some(None) | None, _) => return Err(DecodeColumnError::unexpected_null("actor")),
                 (_, Some(None) | None) => {
                     return Err(DecodeColumnError::unexpected_null("counter"))
