@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`config`]: topology file → validated [`Config`].
 //! - [`topology`]: pure graph logic: neighbours, ring failover, forwarding targets.
+//! - [`placement`]: pure placement of documents on R of N nodes: partitions, rendezvous
+//!   placement for a mesh, token-ordered windows for a ring (not yet used by a node).
 //! - [`certs`]: cluster CA and node certificates (generation and loading).
 //! - [`init`]: `concordant init`, writing a new cluster directory.
 //! - [`core`]: the sans-IO replication core (no tokio, sockets, files or clocks): push and
@@ -20,8 +22,8 @@
 //! - [`wire_limits`]: the protocol's size limits (frame, message, batch budget), a leaf that
 //!   the configuration checks `[tuning]` against without depending on the protocol.
 //! - [`limits`]: limits checked on what clients send before the core sees it (the inflate
-//!   budget of Automerge data from outside, the caps on one change) and the count of
-//!   refusals by limit.
+//!   budget of Automerge data from outside, the caps on one change, the rows of a saved
+//!   document) and the count of refusals by limit.
 //! - [`doc_id`]: what a document id is, for the HTTP API, the peers and `/v1/sync` alike.
 //! - `fnv`: FNV-1a 64, the one hash whose values nodes compare (heads digests, the
 //!   membership digest, the reconciliation tree); its values never change.
@@ -84,6 +86,7 @@ pub mod membership;
 pub mod node;
 pub mod ops;
 mod panics;
+pub mod placement;
 pub mod serve;
 pub mod storage;
 pub mod sync;
