@@ -299,7 +299,8 @@ pub enum DataRefused {
 }
 
 impl DataRefused {
-    /// Its label in `concordant_limits_refused_total`.
+    /// Its label in `concordant_limits_refused_total` (a bundle, refused for its format and
+    /// not its size, is not counted there: see [`DataRefused::is_size`]).
     pub fn label(&self) -> &'static str {
         match self {
             DataRefused::Inflate(_) => INFLATED_BYTES,
