@@ -32,6 +32,7 @@ use concordant::limits::DataLimits;
 
 #[path = "common/bomb.rs"]
 mod bomb;
+use bomb::{sleb_bytes, uleb_bytes};
 #[path = "common/counting.rs"]
 mod counting;
 
@@ -118,36 +119,14 @@ impl Rng {
     }
 }
 
-/// Unsigned LEB128.
-fn uleb(n: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    bomb::uleb(&mut out, n);
-    out
-}
-
-/// Signed LEB128 (run-length counts of Automerge's RLE columns are signed).
-fn sleb(mut n: i64) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        let done = (n == 0 && byte & 0x40 == 0) || (n == -1 && byte & 0x40 != 0);
-        if done {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 /// A large number as Automerge would read a length or a count.
 fn large_leb(rng: &mut Rng) -> Vec<u8> {
     const UNSIGNED: [u64; 6] = [1 << 20, 1 << 28, 1 << 31, 1 << 32, 1 << 40, u64::MAX];
     const SIGNED: [i64; 5] = [1 << 20, 1 << 30, 1 << 40, i64::MAX, i64::MIN];
     if rng.below(2) == 0 {
-        uleb(UNSIGNED[rng.below(UNSIGNED.len())])
+        uleb_bytes(UNSIGNED[rng.below(UNSIGNED.len())])
     } else {
-        sleb(SIGNED[rng.below(SIGNED.len())])
+        sleb_bytes(SIGNED[rng.below(SIGNED.len())])
     }
 }
 
@@ -261,7 +240,7 @@ fn chunks(mut data: &[u8]) -> Vec<Chunk> {
 fn seal(chunk: &Chunk) -> Vec<u8> {
     use sha2::{Digest, Sha256};
     let mut typed = vec![chunk.kind];
-    typed.extend(uleb(chunk.body.len() as u64));
+    typed.extend(uleb_bytes(chunk.body.len() as u64));
     let hash = Sha256::new()
         .chain_update(&typed)
         .chain_update(&chunk.body)
@@ -622,7 +601,7 @@ fn a_string_longer_than_its_data_allocates_nothing_for_it() {
         .windows(key.len())
         .position(|w| w == key.as_slice())
         .expect("the key's length and bytes");
-    body[at..at + 5].copy_from_slice(&uleb(1 << 28));
+    body[at..at + 5].copy_from_slice(&uleb_bytes(1 << 28));
     let input = seal(&list[0]);
     assert!(DataLimits::default().check_data(&input).is_ok());
     let (loaded, peak) = peak_during(|| Automerge::new().load_incremental(&input));

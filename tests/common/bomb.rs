@@ -76,6 +76,13 @@ pub fn uleb_bytes(v: u64) -> Vec<u8> {
     out
 }
 
+/// `v` as signed LEB128 (the run-length counts of Automerge's columns are signed).
+pub fn sleb_bytes(v: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    sleb(&mut out, v);
+    out
+}
+
 /// An uncompressed change chunk (type 1, valid checksum) whose run-length encoded columns
 /// declare `ops` ops, each a put of null at key "k" of the root map with `preds` predecessors,
 /// in about a hundred bytes whatever the counts.
