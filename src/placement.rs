@@ -1,9 +1,11 @@
 //! Placement of documents on R of N nodes: which partition a document belongs to, and
-//! which nodes replicate each partition (issue 23's placement, not yet wired into a node:
-//! every node still stores every document).
+//! which nodes replicate each partition.
 //!
-//! Documents fall into a fixed number of partitions ([`PARTITIONS`] unless a cluster says
-//! otherwise) by a hash of their id. A [`Placement`] gives each partition its `replicas`
+//! Documents fall into a fixed number of partitions ([`PARTITIONS`]) by a hash of their id:
+//! its top bits, the same hash whose top 16 bits pick a document's bucket in the
+//! reconciliation tree (`core::reconcile`), so a partition is a run of consecutive buckets
+//! and anti-entropy can compare the partitions two nodes share and nothing else
+//! ([`PartitionSet`]). A [`Placement`] gives each partition its `replicas`
 //! nodes, computed from the nodes alone, the same on every node:
 //! - [`Placement::rendezvous`] (for a mesh): the `replicas` nodes with the highest weight
 //!   `hash(node, partition)` (rendezvous, or highest random weight, hashing). A node that
@@ -35,9 +37,49 @@ pub struct Partition(pub u16);
 /// A node's position on the ring's circle of 2^64 points ([`Placement::ring`]).
 pub type Token = u64;
 
-/// The partition of a document, among `partitions` (at least 1).
+/// The partition of a document, among `partitions` (at least 1): the document's place in
+/// the hash space, scaled (for a power of two, the top bits of its id hash).
 pub fn partition_of(doc_id: &str, partitions: u16) -> Partition {
-    Partition((id_hash(doc_id) % u64::from(partitions.max(1))) as u16)
+    Partition(((u128::from(id_hash(doc_id)) * u128::from(partitions.max(1))) >> 64) as u16)
+}
+
+/// A set of partitions (of at most [`PARTITIONS`]): one bit each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSet {
+    bits: [u64; PARTITIONS as usize / 64],
+}
+
+impl PartitionSet {
+    /// No partition.
+    pub fn empty() -> PartitionSet {
+        PartitionSet {
+            bits: [0; PARTITIONS as usize / 64],
+        }
+    }
+
+    /// Adds `p` (ignored past [`PARTITIONS`]).
+    pub fn insert(&mut self, p: Partition) {
+        if let Some(word) = self.bits.get_mut(usize::from(p.0) / 64) {
+            *word |= 1 << (p.0 % 64);
+        }
+    }
+
+    /// Whether `p` is in the set.
+    pub fn contains(&self, p: Partition) -> bool {
+        self.bits
+            .get(usize::from(p.0) / 64)
+            .is_some_and(|w| w & (1 << (p.0 % 64)) != 0)
+    }
+
+    /// How many partitions the set holds.
+    pub fn len(&self) -> usize {
+        self.bits.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Tokens for `n` nodes in ring order, evenly spaced from 0.
@@ -68,6 +110,12 @@ pub enum PlacementError {
     /// There are no partitions.
     #[error("a cluster needs at least one partition")]
     NoPartitions,
+    /// This topology cannot place documents on fewer nodes than all.
+    #[error(
+        "replicas below the number of nodes needs topology = \"mesh\" or a two-way \
+         \"ring\", not {0}: changes travel along links whose ends may not hold the document"
+    )]
+    Unsupported(String),
     /// Two nodes have the same id.
     #[error("node {0:?} is listed twice")]
     DuplicateNode(String),
@@ -183,6 +231,39 @@ impl Placement {
             .map(Partition)
             .filter(|&p| self.holds(node, p))
             .collect()
+    }
+
+    /// The partitions both `a` and `b` replicate (what the two reconcile).
+    pub fn shared(&self, a: &str, b: &str) -> PartitionSet {
+        let (Some(a), Some(b)) = (self.index(a), self.index(b)) else {
+            return PartitionSet::empty();
+        };
+        let mut set = PartitionSet::empty();
+        for (p, window) in self.table.chunks(self.replicas).enumerate() {
+            if window.contains(&a) && window.contains(&b) {
+                set.insert(Partition(p as u16));
+            }
+        }
+        set
+    }
+
+    /// The replicas of the partition of `doc` (in order of preference).
+    pub fn replicas_of(&self, doc: &str) -> impl Iterator<Item = &str> + '_ {
+        self.replicas(partition_of(doc, self.partitions()))
+    }
+
+    /// Whether `node` replicates the partition of `doc`.
+    pub fn holds_doc(&self, node: &str, doc: &str) -> bool {
+        self.holds(node, partition_of(doc, self.partitions()))
+    }
+
+    /// The nodes, as given.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    fn index(&self, node: &str) -> Option<u16> {
+        self.nodes.iter().position(|n| n == node).map(|i| i as u16)
     }
 }
 

@@ -1,6 +1,8 @@
 //! Pure graph logic over the nodes of a cluster: static neighbours for mesh, ring (both
 //! directions or forward only) and explicit edges; ring failover (which links to hold and
-//! which down nodes to keep probing); hop distances; and where a change is pushed next.
+//! which down nodes to keep probing); hop distances; where a change is pushed next; and,
+//! with a replication factor below the number of nodes, which nodes replicate each
+//! document ([`Topology::with_replicas`], see [`crate::placement`]).
 //!
 //! This module owns no state beyond the static topology and does no IO: it takes the
 //! liveness view (`is_down`) and the set of connected peers as arguments. It must not touch
@@ -8,6 +10,9 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
+
+use crate::placement::{self, Placement, PlacementError, PARTITIONS};
 
 /// Which graph the nodes replicate over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +73,9 @@ pub struct Topology {
     nodes: Vec<String>,
     /// For each node (by index), its static neighbours by index, ascending.
     adjacency: Vec<Vec<usize>>,
+    /// Where documents live when each is on fewer nodes than all (`None`: every node
+    /// replicates every document).
+    placement: Option<Arc<Placement>>,
 }
 
 impl Topology {
@@ -107,7 +115,88 @@ impl Topology {
             kind,
             nodes,
             adjacency,
+            placement: None,
         }
+    }
+
+    /// The same topology with each document on `replicas` of its nodes (`None`, or as many
+    /// as there are nodes: every node replicates everything). A mesh places partitions by
+    /// rendezvous hashing; a ring (both directions) on windows of consecutive nodes in ring
+    /// order, so changes still travel the ring. Refused: 0 or more than the nodes, and fewer
+    /// than all nodes on an `edges` topology or a one-way ring (changes travel there only
+    /// along links whose ends may not replicate the document).
+    pub fn with_replicas(mut self, replicas: Option<usize>) -> Result<Topology, PlacementError> {
+        let n = self.nodes.len();
+        let r = replicas.unwrap_or(n);
+        if r == 0 || r > n {
+            return Err(PlacementError::Replicas {
+                replicas: r,
+                nodes: n,
+            });
+        }
+        self.placement = if r == n {
+            None
+        } else {
+            let placement = match self.kind {
+                TopologyKind::Mesh => Placement::rendezvous(&self.nodes, r, PARTITIONS)?,
+                TopologyKind::Ring(RingDirection::Both) => {
+                    let tokens = placement::even_tokens(n);
+                    let nodes: Vec<(String, u64)> =
+                        self.nodes.iter().cloned().zip(tokens).collect();
+                    Placement::ring(&nodes, r, PARTITIONS)?
+                }
+                kind => return Err(PlacementError::Unsupported(kind.to_string())),
+            };
+            Some(Arc::new(placement))
+        };
+        Ok(self)
+    }
+
+    /// The replicas of each document: the number of nodes when every node has everything.
+    pub fn replicas(&self) -> usize {
+        self.placement
+            .as_ref()
+            .map_or(self.nodes.len(), |p| p.replicas_per_partition())
+    }
+
+    /// Where documents live, if each is on fewer nodes than all.
+    pub fn placement(&self) -> Option<&Placement> {
+        self.placement.as_deref()
+    }
+
+    /// Whether `node` replicates `doc` (every node does without a placement).
+    pub fn holds(&self, node: &str, doc: &str) -> bool {
+        match &self.placement {
+            Some(p) => p.holds_doc(node, doc),
+            None => self.contains(node),
+        }
+    }
+
+    /// The nodes that replicate `doc`, in order of preference (every node, in ring order,
+    /// without a placement).
+    pub fn replicas_of(&self, doc: &str) -> Vec<&str> {
+        match &self.placement {
+            Some(p) => p.replicas_of(doc).collect(),
+            None => self.nodes.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// The next hop from `me` towards `to` over the connected peers: `to` itself when
+    /// connected; on a ring, the connected peer nearest to `to` the short way round (a
+    /// one-way ring: the way changes travel); elsewhere any connected peer closer to `to`.
+    /// `None` when no connected peer brings it closer.
+    pub fn next_hop(&self, me: &str, to: &str, connected: &[String]) -> Option<String> {
+        if connected.iter().any(|c| c == to) {
+            return Some(to.to_string());
+        }
+        let (m, t) = (self.index(me)?, self.index(to)?);
+        let here = self.distance_idx(m, t)?;
+        connected
+            .iter()
+            .filter_map(|c| Some((self.distance_idx(self.index(c)?, t)?, c)))
+            .filter(|(d, _)| *d < here)
+            .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)))
+            .map(|(_, c)| c.clone())
     }
 
     /// The node ids in file order (the ring order for a ring).

@@ -65,10 +65,19 @@
 //!   `million_documents` test reports; iterating all in 40 ms; the
 //!   whole exchange for 1 difference among 1,000,000 in 25 µs of computation.
 //!
+//! # Partitions
+//! With documents on fewer nodes than all, two nodes compare only the partitions both
+//! replicate: every call takes a [`PartitionSet`] mask (`None`: everything). A partition
+//! (see [`crate::placement`]) is the top 10 bits of the same id hash, so it is a run of 64
+//! consecutive buckets: a node at level 3 or 4 lies in one partition and is either
+//! compared whole or seen as empty (fingerprint 0, no items); a node above is the XOR of
+//! its masked level-3 descendants (at most 4,096 words to read for the opening).
+//!
 //! Owns only the index and the exchange's logic: no I/O, no clocks, no Automerge; what a
 //! digest is and what to do about a difference are the caller's business.
 
 use crate::fnv::fnv1a;
+use crate::placement::{Partition, PartitionSet, PARTITIONS};
 
 /// Bits per level of the tree: fanout 16.
 const FANOUT_BITS: u32 = 4;
@@ -80,6 +89,16 @@ pub(crate) const LEAF_LEVEL: u8 = 4;
 const BUCKETS: usize = 1 << (FANOUT_BITS * LEAF_LEVEL as u32);
 /// Mixed into an item's digest so that an item hash is not a function of the id alone.
 const ITEM_SEED: u64 = 0x243f_6a88_85a3_08d3;
+/// Buckets per partition: a partition is a run of buckets (the top bits of one hash).
+const BUCKETS_PER_PARTITION: usize = BUCKETS / PARTITIONS as usize;
+const _: () = assert!(
+    PARTITIONS.is_power_of_two() && BUCKETS % PARTITIONS as usize == 0,
+    "a partition must be a run of whole buckets"
+);
+/// The level whose nodes each lie in one partition (and whose parents do not).
+const PARTITION_LEVEL: u8 = 3;
+const _: () = assert!(level_span(PARTITION_LEVEL) <= BUCKETS_PER_PARTITION);
+const _: () = assert!(level_span(PARTITION_LEVEL - 1) > BUCKETS_PER_PARTITION);
 
 /// The set of (document id, digest) pairs of one replica, with the fingerprint tree.
 pub(crate) struct Index {
@@ -288,27 +307,68 @@ impl Index {
         self.fps[0][0]
     }
 
-    /// What a node sends to open a reconciliation: the 16 level-1 fingerprints.
-    pub(crate) fn opening(&self) -> (u8, Vec<(u32, u64)>) {
-        (1, indexed(&self.fps[1], 0).collect())
+    /// What a node sends to open a reconciliation: the 16 level-1 fingerprints (of the
+    /// partitions in `mask`).
+    pub(crate) fn opening(&self, mask: Option<&PartitionSet>) -> (u8, Vec<(u32, u64)>) {
+        (1, self.children(0, 0, mask).collect())
+    }
+
+    /// The fingerprint of node `i` at `level` over the partitions in `mask` (0 for a node
+    /// out of range).
+    fn fp(&self, level: u8, i: usize, mask: Option<&PartitionSet>) -> u64 {
+        let Some(&whole) = self.fps.get(usize::from(level)).and_then(|l| l.get(i)) else {
+            return 0;
+        };
+        let Some(mask) = mask else {
+            return whole;
+        };
+        if level >= PARTITION_LEVEL {
+            let partition = (i * level_span(level)) / BUCKETS_PER_PARTITION;
+            return if mask.contains(Partition(partition as u16)) {
+                whole
+            } else {
+                0
+            };
+        }
+        (i * FANOUT..(i + 1) * FANOUT).fold(0, |x, c| x ^ self.fp(level + 1, c, Some(mask)))
+    }
+
+    /// `(index, fingerprint)` of the 16 children of node `i` at `level`, over `mask`.
+    fn children<'a>(
+        &'a self,
+        level: u8,
+        i: usize,
+        mask: Option<&'a PartitionSet>,
+    ) -> impl Iterator<Item = (u32, u64)> + 'a {
+        (i * FANOUT..(i + 1) * FANOUT).map(move |c| (c as u32, self.fp(level + 1, c, mask)))
+    }
+
+    /// Whether bucket `b` is in `mask`.
+    fn in_mask(b: usize, mask: Option<&PartitionSet>) -> bool {
+        mask.is_none_or(|m| m.contains(Partition((b / BUCKETS_PER_PARTITION) as u16)))
     }
 
     /// Answers fingerprints received at `level` for the given node indices: for every node
     /// whose fingerprint differs from ours: if level < 4, our fingerprints of its 16
     /// children (at level+1); if level == 4, our items of that bucket. Level 0 (the root,
     /// index 0) is accepted too. Ignores out-of-range levels and indices and nodes not in
-    /// strictly ascending order, so the answer never exceeds one level of the tree.
-    pub(crate) fn answer(&self, level: u8, nodes: &[(u32, u64)]) -> Answer {
+    /// strictly ascending order, so the answer never exceeds one level of the tree. Only
+    /// the partitions in `mask` are compared (the sender must use the same mask).
+    pub(crate) fn answer(
+        &self,
+        level: u8,
+        nodes: &[(u32, u64)],
+        mask: Option<&PartitionSet>,
+    ) -> Answer {
         let Some(ours) = self.fps.get(usize::from(level)) else {
             return Answer::Equal;
         };
         let differing = ascending(nodes)
-            .filter(|&(i, fp)| ours.get(i).is_some_and(|&f| f != fp))
+            .filter(|&(i, fp)| i < ours.len() && self.fp(level, i, mask) != fp)
             .map(|(i, _)| i);
         if level < LEAF_LEVEL {
-            let children = &self.fps[usize::from(level) + 1];
             let out: Vec<(u32, u64)> = differing
-                .flat_map(|i| indexed(&children[i * FANOUT..(i + 1) * FANOUT], i * FANOUT))
+                .flat_map(|i| self.children(level, i, mask))
                 .collect();
             if out.is_empty() {
                 Answer::Equal
@@ -317,6 +377,7 @@ impl Index {
             }
         } else {
             let out: Vec<(u32, Vec<(String, u64)>)> = differing
+                .filter(|&b| Self::in_mask(b, mask))
                 .map(|b| {
                     let list = items(&self.leaves[b])
                         .map(|(doc, digest)| (doc.to_string(), digest))
@@ -336,12 +397,17 @@ impl Index {
     /// digest differs or that only one side has, with (ours, theirs), by bucket then id.
     /// Buckets out of range or not in strictly ascending order are ignored, so is a doc
     /// listed under the wrong bucket; of a doc listed twice in a bucket, the first counts.
-    pub(crate) fn diff(&self, buckets: &[(u32, Vec<(String, u64)>)]) -> Vec<Difference> {
+    /// Buckets outside `mask` are ignored.
+    pub(crate) fn diff(
+        &self,
+        buckets: &[(u32, Vec<(String, u64)>)],
+        mask: Option<&PartitionSet>,
+    ) -> Vec<Difference> {
         let mut out = Vec::new();
         let mut next = 0;
         for (b, list) in buckets {
             let b = *b as usize;
-            if b < next || b >= BUCKETS {
+            if b < next || b >= BUCKETS || !Self::in_mask(b, mask) {
                 continue;
             }
             next = b + 1;
@@ -411,11 +477,9 @@ fn level_size(level: u8) -> usize {
     1 << (FANOUT_BITS * u32::from(level))
 }
 
-/// `(first + i, fps[i])` for every i.
-fn indexed(fps: &[u64], first: usize) -> impl Iterator<Item = (u32, u64)> + '_ {
-    fps.iter()
-        .enumerate()
-        .map(move |(i, &fp)| ((first + i) as u32, fp))
+/// Buckets under one node at `level`.
+const fn level_span(level: u8) -> usize {
+    1 << (FANOUT_BITS * (LEAF_LEVEL - level) as u32)
 }
 
 /// The nodes whose index is greater than every index before it.

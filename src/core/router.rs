@@ -1,4 +1,7 @@
-//! Where a change goes next: the core asks a [`Router`] for the peers to push it to.
+//! Where a change goes next: the core asks a [`Router`] for the peers to push it to, and
+//! which nodes replicate a document when each is on fewer nodes than all.
+
+use crate::placement::Placement;
 
 /// Decides forwarding. `origin` is the node where the changes were written (possibly this
 /// node), `from` the peer they came from (`None` for local changes), `connected` the peers
@@ -12,6 +15,13 @@ pub trait Router: Send {
         from: Option<&str>,
         connected: &[String],
     ) -> Vec<String>;
+
+    /// Where documents live, if each is on fewer nodes than all (`None`: every node
+    /// replicates every document). Changes of a document are pushed only to its replicas,
+    /// and two nodes reconcile only the partitions both replicate.
+    fn placement(&self) -> Option<&Placement> {
+        None
+    }
 }
 
 /// Push to every connected peer except the sender and the origin. Correct on any graph;
@@ -44,5 +54,9 @@ impl Router for crate::topology::Topology {
         connected: &[String],
     ) -> Vec<String> {
         self.forward_targets(me, origin, from, connected)
+    }
+
+    fn placement(&self) -> Option<&Placement> {
+        crate::topology::Topology::placement(self)
     }
 }

@@ -48,8 +48,13 @@ fn answer_bytes(answer: &Answer) -> usize {
 /// Runs the whole exchange, A opening, counting messages and approximate bytes (12 per
 /// fingerprint node, 4 per bucket, id length + 8 per item, 1 per message header).
 fn reconcile(a: &Index, b: &Index) -> Run {
+    reconcile_masked(a, b, None)
+}
+
+/// [`reconcile`] of the partitions in `mask` only.
+fn reconcile_masked(a: &Index, b: &Index, mask: Option<&PartitionSet>) -> Run {
     let sides = [a, b];
-    let (level, nodes) = a.opening();
+    let (level, nodes) = a.opening(mask);
     let (mut messages, mut bytes) = (1, fingerprint_bytes(&nodes));
     let mut received = Answer::Fingerprints(level, nodes);
     let mut responder = 1;
@@ -64,14 +69,14 @@ fn reconcile(a: &Index, b: &Index) -> Run {
                 }
             }
             Answer::Fingerprints(level, nodes) => {
-                received = sides[responder].answer(level, &nodes);
+                received = sides[responder].answer(level, &nodes, mask);
                 messages += 1;
                 bytes += answer_bytes(&received);
                 responder ^= 1;
             }
             Answer::Buckets(buckets) => {
                 let found = sides[responder]
-                    .diff(&buckets)
+                    .diff(&buckets, mask)
                     .into_iter()
                     .map(|d| {
                         let pair = if responder == 0 {
@@ -328,53 +333,53 @@ fn set_replaces_and_remove_of_an_absent_doc_does_nothing() {
 fn hostile_input_does_not_panic_and_is_bounded() {
     let mut rng = Rng(99);
     let index = build(&random_model(&mut rng, 2_000));
-    assert_eq!(index.answer(9, &[(0, 1)]), Answer::Equal);
-    assert_eq!(index.answer(255, &[(u32::MAX, 1)]), Answer::Equal);
+    assert_eq!(index.answer(9, &[(0, 1)], None), Answer::Equal);
+    assert_eq!(index.answer(255, &[(u32::MAX, 1)], None), Answer::Equal);
     for level in 0..=LEAF_LEVEL {
-        assert_eq!(index.answer(level, &[]), Answer::Equal);
-        assert_eq!(index.answer(level, &[(1 << 31, 1)]), Answer::Equal);
-        assert_eq!(index.answer(level, &[(u32::MAX, 1)]), Answer::Equal);
+        assert_eq!(index.answer(level, &[], None), Answer::Equal);
+        assert_eq!(index.answer(level, &[(1 << 31, 1)], None), Answer::Equal);
+        assert_eq!(index.answer(level, &[(u32::MAX, 1)], None), Answer::Equal);
     }
     // Level 0 is the root: a wrong root gets the 16 level-1 fingerprints.
-    let Answer::Fingerprints(1, nodes) = index.answer(0, &[(0, 1)]) else {
+    let Answer::Fingerprints(1, nodes) = index.answer(0, &[(0, 1)], None) else {
         panic!("root differs")
     };
-    assert_eq!(nodes, index.opening().1);
+    assert_eq!(nodes, index.opening(None).1);
     // Repeated or descending nodes are answered once.
-    let Answer::Fingerprints(4, nodes) = index.answer(3, &vec![(7, 1); 100_000]) else {
+    let Answer::Fingerprints(4, nodes) = index.answer(3, &vec![(7, 1); 100_000], None) else {
         panic!("node differs")
     };
     assert_eq!(nodes.len(), 16);
-    let Answer::Buckets(buckets) = index.answer(4, &[(9, 1), (9, 1), (3, 1), (10, 1)]) else {
+    let Answer::Buckets(buckets) = index.answer(4, &[(9, 1), (9, 1), (3, 1), (10, 1)], None) else {
         panic!("buckets differ")
     };
     assert_eq!(buckets.iter().map(|b| b.0).collect::<Vec<_>>(), [9, 10]);
     // diff: empty, out of range, repeated, misplaced and duplicated docs.
-    assert!(index.diff(&[]).is_empty());
-    assert!(index.diff(&[(1 << 31, vec![("x".into(), 1)])]).is_empty());
-    assert!(index.diff(&[(u32::MAX, vec![])]).is_empty());
+    assert!(index.diff(&[], None).is_empty());
+    assert!(index.diff(&[(1 << 31, vec![("x".into(), 1)])], None).is_empty());
+    assert!(index.diff(&[(u32::MAX, vec![])], None).is_empty());
     let (doc, digest) = index.iter().next().unwrap();
     let b = bucket_of(doc);
     let mine: Vec<(String, u64)> = items(&index.leaves[b as usize])
         .map(|(d, g)| (d.to_string(), g))
         .collect();
-    assert!(index.diff(&[(b, mine.clone())]).is_empty());
+    assert!(index.diff(&[(b, mine.clone())], None).is_empty());
     let wrong_bucket = (b + 1) % BUCKETS as u32;
     let mut misplaced = items(&index.leaves[wrong_bucket as usize])
         .map(|(d, g)| (d.to_string(), g))
         .collect::<Vec<_>>();
     misplaced.extend(mine.iter().cloned());
-    let found = index.diff(&[(wrong_bucket, misplaced)]);
+    let found = index.diff(&[(wrong_bucket, misplaced)], None);
     assert!(found.is_empty(), "docs of bucket {b} listed under another");
     let mut twice = mine.clone();
     twice.push((doc.to_string(), digest ^ 1));
     twice.push((doc.to_string(), digest ^ 1));
     assert!(
-        index.diff(&[(b, twice)]).is_empty(),
+        index.diff(&[(b, twice)], None).is_empty(),
         "the first listing counts"
     );
     // Only the first listing of a bucket counts (an empty one here).
-    let found = index.diff(&[(b, vec![]), (b, mine.clone()), (0, mine.clone())]);
+    let found = index.diff(&[(b, vec![]), (b, mine.clone()), (0, mine.clone())], None);
     assert_eq!(found.len(), mine.len());
     assert!(found.iter().all(|d| d.ours.is_some() && d.theirs.is_none()));
 }
@@ -498,4 +503,63 @@ fn the_root_is_the_set_and_any_difference_changes_it() {
         index.remove(doc);
         assert_eq!(index.root(), root);
     }
+}
+
+#[test]
+fn a_partition_is_a_run_of_buckets() {
+    for i in 0..20_000 {
+        let doc = format!("doc-{i}");
+        let p = crate::placement::partition_of(&doc, PARTITIONS);
+        assert_eq!(
+            usize::from(p.0),
+            bucket_of(&doc) as usize / BUCKETS_PER_PARTITION,
+            "{doc}"
+        );
+    }
+}
+
+#[test]
+fn masked_reconciliation_finds_the_differences_of_the_shared_partitions_only() {
+    let mut rng = Rng(23);
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    for i in 0..5_000 {
+        let doc = format!("d{i}");
+        let digest = rng.next();
+        a.insert(doc.clone(), digest);
+        match rng.below(10) {
+            0 => {}
+            1 => {
+                b.insert(doc, digest ^ 1);
+            }
+            _ => {
+                b.insert(doc, digest);
+            }
+        }
+    }
+    let mut mask = PartitionSet::empty();
+    for p in (0..PARTITIONS).filter(|p| p % 3 == 0) {
+        mask.insert(Partition(p));
+    }
+    let in_mask = |doc: &str| mask.contains(crate::placement::partition_of(doc, PARTITIONS));
+    let want: BTreeMap<_, _> = expected(&a, &b)
+        .into_iter()
+        .filter(|(doc, _)| in_mask(doc))
+        .collect();
+    assert!(want.len() > 100, "{}", want.len());
+    let (ia, ib) = (build(&a), build(&b));
+    assert_eq!(reconcile_masked(&ia, &ib, Some(&mask)).found, want);
+    // Sets that differ only outside the mask are equal within it: one round trip.
+    let b_masked: BTreeMap<String, u64> = a
+        .iter()
+        .filter(|(doc, _)| in_mask(doc))
+        .map(|(d, g)| (d.clone(), *g))
+        .chain(b.iter().filter(|(d, _)| !in_mask(d)).map(|(d, g)| (d.clone(), *g)))
+        .collect();
+    let run = reconcile_masked(&ia, &build(&b_masked), Some(&mask));
+    assert!(run.found.is_empty());
+    assert_eq!(run.messages, 2);
+    // An empty mask compares nothing.
+    assert!(reconcile_masked(&ia, &ib, Some(&PartitionSet::empty()))
+        .found
+        .is_empty());
 }

@@ -186,7 +186,10 @@ impl Replica {
         want_ack: bool,
         changes: Vec<Vec<u8>>,
     ) {
-        let targets = self.router.targets(&self.id, origin, from, &self.connected);
+        let mut targets = self.router.targets(&self.id, origin, from, &self.connected);
+        if let Some(placement) = self.router.placement() {
+            targets.retain(|t| placement.holds_doc(t, doc));
+        }
         for target in &targets {
             let Some(peer) = self.peers.get_mut(target) else {
                 continue;

@@ -29,6 +29,7 @@ use crate::core::docs::Need;
 use crate::core::peers::{WantStep, Wanted};
 use crate::core::reconcile::Answer;
 use crate::core::Effect;
+use crate::placement::PartitionSet;
 use crate::wire::{self, Bucket, Fingerprints, Message, Want, BATCH_BUDGET};
 
 impl Replica {
@@ -38,18 +39,26 @@ impl Replica {
         self.id.as_str() < peer
     }
 
+    /// The partitions this node and `peer` both replicate (`None`: everything), the only
+    /// ones the two reconcile.
+    fn shared_with(&self, peer: &str) -> Option<PartitionSet> {
+        self.router.placement().map(|p| p.shared(&self.id, peer))
+    }
+
     /// Opens a reconciliation with `peer`.
     pub(super) fn open_reconcile(&mut self, peer: &str) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.needs_reconcile = false;
         }
-        let (level, nodes) = self.docs.index().opening();
+        let mask = self.shared_with(peer);
+        let (level, nodes) = self.docs.index().opening(mask.as_ref());
         self.stats.reconcile_rounds += 1;
         self.send_reconcile(peer, Message::Fingerprints(Fingerprints { level, nodes }));
     }
 
     pub(super) fn receive_fingerprints(&mut self, from: &str, f: Fingerprints) {
-        match self.docs.index().answer(f.level, &f.nodes) {
+        let mask = self.shared_with(from);
+        match self.docs.index().answer(f.level, &f.nodes, mask.as_ref()) {
             Answer::Equal => {
                 // A round's opening found nothing different: the replicas agree.
                 if f.level <= 1 {
@@ -89,7 +98,8 @@ impl Replica {
             .peers
             .get(from)
             .is_some_and(|p| now.saturating_sub(p.since) < quiet);
-        let differing = self.docs.index().diff(&buckets);
+        let mask = self.shared_with(from);
+        let differing = self.docs.index().diff(&buckets, mask.as_ref());
         if let Some(p) = self.peers.get_mut(from) {
             p.lag.divergent = Some(differing.len() as u64);
         }
