@@ -23,10 +23,10 @@ use crate::fnv::Fnv1a;
 pub use crate::wire_limits::{BATCH_BUDGET, MAX_FRAME, MAX_MESSAGE};
 
 /// Version of the peer protocol; also part of the QUIC ALPN.
-pub const PROTOCOL_VERSION: u8 = 5;
+pub const PROTOCOL_VERSION: u8 = 6;
 
 /// ALPN protocol id negotiated by QUIC; a peer speaking another version fails the handshake.
-pub const ALPN: &[u8] = b"concordant/5";
+pub const ALPN: &[u8] = b"concordant/6";
 
 /// Size of the header of every frame.
 pub const HEADER_LEN: usize = 4;
@@ -216,6 +216,96 @@ pub enum Message {
         /// The answer.
         view: Box<crate::cluster::NodeView>,
     },
+    /// A client's request taken by a node that does not replicate its document, on its
+    /// way (hop by hop) to a replica.
+    Forward(Box<Forward>),
+    /// The replica's answer to a [`Message::Forward`], on its way back to the node that
+    /// took the request.
+    Reply(Box<Reply>),
+}
+
+/// A request forwarded to a replica of its document (see [`Message::Forward`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    /// The request's number at `origin`.
+    pub id: u64,
+    /// The node that took the request and waits for the answer.
+    pub origin: String,
+    /// The replica `origin` chose.
+    pub target: String,
+    /// Nodes passed so far (a relay refuses past the number of nodes: a loop).
+    pub hops: u8,
+    /// Document id.
+    pub doc: String,
+    /// The document's partition as `origin` computed it (checked by the receiver).
+    pub partition: u16,
+    /// What to do.
+    pub request: ForwardRequest,
+}
+
+/// What a forwarded request asks of the replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    /// `POST /v1/docs/{id}/ops`: the write request as JSON
+    /// ([`crate::ops::WriteRequest::to_json`]).
+    Ops(String),
+    /// Merge Automerge data (a saved document or changes).
+    Merge(ByteBuf),
+    /// The document as JSON.
+    Json,
+    /// The document saved in Automerge's binary format.
+    Save,
+}
+
+/// The answer to a [`Forward`], routed back to its origin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The request's number at `origin`.
+    pub id: u64,
+    /// The node waiting for it.
+    pub origin: String,
+    /// The node that answered.
+    pub by: String,
+    /// Nodes passed so far.
+    pub hops: u8,
+    /// The outcome.
+    pub outcome: ForwardOutcome,
+}
+
+/// The outcome of a forwarded request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardOutcome {
+    /// The write is done (with its write concern met): heads after it, and the replicas
+    /// that acknowledged it besides the one that answers.
+    Written {
+        /// Heads after the write.
+        heads: Vec<[u8; 32]>,
+        /// Replicas that acknowledged it.
+        acked_by: Vec<String>,
+    },
+    /// The merge is durable: new changes, and the heads after it.
+    Merged {
+        /// Changes new to the document.
+        new_changes: u64,
+        /// Heads after the merge.
+        heads: Vec<[u8; 32]>,
+    },
+    /// The document as JSON text (`None`: the replica has no such document).
+    Json(Option<String>),
+    /// The saved document (`None`: the replica has no such document).
+    Saved(Option<ByteBuf>),
+    /// Refused or failed, as an HTTP status and message. A write concern not met
+    /// (504) keeps the heads and the replicas that did acknowledge.
+    Failed {
+        /// HTTP status.
+        status: u16,
+        /// What went wrong and why.
+        message: String,
+        /// Heads after the write (504 only).
+        heads: Vec<[u8; 32]>,
+        /// Replicas that acknowledged it (504 only).
+        acked_by: Vec<String>,
+    },
 }
 
 impl Message {
@@ -234,6 +324,8 @@ impl Message {
             Message::Receipt { .. } => "receipt",
             Message::ClusterAsk { .. } => "cluster-ask",
             Message::ClusterTell { .. } => "cluster-tell",
+            Message::Forward(_) => "forward",
+            Message::Reply(_) => "reply",
         }
     }
 }
@@ -246,6 +338,7 @@ impl Message {
             Message::Push(batches) => batches.iter().map(|b| b.doc.clone()).collect(),
             Message::Sync { doc, .. } => vec![doc.clone()],
             Message::Ephemeral(e) => vec![e.doc.clone()],
+            Message::Forward(f) => vec![f.doc.clone()],
             _ => Vec::new(),
         }
     }
@@ -260,6 +353,17 @@ impl Message {
                 .sum(),
             Message::Sync { data, .. } => data.len(),
             Message::Ephemeral(e) => e.data.len(),
+            Message::Forward(f) => match &f.request {
+                ForwardRequest::Ops(json) => json.len(),
+                ForwardRequest::Merge(data) => data.len(),
+                _ => 0,
+            },
+            Message::Reply(r) => match &r.outcome {
+                ForwardOutcome::Json(Some(json)) => json.len(),
+                ForwardOutcome::Saved(Some(data)) => data.len(),
+                ForwardOutcome::Failed { message, .. } => message.len(),
+                _ => 0,
+            },
             _ => 0,
         }
     }

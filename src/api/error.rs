@@ -100,6 +100,25 @@ impl HttpError {
                 StatusCode::CONFLICT,
                 format!("topology change refused: {why}"),
             ),
+            Error::Unreachable { doc, replicas } => {
+                let listed = json!(replicas);
+                let e = Error::Unreachable { doc, replicas };
+                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                err.extra.insert("replicas".into(), listed);
+                err
+            }
+            Error::Remote {
+                by,
+                status,
+                message,
+            } => Self::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                if by.is_empty() {
+                    message
+                } else {
+                    format!("replica {by:?} of document {doc:?}: {message}")
+                },
+            ),
             other => Self::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         }
     }

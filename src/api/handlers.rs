@@ -117,6 +117,9 @@ fn status_json(s: &NodeStatus) -> Value {
         "topology": s.topology,
         "peers": peers,
         "docs": s.docs,
+        "replicas": s.replicas,
+        "partitions": s.partitions,
+        "forwarding": s.forwarding,
         "fingerprint": format!("{:016x}", s.fingerprint),
         "docs_loaded": s.docs_loaded,
         "cache_bytes": s.cache_bytes,
@@ -207,10 +210,11 @@ pub(crate) async fn post_ops(
         HttpError::new(status, format!("document {id:?}: {e}"))
     })?;
     if let Ack::Peers(k) = request.ack {
-        if k > state.others {
+        let others = state.node.other_replicas();
+        if k > others {
             return Err(HttpError::bad_request(format!(
-                "\"ack\": {k} peers asked, but the topology has only {} other node(s)",
-                state.others
+                "\"ack\": {k} peers asked, but each document has only {others} other \
+                 replica(s)"
             )));
         }
     }

@@ -2,7 +2,9 @@
 //! counters ([`ApiCounters`]).
 //!
 //! # Metrics
-//! Gauges: `concordant_docs` (documents stored), `concordant_fingerprint` (the top 53 bits
+//! Gauges: `concordant_docs` (documents stored), `concordant_partitions` (partitions this
+//! node replicates), `concordant_forwarding` (requests forwarded to a replica, waiting for
+//! its answer), `concordant_fingerprint` (the top 53 bits
 //! of the node's document-set fingerprint, `fingerprint >> 11`, so that the float64 of the
 //! text format holds it exactly; equal on two nodes that hold the same documents at the same
 //! heads), `concordant_docs_loaded` (documents in memory), `concordant_cache_bytes` (the
@@ -282,6 +284,19 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         "Documents on this node.",
         &[],
         s.docs as u64,
+    );
+    m.gauge(
+        "concordant_partitions",
+        "Partitions this node replicates.",
+        &[],
+        s.partitions as u64,
+    );
+    m.gauge(
+        "concordant_forwarding",
+        "Requests for documents this node does not replicate, forwarded and waiting for \
+         the replica's answer.",
+        &[],
+        s.forwarding as u64,
     );
     m.gauge(
         "concordant_docs_loaded",

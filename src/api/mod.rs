@@ -135,8 +135,6 @@ impl ApiOptions {
 pub(crate) struct Shared {
     pub(crate) node: Node,
     pub(crate) token: Option<String>,
-    /// Number of other nodes in the topology (the largest integer `ack`).
-    pub(crate) others: usize,
     pub(crate) counters: metrics::ApiCounters,
     /// The automerge-repo sync endpoint's shared state.
     pub(crate) sync: Arc<crate::sync::Server>,
@@ -178,13 +176,11 @@ pub async fn serve_with(
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
     let status = node.status().await?;
-    let others = status.peers.len();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let limits = Arc::new(limits::Limits::new(options.limits));
     let shared = Arc::new(Shared {
         node: node.clone(),
         token: options.token,
-        others,
         counters: metrics::ApiCounters::default(),
         sync: Arc::new(crate::sync::Server::new(
             &status.cluster,

@@ -599,8 +599,11 @@ impl Replica {
                     p.lag.confirm(changes, bytes);
                 }
             }
-            // The handshake is the transport's, the topology and cluster view the driver's.
+            // The handshake is the transport's; the topology, cluster view and forwarded
+            // requests the driver's.
             Message::Hello(_)
+            | Message::Forward(_)
+            | Message::Reply(_)
             | Message::Topology(_)
             | Message::ClusterAsk { .. }
             | Message::ClusterTell { .. } => self.stats.unexpected_messages += 1,

@@ -9,6 +9,7 @@
 
 mod cluster_view;
 mod drain;
+mod forward;
 mod lending;
 mod storage;
 mod topology;
@@ -104,7 +105,17 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     let health_tx = std::sync::Arc::new(health_tx);
     let jobs = store_thread::spawn(store, tuning.compact_after, done_tx, health_tx.clone());
     let (commands_tx, commands) = mpsc::channel(1024);
-    let others = config.topology.nodes().len().saturating_sub(1);
+    let (topology_tx, topology_rx) = watch::channel(config.topology.clone());
+    let node = Node {
+        id: config.id.clone(),
+        max_change_ops: config.tuning.max_change_ops,
+        peer_addr,
+        commands: commands_tx,
+        health,
+        reader,
+        topology: topology_rx,
+    };
+    let (served_tx, served) = mpsc::unbounded_channel();
     let driver = Driver {
         id: config.id.clone(),
         cluster: config.cluster.clone(),
@@ -122,7 +133,10 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         subscribers: HashMap::new(),
         compacting: HashSet::new(),
         started: Instant::now(),
-        others,
+        topology: topology_tx,
+        weak_node: Some(node.downgrade()),
+        forwards: forward::Forwards::default(),
+        served_tx,
         wakeups: 0,
         timer_wakeups: 0,
         clients: HashMap::new(),
@@ -136,7 +150,9 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         draining: None,
         gather: cluster_view::Gather::new(&config.id),
     };
-    let driver = tokio::spawn(driver.run(commands, events, dones, read_dones, returned));
+    let driver = tokio::spawn(driver.run(
+        commands, events, dones, read_dones, returned, served,
+    ));
     let id = config.id.clone();
     tokio::spawn(async move {
         // A panic ends the driver: the node is then failed, never silently half-alive.
@@ -151,14 +167,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
             }
         }
     });
-    Ok(Node {
-        id: config.id,
-        max_change_ops: config.tuning.max_change_ops,
-        peer_addr,
-        commands: commands_tx,
-        health,
-        reader,
-    })
+    Ok(node)
 }
 
 struct Driver {
@@ -182,7 +191,13 @@ struct Driver {
     subscribers: HashMap<String, broadcast::Sender<DocEvent>>,
     compacting: HashSet<String>,
     started: Instant,
-    others: usize,
+    /// The live topology, as the node's handles see it (which node replicates what).
+    topology: watch::Sender<crate::topology::Topology>,
+    /// The node's own handle, for requests forwarded to it (see `forward`).
+    weak_node: Option<super::WeakNode>,
+    forwards: forward::Forwards,
+    /// Where forwarded requests served here report.
+    served_tx: mpsc::UnboundedSender<forward::Served>,
     /// Times the driver woke (any input), and woke for a timeout.
     wakeups: u64,
     timer_wakeups: u64,
@@ -210,6 +225,7 @@ enum Input {
     Done(StoreDone),
     Read(ReadDone),
     Returned(Box<lending::Returned>),
+    Served(forward::Served),
     Timeout,
 }
 
@@ -225,6 +241,7 @@ impl Driver {
         mut dones: mpsc::UnboundedReceiver<StoreDone>,
         mut read_dones: mpsc::UnboundedReceiver<ReadDone>,
         mut returned: mpsc::UnboundedReceiver<lending::Returned>,
+        mut served: mpsc::UnboundedReceiver<forward::Served>,
     ) {
         let initial = self.links.start();
         self.apply_links(initial);
@@ -251,6 +268,7 @@ impl Driver {
                 Some(done) = dones.recv() => Input::Done(done),
                 Some(read) = read_dones.recv() => Input::Read(read),
                 Some(back) = returned.recv() => Input::Returned(Box::new(back)),
+                Some(s) = served.recv() => Input::Served(s),
                 () = &mut timer, if wake.is_some() => Input::Timeout,
             };
             self.wakeups += 1;
@@ -297,6 +315,7 @@ impl Driver {
             self.cluster_due(),
             self.drain_due(),
             self.relink_at,
+            self.forwards.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -316,6 +335,7 @@ impl Driver {
                 self.apply_links(changes);
             }
             Input::Event(TransportEvent::Down(peer)) => {
+                self.forwards_peer_down(&peer);
                 self.gather
                     .event("peer-down", format!("link to {peer} down"));
                 self.replica.peer_down(now, &peer);
@@ -336,6 +356,14 @@ impl Driver {
                     msg @ (crate::wire::Message::ClusterAsk { .. }
                     | crate::wire::Message::ClusterTell { .. }),
             }) => self.cluster_message(now, &from, msg),
+            Input::Event(TransportEvent::Message {
+                from,
+                msg: crate::wire::Message::Forward(f),
+            }) => self.receive_forward(&from, *f),
+            Input::Event(TransportEvent::Message {
+                msg: crate::wire::Message::Reply(r),
+                ..
+            }) => self.receive_reply(*r),
             Input::Event(TransportEvent::Message { from, msg }) => {
                 self.drain_heard(&msg);
                 self.replica.handle_message(now, &from, msg)
@@ -343,11 +371,13 @@ impl Driver {
             Input::Done(done) => self.store_done(done),
             Input::Read((doc, result)) => self.read_done(now, doc, result),
             Input::Returned(back) => self.returned(now, *back),
+            Input::Served(served) => self.answer(served),
             Input::Timeout => {
                 self.timer_wakeups += 1;
                 self.topology_tick(now);
                 self.drain_tick(now);
                 self.cluster_tick(now);
+                self.forwards_tick(now);
                 self.replica.handle_timeout(now);
                 self.writes.expire(now);
                 self.subscribers.retain(|_, s| s.receiver_count() > 0);
@@ -410,6 +440,12 @@ impl Driver {
                     f(self.replica.load(&doc));
                 }
             }
+            Command::Forward {
+                doc,
+                request,
+                wait_ms,
+                reply,
+            } => self.forward(now, doc, request, wait_ms, reply),
             Command::Subscribe { doc, reply } => {
                 let sender = self
                     .subscribers
@@ -636,12 +672,20 @@ impl Driver {
             })
             .collect();
         let counts = self.replica.doc_counts();
+        let topology = self.topology.borrow();
+        let partitions = topology.placement().map_or(
+            usize::from(crate::placement::PARTITIONS),
+            |p| p.held_by(&self.id).len(),
+        );
         NodeStatus {
             node: self.id.clone(),
             cluster: self.cluster.clone(),
             topology: self.topology_name.clone(),
             peers,
             docs: counts.stored,
+            replicas: topology.replicas(),
+            partitions,
+            forwarding: self.forwards.len(),
             docs_loaded: counts.loaded,
             cache_bytes: counts.loaded_bytes,
             pending_writes: self.writes.len(),

@@ -32,6 +32,7 @@
 mod builder;
 pub(crate) mod client_queue;
 mod driver;
+mod forward;
 mod links;
 mod listing;
 mod load;
@@ -148,9 +149,49 @@ pub enum Error {
     /// A change of the live topology was refused; nothing changed.
     #[error("topology change refused: {0}")]
     Topology(String),
+    /// No replica of the document can be reached from this node (which does not replicate
+    /// it); nothing was done.
+    #[error("document {doc:?}: no replica is reachable (its replicas: {})", replicas.join(", "))]
+    Unreachable {
+        /// The document.
+        doc: String,
+        /// Its replicas.
+        replicas: Vec<String>,
+    },
+    /// The replica a request was forwarded to refused it or failed (see
+    /// [`Node::replicates`]), with the HTTP status it gave.
+    #[error("replica {by:?}: {message}")]
+    Remote {
+        /// The replica that answered (empty if none did).
+        by: String,
+        /// The HTTP status of its answer.
+        status: u16,
+        /// What it said.
+        message: String,
+    },
 }
 
 impl Error {
+    /// The HTTP status that answers this error (as `GET`/`POST /v1/docs/...` do).
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::Change(inner) => inner
+                .downcast_ref::<crate::ops::OpError>()
+                .map_or(500, |op| op.status()),
+            Error::Merge(_) => 400,
+            Error::AckTimeout { .. } => 504,
+            Error::Stopped
+            | Error::StorageFailing(_)
+            | Error::StorageBusy { .. }
+            | Error::Removed(_)
+            | Error::Leaving(_)
+            | Error::Unreachable { .. } => 503,
+            Error::Topology(_) => 409,
+            Error::Remote { status, .. } => *status,
+            _ => 500,
+        }
+    }
+
     /// A document of the running node's store could not be read.
     pub(crate) fn store(e: CoreError) -> Error {
         Error::Load {
@@ -219,6 +260,14 @@ pub struct NodeStatus {
     pub peers: Vec<PeerStatus>,
     /// Number of documents stored.
     pub docs: usize,
+    /// The replicas of each document (the number of nodes when every node has everything).
+    pub replicas: usize,
+    /// Partitions this node replicates (all of [`crate::placement::PARTITIONS`] when every
+    /// node has everything).
+    pub partitions: usize,
+    /// Requests for documents this node does not replicate, forwarded to a replica and
+    /// waiting for its answer.
+    pub forwarding: usize,
     /// Documents in memory.
     pub docs_loaded: usize,
     /// The memory the documents in memory hold, estimated (see [`crate::core::footprint`]).
@@ -328,6 +377,14 @@ pub(crate) enum Command {
         doc: String,
         f: ReadFn,
     },
+    /// A request for a document this node does not replicate, for a replica.
+    Forward {
+        doc: String,
+        request: crate::wire::ForwardRequest,
+        /// How long to wait for the answer, in ms.
+        wait_ms: u64,
+        reply: oneshot::Sender<Result<crate::wire::Reply, Error>>,
+    },
     Subscribe {
         doc: String,
         reply: oneshot::Sender<broadcast::Receiver<DocEvent>>,
@@ -426,6 +483,50 @@ pub struct Node {
     health: watch::Receiver<Health>,
     /// Reads the store's index for listings, off the driver (see [`Node::docs_page`]).
     reader: Arc<dyn crate::storage::DocReader>,
+    /// The live topology: which nodes replicate each document (see [`Node::replicates`]).
+    topology: watch::Receiver<crate::topology::Topology>,
+}
+
+/// A [`Node`] that does not keep the node running: the driver's own handle, for the
+/// requests other nodes forward to it.
+pub(crate) struct WeakNode {
+    id: String,
+    max_change_ops: usize,
+    peer_addr: SocketAddr,
+    commands: mpsc::WeakSender<Command>,
+    health: watch::Receiver<Health>,
+    reader: Arc<dyn crate::storage::DocReader>,
+    topology: watch::Receiver<crate::topology::Topology>,
+}
+
+impl WeakNode {
+    /// The node, unless every handle is gone.
+    pub(crate) fn upgrade(&self) -> Option<Node> {
+        Some(Node {
+            id: self.id.clone(),
+            max_change_ops: self.max_change_ops,
+            peer_addr: self.peer_addr,
+            commands: self.commands.upgrade()?,
+            health: self.health.clone(),
+            reader: Arc::clone(&self.reader),
+            topology: self.topology.clone(),
+        })
+    }
+}
+
+impl Node {
+/// A handle that does not keep the node running.
+    pub(crate) fn downgrade(&self) -> WeakNode {
+        WeakNode {
+            id: self.id.clone(),
+            max_change_ops: self.max_change_ops,
+            peer_addr: self.peer_addr,
+            commands: self.commands.downgrade(),
+            health: self.health.clone(),
+            reader: Arc::clone(&self.reader),
+            topology: self.topology.clone(),
+        }
+    }
 }
 
 impl Node {
@@ -496,6 +597,9 @@ impl Node {
 
     /// Like [`Node::change`], with a write concern: also durable on `ack` peers, waiting at
     /// most `timeout` for them ([`Error::AckTimeout`] past it; the write stays accepted).
+    /// On a node that does not replicate `doc` ([`Node::replicates`]), `f` runs on a copy
+    /// read from a replica and its change is merged there; only [`Ack::Local`] (durable on
+    /// that replica) can be asked for so.
     pub async fn change_with<R, E, F>(
         &self,
         doc: &str,
@@ -508,11 +612,15 @@ impl Node {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
         F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
     {
+        if !self.replicates(doc) {
+            return self.forward_change(doc, ack, f).await;
+        }
         self.change_weighted(doc, ack, timeout, 0, f).await
     }
 
     /// [`Node::change_with`] of a change of about `weight` ops (see
-    /// [`crate::ops::change_size`]): a heavy one runs off the driver's task.
+    /// [`crate::ops::change_size`]): a heavy one runs off the driver's task. Here, whether
+    /// or not this node replicates the document.
     async fn change_weighted<R, E, F>(
         &self,
         doc: &str,
@@ -560,8 +668,22 @@ impl Node {
     /// Applies the SPEC's JSON operations as one atomic change with the request's write
     /// concern. A change of more than `[tuning] max_change_ops` ops is refused
     /// ([`crate::ops::OpError::TooLarge`]) and rolled back: the HTTP API refuses such ops
-    /// before they get here; this guards the other callers.
+    /// before they get here; this guards the other callers. A node that does not replicate
+    /// `doc` has a replica apply them (with the write concern counted among the document's
+    /// replicas).
     pub async fn apply_ops(
+        &self,
+        doc: &str,
+        request: crate::ops::WriteRequest,
+    ) -> Result<Written<()>, Error> {
+        if !self.replicates(doc) {
+            return self.forward_ops(doc, &request).await;
+        }
+        self.apply_ops_here(doc, request).await
+    }
+
+    /// [`Node::apply_ops`] on this node's copy.
+    async fn apply_ops_here(
         &self,
         doc: &str,
         request: crate::ops::WriteRequest,
@@ -579,8 +701,17 @@ impl Node {
     }
 
     /// Merges Automerge data (a saved document or changes) into `doc`; returns the number
-    /// of new changes once they are durable. Bad data is refused and changes nothing.
+    /// of new changes once they are durable (on a replica of `doc`). Bad data is refused and
+    /// changes nothing.
     pub async fn merge(&self, doc: &str, data: Vec<u8>) -> Result<usize, Error> {
+        if !self.replicates(doc) {
+            return self.forward_merge(doc, data).await;
+        }
+        self.merge_here(doc, data).await
+    }
+
+    /// [`Node::merge`] into this node's copy.
+    async fn merge_here(&self, doc: &str, data: Vec<u8>) -> Result<usize, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Merge {
             doc: doc.to_string(),
@@ -596,8 +727,20 @@ impl Node {
     }
 
     /// Runs `f` on the document, if this node has it (read from storage if it is not in
-    /// memory).
+    /// memory); on a node that does not replicate it, on a copy read from a replica.
     pub async fn with_doc<R: Send + 'static>(
+        &self,
+        doc: &str,
+        f: impl FnOnce(&Automerge) -> R + Send + 'static,
+    ) -> Result<Option<R>, Error> {
+        if !self.replicates(doc) {
+            return self.forward_read(doc, f).await;
+        }
+        self.with_doc_here(doc, f).await
+    }
+
+    /// [`Node::with_doc`] on this node's copy.
+    async fn with_doc_here<R: Send + 'static>(
         &self,
         doc: &str,
         f: impl FnOnce(&Automerge) -> R + Send + 'static,
@@ -614,14 +757,22 @@ impl Node {
         rx.await.map_err(|_| Error::Stopped)?.map_err(Error::store)
     }
 
-    /// The document as plain JSON, if this node has it.
+    /// The document as plain JSON, if this node has it (or, if it does not replicate it,
+    /// a replica).
     pub async fn json(&self, doc: &str) -> Result<Option<serde_json::Value>, Error> {
-        self.with_doc(doc, crate::json::doc_to_json).await
+        if !self.replicates(doc) {
+            return self.forward_json(doc).await;
+        }
+        self.with_doc_here(doc, crate::json::doc_to_json).await
     }
 
-    /// The document in Automerge's binary format, if this node has it.
+    /// The document in Automerge's binary format, if this node has it (or, if it does not
+    /// replicate it, a replica).
     pub async fn save(&self, doc: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.with_doc(doc, |d| d.save()).await
+        if !self.replicates(doc) {
+            return self.forward_save(doc).await;
+        }
+        self.with_doc_here(doc, |d| d.save()).await
     }
 
     /// A stream of change notifications for `doc` (local and remote changes). A receiver

@@ -217,7 +217,7 @@ impl Driver {
             hash,
             write.heads,
             reply.ack,
-            self.others,
+            self.other_replicas(doc),
             deadline,
             reply.outcome,
         );

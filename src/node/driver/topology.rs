@@ -2,7 +2,7 @@
 //! [`Membership`](crate::membership::Membership), merged with every copy a peer sends (on
 //! link-up and after each change), changed by `add-node`/`remove-node` through the API,
 //! stored in the data directory, and followed at once: links, the transport's members, the
-//! core's router and the count of nodes that write concern `all` waits for.
+//! core's router and the placement the node's handles and write concerns follow.
 
 use serde_json::Value;
 
@@ -112,12 +112,20 @@ impl Driver {
             return;
         }
         self.replica.set_router(Box::new(m.topology()));
-        self.others = m.live().len().saturating_sub(1);
+        self.topology.send_replace(m.topology());
         if connected.iter().any(|p| !m.is_live(p)) {
             self.relink_at = Some(self.now() + REMOVAL_GRACE_MS);
         } else {
             self.relink();
         }
+    }
+
+    /// The other replicas of `doc` (every other node without a placement): what write
+    /// concern `all` waits for.
+    pub(super) fn other_replicas(&self, doc: &str) -> usize {
+        let topology = self.topology.borrow();
+        let replicas = topology.replicas_of(doc);
+        replicas.len() - usize::from(replicas.contains(&self.id.as_str()))
     }
 
     /// At each tick: a relink put off by [`Driver::topology_changed`] is due.

@@ -1,0 +1,213 @@
+//! Documents on R of N nodes (`replicas`): each document is stored by its replicas only,
+//! and every node reads and writes every document, forwarding to a replica over the peer
+//! links when it is not one. In-process clusters over real QUIC on 127.0.0.1.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{ops, TestCluster, LINK_TIMEOUT};
+use concordant::config::{RingDirection, TopologyKind};
+use concordant::node::Ack;
+use concordant::Node;
+use serde_json::json;
+
+const NODES: usize = 6;
+const R: usize = 2;
+const DOCS: usize = 48;
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn cluster(kind: TopologyKind) -> TestCluster {
+    let mut cluster = TestCluster::new(NODES, kind);
+    cluster.topology = cluster
+        .topology
+        .clone()
+        .with_replicas(Some(R))
+        .expect("R = 2 of 6");
+    for i in 0..NODES {
+        cluster.start_node(i).await;
+    }
+    cluster.wait_linked(LINK_TIMEOUT).await;
+    cluster
+}
+
+fn doc(i: usize) -> String {
+    format!("doc-{i}")
+}
+
+/// Which nodes store which documents (from their listings).
+async fn stored(cluster: &TestCluster) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, node) in cluster.live() {
+        for (d, _) in node.docs().await.expect("listing") {
+            out.entry(d).or_default().push(node.id().to_string());
+        }
+    }
+    for holders in out.values_mut() {
+        holders.sort();
+    }
+    out
+}
+
+fn replicas(cluster: &TestCluster, d: &str) -> Vec<String> {
+    let mut r: Vec<String> = cluster
+        .topology
+        .replicas_of(d)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    r.sort();
+    r
+}
+
+/// Waits until every document is stored by exactly its replicas, with equal heads there.
+async fn wait_placed(cluster: &TestCluster, docs: usize) {
+    let start = Instant::now();
+    loop {
+        let held = stored(cluster).await;
+        let placed = (0..docs).all(|i| held.get(&doc(i)) == Some(&replicas(cluster, &doc(i))))
+            && held.len() == docs;
+        let mut agree = true;
+        if placed {
+            for i in 0..docs {
+                let d = doc(i);
+                let mut heads = Vec::new();
+                for r in replicas(cluster, &d) {
+                    let k = cluster.ids.iter().position(|id| *id == r).expect("a node");
+                    let node = cluster.node(k);
+                    heads.push(node.with_doc(&d, |a| a.get_heads()).await.expect("read"));
+                }
+                agree &= heads.windows(2).all(|w| w[0] == w[1]);
+            }
+        }
+        if placed && agree {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "documents not on exactly their replicas after {WAIT:?}: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn every_node_serves_every_document(kind: TopologyKind) {
+    let cluster = cluster(kind).await;
+    let nodes: Vec<Node> = (0..NODES).map(|i| cluster.node(i)).collect();
+    // Each document written through every node, replica or not, with ops and with a
+    // change function.
+    for i in 0..DOCS {
+        for (k, node) in nodes.iter().enumerate() {
+            let key = format!("by-{}", node.id());
+            if (i + k) % 2 == 0 {
+                ops(node, &doc(i), json!([{"op": "set", "path": [key], "value": k}])).await;
+            } else {
+                node.change(&doc(i), move |tx| {
+                    automerge::transaction::Transactable::put(tx, automerge::ROOT, key, k as i64)
+                })
+                .await
+                .unwrap_or_else(|e| panic!("change of {} at {}: {e}", doc(i), node.id()));
+            }
+        }
+    }
+    wait_placed(&cluster, DOCS).await;
+    // Each node stores about R/N of the documents.
+    let mut per_node = vec![0usize; NODES];
+    for holders in stored(&cluster).await.values() {
+        for h in holders {
+            per_node[cluster.ids.iter().position(|id| id == h).expect("a node")] += 1;
+        }
+    }
+    assert_eq!(per_node.iter().sum::<usize>(), DOCS * R);
+    assert!(
+        per_node.iter().all(|&n| n > 0 && n < DOCS),
+        "documents spread: {per_node:?}"
+    );
+    // Every node reads every document whole, through any node.
+    let want: serde_json::Value = (0..NODES)
+        .map(|k| (format!("by-n{}", k + 1), json!(k)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    for i in 0..DOCS {
+        for node in &nodes {
+            let got = node.json(&doc(i)).await.expect("read");
+            assert_eq!(got.as_ref(), Some(&want), "{} at {}", doc(i), node.id());
+            let saved = node.save(&doc(i)).await.expect("save").expect("a document");
+            assert!(!saved.is_empty());
+        }
+    }
+    // A document nobody has is absent everywhere.
+    for node in &nodes {
+        assert_eq!(node.json("never-written").await.expect("read"), None);
+    }
+    // Write concern among the document's replicas: `all` at a non-replica is acknowledged
+    // by both replicas.
+    let d = doc(0);
+    let outsider = nodes
+        .iter()
+        .find(|n| !n.replicates(&d))
+        .expect("a node that does not replicate it");
+    let written = common::ops_with(
+        outsider,
+        &d,
+        json!([{"op": "set", "path": ["acked"], "value": true}]),
+        Ack::All,
+        Duration::from_secs(5),
+    )
+    .await;
+    // A change function at a non-replica can wait only for one replica.
+    assert!(written.is_err(), "ack all with a change function at a non-replica");
+    let request = concordant::ops::parse_write_request(
+        br#"{"ops":[{"op":"set","path":["acked"],"value":true}],"ack":"all"}"#,
+    )
+    .expect("request");
+    let written = outsider.apply_ops(&d, request).await.expect("ack all");
+    let mut acked = written.acked_by.clone();
+    acked.sort();
+    assert_eq!(acked, replicas(&cluster, &d), "acknowledged by every replica");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_every_node_serves_every_document_stored_on_two_of_six() {
+    every_node_serves_every_document(TopologyKind::Mesh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_every_node_serves_every_document_stored_on_two_of_six() {
+    every_node_serves_every_document(TopologyKind::Ring(RingDirection::Both)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_whose_replicas_are_both_down_is_unreachable_for_reads() {
+    let mut cluster = cluster(TopologyKind::Mesh).await;
+    let d = doc(7);
+    let request = concordant::ops::parse_write_request(
+        br#"{"ops":[{"op":"set","path":["x"],"value":1}],"ack":"all"}"#,
+    )
+    .expect("request");
+    cluster.node(0).apply_ops(&d, request).await.expect("on both replicas");
+    let down = replicas(&cluster, &d);
+    for r in &down {
+        let k = cluster.ids.iter().position(|id| id == r).expect("a node");
+        cluster.stop_node(k).await;
+    }
+    let (_, survivor) = cluster.live().into_iter().next().expect("a live node");
+    let start = Instant::now();
+    let e = loop {
+        match survivor.json(&d).await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(start.elapsed() < WAIT, "still readable with both replicas down");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(e.status(), 503, "{e}");
+    let text = e.to_string();
+    for r in &down {
+        assert!(text.contains(r.as_str()), "{text} names {r}");
+    }
+    cluster.shutdown().await;
+}
