@@ -222,6 +222,23 @@ pub enum Message {
     /// The replica's answer to a [`Message::Forward`], on its way back to the node that
     /// took the request.
     Reply(Box<Reply>),
+    /// Documents the sender stores but does not replicate (hinted writes, or partitions
+    /// it no longer holds), for a replica of each: the receiver confirms with
+    /// [`Message::HandedOff`] those it holds durably at (or past) these heads, and asks for
+    /// the others (a [`Message::Want`]).
+    Handoff(Vec<HandoffDoc>),
+    /// The receiver holds these documents durably with every change of these heads; the
+    /// sender may drop its copy once every replica has said so.
+    HandedOff(Vec<HandoffDoc>),
+}
+
+/// A document and its heads at the node that hands it off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffDoc {
+    /// Document id.
+    pub doc: String,
+    /// Its heads at the sender.
+    pub heads: Vec<[u8; 32]>,
 }
 
 /// A request forwarded to a replica of its document (see [`Message::Forward`]).
@@ -326,6 +343,8 @@ impl Message {
             Message::ClusterTell { .. } => "cluster-tell",
             Message::Forward(_) => "forward",
             Message::Reply(_) => "reply",
+            Message::Handoff(_) => "handoff",
+            Message::HandedOff(_) => "handed-off",
         }
     }
 }

@@ -180,7 +180,7 @@ async fn ring_every_node_serves_every_document_stored_on_two_of_six() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_document_whose_replicas_are_both_down_is_unreachable_for_reads() {
+async fn with_both_replicas_down_reads_answer_503_and_writes_are_hinted_then_handed_off() {
     let mut cluster = cluster(TopologyKind::Mesh).await;
     let d = doc(7);
     let request = concordant::ops::parse_write_request(
@@ -209,5 +209,35 @@ async fn a_document_whose_replicas_are_both_down_is_unreachable_for_reads() {
     for r in &down {
         assert!(text.contains(r.as_str()), "{text} names {r}");
     }
+    // Writes are still accepted: kept at the survivor as hints.
+    ops(&survivor, &d, json!([{"op": "set", "path": ["hinted"], "value": 2}])).await;
+    let stored_here = survivor.docs().await.expect("listing");
+    assert!(stored_here.iter().any(|(id, _)| *id == d), "the hint is stored");
+    assert_eq!(survivor.status().await.expect("status").hints, 1);
+    // The replicas come back: the hinted write reaches both, and the survivor drops it.
+    for r in &down {
+        let k = cluster.ids.iter().position(|id| id == r).expect("a node");
+        cluster.start_node(k).await;
+    }
+    let start = Instant::now();
+    loop {
+        let mut on_replicas = true;
+        for r in &down {
+            let k = cluster.ids.iter().position(|id| id == r).expect("a node");
+            let json = cluster.node(k).json(&d).await.expect("read");
+            on_replicas &= json == Some(json!({"x": 1, "hinted": 2}));
+        }
+        let kept = survivor.docs().await.expect("listing");
+        if on_replicas && kept.iter().all(|(id, _)| *id != d) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the hint was not handed off in {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(survivor.status().await.expect("status").hints, 0);
+    assert_eq!(
+        survivor.json(&d).await.expect("read"),
+        Some(json!({"x": 1, "hinted": 2}))
+    );
     cluster.shutdown().await;
 }

@@ -120,6 +120,8 @@ fn status_json(s: &NodeStatus) -> Value {
         "replicas": s.replicas,
         "partitions": s.partitions,
         "forwarding": s.forwarding,
+        "hints": s.hints,
+        "handed_off": s.handed_off,
         "fingerprint": format!("{:016x}", s.fingerprint),
         "docs_loaded": s.docs_loaded,
         "cache_bytes": s.cache_bytes,

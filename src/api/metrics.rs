@@ -3,7 +3,8 @@
 //!
 //! # Metrics
 //! Gauges: `concordant_docs` (documents stored), `concordant_partitions` (partitions this
-//! node replicates), `concordant_forwarding` (requests forwarded to a replica, waiting for
+//! node replicates), `concordant_hints` (documents stored here but replicated elsewhere,
+//! waiting to be handed to their replicas), `concordant_forwarding` (requests forwarded to a replica, waiting for
 //! its answer), `concordant_fingerprint` (the top 53 bits
 //! of the node's document-set fingerprint, `fingerprint >> 11`, so that the float64 of the
 //! text format holds it exactly; equal on two nodes that hold the same documents at the same
@@ -290,6 +291,13 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         "Partitions this node replicates.",
         &[],
         s.partitions as u64,
+    );
+    m.gauge(
+        "concordant_hints",
+        "Documents stored here but replicated elsewhere (hinted writes, partitions moved \
+         away), waiting for their replicas.",
+        &[],
+        s.hints as u64,
     );
     m.gauge(
         "concordant_forwarding",

@@ -135,6 +135,10 @@ impl Clients {
     }
 
     /// The clients following `doc`.
+    pub(crate) fn is_followed(&self, doc: &str) -> bool {
+        self.followers.get(doc).is_some_and(|s| !s.is_empty())
+    }
+
     pub(crate) fn followers(&self, doc: &str) -> Vec<u64> {
         self.followers
             .get(doc)

@@ -665,6 +665,23 @@ impl Docs {
         Some(list.iter().map(|c| c.raw_bytes().to_vec()).collect())
     }
 
+    /// Forgets a document this replica hands off for good (see `replica::handoff`): out of
+    /// memory and out of the index. Refused (false) while a read of it is under way, it is
+    /// lent out, or it has changes not yet durable.
+    pub(crate) fn forget(&mut self, id: &str, pinned: impl Fn(&DocState) -> bool) -> bool {
+        if self.reading.contains_key(id)
+            || self.lent.contains_key(id)
+            || self.unsaved.contains_key(id)
+            || self.loaded.get(id).is_some_and(|d| d.has_pending() || pinned(d))
+        {
+            return false;
+        }
+        self.drop_loaded(id);
+        self.known.remove(id);
+        self.index.remove(id);
+        true
+    }
+
     /// Removes a document that holds nothing (a failed first write must not leave it).
     pub(crate) fn remove_if_empty(&mut self, id: &str) {
         if self.loaded.get(id).is_some_and(DocState::is_empty) {

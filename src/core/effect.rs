@@ -63,6 +63,12 @@ pub enum Effect {
         /// Document id.
         doc: String,
     },
+    /// Delete the stored document `doc`: this node does not replicate it, and every
+    /// replica holds it durably (see the replica's `handoff`). The core has forgotten it.
+    Drop {
+        /// Document id.
+        doc: String,
+    },
     /// The document's visible state changed (local or remote change); these are its heads.
     Notify {
         /// Document id.

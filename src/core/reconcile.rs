@@ -109,6 +109,8 @@ pub(crate) struct Index {
     leaves: Vec<Vec<u8>>,
     /// Number of documents.
     len: usize,
+    /// Number of documents per partition.
+    partition_lens: Vec<u32>,
 }
 
 /// Documents gathered to be set at once with [`Index::extend`] (a store's whole index at
@@ -201,6 +203,7 @@ impl Index {
             fps: std::array::from_fn(|level| vec![0; level_size(level as u8)]),
             leaves: vec![Vec::new(); BUCKETS],
             len: 0,
+            partition_lens: vec![0; usize::from(PARTITIONS)],
         }
     }
 
@@ -249,6 +252,9 @@ impl Index {
                 }
             }
         }
+        for (b, leaf) in self.leaves.iter().enumerate() {
+            self.partition_lens[b / BUCKETS_PER_PARTITION] += entries(leaf).count() as u32;
+        }
     }
 
     /// Inserts or replaces the digest of the document with this id and id hash.
@@ -264,6 +270,7 @@ impl Index {
             None => {
                 push_entry(leaf, id, digest);
                 self.len += 1;
+                self.partition_lens[b / BUCKETS_PER_PARTITION] += 1;
                 item_hash(h, digest)
             }
         };
@@ -283,7 +290,26 @@ impl Index {
             leaf.shrink_to_fit();
         }
         self.len -= 1;
+        self.partition_lens[b / BUCKETS_PER_PARTITION] -= 1;
         self.update(b, item_hash(h, e.digest));
+    }
+
+    /// Number of documents in partition `p`.
+    pub(crate) fn partition_len(&self, p: Partition) -> usize {
+        self.partition_lens
+            .get(usize::from(p.0))
+            .map_or(0, |&n| n as usize)
+    }
+
+    /// The documents of partition `p`, with their digests, in no particular order.
+    pub(crate) fn partition_docs(&self, p: Partition) -> Vec<(String, u64)> {
+        let first = usize::from(p.0) * BUCKETS_PER_PARTITION;
+        self.leaves
+            .get(first..first + BUCKETS_PER_PARTITION)
+            .into_iter()
+            .flatten()
+            .flat_map(|leaf| items(leaf).map(|(d, g)| (d.to_string(), g)))
+            .collect()
     }
 
     /// The document's digest, if the index holds the document.

@@ -17,6 +17,7 @@
 mod acks;
 mod batch;
 pub(crate) mod clients;
+mod handoff;
 mod lending;
 mod persist;
 mod reads;
@@ -290,6 +291,8 @@ pub struct Replica {
     /// Heavy work lent out ([`Effect::Apply`]): until the driver takes it, the job; then
     /// `None` until it is back (see `lending`).
     jobs: HashMap<String, Option<super::lend::Job>>,
+    /// Documents stored here but replicated elsewhere, on their way there (see `handoff`).
+    handoff: handoff::Handoffs,
     stats: CoreStats,
 }
 
@@ -309,7 +312,7 @@ impl Replica {
             docs: config.cache_docs,
             bytes: config.cache_bytes,
         };
-        Replica {
+        let mut replica = Replica {
             id: id.into(),
             docs: Docs::new(ActorId::from(actor_seed), budget),
             peers: BTreeMap::new(),
@@ -331,8 +334,11 @@ impl Replica {
             refused_docs: BTreeSet::new(),
             parked: HashMap::new(),
             jobs: HashMap::new(),
+            handoff: handoff::Handoffs::default(),
             stats: CoreStats::default(),
-        }
+        };
+        replica.refresh_held();
+        replica
     }
 
     /// This node's id.
@@ -343,6 +349,7 @@ impl Replica {
     /// Replaces the router (for example when the topology's live links change).
     pub fn set_router(&mut self, router: Box<dyn Router>) {
         self.router = router;
+        self.refresh_held();
     }
 
     /// Backs the replica with a store: `index` lists every stored document with its
@@ -594,6 +601,8 @@ impl Replica {
             Message::Want(wants) => self.receive_wants(now, from, wants),
             Message::Sync { doc, data } => self.receive_sync(now, from, &doc, &data),
             Message::Ephemeral(e) => self.receive_ephemeral(from, e),
+            Message::Handoff(docs) => self.receive_handoff(from, docs),
+            Message::HandedOff(docs) => self.receive_handed_off(from, docs),
             Message::Receipt { changes, bytes } => {
                 if let Some(p) = self.peers.get_mut(from) {
                     p.lag.confirm(changes, bytes);

@@ -5,7 +5,9 @@
 //! persists complete when the test says so. This file holds the harness; the tests are in
 //! `tests/flow.rs` (push, batching, forwarding, acks), `tests/repair.rs` (anti-entropy and
 //! sync), `tests/input.rs` (bad input, merge, load and snapshots), `tests/persist.rs`
-//! (persist batches that storage failed), `tests/cache.rs` (documents read from a store
+//! (persist batches that storage failed), `tests/placement.rs` (documents on some of the
+//! nodes: pushes, reconciliation and handoff), `tests/placement.rs` (documents on some of the
+//! nodes: pushes, reconciliation and handoff), `tests/cache.rs` (documents read from a store
 //! as effects, and the cache over it), `tests/lend.rs` (documents lent for heavy work) and `tests/fingerprint.rs` (the document-set
 //! fingerprint). Owns nothing else.
 
@@ -16,6 +18,7 @@ mod flow;
 mod input;
 mod lend;
 mod persist;
+mod placement;
 mod repair;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -212,6 +215,11 @@ impl Cluster {
                     self.pending_persists.push((id.to_string(), token));
                 }
                 Effect::Acked { doc, hash, by } => self.acked.push((id.to_string(), doc, hash, by)),
+                Effect::Drop { doc } => {
+                    if let Some(store) = self.stored.get_mut(id) {
+                        store.remove(&doc);
+                    }
+                }
                 Effect::Notify { .. } => {}
                 Effect::Read { doc, .. } => panic!("{id} asks to read {doc}, but it has no store"),
                 Effect::Apply { doc } => {

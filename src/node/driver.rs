@@ -583,6 +583,9 @@ impl Driver {
                     }
                     Effect::Apply { doc } => self.run_job(&doc),
                     Effect::Acked { doc, hash, by } => self.writes.acked(&doc, &hash, &by),
+                    Effect::Drop { doc } => {
+                        let _ = self.jobs.send(StoreJob::Remove(vec![doc]));
+                    }
                     Effect::Client { client, msg } => self.send_client(client, msg),
                     Effect::Notify { doc, heads } => {
                         if let Some(s) = self.subscribers.get(&doc) {
@@ -686,6 +689,8 @@ impl Driver {
             replicas: topology.replicas(),
             partitions,
             forwarding: self.forwards.len(),
+            hints: self.replica.stray_count(),
+            handed_off: self.replica.handed_off(),
             docs_loaded: counts.loaded,
             cache_bytes: counts.loaded_bytes,
             pending_writes: self.writes.len(),

@@ -5,6 +5,12 @@
 //! routing). A change function ([`Node::change`]) runs here on a copy of the document read
 //! from the replica, and its change is merged there.
 //!
+//! A write for which no replica is reachable is made here instead and kept as a hint: the
+//! node stores it like any document and hands it to the document's replicas once they
+//! are back (see the core's `handoff`). It is made on this node's copy of the document:
+//! none (an empty document) unless it took hinted writes of it before, so a path through
+//! objects that only the replicas have is refused (409). A read answers 503 then.
+//!
 //! This module owns the conversion between the [`Node`] API and the forwarded requests and
 //! their outcomes ([`crate::wire::Forward`]); it sends nothing itself.
 
@@ -117,15 +123,18 @@ impl Node {
 
     /// [`Node::change_with`] on a copy read from a replica: `f` runs here, its change is
     /// merged at the replica (durable there). Only [`Ack::Local`] can be waited for so.
+    /// With no replica reachable, `f` runs on this node's copy (a hint).
     pub(super) async fn forward_change<R, E, F>(
         &self,
         doc: &str,
         ack: Ack,
+        timeout: std::time::Duration,
         f: F,
     ) -> Result<Written<R>, Error>
     where
+        R: Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
-        F: FnOnce(&mut Transaction<'_>) -> Result<R, E>,
+        F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
     {
         if ack != Ack::Local {
             return Err(Error::Change(
@@ -138,9 +147,13 @@ impl Node {
                 .into(),
             ));
         }
-        let mut copy = match self.forward_save(doc).await? {
-            Some(saved) => load_copy(doc, &saved)?,
-            None => Automerge::new(),
+        let mut copy = match self.forward_save(doc).await {
+            Ok(Some(saved)) => load_copy(doc, &saved)?,
+            Ok(None) => Automerge::new(),
+            Err(Error::Unreachable { .. }) => {
+                return self.change_weighted(doc, ack, timeout, 0, f).await;
+            }
+            Err(e) => return Err(e),
         };
         let before = copy.get_heads();
         let mut tx = copy.transaction();

@@ -268,6 +268,11 @@ pub struct NodeStatus {
     /// Requests for documents this node does not replicate, forwarded to a replica and
     /// waiting for its answer.
     pub forwarding: usize,
+    /// Documents this node stores but does not replicate, waiting to be handed to their
+    /// replicas: hinted writes, and partitions it no longer holds.
+    pub hints: usize,
+    /// Documents dropped here after every replica confirmed holding them, since start.
+    pub handed_off: u64,
     /// Documents in memory.
     pub docs_loaded: usize,
     /// The memory the documents in memory hold, estimated (see [`crate::core::footprint`]).
@@ -613,7 +618,7 @@ impl Node {
         F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
     {
         if !self.replicates(doc) {
-            return self.forward_change(doc, ack, f).await;
+            return self.forward_change(doc, ack, timeout, f).await;
         }
         self.change_weighted(doc, ack, timeout, 0, f).await
     }
@@ -677,7 +682,11 @@ impl Node {
         request: crate::ops::WriteRequest,
     ) -> Result<Written<()>, Error> {
         if !self.replicates(doc) {
-            return self.forward_ops(doc, &request).await;
+            match self.forward_ops(doc, &request).await {
+                // No replica reachable: the write is kept here as a hint (see `forward`).
+                Err(Error::Unreachable { .. }) => {}
+                other => return other,
+            }
         }
         self.apply_ops_here(doc, request).await
     }
@@ -705,7 +714,10 @@ impl Node {
     /// changes nothing.
     pub async fn merge(&self, doc: &str, data: Vec<u8>) -> Result<usize, Error> {
         if !self.replicates(doc) {
-            return self.forward_merge(doc, data).await;
+            match self.forward_merge(doc, data.clone()).await {
+                Err(Error::Unreachable { .. }) => {}
+                other => return other,
+            }
         }
         self.merge_here(doc, data).await
     }

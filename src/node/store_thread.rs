@@ -35,6 +35,8 @@ pub(crate) enum StoreJob {
     /// Replaces these documents' logs with their snapshots (one commit for the run of
     /// consecutive compactions).
     Compact { docs: Vec<Compaction>, bytes: usize },
+    /// Deletes documents handed off to their replicas (after what is queued).
+    Remove(Vec<String>),
     /// Commits what is queued, then answers with the documents whose log holds at least
     /// this many changes (to compact them before closing).
     LongLogs(usize, tokio::sync::oneshot::Sender<Vec<String>>),
@@ -160,6 +162,13 @@ fn run_jobs(
                 commit(store, &mut appends, compact_after, done);
                 compactions.0.extend(docs);
                 compactions.1 += bytes;
+            }
+            StoreJob::Remove(docs) => {
+                commit(store, &mut appends, compact_after, done);
+                if let Err(e) = store.remove(&docs) {
+                    // They stay stored, and are handed off again after a restart.
+                    tracing::warn!(count = docs.len(), "cannot delete handed-off documents: {e}");
+                }
             }
             StoreJob::LongLogs(min, reply) => {
                 commit(store, &mut appends, compact_after, done);

@@ -198,6 +198,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn remove(&mut self, docs: &[String]) -> Result<(), StorageError> {
+        let mut map = lock(&self.docs);
+        for doc in docs {
+            map.remove(doc);
+            self.touched.remove(doc);
+        }
+        Ok(())
+    }
+
     fn log_len(&self, doc: &str) -> usize {
         self.lock().get(doc).map_or(0, |d| d.changes.len())
     }

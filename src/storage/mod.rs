@@ -188,6 +188,10 @@ pub trait Store: Send + 'static {
     /// `keep.len()`.
     fn compact(&mut self, docs: Vec<Compaction>) -> Result<(), StorageError>;
 
+    /// Deletes these documents (index entry, snapshot and log) in one durable commit; ids
+    /// not stored are ignored. All or nothing.
+    fn remove(&mut self, docs: &[String]) -> Result<(), StorageError>;
+
     /// Number of changes in `doc`'s log: appended since its last compaction, counting that
     /// compaction's `keep` list (from the index; 0 for unknown documents or if it cannot be
     /// read).

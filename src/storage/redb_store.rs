@@ -217,6 +217,25 @@ impl RedbStore {
         Ok(log_lens(rows))
     }
 
+    /// Deletes documents (index entry, snapshot, log), in one commit.
+    fn write_remove(&self, ids: &[String]) -> Result<(), StorageError> {
+        const ACTION: &str = "removing documents";
+        let txn = self.begin(ACTION)?;
+        {
+            let mut docs = txn.open_table(DOCS).map_err(|e| self.err(ACTION, e))?;
+            let mut log = txn.open_table(LOG).map_err(|e| self.err(ACTION, e))?;
+            let mut snapshots = txn.open_table(SNAPSHOTS).map_err(|e| self.err(ACTION, e))?;
+            for doc in ids {
+                let doc = doc.as_str();
+                docs.remove(doc).map_err(|e| self.err(ACTION, e))?;
+                snapshots.remove(doc).map_err(|e| self.err(ACTION, e))?;
+                log.retain_in((doc, 0u64)..=(doc, u64::MAX), |_, _| false)
+                    .map_err(|e| self.err(ACTION, e))?;
+            }
+        }
+        self.commit(txn, ACTION)
+    }
+
     /// Records the heads of the indexed documents among `heads`, in one commit.
     fn write_heads(&self, heads: &[(String, Vec<[u8; 32]>)]) -> Result<(), StorageError> {
         const ACTION: &str = "recording heads";
@@ -276,6 +295,17 @@ impl Store for RedbStore {
         // Log lengths are remembered only once the commit succeeded.
         let updated = guarded(&self.path, || self.write_compact(&docs))?;
         self.touched.extend(updated);
+        Ok(())
+    }
+
+    fn remove(&mut self, docs: &[String]) -> Result<(), StorageError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        guarded(&self.path, || self.write_remove(docs))?;
+        for doc in docs {
+            self.touched.remove(doc);
+        }
         Ok(())
     }
 

@@ -47,6 +47,11 @@ pub(super) enum Parked {
     Serve,
     /// A document to ask `peer` for, once its heads are read (see `pump_wants`).
     Wanted { peer: String, wanted: Wanted },
+    /// A document `from` hands to this node (see `handoff`).
+    Handoff {
+        from: String,
+        offer: crate::wire::HandoffDoc,
+    },
 }
 
 impl Replica {
@@ -158,6 +163,16 @@ impl Replica {
                 }
             }
             Parked::Serve => self.clients.mark(doc),
+            Parked::Handoff { from, offer } => {
+                if self.peers.contains_key(&from) {
+                    if let Some(offer) = self.check_offer(&from, offer) {
+                        self.effects.push(Effect::Send {
+                            to: from,
+                            msg: crate::wire::Message::HandedOff(vec![offer]),
+                        });
+                    }
+                }
+            }
             Parked::Wanted { peer, wanted } => {
                 if !self.peers.contains_key(&peer) {
                     return;

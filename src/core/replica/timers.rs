@@ -8,7 +8,9 @@
 //! (with its backoff), acknowledgements a full link could not take and receipts of pushed
 //! changes (sent `retry_ms` later), sync sessions without a message for
 //! `session_timeout_ms`, repairs held for an answer for `repair_hold_ms`, client requests
-//! unanswered for `unavailable_after_ms`, and changes of failed persist batches.
+//! unanswered for `unavailable_after_ms`, changes of failed persist batches, and the
+//! handoff of documents stored here but replicated elsewhere (once per anti-entropy
+//! period while there are any).
 
 use super::Replica;
 use crate::core::Effect;
@@ -52,6 +54,9 @@ impl Replica {
         if let Some(t) = self.retry.due_at() {
             at(t);
         }
+        if let Some(t) = self.handoff_due() {
+            at(t);
+        }
         next
     }
 
@@ -66,6 +71,7 @@ impl Replica {
         }
         self.expire_client_requests(now);
         self.retry_failed(now);
+        self.handoff_tick(now);
         for (id, peer) in self.peers.iter_mut() {
             if peer.owed_at.is_some_and(|t| t <= now) {
                 peer.owed_at = None;

@@ -1,0 +1,239 @@
+//! Handoff: documents this node stores but does not replicate go to their replicas, and
+//! are dropped here once every replica holds them durably.
+//!
+//! Such documents ("strays") come from two places: writes this node took while no replica
+//! of their document was reachable (hinted handoff: the node stores the write as a hint),
+//! and partitions this node held before a topology change moved them elsewhere. Both are
+//! handled alike, per partition, once per anti-entropy period while there are any: for at
+//! most [`HANDOFF_BATCH`] of them, the node sends each connected replica of the document
+//! the document's heads ([`Message::Handoff`]). A replica that has every change of those
+//! heads, durably, confirms ([`Message::HandedOff`]); one that lacks some asks for them as
+//! bulk repair does (a `Want`), and confirms at a later round. Once every replica of the
+//! document has confirmed the heads the node still has, the node drops its copy
+//! ([`Effect::Drop`]). A change that arrives meanwhile changes the heads and starts the
+//! confirmations again, so nothing is dropped that a replica lacks; a node killed at any
+//! step finds the same strays in its store at restart and goes on.
+//!
+//! The node never drops a document with changes not yet durable, being read, lent out, or
+//! followed by one of its automerge-repo clients.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use automerge::ChangeHash;
+
+use super::reads::Parked;
+use super::Replica;
+use crate::core::docs::Need;
+use crate::core::peers::Wanted;
+use crate::core::Effect;
+use crate::placement::{Partition, PartitionSet, PARTITIONS};
+use crate::wire::{HandoffDoc, Message};
+
+/// Documents offered per round, at most.
+pub(crate) const HANDOFF_BATCH: usize = 512;
+
+/// What this node offers and what its replicas confirmed.
+#[derive(Default)]
+pub(super) struct Handoffs {
+    /// The partitions this node replicates (`None`: all of them, no placement).
+    pub(super) held: Option<PartitionSet>,
+    /// Per document offered: the heads offered, and the replicas that confirmed them.
+    offered: HashMap<String, (Vec<ChangeHash>, BTreeSet<String>)>,
+    /// When the last round ran.
+    last: u64,
+    /// The partition the next round starts from.
+    cursor: u16,
+    /// Documents dropped after their handoff, since start.
+    pub(super) dropped: u64,
+}
+
+impl Replica {
+    /// Documents this node stores but does not replicate: hinted writes and partitions it
+    /// no longer holds, waiting to be handed to their replicas.
+    pub fn stray_count(&self) -> usize {
+        let Some(held) = &self.handoff.held else {
+            return 0;
+        };
+        (0..PARTITIONS)
+            .map(Partition)
+            .filter(|&p| !held.contains(p))
+            .map(|p| self.docs.index().partition_len(p))
+            .sum()
+    }
+
+    /// Documents dropped here after every replica confirmed holding them.
+    pub fn handed_off(&self) -> u64 {
+        self.handoff.dropped
+    }
+
+    /// Follows the router's placement: the partitions this node holds.
+    pub(super) fn refresh_held(&mut self) {
+        self.handoff.held = self.router.placement().map(|p| {
+            let mut set = PartitionSet::empty();
+            for part in p.held_by(&self.id) {
+                set.insert(part);
+            }
+            set
+        });
+    }
+
+    /// When the next handoff round is due, if there is anything to hand off.
+    pub(super) fn handoff_due(&self) -> Option<u64> {
+        (!self.peers.is_empty() && self.stray_count() > 0).then(|| {
+            self.handoff
+                .last
+                .saturating_add(self.config.anti_entropy_ms)
+        })
+    }
+
+    /// A handoff round, if due: each stray's heads to its connected replicas.
+    pub(super) fn handoff_tick(&mut self, now: u64) {
+        if self.handoff_due().is_none_or(|at| at > now) {
+            return;
+        }
+        self.handoff.last = now;
+        let (Some(held), Some(placement)) = (
+            self.handoff.held.clone(),
+            self.router.placement().cloned(),
+        ) else {
+            return;
+        };
+        let mut by_peer: BTreeMap<String, Vec<HandoffDoc>> = BTreeMap::new();
+        let mut budget = HANDOFF_BATCH;
+        let start = self.handoff.cursor;
+        for k in 0..PARTITIONS {
+            let p = Partition((start + k) % PARTITIONS);
+            if held.contains(p) || self.docs.index().partition_len(p) == 0 {
+                continue;
+            }
+            if budget == 0 {
+                self.handoff.cursor = p.0;
+                break;
+            }
+            for (doc, _) in self.docs.index().partition_docs(p) {
+                if budget == 0 {
+                    break;
+                }
+                budget -= 1;
+                let Some(heads) = self.docs.heads(&doc) else {
+                    // Its heads are read now, for the next round.
+                    self.ready(&doc, Need::Heads);
+                    continue;
+                };
+                let entry = self
+                    .handoff
+                    .offered
+                    .entry(doc.clone())
+                    .or_insert_with(|| (heads.clone(), BTreeSet::new()));
+                if entry.0 != heads {
+                    *entry = (heads.clone(), BTreeSet::new());
+                }
+                for r in placement.replicas_of(&doc) {
+                    if self.peers.contains_key(r) && !entry.1.contains(r) {
+                        by_peer.entry(r.to_string()).or_default().push(HandoffDoc {
+                            doc: doc.clone(),
+                            heads: heads.iter().map(|h| h.0).collect(),
+                        });
+                    }
+                }
+            }
+        }
+        for (peer, docs) in by_peer {
+            self.effects.push(Effect::Send {
+                to: peer,
+                msg: Message::Handoff(docs),
+            });
+        }
+    }
+
+    /// A peer hands documents to this node: confirmed where this node holds every change
+    /// of their heads durably, asked for where it lacks some.
+    pub(super) fn receive_handoff(&mut self, from: &str, docs: Vec<HandoffDoc>) {
+        let Some(placement) = self.router.placement().cloned() else {
+            return;
+        };
+        let mut confirmed = Vec::new();
+        for offer in docs {
+            if !placement.holds_doc(&self.id, &offer.doc)
+                || !crate::doc_id::is_valid_doc_id(&offer.doc)
+            {
+                continue;
+            }
+            if !self.ready(&offer.doc, Need::Doc) {
+                let from = from.to_string();
+                let doc = offer.doc.clone();
+                self.park(&doc, Parked::Handoff { from, offer });
+                continue;
+            }
+            if let Some(offer) = self.check_offer(from, offer) {
+                confirmed.push(offer);
+            }
+        }
+        if !confirmed.is_empty() {
+            self.effects.push(Effect::Send {
+                to: from.to_string(),
+                msg: Message::HandedOff(confirmed),
+            });
+        }
+    }
+
+    /// A handed document in memory here (or new here): the offer back if this node holds
+    /// every change of its heads durably; else its missing changes are asked of `from`.
+    pub(super) fn check_offer(&mut self, from: &str, offer: HandoffDoc) -> Option<HandoffDoc> {
+        let doc = offer.doc.as_str();
+        let has_all = offer
+            .heads
+            .iter()
+            .all(|h| self.docs.has_change(doc, &ChangeHash(*h)));
+        if !has_all {
+            if let Some(p) = self.peers.get_mut(from) {
+                p.want(Wanted {
+                    doc: doc.to_string(),
+                    reply: false,
+                    theirs: None,
+                });
+            }
+            return None;
+        }
+        let durable = !self.dirty.contains(doc)
+            && self.docs.peek(doc).is_some_and(|d| {
+                !(d.has_pending()
+                    || d.has_orphans()
+                    || self.retry.holds(doc)
+                    || self.batches.pins(d.persist_token))
+            });
+        durable.then_some(offer)
+    }
+
+    /// A replica confirms documents this node offered: those confirmed by every replica
+    /// at the heads this node still has are dropped here.
+    pub(super) fn receive_handed_off(&mut self, from: &str, docs: Vec<HandoffDoc>) {
+        let Some(placement) = self.router.placement().cloned() else {
+            return;
+        };
+        for confirmed in docs {
+            let doc = confirmed.doc;
+            let heads: Vec<ChangeHash> = confirmed.heads.into_iter().map(ChangeHash).collect();
+            let Some((offered, by)) = self.handoff.offered.get_mut(&doc) else {
+                continue;
+            };
+            if *offered != heads || self.docs.heads(&doc).as_ref() != Some(&heads) {
+                continue;
+            }
+            by.insert(from.to_string());
+            let all = placement.replicas_of(&doc).all(|r| by.contains(r));
+            if !all || placement.holds_doc(&self.id, &doc) || self.clients.is_followed(&doc) {
+                continue;
+            }
+            let (batches, retry) = (&self.batches, &self.retry);
+            let pinned = |d: &crate::core::docs::DocState| {
+                d.has_orphans() || retry.holds(&doc) || batches.pins(d.persist_token)
+            };
+            if !self.dirty.contains(&doc) && self.docs.forget(&doc, pinned) {
+                self.handoff.offered.remove(&doc);
+                self.handoff.dropped += 1;
+                self.effects.push(Effect::Drop { doc });
+            }
+        }
+    }
+}
