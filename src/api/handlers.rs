@@ -119,6 +119,7 @@ fn status_json(s: &NodeStatus) -> Value {
         "docs": s.docs,
         "replicas": s.replicas,
         "partitions": s.partitions,
+        "partitions_moving": {"in": s.partitions_in, "out": s.partitions_out},
         "forwarding": s.forwarding,
         "hints": s.hints,
         "handed_off": s.handed_off,

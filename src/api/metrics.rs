@@ -4,7 +4,10 @@
 //! # Metrics
 //! Gauges: `concordant_docs` (documents stored), `concordant_partitions` (partitions this
 //! node replicates), `concordant_hints` (documents stored here but replicated elsewhere,
-//! waiting to be handed to their replicas), `concordant_forwarding` (requests forwarded to a replica, waiting for
+//! waiting to be handed to their replicas), `concordant_handoff_partitions{direction}`
+//! (`in`: replicated here with documents still being fetched; `out`: stored here but
+//! replicated elsewhere), `concordant_handed_off_total` (counter: documents dropped here
+//! once every replica held them), `concordant_forwarding` (requests forwarded to a replica, waiting for
 //! its answer), `concordant_fingerprint` (the top 53 bits
 //! of the node's document-set fingerprint, `fingerprint >> 11`, so that the float64 of the
 //! text format holds it exactly; equal on two nodes that hold the same documents at the same
@@ -291,6 +294,21 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         "Partitions this node replicates.",
         &[],
         s.partitions as u64,
+    );
+    for (direction, n) in [("in", s.partitions_in), ("out", s.partitions_out)] {
+        m.gauge(
+            "concordant_handoff_partitions",
+            "Partitions moving: in (replicated here, documents still being fetched), out \
+             (stored here, replicated elsewhere).",
+            &[("direction", direction)],
+            n as u64,
+        );
+    }
+    m.counter(
+        "concordant_handed_off_total",
+        "Documents dropped here after every replica confirmed holding them.",
+        &[],
+        s.handed_off,
     );
     m.gauge(
         "concordant_hints",

@@ -675,6 +675,7 @@ impl Driver {
             })
             .collect();
         let counts = self.replica.doc_counts();
+        let moving = self.replica.partitions_moving();
         let topology = self.topology.borrow();
         let partitions = topology.placement().map_or(
             usize::from(crate::placement::PARTITIONS),
@@ -690,6 +691,8 @@ impl Driver {
             partitions,
             forwarding: self.forwards.len(),
             hints: self.replica.stray_count(),
+            partitions_in: moving.0,
+            partitions_out: moving.1,
             handed_off: self.replica.handed_off(),
             docs_loaded: counts.loaded,
             cache_bytes: counts.loaded_bytes,

@@ -273,6 +273,11 @@ pub struct NodeStatus {
     pub hints: usize,
     /// Documents dropped here after every replica confirmed holding them, since start.
     pub handed_off: u64,
+    /// Partitions moving in: replicated here, with documents still to be fetched from
+    /// other replicas.
+    pub partitions_in: usize,
+    /// Partitions moving out: stored here but replicated elsewhere.
+    pub partitions_out: usize,
     /// Documents in memory.
     pub docs_loaded: usize,
     /// The memory the documents in memory hold, estimated (see [`crate::core::footprint`]).

@@ -26,7 +26,7 @@ use super::Replica;
 use crate::core::docs::Need;
 use crate::core::peers::Wanted;
 use crate::core::Effect;
-use crate::placement::{Partition, PartitionSet, PARTITIONS};
+use crate::placement::{partition_of, Partition, PartitionSet, PARTITIONS};
 use crate::wire::{HandoffDoc, Message};
 
 /// Documents offered per round, at most.
@@ -59,6 +59,26 @@ impl Replica {
             .filter(|&p| !held.contains(p))
             .map(|p| self.docs.index().partition_len(p))
             .sum()
+    }
+
+    /// Partitions moving: in (held here, with documents still to be asked of other
+    /// replicas) and out (stored here but held elsewhere). Both 0 without a placement.
+    pub fn partitions_moving(&self) -> (usize, usize) {
+        let Some(held) = &self.handoff.held else {
+            return (0, 0);
+        };
+        let out = (0..PARTITIONS)
+            .map(Partition)
+            .filter(|&p| !held.contains(p) && self.docs.index().partition_len(p) > 0)
+            .count();
+        let mut moving_in = PartitionSet::empty();
+        for doc in self.peers.values().flat_map(|p| p.wanted_docs()) {
+            let p = partition_of(doc, PARTITIONS);
+            if held.contains(p) {
+                moving_in.insert(p);
+            }
+        }
+        (moving_in.len(), out)
     }
 
     /// Documents dropped here after every replica confirmed holding them.
