@@ -230,6 +230,14 @@ pub enum Message {
     /// The receiver holds these documents durably with every change of these heads; the
     /// sender may drop its copy once every replica has said so.
     HandedOff(Vec<HandoffDoc>),
+    /// The sender does not replicate these documents but has clients following them:
+    /// the receiver, a replica, pushes their changes to it too (`follow`), or no longer.
+    Follow {
+        /// Document ids.
+        docs: Vec<String>,
+        /// Start (true) or stop following.
+        follow: bool,
+    },
 }
 
 /// A document and its heads at the node that hands it off.
@@ -345,6 +353,7 @@ impl Message {
             Message::Reply(_) => "reply",
             Message::Handoff(_) => "handoff",
             Message::HandedOff(_) => "handed-off",
+            Message::Follow { .. } => "follow",
         }
     }
 }

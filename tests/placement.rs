@@ -101,7 +101,12 @@ async fn every_node_serves_every_document(kind: TopologyKind) {
         for (k, node) in nodes.iter().enumerate() {
             let key = format!("by-{}", node.id());
             if (i + k) % 2 == 0 {
-                ops(node, &doc(i), json!([{"op": "set", "path": [key], "value": k}])).await;
+                ops(
+                    node,
+                    &doc(i),
+                    json!([{"op": "set", "path": [key], "value": k}]),
+                )
+                .await;
             } else {
                 node.change(&doc(i), move |tx| {
                     automerge::transaction::Transactable::put(tx, automerge::ROOT, key, k as i64)
@@ -157,7 +162,10 @@ async fn every_node_serves_every_document(kind: TopologyKind) {
     )
     .await;
     // A change function at a non-replica can wait only for one replica.
-    assert!(written.is_err(), "ack all with a change function at a non-replica");
+    assert!(
+        written.is_err(),
+        "ack all with a change function at a non-replica"
+    );
     let request = concordant::ops::parse_write_request(
         br#"{"ops":[{"op":"set","path":["acked"],"value":true}],"ack":"all"}"#,
     )
@@ -165,7 +173,11 @@ async fn every_node_serves_every_document(kind: TopologyKind) {
     let written = outsider.apply_ops(&d, request).await.expect("ack all");
     let mut acked = written.acked_by.clone();
     acked.sort();
-    assert_eq!(acked, replicas(&cluster, &d), "acknowledged by every replica");
+    assert_eq!(
+        acked,
+        replicas(&cluster, &d),
+        "acknowledged by every replica"
+    );
     cluster.shutdown().await;
 }
 
@@ -187,7 +199,11 @@ async fn with_both_replicas_down_reads_answer_503_and_writes_are_hinted_then_han
         br#"{"ops":[{"op":"set","path":["x"],"value":1}],"ack":"all"}"#,
     )
     .expect("request");
-    cluster.node(0).apply_ops(&d, request).await.expect("on both replicas");
+    cluster
+        .node(0)
+        .apply_ops(&d, request)
+        .await
+        .expect("on both replicas");
     let down = replicas(&cluster, &d);
     for r in &down {
         let k = cluster.ids.iter().position(|id| id == r).expect("a node");
@@ -199,7 +215,10 @@ async fn with_both_replicas_down_reads_answer_503_and_writes_are_hinted_then_han
         match survivor.json(&d).await {
             Err(e) => break e,
             Ok(_) => {
-                assert!(start.elapsed() < WAIT, "still readable with both replicas down");
+                assert!(
+                    start.elapsed() < WAIT,
+                    "still readable with both replicas down"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -210,9 +229,17 @@ async fn with_both_replicas_down_reads_answer_503_and_writes_are_hinted_then_han
         assert!(text.contains(r.as_str()), "{text} names {r}");
     }
     // Writes are still accepted: kept at the survivor as hints.
-    ops(&survivor, &d, json!([{"op": "set", "path": ["hinted"], "value": 2}])).await;
+    ops(
+        &survivor,
+        &d,
+        json!([{"op": "set", "path": ["hinted"], "value": 2}]),
+    )
+    .await;
     let stored_here = survivor.docs().await.expect("listing");
-    assert!(stored_here.iter().any(|(id, _)| *id == d), "the hint is stored");
+    assert!(
+        stored_here.iter().any(|(id, _)| *id == d),
+        "the hint is stored"
+    );
     assert_eq!(survivor.status().await.expect("status").hints, 1);
     // The replicas come back: the hinted write reaches both, and the survivor drops it.
     for r in &down {
@@ -231,7 +258,10 @@ async fn with_both_replicas_down_reads_answer_503_and_writes_are_hinted_then_han
         if on_replicas && kept.iter().all(|(id, _)| *id != d) {
             break;
         }
-        assert!(start.elapsed() < WAIT, "the hint was not handed off in {WAIT:?}");
+        assert!(
+            start.elapsed() < WAIT,
+            "the hint was not handed off in {WAIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(survivor.status().await.expect("status").hints, 0);
@@ -239,5 +269,135 @@ async fn with_both_replicas_down_reads_answer_503_and_writes_are_hinted_then_han
         survivor.json(&d).await.expect("read"),
         Some(json!({"x": 1, "hinted": 2}))
     );
+    cluster.shutdown().await;
+}
+
+/// Plays node n3 of the cluster over a raw transport: sends n1 forwarded requests with bad
+/// fields and reads n1's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_forwarded_requests_are_refused_and_change_nothing() {
+    use concordant::placement::{partition_of, PARTITIONS};
+    use concordant::transport::{Transport, TransportConfig, TransportEvent};
+    use concordant::wire::{Forward, ForwardOutcome, ForwardRequest, Message};
+
+    let mut cluster = TestCluster::new(3, TopologyKind::Mesh);
+    cluster.topology = cluster
+        .topology
+        .clone()
+        .with_replicas(Some(1))
+        .expect("R = 1");
+    let n1 = cluster.start_node(0).await;
+    let identity = cluster.identities[2].clone();
+    let (tx, mut events) = tokio::sync::mpsc::channel(64);
+    let members = vec!["n1".to_string(), "n2".to_string()];
+    let cfg = TransportConfig::new(
+        common::CLUSTER,
+        "n3",
+        "127.0.0.1:0".parse().expect("address"),
+        identity,
+        members,
+    );
+    let raw = Transport::bind(cfg, tx).await.expect("raw transport");
+    n1.set_peer_addr("n3", raw.local_addr())
+        .await
+        .expect("address");
+    raw.connect("n1", n1.peer_addr());
+    let deadline = Instant::now() + WAIT;
+    async fn next(
+        events: &mut tokio::sync::mpsc::Receiver<TransportEvent>,
+        deadline: Instant,
+    ) -> TransportEvent {
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, events.recv())
+            .await
+            .expect("an event in time")
+            .expect("events")
+    }
+    while next(&mut events, deadline).await != TransportEvent::Up("n1".into()) {}
+    // A document n1 does not replicate (n2 does), so n1 would pass it on.
+    let elsewhere = (0..)
+        .map(|i| format!("d{i}"))
+        .find(|d| cluster.topology.holds("n2", d))
+        .expect("a document of n2");
+    let mine = (0..)
+        .map(|i| format!("d{i}"))
+        .find(|d| cluster.topology.holds("n1", d))
+        .expect("a document of n1");
+    let forward = |id: u64, doc: &str, partition: u16, hops: u8| {
+        Message::Forward(Box::new(Forward {
+            id,
+            origin: "n3".into(),
+            target: "n1".into(),
+            hops,
+            doc: doc.to_string(),
+            partition,
+            request: ForwardRequest::Ops(r#"{"ops":[{"op":"set","path":["x"],"value":1}]}"#.into()),
+        }))
+    };
+    let right = partition_of(&mine, PARTITIONS).0;
+    let cases = [
+        (
+            1,
+            forward(1, &mine, right.wrapping_add(1) % PARTITIONS, 0),
+            400,
+            "unknown partition",
+        ),
+        (
+            2,
+            forward(2, &mine, PARTITIONS + 7, 0),
+            400,
+            "unknown partition",
+        ),
+        (3, forward(3, "bad/id", 0, 0), 400, "invalid document id"),
+        (
+            4,
+            forward(4, &elsewhere, partition_of(&elsewhere, PARTITIONS).0, 200),
+            508,
+            "forward loop",
+        ),
+    ];
+    for (id, msg, status, says) in cases {
+        raw.send("n1", msg).expect("sent");
+        let reply = loop {
+            if let TransportEvent::Message {
+                msg: Message::Reply(r),
+                ..
+            } = next(&mut events, deadline).await
+            {
+                break r;
+            }
+        };
+        assert_eq!(reply.id, id);
+        match reply.outcome {
+            ForwardOutcome::Failed {
+                status: s, message, ..
+            } => {
+                assert_eq!(s, status, "{message}");
+                assert!(message.contains(says), "{message}");
+            }
+            other => panic!("case {id}: {other:?}"),
+        }
+    }
+    assert!(
+        n1.docs().await.expect("listing").is_empty(),
+        "nothing was written"
+    );
+    // A good request is served.
+    raw.send("n1", forward(5, &mine, right, 0)).expect("sent");
+    let reply = loop {
+        if let TransportEvent::Message {
+            msg: Message::Reply(r),
+            ..
+        } = next(&mut events, deadline).await
+        {
+            break r;
+        }
+    };
+    assert!(
+        matches!(reply.outcome, ForwardOutcome::Written { .. }),
+        "{:?}",
+        reply.outcome
+    );
+    assert_eq!(n1.json(&mine).await.expect("read"), Some(json!({"x": 1})));
     cluster.shutdown().await;
 }

@@ -134,7 +134,12 @@ impl Clients {
         }
     }
 
-    /// The clients following `doc`.
+    /// The documents some client follows.
+    pub(crate) fn followed_docs(&self) -> impl Iterator<Item = &String> {
+        self.followers.keys()
+    }
+
+    /// Whether some client follows `doc`.
     pub(crate) fn is_followed(&self, doc: &str) -> bool {
         self.followers.get(doc).is_some_and(|s| !s.is_empty())
     }

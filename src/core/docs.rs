@@ -672,7 +672,10 @@ impl Docs {
         if self.reading.contains_key(id)
             || self.lent.contains_key(id)
             || self.unsaved.contains_key(id)
-            || self.loaded.get(id).is_some_and(|d| d.has_pending() || pinned(d))
+            || self
+                .loaded
+                .get(id)
+                .is_some_and(|d| d.has_pending() || pinned(d))
         {
             return false;
         }

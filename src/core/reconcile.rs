@@ -92,7 +92,7 @@ const ITEM_SEED: u64 = 0x243f_6a88_85a3_08d3;
 /// Buckets per partition: a partition is a run of buckets (the top bits of one hash).
 const BUCKETS_PER_PARTITION: usize = BUCKETS / PARTITIONS as usize;
 const _: () = assert!(
-    PARTITIONS.is_power_of_two() && BUCKETS % PARTITIONS as usize == 0,
+    PARTITIONS.is_power_of_two() && BUCKETS.is_multiple_of(PARTITIONS as usize),
     "a partition must be a run of whole buckets"
 );
 /// The level whose nodes each lie in one partition (and whose parents do not).

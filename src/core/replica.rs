@@ -17,6 +17,7 @@
 mod acks;
 mod batch;
 pub(crate) mod clients;
+mod follow;
 mod handoff;
 mod lending;
 mod persist;
@@ -293,6 +294,10 @@ pub struct Replica {
     jobs: HashMap<String, Option<super::lend::Job>>,
     /// Documents stored here but replicated elsewhere, on their way there (see `handoff`).
     handoff: handoff::Handoffs,
+    /// Peers following documents this node replicates, by document (see `follow`).
+    remote_followers: HashMap<String, BTreeSet<String>>,
+    /// Documents this node follows at their replicas, with the replicas asked.
+    following: BTreeMap<String, BTreeSet<String>>,
     stats: CoreStats,
 }
 
@@ -335,6 +340,8 @@ impl Replica {
             parked: HashMap::new(),
             jobs: HashMap::new(),
             handoff: handoff::Handoffs::default(),
+            remote_followers: HashMap::new(),
+            following: BTreeMap::new(),
             stats: CoreStats::default(),
         };
         replica.refresh_held();
@@ -495,6 +502,7 @@ impl Replica {
     /// held for an answer from it go ahead.
     pub fn peer_down(&mut self, now: u64, peer: &str) {
         self.peers.remove(peer);
+        self.follows_peer_down(peer);
         self.refresh_connected();
         for doc in self.gate.peer_down(peer) {
             self.release_held(now, &doc);
@@ -603,6 +611,7 @@ impl Replica {
             Message::Ephemeral(e) => self.receive_ephemeral(from, e),
             Message::Handoff(docs) => self.receive_handoff(from, docs),
             Message::HandedOff(docs) => self.receive_handed_off(from, docs),
+            Message::Follow { docs, follow } => self.receive_follow(from, docs, follow),
             Message::Receipt { changes, bytes } => {
                 if let Some(p) = self.peers.get_mut(from) {
                     p.lag.confirm(changes, bytes);
@@ -627,6 +636,7 @@ impl Replica {
             self.apply_doc(&doc);
         }
         self.serve_clients();
+        self.sync_follows();
         self.settle_acks();
         if let Some((token, docs)) = self.batches.seal() {
             let docs = docs

@@ -150,9 +150,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         draining: None,
         gather: cluster_view::Gather::new(&config.id),
     };
-    let driver = tokio::spawn(driver.run(
-        commands, events, dones, read_dones, returned, served,
-    ));
+    let driver = tokio::spawn(driver.run(commands, events, dones, read_dones, returned, served));
     let id = config.id.clone();
     tokio::spawn(async move {
         // A panic ends the driver: the node is then failed, never silently half-alive.
@@ -677,10 +675,11 @@ impl Driver {
         let counts = self.replica.doc_counts();
         let moving = self.replica.partitions_moving();
         let topology = self.topology.borrow();
-        let partitions = topology.placement().map_or(
-            usize::from(crate::placement::PARTITIONS),
-            |p| p.held_by(&self.id).len(),
-        );
+        let partitions = topology
+            .placement()
+            .map_or(usize::from(crate::placement::PARTITIONS), |p| {
+                p.held_by(&self.id).len()
+            });
         NodeStatus {
             node: self.id.clone(),
             cluster: self.cluster.clone(),

@@ -42,7 +42,12 @@ impl Node {
     }
 
     /// Sends `request` to a replica of `doc` and waits for its answer.
-    async fn forward(&self, doc: &str, request: ForwardRequest, wait_ms: u64) -> Result<Reply, Error> {
+    async fn forward(
+        &self,
+        doc: &str,
+        request: ForwardRequest,
+        wait_ms: u64,
+    ) -> Result<Reply, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Forward {
             doc: doc.to_string(),
@@ -78,7 +83,11 @@ impl Node {
     pub(super) async fn forward_merge(&self, doc: &str, data: Vec<u8>) -> Result<usize, Error> {
         let request = ForwardRequest::Merge(ByteBuf::from(data));
         let reply = self
-            .forward(doc, request, crate::ops::DEFAULT_TIMEOUT_MS + WRITE_MARGIN_MS)
+            .forward(
+                doc,
+                request,
+                crate::ops::DEFAULT_TIMEOUT_MS + WRITE_MARGIN_MS,
+            )
             .await?;
         match reply.outcome {
             ForwardOutcome::Merged { new_changes, .. } => {
@@ -90,7 +99,9 @@ impl Node {
 
     /// [`Node::json`] at a replica.
     pub(super) async fn forward_json(&self, doc: &str) -> Result<Option<serde_json::Value>, Error> {
-        let reply = self.forward(doc, ForwardRequest::Json, READ_TIMEOUT_MS).await?;
+        let reply = self
+            .forward(doc, ForwardRequest::Json, READ_TIMEOUT_MS)
+            .await?;
         match reply.outcome {
             ForwardOutcome::Json(None) => Ok(None),
             ForwardOutcome::Json(Some(text)) => serde_json::from_str(&text)
@@ -102,7 +113,9 @@ impl Node {
 
     /// The saved document, from a replica.
     pub(super) async fn forward_save(&self, doc: &str) -> Result<Option<Vec<u8>>, Error> {
-        let reply = self.forward(doc, ForwardRequest::Save, READ_TIMEOUT_MS).await?;
+        let reply = self
+            .forward(doc, ForwardRequest::Save, READ_TIMEOUT_MS)
+            .await?;
         match reply.outcome {
             ForwardOutcome::Saved(saved) => Ok(saved.map(ByteBuf::into_vec)),
             other => Err(failure(doc, reply.by, other)),

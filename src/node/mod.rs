@@ -525,7 +525,7 @@ impl WeakNode {
 }
 
 impl Node {
-/// A handle that does not keep the node running.
+    /// A handle that does not keep the node running.
     pub(crate) fn downgrade(&self) -> WeakNode {
         WeakNode {
             id: self.id.clone(),

@@ -167,7 +167,10 @@ fn run_jobs(
                 commit(store, &mut appends, compact_after, done);
                 if let Err(e) = store.remove(&docs) {
                     // They stay stored, and are handed off again after a restart.
-                    tracing::warn!(count = docs.len(), "cannot delete handed-off documents: {e}");
+                    tracing::warn!(
+                        count = docs.len(),
+                        "cannot delete handed-off documents: {e}"
+                    );
                 }
             }
             StoreJob::LongLogs(min, reply) => {

@@ -271,7 +271,11 @@ fn shared_partitions_are_those_both_nodes_replicate() {
         .filter(|(a, b)| a < b)
         .map(|(a, b)| placement.shared(a, b).len())
         .sum();
-    assert_eq!(all, usize::from(PARTITIONS), "with R = 2 each partition is one pair's");
+    assert_eq!(
+        all,
+        usize::from(PARTITIONS),
+        "with R = 2 each partition is one pair's"
+    );
     let doc = "some-doc";
     let replicas: Vec<&str> = placement.replicas_of(doc).collect();
     assert_eq!(replicas.len(), 2);

@@ -76,9 +76,13 @@ pub(crate) fn describe(msg: &wire::Message) -> String {
         wire::Message::Receipt { changes, bytes } => {
             format!("receipt of {changes} changes, {bytes} bytes")
         }
-        wire::Message::ClusterAsk { .. } | wire::Message::ClusterTell { .. } => {
-            msg.kind().to_string()
-        }
+        wire::Message::ClusterAsk { .. }
+        | wire::Message::ClusterTell { .. }
+        | wire::Message::Forward(_)
+        | wire::Message::Reply(_) => msg.kind().to_string(),
+        wire::Message::Handoff(d) => format!("handoff of {} docs", d.len()),
+        wire::Message::HandedOff(d) => format!("handed off {} docs", d.len()),
+        wire::Message::Follow { docs, follow } => format!("follow {follow} {} docs", docs.len()),
     }
 }
 

@@ -669,6 +669,7 @@ impl Sim {
             }
             // No automerge-repo clients in the simulation.
             Effect::Notify { .. } | Effect::Client { .. } => {}
+            Effect::Drop { doc } => panic!("n{i} drops {doc}, but no node here has a placement"),
         }
     }
 

@@ -356,7 +356,9 @@ fn hostile_input_does_not_panic_and_is_bounded() {
     assert_eq!(buckets.iter().map(|b| b.0).collect::<Vec<_>>(), [9, 10]);
     // diff: empty, out of range, repeated, misplaced and duplicated docs.
     assert!(index.diff(&[], None).is_empty());
-    assert!(index.diff(&[(1 << 31, vec![("x".into(), 1)])], None).is_empty());
+    assert!(index
+        .diff(&[(1 << 31, vec![("x".into(), 1)])], None)
+        .is_empty());
     assert!(index.diff(&[(u32::MAX, vec![])], None).is_empty());
     let (doc, digest) = index.iter().next().unwrap();
     let b = bucket_of(doc);
@@ -553,7 +555,11 @@ fn masked_reconciliation_finds_the_differences_of_the_shared_partitions_only() {
         .iter()
         .filter(|(doc, _)| in_mask(doc))
         .map(|(d, g)| (d.clone(), *g))
-        .chain(b.iter().filter(|(d, _)| !in_mask(d)).map(|(d, g)| (d.clone(), *g)))
+        .chain(
+            b.iter()
+                .filter(|(d, _)| !in_mask(d))
+                .map(|(d, g)| (d.clone(), *g)),
+        )
         .collect();
     let run = reconcile_masked(&ia, &build(&b_masked), Some(&mask));
     assert!(run.found.is_empty());

@@ -112,10 +112,9 @@ impl Replica {
             return;
         }
         self.handoff.last = now;
-        let (Some(held), Some(placement)) = (
-            self.handoff.held.clone(),
-            self.router.placement().cloned(),
-        ) else {
+        let (Some(held), Some(placement)) =
+            (self.handoff.held.clone(), self.router.placement().cloned())
+        else {
             return;
         };
         let mut by_peer: BTreeMap<String, Vec<HandoffDoc>> = BTreeMap::new();

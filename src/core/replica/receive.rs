@@ -189,6 +189,12 @@ impl Replica {
         let mut targets = self.router.targets(&self.id, origin, from, &self.connected);
         if let Some(placement) = self.router.placement() {
             targets.retain(|t| placement.holds_doc(t, doc));
+            // Peers whose clients follow the document (see `follow`).
+            for f in self.followers_of(doc) {
+                if Some(f.as_str()) != from && f != origin && !targets.contains(f) {
+                    targets.push(f.clone());
+                }
+            }
         }
         for target in &targets {
             let Some(peer) = self.peers.get_mut(target) else {

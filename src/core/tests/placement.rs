@@ -110,7 +110,10 @@ fn a_hinted_document_is_handed_to_its_replicas_then_dropped() {
         c.tick_all(10_000);
     }
     assert!(holders(&c, &d).contains(&first), "handed to {first}");
-    assert!(holders(&c, &d).contains(&"c".to_string()), "kept until every replica has it");
+    assert!(
+        holders(&c, &d).contains(&"c".to_string()),
+        "kept until every replica has it"
+    );
     // Both replicas hold it durably: c drops its copy.
     c.link("c", &second);
     for _ in 0..4 {
@@ -123,7 +126,7 @@ fn a_hinted_document_is_handed_to_its_replicas_then_dropped() {
     for r in replicas(&t, &d) {
         let doc = c.node(&r).load(&d).unwrap().unwrap();
         assert_eq!(
-            doc.get(ROOT, "hinted").unwrap().unwrap().0.to_i64(),
+            doc.get(ROOT, "hinted").unwrap().unwrap().0.as_i64(),
             Some(7),
             "{r} has the hinted write"
         );
@@ -164,5 +167,8 @@ fn a_partition_moved_away_goes_to_its_new_replicas_before_the_old_copy_goes() {
         .map(|d| ["a", "b"].iter().filter(|n| !three.holds(n, d)).count())
         .sum::<usize>();
     assert!(moved_away > 0);
-    assert_eq!(dropped as usize, moved_away, "each old copy outside the new placement");
+    assert_eq!(
+        dropped as usize, moved_away,
+        "each old copy outside the new placement"
+    );
 }

@@ -115,7 +115,10 @@ impl Driver {
         if !crate::doc_id::is_valid_doc_id(&f.doc) {
             let refused = refuse(
                 400,
-                format!("forwarded request from {from}: invalid document id {:?}", f.doc),
+                format!(
+                    "forwarded request from {from}: invalid document id {:?}",
+                    f.doc
+                ),
             );
             return self.answer(refused);
         }
@@ -215,7 +218,10 @@ impl Driver {
 
     fn pass_reply(&mut self, r: Reply) {
         let connected = self.replica.connected();
-        let via = self.topology.borrow().next_hop(&self.id, &r.origin, connected);
+        let via = self
+            .topology
+            .borrow()
+            .next_hop(&self.id, &r.origin, connected);
         match via {
             Some(via) => {
                 let _ = self.transport.send(&via, Message::Reply(Box::new(r)));
