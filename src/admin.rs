@@ -322,12 +322,17 @@ pub async fn propose_file(node: &crate::Node, config: &Config) -> Vec<String> {
     report
 }
 
-/// The live topology as a short text: version, nodes in order, removed nodes.
+/// The live topology as a short text: kind, replicas (when set), version, nodes in order,
+/// removed nodes.
 pub fn topology_table(t: &Value) -> String {
     let mut out = String::new();
+    let replicas = match t.get("replicas") {
+        Some(r) if !r.is_null() => format!("  replicas {r}"),
+        _ => String::new(),
+    };
     let _ = writeln!(
         out,
-        "cluster {}  topology {}  version {}  digest {}",
+        "cluster {}  topology {}{replicas}  version {}  digest {}",
         t["cluster"].as_str().unwrap_or("?"),
         t["topology"].as_str().unwrap_or("?"),
         t["version"],
@@ -353,4 +358,37 @@ pub fn topology_table(t: &Value) -> String {
         let _ = writeln!(out, "removed: {}", removed.join(", "));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::Membership;
+
+    fn live(head: &str) -> Value {
+        let text = format!(
+            "cluster = \"c\"\n{head}\n[[node]]\nid = \"n1\"\npeer = \"127.0.0.1:7101\"\n\
+             api = \"127.0.0.1:8101\"\n[[node]]\nid = \"n2\"\npeer = \"127.0.0.1:7102\"\n\
+             api = \"127.0.0.1:8102\"\n"
+        );
+        let config = Config::parse(&text, Path::new("cluster.toml")).expect("a valid file");
+        Membership::from_config(&config).to_json()
+    }
+
+    #[test]
+    fn the_topology_table_shows_the_replicas_when_set() {
+        let table = topology_table(&live("topology = \"mesh\"\nreplicas = 1"));
+        let head = table.lines().next().unwrap_or_default();
+        assert!(
+            head.starts_with("cluster c  topology mesh  replicas 1  version 0  digest "),
+            "{table}"
+        );
+        assert!(table.contains("\nn2 "), "{table}");
+        let table = topology_table(&live("topology = \"mesh\""));
+        assert!(!table.contains("replicas"), "{table}");
+        assert!(
+            table.starts_with("cluster c  topology mesh  version 0  digest "),
+            "{table}"
+        );
+    }
 }

@@ -173,6 +173,10 @@ pub struct Config {
     pub cluster: String,
     /// The topology kind.
     pub topology: TopologyKind,
+    /// Each document on this many nodes (`replicas = R`); `None`: every node has every
+    /// document. When set, 1 ≤ R ≤ the number of nodes, and R below the number of nodes
+    /// only with a mesh or a two-way ring.
+    pub replicas: Option<usize>,
     /// Cluster CA certificate (PEM), resolved against the file's directory.
     pub ca: PathBuf,
     /// Bearer token every HTTP request must present, if set.
@@ -192,6 +196,7 @@ impl fmt::Debug for Config {
             .field("path", &self.path)
             .field("cluster", &self.cluster)
             .field("topology", &self.topology)
+            .field("replicas", &self.replicas)
             .field("ca", &self.ca)
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
             .field("nodes", &self.nodes)
@@ -240,6 +245,7 @@ struct RawFile {
     cluster: Option<String>,
     topology: Option<String>,
     ring_direction: Option<String>,
+    replicas: Option<RawReplicas>,
     tls: Option<RawTls>,
     api: Option<RawApi>,
     #[serde(default)]
@@ -248,6 +254,35 @@ struct RawFile {
     link: Vec<RawLink>,
     #[serde(default)]
     tuning: Tuning,
+}
+
+/// `replicas = R` as written: any integer, negative ones included, so that the range gets
+/// this file's message ([`Checker::replicas`]); anything else is refused while parsing with
+/// a message saying what is expected.
+struct RawReplicas(i64);
+
+impl<'de> Deserialize<'de> for RawReplicas {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Count;
+        impl serde::de::Visitor<'_> for Count {
+            type Value = RawReplicas;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number of nodes for replicas (e.g. replicas = 3)")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawReplicas, E> {
+                Ok(RawReplicas(v))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawReplicas, E> {
+                i64::try_from(v)
+                    .map(RawReplicas)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+        }
+        d.deserialize_i64(Count)
+    }
 }
 
 #[derive(Deserialize)]
@@ -316,13 +351,19 @@ impl Config {
         self.nodes.iter().find(|n| n.id == id)
     }
 
-    /// The static topology over the nodes (ring order = file order).
+    /// The static topology over the nodes (ring order = file order), with each document on
+    /// [`Config::replicas`] of them. A loaded file has valid replicas; should a `Config`
+    /// built in code not, every node has every document.
     pub fn topology(&self) -> Topology {
-        Topology::new(
+        let full = Topology::new(
             self.topology,
             self.nodes.iter().map(|n| n.id.clone()).collect(),
             self.links.clone(),
-        )
+        );
+        match self.replicas {
+            None => full,
+            Some(r) => full.clone().with_replicas(Some(r)).unwrap_or(full),
+        }
     }
 }
 
@@ -361,11 +402,13 @@ impl Checker<'_> {
         let api_token = self.token(raw.api.and_then(|a| a.token))?;
         let nodes = self.nodes(raw.node, &base)?;
         let links = self.links(raw.link, topology, &nodes)?;
+        let replicas = self.replicas(raw.replicas.map(|r| r.0), topology, &nodes, &links)?;
         self.tuning(&raw.tuning)?;
         Ok(Config {
             path: self.path.to_path_buf(),
             cluster,
             topology,
+            replicas,
             ca,
             api_token,
             nodes,
@@ -428,6 +471,44 @@ impl Checker<'_> {
                 format!("only allowed with topology = \"ring\", not {name:?}"),
             )),
         }
+    }
+
+    /// `replicas = R`: 1 ≤ R ≤ the nodes, and a topology that can place documents on R of
+    /// them ([`Topology::with_replicas`] decides).
+    fn replicas(
+        &self,
+        raw: Option<i64>,
+        kind: TopologyKind,
+        nodes: &[NodeSpec],
+        links: &[(String, String)],
+    ) -> Result<Option<usize>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let n = nodes.len();
+        let Some(r) = usize::try_from(raw).ok().filter(|&r| r >= 1) else {
+            return Err(self.invalid(
+                "replicas",
+                format!(
+                    "replicas = {raw}: each document needs at least 1 node; remove the key to \
+                     keep every document on every node"
+                ),
+            ));
+        };
+        if r > n {
+            return Err(self.invalid(
+                "replicas",
+                format!(
+                    "replicas = {r} but the file has {n} node{}; at most {n}",
+                    if n == 1 { "" } else { "s" }
+                ),
+            ));
+        }
+        let ids = nodes.iter().map(|node| node.id.clone()).collect();
+        Topology::new(kind, ids, links.to_vec())
+            .with_replicas(Some(r))
+            .map_err(|e| self.invalid("replicas", format!("replicas = {r} of {n} nodes: {e}")))?;
+        Ok(Some(r))
     }
 
     fn token(&self, token: Option<String>) -> Result<Option<String>, ConfigError> {

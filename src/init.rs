@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::certs::{self, CertError};
 use crate::config::{Config, ConfigError, RingDirection, TopologyKind, Tuning};
 use crate::files::{self, Access};
+use crate::topology::Topology;
 
 /// Default first port: node `i` (from 1) gets peer port `base + i` and API port
 /// `base + 1000 + i`.
@@ -36,6 +37,10 @@ pub struct InitOptions {
     pub force: bool,
     /// Cluster id; by default the directory's name made safe, or `cluster`.
     pub cluster: Option<String>,
+    /// Each document on this many nodes (`replicas = R` in the file); `None`: every node
+    /// has every document. 1 to `nodes`, and below `nodes` only for a mesh or a two-way
+    /// ring.
+    pub replicas: Option<usize>,
 }
 
 impl InitOptions {
@@ -48,6 +53,7 @@ impl InitOptions {
             base_port: DEFAULT_BASE_PORT,
             force: false,
             cluster: None,
+            replicas: None,
         }
     }
 }
@@ -61,6 +67,14 @@ pub enum InitError {
     /// Edges need at least two nodes to link.
     #[error("--topology edges needs at least 2 nodes to link")]
     EdgesTooSmall,
+    /// The replicas are out of range or not possible with the topology.
+    #[error("--replicas {replicas}: {reason}")]
+    Replicas {
+        /// The replicas asked for.
+        replicas: usize,
+        /// Why they cannot be.
+        reason: String,
+    },
     /// The ports would go past 65535.
     #[error("--base-port {base_port}: with {nodes} nodes the API ports would go past 65535")]
     Ports {
@@ -108,6 +122,9 @@ pub fn init_cluster(opts: &InitOptions) -> Result<PathBuf, InitError> {
     if opts.topology == TopologyKind::Edges && opts.nodes < 2 {
         return Err(InitError::EdgesTooSmall);
     }
+    if let Some(replicas) = opts.replicas {
+        check_replicas(opts.topology, opts.nodes, replicas)?;
+    }
     let ports_overflow = || InitError::Ports {
         base_port: opts.base_port,
         nodes: opts.nodes,
@@ -144,6 +161,28 @@ pub fn init_cluster(opts: &InitOptions) -> Result<PathBuf, InitError> {
     }
     write_file(&toml_path, &text, false)?;
     Ok(toml_path)
+}
+
+/// Whether `replicas` of `nodes` nodes are possible with `topology`.
+fn check_replicas(topology: TopologyKind, nodes: usize, replicas: usize) -> Result<(), InitError> {
+    let refuse = |reason: String| InitError::Replicas { replicas, reason };
+    if replicas == 0 {
+        return Err(refuse(
+            "each document needs at least 1 node (leave --replicas out to keep every \
+             document on every node)"
+                .to_string(),
+        ));
+    }
+    if replicas > nodes {
+        return Err(refuse(format!(
+            "more than the {nodes} nodes (--nodes {nodes})"
+        )));
+    }
+    let ids = (1..=nodes).map(|i| format!("n{i}")).collect();
+    Topology::new(topology, ids, Vec::new())
+        .with_replicas(Some(replicas))
+        .map(|_| ())
+        .map_err(|e| refuse(e.to_string()))
 }
 
 /// The directory's name with anything but `A-Za-z0-9_.-` replaced by `-`, or `cluster`.
@@ -200,6 +239,21 @@ fn cluster_toml(opts: &InitOptions, cluster: &str, ids: &[String], token: &str) 
             "ring_direction = {}  # \"both\" or \"forward\" (one-way circular replication)",
             quote(direction)
         );
+    }
+    match opts.replicas {
+        Some(r) => {
+            let _ = writeln!(out, "replicas = {r}  # each document on this many nodes");
+        }
+        None if opts.topology != TopologyKind::Edges
+            && opts.topology != TopologyKind::Ring(RingDirection::Forward) =>
+        {
+            let _ = writeln!(
+                out,
+                "# replicas = {}  # each document on this many nodes (default: every node)",
+                opts.nodes.min(3)
+            );
+        }
+        None => {}
     }
     let _ = writeln!(out, "\n[tls]  # paths are relative to this file");
     let _ = writeln!(out, "ca = \"certs/ca.pem\"");
@@ -415,6 +469,82 @@ mod tests {
         let config = Config::load(&path).unwrap();
         assert_eq!(config.cluster, "c");
         assert_eq!(config.nodes[2].api.port(), 65535);
+    }
+
+    #[test]
+    fn replicas_are_written_and_load() {
+        for (kind, nodes, replicas) in [
+            (TopologyKind::Mesh, 5, 3),
+            (TopologyKind::Ring(RingDirection::Both), 4, 2),
+            (TopologyKind::Mesh, 1, 1),
+            (TopologyKind::Edges, 3, 3),
+            (TopologyKind::Ring(RingDirection::Forward), 3, 3),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut opts = InitOptions::new(tmp.path(), nodes, kind);
+            opts.replicas = Some(replicas);
+            let path = init_cluster(&opts).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let at = |needle: &str| {
+                text.find(needle)
+                    .unwrap_or_else(|| panic!("{needle}: {text}"))
+            };
+            assert!(at("topology = ") < at(&format!("\nreplicas = {replicas}  #")));
+            let config = Config::load(&path).unwrap();
+            assert_eq!(config.replicas, Some(replicas), "{text}");
+            assert_eq!(config.topology().replicas(), replicas);
+            assert_eq!(config.topology().replicas_of("d").len(), replicas);
+        }
+        // Without --replicas: the key is absent (a hint for mesh and two-way rings), and
+        // the hint, uncommented, is valid.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = init(tmp.path(), 5, TopologyKind::Mesh).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\n# replicas = 3  #"), "{text}");
+        assert_eq!(Config::load(&path).unwrap().replicas, None);
+        let hinted = Config::parse(&text.replace("# replicas", "replicas"), &path).unwrap();
+        assert_eq!(hinted.replicas, Some(3));
+        let path = init(tmp.path().join("e").as_path(), 3, TopologyKind::Edges).unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("replicas"));
+    }
+
+    #[test]
+    fn bad_replicas_write_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("c");
+        for (kind, nodes, replicas, message) in [
+            (
+                TopologyKind::Mesh,
+                3,
+                0,
+                "--replicas 0: each document needs at least 1 node",
+            ),
+            (
+                TopologyKind::Mesh,
+                3,
+                4,
+                "--replicas 4: more than the 3 nodes",
+            ),
+            (
+                TopologyKind::Edges,
+                4,
+                2,
+                "--replicas 2: replicas below the number of nodes",
+            ),
+            (
+                TopologyKind::Ring(RingDirection::Forward),
+                4,
+                3,
+                "--replicas 3: replicas below the number of nodes",
+            ),
+        ] {
+            let mut opts = InitOptions::new(&dir, nodes, kind);
+            opts.replicas = Some(replicas);
+            let e = init_cluster(&opts).unwrap_err();
+            assert!(matches!(e, InitError::Replicas { .. }), "{e}");
+            assert!(e.to_string().starts_with(message), "{e}");
+            assert!(!dir.exists());
+        }
     }
 
     #[test]

@@ -53,6 +53,10 @@ enum Command {
         /// First port: peers listen on P+1.., HTTP APIs on P+1001..
         #[arg(long, default_value_t = 7100)]
         base_port: u16,
+        /// Each document on R of the nodes (default: every node); below N only for a mesh
+        /// or a ring.
+        #[arg(long, value_name = "R")]
+        replicas: Option<usize>,
         /// Overwrite an existing cluster in DIR.
         #[arg(long)]
         force: bool,
@@ -384,6 +388,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             topology,
             dir,
             base_port,
+            replicas,
             force,
         } => {
             let topology = match topology {
@@ -398,6 +403,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 base_port,
                 force,
                 cluster: None,
+                replicas,
             })?;
             println!("wrote {}", path.display());
             println!("run it with: concordant up --config {}", path.display());

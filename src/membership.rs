@@ -12,6 +12,10 @@
 //! the addresses, and a removal is permanent (an id once removed never comes back). Ids are
 //! TLS names, so two ids that differ only by case are one entry.
 //!
+//! The topology kind and the replicas of each document come from the file and never change
+//! live: a state with another kind or other replicas is not merged, and a removal that would
+//! leave fewer live nodes than the replicas is refused.
+//!
 //! The checks are local: two concurrent proposals that are each valid may together give a
 //! state neither node would have accepted (two new nodes with the same address, two
 //! removals that together cut an edges topology apart). The merged state is still the same
@@ -115,6 +119,9 @@ impl LinkEntry {
 pub struct Membership {
     cluster: String,
     kind: TopologyKind,
+    /// Each document on this many live nodes (from the file, like the kind; never 0);
+    /// `None`: every node has every document.
+    replicas: Option<usize>,
     /// By id in ASCII lower case (ids differing only by case are one TLS name).
     members: BTreeMap<String, Member>,
     /// By the lower-case ids of both ends, the smaller first.
@@ -182,6 +189,19 @@ pub enum MembershipError {
     /// The node is the last live one; nothing changed.
     #[error("node {0:?} is the last live node; a cluster keeps at least one")]
     LastNode(String),
+    /// Removing the node would leave fewer live nodes than each document's replicas;
+    /// nothing changed.
+    #[error(
+        "removing node {id:?} would leave {live} live nodes, fewer than replicas = {replicas}"
+    )]
+    BelowReplicas {
+        /// The node to remove.
+        id: String,
+        /// The live nodes there would be.
+        live: usize,
+        /// The replicas of each document.
+        replicas: usize,
+    },
     /// Removing the node would cut the remaining nodes of an edges topology apart; nothing
     /// changed.
     #[error("removing node {0:?} would cut the other nodes apart; link them around it first")]
@@ -224,10 +244,11 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 impl Membership {
-    fn empty(cluster: String, kind: TopologyKind) -> Membership {
+    fn empty(cluster: String, kind: TopologyKind, replicas: Option<usize>) -> Membership {
         Membership {
             cluster,
             kind,
+            replicas,
             members: BTreeMap::new(),
             links: BTreeMap::new(),
             clock: 0,
@@ -235,9 +256,10 @@ impl Membership {
     }
 
     /// The bootstrap state of a topology file: its nodes (in file order) and links, all
-    /// with the stamp of clock 0.
+    /// with the stamp of clock 0, and its replicas.
     pub fn from_config(config: &Config) -> Membership {
-        let mut state = Membership::empty(config.cluster.clone(), config.topology);
+        let replicas = config.replicas.filter(|&r| r > 0);
+        let mut state = Membership::empty(config.cluster.clone(), config.topology, replicas);
         for (i, node) in config.nodes.iter().enumerate() {
             state.join_member(&Member {
                 id: node.id.clone(),
@@ -262,8 +284,8 @@ impl Membership {
 
     /// The state a node starts with: the file's state together with the one it stored.
     /// Where both know a node or link, the stored entry wins (it is at least as new); nodes
-    /// and links only the file knows are added. The kind is the file's. A stored state of
-    /// another cluster is ignored.
+    /// and links only the file knows are added. The kind and the replicas are the file's. A
+    /// stored state of another cluster is ignored.
     pub fn with_config(config: &Config, stored: Option<Membership>) -> Membership {
         let file = Membership::from_config(config);
         let Some(mut state) = stored else {
@@ -273,6 +295,7 @@ impl Membership {
             return file;
         }
         state.kind = file.kind;
+        state.replicas = file.replicas;
         for (k, m) in file.members {
             state.members.entry(k).or_insert(m);
         }
@@ -282,10 +305,14 @@ impl Membership {
         state
     }
 
-    /// Joins `other` into `self`; true if `self` changed. A state of another cluster or
-    /// another topology kind is ignored (false). Commutative, associative and idempotent.
+    /// Joins `other` into `self`; true if `self` changed. A state of another cluster, another
+    /// topology kind or other replicas is ignored (false). Commutative, associative and
+    /// idempotent.
     pub fn merge(&mut self, other: &Membership) -> bool {
-        if other.cluster != self.cluster || other.kind != self.kind {
+        if other.cluster != self.cluster
+            || other.kind != self.kind
+            || other.replicas != self.replicas
+        {
             return false;
         }
         let mut changed = false;
@@ -390,8 +417,9 @@ impl Membership {
     }
 
     /// Proposes, at node `me`, the removal of node `id`, for good. Refused: `me` not live,
-    /// `id` unknown or already removed, the last live node, or (edges) a removal that
-    /// splits the live nodes into more groups than before. A mesh or a ring stays connected.
+    /// `id` unknown or already removed, the last live node, a removal that leaves fewer live
+    /// nodes than the replicas, or (edges) a removal that splits the live nodes into more
+    /// groups than before. A mesh or a ring stays connected.
     pub fn propose_remove(&mut self, me: &str, id: &str) -> Result<(), MembershipError> {
         self.check_proposer(me)?;
         let Some(member) = self.member(id) else {
@@ -400,8 +428,16 @@ impl Membership {
         if !member.is_live() {
             return Err(MembershipError::AlreadyRemoved(id.to_string()));
         }
-        if self.live().len() <= 1 {
+        let live = self.live().len();
+        if live <= 1 {
             return Err(MembershipError::LastNode(id.to_string()));
+        }
+        if let Some(replicas) = self.replicas.filter(|&r| live - 1 < r) {
+            return Err(MembershipError::BelowReplicas {
+                id: id.to_string(),
+                live: live - 1,
+                replicas,
+            });
         }
         let k = key(id);
         if self.kind == TopologyKind::Edges
@@ -459,10 +495,21 @@ impl Membership {
     }
 
     /// The live topology: live nodes in ring order (the file's nodes in file order, then
-    /// added ones by (added stamp, id)) and, for edges, the live links between them.
+    /// added ones by (added stamp, id)) and, for edges, the live links between them; each
+    /// document on [`Membership::replicas`] of the live nodes, or on all of them when
+    /// concurrent removals left fewer (or should the replicas be impossible, which the file's
+    /// checks rule out: every node has every document).
     pub fn topology(&self) -> Topology {
-        let nodes = self.live().into_iter().map(|m| m.id.clone()).collect();
-        Topology::new(self.kind, nodes, self.links())
+        let nodes: Vec<String> = self.live().into_iter().map(|m| m.id.clone()).collect();
+        let live = nodes.len();
+        let full = Topology::new(self.kind, nodes, self.links());
+        match self.replicas {
+            Some(r) if live > 0 => full
+                .clone()
+                .with_replicas(Some(r.min(live)))
+                .unwrap_or(full),
+            _ => full,
+        }
     }
 
     /// The live links between live nodes (edges only; empty otherwise), as pairs of ids
@@ -514,6 +561,12 @@ impl Membership {
         self.kind
     }
 
+    /// Each document on this many live nodes (from the file, like the kind); `None`: every
+    /// node has every document.
+    pub fn replicas(&self) -> Option<usize> {
+        self.replicas
+    }
+
     /// The greatest stamp clock in the state: 0 for the file's topology, growing with
     /// every change.
     pub fn version(&self) -> u64 {
@@ -544,13 +597,18 @@ impl Membership {
             h.stamp(&l.added);
             h.opt_stamp(l.removed.as_ref());
         }
+        // Only when set: the digest of a state without replicas stays what it was.
+        if let Some(r) = self.replicas {
+            h.str("replicas");
+            h.u64(r as u64);
+        }
         h.0.finish()
     }
 
     /// The live topology as JSON (`GET /v1/topology`): `cluster`, `topology` (`"mesh"`,
     /// `"ring"` or `"edges"`, as in the file), `ring_direction` (rings only), `version`,
-    /// `digest` (16 hex digits), `nodes` (`id`, `peer`, `api`, in ring order), `removed`
-    /// (ids) and `links` (pairs of ids, edges only).
+    /// `digest` (16 hex digits), `replicas` (only when set), `nodes` (`id`, `peer`, `api`, in
+    /// ring order), `removed` (ids) and `links` (pairs of ids, edges only).
     pub fn to_json(&self) -> Value {
         let nodes: Vec<Value> = self
             .live()
@@ -566,6 +624,9 @@ impl Membership {
             "nodes": nodes,
             "removed": removed,
         });
+        if let Some(r) = self.replicas {
+            out["replicas"] = json!(r);
+        }
         if let TopologyKind::Ring(direction) = self.kind {
             out["ring_direction"] = json!(match direction {
                 RingDirection::Both => "both",
@@ -755,13 +816,18 @@ impl Fnv {
 }
 
 /// The serialized form of a [`Membership`]: lists, so that JSON (string keys only) can
-/// hold it; the clock is derived from the stamps.
+/// hold it; the clock is derived from the stamps. Fields are only ever added at the end
+/// with a default, so that a topology stored (JSON) by an older version still loads. Bincode
+/// on the wire has no defaults: a peer's state carries every field, which the protocol
+/// version guards.
 #[derive(Serialize, Deserialize)]
 struct Repr {
     cluster: String,
     kind: String,
     members: Vec<Member>,
     links: Vec<LinkRepr>,
+    #[serde(default)]
+    replicas: Option<usize>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -778,6 +844,7 @@ impl From<Membership> for Repr {
         Repr {
             cluster: state.cluster,
             kind: kind_label(state.kind).to_string(),
+            replicas: state.replicas,
             members: state.members.into_values().collect(),
             links: links
                 .map(|((a, b), LinkEntry { added, removed })| LinkRepr {
@@ -795,14 +862,18 @@ impl TryFrom<Repr> for Membership {
     type Error = String;
 
     /// Rebuilds the state from untrusted input: entries with invalid ids are dropped and
-    /// repeated ones joined, so the result obeys every invariant. Fails on an unknown kind.
+    /// repeated ones joined, so the result obeys every invariant. Fails on an unknown kind
+    /// and on replicas = 0.
     fn try_from(repr: Repr) -> Result<Membership, String> {
+        if repr.replicas == Some(0) {
+            return Err("replicas = 0: each document needs at least 1 node".to_string());
+        }
         let kind = match repr.kind.as_str() {
             "ring-forward" => TopologyKind::Ring(RingDirection::Forward),
             other => TopologyKind::from_name(other)
                 .ok_or_else(|| format!("unknown topology kind {other:?}"))?,
         };
-        let mut state = Membership::empty(repr.cluster, kind);
+        let mut state = Membership::empty(repr.cluster, kind, repr.replicas);
         for m in &repr.members {
             state.join_member(m);
         }

@@ -237,3 +237,56 @@ fn up_and_client_commands() {
     assert!(!out.status.success());
     assert!(stdout(&out).contains("NO"), "{}", stdout(&out));
 }
+
+#[test]
+fn init_writes_the_replicas_and_refuses_impossible_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = |sub: &str, topology: &str, replicas: &str| {
+        let out = run(&[
+            "init",
+            "--nodes",
+            "3",
+            "--topology",
+            topology,
+            "--dir",
+            dir.path().join(sub).to_str().unwrap(),
+            "--replicas",
+            replicas,
+        ]);
+        (out, dir.path().join(sub).join("cluster.toml"))
+    };
+    let (out, path) = init("mesh", "mesh", "2");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("topology = \"mesh\"\nreplicas = 2  #"),
+        "{text}"
+    );
+    for (sub, topology, replicas, message) in [
+        (
+            "zero",
+            "mesh",
+            "0",
+            "--replicas 0: each document needs at least 1 node",
+        ),
+        ("many", "ring", "4", "--replicas 4: more than the 3 nodes"),
+        (
+            "edges",
+            "edges",
+            "2",
+            "--replicas 2: replicas below the number of nodes",
+        ),
+        (
+            "fraction",
+            "mesh",
+            "2.5",
+            "invalid value '2.5' for '--replicas <R>'",
+        ),
+    ] {
+        let (out, path) = init(sub, topology, replicas);
+        assert!(!out.status.success(), "{sub}");
+        assert!(stderr(&out).contains(message), "{sub}: {}", stderr(&out));
+        assert!(!path.exists(), "{sub}");
+        assert!(!dir.path().join(sub).exists(), "{sub}");
+    }
+}

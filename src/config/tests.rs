@@ -326,6 +326,121 @@ fn links_only_with_edges_and_between_known_distinct_nodes() {
 }
 
 #[test]
+fn replicas_default_to_every_node() {
+    let c = parse(&file("topology = \"mesh\"", 3, "")).unwrap();
+    assert_eq!(c.replicas, None);
+    let t = c.topology();
+    assert_eq!(t.replicas(), 3);
+    assert!(t.placement().is_none());
+    assert_eq!(t.replicas_of("doc"), vec!["n1", "n2", "n3"]);
+}
+
+#[test]
+fn replicas_place_each_document_on_r_nodes() {
+    for head in ["topology = \"mesh\"", "topology = \"ring\""] {
+        let c = parse(&file(&format!("{head}\nreplicas = 2"), 5, "")).unwrap();
+        assert_eq!(c.replicas, Some(2), "{head}");
+        let t = c.topology();
+        assert_eq!(t.replicas(), 2, "{head}");
+        assert!(t.placement().is_some(), "{head}");
+        let holders = t.replicas_of("some-doc");
+        assert_eq!(holders.len(), 2, "{head}");
+        for node in ["n1", "n2", "n3", "n4", "n5"] {
+            assert_eq!(t.holds(node, "some-doc"), holders.contains(&node), "{head}");
+        }
+        assert!(format!("{c:?}").contains("replicas: Some(2)"), "{head}");
+    }
+    // R = N is allowed everywhere, edges and a one-way ring included: every node has all.
+    let ring3 = "[[link]]\na = \"n1\"\nb = \"n2\"\n[[link]]\na = \"n2\"\nb = \"n3\"\n";
+    for (head, tail) in [
+        ("topology = \"edges\"", ring3),
+        ("topology = \"ring\"\nring_direction = \"forward\"", ""),
+        ("topology = \"mesh\"", ""),
+    ] {
+        let c = parse(&file(&format!("{head}\nreplicas = 3"), 3, tail)).unwrap();
+        assert_eq!(c.replicas, Some(3), "{head}");
+        assert_eq!(c.topology().replicas(), 3, "{head}");
+        assert!(c.topology().placement().is_none(), "{head}");
+    }
+    // One node, one replica.
+    let c = parse(&file("topology = \"mesh\"\nreplicas = 1", 1, "")).unwrap();
+    assert_eq!(c.topology().replicas_of("d"), vec!["n1"]);
+}
+
+#[test]
+fn replicas_out_of_range_are_refused() {
+    for bad in ["0", "-1"] {
+        let e = refused(&file(
+            &format!("topology = \"mesh\"\nreplicas = {bad}"),
+            5,
+            "",
+        ));
+        assert!(
+            e.contains(&format!("cluster.toml: replicas: replicas = {bad}: ")),
+            "{bad}: {e}"
+        );
+        assert!(e.contains("at least 1"), "{bad}: {e}");
+    }
+    let e = refused(&file("topology = \"mesh\"\nreplicas = 7", 5, ""));
+    assert!(
+        e.contains("cluster.toml: replicas: replicas = 7 but the file has 5 nodes"),
+        "{e}"
+    );
+    for bad in ["\"3\"", "2.5", "true"] {
+        let e = refused(&file(
+            &format!("topology = \"mesh\"\nreplicas = {bad}"),
+            5,
+            "",
+        ));
+        assert!(e.starts_with("/etc/demo/cluster.toml: "), "{bad}: {e}");
+        assert!(e.contains("line 3"), "{bad}: {e}");
+        assert!(
+            e.contains("expected a whole number of nodes for replicas"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn replicas_below_the_nodes_need_a_mesh_or_a_two_way_ring() {
+    let link = |a: usize, b: usize| format!("[[link]]\na = \"n{a}\"\nb = \"n{b}\"\n");
+    let ring4: String = (1..=4).map(|i| link(i, i % 4 + 1)).collect();
+    let e = refused(&file("topology = \"edges\"\nreplicas = 2", 4, &ring4));
+    assert!(
+        e.contains("cluster.toml: replicas: replicas = 2 of 4 nodes: "),
+        "{e}"
+    );
+    assert!(e.contains("not edges"), "{e}");
+    let e = refused(&file(
+        "topology = \"ring\"\nring_direction = \"forward\"\nreplicas = 3",
+        4,
+        "",
+    ));
+    assert!(
+        e.contains("cluster.toml: replicas: replicas = 3 of 4 nodes: "),
+        "{e}"
+    );
+    assert!(e.contains("not ring (forward)"), "{e}");
+    let c = parse(&file(
+        "topology = \"ring\"\nring_direction = \"both\"\nreplicas = 3",
+        4,
+        "",
+    ))
+    .unwrap();
+    assert_eq!(c.topology().replicas(), 3);
+}
+
+#[test]
+fn a_config_built_in_code_with_bad_replicas_falls_back_to_every_node() {
+    let mut c = parse(&file("topology = \"mesh\"", 3, "")).unwrap();
+    c.replicas = Some(9);
+    assert_eq!(c.topology().replicas(), 3);
+    assert!(c.topology().placement().is_none());
+    c.replicas = Some(0);
+    assert!(c.topology().placement().is_none());
+}
+
+#[test]
 fn tuning_defaults_overrides_and_checks() {
     let c = parse(&file(
         "topology = \"mesh\"",

@@ -374,6 +374,181 @@ fn merge_ignores_another_cluster_or_kind() {
     assert_eq!(a, before);
 }
 
+/// A mesh of `n` nodes with each document on `r` of them.
+fn mesh_with_replicas(n: usize, r: usize) -> Config {
+    config(&format!("{MESH}\nreplicas = {r}"), n, &[])
+}
+
+#[test]
+fn replicas_come_from_the_file() {
+    let cfg = mesh_with_replicas(5, 3);
+    let state = Membership::from_config(&cfg);
+    assert_eq!(state.replicas(), Some(3));
+    let t = state.topology();
+    assert_eq!(t, cfg.topology());
+    assert_eq!(t.replicas(), 3);
+    assert_eq!(t.replicas_of("doc").len(), 3);
+    assert_eq!(state.to_json()["replicas"], 3);
+    let ring = Membership::from_config(&config(&format!("{RING}\nreplicas = 2"), 4, &[]));
+    assert_eq!(ring.topology().replicas(), 2);
+    assert_eq!(ring.to_json()["replicas"], 2);
+    // Without the key: every node has every document, and the JSON has no replicas.
+    let all = Membership::from_config(&config(MESH, 5, &[]));
+    assert_eq!(all.replicas(), None);
+    assert_eq!(all.topology().replicas(), 5);
+    assert!(all.topology().placement().is_none());
+    assert!(all.to_json().get("replicas").is_none());
+    // Edges allow replicas = every node only; an added node then leaves them below the
+    // nodes, which edges cannot place: every node keeps every document.
+    let cfg = config(&format!("{EDGES}\nreplicas = 3"), 3, &chain(3));
+    let mut edges = Membership::from_config(&cfg);
+    assert_eq!(edges.replicas(), Some(3));
+    edges
+        .propose_add_with_links("n1", "n4", addr(7104), addr(8104), &v(&["n3"]))
+        .expect("added");
+    assert_eq!(edges.topology().replicas(), 4);
+    assert!(edges.topology().placement().is_none());
+}
+
+#[test]
+fn a_removal_never_leaves_fewer_live_nodes_than_the_replicas() {
+    let mut s = Membership::from_config(&mesh_with_replicas(4, 3));
+    s.propose_remove("n1", "n4").expect("3 live nodes are left");
+    let expected = MembershipError::BelowReplicas {
+        id: "n3".into(),
+        live: 2,
+        replicas: 3,
+    };
+    assert_eq!(
+        expected.to_string(),
+        "removing node \"n3\" would leave 2 live nodes, fewer than replicas = 3"
+    );
+    refused(&mut s, expected, |s| s.propose_remove("n1", "n3"));
+    refused(
+        &mut s,
+        MembershipError::BelowReplicas {
+            id: "n1".into(),
+            live: 2,
+            replicas: 3,
+        },
+        |s| s.propose_remove("n1", "n1"),
+    );
+    // A new node makes room for a removal.
+    s.propose_add("n1", "n5", addr(7105), addr(8105))
+        .expect("added");
+    s.propose_remove("n1", "n3").expect("3 live nodes are left");
+    assert_eq!(nodes(&s), v(&["n1", "n2", "n5"]));
+    assert_eq!(s.topology().replicas(), 3);
+    // With one replica, only the last node stays.
+    let mut one = Membership::from_config(&mesh_with_replicas(2, 1));
+    one.propose_remove("n1", "n2").expect("removed");
+    refused(&mut one, MembershipError::LastNode("n1".into()), |s| {
+        s.propose_remove("n1", "n1")
+    });
+}
+
+#[test]
+fn concurrent_removals_below_the_replicas_put_every_document_on_every_live_node() {
+    let file = Membership::from_config(&mesh_with_replicas(4, 3));
+    let (mut a, mut b) = (file.clone(), file);
+    a.propose_remove("n1", "n4").expect("valid at n1");
+    b.propose_remove("n2", "n3").expect("valid at n2");
+    assert!(a.merge(&b));
+    assert_eq!(nodes(&a), v(&["n1", "n2"]));
+    assert_eq!(a.replicas(), Some(3));
+    let t = a.topology();
+    assert_eq!(t.replicas(), 2);
+    assert!(t.placement().is_none());
+    assert!(t.holds("n1", "doc") && t.holds("n2", "doc"));
+    assert_eq!(a.to_json()["replicas"], 3);
+    // Back to 3 live nodes, the documents are placed on 3 again.
+    a.propose_add("n1", "n5", addr(7105), addr(8105))
+        .expect("added");
+    assert_eq!(a.topology().replicas(), 3);
+    assert!(a.topology().placement().is_none());
+    a.propose_add("n1", "n6", addr(7106), addr(8106))
+        .expect("added");
+    assert_eq!(a.topology().replicas(), 3);
+    assert_eq!(a.topology().replicas_of("doc").len(), 3);
+}
+
+#[test]
+fn merge_ignores_other_replicas() {
+    let mut a = Membership::from_config(&mesh_with_replicas(3, 2));
+    let before = a.clone();
+    let mut all = Membership::from_config(&config(MESH, 3, &[]));
+    all.propose_add("n1", "n9", addr(9001), addr(9101))
+        .expect("added");
+    assert!(!a.merge(&all));
+    let mut three = Membership::from_config(&mesh_with_replicas(3, 3));
+    three
+        .propose_add("n1", "n9", addr(9001), addr(9101))
+        .expect("added");
+    assert!(!a.merge(&three));
+    assert_eq!(a, before);
+    let mut back = all.clone();
+    assert!(!back.merge(&a));
+    assert_eq!(back, all);
+    let mut same = Membership::from_config(&mesh_with_replicas(3, 2));
+    same.propose_add("n1", "n9", addr(9001), addr(9101))
+        .expect("added");
+    assert!(a.merge(&same));
+    assert!(a.is_live("n9"));
+}
+
+#[test]
+fn replicas_are_in_the_digest_only_when_set() {
+    let all = Membership::from_config(&config(RING, 3, &[]));
+    // The pinned digest of a state without replicas (see the_digest_is_pinned).
+    assert_eq!(format!("{:016x}", all.digest()), "d58220deafa33412");
+    let three = Membership::from_config(&config(&format!("{RING}\nreplicas = 3"), 3, &[]));
+    let two = Membership::from_config(&config(&format!("{RING}\nreplicas = 2"), 3, &[]));
+    assert_ne!(three.digest(), all.digest());
+    assert_ne!(two.digest(), three.digest());
+    assert_eq!(two.digest(), two.clone().digest());
+    // Pinned too: nodes compare digests across versions.
+    assert_eq!(format!("{:016x}", two.digest()), "a1c46f33ef661fd9");
+}
+
+#[test]
+fn replicas_survive_storage_and_the_wire_and_older_states_load() {
+    let mut state = Membership::from_config(&mesh_with_replicas(4, 2));
+    state.propose_remove("n1", "n4").expect("removed");
+    for back in [json_round_trip(&state), bincode_round_trip(&state)] {
+        assert_eq!(back, state);
+        assert_eq!(back.replicas(), Some(2));
+        assert_eq!(back.digest(), state.digest());
+    }
+    let all = Membership::from_config(&config(MESH, 4, &[]));
+    assert_eq!(bincode_round_trip(&all), all);
+    assert_eq!(json_round_trip(&all).replicas(), None);
+    // A topology stored before replicas existed has no such field.
+    let mut j = serde_json::to_value(&all).expect("encodes");
+    assert_eq!(j["replicas"], Value::Null);
+    j.as_object_mut().expect("an object").remove("replicas");
+    let old: Membership = serde_json::from_value(j).expect("an older state loads");
+    assert_eq!(old, all);
+    // Zero replicas is refused.
+    let mut j = serde_json::to_value(&state).expect("encodes");
+    j["replicas"] = json!(0);
+    let e = serde_json::from_value::<Membership>(j).expect_err("refused");
+    assert!(e.to_string().contains("replicas = 0"), "{e}");
+}
+
+#[test]
+fn start_up_takes_the_replicas_of_the_file() {
+    let mut stored = Membership::from_config(&config(MESH, 4, &[]));
+    stored.propose_remove("n1", "n4").expect("removed");
+    let state = Membership::with_config(&mesh_with_replicas(4, 2), Some(stored.clone()));
+    assert_eq!(state.replicas(), Some(2));
+    assert_eq!(nodes(&state), v(&["n1", "n2", "n3"]));
+    assert_eq!(state.topology().replicas(), 2);
+    let stored = state;
+    let state = Membership::with_config(&config(MESH, 4, &[]), Some(stored));
+    assert_eq!(state.replicas(), None);
+    assert_eq!(state.topology().replicas(), 3);
+}
+
 #[test]
 fn start_up_prefers_the_stored_state_to_the_file() {
     let cfg = config(RING, 3, &[]);
@@ -498,6 +673,13 @@ fn check_invariants(s: &Membership) {
     assert_eq!(lower.len(), live.len());
     assert_eq!(live.len(), s.live().len());
     assert!(live.iter().all(|id| s.is_live(id)));
+    // Documents on the replicas, or on every live node when removals left fewer.
+    let expected = s.replicas().map_or(live.len(), |r| r.min(live.len()));
+    assert_eq!(s.topology().replicas(), expected);
+    assert_eq!(
+        s.to_json().get("replicas").and_then(Value::as_u64),
+        s.replicas().map(|r| r as u64)
+    );
 }
 
 /// The join laws on a few states.
@@ -531,7 +713,14 @@ fn run_schedule(seed: u64) {
     } else {
         Vec::new()
     };
-    let file = Membership::from_config(&config(head, n, &links));
+    // Half the meshes and two-way rings place each document on 2 or 3 nodes (derived from
+    // the seed alone, so that the other schedules stay what they were).
+    let head = if matches!(head, MESH | RING) && (seed / 4) % 2 == 1 {
+        format!("{head}\nreplicas = {}", 2 + (seed / 8) % 2)
+    } else {
+        head.to_string()
+    };
+    let file = Membership::from_config(&config(&head, n, &links));
     let mut replicas = vec![file; n];
     let mut delayed: Vec<Membership> = Vec::new();
     let mut ever_removed: Vec<String> = Vec::new();

@@ -203,3 +203,37 @@ pub(crate) fn write_stored_topology(path: &std::path::Path, m: &Membership) -> s
     let bytes = serde_json::to_vec_pretty(m).map_err(std::io::Error::other)?;
     crate::files::write_atomic(path, &bytes, crate::files::Access::Keep)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::{init_cluster, InitOptions};
+
+    #[test]
+    fn a_node_of_a_file_places_documents_on_the_files_replicas() {
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let mut opts = InitOptions::new(tmp.path(), 4, TopologyKind::Mesh);
+        opts.replicas = Some(2);
+        let config = Config::load(&init_cluster(&opts).expect("written")).expect("loads");
+        let node = NodeConfig::from_file(&config, "n1").expect("the node's configuration");
+        assert_eq!(node.topology.replicas(), 2);
+        assert_eq!(node.topology, config.topology());
+        let membership = node.membership.expect("a live topology");
+        assert_eq!(membership.replicas(), Some(2));
+
+        // A stored live topology without replicas (n4 removed): the file's replicas apply
+        // to the stored nodes.
+        let mut stored = Membership::from_config(&Config {
+            replicas: None,
+            ..config.clone()
+        });
+        stored.propose_remove("n1", "n4").expect("removed");
+        let data = &config.nodes[0].data;
+        std::fs::create_dir_all(data).expect("the data directory");
+        write_stored_topology(&data.join(TOPOLOGY_FILE), &stored).expect("stored");
+        let node = NodeConfig::from_file(&config, "n1").expect("the node's configuration");
+        assert_eq!(node.topology.nodes(), &["n1", "n2", "n3"]);
+        assert_eq!(node.topology.replicas(), 2);
+        assert!(node.topology.placement().is_some());
+    }
+}
