@@ -250,8 +250,13 @@ impl ProcCluster {
     /// Writes a cluster of `n` nodes (`init --topology <topology>`) on free loopback ports
     /// with the test tuning; starts nothing.
     pub fn init(n: usize, topology: &str) -> ProcCluster {
+        ProcCluster::init_with(n, topology, None)
+    }
+
+    /// [`ProcCluster::init`] with each document on `replicas` of the nodes.
+    pub fn init_with(n: usize, topology: &str, replicas: Option<usize>) -> ProcCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = init_files(dir.path(), n, topology);
+        let config = init_files(dir.path(), n, topology, replicas);
         ProcCluster {
             config_path: config.path.clone(),
             config,
@@ -265,7 +270,12 @@ impl ProcCluster {
     /// [`ProcCluster::init`], every node started and answering; retried on other ports if
     /// one turns out taken.
     pub async fn start(n: usize, topology: &str) -> ProcCluster {
-        let mut cluster = ProcCluster::init(n, topology);
+        ProcCluster::start_with(n, topology, None).await
+    }
+
+    /// [`ProcCluster::start`] with each document on `replicas` of the nodes.
+    pub async fn start_with(n: usize, topology: &str, replicas: Option<usize>) -> ProcCluster {
+        let mut cluster = ProcCluster::init_with(n, topology, replicas);
         for attempt in 1..=PORT_ATTEMPTS {
             match cluster.start_all().await {
                 Ok(()) => return cluster,
@@ -275,7 +285,7 @@ impl ProcCluster {
                         cluster.kill(i).await;
                     }
                     let _ = std::fs::remove_dir_all(cluster.dir.path().join("data"));
-                    cluster.config = init_files(cluster.dir.path(), n, topology);
+                    cluster.config = init_files(cluster.dir.path(), n, topology, replicas);
                 }
                 Err(log) => panic!("a node exited early:\n{log}"),
             }
@@ -538,10 +548,10 @@ impl ProcCluster {
 
 /// Runs `concordant init` for `n` nodes into `dir` on free loopback ports (over an existing
 /// cluster), appends the test tuning; the loaded file.
-fn init_files(dir: &Path, n: usize, topology: &str) -> Config {
+fn init_files(dir: &Path, n: usize, topology: &str, replicas: Option<usize>) -> Config {
     let base = free_base_port(u16::try_from(n).expect("node count")).to_string();
     let nodes = n.to_string();
-    let args = [
+    let mut args = vec![
         "init",
         "--nodes",
         &nodes,
@@ -551,6 +561,10 @@ fn init_files(dir: &Path, n: usize, topology: &str) -> Config {
         &base,
         "--force",
     ];
+    let r = replicas.map(|r| r.to_string());
+    if let Some(r) = &r {
+        args.extend(["--replicas", r.as_str()]);
+    }
     let out = run(&args, Some(dir));
     assert!(out.status.success(), "init failed: {out:?}");
     let path = dir.join("cluster.toml");
