@@ -8,7 +8,9 @@
 //!   with a wrong one are answered 401;
 //! - a client connected to two nodes keeps working while one of them is SIGKILLed and catches
 //!   up with it when it is restarted: every client and every node end with every edit;
-//! - a document made by `POST /v1/docs` is found by a client.
+//! - a document made by `POST /v1/docs` is found by a client;
+//! - in a cluster whose documents are each on one node (`replicas = 1`), clients on the two
+//!   nodes that do not hold a document edit it together.
 //!
 //! The scenarios live in the script (one `PASS <n> ...` line each); this file starts the
 //! cluster, hands the script the nodes' URLs and token, and kills and restarts a node when the
@@ -361,6 +363,69 @@ async fn a_client_rides_through_a_node_killed_and_restarted() {
     if let Err(states) = cluster.wait_converged(WAIT).await {
         panic!(
             "the nodes do not converge after the script passed: {states:?}\n{}",
+            diagnostics(&mut cluster).await
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_two_nodes_that_do_not_replicate_a_document_edit_it_together() {
+    require_js();
+    let mut cluster = ProcCluster::start_with(3, "mesh", Some(1)).await;
+    let start = Instant::now();
+    for i in 0..cluster.len() {
+        while !cluster
+            .access(i)
+            .status()
+            .await
+            .is_ok_and(|s| links_up(&s) && linked_peers(&s).len() == 2)
+        {
+            assert!(
+                start.elapsed() < WAIT,
+                "the mesh is not linked within {WAIT:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    // A document made through node 1; its one replica is whichever node placement says.
+    let common::procs::access::Access::Client(client) = cluster.access(0) else {
+        panic!("node 1 is reached directly")
+    };
+    let made = client
+        .json(hyper::Method::POST, "/v1/docs", None)
+        .await
+        .expect("POST /v1/docs");
+    let (id, url) = (
+        made["id"].as_str().expect("an id").to_string(),
+        made["url"].as_str().expect("a url").to_string(),
+    );
+    let topology = cluster.config.topology();
+    let replica = topology.replicas_of(&id)[0].to_string();
+    let order: Vec<usize> = (0..3)
+        .filter(|&i| cluster.id(i) != replica)
+        .chain((0..3).filter(|&i| cluster.id(i) == replica))
+        .collect();
+    let mut env = client_env(&cluster, "8");
+    for (key, value) in env.iter_mut() {
+        if key == "CONCORDANT_WS" || key == "CONCORDANT_HTTP" {
+            let urls: Vec<&str> = value.split(',').collect();
+            *value = order.iter().map(|&i| urls[i]).collect::<Vec<_>>().join(",");
+        }
+    }
+    env.push(("SYNC_DOC_URL".into(), url));
+    let mut script = Script::start(env);
+    let deadline = Instant::now() + SCRIPT_TIMEOUT;
+    while let Some(line) = script.next_line(deadline).await {
+        assert!(
+            !line.starts_with("READY-TO-"),
+            "unexpected request {line:?}"
+        );
+    }
+    let status = script.wait(deadline).await;
+    if !status.success() {
+        panic!(
+            "sync_clients.mjs (scenario 8, replica {replica}) failed with {status}:\n{}\n{}",
+            script.output(),
             diagnostics(&mut cluster).await
         );
     }

@@ -10,6 +10,7 @@
 //   CONCORDANT_HTTP    comma-separated HTTP base URLs of the same nodes (http://127.0.0.1:8101,...)
 //   CONCORDANT_TOKEN   the API token (sent as `Authorization: Bearer`), if the cluster has one
 //   SYNC_SCENARIOS     comma-separated scenario numbers, or "all" (1-7); default 1,2,3,5,6
+//   SYNC_DOC_URL       the document of scenario 8
 //   SYNC_SKIP_HTTP=1   self-check against a plain automerge-repo server: skips every HTTP API
 //                      check and the scenarios that need the HTTP API or a token (2, 6, 7)
 //   SYNC_TIMEOUT_MS    bound on each wait (default 20000)
@@ -34,6 +35,10 @@
 //   6  The WebSocket upgrade without a token or with a wrong one is answered 401; with the
 //      token (query or Authorization header) it is accepted.
 //   7  A document made with `POST /v1/docs` (empty, fresh automerge id) is found by A.
+//   8  Clients of a document on nodes that do not replicate it (a cluster with `replicas`):
+//      SYNC_DOC_URL names a document whose replicas do not include nodes 1 and 2; A (node 1)
+//      and B (node 2) find it, edit it together live both ways, and the last node's HTTP API
+//      (a replica) shows the merged document.
 //
 // Prints one line per passed scenario ("PASS <n> <what>"); exits 0 only if every requested
 // scenario passed; every wait is bounded.
@@ -66,14 +71,15 @@ const TIMEOUT = Number(process.env.SYNC_TIMEOUT_MS ?? 20000)
 const UNAVAILABLE_BOUND = Number(process.env.SYNC_UNAVAILABLE_MS ?? 5000)
 const RETRY_MS = Number(process.env.SYNC_RETRY_MS ?? 1000)
 const ALL = [1, 2, 3, 4, 5, 6, 7]
-const NEEDS_HTTP = new Set([2, 6, 7])
+const NEEDS_HTTP = new Set([2, 6, 7, 8])
+const DOC_URL = process.env.SYNC_DOC_URL
 
 function scenarios() {
   const raw = process.env.SYNC_SCENARIOS ?? "1,2,3,5,6"
   if (raw.trim() === "all") return ALL
   const out = raw.split(",").map(s => Number(s.trim()))
   for (const n of out) {
-    if (!ALL.includes(n)) fatal(`SYNC_SCENARIOS=${raw}: unknown scenario ${n}`)
+    if (!ALL.includes(n) && n !== 8) fatal(`SYNC_SCENARIOS=${raw}: unknown scenario ${n}`)
   }
   return out
 }
@@ -602,7 +608,47 @@ async function scenario7() {
   }
 }
 
-const SCENARIOS = { 1: scenario1, 2: scenario2, 3: scenario3, 4: scenario4, 5: scenario5, 6: scenario6, 7: scenario7 }
+async function scenario8() {
+  if (!DOC_URL) throw new Failure("scenario 8 needs SYNC_DOC_URL")
+  if (WS.length < 2) throw new Failure("scenario 8 needs two WebSocket URLs")
+  const A = makeRepo("A", [WS[0]])
+  const B = makeRepo("B", [WS[1]])
+  try {
+    await Promise.all([connected(A), connected(B)])
+    const a = await find(A, DOC_URL)
+    const b = await find(B, DOC_URL)
+    const seenByB = nextChange(b, "B's handle with A's edit", doc => doc.fromA === 1)
+    a.change(d => {
+      d.fromA = 1
+    })
+    await seenByB
+    const seenByA = nextChange(a, "A's handle with B's edit", doc => doc.fromB === 2)
+    b.change(d => {
+      d.fromB = 2
+    })
+    await seenByA
+    a.change(d => {
+      d.together = "a"
+    })
+    b.change(d => {
+      d.alsoTogether = "b"
+    })
+    const merged = doc => doc.together === "a" && doc.alsoTogether === "b"
+    await waitDoc(a, "A has both edits", merged)
+    await waitDoc(b, "B has both edits", merged)
+    await waitUntil("A and B agree", () => isDeepStrictEqual(json(a), json(b)), {
+      describe: () => `A ${show(json(a))} B ${show(json(b))}`,
+    })
+    const last = HTTP.length - 1
+    await waitHttpEquals(last, a.documentId, () => json(a), "the merged document at a replica")
+    return `A (node 1) and B (node 2), neither a replica of ${a.documentId}, edit it together; node ${last + 1} (a replica) agrees`
+  } finally {
+    await closeRepo(A)
+    await closeRepo(B)
+  }
+}
+
+const SCENARIOS = { 1: scenario1, 2: scenario2, 3: scenario3, 4: scenario4, 5: scenario5, 6: scenario6, 7: scenario7, 8: scenario8 }
 
 // ---------------------------------------------------------------------------------------------
 // main

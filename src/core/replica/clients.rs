@@ -150,6 +150,21 @@ impl Replica {
             let Some(w) = self.clients.waiting.remove(&doc) else {
                 continue;
             };
+            // It may have arrived as changes taken without loading it: it is read first.
+            if !self.prepare(&doc) {
+                for (client, data) in w.requests {
+                    let request = true;
+                    self.park(
+                        &doc,
+                        Parked::Client {
+                            client,
+                            data,
+                            request,
+                        },
+                    );
+                }
+                continue;
+            }
             for (client, data) in w.requests {
                 if let Ok(msg) = sync::Message::decode(&data) {
                     // Checked when it came; a failure now only loses this answer.

@@ -4,6 +4,7 @@
 use super::*;
 use crate::core::{Fetched, ReadKind, StoredIndex};
 use crate::storage::{MemoryStore, Store};
+use automerge::sync::{self, SyncDoc};
 
 /// A replica over a fresh in-memory store holding at most `cache` documents in memory.
 pub(super) fn stored_replica(id: &str, cache: usize) -> (Replica, MemoryStore) {
@@ -501,4 +502,44 @@ fn the_byte_budget_counts_the_memory_documents_hold() {
     let counts = b.doc_counts();
     assert_eq!(counts.loaded, 1, "\"other\" was dropped: {counts:?}");
     assert_eq!(counts.loaded_bytes, expected);
+}
+
+/// A client's request for a document the node lacks is answered when the document
+/// arrives, also when it arrives as changes taken without loading it (the node has a
+/// store): the node reads it first. (The answer used to be lost: the request waited for
+/// ever, and an automerge-repo client's `find()` timed out.)
+#[test]
+fn a_request_is_answered_when_its_document_arrives_unloaded() {
+    let (mut a, mut b, mut store) = linked_to_stored();
+    put(&mut a, 1, "late", "k", 5, false);
+    // a's push is held back: b's client asks first.
+    let pushed = effects(&mut a);
+    b.client_open(1);
+    let mut client = Automerge::new();
+    let mut session = sync::State::new();
+    let m = client.generate_sync_message(&mut session).unwrap();
+    b.client_sync(2, 1, "late", &m.encode(), true).unwrap();
+    let waiting = settle(&mut b, &mut store);
+    assert!(
+        !waiting.iter().any(|e| matches!(e, Effect::Client { .. })),
+        "nothing to answer yet"
+    );
+    for (to, msg) in sends(&pushed) {
+        assert_eq!(to, "b");
+        b.handle_message(3, "a", via_wire(&msg));
+    }
+    let answered = settle(&mut b, &mut store);
+    let data = answered
+        .iter()
+        .find_map(|e| match e {
+            Effect::Client {
+                client: 1,
+                msg: ClientMsg::Sync { data, .. },
+            } => Some(data.clone()),
+            _ => None,
+        })
+        .expect("the request is answered");
+    let m = sync::Message::decode(&data).unwrap();
+    client.receive_sync_message(&mut session, m).unwrap();
+    assert_eq!(client.get_heads(), a.doc("late").unwrap().get_heads());
 }

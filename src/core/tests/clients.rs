@@ -332,3 +332,50 @@ fn in_step_sessions_are_those_automerge_has_nothing_for() {
         .expect("a message asking for it");
     assert_eq!(ask.need, elsewhere.get_heads());
 }
+
+/// Clients on the two nodes that do not replicate a document (each document on one of
+/// three nodes) edit it together: each node fetches it, follows it at the replica, and the
+/// edits travel client → node → replica → other node → other client.
+#[test]
+fn clients_of_two_non_replicas_edit_a_document_together() {
+    use crate::config::TopologyKind;
+    use crate::topology::Topology;
+    let ids = ["a", "b", "c"];
+    let t = Topology::new(
+        TopologyKind::Mesh,
+        ids.iter().map(|s| s.to_string()).collect(),
+        Vec::new(),
+    )
+    .with_replicas(Some(1))
+    .unwrap();
+    let mut c = Cluster::new(&ids, CoreConfig::default());
+    for id in ids {
+        c.node(id).set_router(Box::new(t.clone()));
+    }
+    c.link("a", "b");
+    c.link("a", "c");
+    c.link("b", "c");
+    let doc = (0..)
+        .map(|i| format!("d{i}"))
+        .find(|d| t.holds("c", d))
+        .unwrap();
+    c.put("c", &doc, "base", 1, false);
+    c.pump("c");
+    c.run();
+    let mut x = Client::new(&mut c, "a", 1);
+    let mut y = Client::new(&mut c, "b", 2);
+    x.sync(&mut c, &doc, true);
+    y.sync(&mut c, &doc, true);
+    assert_eq!(x.get("base"), Some(1), "x found it through a");
+    assert_eq!(y.get("base"), Some(1), "y found it through b");
+    x.put("x", 2);
+    x.sync(&mut c, &doc, false);
+    y.sync(&mut c, &doc, false);
+    assert_eq!(y.get("x"), Some(2), "x's edit reached y");
+    y.put("y", 3);
+    y.sync(&mut c, &doc, false);
+    x.sync(&mut c, &doc, false);
+    assert_eq!(x.get("y"), Some(3), "y's edit reached x");
+    let at_c = c.node("c").load(&doc).unwrap().unwrap().get_heads();
+    assert_eq!(at_c, x.doc.get_heads(), "the replica has both");
+}
