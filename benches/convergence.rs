@@ -36,7 +36,7 @@ fn bench_cluster(c: &mut Criterion, name: &str, n: usize, kind: TopologyKind) {
         ..Tuning::default()
     };
     let (cluster, nodes) = rt.block_on(async {
-        let cluster = LocalCluster::start("crit", n, kind, Vec::new(), tuning)
+        let cluster = LocalCluster::start("crit", n, kind, Vec::new(), None, tuning)
             .await
             .expect("cluster starts");
         let linked = cluster

@@ -120,6 +120,7 @@ pub async fn run() -> Result<bool, DemoError> {
         NODES,
         TopologyKind::Ring(RingDirection::Both),
         Vec::new(),
+        None,
         tuning,
     )
     .await?;

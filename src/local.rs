@@ -1,6 +1,8 @@
 //! A local cluster in one process: N nodes over real QUIC on 127.0.0.1 with fresh
 //! certificates and durable storage in a temporary directory. Used by `concordant demo`
-//! and `concordant bench`; handy for tests and experiments.
+//! and `concordant bench`; handy for tests and experiments. Each document lives on every
+//! node, or on R of them ([`Topology::with_replicas`]); the cluster compares documents
+//! across their replicas only.
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::certs::{in_memory_identities, TlsIdentity};
 use crate::config::{TopologyKind, Tuning};
 use crate::node::{Error, Node, NodeBuilder};
+use crate::placement::{Partition, PlacementError};
 use crate::topology::Topology;
 
 /// Errors of a local cluster.
@@ -18,10 +21,24 @@ pub enum LocalError {
     /// The temporary directory or the certificates could not be made.
     #[error("local cluster set-up failed: {0}")]
     Setup(String),
+    /// The documents cannot be placed on the replicas asked for.
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
     /// A node failed.
     #[error(transparent)]
     Node(#[from] Error),
 }
+
+/// The ids of a local cluster of `n` nodes, in order: n1..nN.
+pub fn node_ids(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("n{i}")).collect()
+}
+
+/// Digests of a node's listing, one per partition of a topology's placement (a single one
+/// covering every document without a placement): the number of documents and a hash of
+/// their ids and heads in listing order. Equal digests under the same `RandomState` mean the
+/// same documents at the same heads (but for a 64-bit collision).
+pub type PartitionDigests = Vec<(usize, u64)>;
 
 /// N nodes n1..nN in this process.
 pub struct LocalCluster {
@@ -37,15 +54,18 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Starts `n` nodes (ids n1..nN) of cluster `cluster` in the given topology (for
-    /// edges, `links` gives the links) and tells every node the others' addresses.
+    /// edges, `links` gives the links), each document on `replicas` of them (`None`: on
+    /// every node; see [`Topology::with_replicas`]), and tells every node the others'
+    /// addresses.
     pub async fn start(
         cluster: &str,
         n: usize,
         kind: TopologyKind,
         links: Vec<(String, String)>,
+        replicas: Option<usize>,
         tuning: Tuning,
     ) -> Result<LocalCluster, LocalError> {
-        let mut local = LocalCluster::prepare(cluster, n, kind, links, tuning)?;
+        let mut local = LocalCluster::prepare(cluster, n, kind, links, replicas, tuning)?;
         local.start_all().await?;
         Ok(local)
     }
@@ -53,20 +73,22 @@ impl LocalCluster {
     /// Sets up `n` nodes (ids n1..nN) like [`LocalCluster::start`] — certificates, the
     /// temporary directory, the topology — but starts none of them, so that their data
     /// directories ([`LocalCluster::data_dir`]) can be filled first (the benchmark's
-    /// `--preload`). Start them with [`LocalCluster::start_all`].
+    /// `--preload`). Start them with [`LocalCluster::start_all`]. Refused if the
+    /// documents cannot be placed on `replicas` nodes ([`LocalError::Placement`]).
     pub fn prepare(
         cluster: &str,
         n: usize,
         kind: TopologyKind,
         links: Vec<(String, String)>,
+        replicas: Option<usize>,
         tuning: Tuning,
     ) -> Result<LocalCluster, LocalError> {
-        let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let ids = node_ids(n);
+        let topology = Topology::new(kind, ids.clone(), links).with_replicas(replicas)?;
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let identities = in_memory_identities(cluster, &id_refs)
             .map_err(|e| LocalError::Setup(e.to_string()))?;
         let dir = tempfile::tempdir().map_err(|e| LocalError::Setup(e.to_string()))?;
-        let topology = Topology::new(kind, ids.clone(), links);
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         Ok(LocalCluster {
             cluster: cluster.to_string(),
@@ -103,6 +125,11 @@ impl LocalCluster {
     /// Node ids, in order.
     pub fn ids(&self) -> &[String] {
         &self.ids
+    }
+
+    /// The topology every node runs with, its placement of documents included.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     /// Node `i`, if running.
@@ -162,19 +189,37 @@ impl LocalCluster {
         Ok(false)
     }
 
-    /// True if every running node has the same documents with identical heads. Compares
-    /// digests of the listings, one node's listing in memory at a time (a listing of
-    /// 1,000,000 documents is about 130 MB).
+    /// True if the replicas of every document among the running nodes have it with
+    /// identical heads: with every node replicating everything, if every running node has
+    /// the same documents with identical heads. Documents a node stores without
+    /// replicating them are not compared. See [`LocalCluster::replica_digests`].
     pub async fn converged(&self) -> Result<bool, LocalError> {
-        let state = RandomState::new();
-        let mut first = None;
+        Ok(self.replica_digests(&RandomState::new()).await?.is_some())
+    }
+
+    /// The digests ([`partition_digests`]) the running replicas of each partition agree
+    /// on, `None` for a partition no running node replicates; `None` altogether if two
+    /// running replicas of a partition differ. Lists one node at a time (a listing of
+    /// 1,000,000 documents is about 130 MB).
+    pub async fn replica_digests(
+        &self,
+        state: &RandomState,
+    ) -> Result<Option<Vec<Option<(usize, u64)>>>, LocalError> {
+        let mut agreed: Vec<Option<(usize, u64)>> = vec![None; digest_slots(&self.topology)];
         for node in self.live() {
-            let digest = listing_digest(node, &state).await?;
-            if *first.get_or_insert(digest) != digest {
-                return Ok(false);
+            let digests = partition_digests(node, &self.topology, state).await?;
+            for (p, digest) in digests.into_iter().enumerate() {
+                if !holds_slot(&self.topology, node.id(), p) {
+                    continue;
+                }
+                if let Some(slot) = agreed.get_mut(p) {
+                    if *slot.get_or_insert(digest) != digest {
+                        return Ok(None);
+                    }
+                }
             }
         }
-        Ok(true)
+        Ok(Some(agreed))
     }
 
     /// Waits until [`LocalCluster::converged`]; returns how long that took, or `None` if
@@ -196,6 +241,63 @@ impl LocalCluster {
             self.stop_node(i).await?;
         }
         Ok(())
+    }
+}
+
+/// The digests of `node`'s listing ([`Node::docs`]), one per partition of `topology`'s
+/// placement, or one for all documents without a placement (then the same as
+/// [`listing_digest`]). See [`PartitionDigests`].
+pub async fn partition_digests(
+    node: &Node,
+    topology: &Topology,
+    state: &RandomState,
+) -> Result<PartitionDigests, Error> {
+    let Some(placement) = topology.placement() else {
+        return Ok(vec![listing_digest(node, state).await?]);
+    };
+    let partitions = placement.partitions();
+    let mut digests: PartitionDigests = vec![(0, 0); usize::from(partitions)];
+    for (doc, heads) in node.docs().await? {
+        let p = crate::placement::partition_of(&doc, partitions);
+        if let Some((count, hash)) = digests.get_mut(usize::from(p.0)) {
+            *count += 1;
+            *hash = state.hash_one((*hash, doc, heads));
+        }
+    }
+    Ok(digests)
+}
+
+/// Whether `node`'s digests ([`partition_digests`]) equal the `agreed` ones
+/// ([`LocalCluster::replica_digests`]) in every partition `node` replicates and some
+/// other node had a digest for.
+pub fn digests_match(
+    topology: &Topology,
+    node: &str,
+    digests: &[(usize, u64)],
+    agreed: &[Option<(usize, u64)>],
+) -> bool {
+    digests.len() == agreed.len()
+        && digests
+            .iter()
+            .zip(agreed)
+            .enumerate()
+            .all(|(p, (mine, theirs))| {
+                !holds_slot(topology, node, p) || theirs.is_none_or(|t| t == *mine)
+            })
+}
+
+/// How many digests [`partition_digests`] makes under `topology`.
+fn digest_slots(topology: &Topology) -> usize {
+    topology
+        .placement()
+        .map_or(1, |p| usize::from(p.partitions()))
+}
+
+/// Whether `node` replicates the documents of digest `slot` ([`partition_digests`]).
+fn holds_slot(topology: &Topology, node: &str, slot: usize) -> bool {
+    match topology.placement() {
+        Some(placement) => u16::try_from(slot).is_ok_and(|p| placement.holds(node, Partition(p))),
+        None => topology.contains(node),
     }
 }
 

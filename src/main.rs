@@ -227,7 +227,7 @@ impl Target {
         .args(["sync_clients", "sync_hold"])
         .conflicts_with_all([
             "sweep", "nodes", "topology", "docs", "writes", "rate", "samples", "preload",
-            "preload_into", "idle_secs", "out", "plot",
+            "preload_into", "replicas", "idle_secs", "out", "plot",
         ])
 ))]
 struct BenchArgs {
@@ -261,6 +261,11 @@ struct BenchArgs {
     /// that the preload's memory is not counted as the nodes').
     #[arg(long, hide = true, conflicts_with = "sweep")]
     preload_into: Vec<PathBuf>,
+    /// Each document on this many of the nodes [default: all]: every write and read goes
+    /// to a replica of its document; reports replicas and stored_docs_per_node. Between 1
+    /// and --nodes, with mesh or ring.
+    #[arg(long, conflicts_with = "sweep")]
+    replicas: Option<usize>,
     /// Seconds of the idle phase's window (peer traffic once converged); raised to two
     /// anti-entropy periods if shorter (10 s with the default period).
     #[arg(long, default_value_t = 5.0)]
@@ -494,7 +499,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Bench(args) if !args.preload_into.is_empty() => {
-            concordant::bench::preload_into(&args.preload_into, args.preload, true)?;
+            let placed = args.replicas.map(|r| (args.topology.into(), r));
+            concordant::bench::preload_into(&args.preload_into, args.preload, placed, true)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
@@ -511,6 +517,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 latency_samples: args.samples,
                 progress: true,
                 preload: args.preload,
+                replicas: args.replicas,
                 idle_secs: args.idle_secs,
                 anti_entropy_ms: args.anti_entropy_ms,
                 compress_links: !args.no_compress,

@@ -79,6 +79,12 @@ async fn tiny_bench_runs_and_reports_every_field() {
             json.get("latencies_us").is_none(),
             "--json stays one short line"
         );
+        for field in ["replicas", "stored_docs_per_node", "catchup_writes"] {
+            assert!(
+                json.get(field).is_none(),
+                "{field} without --replicas: {json}"
+            );
+        }
         if topology == TopologyKind::Mesh {
             check_plot(&report);
         }
@@ -126,6 +132,124 @@ async fn bad_options_are_refused() {
         ..BenchOptions::default()
     };
     assert!(run(&opts).await.is_err());
+}
+
+/// `--replicas 2` of 4 nodes: each document on two of them, written and compared at its
+/// replicas only, so a node stores half of them (exactly, on average over the nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_bench_with_two_replicas_of_four_nodes_converges_on_half_the_documents() {
+    let opts = BenchOptions {
+        nodes: 4,
+        topology: TopologyKind::Ring(RingDirection::Both),
+        replicas: Some(2),
+        docs: 20,
+        writes: 80,
+        latency_samples: 5,
+        idle_secs: 0.5,
+        anti_entropy_ms: 500,
+        ..BenchOptions::default()
+    };
+    let report = tokio::time::timeout(std::time::Duration::from_secs(60), run(&opts))
+        .await
+        .expect("bench finished within 60 s")
+        .expect("bench ran");
+    assert!(report.converged, "{}", report.human());
+    assert_eq!(report.replicas, Some(2));
+    let stored = report.stored_docs_per_node.expect("measured");
+    assert!((stored - 0.5).abs() <= 0.2, "{}", report.human());
+    assert!(report.writes_per_s > 0.0 && report.bytes_per_write > 0.0);
+    let behind = report.catchup_writes.expect("counted");
+    assert!(
+        0 < behind && behind < 80,
+        "the stopped node missed its documents' writes only"
+    );
+    assert!(report.human().contains("each document on 2 of 4 nodes"));
+    let json: serde_json::Value = serde_json::from_str(&report.summary_json()).unwrap();
+    assert_eq!(json["replicas"], 2);
+    assert!(json["stored_docs_per_node"].is_number(), "{json}");
+}
+
+/// Runs `concordant bench` at a tiny size with the given extra arguments; returns the exit
+/// success, stdout and stderr.
+fn tiny_bench(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_concordant"))
+        .args(["bench", "--docs", "20", "--writes", "80", "--samples", "5"])
+        .args(["--idle-secs", "0.5", "--anti-entropy-ms", "500"])
+        .args(args)
+        .output()
+        .expect("concordant runs");
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn the_cli_places_preloaded_documents_on_their_replicas() {
+    let (ok, stdout, stderr) = tiny_bench(&[
+        "--nodes",
+        "4",
+        "--topology",
+        "mesh",
+        "--replicas",
+        "2",
+        "--preload",
+        "200",
+        "--json",
+    ]);
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains(
+            "preload: 200/200 documents, each in the stores of its 2 replicas (of 4 nodes)"
+        ),
+        "{stderr}"
+    );
+    let line = stdout.lines().last().expect("a JSON line");
+    let json: serde_json::Value = serde_json::from_str(line).expect("one line of JSON");
+    assert_eq!(json["converged"], true);
+    assert_eq!(json["replicas"], 2);
+    let stored = json["stored_docs_per_node"].as_f64().expect("a number");
+    assert!((stored - 0.5).abs() <= 0.2, "{json}");
+}
+
+#[test]
+fn replicas_the_topology_cannot_place_are_refused() {
+    for (replicas, topology, message) in [
+        (
+            "0",
+            "mesh",
+            "replicas = 0: must be between 1 and the number of nodes (4)",
+        ),
+        (
+            "9",
+            "mesh",
+            "replicas = 9: must be between 1 and the number of nodes (4)",
+        ),
+        (
+            "2",
+            "ring-forward",
+            "replicas below the number of nodes needs",
+        ),
+    ] {
+        let (ok, stdout, stderr) = tiny_bench(&[
+            "--nodes",
+            "4",
+            "--topology",
+            topology,
+            "--replicas",
+            replicas,
+        ]);
+        assert!(!ok, "--replicas {replicas} ran: {stdout}");
+        assert!(
+            stderr.contains("--replicas") && stderr.contains(message),
+            "--replicas {replicas} --topology {topology}: {stderr}"
+        );
+        assert!(
+            !stdout.contains("latency"),
+            "refused before any phase: {stdout}"
+        );
+    }
 }
 
 /// Runs `concordant bench --sweep` with the given extra arguments; returns the exit

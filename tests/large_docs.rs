@@ -72,6 +72,7 @@ async fn a_100_mib_document_replicates_live_and_to_a_node_that_lacked_it() {
         3,
         TopologyKind::Mesh,
         Vec::new(),
+        None,
         Tuning::default(),
     )
     .await

@@ -59,7 +59,7 @@ async fn tiny_cache_mesh_converges_over_thousands_of_documents_through_a_restart
         anti_entropy_ms: 500,
         ..Tuning::default()
     };
-    let mut cluster = LocalCluster::start("scale", 3, TopologyKind::Mesh, Vec::new(), tuning)
+    let mut cluster = LocalCluster::start("scale", 3, TopologyKind::Mesh, Vec::new(), None, tuning)
         .await
         .expect("cluster starts");
     assert!(cluster.wait_linked(LIMIT).await.expect("status"));

@@ -99,8 +99,14 @@ pub async fn run(opts: &SyncBenchOptions) -> Result<SyncReport, BenchError> {
         "starting {NODES} nodes (mesh) over QUIC on 127.0.0.1, storage redb with fsync, \
          each with its HTTP API"
     ));
-    let mut cluster =
-        LocalCluster::prepare("bench-sync", NODES, TopologyKind::Mesh, Vec::new(), tuning)?;
+    let mut cluster = LocalCluster::prepare(
+        "bench-sync",
+        NODES,
+        TopologyKind::Mesh,
+        Vec::new(),
+        None,
+        tuning,
+    )?;
     cluster.start_all().await?;
     let apis = match Apis::start(&cluster, opts).await {
         Ok(apis) => apis,

@@ -1,16 +1,23 @@
 //! `concordant bench`: the convergence benchmark of the SPEC, over real QUIC on loopback
 //! with real storage (redb, fsync on every commit), all nodes in this process.
 //!
+//! With `--replicas R` below the nodes, each document lives on R of them (the topology's
+//! placement): every write and read goes to a replica of its document, as a
+//! placement-aware client would send it, each node is expected to have the writes to the
+//! documents it replicates, and documents are compared across their replicas only. The
+//! report then adds `replicas` and `stored_docs_per_node` (the mean over the nodes of the
+//! documents each stores at the end, by its status, over all documents the run wrote).
+//!
 //! Before the nodes start, `--preload N` puts the same N one-change documents
-//! (`pre-0000000`…) into every node's store, so that the cluster starts converged with N
-//! documents. The CLI does it in a child process (see [`BenchOptions::preload_exe`]), so
+//! (`pre-0000000`…) into every node's store (with R below the nodes, into the stores of
+//! each document's replicas), so that the cluster starts converged with N documents. The CLI does it in a child process (see [`BenchOptions::preload_exe`]), so
 //! that the preload's memory is not counted as the nodes'; its time is reported
 //! (`preload_s`) but is no phase. The measured writes go to `--docs` D documents: with at
 //! least D preloaded documents, to preloaded ones spread evenly over them (every N/D-th),
 //! else to new documents `doc-*`.
 //!
 //! Phases: (1) latency — single writes at one node, writers rotating, each timed until
-//! every node shows it; (2) throughput — W single-op writes spread over D documents and
+//! every node (every replica of the document) shows it; (2) throughput — W single-op writes spread over D documents and
 //! all nodes, timed until every node's counters show all of them, then every replica's
 //! listing is compared (should they differ, the time runs on until they agree);
 //! (3) idle — once converged and settled (1 s), the peer bytes every node sends over a
@@ -50,8 +57,9 @@ use std::time::Duration;
 pub use probe::LatencyProbe;
 pub use report::BenchReport;
 
-use crate::config::{TopologyKind, Tuning};
+use crate::config::{RingDirection, TopologyKind, Tuning};
 use crate::local::{LocalCluster, LocalError};
+use crate::topology::Topology;
 
 /// Options of a benchmark run.
 #[derive(Debug, Clone)]
@@ -71,8 +79,11 @@ pub struct BenchOptions {
     /// Print progress lines to stderr.
     pub progress: bool,
     /// Documents put into every node's store before the nodes start (identical on every
-    /// node, so the cluster starts converged).
+    /// node, so the cluster starts converged; with `replicas`, on each one's replicas).
     pub preload: usize,
+    /// Each document on this many nodes (`--replicas`; None: on every node). When given,
+    /// the report has `replicas` and `stored_docs_per_node`.
+    pub replicas: Option<usize>,
     /// Seconds of the idle window (raised to two anti-entropy periods if shorter).
     pub idle_secs: f64,
     /// Period of the nodes' anti-entropy, ms.
@@ -99,6 +110,7 @@ impl Default for BenchOptions {
             latency_samples: 500,
             progress: false,
             preload: 0,
+            replicas: None,
             idle_secs: 5.0,
             anti_entropy_ms: Tuning::default().anti_entropy_ms,
             compress_links: true,
@@ -177,6 +189,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             "the benchmark runs mesh or ring topologies".into(),
         ));
     }
+    check_replicas(opts)?;
     let tuning = Tuning {
         compress_links: opts.compress_links,
         ..in_process_tuning(opts.anti_entropy_ms)
@@ -186,12 +199,23 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             eprintln!("bench: {msg}");
         }
     };
-    let mut cluster =
-        LocalCluster::prepare("bench", opts.nodes, opts.topology, Vec::new(), tuning)?;
+    let mut cluster = LocalCluster::prepare(
+        "bench",
+        opts.nodes,
+        opts.topology,
+        Vec::new(),
+        opts.replicas,
+        tuning,
+    )?;
     let preload_s = preload_stores(&cluster, opts).await?;
     progress(format!(
-        "starting {} nodes ({}) over QUIC on 127.0.0.1, storage redb with fsync",
-        opts.nodes, opts.topology
+        "starting {} nodes ({}{}) over QUIC on 127.0.0.1, storage redb with fsync",
+        opts.nodes,
+        opts.topology,
+        match opts.replicas {
+            Some(r) => format!(", each document on {r} of them"),
+            None => String::new(),
+        }
     ));
     cluster.start_all().await?;
     if !cluster.wait_linked(Duration::from_secs(20)).await? {
@@ -199,18 +223,26 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             "links did not come up within 20 s".into(),
         ));
     }
-    let latencies = phases::latency(&cluster, opts, &progress).await?;
+    let latency = phases::latency(&cluster, opts, &progress).await?;
     let throughput = phases::throughput(&cluster, opts, &progress).await?;
     let idle = phases::idle(&cluster, opts, &progress).await?;
     let mut memory = phases::memory_per_node_bytes(opts.nodes);
     let catchup = phases::catchup(&mut cluster, opts, &progress).await?;
     memory = memory.max(phases::memory_per_node_bytes(opts.nodes));
     let converged = cluster.converged().await?;
+    let stored_docs_per_node = match opts.replicas {
+        Some(_) => {
+            let written = written_docs(opts) + latency.docs;
+            Some(phases::stored_docs_per_node(&cluster, written).await?)
+        }
+        None => None,
+    };
     cluster.shutdown().await?;
     Ok(BenchReport::new(
         opts,
         report::Measured {
-            latencies,
+            latencies: latency.samples,
+            stored_docs_per_node,
             throughput,
             idle,
             catchup,
@@ -221,11 +253,51 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     ))
 }
 
+/// Refuses `opts.replicas` if the topology cannot place documents on that many nodes
+/// (0, more than the nodes, or a topology without placement).
+fn check_replicas(opts: &BenchOptions) -> Result<(), BenchError> {
+    bench_topology(opts.nodes, opts.topology, opts.replicas).map(|_| ())
+}
+
+/// The topology of a benchmark's local cluster (nodes n1..nN, see
+/// [`crate::local::node_ids`]), each document on `replicas` nodes (None: every node).
+fn bench_topology(
+    nodes: usize,
+    kind: TopologyKind,
+    replicas: Option<usize>,
+) -> Result<Topology, BenchError> {
+    Topology::new(kind, crate::local::node_ids(nodes), Vec::new())
+        .with_replicas(replicas)
+        .map_err(|e| BenchError::Options(format!("--replicas: {e}")))
+}
+
+/// The documents the throughput and catch-up writes go to and the preloaded ones, all
+/// counted once.
+fn written_docs(opts: &BenchOptions) -> usize {
+    let targets = preload::Targets::new(opts.docs, opts.preload);
+    if targets.preloaded() {
+        opts.preload
+    } else {
+        opts.docs + opts.preload
+    }
+}
+
 /// Puts `count` identical one-change documents (`pre-0000000`…) into the store in each
 /// of `dirs`: the child process of a run with `--preload` (`concordant bench --preload N
-/// --preload-into DIR...`). Blocking.
-pub fn preload_into(dirs: &[PathBuf], count: usize, progress: bool) -> Result<(), BenchError> {
-    preload::preload(dirs, count, &|msg| {
+/// --preload-into DIR... [--topology T --replicas R]`). With `placed` = (topology, R),
+/// `dirs` are the data directories of a benchmark's nodes n1..nN in order, and each
+/// document goes only into the stores of its R replicas in that topology. Blocking.
+pub fn preload_into(
+    dirs: &[PathBuf],
+    count: usize,
+    placed: Option<(TopologyKind, usize)>,
+    progress: bool,
+) -> Result<(), BenchError> {
+    let topology = match placed {
+        Some((kind, replicas)) => Some(bench_topology(dirs.len(), kind, Some(replicas))?),
+        None => None,
+    };
+    preload::preload(dirs, count, topology.as_ref(), &|msg| {
         if progress {
             eprintln!("bench: {msg}");
         }
@@ -240,10 +312,11 @@ async fn preload_stores(cluster: &LocalCluster, opts: &BenchOptions) -> Result<f
     }
     let dirs: Vec<PathBuf> = (0..opts.nodes).map(|i| cluster.data_dir(i)).collect();
     let (count, verbose, exe) = (opts.preload, opts.progress, opts.preload_exe.clone());
+    let placed = opts.replicas.map(|r| (opts.topology, r));
     let start = std::time::Instant::now();
     tokio::task::spawn_blocking(move || match exe {
-        None => preload_into(&dirs, count, verbose),
-        Some(exe) => preload_child(&exe, &dirs, count, verbose),
+        None => preload_into(&dirs, count, placed, verbose),
+        Some(exe) => preload_child(&exe, &dirs, count, placed, verbose),
     })
     .await
     .map_err(|e| BenchError::Preload(format!("the preload task failed: {e}")))??;
@@ -252,10 +325,13 @@ async fn preload_stores(cluster: &LocalCluster, opts: &BenchOptions) -> Result<f
         let rss = phases::memory_per_node_bytes(1)
             .map(|b| format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0)))
             .unwrap_or_else(|| "n/a".into());
+        let where_ = match opts.replicas {
+            Some(r) => format!("each on {r} of {} nodes", opts.nodes),
+            None => format!("on each of {} nodes", opts.nodes),
+        };
         eprintln!(
-            "bench: preload: {count} documents on each of {} nodes in {seconds:.1} s \
-             (not part of any phase); this process's resident memory now {rss}",
-            opts.nodes
+            "bench: preload: {count} documents {where_} in {seconds:.1} s \
+             (not part of any phase); this process's resident memory now {rss}"
         );
     }
     Ok(seconds)
@@ -266,12 +342,17 @@ fn preload_child(
     exe: &std::path::Path,
     dirs: &[PathBuf],
     count: usize,
+    placed: Option<(TopologyKind, usize)>,
     progress: bool,
 ) -> Result<(), BenchError> {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["bench", "--preload", &count.to_string()])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
+    if let Some((kind, replicas)) = placed {
+        cmd.args(["--topology", cli_topology(kind)?])
+            .args(["--replicas", &replicas.to_string()]);
+    }
     if !progress {
         cmd.stderr(std::process::Stdio::null());
     }
@@ -288,6 +369,18 @@ fn preload_child(
             "the preload process {} failed ({status})",
             exe.display()
         )))
+    }
+}
+
+/// The `--topology` value naming `kind`.
+fn cli_topology(kind: TopologyKind) -> Result<&'static str, BenchError> {
+    match kind {
+        TopologyKind::Mesh => Ok("mesh"),
+        TopologyKind::Ring(RingDirection::Both) => Ok("ring"),
+        TopologyKind::Ring(RingDirection::Forward) => Ok("ring-forward"),
+        TopologyKind::Edges => Err(BenchError::Options(
+            "the benchmark runs mesh or ring topologies".into(),
+        )),
     }
 }
 

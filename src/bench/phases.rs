@@ -1,4 +1,7 @@
-//! The benchmark's phases, each measured on a running [`LocalCluster`].
+//! The benchmark's phases, each measured on a running [`LocalCluster`]. With documents
+//! on R of N nodes, every write goes to a replica of its document (as a placement-aware
+//! client would send it) and each node is expected to see the writes to the documents it
+//! replicates; documents are compared across their replicas only.
 
 use std::hash::RandomState;
 use std::time::{Duration, Instant};
@@ -9,8 +12,9 @@ use tokio::task::JoinSet;
 
 use super::preload::Targets;
 use super::{BenchError, BenchOptions, LatencyProbe};
-use crate::local::{listing_digest, LocalCluster};
+use crate::local::{digests_match, partition_digests, LocalCluster};
 use crate::node::Node;
+use crate::topology::Topology;
 
 /// Writes in flight per node in the throughput phases (each waits for its fsync; under
 /// load many share one commit).
@@ -21,6 +25,14 @@ pub(crate) struct Throughput {
     pub(crate) seconds: f64,
     pub(crate) bytes: u64,
     pub(crate) progress: Vec<(u64, usize, u64)>,
+}
+
+/// Result of the latency phase.
+pub(crate) struct Latency {
+    /// Every sample, µs, in order.
+    pub(crate) samples: Vec<u64>,
+    /// How many documents the probe wrote to.
+    pub(crate) docs: usize,
 }
 
 /// Result of the idle phase.
@@ -39,6 +51,8 @@ pub(crate) struct Catchup {
     pub(crate) restart_s: f64,
     /// From the restart until the node had a connected peer.
     pub(crate) first_link_s: f64,
+    /// The writes the node missed: those to documents it replicates.
+    pub(crate) behind: u64,
 }
 
 /// Changes a node holds that it did not have at start-up: local, pushed and repaired.
@@ -56,19 +70,21 @@ async fn wire_bytes(cluster: &LocalCluster) -> Result<u64, BenchError> {
     Ok(total)
 }
 
-/// Single writes at one node (writers rotating), each timed until every node shows it.
+/// Single writes at one node (writers rotating), each timed until every node shows it (with
+/// a placement: every replica of the document, one each writer replicates).
 pub(crate) async fn latency(
     cluster: &LocalCluster,
     opts: &BenchOptions,
     progress: &dyn Fn(String),
-) -> Result<Vec<u64>, BenchError> {
-    let mut probe = LatencyProbe::new(cluster.live().cloned().collect(), "bench-latency").await?;
+) -> Result<Latency, BenchError> {
+    let nodes: Vec<Node> = cluster.live().cloned().collect();
+    let mut probe = LatencyProbe::placed(nodes, cluster.topology(), "bench-latency").await?;
     let mut samples = Vec::with_capacity(opts.latency_samples);
     let mut last_report = Instant::now();
     for n in 0..opts.latency_samples {
         let Some(took) = probe.write(Duration::from_secs(10)).await? else {
             return Err(BenchError::Timeout(format!(
-                "latency write {n} was not visible on every node within 10 s"
+                "latency write {n} was not visible on every replica within 10 s"
             )));
         };
         samples.push(took.as_micros() as u64);
@@ -82,23 +98,94 @@ pub(crate) async fn latency(
         }
     }
     progress(format!("latency: {} samples done", samples.len()));
-    Ok(samples)
+    Ok(Latency {
+        samples,
+        docs: probe.docs().count(),
+    })
 }
 
-/// Issues `writes` single-op writes from the given nodes, spread over the `targets`,
-/// `IN_FLIGHT` at a time per node, optionally paced to `rate` writes/s overall.
+/// Who writes what: write `j` goes to document `targets.doc(j)` at one of its replicas
+/// that writes (is live), the `j % L`-th of those `L` in order of preference; with every
+/// node replicating everything, writer `j % N` (writer `j % (N - 1)` with one down).
+struct Plan {
+    /// For each writer, the writes it issues, ascending.
+    by_writer: Vec<Vec<usize>>,
+    /// For each node of the topology, the writes to documents it replicates (it sees each
+    /// once, written there or received).
+    expected: Vec<u64>,
+    /// Writes made (writes whose document has no writing replica are not made).
+    made: usize,
+}
+
+impl Plan {
+    /// Plans `writes` writes over `targets` from `writers` (node ids) under `topology`.
+    fn new(topology: &Topology, writers: &[&str], targets: Targets, writes: usize) -> Plan {
+        let nodes = topology.nodes();
+        // Per document: its writing replicas (indices into `writers`) and all its replicas
+        // (indices into `nodes`).
+        let per_doc: Vec<(Vec<usize>, Vec<usize>)> = (0..targets.len().min(writes))
+            .map(|k| {
+                let replicas = topology.replicas_of(&targets.doc(k));
+                let live = replicas
+                    .iter()
+                    .filter_map(|r| writers.iter().position(|w| w == r))
+                    .collect();
+                let all = replicas
+                    .iter()
+                    .filter_map(|r| nodes.iter().position(|n| n == r))
+                    .collect();
+                (live, all)
+            })
+            .collect();
+        let mut plan = Plan {
+            by_writer: vec![Vec::new(); writers.len()],
+            expected: vec![0; nodes.len()],
+            made: 0,
+        };
+        for j in 0..writes {
+            let Some((live, all)) = per_doc.get(j % targets.len()) else {
+                continue;
+            };
+            if live.is_empty() {
+                continue;
+            }
+            plan.by_writer[live[j % live.len()]].push(j);
+            for &i in all {
+                plan.expected[i] += 1;
+            }
+            plan.made += 1;
+        }
+        plan
+    }
+
+    /// The expected count of node `id`.
+    fn expected_of(&self, topology: &Topology, id: &str) -> u64 {
+        topology
+            .nodes()
+            .iter()
+            .position(|n| n == id)
+            .map_or(0, |i| self.expected[i])
+    }
+}
+
+/// Issues the planned single-op writes (`plan.by_writer[w]` from `writers[w]`) to the
+/// `targets`, `IN_FLIGHT` at a time per node, optionally paced to `rate` writes/s overall
+/// (each writer its share).
 fn spawn_writers(
     writers: Vec<Node>,
-    writes: usize,
+    plan: &Plan,
     targets: Targets,
     rate: Option<u64>,
     tag: &'static str,
 ) -> JoinSet<Result<(), crate::node::Error>> {
     let mut set = JoinSet::new();
-    let count = writers.len();
-    for (w, node) in writers.into_iter().enumerate() {
-        let mine: Vec<usize> = (w..writes).step_by(count).collect();
-        let per_writer_rate = rate.map(|r| (r as f64 / count as f64).max(1.0));
+    let made = plan.made.max(1) as f64;
+    for (node, mine) in writers.into_iter().zip(plan.by_writer.iter().cloned()) {
+        if mine.is_empty() {
+            continue;
+        }
+        let share = mine.len() as f64 / made;
+        let per_writer_rate = rate.map(|r| (r as f64 * share).max(1.0));
         set.spawn(async move {
             let mut inflight = JoinSet::new();
             let start = Instant::now();
@@ -180,22 +267,24 @@ fn limit_for(opts: &BenchOptions) -> Duration {
     Duration::from_secs(60 + opts.writes as u64 / 200) + Duration::from_millis(docs / 100)
 }
 
-/// Compares every running node's listing (see [`LocalCluster::converged`]) until they
-/// agree, or fails once `limit` has passed since `start`. Each listing holds up its node's
-/// event loop, so comparisons are spaced to leave the nodes most of their time. Returns
-/// whether the first comparison agreed, and how long the last one took.
+/// Compares the running replicas' listings (see [`LocalCluster::replica_digests`]) until
+/// they agree, or fails once `limit` has passed since `start`. Each listing holds up its
+/// node's event loop, so comparisons are spaced to leave the nodes most of their time.
+/// Returns whether the first comparison agreed, how long the last one took, and the
+/// digests (made under `state`) agreed on.
 async fn wait_agree(
     cluster: &LocalCluster,
+    state: &RandomState,
     start: Instant,
     limit: Duration,
-) -> Result<(bool, Duration), BenchError> {
+) -> Result<(bool, Duration, Vec<Option<(usize, u64)>>), BenchError> {
     let mut first = true;
     loop {
         let began = Instant::now();
-        let same = cluster.converged().await?;
+        let agreed = cluster.replica_digests(state).await?;
         let took = began.elapsed();
-        if same {
-            return Ok((first, took));
+        if let Some(agreed) = agreed {
+            return Ok((first, took, agreed));
         }
         if start.elapsed() > limit {
             return Err(BenchError::Timeout(format!(
@@ -207,19 +296,22 @@ async fn wait_agree(
     }
 }
 
-/// W single-op writes over D documents from every node, until every node has all.
+/// W single-op writes over D documents from every node (each at a replica of its
+/// document), until every node has all the writes to the documents it replicates.
 pub(crate) async fn throughput(
     cluster: &LocalCluster,
     opts: &BenchOptions,
     progress: &dyn Fn(String),
 ) -> Result<Throughput, BenchError> {
     let nodes: Vec<Node> = cluster.live().cloned().collect();
+    let ids: Vec<&str> = nodes.iter().map(Node::id).collect();
+    let targets = Targets::new(opts.docs, opts.preload);
+    let plan = Plan::new(cluster.topology(), &ids, targets, opts.writes);
     let mut target = Vec::new();
     for node in &nodes {
-        target.push(changes_seen(node).await? + opts.writes as u64);
+        target.push(changes_seen(node).await? + plan.expected_of(cluster.topology(), node.id()));
     }
     let bytes_before = wire_bytes(cluster).await?;
-    let targets = Targets::new(opts.docs, opts.preload);
     progress(format!(
         "throughput: {} writes over {} {}docs from {} nodes",
         opts.writes,
@@ -233,13 +325,13 @@ pub(crate) async fn throughput(
     ));
     let limit = limit_for(opts);
     let start = Instant::now();
-    let mut writers = spawn_writers(nodes.clone(), opts.writes, targets, opts.rate, "t");
+    let mut writers = spawn_writers(nodes.clone(), &plan, targets, opts.rate, "t");
     let samples = wait_counts(&nodes, &target, limit, "throughput", progress).await?;
     let counted = start.elapsed().as_secs_f64();
     // The counters say every node received W changes; the heads must agree too. The time
     // stops at the counts if the first comparison agrees (listing many documents takes a
     // while and is no part of the convergence), else when a later comparison has agreed.
-    let (first, took) = wait_agree(cluster, start, limit).await?;
+    let (first, took, _) = wait_agree(cluster, &RandomState::new(), start, limit).await?;
     let seconds = if first {
         counted
     } else {
@@ -291,36 +383,46 @@ pub(crate) async fn idle(
     })
 }
 
-/// The last node is stopped, W writes happen elsewhere, the node restarts and catches up.
+/// The last node is stopped, W writes happen at the live replicas of their documents, the
+/// node restarts and catches up on the writes to the documents it replicates.
 pub(crate) async fn catchup(
     cluster: &mut LocalCluster,
     opts: &BenchOptions,
     progress: &dyn Fn(String),
 ) -> Result<Catchup, BenchError> {
     let victim = cluster.ids().len() - 1;
-    progress(format!("catch-up: stopping {}", cluster.ids()[victim]));
+    let victim_id = cluster.ids()[victim].clone();
+    progress(format!("catch-up: stopping {victim_id}"));
     cluster.stop_node(victim).await?;
     let nodes: Vec<Node> = cluster.live().cloned().collect();
+    let ids: Vec<&str> = nodes.iter().map(Node::id).collect();
+    let targets = Targets::new(opts.docs, opts.preload);
+    let plan = Plan::new(cluster.topology(), &ids, targets, opts.writes);
+    let behind = plan.expected_of(cluster.topology(), &victim_id);
+    if plan.made < opts.writes {
+        progress(format!(
+            "catch-up: {} of {} writes not made: their documents' only replica is down",
+            opts.writes - plan.made,
+            opts.writes
+        ));
+    }
     let mut target = Vec::new();
     for node in &nodes {
-        target.push(changes_seen(node).await? + opts.writes as u64);
+        target.push(changes_seen(node).await? + plan.expected_of(cluster.topology(), node.id()));
     }
     let limit = limit_for(opts);
-    let targets = Targets::new(opts.docs, opts.preload);
-    let mut writers = spawn_writers(nodes.clone(), opts.writes, targets, opts.rate, "c");
+    let mut writers = spawn_writers(nodes.clone(), &plan, targets, opts.rate, "c");
     wait_counts(&nodes, &target, limit, "catch-up writes", progress).await?;
     while let Some(done) = writers.join_next().await {
         done.map_err(|_| crate::node::Error::Stopped)??;
     }
-    // What the restarted node must end with: the digest of a live node's listing, once the
-    // live nodes agree (counts can be complete a moment before every change is applied).
-    wait_agree(cluster, Instant::now(), limit).await?;
+    // What the restarted node must end with: what the live replicas of its documents agree
+    // on, once they agree (counts can be complete a moment before every change is applied).
     let state = RandomState::new();
-    let reference = listing_digest(&nodes[0], &state).await?;
+    let (_, _, reference) = wait_agree(cluster, &state, Instant::now(), limit).await?;
+    let topology = cluster.topology().clone();
     progress(format!(
-        "catch-up: restarting {} ({} writes behind)",
-        cluster.ids()[victim],
-        opts.writes
+        "catch-up: restarting {victim_id} ({behind} writes behind)"
     ));
     let start = Instant::now();
     let node = cluster.start_node(victim).await?.clone();
@@ -358,7 +460,7 @@ pub(crate) async fn catchup(
             last_seen = (seen, Instant::now());
             next_listing = next_listing.max(last_seen.1 + STALL);
         }
-        if counted.is_none() && seen >= opts.writes as u64 {
+        if counted.is_none() && seen >= behind {
             let at = start.elapsed().as_secs_f64();
             counted = Some(at);
             next_listing = Instant::now();
@@ -370,7 +472,8 @@ pub(crate) async fn catchup(
         if Instant::now() >= next_listing {
             let began = start.elapsed().as_secs_f64();
             let listed = Instant::now();
-            let same = listing_digest(&node, &state).await? == reference;
+            let digests = partition_digests(&node, &topology, &state).await?;
+            let same = digests_match(&topology, &victim_id, &digests, &reference);
             let took = listed.elapsed();
             if same {
                 let at = match counted {
@@ -412,7 +515,21 @@ pub(crate) async fn catchup(
         seconds,
         restart_s,
         first_link_s,
+        behind,
     })
+}
+
+/// The mean over the running nodes of the documents each stores (its status's `docs`),
+/// as a fraction of `total`.
+pub(crate) async fn stored_docs_per_node(
+    cluster: &LocalCluster,
+    total: usize,
+) -> Result<f64, BenchError> {
+    let mut fractions = Vec::new();
+    for node in cluster.live() {
+        fractions.push(node.status().await?.docs as f64 / total.max(1) as f64);
+    }
+    Ok(fractions.iter().sum::<f64>() / fractions.len().max(1) as f64)
 }
 
 /// How long the catch-up counters must stand still before the bench compares listings
@@ -424,4 +541,85 @@ pub(crate) fn memory_per_node_bytes(nodes: usize) -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let resident: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(resident * 4096 / nodes.max(1) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TopologyKind;
+    use crate::local::node_ids;
+
+    fn topology(n: usize, replicas: Option<usize>) -> Topology {
+        Topology::new(TopologyKind::Mesh, node_ids(n), Vec::new())
+            .with_replicas(replicas)
+            .expect("placeable")
+    }
+
+    #[test]
+    fn bench_plan_with_every_node_a_replica_is_round_robin() {
+        let t = topology(4, None);
+        let ids: Vec<&str> = t.nodes().iter().map(String::as_str).collect();
+        let plan = Plan::new(&t, &ids, Targets::new(3, 0), 10);
+        assert_eq!(
+            plan.by_writer,
+            [vec![0, 4, 8], vec![1, 5, 9], vec![2, 6], vec![3, 7]]
+        );
+        assert_eq!(plan.expected, [10; 4]);
+        assert_eq!(plan.made, 10);
+        // One node down: the others take turns, and every node (the stopped one too)
+        // expects every write.
+        let plan = Plan::new(&t, &ids[..3], Targets::new(3, 0), 10);
+        assert_eq!(
+            plan.by_writer,
+            [vec![0, 3, 6, 9], vec![1, 4, 7], vec![2, 5, 8]]
+        );
+        assert_eq!(plan.expected, [10; 4]);
+    }
+
+    #[test]
+    fn bench_plan_writes_each_document_at_its_replicas_only() {
+        let t = topology(6, Some(2));
+        let ids: Vec<&str> = t.nodes().iter().map(String::as_str).collect();
+        let targets = Targets::new(300, 0);
+        let plan = Plan::new(&t, &ids, targets, 3000);
+        assert_eq!(plan.made, 3000);
+        for (w, writes) in plan.by_writer.iter().enumerate() {
+            for &j in writes {
+                assert!(t.holds(ids[w], &targets.doc(j)), "write {j} at {}", ids[w]);
+            }
+            // About W / N each.
+            assert!(
+                (300..=700).contains(&writes.len()),
+                "{}: {}",
+                ids[w],
+                writes.len()
+            );
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let mine = (0..3000).filter(|&j| t.holds(id, &targets.doc(j))).count();
+            assert_eq!(plan.expected[i], mine as u64);
+            assert_eq!(plan.expected_of(&t, id), mine as u64);
+        }
+        assert_eq!(plan.expected.iter().sum::<u64>(), 3000 * 2);
+    }
+
+    #[test]
+    fn bench_plan_skips_documents_whose_only_replica_is_down() {
+        let t = topology(3, Some(1));
+        let ids: Vec<&str> = t.nodes().iter().map(String::as_str).collect();
+        let targets = Targets::new(30, 0);
+        let plan = Plan::new(&t, &ids[..2], targets, 60);
+        let on_n3 = (0..60).filter(|&j| t.holds("n3", &targets.doc(j))).count();
+        assert!(on_n3 > 0, "n3 replicates some of 30 documents");
+        assert_eq!(plan.made, 60 - on_n3);
+        assert_eq!(
+            plan.expected_of(&t, "n3"),
+            0,
+            "n3 misses nothing that was written"
+        );
+        assert_eq!(
+            plan.by_writer.iter().map(Vec::len).sum::<usize>(),
+            plan.made
+        );
+    }
 }

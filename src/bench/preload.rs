@@ -1,6 +1,6 @@
 //! `--preload N`: fills every node's store with the same N one-change documents before any
-//! node starts, so that the cluster starts converged at scale, and names the documents the
-//! measured writes go to.
+//! node starts (with `--replicas R`, each document only its replicas' stores), so that the
+//! cluster starts converged at scale, and names the documents the measured writes go to.
 //!
 //! Owns: making the preloaded changes (one Automerge change per document, made once, in
 //! parallel over the cores) and appending them to each node's [`RedbStore`] through the
@@ -15,6 +15,7 @@ use automerge::{AutoCommit, ROOT};
 
 use super::BenchError;
 use crate::storage::{DocAppend, RedbStore, Store};
+use crate::topology::Topology;
 
 /// Documents per durable commit (one fsync each per store).
 const BATCH: usize = 10_000;
@@ -48,6 +49,11 @@ impl Targets {
             docs: docs.max(1),
             preload,
         }
+    }
+
+    /// How many documents the writes go to.
+    pub(crate) fn len(&self) -> usize {
+        self.docs
     }
 
     /// True if the writes go to preloaded documents.
@@ -117,15 +123,35 @@ fn make_batch(
 /// Puts `count` identical documents into the store in each of `dirs` (created if needed),
 /// in batches of [`BATCH`] documents, one durable commit per batch and store; the stores
 /// are written in parallel while the next batch is made, and closed before this returns.
-/// Blocking: run it off the async runtime.
+/// With a `topology` that places documents, `dirs` are the data directories of its nodes
+/// in its order, and each document goes only into its replicas' stores. Blocking: run it
+/// off the async runtime.
 pub(crate) fn preload(
     dirs: &[PathBuf],
     count: usize,
+    topology: Option<&Topology>,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<(), BenchError> {
     if count == 0 || dirs.is_empty() {
         return Ok(());
     }
+    // Only a topology that places documents restricts where they go.
+    let placed = topology.filter(|t| t.placement().is_some());
+    let stores_of = match placed {
+        Some(t) if t.nodes().len() != dirs.len() => {
+            return Err(BenchError::Preload(format!(
+                "{} data directories for a topology of {} nodes",
+                dirs.len(),
+                t.nodes().len()
+            )));
+        }
+        Some(t) => format!(
+            ", each in the stores of its {} replicas (of {} nodes)",
+            t.replicas(),
+            dirs.len()
+        ),
+        None => format!(" in each of {} stores", dirs.len()),
+    };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut stores = dirs
         .iter()
@@ -149,11 +175,10 @@ pub(crate) fn preload(
         for batch in rx {
             let batch = batch?;
             done += batch.len();
-            append_all(&mut stores, batch)?;
+            append_all(&mut stores, batch, placed)?;
             if done >= next_report || done == count {
                 progress(format!(
-                    "preload: {done}/{count} documents in each of {} stores ({:.1} s)",
-                    stores.len(),
+                    "preload: {done}/{count} documents{stores_of} ({:.1} s)",
                     start.elapsed().as_secs_f64()
                 ));
                 next_report = done + PROGRESS_EVERY;
@@ -169,14 +194,33 @@ pub(crate) fn preload(
     })
 }
 
-/// Appends `batch` to every store, the stores in parallel, one durable commit each.
-fn append_all(stores: &mut [RedbStore], batch: Vec<DocAppend>) -> Result<(), BenchError> {
+/// Appends `batch` to every store, the stores in parallel, one durable commit each; with
+/// a topology that places documents (one node per store, in order), to each store only
+/// the documents its node replicates.
+fn append_all(
+    stores: &mut [RedbStore],
+    batch: Vec<DocAppend>,
+    placed: Option<&Topology>,
+) -> Result<(), BenchError> {
     let results: Vec<Result<(), BenchError>> = std::thread::scope(|s| {
         let handles: Vec<_> = stores
             .iter_mut()
-            .map(|store| {
-                let batch = batch.clone();
-                s.spawn(move || store.append(&batch).map_err(BenchError::from))
+            .enumerate()
+            .map(|(i, store)| {
+                let mine: Vec<DocAppend> = match placed {
+                    Some(topology) => batch
+                        .iter()
+                        .filter(|d| {
+                            topology
+                                .nodes()
+                                .get(i)
+                                .is_some_and(|id| topology.holds(id, &d.doc))
+                        })
+                        .cloned()
+                        .collect(),
+                    None => batch.clone(),
+                };
+                s.spawn(move || store.append(&mine).map_err(BenchError::from))
             })
             .collect();
         handles

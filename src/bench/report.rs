@@ -33,6 +33,10 @@ pub struct BenchReport {
     pub bytes_per_write: f64,
     /// Catch-up phase: seconds from the restart until the node has every write.
     pub catchup_s: f64,
+    /// Catch-up phase: the writes to documents the stopped node replicates, which it had
+    /// to catch up on (only with `--replicas`; else every write).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catchup_writes: Option<u64>,
     /// Catch-up phase: seconds from the restart until the node serves (`Node::start`
     /// returned and its status answered).
     pub restart_s: f64,
@@ -59,6 +63,14 @@ pub struct BenchReport {
     pub latency_samples: usize,
     /// The write rate asked for, if any.
     pub rate: Option<u64>,
+    /// Nodes each document lives on (only with `--replicas`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<usize>,
+    /// The mean over the nodes of the documents each stored at the end (its status's
+    /// `docs`), as a fraction of every document the run wrote (measured documents,
+    /// preloaded ones and the latency phase's), only with `--replicas`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_docs_per_node: Option<f64>,
     /// Every latency sample, µs, in order (only in `--out`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latencies_us: Option<Vec<u64>>,
@@ -76,6 +88,7 @@ pub(crate) struct Measured {
     pub(crate) converged: bool,
     pub(crate) memory: Option<u64>,
     pub(crate) preload_s: f64,
+    pub(crate) stored_docs_per_node: Option<f64>,
 }
 
 impl BenchReport {
@@ -88,6 +101,7 @@ impl BenchReport {
             converged,
             memory,
             preload_s,
+            stored_docs_per_node,
         } = measured;
         let samples = latencies.clone();
         latencies.sort_unstable();
@@ -111,6 +125,7 @@ impl BenchReport {
             writes_per_s: opts.writes as f64 / throughput.seconds.max(1e-9),
             bytes_per_write: throughput.bytes as f64 / opts.writes as f64,
             catchup_s: catchup.seconds,
+            catchup_writes: opts.replicas.map(|_| catchup.behind),
             restart_s: catchup.restart_s,
             first_link_s: catchup.first_link_s,
             idle_bytes_per_s: idle.bytes_per_s,
@@ -123,6 +138,8 @@ impl BenchReport {
             memory_per_node_bytes: memory,
             latency_samples: samples.len(),
             rate: opts.rate,
+            replicas: opts.replicas,
+            stored_docs_per_node,
             latencies_us: Some(samples),
             progress: Some(throughput.progress),
         }
@@ -149,17 +166,43 @@ impl BenchReport {
             .unwrap_or_else(|| "n/a".into());
         let preload = if self.preload > 0 {
             format!(
-                "preload: {} documents on every node in {:.1} s (before the nodes started)\n",
-                self.preload, self.preload_s
+                "preload: {} documents on {} in {:.1} s (before the nodes started)\n",
+                self.preload,
+                if self.replicas.is_some() {
+                    "their replicas"
+                } else {
+                    "every node"
+                },
+                self.preload_s
             )
         } else {
             String::new()
         };
+        let missed = match self.catchup_writes {
+            Some(behind) => format!("{behind} (of {})", self.writes),
+            None => self.writes.to_string(),
+        };
+        let (placement, visible_on, every) = match self.replicas {
+            Some(r) => (
+                format!(
+                    "placement: each document on {r} of {} nodes; a node stores {} of all \
+                     documents on average\n",
+                    self.nodes,
+                    self.stored_docs_per_node
+                        .map(|f| format!("{f:.3}"))
+                        .unwrap_or_else(|| "n/a".into())
+                ),
+                "its replicas",
+                "replica",
+            ),
+            None => (String::new(), "all", "node"),
+        };
         format!(
             "concordant bench: {} nodes, {}, {} docs, {} writes ({})\n\
+             {placement}\
              {preload}\
-             latency (write at one node → visible on all): p50 {} µs, p99 {} µs, max {} µs ({} samples)\n\
-             throughput: {} writes converged on every node in {:.3} s = {:.0} writes/s\n\
+             latency (write at one node → visible on {visible_on}): p50 {} µs, p99 {} µs, max {} µs ({} samples)\n\
+             throughput: {} writes converged on every {every} in {:.3} s = {:.0} writes/s\n\
              wire: {:.0} bytes per write\n\
              idle: {:.0} B/s of peer traffic per node over {:.1} s (anti-entropy every {} ms)\n\
              catch-up: {} missed writes in {:.3} s after restart \
@@ -182,7 +225,7 @@ impl BenchReport {
             self.idle_bytes_per_s,
             self.idle_window_s,
             self.anti_entropy_ms,
-            self.writes,
+            missed,
             self.catchup_s,
             self.restart_s,
             self.first_link_s,
