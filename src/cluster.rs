@@ -38,6 +38,14 @@ pub struct NodeView {
     pub pending_writes: u64,
     /// automerge-repo clients connected.
     pub sync_clients: u64,
+    /// Partitions it replicates (all of them when every node has everything).
+    pub partitions: u64,
+    /// Partitions moving in (replicated here, documents still being fetched).
+    pub partitions_in: u64,
+    /// Partitions moving out (stored here, replicated elsewhere).
+    pub partitions_out: u64,
+    /// Documents it keeps for other nodes: hinted writes and partitions moved away.
+    pub hints: u64,
     /// Every other node of its topology.
     pub peers: Vec<PeerView>,
     /// Its recent events, oldest first.

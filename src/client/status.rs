@@ -3,7 +3,10 @@
 //!
 //! Nodes are compared by their document-set fingerprint (`"fingerprint"` of `/v1/status`):
 //! equal exactly when two nodes hold the same documents at the same heads, so the table
-//! needs one small request per node whatever the number of documents.
+//! needs one small request per node whatever the number of documents. In a cluster whose
+//! documents are each on fewer nodes than all (`replicas`), nodes hold different documents
+//! by design: fingerprints are shown but not compared, and the table shows each node's
+//! partitions (moving in and out) and the hinted writes it keeps.
 //!
 //! Owns: gathering the answers, comparing the nodes, the table's text and the exit status's
 //! verdict ([`ClusterStatus::healthy`]). Must not touch: anything but HTTP requests through
@@ -69,8 +72,15 @@ pub async fn cluster_status(config: &Config, timeout: Duration) -> ClusterStatus
 
 impl ClusterStatus {
     /// The rows with `in_sync` set: a reachable node is in sync when it has a fingerprint
-    /// and every other reachable node has the same.
+    /// and every other reachable node has the same (or, with documents on fewer nodes than
+    /// all, when it answered: fingerprints are not compared then).
     pub fn compare(mut rows: Vec<NodeRow>) -> ClusterStatus {
+        if placed(&rows) {
+            for row in &mut rows {
+                row.in_sync = row.answer.is_ok().then_some(true);
+            }
+            return ClusterStatus { rows };
+        }
         let reachable: Vec<Option<String>> = rows
             .iter()
             .filter(|r| r.answer.is_ok())
@@ -115,6 +125,8 @@ impl ClusterStatus {
             "REACHABLE",
             "LINKS UP",
             "DOCS",
+            "PARTITIONS",
+            "HINTS",
             "PENDING",
             "FINGERPRINT",
             "HEADS",
@@ -129,9 +141,12 @@ impl ClusterStatus {
                     cells.push("yes".into());
                     cells.push(format!("{up}/{linked}"));
                     cells.push(status["docs"].to_string());
+                    cells.push(partitions(status));
+                    cells.push(number(&status["hints"]));
                     cells.push(status["pending_writes"].to_string());
                     cells.push(row.fingerprint().unwrap_or("-").to_string());
                     cells.push(match row.in_sync {
+                        _ if placed(&self.rows) => "-".into(),
                         Some(true) => "match".into(),
                         _ => "DIFFER".into(),
                     });
@@ -159,6 +174,11 @@ impl ClusterStatus {
         let reachable = self.rows.iter().filter(|r| r.answer.is_ok()).count();
         let _ = match self.agree() {
             None => writeln!(out, "fingerprints: no node reachable"),
+            Some(_) if placed(&self.rows) => writeln!(
+                out,
+                "fingerprints: not compared (each document is on some of the nodes, so \
+                 nodes hold different documents)"
+            ),
             Some(true) => writeln!(out, "fingerprints: all {reachable} reachable nodes agree"),
             Some(false) => writeln!(
                 out,
@@ -169,6 +189,37 @@ impl ClusterStatus {
             let _ = writeln!(out, "{p}");
         }
         out
+    }
+}
+
+/// Whether the nodes answered that each document is on fewer of them than all.
+fn placed(rows: &[NodeRow]) -> bool {
+    rows.iter().any(|r| {
+        r.answer.as_ref().is_ok_and(|s| {
+            s["replicas"]
+                .as_u64()
+                .is_some_and(|n| (n as usize) < rows.len())
+        })
+    })
+}
+
+/// A number of a `/v1/status` answer, or `-` if it has none.
+fn number(v: &Value) -> String {
+    v.as_u64().map_or("-".into(), |n| n.to_string())
+}
+
+/// Partitions held, and those moving in and out: `341`, `341 (+2 in, 5 out)`.
+fn partitions(status: &Value) -> String {
+    let held = number(&status["partitions"]);
+    let moving = &status["partitions_moving"];
+    let (inn, out) = (
+        moving["in"].as_u64().unwrap_or(0),
+        moving["out"].as_u64().unwrap_or(0),
+    );
+    if inn == 0 && out == 0 {
+        held
+    } else {
+        format!("{held} (+{inn} in, {out} out)")
     }
 }
 
@@ -221,7 +272,16 @@ mod tests {
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             cells[2..],
-            ["yes", "1/1", "2", "0", "00000000000000aa", "match"],
+            [
+                "yes",
+                "1/1",
+                "2",
+                "-",
+                "-",
+                "0",
+                "00000000000000aa",
+                "match"
+            ],
             "{table}"
         );
         assert_eq!(lines[3], "fingerprints: all 2 reachable nodes agree");
@@ -251,6 +311,31 @@ mod tests {
         assert!(!one_down.healthy(), "an unreachable node is not healthy");
         let none = ClusterStatus::compare(vec![row("n1", None)]);
         assert_eq!(none.agree(), None);
+    }
+
+    #[test]
+    fn with_documents_on_some_nodes_fingerprints_are_not_compared() {
+        let mut rows = vec![
+            row("n1", Some("00000000000000aa")),
+            row("n2", Some("00000000000000bb")),
+            row("n3", Some("00000000000000cc")),
+        ];
+        for (i, r) in rows.iter_mut().enumerate() {
+            if let Ok(status) = &mut r.answer {
+                status["replicas"] = json!(2);
+                status["partitions"] = json!(680 + i);
+                status["hints"] = json!(i);
+                status["partitions_moving"] = json!({"in": i, "out": 0});
+            }
+        }
+        let all = ClusterStatus::compare(rows);
+        assert_eq!(all.agree(), Some(true));
+        assert!(all.healthy());
+        let table = all.table();
+        assert!(table.contains("not compared"), "{table}");
+        let cells: Vec<&str> = table.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(cells[4..7], ["2", "681", "(+1"], "{table}");
+        assert!(!table.contains("DIFFER"), "{table}");
     }
 
     #[test]

@@ -30,6 +30,10 @@ fn view(id: &str, peers: Vec<PeerView>, events: &[(u64, &str)]) -> NodeView {
         writes_per_s: 2.5,
         pending_writes: 0,
         sync_clients: 0,
+        partitions: 1024,
+        partitions_in: 0,
+        partitions_out: 0,
+        hints: 0,
         peers,
         events: log.list(),
     }

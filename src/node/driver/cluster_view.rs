@@ -243,6 +243,10 @@ impl Driver {
             writes_per_s: self.gather.rate,
             pending_writes: status.pending_writes as u64,
             sync_clients: status.sync_clients as u64,
+            partitions: status.partitions as u64,
+            partitions_in: status.partitions_in as u64,
+            partitions_out: status.partitions_out as u64,
+            hints: status.hints as u64,
             peers: status
                 .peers
                 .iter()
