@@ -500,9 +500,11 @@ impl Membership {
     /// concurrent removals left fewer (or should the replicas be impossible, which the file's
     /// checks rule out: every node has every document).
     pub fn topology(&self) -> Topology {
-        let nodes: Vec<String> = self.live().into_iter().map(|m| m.id.clone()).collect();
+        let members = self.live();
+        let tokens = self.ring_tokens(&members);
+        let nodes: Vec<String> = members.into_iter().map(|m| m.id.clone()).collect();
         let live = nodes.len();
-        let full = Topology::new(self.kind, nodes, self.links());
+        let full = Topology::new(self.kind, nodes, self.links()).with_ring_tokens(tokens);
         match self.replicas {
             Some(r) if live > 0 => full
                 .clone()
@@ -510,6 +512,33 @@ impl Membership {
                 .unwrap_or(full),
             _ => full,
         }
+    }
+
+    /// The ring tokens of `live` (the live members in ring order), which place partitions
+    /// on a ring: the file's nodes evenly spaced by their place in the file (among all the
+    /// file's nodes, removed ones too, so a removal moves nothing else), each added node
+    /// halfway along the arc from the node before it to the first: a node that joins takes
+    /// part of one node's share, and nothing else moves.
+    fn ring_tokens(&self, live: &[&Member]) -> Vec<crate::placement::Token> {
+        let file_nodes = self.members.values().filter(|m| m.pos.is_some()).count();
+        let even = crate::placement::even_tokens(file_nodes);
+        let mut tokens: Vec<crate::placement::Token> = Vec::with_capacity(live.len());
+        let first = live
+            .first()
+            .and_then(|m| m.pos)
+            .and_then(|p| even.get(p as usize).copied())
+            .unwrap_or(0);
+        for m in live {
+            let token = match m.pos.and_then(|p| even.get(p as usize)) {
+                Some(&t) => t,
+                None => {
+                    let prev = tokens.last().copied().unwrap_or(first);
+                    crate::placement::token_between(prev, first)
+                }
+            };
+            tokens.push(token);
+        }
+        tokens
     }
 
     /// The live links between live nodes (edges only; empty otherwise), as pairs of ids

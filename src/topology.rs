@@ -76,6 +76,8 @@ pub struct Topology {
     /// Where documents live when each is on fewer nodes than all (`None`: every node
     /// replicates every document).
     placement: Option<Arc<Placement>>,
+    /// The ring's tokens, one per node in ring order (`None`: evenly spaced).
+    tokens: Option<Vec<placement::Token>>,
 }
 
 impl Topology {
@@ -116,7 +118,19 @@ impl Topology {
             nodes,
             adjacency,
             placement: None,
+            tokens: None,
         }
+    }
+
+    /// The same topology with these ring tokens, one per node in ring order (see
+    /// [`Placement::ring`]): where a ring's nodes sit on the circle that places partitions,
+    /// so that a node joining or leaving moves only its neighbours' share. Set it before
+    /// [`Topology::with_replicas`]; ignored if the count is wrong.
+    pub fn with_ring_tokens(mut self, tokens: Vec<placement::Token>) -> Topology {
+        if tokens.len() == self.nodes.len() {
+            self.tokens = Some(tokens);
+        }
+        self
     }
 
     /// The same topology with each document on `replicas` of its nodes (`None`, or as many
@@ -140,7 +154,10 @@ impl Topology {
             let placement = match self.kind {
                 TopologyKind::Mesh => Placement::rendezvous(&self.nodes, r, PARTITIONS)?,
                 TopologyKind::Ring(RingDirection::Both) => {
-                    let tokens = placement::even_tokens(n);
+                    let tokens = self
+                        .tokens
+                        .clone()
+                        .unwrap_or_else(|| placement::even_tokens(n));
                     let nodes: Vec<(String, u64)> =
                         self.nodes.iter().cloned().zip(tokens).collect();
                     Placement::ring(&nodes, r, PARTITIONS)?

@@ -873,3 +873,58 @@ fn replicas_converge_under_loss_duplication_delay_and_concurrency() {
         run_schedule(seed);
     }
 }
+
+/// Copies of partitions that move from `before` to `after` (replica sets compared).
+fn moved_copies(before: &Topology, after: &Topology) -> usize {
+    let (Some(b), Some(a)) = (before.placement(), after.placement()) else {
+        panic!("both placed")
+    };
+    (0..crate::placement::PARTITIONS)
+        .map(crate::placement::Partition)
+        .map(|p| {
+            let old: Vec<&str> = b.replicas(p).collect();
+            a.replicas(p).filter(|r| !old.contains(r)).count()
+        })
+        .sum()
+}
+
+#[test]
+fn a_node_joining_or_leaving_a_ring_moves_only_a_neighbours_share() {
+    let mut s = Membership::from_config(&config("topology = \"ring\"\nreplicas = 3", 9, &[]));
+    let before = s.topology();
+    assert_eq!(before.replicas(), 3);
+    s.propose_add("n1", "n10", addr(7110), addr(8110))
+        .expect("added");
+    let after = s.topology();
+    assert_eq!(after.nodes().len(), 10);
+    let ideal = 3 * usize::from(crate::placement::PARTITIONS) / 10;
+    let moved = moved_copies(&before, &after);
+    assert!(
+        moved > 0 && moved * 10 <= ideal * 13,
+        "moved {moved}, ideal {ideal}"
+    );
+    // A file node leaves: again only its neighbours' windows change.
+    s.propose_remove("n1", "n4").expect("removed");
+    let smaller = s.topology();
+    let moved = moved_copies(&after, &smaller);
+    let ideal = 3 * usize::from(crate::placement::PARTITIONS) / 10;
+    assert!(
+        moved > 0 && moved * 10 <= ideal * 13,
+        "moved {moved}, ideal {ideal}"
+    );
+}
+
+#[test]
+fn a_node_joining_a_mesh_moves_about_its_share() {
+    let mut s = Membership::from_config(&config("topology = \"mesh\"\nreplicas = 3", 9, &[]));
+    let before = s.topology();
+    s.propose_add("n1", "n10", addr(7110), addr(8110))
+        .expect("added");
+    let after = s.topology();
+    let ideal = 3 * usize::from(crate::placement::PARTITIONS) / 10;
+    let moved = moved_copies(&before, &after);
+    assert!(
+        moved * 10 <= ideal * 13 && moved * 10 >= ideal * 7,
+        "moved {moved}, ideal {ideal}"
+    );
+}

@@ -81,6 +81,31 @@ impl Replica {
         (moving_in.len(), out)
     }
 
+    /// Whether every document this node stores but does not replicate is held durably by
+    /// each of its replicas this node is connected to, and by at least one (what a node
+    /// leaving the cluster waits for: its documents' other replicas take them from there).
+    pub fn handoff_settled(&self) -> bool {
+        let (Some(held), Some(placement)) = (&self.handoff.held, self.router.placement()) else {
+            return true;
+        };
+        (0..PARTITIONS)
+            .map(Partition)
+            .filter(|&p| !held.contains(p))
+            .flat_map(|p| self.docs.index().partition_docs(p))
+            .all(|(doc, _)| {
+                let Some((offered, by)) = self.handoff.offered.get(&doc) else {
+                    return false;
+                };
+                let mut reachable = placement
+                    .replicas_of(&doc)
+                    .filter(|r| self.peers.contains_key(*r))
+                    .peekable();
+                reachable.peek().is_some()
+                    && reachable.all(|r| by.contains(r))
+                    && self.docs.heads(&doc).as_ref() == Some(offered)
+            })
+    }
+
     /// Documents dropped here after every replica confirmed holding them.
     pub fn handed_off(&self) -> u64 {
         self.handoff.dropped

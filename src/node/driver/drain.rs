@@ -7,6 +7,12 @@
 //! this node holds: it records its own removal, which spreads,
 //! and its links close. If that does not happen within [`DRAIN_LIMIT_MS`] (no neighbour,
 //! or repairs that do not settle), the removal is refused and the node serves again.
+//!
+//! With documents on fewer nodes than all (`replicas`), the node's own placement becomes
+//! the one after its removal, where it holds nothing: every document it stores is handed
+//! to its replicas there (see the core's `handoff`), and the drain also waits until each
+//! is held durably by every one of them it is connected to (a mesh: all of them). So a
+//! partition whose only copy was here (`replicas = 1`) has moved before the node leaves.
 
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -35,6 +41,14 @@ impl Driver {
     /// Starts draining this node; `reply` gets the new topology once it has left.
     pub(super) fn start_drain(&mut self, reply: oneshot::Sender<Result<Value, Error>>) {
         tracing::info!(node = %self.id, "leaving the cluster: handing everything to the neighbours first");
+        if let Some(m) = &self.membership {
+            let mut after = m.clone();
+            if after.propose_remove(&self.id, &self.id).is_ok()
+                && after.topology().placement().is_some()
+            {
+                self.replica.set_router(Box::new(after.topology()));
+            }
+        }
         self.draining = Some(Drain {
             reply,
             until: self.now() + DRAIN_LIMIT_MS,
@@ -49,6 +63,13 @@ impl Driver {
     pub(super) fn end_drain(&mut self, answer: Result<Value, Error>) {
         if let Some(d) = self.draining.take() {
             let _ = d.reply.send(answer);
+        }
+    }
+
+    /// A drain that failed: the node serves again, placed as the live topology says.
+    fn drain_failed(&mut self) {
+        if let Some(m) = &self.membership {
+            self.replica.set_router(Box::new(m.topology()));
         }
     }
 
@@ -77,6 +98,7 @@ impl Driver {
             return;
         };
         if now >= d.until {
+            self.drain_failed();
             if let Some(d) = self.draining.take() {
                 let _ = d.reply.send(Err(Error::Topology(format!(
                     "node {:?} could not hand everything to a neighbour within {} s (no \
@@ -101,7 +123,11 @@ impl Driver {
             && neighbours
                 .iter()
                 .all(|p| self.replica.queued_bytes(p) == Some(0));
-        let quiet = d.round_started.is_some() && !d.heard && idle && !neighbours.is_empty();
+        let quiet = d.round_started.is_some()
+            && !d.heard
+            && idle
+            && !neighbours.is_empty()
+            && self.replica.handoff_settled();
         d.quiet_rounds = if quiet { d.quiet_rounds + 1 } else { 0 };
         if d.quiet_rounds >= 2 {
             if let Some(d) = self.draining.take() {
