@@ -46,7 +46,9 @@ impl Driver {
             if after.propose_remove(&self.id, &self.id).is_ok()
                 && after.topology().placement().is_some()
             {
+                // Its handles forward to the documents' replicas after it, too.
                 self.replica.set_router(Box::new(after.topology()));
+                self.topology.send_replace(after.topology());
             }
         }
         self.draining = Some(Drain {
@@ -70,6 +72,7 @@ impl Driver {
     fn drain_failed(&mut self) {
         if let Some(m) = &self.membership {
             self.replica.set_router(Box::new(m.topology()));
+            self.topology.send_replace(m.topology());
         }
     }
 
