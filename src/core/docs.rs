@@ -665,6 +665,17 @@ impl Docs {
         Some(list.iter().map(|c| c.raw_bytes().to_vec()).collect())
     }
 
+    /// Whether the document's changes are all durable: none accepted unloaded and not yet
+    /// stored, and, in memory, none pending or pinned (`pinned`).
+    pub(crate) fn is_settled(&self, id: &str, pinned: impl Fn(&DocState) -> bool) -> bool {
+        !self.unsaved.contains_key(id)
+            && !self.lent.contains_key(id)
+            && self
+                .loaded
+                .get(id)
+                .is_none_or(|d| !d.has_pending() && !pinned(d))
+    }
+
     /// Forgets a document this replica hands off for good (see `replica::handoff`): out of
     /// memory and out of the index. Refused (false) while a read of it is under way, it is
     /// lent out, or it has changes not yet durable.

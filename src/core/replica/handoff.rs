@@ -29,8 +29,9 @@ use crate::core::Effect;
 use crate::placement::{partition_of, Partition, PartitionSet, PARTITIONS};
 use crate::wire::{HandoffDoc, Message};
 
-/// Documents offered per round, at most.
-pub(crate) const HANDOFF_BATCH: usize = 512;
+/// Documents offered per round, at most. A round that offers this many is followed by the
+/// next one `retry_ms` later rather than an anti-entropy period later.
+pub(crate) const HANDOFF_BATCH: usize = 2048;
 
 /// What this node offers and what its replicas confirmed.
 #[derive(Default)]
@@ -43,6 +44,8 @@ pub(super) struct Handoffs {
     last: u64,
     /// The partition the next round starts from.
     cursor: u16,
+    /// The last round offered a full batch: the next one comes soon, not a period later.
+    more: bool,
     /// Documents dropped after their handoff, since start.
     pub(super) dropped: u64,
 }
@@ -125,9 +128,12 @@ impl Replica {
     /// When the next handoff round is due, if there is anything to hand off.
     pub(super) fn handoff_due(&self) -> Option<u64> {
         (!self.peers.is_empty() && self.stray_count() > 0).then(|| {
-            self.handoff
-                .last
-                .saturating_add(self.config.anti_entropy_ms)
+            let wait = if self.handoff.more {
+                self.config.retry_ms
+            } else {
+                self.config.anti_entropy_ms
+            };
+            self.handoff.last.saturating_add(wait)
         })
     }
 
@@ -182,6 +188,7 @@ impl Replica {
                 }
             }
         }
+        self.handoff.more = budget == 0;
         for (peer, docs) in by_peer {
             self.effects.push(Effect::Send {
                 to: peer,
@@ -203,6 +210,10 @@ impl Replica {
             {
                 continue;
             }
+            if let Some(offer) = self.same_heads_settled(offer.clone()) {
+                confirmed.push(offer);
+                continue;
+            }
             if !self.ready(&offer.doc, Need::Doc) {
                 let from = from.to_string();
                 let doc = offer.doc.clone();
@@ -219,6 +230,24 @@ impl Replica {
                 msg: Message::HandedOff(confirmed),
             });
         }
+    }
+
+    /// The offer back if this node has exactly its heads, durably: no need to read the
+    /// document (most offers, once a partition has moved).
+    fn same_heads_settled(&self, offer: HandoffDoc) -> Option<HandoffDoc> {
+        let doc = offer.doc.as_str();
+        let same = self.docs.index().get(doc) == Some(crate::wire::heads_digest(&offer.heads));
+        (same && !offer.heads.is_empty() && self.settled(doc)).then_some(offer)
+    }
+
+    /// Whether every change of `doc` here is durable.
+    fn settled(&self, doc: &str) -> bool {
+        let (batches, retry) = (&self.batches, &self.retry);
+        !self.dirty.contains(doc)
+            && !retry.holds(doc)
+            && self
+                .docs
+                .is_settled(doc, |d| d.has_orphans() || batches.pins(d.persist_token))
     }
 
     /// A handed document in memory here (or new here): the offer back if this node holds
@@ -239,14 +268,7 @@ impl Replica {
             }
             return None;
         }
-        let durable = !self.dirty.contains(doc)
-            && self.docs.peek(doc).is_some_and(|d| {
-                !(d.has_pending()
-                    || d.has_orphans()
-                    || self.retry.holds(doc)
-                    || self.batches.pins(d.persist_token))
-            });
-        durable.then_some(offer)
+        self.settled(doc).then_some(offer)
     }
 
     /// A replica confirms documents this node offered: those confirmed by every replica
