@@ -226,7 +226,13 @@ pub enum Message {
     /// it no longer holds), for a replica of each: the receiver confirms with
     /// [`Message::HandedOff`] those it holds durably at (or past) these heads, and asks for
     /// the others (a [`Message::Want`]).
-    Handoff(Vec<HandoffDoc>),
+    Handoff {
+        /// The documents and their heads at the sender.
+        docs: Vec<HandoffDoc>,
+        /// The sender is leaving the cluster and places documents as they will be without
+        /// it: the receiver takes them even where it is not (yet) a replica.
+        leaving: bool,
+    },
     /// The receiver holds these documents durably with every change of these heads; the
     /// sender may drop its copy once every replica has said so.
     HandedOff(Vec<HandoffDoc>),
@@ -351,7 +357,7 @@ impl Message {
             Message::ClusterTell { .. } => "cluster-tell",
             Message::Forward(_) => "forward",
             Message::Reply(_) => "reply",
-            Message::Handoff(_) => "handoff",
+            Message::Handoff { .. } => "handoff",
             Message::HandedOff(_) => "handed-off",
             Message::Follow { .. } => "follow",
         }

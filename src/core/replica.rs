@@ -609,7 +609,7 @@ impl Replica {
             Message::Want(wants) => self.receive_wants(now, from, wants),
             Message::Sync { doc, data } => self.receive_sync(now, from, &doc, &data),
             Message::Ephemeral(e) => self.receive_ephemeral(from, e),
-            Message::Handoff(docs) => self.receive_handoff(from, docs),
+            Message::Handoff { docs, leaving } => self.receive_handoff(from, docs, leaving),
             Message::HandedOff(docs) => self.receive_handed_off(from, docs),
             Message::Follow { docs, follow } => self.receive_follow(from, docs, follow),
             Message::Receipt { changes, bytes } => {

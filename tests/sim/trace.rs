@@ -80,7 +80,9 @@ pub(crate) fn describe(msg: &wire::Message) -> String {
         | wire::Message::ClusterTell { .. }
         | wire::Message::Forward(_)
         | wire::Message::Reply(_) => msg.kind().to_string(),
-        wire::Message::Handoff(d) => format!("handoff of {} docs", d.len()),
+        wire::Message::Handoff { docs, leaving } => {
+            format!("handoff of {} docs (leaving: {leaving})", docs.len())
+        }
         wire::Message::HandedOff(d) => format!("handed off {} docs", d.len()),
         wire::Message::Follow { docs, follow } => format!("follow {follow} {} docs", docs.len()),
     }

@@ -46,6 +46,8 @@ pub(super) struct Handoffs {
     cursor: u16,
     /// The last round offered a full batch: the next one comes soon, not a period later.
     more: bool,
+    /// This node is leaving the cluster (see [`Replica::set_leaving`]).
+    leaving: bool,
     /// Documents dropped after their handoff, since start.
     pub(super) dropped: u64,
 }
@@ -112,6 +114,16 @@ impl Replica {
     /// Documents dropped here after every replica confirmed holding them.
     pub fn handed_off(&self) -> u64 {
         self.handoff.dropped
+    }
+
+    /// This node is leaving the cluster (or no longer): its router places documents as
+    /// they will be without it, and the nodes it hands them to take them even where they
+    /// are not replicas yet (they will be once the removal is known). A node never drops a
+    /// document on the word of a leaving node alone: it takes it but confirms a handoff of
+    /// its own only to its replicas, and the leaving node, which holds nothing in its own
+    /// placement, confirms none.
+    pub fn set_leaving(&mut self, leaving: bool) {
+        self.handoff.leaving = leaving;
     }
 
     /// Follows the router's placement: the partitions this node holds.
@@ -192,20 +204,26 @@ impl Replica {
         for (peer, docs) in by_peer {
             self.effects.push(Effect::Send {
                 to: peer,
-                msg: Message::Handoff(docs),
+                msg: Message::Handoff {
+                    docs,
+                    leaving: self.handoff.leaving,
+                },
             });
         }
     }
 
     /// A peer hands documents to this node: confirmed where this node holds every change
-    /// of their heads durably, asked for where it lacks some.
-    pub(super) fn receive_handoff(&mut self, from: &str, docs: Vec<HandoffDoc>) {
+    /// of their heads durably, asked for where it lacks some. Only documents this node
+    /// replicates, unless the peer is leaving (see [`Replica::set_leaving`]).
+    pub(super) fn receive_handoff(&mut self, from: &str, docs: Vec<HandoffDoc>, leaving: bool) {
         let Some(placement) = self.router.placement().cloned() else {
             return;
         };
         let mut confirmed = Vec::new();
         for offer in docs {
-            if !placement.holds_doc(&self.id, &offer.doc)
+            let mine = placement.holds_doc(&self.id, &offer.doc);
+            // A leaving node holds nothing in its own placement: it confirms nothing.
+            if (!mine && (!leaving || self.handoff.leaving))
                 || !crate::doc_id::is_valid_doc_id(&offer.doc)
             {
                 continue;

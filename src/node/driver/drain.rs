@@ -48,6 +48,7 @@ impl Driver {
             {
                 // Its handles forward to the documents' replicas after it, too.
                 self.replica.set_router(Box::new(after.topology()));
+                self.replica.set_leaving(true);
                 self.topology.send_replace(after.topology());
             }
         }
@@ -72,6 +73,7 @@ impl Driver {
     fn drain_failed(&mut self) {
         if let Some(m) = &self.membership {
             self.replica.set_router(Box::new(m.topology()));
+            self.replica.set_leaving(false);
             self.topology.send_replace(m.topology());
         }
     }

@@ -67,6 +67,16 @@ impl Driver {
         wait_ms: u64,
         reply: oneshot::Sender<Result<Reply, Error>>,
     ) {
+        // A removed node serves nothing; a leaving one takes no more writes.
+        let write = matches!(request, ForwardRequest::Ops(_) | ForwardRequest::Merge(_));
+        if self.removed {
+            let _ = reply.send(Err(Error::Removed(self.id.clone())));
+            return;
+        }
+        if write && self.draining.is_some() {
+            let _ = reply.send(Err(Error::Leaving(self.id.clone())));
+            return;
+        }
         let Some((target, via)) = self.route(&doc, None) else {
             let replicas = self.replicas_of(&doc);
             let _ = reply.send(Err(Error::Unreachable { doc, replicas }));
