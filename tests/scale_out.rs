@@ -821,10 +821,21 @@ async fn mesh_hints_a_write_while_both_replicas_are_down() {
 /// Bullet 4: a node added, then an original node removed, under writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_grows_and_shrinks_under_writes_keeping_every_write_placed() {
+    grows_and_shrinks(R).await;
+}
+
+/// With one copy of each document, the leaving node holds the only copy of its documents:
+/// it hands them to their new replicas before it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_of_single_copies_grows_and_shrinks_under_writes_keeping_every_write_placed() {
+    grows_and_shrinks(1).await;
+}
+
+async fn grows_and_shrinks(r: usize) {
     let _serial = SERIAL.lock().await;
     let t = Instant::now();
     let mut nodes = Nodes {
-        init: ProcCluster::init_with(NODES, "mesh", Some(R)),
+        init: ProcCluster::init_with(NODES, "mesh", Some(r)),
         children: BTreeMap::new(),
         clients: BTreeMap::new(),
         starts: BTreeMap::new(),
@@ -903,7 +914,7 @@ async fn mesh_grows_and_shrinks_under_writes_keeping_every_write_placed() {
     let topo = config.topology();
     let final_ids: Vec<&str> = topo.nodes().iter().map(String::as_str).collect();
     assert_eq!(final_ids, live, "the nodes of the final file");
-    assert_eq!(topo.replicas(), R, "the final file's replicas");
+    assert_eq!(topo.replicas(), r, "the final file's replicas");
     let logs = nodes.path("logs");
     let all: Vec<String> = seven.iter().map(|s| s.to_string()).collect();
     let t_settle = Instant::now();
