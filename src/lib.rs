@@ -6,8 +6,9 @@
 //! # Layout
 //! - [`config`]: topology file → validated [`Config`].
 //! - [`topology`]: pure graph logic: neighbours, ring failover, forwarding targets.
-//! - [`placement`]: pure placement of documents on R of N nodes: partitions, rendezvous
-//!   placement for a mesh, token-ordered windows for a ring (not yet used by a node).
+//! - [`placement`]: pure placement of documents on R of N nodes (`replicas`): partitions,
+//!   rendezvous placement for a mesh, token-ordered windows for a ring; the topology carries
+//!   it ([`topology::Topology::with_replicas`]).
 //! - [`certs`]: cluster CA and node certificates (generation and loading).
 //! - [`init`]: `concordant init`, writing a new cluster directory.
 //! - [`core`]: the sans-IO replication core (no tokio, sockets, files or clocks): push and
@@ -16,8 +17,11 @@
 //!   `core::footprint` estimates it), documents lent out for heavy work on other threads
 //!   (`core::lend`), a client's data applied to a copy of its document with Automerge's
 //!   panics caught (`core::untrusted`), the reconciliation tree of (document, heads)
-//!   fingerprints, bulk repair, acknowledgements, and the timers it asks to be woken for
-//!   (`poll_timeout`).
+//!   fingerprints (compared per partition two nodes share), bulk repair, acknowledgements,
+//!   the handoff of documents stored where they are not replicated (hinted writes,
+//!   partitions moved away: `core/replica/handoff.rs`), follows of documents whose clients
+//!   are on a node that does not replicate them (`core/replica/follow.rs`), and the timers
+//!   it asks to be woken for (`poll_timeout`).
 //! - [`wire`]: the peer protocol: versioned messages, framing, limits.
 //! - [`wire_limits`]: the protocol's size limits (frame, message, batch budget), a leaf that
 //!   the configuration checks `[tuning]` against without depending on the protocol.
@@ -40,7 +44,9 @@
 //!   the reader threads that read and decode documents for the core (`node/read_pool.rs`)
 //!   and run heavy work on lent documents (`node/driver/lending.rs`);
 //!   what a node does when its storage fails or falls behind (`node/driver/storage.rs`);
-//!   its document listing, paged from the store off the driver (`node/listing.rs`).
+//!   its document listing, paged from the store off the driver (`node/listing.rs`); reads
+//!   and writes of documents it does not replicate, forwarded to a replica over the peer
+//!   links (`node/forward.rs`, routed by `node/driver/forward.rs`).
 //! - [`local`]: a local cluster of N nodes in one process (demo, bench, experiments).
 //! - [`membership`]: the live topology every node holds and gossips (a state-based CRDT:
 //!   nodes added and removed while the cluster runs, links, ring order, version, digest).
