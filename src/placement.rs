@@ -49,6 +49,12 @@ pub struct PartitionSet {
     bits: [u64; PARTITIONS as usize / 64],
 }
 
+impl Default for PartitionSet {
+    fn default() -> Self {
+        PartitionSet::empty()
+    }
+}
+
 impl PartitionSet {
     /// No partition.
     pub fn empty() -> PartitionSet {
@@ -62,6 +68,18 @@ impl PartitionSet {
         if let Some(word) = self.bits.get_mut(usize::from(p.0) / 64) {
             *word |= 1 << (p.0 % 64);
         }
+    }
+
+    /// Takes `p` out.
+    pub fn remove(&mut self, p: Partition) {
+        if let Some(word) = self.bits.get_mut(usize::from(p.0) / 64) {
+            *word &= !(1 << (p.0 % 64));
+        }
+    }
+
+    /// The partitions in the set, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = Partition> + '_ {
+        (0..PARTITIONS).map(Partition).filter(|&p| self.contains(p))
     }
 
     /// Whether `p` is in the set.

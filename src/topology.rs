@@ -127,7 +127,13 @@ impl Topology {
     /// so that a node joining or leaving moves only its neighbours' share. Set it before
     /// [`Topology::with_replicas`]; ignored if the count is wrong.
     pub fn with_ring_tokens(mut self, tokens: Vec<placement::Token>) -> Topology {
-        if tokens.len() == self.nodes.len() {
+        // Evenly spaced tokens are the default: kept as none, so equal topologies compare
+        // equal however they were made.
+        let ring = matches!(self.kind, TopologyKind::Ring(_));
+        if ring
+            && tokens.len() == self.nodes.len()
+            && tokens != placement::even_tokens(tokens.len())
+        {
             self.tokens = Some(tokens);
         }
         self

@@ -154,9 +154,13 @@ fn up_and_client_commands() {
     for (line, node) in lines[1..4].iter().zip(["n1", "n2", "n3"]) {
         let cells: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(cells[0], node, "{table}");
-        assert_eq!(cells[2..6], ["yes", "2/2", "2", "0"], "{table}");
-        assert_eq!(cells[7..], ["match"], "{table}");
-        let fp = cells[6];
+        assert_eq!(
+            cells[2..8],
+            ["yes", "2/2", "2", "1024", "0", "0"],
+            "{table}"
+        );
+        assert_eq!(cells[9..], ["match"], "{table}");
+        let fp = cells[8];
         assert!(
             fp.len() == 16 && fp.bytes().all(|b| b.is_ascii_hexdigit()),
             "{table}"

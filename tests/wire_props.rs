@@ -5,7 +5,8 @@
 
 use concordant::wire::{
     decode_frame, decode_payload, encode, frame_head, Ack, Bucket, DocChanges, Ephemeral,
-    Fingerprints, Hello, Message, Want, WireError, HEADER_LEN, MAX_FRAME, MORE, PROTOCOL_VERSION,
+    Fingerprints, Forward, ForwardOutcome, ForwardRequest, HandoffDoc, Hello, Message, Reply, Want,
+    WireError, HEADER_LEN, MAX_FRAME, MORE, PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
 use serde_bytes::ByteBuf;
@@ -95,7 +96,83 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 data,
             })
         });
-    prop_oneof![hello, push, ack, fingerprints, items, want, sync, ephemeral]
+    let forward = (
+        (any::<u64>(), arb_string(), arb_string(), any::<u8>()),
+        (arb_string(), any::<u16>()),
+        prop_oneof![
+            arb_string().prop_map(ForwardRequest::Ops),
+            arb_bytes().prop_map(ForwardRequest::Merge),
+            Just(ForwardRequest::Json),
+            Just(ForwardRequest::Save),
+        ],
+    )
+        .prop_map(|((id, origin, target, hops), (doc, partition), request)| {
+            Message::Forward(Box::new(Forward {
+                id,
+                origin,
+                target,
+                hops,
+                doc,
+                partition,
+                request,
+            }))
+        });
+    let heads = || prop::collection::vec(any::<[u8; 32]>(), 0..3);
+    let outcome = prop_oneof![
+        (heads(), prop::collection::vec(arb_string(), 0..3))
+            .prop_map(|(heads, acked_by)| ForwardOutcome::Written { heads, acked_by }),
+        (any::<u64>(), heads())
+            .prop_map(|(new_changes, heads)| ForwardOutcome::Merged { new_changes, heads }),
+        prop::option::of(arb_string()).prop_map(ForwardOutcome::Json),
+        prop::option::of(arb_bytes()).prop_map(ForwardOutcome::Saved),
+        (any::<u16>(), arb_string(), heads()).prop_map(|(status, message, heads)| {
+            ForwardOutcome::Failed {
+                status,
+                message,
+                heads,
+                acked_by: Vec::new(),
+            }
+        }),
+    ];
+    let reply = (
+        (any::<u64>(), arb_string(), arb_string(), any::<u8>()),
+        outcome,
+    )
+        .prop_map(|((id, origin, by, hops), outcome)| {
+            Message::Reply(Box::new(Reply {
+                id,
+                origin,
+                by,
+                hops,
+                outcome,
+            }))
+        });
+    let offers = || {
+        prop::collection::vec(
+            (arb_string(), heads()).prop_map(|(doc, heads)| HandoffDoc { doc, heads }),
+            0..4,
+        )
+    };
+    let handoff =
+        (offers(), any::<bool>()).prop_map(|(docs, leaving)| Message::Handoff { docs, leaving });
+    let handed_off = offers().prop_map(Message::HandedOff);
+    let follow = (prop::collection::vec(arb_string(), 0..4), any::<bool>())
+        .prop_map(|(docs, follow)| Message::Follow { docs, follow });
+    prop_oneof![
+        hello,
+        push,
+        ack,
+        fingerprints,
+        items,
+        want,
+        sync,
+        ephemeral,
+        forward,
+        reply,
+        handoff,
+        handed_off,
+        follow
+    ]
 }
 
 /// Arbitrary bytes, often shaped like a payload (version byte, small variant index) so
@@ -103,7 +180,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
 fn arb_payload_like() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..128),
-        (0u8..10, prop::collection::vec(any::<u8>(), 0..128)).prop_map(|(variant, rest)| {
+        (0u8..20, prop::collection::vec(any::<u8>(), 0..128)).prop_map(|(variant, rest)| {
             let mut p = vec![PROTOCOL_VERSION, variant];
             p.extend(rest);
             p

@@ -241,11 +241,6 @@ impl Peer {
         Some(wanted)
     }
 
-    /// The documents queued to be asked of this peer.
-    pub(crate) fn wanted_docs(&self) -> impl Iterator<Item = &String> {
-        self.wanted.iter()
-    }
-
     /// Documents queued to be asked of this peer.
     pub(crate) fn wants_len(&self) -> usize {
         self.wants.len()

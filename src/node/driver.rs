@@ -106,6 +106,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     let jobs = store_thread::spawn(store, tuning.compact_after, done_tx, health_tx.clone());
     let (commands_tx, commands) = mpsc::channel(1024);
     let (topology_tx, topology_rx) = watch::channel(config.topology.clone());
+    let (filling_tx, filling_rx) = watch::channel(crate::placement::PartitionSet::empty());
     let node = Node {
         id: config.id.clone(),
         max_change_ops: config.tuning.max_change_ops,
@@ -114,6 +115,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         health,
         reader,
         topology: topology_rx,
+        filling: filling_rx,
     };
     let (served_tx, served) = mpsc::unbounded_channel();
     let driver = Driver {
@@ -134,6 +136,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         compacting: HashSet::new(),
         started: Instant::now(),
         topology: topology_tx,
+        filling: filling_tx,
         weak_node: Some(node.downgrade()),
         forwards: forward::Forwards::default(),
         served_tx,
@@ -191,6 +194,8 @@ struct Driver {
     started: Instant,
     /// The live topology, as the node's handles see it (which node replicates what).
     topology: watch::Sender<crate::topology::Topology>,
+    /// Partitions taken over and still filling, as the node's handles see them.
+    filling: watch::Sender<crate::placement::PartitionSet>,
     /// The node's own handle, for requests forwarded to it (see `forward`).
     weak_node: Option<super::WeakNode>,
     forwards: forward::Forwards,
@@ -301,6 +306,9 @@ impl Driver {
             }
             self.replica.flush();
             self.run_effects();
+            if *self.filling.borrow() != *self.replica.filling() {
+                self.filling.send_replace(self.replica.filling().clone());
+            }
         }
     }
 

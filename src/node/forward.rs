@@ -29,9 +29,23 @@ pub(crate) const READ_TIMEOUT_MS: u64 = 10_000;
 pub(crate) const WRITE_MARGIN_MS: u64 = 5_000;
 
 impl Node {
-    /// Whether this node replicates `doc` (stores it). A node that does not forwards reads
-    /// and writes of it to a replica; every node does with `replicas` unset.
+    /// Whether this node serves `doc` from its own copy: it replicates it (every node
+    /// does with `replicas` unset), and the document's partition is not one it took over
+    /// lately and is still filling from the other replicas. Otherwise it forwards reads
+    /// and writes of it to a replica.
     pub fn replicates(&self, doc: &str) -> bool {
+        self.holds(doc)
+            && !self
+                .filling
+                .borrow()
+                .contains(crate::placement::partition_of(
+                    doc,
+                    crate::placement::PARTITIONS,
+                ))
+    }
+
+    /// Whether this node is one of `doc`'s replicas (filled or not).
+    pub(super) fn holds(&self, doc: &str) -> bool {
         self.topology.borrow().holds(&self.id, doc)
     }
 
@@ -130,7 +144,7 @@ impl Node {
     ) -> Result<Option<R>, Error> {
         match self.forward_save(doc).await? {
             None => Ok(None),
-            Some(saved) => Ok(Some(f(&load_copy(doc, &saved)?))),
+            Some(saved) => read_copy(doc, &saved, f).map(Some),
         }
     }
 
@@ -286,6 +300,15 @@ fn bad_answer(doc: &str, by: &str, e: impl std::fmt::Display) -> Error {
         status: 502,
         message: format!("document {doc:?}: the replica's answer cannot be read: {e}"),
     }
+}
+
+/// Runs `f` on a copy of a document saved by a replica.
+pub(super) fn read_copy<R>(
+    doc: &str,
+    saved: &[u8],
+    f: impl FnOnce(&Automerge) -> R,
+) -> Result<R, Error> {
+    Ok(f(&load_copy(doc, saved)?))
 }
 
 /// A copy of a document saved by a replica (a peer authenticated by the cluster's CA).

@@ -495,6 +495,8 @@ pub struct Node {
     reader: Arc<dyn crate::storage::DocReader>,
     /// The live topology: which nodes replicate each document (see [`Node::replicates`]).
     topology: watch::Receiver<crate::topology::Topology>,
+    /// Partitions this node took over and is still filling (served by other replicas).
+    filling: watch::Receiver<crate::placement::PartitionSet>,
 }
 
 /// A [`Node`] that does not keep the node running: the driver's own handle, for the
@@ -507,6 +509,7 @@ pub(crate) struct WeakNode {
     health: watch::Receiver<Health>,
     reader: Arc<dyn crate::storage::DocReader>,
     topology: watch::Receiver<crate::topology::Topology>,
+    filling: watch::Receiver<crate::placement::PartitionSet>,
 }
 
 impl WeakNode {
@@ -520,6 +523,7 @@ impl WeakNode {
             health: self.health.clone(),
             reader: Arc::clone(&self.reader),
             topology: self.topology.clone(),
+            filling: self.filling.clone(),
         })
     }
 }
@@ -535,6 +539,7 @@ impl Node {
             health: self.health.clone(),
             reader: Arc::clone(&self.reader),
             topology: self.topology.clone(),
+            filling: self.filling.clone(),
         }
     }
 }
@@ -751,7 +756,17 @@ impl Node {
         f: impl FnOnce(&Automerge) -> R + Send + 'static,
     ) -> Result<Option<R>, Error> {
         if !self.replicates(doc) {
-            return self.forward_read(doc, f).await;
+            if !self.holds(doc) {
+                return self.forward_read(doc, f).await;
+            }
+            // A replica still filling the document's partition: another replica's copy, or
+            // its own if none is reachable.
+            match self.forward_save(doc).await {
+                Err(Error::Unreachable { .. }) => {}
+                Err(e) => return Err(e),
+                Ok(None) => return Ok(None),
+                Ok(Some(saved)) => return forward::read_copy(doc, &saved, f).map(Some),
+            }
         }
         self.with_doc_here(doc, f).await
     }
@@ -778,7 +793,11 @@ impl Node {
     /// a replica).
     pub async fn json(&self, doc: &str) -> Result<Option<serde_json::Value>, Error> {
         if !self.replicates(doc) {
-            return self.forward_json(doc).await;
+            match self.forward_json(doc).await {
+                // A replica still filling the document's partition: its own copy then.
+                Err(Error::Unreachable { .. }) if self.holds(doc) => {}
+                other => return other,
+            }
         }
         self.with_doc_here(doc, crate::json::doc_to_json).await
     }
@@ -787,7 +806,10 @@ impl Node {
     /// replicate it, a replica).
     pub async fn save(&self, doc: &str) -> Result<Option<Vec<u8>>, Error> {
         if !self.replicates(doc) {
-            return self.forward_save(doc).await;
+            match self.forward_save(doc).await {
+                Err(Error::Unreachable { .. }) if self.holds(doc) => {}
+                other => return other,
+            }
         }
         self.with_doc_here(doc, |d| d.save()).await
     }

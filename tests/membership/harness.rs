@@ -760,14 +760,14 @@ pub(crate) async fn assert_status_table(file: &Path, ids: &[&str], links: usize)
         .lines()
         .skip(1)
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|cells| cells.len() == 8)
+        .filter(|cells| cells.len() == 10)
         .collect();
     let names: Vec<&str> = rows.iter().map(|r| r[0]).collect();
     assert_eq!(names, ids, "status rows:\n{}", ran.text);
     let up = format!("{links}/{links}");
     for r in &rows {
         assert!(
-            r[2] == "yes" && r[3] == up && r[7] == "match",
+            r[2] == "yes" && r[3] == up && r[9] == "match",
             "{} should be reachable with {up} links up and matching heads:\n{}",
             r[0],
             ran.text

@@ -26,8 +26,11 @@ use super::Replica;
 use crate::core::docs::Need;
 use crate::core::peers::Wanted;
 use crate::core::Effect;
-use crate::placement::{partition_of, Partition, PartitionSet, PARTITIONS};
+use crate::placement::{Partition, PartitionSet, PARTITIONS};
 use crate::wire::{HandoffDoc, Message};
+
+/// How long partitions taken over may fill before they serve anyway, in ms.
+pub(crate) const FILL_LIMIT_MS: u64 = 60_000;
 
 /// Documents offered per round, at most. A round that offers this many is followed by the
 /// next one `retry_ms` later rather than an anti-entropy period later.
@@ -48,6 +51,10 @@ pub(super) struct Handoffs {
     more: bool,
     /// This node is leaving the cluster (see [`Replica::set_leaving`]).
     leaving: bool,
+    /// Partitions this node took over and is still filling from their other replicas, and
+    /// until when at most (see [`Replica::filling`]).
+    pub(super) filling: PartitionSet,
+    filling_until: u64,
     /// Documents dropped after their handoff, since start.
     pub(super) dropped: u64,
 }
@@ -66,8 +73,8 @@ impl Replica {
             .sum()
     }
 
-    /// Partitions moving: in (held here, with documents still to be asked of other
-    /// replicas) and out (stored here but held elsewhere). Both 0 without a placement.
+    /// Partitions moving: in (taken over here, still filling: see [`Replica::filling`])
+    /// and out (stored here but held elsewhere). Both 0 without a placement.
     pub fn partitions_moving(&self) -> (usize, usize) {
         let Some(held) = &self.handoff.held else {
             return (0, 0);
@@ -76,14 +83,7 @@ impl Replica {
             .map(Partition)
             .filter(|&p| !held.contains(p) && self.docs.index().partition_len(p) > 0)
             .count();
-        let mut moving_in = PartitionSet::empty();
-        for doc in self.peers.values().flat_map(|p| p.wanted_docs()) {
-            let p = partition_of(doc, PARTITIONS);
-            if held.contains(p) {
-                moving_in.insert(p);
-            }
-        }
-        (moving_in.len(), out)
+        (self.handoff.filling.len(), out)
     }
 
     /// Whether every document this node stores but does not replicate is held durably by
@@ -128,6 +128,7 @@ impl Replica {
 
     /// Follows the router's placement: the partitions this node holds.
     pub(super) fn refresh_held(&mut self) {
+        let before = self.handoff.held.take();
         self.handoff.held = self.router.placement().map(|p| {
             let mut set = PartitionSet::empty();
             for part in p.held_by(&self.id) {
@@ -135,6 +136,59 @@ impl Replica {
             }
             set
         });
+        // Partitions taken over from other nodes fill before they serve.
+        let mut filling = PartitionSet::empty();
+        if let (Some(before), Some(now)) = (&before, &self.handoff.held) {
+            for p in now.iter().filter(|&p| !before.contains(p)) {
+                filling.insert(p);
+            }
+            for p in self.handoff.filling.iter().filter(|&p| now.contains(p)) {
+                filling.insert(p);
+            }
+        }
+        if !filling.is_empty() && filling != self.handoff.filling {
+            self.handoff.filling_until = self.now.saturating_add(FILL_LIMIT_MS);
+        }
+        self.handoff.filling = filling;
+    }
+
+    /// Partitions this node replicates since a change of the topology but has not yet
+    /// filled: until a reconciliation with one of their other replicas finds nothing
+    /// different (or [`FILL_LIMIT_MS`] has passed), reads and writes of their documents go
+    /// to another replica (see [`crate::Node::replicates`]).
+    pub fn filling(&self) -> &PartitionSet {
+        &self.handoff.filling
+    }
+
+    /// A reconciliation with `peer` found every partition the two share equal: those
+    /// this node was filling are filled.
+    pub(super) fn filled_from(&mut self, peer: &str) {
+        if self.handoff.filling.is_empty() {
+            return;
+        }
+        if let Some(shared) = self.router.placement().map(|p| p.shared(&self.id, peer)) {
+            for p in shared.iter() {
+                self.handoff.filling.remove(p);
+            }
+        }
+    }
+
+    /// Filling that took too long ends (its partitions' other replicas may be down).
+    pub(super) fn fill_tick(&mut self, now: u64) {
+        if !self.handoff.filling.is_empty() && now >= self.handoff.filling_until {
+            tracing::warn!(
+                node = %self.id,
+                partitions = self.handoff.filling.len(),
+                "partitions taken over did not fill from their other replicas in time; \
+                 serving them as they are"
+            );
+            self.handoff.filling = PartitionSet::empty();
+        }
+    }
+
+    /// When filling ends at the latest, if it is under way.
+    pub(super) fn fill_due(&self) -> Option<u64> {
+        (!self.handoff.filling.is_empty()).then_some(self.handoff.filling_until)
     }
 
     /// When the next handoff round is due, if there is anything to hand off.

@@ -60,11 +60,21 @@ impl Replica {
         let mask = self.shared_with(from);
         match self.docs.index().answer(f.level, &f.nodes, mask.as_ref()) {
             Answer::Equal => {
-                // A round's opening found nothing different: the replicas agree.
+                // A round's opening found nothing different: the replicas agree. The
+                // opener hears so (an empty level-0 message, answered by nothing), so that
+                // both sides know it.
                 if f.level <= 1 {
                     if let Some(p) = self.peers.get_mut(from) {
                         p.lag.divergent = Some(0);
                     }
+                    self.filled_from(from);
+                }
+                if f.level == 1 && !f.nodes.is_empty() {
+                    let agreed = Fingerprints {
+                        level: 0,
+                        nodes: Vec::new(),
+                    };
+                    self.send_reconcile(from, Message::Fingerprints(agreed));
                 }
             }
             Answer::Fingerprints(level, nodes) => {

@@ -57,6 +57,9 @@ impl Replica {
         if let Some(t) = self.handoff_due() {
             at(t);
         }
+        if let Some(t) = self.fill_due() {
+            at(t);
+        }
         next
     }
 
@@ -72,6 +75,7 @@ impl Replica {
         self.expire_client_requests(now);
         self.retry_failed(now);
         self.handoff_tick(now);
+        self.fill_tick(now);
         for (id, peer) in self.peers.iter_mut() {
             if peer.owed_at.is_some_and(|t| t <= now) {
                 peer.owed_at = None;

@@ -152,6 +152,9 @@ fn a_partition_moved_away_goes_to_its_new_replicas_before_the_old_copy_goes() {
     for id in IDS {
         c.node(id).set_router(Box::new(three.clone()));
     }
+    // c starts holding nothing: its partitions are all new to it, but it had no placement
+    // before, so it has nothing to fill; a and b took nothing over.
+    assert!(c.node("a").filling().is_empty() && c.node("b").filling().is_empty());
     c.link("a", "c");
     c.link("b", "c");
     for _ in 0..8 {
@@ -171,4 +174,44 @@ fn a_partition_moved_away_goes_to_its_new_replicas_before_the_old_copy_goes() {
         dropped as usize, moved_away,
         "each old copy outside the new placement"
     );
+}
+
+#[test]
+fn partitions_taken_over_fill_before_they_serve() {
+    // One copy of each document on three nodes, then two: each node takes over partitions
+    // and fills them before they count as served.
+    let one = topology(&IDS, 1);
+    let mut c = Cluster::new(&IDS, CoreConfig::default());
+    for id in IDS {
+        c.node(id).set_router(Box::new(one.clone()));
+    }
+    c.link("a", "b");
+    c.link("a", "c");
+    c.link("b", "c");
+    let docs: Vec<String> = (0..40).map(|i| format!("d{i}")).collect();
+    for d in &docs {
+        let writer = one.replicas_of(d)[0].to_string();
+        c.put(&writer, d, "k", 1, false);
+        c.pump(&writer);
+    }
+    c.run();
+    assert!(IDS.iter().all(|id| c.node(id).filling().is_empty()));
+    let two = topology(&IDS, 2);
+    for id in IDS {
+        c.node(id).set_router(Box::new(two.clone()));
+    }
+    for id in IDS {
+        let taken = c.node(id).filling().len();
+        assert!(taken > 0, "{id} took partitions over");
+        assert_eq!(c.node(id).partitions_moving().0, taken);
+    }
+    for _ in 0..4 {
+        c.tick_all(10_000);
+    }
+    for id in IDS {
+        assert!(c.node(id).filling().is_empty(), "{id} filled them");
+    }
+    for d in &docs {
+        assert_eq!(holders(&c, d), replicas(&two, d), "{d}");
+    }
 }

@@ -144,7 +144,12 @@ impl Driver {
             );
             return self.answer(refused);
         }
-        if self.topology.borrow().holds(&self.id, &f.doc) {
+        let holds = self.topology.borrow().holds(&self.id, &f.doc);
+        let filling = self
+            .replica
+            .filling()
+            .contains(crate::placement::Partition(partition));
+        if holds && !filling {
             return self.serve(f);
         }
         let max_hops = self.topology.borrow().nodes().len();
@@ -161,6 +166,10 @@ impl Driver {
             return self.answer(refused);
         }
         let Some((target, via)) = self.route(&f.doc, Some(&f.target)) else {
+            if holds {
+                // Filling, and no other replica reachable: served from this copy.
+                return self.serve(f);
+            }
             let replicas = self.replicas_of(&f.doc);
             let e = Error::Unreachable {
                 doc: f.doc.clone(),
