@@ -401,3 +401,65 @@ async fn bad_forwarded_requests_are_refused_and_change_nothing() {
     assert_eq!(n1.json(&mine).await.expect("read"), Some(json!({"x": 1})));
     cluster.shutdown().await;
 }
+
+/// `watch` (`Node::subscribe`) at a node that does not replicate the document: the node
+/// follows it at its replicas, so changes written anywhere reach the watcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_at_a_node_that_does_not_replicate_a_document_sees_its_changes() {
+    let cluster = cluster(TopologyKind::Mesh).await;
+    let d = doc(3);
+    let replica = cluster
+        .ids
+        .iter()
+        .position(|id| cluster.topology.holds(id, &d))
+        .expect("a replica");
+    let outsider = cluster
+        .ids
+        .iter()
+        .position(|id| !cluster.topology.holds(id, &d))
+        .expect("a node that does not replicate it");
+    let writer = cluster.node(replica);
+    ops(
+        &writer,
+        &d,
+        json!([{"op": "set", "path": ["n"], "value": 0}]),
+    )
+    .await;
+    let mut events = cluster
+        .node(outsider)
+        .subscribe(&d)
+        .await
+        .expect("subscribe");
+    let start = Instant::now();
+    let mut last = 0;
+    for n in 1..=5 {
+        ops(
+            &writer,
+            &d,
+            json!([{"op": "set", "path": ["n"], "value": n}]),
+        )
+        .await;
+        let want = writer
+            .with_doc(&d, |a| a.get_heads())
+            .await
+            .expect("read")
+            .expect("the document");
+        loop {
+            let left = WAIT.saturating_sub(start.elapsed());
+            let event = tokio::time::timeout(left, events.recv())
+                .await
+                .expect("an event in time")
+                .expect("events");
+            if event.heads == want {
+                break;
+            }
+        }
+        last = n;
+    }
+    assert_eq!(last, 5);
+    assert_eq!(
+        cluster.node(outsider).json(&d).await.expect("read"),
+        Some(json!({"n": 5}))
+    );
+    cluster.shutdown().await;
+}

@@ -298,6 +298,8 @@ pub struct Replica {
     remote_followers: HashMap<String, BTreeSet<String>>,
     /// Documents this node follows at their replicas, with the replicas asked.
     following: BTreeMap<String, BTreeSet<String>>,
+    /// Documents watched here (change notifications: `watch`, `Node::subscribe`).
+    watched: BTreeSet<String>,
     stats: CoreStats,
 }
 
@@ -342,6 +344,7 @@ impl Replica {
             handoff: handoff::Handoffs::default(),
             remote_followers: HashMap::new(),
             following: BTreeMap::new(),
+            watched: BTreeSet::new(),
             stats: CoreStats::default(),
         };
         replica.refresh_held();

@@ -386,7 +386,14 @@ impl Driver {
                 self.forwards_tick(now);
                 self.replica.handle_timeout(now);
                 self.writes.expire(now);
-                self.subscribers.retain(|_, s| s.receiver_count() > 0);
+                let replica = &mut self.replica;
+                self.subscribers.retain(|doc, s| {
+                    let watched = s.receiver_count() > 0;
+                    if !watched {
+                        replica.set_watched(doc, false);
+                    }
+                    watched
+                });
             }
         }
     }
@@ -453,6 +460,7 @@ impl Driver {
                 reply,
             } => self.forward(now, doc, request, wait_ms, reply),
             Command::Subscribe { doc, reply } => {
+                self.replica.set_watched(&doc, true);
                 let sender = self
                     .subscribers
                     .entry(doc)

@@ -339,7 +339,7 @@ impl Replica {
 
     /// Asks every connected peer for all of a document this node lacks (a `Want` with no
     /// heads: a peer that has it sends it, one that has not stays silent).
-    fn ask_peers(&mut self, doc: &str) {
+    pub(super) fn ask_peers(&mut self, doc: &str) {
         let peers: Vec<String> = self.peers.keys().cloned().collect();
         for peer in peers {
             self.stats.wants_sent += 1;

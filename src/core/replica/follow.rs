@@ -1,5 +1,6 @@
 //! Clients of documents this node does not replicate: the node keeps a copy while its
-//! automerge-repo clients follow such a document, and asks the document's connected
+//! automerge-repo clients follow such a document or something watches it here (see
+//! [`Replica::set_watched`]), and asks the document's connected
 //! replicas to push the document's changes to it ([`Message::Follow`]); a replica that
 //! starts pushing to a follower first compares heads with it (a `Want`), so the follower's
 //! copy catches up and its clients' changes reach the replica. A replica also passes a
@@ -26,6 +27,7 @@ impl Replica {
         let wanted: BTreeSet<String> = self
             .clients
             .followed_docs()
+            .chain(self.watched.iter())
             .filter(|doc| !placement.holds_doc(&self.id, doc))
             .cloned()
             .collect();
@@ -58,6 +60,29 @@ impl Replica {
                 },
             });
         }
+    }
+
+    /// Something here watches `doc` for its changes (or no longer): a document this node
+    /// does not replicate is then fetched from its replicas (if it is not here) and
+    /// followed there, so that its changes arrive here too.
+    pub fn set_watched(&mut self, doc: &str, watched: bool) {
+        if !watched {
+            self.watched.remove(doc);
+            return;
+        }
+        let elsewhere = self
+            .router
+            .placement()
+            .is_some_and(|p| !p.holds_doc(&self.id, doc));
+        if self.watched.insert(doc.to_string()) && elsewhere && self.docs.index().get(doc).is_none()
+        {
+            self.ask_peers(doc);
+        }
+    }
+
+    /// Whether clients or watchers here follow `doc`.
+    pub(super) fn followed_here(&self, doc: &str) -> bool {
+        self.clients.is_followed(doc) || self.watched.contains(doc)
     }
 
     /// A peer follows (or no longer) documents this node replicates.

@@ -14,8 +14,8 @@
 //! confirmations again, so nothing is dropped that a replica lacks; a node killed at any
 //! step finds the same strays in its store at restart and goes on.
 //!
-//! The node never drops a document with changes not yet durable, being read, lent out, or
-//! followed by one of its automerge-repo clients.
+//! The node never drops a document with changes not yet durable, being read, lent out,
+//! followed by one of its automerge-repo clients or watched here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -360,7 +360,7 @@ impl Replica {
             }
             by.insert(from.to_string());
             let all = placement.replicas_of(&doc).all(|r| by.contains(r));
-            if !all || placement.holds_doc(&self.id, &doc) || self.clients.is_followed(&doc) {
+            if !all || placement.holds_doc(&self.id, &doc) || self.followed_here(&doc) {
                 continue;
             }
             let (batches, retry) = (&self.batches, &self.retry);
