@@ -172,8 +172,15 @@ async fn tiny_bench_with_two_replicas_of_four_nodes_converges_on_half_the_docume
 /// Runs `concordant bench` at a tiny size with the given extra arguments; returns the exit
 /// success, stdout and stderr.
 fn tiny_bench(args: &[&str]) -> (bool, String, String) {
+    let base = ["bench", "--docs", "20", "--writes", "80", "--samples", "5"];
+    run_bench(&base, args)
+}
+
+/// Runs `concordant` with `base`, a short idle window and anti-entropy period, then
+/// `args`; returns the exit success, stdout and stderr.
+fn run_bench(base: &[&str], args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_concordant"))
-        .args(["bench", "--docs", "20", "--writes", "80", "--samples", "5"])
+        .args(base)
         .args(["--idle-secs", "0.5", "--anti-entropy-ms", "500"])
         .args(args)
         .output()
@@ -255,25 +262,21 @@ fn replicas_the_topology_cannot_place_are_refused() {
 /// Runs `concordant bench --sweep` with the given extra arguments; returns the exit
 /// success, stdout and stderr.
 fn sweep(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_concordant"))
-        .args([
-            "bench",
-            "--sweep",
-            "--sweep-topologies",
-            "mesh",
-            "--sweep-docs",
-            "1",
-        ])
-        .args(["--sweep-nodes", "2,3", "--writes", "40", "--samples", "5"])
-        .args(["--idle-secs", "0.5", "--anti-entropy-ms", "500"])
-        .args(args)
-        .output()
-        .expect("concordant runs");
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let base = [
+        "bench",
+        "--sweep",
+        "--sweep-topologies",
+        "mesh",
+        "--sweep-docs",
+        "1",
+        "--sweep-nodes",
+        "2,3",
+        "--writes",
+        "40",
+        "--samples",
+        "5",
+    ];
+    run_bench(&base, args)
 }
 
 #[test]

@@ -500,30 +500,19 @@ pub struct Node {
 }
 
 /// A [`Node`] that does not keep the node running: the driver's own handle, for the
-/// requests other nodes forward to it.
+/// requests other nodes forward to it. It holds the node's other handles with a sender of
+/// a closed channel in place of the command sender, which [`WeakNode::upgrade`] restores.
 pub(crate) struct WeakNode {
-    id: String,
-    max_change_ops: usize,
-    peer_addr: SocketAddr,
+    node: Node,
     commands: mpsc::WeakSender<Command>,
-    health: watch::Receiver<Health>,
-    reader: Arc<dyn crate::storage::DocReader>,
-    topology: watch::Receiver<crate::topology::Topology>,
-    filling: watch::Receiver<crate::placement::PartitionSet>,
 }
 
 impl WeakNode {
     /// The node, unless every handle is gone.
     pub(crate) fn upgrade(&self) -> Option<Node> {
         Some(Node {
-            id: self.id.clone(),
-            max_change_ops: self.max_change_ops,
-            peer_addr: self.peer_addr,
             commands: self.commands.upgrade()?,
-            health: self.health.clone(),
-            reader: Arc::clone(&self.reader),
-            topology: self.topology.clone(),
-            filling: self.filling.clone(),
+            ..self.node.clone()
         })
     }
 }
@@ -531,15 +520,13 @@ impl WeakNode {
 impl Node {
     /// A handle that does not keep the node running.
     pub(crate) fn downgrade(&self) -> WeakNode {
+        let (closed, _) = mpsc::channel(1);
         WeakNode {
-            id: self.id.clone(),
-            max_change_ops: self.max_change_ops,
-            peer_addr: self.peer_addr,
+            node: Node {
+                commands: closed,
+                ..self.clone()
+            },
             commands: self.commands.downgrade(),
-            health: self.health.clone(),
-            reader: Arc::clone(&self.reader),
-            topology: self.topology.clone(),
-            filling: self.filling.clone(),
         }
     }
 }
