@@ -264,7 +264,11 @@ pub(crate) type Appended = (Vec<usize>, Vec<ChangeHash>);
 
 /// Every document of a replica: the index of all, and the loaded ones.
 pub(crate) struct Docs {
+    /// The actor of the changes made here: `base`, then `base` followed by the number of
+    /// documents forgotten so far (see [`Docs::forget`]).
     actor: ActorId,
+    base: ActorId,
+    forgotten: u64,
     loaded: HashMap<String, DocState>,
     /// Use order of loaded documents: stamp → id (oldest first).
     order: BTreeMap<u64, String>,
@@ -298,6 +302,8 @@ pub(crate) struct Docs {
 impl Docs {
     pub(crate) fn new(actor: ActorId, budget: Budget) -> Self {
         Docs {
+            base: actor.clone(),
+            forgotten: 0,
             actor,
             loaded: HashMap::new(),
             order: BTreeMap::new(),
@@ -372,9 +378,12 @@ impl Docs {
     /// The read of `id` ended. A document joins the cache, with the changes accepted
     /// unloaded since (the store may not have them yet); a stored log is kept for the work
     /// resumed now, until [`Docs::forget_fetched`]. `None`: the store does not have it.
-    pub(crate) fn read_done(&mut self, id: &str, result: Result<Fetched, CoreError>) {
+    /// True if the document loaded to other heads than the index had: changes it stored
+    /// waiting for dependencies now apply (their dependencies were taken while it was not
+    /// in memory, see [`Docs::append_unloaded`]), and its store records stale heads.
+    pub(crate) fn read_done(&mut self, id: &str, result: Result<Fetched, CoreError>) -> bool {
         if self.reading.remove(id).is_none() || self.loaded.contains_key(id) {
-            return;
+            return false;
         }
         match result {
             Ok(Fetched::Doc(Some(loaded))) => {
@@ -391,7 +400,7 @@ impl Docs {
                     data += u.changes.iter().map(|c| c.raw_bytes().len()).sum::<usize>();
                     if doc.apply_changes(u.changes).is_err() {
                         self.stats.load_errors += 1;
-                        return;
+                        return false;
                     }
                     persist_token = u.token;
                 }
@@ -401,7 +410,9 @@ impl Docs {
                 state.persist_token = persist_token;
                 self.insert_state(id.to_string(), state);
                 self.resize(id);
+                let before = self.index.get(id);
                 self.refresh(id);
+                return self.index.get(id) != before;
             }
             Ok(Fetched::Log(Some(log))) => {
                 if !self.unsaved.contains_key(id) {
@@ -416,6 +427,7 @@ impl Docs {
             }
             Err(_) => self.stats.load_errors += 1,
         }
+        false
     }
 
     /// Takes the document in memory out of the cache until [`Docs::give_back`]; meanwhile
@@ -693,6 +705,15 @@ impl Docs {
         self.drop_loaded(id);
         self.known.remove(id);
         self.index.remove(id);
+        // A change made here to this document later (a new hint) starts it afresh, with
+        // no history: under the same actor it would reuse sequence numbers of the changes
+        // handed off, and every replica would refuse it. Every document created or read
+        // from now on takes a new actor (one in memory has every change of the current
+        // actor to it, so it keeps its own).
+        self.forgotten += 1;
+        let mut actor = self.base.to_bytes().to_vec();
+        actor.extend(self.forgotten.to_be_bytes());
+        self.actor = ActorId::from(actor);
         true
     }
 

@@ -101,6 +101,12 @@ impl Replica {
     /// One ack from `from`: reports it if awaited; returns the relays it needs.
     fn receive_ack(&mut self, from: &str, ack: &Ack) -> BTreeMap<String, Vec<[u8; 32]>> {
         let mut relay: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
+        if ack.by == self.id {
+            // This node's own ack, come back round: its changes returned here (e.g. a
+            // document it handed off, handed back after a topology change). It is no
+            // other node's copy, for this node's writes or anyone's.
+            return relay;
+        }
         for &raw in &ack.hashes {
             let hash = ChangeHash(raw);
             if self.awaited.get(&hash).is_some() {

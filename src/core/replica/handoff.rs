@@ -215,6 +215,7 @@ impl Replica {
             return;
         };
         let mut by_peer: BTreeMap<String, Vec<HandoffDoc>> = BTreeMap::new();
+        let mut confirmed = Vec::new();
         let mut budget = HANDOFF_BATCH;
         let start = self.handoff.cursor;
         for k in 0..PARTITIONS {
@@ -244,6 +245,11 @@ impl Replica {
                 if entry.0 != heads {
                     *entry = (heads.clone(), BTreeSet::new());
                 }
+                if placement.replicas_of(&doc).all(|r| entry.1.contains(r)) {
+                    // Every replica confirmed these heads, but the drop had to wait.
+                    confirmed.push(doc);
+                    continue;
+                }
                 for r in placement.replicas_of(&doc) {
                     if self.peers.contains_key(r) && !entry.1.contains(r) {
                         by_peer.entry(r.to_string()).or_default().push(HandoffDoc {
@@ -253,6 +259,9 @@ impl Replica {
                     }
                 }
             }
+        }
+        for doc in confirmed {
+            self.try_drop(&placement, doc);
         }
         self.handoff.more = budget == 0;
         for (peer, docs) in by_peer {
@@ -317,9 +326,7 @@ impl Replica {
         let (batches, retry) = (&self.batches, &self.retry);
         !self.dirty.contains(doc)
             && !retry.holds(doc)
-            && self
-                .docs
-                .is_settled(doc, |d| d.has_orphans() || batches.pins(d.persist_token))
+            && self.docs.is_settled(doc, |d| batches.pins(d.persist_token))
     }
 
     /// A handed document in memory here (or new here): the offer back if this node holds
@@ -359,19 +366,35 @@ impl Replica {
                 continue;
             }
             by.insert(from.to_string());
-            let all = placement.replicas_of(&doc).all(|r| by.contains(r));
-            if !all || placement.holds_doc(&self.id, &doc) || self.followed_here(&doc) {
-                continue;
-            }
-            let (batches, retry) = (&self.batches, &self.retry);
-            let pinned = |d: &crate::core::docs::DocState| {
-                d.has_orphans() || retry.holds(&doc) || batches.pins(d.persist_token)
-            };
-            if !self.dirty.contains(&doc) && self.docs.forget(&doc, pinned) {
-                self.handoff.offered.remove(&doc);
-                self.handoff.dropped += 1;
-                self.effects.push(Effect::Drop { doc });
-            }
+            self.try_drop(&placement, doc);
+        }
+    }
+
+    /// Drops `doc` here if every replica has confirmed the heads this node still has
+    /// (see `receive_handed_off`) and nothing pins it: no change of it waits to be
+    /// durable, it is not read, lent out, followed or watched. Tried again at every round
+    /// while something pins it, since the replicas have nothing more to confirm. Changes
+    /// held back for a dependency that never came do not pin it: the replicas hold them
+    /// back too, or never got them from this node alone.
+    fn try_drop(&mut self, placement: &crate::placement::Placement, doc: String) {
+        let Some((offered, by)) = self.handoff.offered.get(&doc) else {
+            return;
+        };
+        let all = placement.replicas_of(&doc).all(|r| by.contains(r));
+        if !all
+            || self.docs.heads(&doc).as_ref() != Some(offered)
+            || placement.holds_doc(&self.id, &doc)
+            || self.followed_here(&doc)
+        {
+            return;
+        }
+        let (batches, retry) = (&self.batches, &self.retry);
+        let pinned =
+            |d: &crate::core::docs::DocState| retry.holds(&doc) || batches.pins(d.persist_token);
+        if !self.dirty.contains(&doc) && self.docs.forget(&doc, pinned) {
+            self.handoff.offered.remove(&doc);
+            self.handoff.dropped += 1;
+            self.effects.push(Effect::Drop { doc });
         }
     }
 }

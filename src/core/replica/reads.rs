@@ -102,7 +102,12 @@ impl Replica {
             }
             Ok(_) => false,
         };
-        self.docs.read_done(doc, result);
+        if self.docs.read_done(doc, result) {
+            // Its store records heads from before changes it held back applied: the next
+            // batch records the heads it has.
+            self.docs.batched(doc, self.batches.token(), 0);
+            self.batches.add(doc, Vec::new(), 0);
+        }
         self.resume_parked(now, doc, failed);
         self.docs.forget_fetched();
     }

@@ -5,6 +5,8 @@
 
 use super::*;
 use crate::config::TopologyKind;
+use crate::core::StoredIndex;
+use crate::storage::Store;
 use crate::topology::Topology;
 
 const IDS: [&str; 3] = ["a", "b", "c"];
@@ -214,4 +216,194 @@ fn partitions_taken_over_fill_before_they_serve() {
     for d in &docs {
         assert_eq!(holders(&c, d), replicas(&two, d), "{d}");
     }
+}
+
+/// Changes of `doc` made one after the other by a writer outside the cluster: their bytes.
+fn written_elsewhere(actor: &str, keys: &[&str]) -> Vec<Vec<u8>> {
+    let mut w = AutoCommit::new().with_actor(automerge::ActorId::from(actor.as_bytes()));
+    keys.iter()
+        .enumerate()
+        .map(|(i, key)| {
+            w.put(ROOT, *key, i as i64).unwrap();
+            w.get_last_local_change().unwrap().raw_bytes().to_vec()
+        })
+        .collect()
+}
+
+/// Peer "x", played by the test, pushes `changes` of `doc` to node `to`.
+fn push_from_x(c: &mut Cluster, to: &str, doc: &str, changes: Vec<Vec<u8>>) {
+    let now = c.now;
+    c.node(to).peer_up(now, "x");
+    let msg = Message::Push(vec![DocChanges {
+        doc: doc.to_string(),
+        origin: "x".to_string(),
+        changes: changes.into_iter().map(ByteBuf::from).collect(),
+        want_ack: false,
+    }]);
+    c.node(to).handle_message(now, "x", via_wire(&msg));
+    c.pump(to);
+}
+
+/// Whether node `id` holds changes of `doc` that wait for dependencies it lacks.
+fn waits_for_dependencies(c: &mut Cluster, id: &str, doc: &str) -> bool {
+    c.node(id)
+        .doc(doc)
+        .is_some_and(|d| !d.get_missing_deps(&[]).is_empty())
+}
+
+#[test]
+fn changes_waiting_for_lost_dependencies_hold_up_no_handoff() {
+    let (mut c, t) = cluster();
+    let d = doc_not_on(&t, "c");
+    let first = t.replicas_of(&d)[0].to_string();
+    c.put("c", &d, "hinted", 7, false);
+    c.pump("c");
+    // A writer made two changes and lost the first before it got anywhere: the second
+    // waits at c and at a replica for a dependency that never comes.
+    let lost = written_elsewhere("lost", &["first", "second"]);
+    for node in ["c", first.as_str()] {
+        push_from_x(&mut c, node, &d, vec![lost[1].clone()]);
+        assert!(waits_for_dependencies(&mut c, node, &d), "{node}");
+    }
+    c.link("a", "b");
+    c.link("a", "c");
+    c.link("b", "c");
+    for _ in 0..4 {
+        c.tick_all(10_000);
+    }
+    assert_eq!(holders(&c, &d), replicas(&t, &d));
+    assert_eq!(c.node("c").handed_off(), 1);
+    assert!(!c.stored["c"].contains_key(&d), "deleted from c's store");
+}
+
+#[test]
+fn a_drop_that_waited_for_the_holders_own_persist_happens_at_the_next_round() {
+    let (mut c, t) = cluster();
+    let d = doc_not_on(&t, "c");
+    c.put("c", &d, "hinted", 7, false);
+    // c's persist of its hint does not complete yet.
+    let list = effects(c.node("c"));
+    let batches = persists(&list);
+    assert_eq!(batches.len(), 1);
+    let token = batches[0].0;
+    c.link("a", "b");
+    c.link("a", "c");
+    c.link("b", "c");
+    for _ in 0..4 {
+        c.tick_all(10_000);
+    }
+    // Both replicas hold it and have confirmed: c only waits for its own persist, and
+    // they have nothing more to confirm.
+    assert_eq!(holders(&c, &d).len(), 3);
+    assert_eq!(c.node("c").handed_off(), 0);
+    c.node("c").persisted(token);
+    c.pump("c");
+    c.tick_all(10_000);
+    assert_eq!(c.node("c").handed_off(), 1);
+    assert_eq!(holders(&c, &d), replicas(&t, &d));
+}
+
+#[test]
+fn a_hint_written_after_its_document_was_handed_off_reaches_the_replicas() {
+    let (mut c, t) = cluster();
+    let d = doc_not_on(&t, "c");
+    c.link("a", "b");
+    c.link("a", "c");
+    c.link("b", "c");
+    c.put("c", &d, "first", 1, false);
+    c.pump("c");
+    for _ in 0..4 {
+        c.tick_all(10_000);
+    }
+    assert_eq!(c.node("c").handed_off(), 1);
+    // The next hint starts the document afresh at c: under c's actor again, its change
+    // would take sequence number 1 a second time, and every replica would refuse it.
+    let second = c.put("c", &d, "second", 2, false);
+    c.pump("c");
+    for _ in 0..4 {
+        c.tick_all(10_000);
+    }
+    assert_eq!(c.node("c").handed_off(), 2);
+    assert_eq!(holders(&c, &d), replicas(&t, &d));
+    for r in replicas(&t, &d) {
+        let node = c.node(&r);
+        assert_eq!(node.stats().bad_changes, 0, "{r}");
+        let doc = node.load(&d).unwrap().unwrap();
+        assert!(doc.get_change_meta_by_hash(&second).is_some(), "{r}");
+        assert!(doc.get(ROOT, "first").unwrap().is_some(), "{r}");
+    }
+}
+
+#[test]
+fn a_writer_never_counts_its_own_ack_come_back_as_another_copy() {
+    let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
+    c.link("a", "b");
+    let h = c.put("a", "d", "k", 1, true);
+    c.pump("a");
+    // The change came back to a, which acknowledged it to the node it came from (e.g. a
+    // document handed back to a after a topology change); that ack is relayed back to a.
+    let own = Message::Ack(vec![wire::Ack {
+        doc: "d".into(),
+        by: "a".into(),
+        hashes: vec![h.0],
+    }]);
+    let now = c.now;
+    c.node("a").handle_message(now, "b", via_wire(&own));
+    let list = effects(c.node("a"));
+    assert!(
+        !list.iter().any(|e| matches!(e, Effect::Acked { .. })),
+        "{list:?}"
+    );
+    // b's own ack still counts.
+    c.run();
+    assert_eq!(c.acked, [("a".into(), "d".into(), h, "b".into())]);
+}
+
+#[test]
+fn a_document_read_with_held_back_changes_now_applied_records_its_heads() {
+    use super::cache::{loaded, settle, stored_replica};
+    let changes = written_elsewhere("w", &["k0", "k1", "k2"]);
+    let hash = |i: usize| {
+        automerge::Change::from_bytes(changes[i].clone())
+            .unwrap()
+            .hash()
+    };
+    let push = |r: &mut Replica, i: usize| {
+        let msg = Message::Push(vec![DocChanges {
+            doc: "d".into(),
+            origin: "x".into(),
+            changes: vec![ByteBuf::from(changes[i].clone())],
+            want_ack: false,
+        }]);
+        r.handle_message(1, "x", via_wire(&msg));
+    };
+    let (mut b, mut store) = stored_replica("b", 4);
+    b.peer_up(0, "x");
+    push(&mut b, 0);
+    settle(&mut b, &mut store);
+    // The third change waits for the second; it is stored all the same.
+    push(&mut b, 2);
+    settle(&mut b, &mut store);
+    // b restarts: the document is on disk only, its heads [k0] in the store's index.
+    let mut index = StoredIndex::new();
+    store
+        .scan_index(&mut |doc, heads| index.add(doc, heads.unwrap()))
+        .unwrap();
+    let mut b = Replica::new("b", seed("b", 2), Box::new(Flood), CoreConfig::default());
+    b.set_store(index);
+    b.peer_up(2, "x");
+    // The second change extends the stored heads: taken without loading the document,
+    // and the store records heads [k1] ...
+    push(&mut b, 1);
+    settle(&mut b, &mut store);
+    // ... but the document loads to [k2], the change held back now applied: the store
+    // must record that.
+    let heads = loaded(&mut b, &mut store, "d").get_heads();
+    assert_eq!(heads, [hash(2)]);
+    settle(&mut b, &mut store);
+    let mut recorded = Vec::new();
+    store
+        .scan_index(&mut |doc, heads| recorded.push((doc.to_string(), heads.unwrap().to_vec())))
+        .unwrap();
+    assert_eq!(recorded, [("d".to_string(), vec![hash(2).0])]);
 }
