@@ -43,6 +43,9 @@ pub(super) struct Handoffs {
     pub(super) held: Option<PartitionSet>,
     /// Per document offered: the heads offered, and the replicas that confirmed them.
     offered: HashMap<String, (Vec<ChangeHash>, BTreeSet<String>)>,
+    /// When each document was last offered: the same heads go out again only an
+    /// anti-entropy period later (a replica that asked for them needs time to get them).
+    offered_at: HashMap<String, u64>,
     /// When the last round ran.
     last: u64,
     /// The partition the next round starts from.
@@ -231,6 +234,18 @@ impl Replica {
                 if budget == 0 {
                     break;
                 }
+                let recently = self
+                    .handoff
+                    .offered_at
+                    .get(&doc)
+                    .is_some_and(|&at| now < at.saturating_add(self.config.anti_entropy_ms));
+                let same =
+                    self.handoff.offered.get(&doc).is_some_and(|(offered, _)| {
+                        self.docs.heads(&doc).as_ref() == Some(offered)
+                    });
+                if recently && same {
+                    continue;
+                }
                 budget -= 1;
                 let Some(heads) = self.docs.heads(&doc) else {
                     // Its heads are read now, for the next round.
@@ -258,6 +273,7 @@ impl Replica {
                         });
                     }
                 }
+                self.handoff.offered_at.insert(doc, now);
             }
         }
         for doc in confirmed {
@@ -393,6 +409,7 @@ impl Replica {
             |d: &crate::core::docs::DocState| retry.holds(&doc) || batches.pins(d.persist_token);
         if !self.dirty.contains(&doc) && self.docs.forget(&doc, pinned) {
             self.handoff.offered.remove(&doc);
+            self.handoff.offered_at.remove(&doc);
             self.handoff.dropped += 1;
             self.effects.push(Effect::Drop { doc });
         }
