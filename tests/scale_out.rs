@@ -28,7 +28,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::checker::{check, shared_history, ReplicaState};
-use common::procs::access::{linked_peers, Access};
+use common::procs::access::{linked_peers, listing_heads, Access};
 use common::procs::workload::{create_docs, Workload, WriteSpec};
 use common::procs::{free_base_port, peers_line, ProcCluster};
 use concordant::config::Config;
@@ -150,7 +150,7 @@ async fn report(running: &[Member], all: &[String], logs: &Path) -> String {
             Err(e) => format!("no status: {e}"),
         };
         let listed = match m.access.docs().await {
-            Ok(list) => ids_of_listing(&list)
+            Ok(list) => listing_heads::<BTreeMap<_, _>>(&list)
                 .into_keys()
                 .collect::<Vec<_>>()
                 .join(","),
@@ -163,26 +163,6 @@ async fn report(running: &[Member], all: &[String], logs: &Path) -> String {
         );
     }
     out
-}
-
-/// Document id → heads of a `GET /v1/docs` listing.
-fn ids_of_listing(list: &Value) -> BTreeMap<String, Vec<String>> {
-    list.as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-        .iter()
-        .map(|d| {
-            let mut heads: Vec<String> = d["heads"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or(&[])
-                .iter()
-                .filter_map(|h| h.as_str().map(str::to_string))
-                .collect();
-            heads.sort();
-            (d["id"].as_str().unwrap_or_default().to_string(), heads)
-        })
-        .collect()
 }
 
 fn first(problems: &[String], n: usize) -> String {
@@ -203,7 +183,7 @@ async fn placement_problems(running: &[Member], topo: &Topology, docs: &[String]
     let mut heads: BTreeMap<&str, Vec<(String, Vec<String>)>> = BTreeMap::new();
     for m in running {
         let list = match m.access.docs().await {
-            Ok(list) => ids_of_listing(&list),
+            Ok(list) => listing_heads::<BTreeMap<_, _>>(&list),
             Err(e) => {
                 problems.push(format!("{}: no listing: {e}", m.id));
                 continue;
@@ -487,7 +467,7 @@ impl Scale {
     /// What node `i` stores.
     async fn listing(&self, i: usize) -> BTreeMap<String, Vec<String>> {
         match self.c.access(i).docs().await {
-            Ok(list) => ids_of_listing(&list),
+            Ok(list) => listing_heads::<BTreeMap<_, _>>(&list),
             Err(e) => panic!("{} listing: {e}\n{}", self.c.id(i), self.report().await),
         }
     }

@@ -58,6 +58,7 @@ use std::time::{Duration, Instant};
 
 use common::checker::{check, shared_history, History, Outcome, ReplicaState};
 use common::metrics_text::{metrics, sample};
+use common::procs::access::listing_heads;
 use common::procs::workload::{write, Workload, WriteSpec};
 use common::procs::{free_base_port, ProcCluster, TUNING};
 use concordant::config::{Config, TopologyKind};
@@ -133,29 +134,10 @@ fn load_average() -> String {
 /// Document id → sorted heads, of one node's listing.
 type Listing = HashMap<String, Vec<String>>;
 
-fn listing_of(list: &Value) -> Listing {
-    list.as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-        .iter()
-        .map(|d| {
-            let mut heads: Vec<String> = d["heads"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or(&[])
-                .iter()
-                .filter_map(|h| h.as_str().map(str::to_string))
-                .collect();
-            heads.sort();
-            (d["id"].as_str().unwrap_or_default().to_string(), heads)
-        })
-        .collect()
-}
-
 async fn listing(nodes: &Nodes, id: &str) -> Result<Listing, String> {
     concordant::client::docs(&nodes.client(id))
         .await
-        .map(|l| listing_of(&l))
+        .map(|l| listing_heads(&l))
         .map_err(|e| format!("{id}: listing: {e}"))
 }
 

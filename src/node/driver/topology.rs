@@ -124,8 +124,7 @@ impl Driver {
     /// concern `all` waits for.
     pub(super) fn other_replicas(&self, doc: &str) -> usize {
         let topology = self.topology.borrow();
-        let replicas = topology.replicas_of(doc);
-        replicas.len() - usize::from(replicas.contains(&self.id.as_str()))
+        topology.replicas() - usize::from(topology.holds(&self.id, doc))
     }
 
     /// At each tick: a relink put off by [`Driver::topology_changed`] is due.

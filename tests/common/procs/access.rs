@@ -161,6 +161,26 @@ pub fn links_up(status: &Value) -> bool {
         .all(|p| p["connected"] == true)
 }
 
+/// Document id → its heads (sorted), of a `GET /v1/docs` answer.
+pub fn listing_heads<C: FromIterator<(String, Vec<String>)>>(list: &Value) -> C {
+    list.as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|d| {
+            let mut heads: Vec<String> = d["heads"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+                .iter()
+                .filter_map(|h| h.as_str().map(str::to_string))
+                .collect();
+            heads.sort();
+            (d["id"].as_str().unwrap_or_default().to_string(), heads)
+        })
+        .collect()
+}
+
 /// The peers a `/v1/status` answer marks as linked.
 pub fn linked_peers(status: &Value) -> BTreeSet<String> {
     status["peers"]
