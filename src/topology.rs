@@ -207,19 +207,31 @@ impl Topology {
     /// The next hop from `me` towards `to` over the connected peers: `to` itself when
     /// connected; on a ring, the connected peer nearest to `to` the short way round (a
     /// one-way ring: the way changes travel); elsewhere any connected peer closer to `to`.
-    /// `None` when no connected peer brings it closer.
+    /// `None` when no connected peer brings it closer. A node not in the topology (one
+    /// leaving it) goes through the connected peer nearest to `to`.
     pub fn next_hop(&self, me: &str, to: &str, connected: &[String]) -> Option<String> {
         if connected.iter().any(|c| c == to) {
             return Some(to.to_string());
         }
-        let (m, t) = (self.index(me)?, self.index(to)?);
-        let here = self.distance_idx(m, t)?;
+        let t = self.index(to)?;
+        let here = match self.index(me) {
+            Some(m) => self.distance_idx(m, t)?,
+            None => u32::MAX,
+        };
         connected
             .iter()
             .filter_map(|c| Some((self.distance_idx(self.index(c)?, t)?, c)))
             .filter(|(d, _)| *d < here)
             .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)))
             .map(|(_, c)| c.clone())
+    }
+
+    /// Whether the topology links `a` and `b` directly (see [`Topology::neighbours`]).
+    pub fn linked(&self, a: &str, b: &str) -> bool {
+        match (self.index(a), self.index(b)) {
+            (Some(i), Some(j)) => self.adjacency[i].contains(&j),
+            _ => false,
+        }
     }
 
     /// The node ids in file order (the ring order for a ring).

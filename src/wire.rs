@@ -233,8 +233,10 @@ pub enum Message {
         /// it: the receiver takes them even where it is not (yet) a replica.
         leaving: bool,
     },
-    /// The receiver holds these documents durably with every change of these heads; the
-    /// sender may drop its copy once every replica has said so.
+    /// These documents are held durably with every change of these heads by the nodes
+    /// each names (the receiver of the offer, if it is a replica, and the replicas beyond
+    /// it that confirmed to it: see [`HandoffDoc::by`]); the sender may drop its copy once
+    /// every replica has been named.
     HandedOff(Vec<HandoffDoc>),
     /// The sender does not replicate these documents but has clients following them:
     /// the receiver, a replica, pushes their changes to it too (`follow`), or no longer.
@@ -253,6 +255,9 @@ pub struct HandoffDoc {
     pub doc: String,
     /// Its heads at the sender.
     pub heads: Vec<[u8; 32]>,
+    /// In a [`Message::HandedOff`]: the nodes known to hold these heads durably (on a
+    /// ring, a replica answers for the replicas beyond it). Empty in an offer.
+    pub by: Vec<String>,
 }
 
 /// A request forwarded to a replica of its document (see [`Message::Forward`]).

@@ -9,9 +9,9 @@
 //!   every live node; the node restarted ends with every write to its documents;
 //! - both replicas of a document SIGKILLed (mesh): a write to it is hinted, a read answers
 //!   503 naming the replicas; once they are back they have the write and the hint is gone;
-//! - a 7th node added, then an original node removed, while writers write (mesh): nothing
-//!   acknowledged is lost and every document ends on exactly its replicas under the final
-//!   topology file.
+//! - a 7th node added, then an original node removed, while writers write (mesh with 2
+//!   copies and with 1, ring with 2): nothing acknowledged is lost and every document ends
+//!   on exactly its replicas under the final topology file.
 //!
 //! Every wait is bounded and polls a condition; a failure reports every node's status and
 //! the tail of its log. The scenarios run one at a time (each runs six or seven nodes).
@@ -32,8 +32,11 @@ use common::procs::access::{linked_peers, listing_heads, Access};
 use common::procs::workload::{create_docs, Workload, WriteSpec};
 use common::procs::{free_base_port, peers_line, ProcCluster};
 use concordant::config::Config;
+use concordant::membership::Membership;
 use concordant::topology::Topology;
-use harness::{cli_ok, mesh_links, tail, wait_acked, wait_knows_removed, Nodes, SERIAL};
+use harness::{
+    cli_ok, mesh_links, ring_links, tail, wait_acked, wait_knows_removed, Nodes, SERIAL,
+};
 use hyper::Method;
 use serde_json::{json, Value};
 
@@ -801,21 +804,35 @@ async fn mesh_hints_a_write_while_both_replicas_are_down() {
 /// Bullet 4: a node added, then an original node removed, under writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_grows_and_shrinks_under_writes_keeping_every_write_placed() {
-    grows_and_shrinks(R).await;
+    grows_and_shrinks("mesh", R).await;
+}
+
+/// On a ring, documents move hop by hop: a node hands what it no longer replicates to
+/// replicas it may not be linked to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_grows_and_shrinks_under_writes_keeping_every_write_placed() {
+    grows_and_shrinks("ring", R).await;
 }
 
 /// With one copy of each document, the leaving node holds the only copy of its documents:
 /// it hands them to their new replicas before it goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_of_single_copies_grows_and_shrinks_under_writes_keeping_every_write_placed() {
-    grows_and_shrinks(1).await;
+    grows_and_shrinks("mesh", 1).await;
 }
 
-async fn grows_and_shrinks(r: usize) {
+async fn grows_and_shrinks(kind: &str, r: usize) {
+    let links = |ids: &[&str]| {
+        if kind == "ring" {
+            ring_links(ids)
+        } else {
+            mesh_links(ids)
+        }
+    };
     let _serial = SERIAL.lock().await;
     let t = Instant::now();
     let mut nodes = Nodes {
-        init: ProcCluster::init_with(NODES, "mesh", Some(r)),
+        init: ProcCluster::init_with(NODES, kind, Some(r)),
         children: BTreeMap::new(),
         clients: BTreeMap::new(),
         starts: BTreeMap::new(),
@@ -828,7 +845,7 @@ async fn grows_and_shrinks(r: usize) {
         nodes.start(id, &file).await;
     }
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    nodes.wait_links(&mesh_links(&refs)).await;
+    nodes.wait_links(&links(&refs)).await;
     let docs: Vec<String> = (0..24).map(|i| format!("grow-{i:02}")).collect();
     create_docs(&nodes.access("n1"), &docs).await;
     let mut workload = Workload::new(shared_history());
@@ -860,7 +877,7 @@ async fn grows_and_shrinks(r: usize) {
     nodes.start("n7", &file).await;
     let seven: Vec<&str> = refs.iter().copied().chain(["n7"]).collect();
     nodes.wait_topology(&seven, &seven, &[]).await;
-    nodes.wait_links(&mesh_links(&seven)).await;
+    nodes.wait_links(&links(&seven)).await;
     write_at(&mut workload, &nodes, "n7");
     wait_acked(&workload, &seven, 60).await;
     eprintln!(
@@ -876,7 +893,7 @@ async fn grows_and_shrinks(r: usize) {
     let status = nodes.stop("n2").await;
     let live: Vec<&str> = seven.iter().copied().filter(|id| *id != "n2").collect();
     nodes.wait_topology(&live, &live, &["n2"]).await;
-    nodes.wait_links(&mesh_links(&live)).await;
+    nodes.wait_links(&links(&live)).await;
     eprintln!(
         "n2 removed and stopped ({status}) {:?} after remove-node",
         t_remove.elapsed()
@@ -889,11 +906,21 @@ async fn grows_and_shrinks(r: usize) {
         workload.history.lock().expect("history").attempted()
     );
 
-    // The final file's placement: every document on exactly its replicas.
+    // The final placement: every document on exactly its replicas under the live topology
+    // the same changes make (a ring's placement depends on where nodes were added and
+    // removed, not on the final file alone: a removal moves only the leaving node's share).
     let config = Config::load(&file).expect("the file add-node and remove-node wrote");
-    let topo = config.topology();
-    let final_ids: Vec<&str> = topo.nodes().iter().map(String::as_str).collect();
+    let final_ids: Vec<String> = config.topology().nodes().to_vec();
     assert_eq!(final_ids, live, "the nodes of the final file");
+    let mut membership = Membership::from_config(&nodes.init.config);
+    let addr = |a: &str| a.parse().expect("an address");
+    membership
+        .propose_add("n1", "n7", addr(&peer), addr(&api))
+        .expect("n7 added");
+    membership.propose_remove("n1", "n2").expect("n2 removed");
+    let topo = membership.topology();
+    let placed: Vec<&str> = topo.nodes().iter().map(String::as_str).collect();
+    assert_eq!(placed, live, "the nodes of the live topology");
     assert_eq!(topo.replicas(), r, "the final file's replicas");
     let logs = nodes.path("logs");
     let all: Vec<String> = seven.iter().map(|s| s.to_string()).collect();

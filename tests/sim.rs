@@ -1,21 +1,33 @@
 //! Seeded deterministic simulation of the replication core with virtual time and faults.
 //!
-//! N (3..=5) core `Replica`s on a full mesh or a ring, driven by a discrete-event queue: a
-//! simulated network (loss, duplication, delay and reordering, links cut and healed,
-//! group partitions), crash and restart of nodes (a crashed node loses its replica, its
-//! messages in flight and its unfinished persists and compactions; what its `MemoryStore`
-//! committed survives, and a restart checks that every stored document loads to the heads
-//! its index records, then builds a new replica with a fresh actor over that store, which
-//! it may compact first), and concurrent writes on maps, lists, text and counters to 4..=12
-//! documents (two hot, the rest cold), initially stored at differing subsets of the nodes.
-//! Every replica reads its documents from its store on demand through a tiny cache (1..=3
-//! documents or a few hundred bytes in most seeds), so documents are dropped and read back
-//! at random moments; long logs are compacted while running, as the node's driver does;
-//! bulk repair often runs with a small window. After the faults everything heals, writes
-//! stop, and the run goes on until the cluster is quiet; then it checks convergence (heads,
-//! values and reconciliation fingerprints), that no acknowledged write was lost, counter
-//! bounds, and that every node's store reloads to what its replica has. Across the suite,
-//! documents must have been evicted and reloaded, and bulk repair must have asked for some.
+//! N (3..=5, one more once a node is added) core `Replica`s on a full mesh or a ring,
+//! driven by a discrete-event queue: a simulated network (loss, duplication, delay and
+//! reordering, links cut and healed, group partitions), crash and restart of nodes (a
+//! crashed node loses its replica, its messages in flight and its unfinished persists and
+//! compactions; what its `MemoryStore` committed survives, and a restart checks that every
+//! stored document loads to the heads its index records, then builds a new replica with a
+//! fresh actor over that store, which it may compact first), and concurrent writes on maps,
+//! lists, text and counters to 4..=12 documents (two hot, the rest cold), initially stored
+//! at differing subsets of the nodes. Every replica reads its documents from its store on
+//! demand through a tiny cache (1..=3 documents or a few hundred bytes in most seeds), so
+//! documents are dropped and read back at random moments; long logs are compacted while
+//! running, as the node's driver does; bulk repair often runs with a small window. After
+//! the faults everything heals, writes stop, and the run goes on until the cluster is
+//! quiet; then it checks convergence (heads, values and reconciliation fingerprints), that
+//! no acknowledged write was lost, counter bounds, and that every node's store reloads to
+//! what its replica has. Across the suite, documents must have been evicted and reloaded,
+//! and bulk repair must have asked for some.
+//!
+//! Most seeds place each document on R of the N nodes (`tests/sim/members.rs`): writes go
+//! to any node (hints where it is not a replica), a node hands off what it stores but does
+//! not replicate and deletes it, and half of those seeds add or remove a node while the
+//! writes go on. Then convergence means: each document on its replicas only, with the same
+//! heads and values there; every acknowledged write must end on all R replicas of the final
+//! topology; and at every step (after each deletion and each ack, and at every tick) each
+//! acknowledged write must be in at least as many stores as copies were acknowledged (up to
+//! R). Across the suite, nodes must have been added and removed, hints written, and
+//! documents handed off and deleted. On rings of more than 3 nodes, documents are handed
+//! off hop by hop, and confirmations come back along the replicas.
 //!
 //! `cargo test --test sim` runs seeds 0..120 (about as long as 200 seeds of the simulation
 //! before documents were cached). `CONCORDANT_SIM_SEEDS=N` runs N seeds from
@@ -23,11 +35,13 @@
 //! `CONCORDANT_SIM_TRACE=1` prints its events; `CONCORDANT_SIM_KEEP_GOING=1` runs every
 //! seed and lists the failing ones instead of stopping at the first.
 //!
-//! Owns this file and `tests/sim/` (world, workload, checks, trace); touches nothing else:
-//! it drives the core only through its public API and the wire codec.
+//! Owns this file and `tests/sim/` (world, members, workload, checks, trace); touches
+//! nothing else: it drives the core only through its public API and the wire codec.
 
 #[path = "sim/check.rs"]
 mod check;
+#[path = "sim/members.rs"]
+mod members;
 #[path = "sim/trace.rs"]
 mod trace;
 #[path = "sim/workload.rs"]
@@ -41,6 +55,7 @@ use concordant::core::Replica;
 
 use automerge::ChangeHash;
 
+use members::Change;
 use world::{Sim, Totals};
 
 /// Virtual milliseconds between the world's ticks (faults, and checks for the run's end).
@@ -68,6 +83,15 @@ struct Summary {
     heal_ms: u64,
     /// Counters of every replica of the run.
     totals: Totals,
+    /// Each document on this many nodes (`None`: on all).
+    replicas: Option<usize>,
+    /// The node added or removed, and when.
+    changed: Option<(Change, u64)>,
+    /// Writes at a node that does not replicate their document.
+    hinted: usize,
+    /// Documents handed off and dropped by a node, and deleted from its store.
+    drops: u64,
+    deletions: u64,
 }
 
 fn run_seed(seed: u64, trace: bool) -> Result<Summary, String> {
@@ -78,15 +102,28 @@ fn run_seed(seed: u64, trace: bool) -> Result<Summary, String> {
     let healed_at = sim.now;
     let deadline = sim.now + HEAL_LIMIT_MS;
     if !sim.run_until(deadline, Sim::converged)? {
-        let heads: Vec<String> = sim
-            .nodes
-            .iter()
-            .map(|n| format!("{}: {:?}", n.name, n.replica.as_ref().map(Replica::heads)))
+        let heads: Vec<String> = (0..sim.nodes.len())
+            .map(|i| {
+                let n = &sim.nodes[i];
+                let strays = n.replica.as_ref().map_or(0, Replica::stray_count);
+                format!(
+                    "{}{}: {:?} ({strays} strays)",
+                    n.name,
+                    if n.gone { " (gone)" } else { "" },
+                    sim.all_heads(i)
+                )
+            })
             .collect();
         return Err(format!(
-            "no convergence {} virtual s after healing ({} messages in flight)\n{}",
+            "no convergence {} virtual s after healing ({} messages in flight, {}{})\n{}",
             HEAL_LIMIT_MS / 1000,
             sim.in_flight,
+            sim.placement_errors()
+                .err()
+                .unwrap_or_else(|| "documents on their replicas".into()),
+            sim.retiring.map_or(String::new(), |k| format!(
+                ", removed n{k} still handing off"
+            )),
             heads.join("\n")
         ));
     }
@@ -138,6 +175,7 @@ fn simulated_clusters_converge_without_losing_acked_writes() {
     let mut failed = Vec::new();
     let mut total = Summary::default();
     let (mut rings, mut max_heal_ms) = (0, 0);
+    let (mut placed, mut added, mut removed) = (0, 0, 0);
     for &seed in &seeds {
         let s = match run_caught(seed, trace) {
             Ok(s) => s,
@@ -157,6 +195,12 @@ fn simulated_clusters_converge_without_losing_acked_writes() {
         total.acks += s.acks;
         total.delivered += s.delivered;
         total.totals.add(&s.totals);
+        total.hinted += s.hinted;
+        total.drops += s.drops;
+        total.deletions += s.deletions;
+        placed += usize::from(s.replicas.is_some());
+        added += usize::from(matches!(s.changed, Some((Change::Add, _))));
+        removed += usize::from(matches!(s.changed, Some((Change::Remove(_), _))));
         rings += usize::from(s.ring);
         max_heal_ms = max_heal_ms.max(s.heal_ms);
     }
@@ -164,7 +208,9 @@ fn simulated_clusters_converge_without_losing_acked_writes() {
         "{} seeds ({} rings): {} writes, {} persisted, {} crashes, {} acks from peers, \
          {} messages, slowest quiet after healing {} ms; {} documents read from stores, \
          {} dropped from memory, {} asked for by bulk repair ({} changes sent), {} diverged \
-         repairs, {} reconciliations ({} bytes)",
+         repairs, {} reconciliations ({} bytes); {} seeds with R < N ({} added a node, {} \
+         removed one): {} hinted writes, {} documents handed off and dropped ({} deleted from \
+         stores)",
         seeds.len(),
         rings,
         total.writes,
@@ -180,6 +226,12 @@ fn simulated_clusters_converge_without_losing_acked_writes() {
         total.totals.repairs,
         total.totals.reconcile_rounds,
         total.totals.reconcile_bytes,
+        placed,
+        added,
+        removed,
+        total.hinted,
+        total.drops,
+        total.deletions,
     );
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
     if seeds.len() >= 20 {
@@ -193,6 +245,19 @@ fn simulated_clusters_converge_without_losing_acked_writes() {
             "no document was evicted and reloaded: {t:?}"
         );
         assert!(t.wants_sent > 0, "bulk repair never asked: {t:?}");
+        // Placements must be exercised: seeds with R < N, nodes added and removed, hints
+        // written, documents handed off and deleted where they are not replicated.
+        assert!(
+            placed > 0 && added > 0 && removed > 0,
+            "{placed} seeds with R < N, {added} added a node, {removed} removed one"
+        );
+        assert!(
+            total.hinted > 0 && total.drops > 0 && total.deletions > 0,
+            "{} hinted writes, {} documents handed off, {} deleted",
+            total.hinted,
+            total.drops,
+            total.deletions
+        );
     }
 }
 

@@ -149,7 +149,12 @@ fn arb_message() -> impl Strategy<Value = Message> {
         });
     let offers = || {
         prop::collection::vec(
-            (arb_string(), heads()).prop_map(|(doc, heads)| HandoffDoc { doc, heads }),
+            (
+                arb_string(),
+                heads(),
+                prop::collection::vec(arb_string(), 0..3),
+            )
+                .prop_map(|(doc, heads, by)| HandoffDoc { doc, heads, by }),
             0..4,
         )
     };

@@ -370,6 +370,15 @@ impl Docs {
         self.reading.len()
     }
 
+    /// True if this replica has `id`: in memory, stored, read, lent out or taken unloaded.
+    pub(crate) fn has_doc(&self, id: &str) -> bool {
+        self.loaded.contains_key(id)
+            || self.reading.contains_key(id)
+            || self.lent.contains_key(id)
+            || self.unsaved.contains_key(id)
+            || self.index.get(id).is_some()
+    }
+
     /// True if `id`'s read is under way.
     pub(crate) fn is_reading(&self, id: &str) -> bool {
         self.reading.contains_key(id)

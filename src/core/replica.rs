@@ -613,7 +613,7 @@ impl Replica {
             Message::Sync { doc, data } => self.receive_sync(now, from, &doc, &data),
             Message::Ephemeral(e) => self.receive_ephemeral(from, e),
             Message::Handoff { docs, leaving } => self.receive_handoff(from, docs, leaving),
-            Message::HandedOff(docs) => self.receive_handed_off(from, docs),
+            Message::HandedOff(docs) => self.receive_handed_off(docs),
             Message::Follow { docs, follow } => self.receive_follow(from, docs, follow),
             Message::Receipt { changes, bytes } => {
                 if let Some(p) = self.peers.get_mut(from) {

@@ -22,6 +22,17 @@ pub trait Router: Send {
     fn placement(&self) -> Option<&Placement> {
         None
     }
+
+    /// The connected peer through which `me` reaches `to`: `to` itself when connected
+    /// (the only way without a topology).
+    fn next_hop(&self, _me: &str, to: &str, connected: &[String]) -> Option<String> {
+        connected.iter().find(|c| *c == to).cloned()
+    }
+
+    /// Whether the topology links `a` and `b` directly (every pair, without one).
+    fn linked(&self, _a: &str, _b: &str) -> bool {
+        true
+    }
 }
 
 /// Push to every connected peer except the sender and the origin. Correct on any graph;
@@ -58,5 +69,13 @@ impl Router for crate::topology::Topology {
 
     fn placement(&self) -> Option<&Placement> {
         crate::topology::Topology::placement(self)
+    }
+
+    fn next_hop(&self, me: &str, to: &str, connected: &[String]) -> Option<String> {
+        crate::topology::Topology::next_hop(self, me, to, connected)
+    }
+
+    fn linked(&self, a: &str, b: &str) -> bool {
+        crate::topology::Topology::linked(self, a, b)
     }
 }

@@ -30,6 +30,22 @@ pub(crate) fn describe_batch(docs: &[DocAppend]) -> String {
         .join(" ")
 }
 
+/// For the trace: documents handed off (or confirmed) with their heads.
+fn describe_handoff(docs: &[wire::HandoffDoc]) -> String {
+    docs.iter()
+        .map(|d| {
+            let heads: Vec<String> = d.heads.iter().map(|h| short(&ChangeHash(*h))).collect();
+            let by = if d.by.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", d.by.join(","))
+            };
+            format!("{}[{}]{by}", d.doc, heads.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// For the trace: a message with the documents and changes it carries.
 pub(crate) fn describe(msg: &wire::Message) -> String {
     match msg {
@@ -64,27 +80,48 @@ pub(crate) fn describe(msg: &wire::Message) -> String {
             }
             Err(_) => format!("sync {doc} (undecodable)"),
         },
-        wire::Message::Ack(acks) => format!("acks of {} docs", acks.len()),
+        wire::Message::Ack(acks) => {
+            let parts: Vec<String> = acks
+                .iter()
+                .map(|a| {
+                    let hashes: Vec<String> =
+                        a.hashes.iter().map(|h| short(&ChangeHash(*h))).collect();
+                    format!("{} by {} [{}]", a.doc, a.by, hashes.join(","))
+                })
+                .collect();
+            format!("acks {}", parts.join(" "))
+        }
         wire::Message::Fingerprints(f) => {
             format!("fingerprints of {} level-{} nodes", f.nodes.len(), f.level)
         }
         wire::Message::Items(b) => format!("items of {} buckets", b.len()),
-        wire::Message::Want(w) => format!("want {} docs", w.len()),
+        wire::Message::Want(wants) => {
+            let parts: Vec<String> = wants
+                .iter()
+                .map(|w| {
+                    let heads: Vec<String> =
+                        w.heads.iter().map(|h| short(&ChangeHash(*h))).collect();
+                    let reply = if w.reply { " (reply)" } else { "" };
+                    format!("{}[{}]{reply}", w.doc, heads.join(","))
+                })
+                .collect();
+            format!("want {}", parts.join(" "))
+        }
         wire::Message::Hello(_) => "hello".into(),
         wire::Message::Ephemeral(e) => format!("ephemeral {} from {}", e.doc, e.sender),
         wire::Message::Topology(t) => format!("topology v{}", t.version()),
         wire::Message::Receipt { changes, bytes } => {
             format!("receipt of {changes} changes, {bytes} bytes")
         }
+        wire::Message::Handoff { docs, leaving } => {
+            format!("handoff (leaving: {leaving}) {}", describe_handoff(docs))
+        }
+        wire::Message::HandedOff(docs) => format!("handed off {}", describe_handoff(docs)),
+        wire::Message::Follow { docs, follow } => format!("follow {follow} {} docs", docs.len()),
         wire::Message::ClusterAsk { .. }
         | wire::Message::ClusterTell { .. }
         | wire::Message::Forward(_)
         | wire::Message::Reply(_) => msg.kind().to_string(),
-        wire::Message::Handoff { docs, leaving } => {
-            format!("handoff of {} docs (leaving: {leaving})", docs.len())
-        }
-        wire::Message::HandedOff(d) => format!("handed off {} docs", d.len()),
-        wire::Message::Follow { docs, follow } => format!("follow {follow} {} docs", docs.len()),
     }
 }
 

@@ -116,7 +116,7 @@ impl Sim {
 
     /// A client copies a document from one live node into another with `merge`.
     pub(crate) fn random_merge(&mut self) {
-        let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.alive(i)).collect();
+        let live = self.writable();
         if live.len() < 2 {
             return;
         }
@@ -154,10 +154,11 @@ impl Sim {
         self.pump(to);
     }
 
-    /// A client writes 1..=3 random operations to a document at a random live node; some
-    /// writes are refused by their closure and must change nothing.
+    /// A client writes 1..=3 random operations to a document at a random live node (a
+    /// hint where it is not a replica of the document); some writes are refused by their
+    /// closure and must change nothing.
     pub(crate) fn random_write(&mut self) {
-        let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.alive(i)).collect();
+        let live = self.writable();
         if live.is_empty() {
             return;
         }
@@ -218,7 +219,11 @@ impl Sim {
                     hash,
                     increment: w.value,
                     acked: false,
+                    acks: Default::default(),
                 });
+                if !self.replicates(i, doc) {
+                    self.hinted += 1;
+                }
             }
             Err(ChangeError::Refused(e)) => {
                 assert_eq!(e, "closure refused");

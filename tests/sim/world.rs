@@ -5,16 +5,19 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{Automerge, ChangeHash};
 use concordant::core::{
-    CoreConfig, CoreStats, Effect, Fetched, Flood, LoadedDoc, ReadKind, Replica, StoredIndex,
+    CoreConfig, CoreStats, Effect, Fetched, Flood, LoadedDoc, ReadKind, Replica, Router,
+    StoredIndex,
 };
 use concordant::storage::{Compaction, DocAppend, MemoryStore, Store};
+use concordant::topology::Topology;
 use concordant::wire;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::members::{check_held, Change};
 use super::trace::{describe, describe_batch};
 use super::workload::initial_doc;
-use super::{MAX_MESSAGES, TICK_MS};
+use super::{FAULT_MS, MAX_MESSAGES, TICK_MS};
 
 /// Something that happens at a virtual time.
 pub(crate) enum Event {
@@ -55,6 +58,15 @@ pub(crate) enum Event {
         life: u64,
         docs: Vec<Compaction>,
     },
+    /// The deletion of a handed-off document ([`Effect::Drop`]), queued after the store's
+    /// other jobs, as the node's store thread does.
+    RemoveDone {
+        node: usize,
+        life: u64,
+        doc: String,
+    },
+    /// The seed's node added or removed: every node follows the new topology at once.
+    Membership(Change),
     /// The world's own clock: faults are drawn and the run's end is checked (replicas are
     /// not ticked: they ask for their timeouts).
     Tick,
@@ -93,6 +105,12 @@ pub(crate) struct Node {
     pub(crate) compacting: BTreeSet<String>,
     /// The timeout scheduled for the replica, if any.
     pub(crate) timer_at: Option<u64>,
+    /// Removed from the cluster and drained: it never runs again.
+    pub(crate) gone: bool,
+    /// Hashes of the changes `store` holds, per document: what appends added, until the
+    /// document is deleted (compactions keep them; checked against the store's contents at
+    /// restarts and at the end). Counts the copies of acknowledged writes.
+    pub(crate) held: BTreeMap<String, BTreeSet<ChangeHash>>,
 }
 
 /// Counters of the replicas of a run, crashed ones included.
@@ -206,6 +224,8 @@ pub(crate) struct Link {
     pub(crate) up: bool,
     /// Bumped whenever the link goes down or up: older messages in flight are dropped.
     pub(crate) epoch: u64,
+    /// A link of the current topology (or of a removed node still handing off).
+    pub(crate) active: bool,
 }
 
 /// One local write that made a change.
@@ -218,6 +238,20 @@ pub(crate) struct WriteRecord {
     pub(crate) increment: i64,
     /// Its persist completed at its node: it must never be lost.
     pub(crate) acked: bool,
+    /// The peers that acknowledged it (have it durably): it must never have fewer copies.
+    pub(crate) acks: BTreeSet<usize>,
+}
+
+impl WriteRecord {
+    /// Copies acknowledged: its writer's once durable there, and one per acking peer.
+    pub(crate) fn copies(&self) -> usize {
+        usize::from(self.acked) + self.acks.len()
+    }
+
+    /// Durable at its writer or at a peer that acknowledged it: it must never be lost.
+    pub(crate) fn acknowledged(&self) -> bool {
+        self.copies() > 0
+    }
 }
 
 /// Knobs drawn from the seed.
@@ -269,6 +303,21 @@ pub(crate) struct Sim {
     pub(crate) trace: bool,
     pub(crate) delivered: u64,
     pub(crate) acked_effects: u64,
+    /// Each document on this many nodes (`None`: on every node, with the `Flood` router).
+    pub(crate) replicas: Option<usize>,
+    /// The nodes of the cluster, in ring order (the topology's order).
+    pub(crate) members: Vec<usize>,
+    /// The current topology with its placement, when `replicas` is set.
+    pub(crate) topology: Option<Topology>,
+    /// A removed node still handing its documents off (it stops once it stores nothing).
+    pub(crate) retiring: Option<usize>,
+    /// The seed's node added or removed, and when, once done (for the summary).
+    pub(crate) changed: Option<(Change, u64)>,
+    /// Writes taken by a node that does not replicate their document (hints).
+    pub(crate) hinted: usize,
+    /// `Effect::Drop`s carried out (documents handed off), and deletions they made.
+    pub(crate) drops: u64,
+    pub(crate) deletions: u64,
 }
 
 impl Sim {
@@ -346,6 +395,7 @@ impl Sim {
                 cuts: 0,
                 up: false,
                 epoch: 0,
+                active: true,
             })
             .collect();
         let link_of = pairs
@@ -367,19 +417,34 @@ impl Sim {
                 }
             }
         }
+        // Most seeds place each document on R of the N nodes (R = 1 now and then: a
+        // crash loses nothing acknowledged there, the store survives); half of those add
+        // or remove a node while the writes go on. On a ring of more than 3 nodes, a node
+        // is not linked to every replica: its strays go hop by hop (see core handoff).
+        let replicas = rng.random_bool(0.6).then(|| {
+            if rng.random_bool(0.2) {
+                1
+            } else {
+                rng.random_range(2..n)
+            }
+        });
+        // A removal keeps R below the nodes left, so the placement stays.
+        let change = match replicas {
+            Some(r) if rng.random_bool(0.5) => {
+                let at = rng.random_range(500..=FAULT_MS - 1_000);
+                let change = if r + 2 <= n && rng.random_bool(0.7) {
+                    Change::Remove(rng.random_range(0..n))
+                } else {
+                    Change::Add
+                };
+                Some((change, at))
+            }
+            _ => None,
+        };
         let nodes = stores
             .into_iter()
             .enumerate()
-            .map(|(i, store)| Node {
-                name: format!("n{i}"),
-                replica: None,
-                life: 0,
-                store,
-                persist_free_at: 0,
-                durable: BTreeSet::new(),
-                compacting: BTreeSet::new(),
-                timer_at: None,
-            })
+            .map(|(i, store)| Node::new(i, store))
             .collect();
         let mut sim = Sim {
             rng,
@@ -403,12 +468,32 @@ impl Sim {
             trace,
             delivered: 0,
             acked_effects: 0,
+            replicas,
+            members: (0..n).collect(),
+            topology: None,
+            retiring: None,
+            changed: None,
+            hinted: 0,
+            drops: 0,
+            deletions: 0,
         };
+        sim.topology = sim.build_topology();
+        sim.log(|| {
+            format!(
+                "{n} nodes on a {}, each document on {}, {:?}",
+                if ring { "ring" } else { "mesh" },
+                replicas.map_or("all".to_string(), |r| r.to_string()),
+                change
+            )
+        });
         for i in 0..n {
             sim.start(i);
         }
         sim.schedule(TICK_MS, Event::Tick);
         sim.schedule(1, Event::Write);
+        if let Some((change, at)) = change {
+            sim.schedule(at, Event::Membership(change));
+        }
         sim
     }
 
@@ -426,6 +511,7 @@ impl Sim {
                 ..
             } | Event::PersistDone { .. }
                 | Event::CompactDone { .. }
+                | Event::RemoveDone { .. }
                 | Event::ReadDone { .. }
                 | Event::JobDone { .. }
         ) {
@@ -444,16 +530,16 @@ impl Sim {
     pub(crate) fn start(&mut self, i: usize) {
         let seed: [u8; 16] = self.rng.random();
         let compact = self.rng.random_bool(self.params.compact_on_restart);
+        let router: Box<dyn Router> = match &self.topology {
+            Some(t) => Box::new(t.clone()),
+            None => Box::new(Flood),
+        };
         let node = &mut self.nodes[i];
-        let mut replica = Replica::new(
-            node.name.clone(),
-            seed,
-            Box::new(Flood),
-            self.config.clone(),
-        );
+        let mut replica = Replica::new(node.name.clone(), seed, router, self.config.clone());
         let index = stored_index(&node.store);
         if node.life > 0 {
             check_store(&node.name, &node.store, &index);
+            check_held(node).unwrap_or_else(|e| panic!("at restart: {e}"));
         }
         replica.set_store(as_stored(&index));
         if compact {
@@ -501,7 +587,8 @@ impl Sim {
 
     pub(crate) fn update_link(&mut self, l: usize) {
         let (a, b) = (self.links[l].a, self.links[l].b);
-        let want = self.links[l].cuts == 0 && self.alive(a) && self.alive(b);
+        let want =
+            self.links[l].active && self.links[l].cuts == 0 && self.alive(a) && self.alive(b);
         if want == self.links[l].up {
             return;
         }
@@ -636,6 +723,11 @@ impl Sim {
                     self.nodes[j].durable.contains(&hash),
                     "n{i} got an ack from n{j} for {hash}, which n{j} has not persisted"
                 );
+                let w = self.write_index[&hash];
+                self.writes[w].acks.insert(j);
+                if let Err(e) = self.check_copies(Some(&doc)) {
+                    panic!("after n{j} acked {hash} of {doc} to n{i}: {e}");
+                }
             }
             Effect::Read { doc, kind } => {
                 let delay = self.rng.random_range(1..=self.params.read_ms);
@@ -669,7 +761,16 @@ impl Sim {
             }
             // No automerge-repo clients in the simulation.
             Effect::Notify { .. } | Effect::Client { .. } => {}
-            Effect::Drop { doc } => panic!("n{i} drops {doc}, but no node here has a placement"),
+            Effect::Drop { doc } => {
+                assert!(
+                    self.topology.is_some(),
+                    "n{i} drops {doc} without a placement"
+                );
+                self.drops += 1;
+                self.log(|| format!("n{i} hands {doc} off: drops it"));
+                let (life, delay) = self.store_job(i);
+                self.schedule(delay, Event::RemoveDone { node: i, life, doc });
+            }
         }
     }
 
@@ -769,7 +870,12 @@ impl Sim {
                     for bytes in &append.changes {
                         let change = automerge::Change::from_bytes(bytes.clone())
                             .expect("persisted changes decode");
-                        self.nodes[node].durable.insert(change.hash());
+                        let n = &mut self.nodes[node];
+                        n.durable.insert(change.hash());
+                        n.held
+                            .entry(append.doc.clone())
+                            .or_default()
+                            .insert(change.hash());
                     }
                 }
                 let appended: Vec<String> = docs.iter().map(|a| a.doc.clone()).collect();
@@ -844,6 +950,24 @@ impl Sim {
                     .compact(docs)
                     .expect("a memory store compacts");
             }
+            Event::RemoveDone { node, life, doc } => {
+                self.in_flight -= 1;
+                if self.nodes[node].life != life || !self.alive(node) {
+                    // Still stored: handed off again after the restart.
+                    return;
+                }
+                self.log(|| format!("deleted n{node} {doc}"));
+                let n = &mut self.nodes[node];
+                n.store
+                    .remove(std::slice::from_ref(&doc))
+                    .expect("a memory store removes");
+                n.held.remove(&doc);
+                self.deletions += 1;
+                if let Err(e) = self.check_copies(Some(&doc)) {
+                    panic!("after n{node} deleted {doc}: {e}");
+                }
+            }
+            Event::Membership(change) => self.change_membership(change),
             Event::Timeout { node, life, at } => {
                 let n = &mut self.nodes[node];
                 if n.life != life || n.timer_at != Some(at) {
@@ -868,6 +992,10 @@ impl Sim {
                 if self.faults {
                     self.random_faults();
                 }
+                self.retire_if_drained();
+                if let Err(e) = self.check_copies(None) {
+                    panic!("at {} ms: {e}", self.now);
+                }
                 self.schedule(TICK_MS, Event::Tick);
             }
             Event::Write => {
@@ -890,7 +1018,7 @@ impl Sim {
                 }
             }
             Event::Restart { node } => {
-                if !self.alive(node) {
+                if !self.alive(node) && !self.nodes[node].gone {
                     self.start(node);
                 }
             }
@@ -968,7 +1096,7 @@ impl Sim {
             self.links[l].cuts = 0;
         }
         for i in 0..self.nodes.len() {
-            if !self.alive(i) {
+            if !self.alive(i) && !self.nodes[i].gone {
                 self.start(i);
             }
         }
@@ -977,12 +1105,10 @@ impl Sim {
         }
     }
 
+    /// Quiet: nothing in flight, no removed node still handing off, and each document
+    /// exactly on its replicas, with the same heads on each.
     pub(crate) fn converged(&self) -> bool {
-        if self.in_flight > 0 {
-            return false;
-        }
-        let first = self.all_heads(0);
-        first.is_some() && (0..self.nodes.len()).all(|i| self.all_heads(i) == first)
+        self.in_flight == 0 && self.retiring.is_none() && self.placement_errors().is_ok()
     }
 
     /// Every document of node `i` with its heads: those in memory from its replica, the

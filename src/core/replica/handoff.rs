@@ -16,18 +16,24 @@
 //!
 //! The node never drops a document with changes not yet durable, being read, lent out,
 //! followed by one of its automerge-repo clients or watched here.
+//!
+//! Where the topology does not link the node to a replica (a ring of more than three
+//! nodes), the offer goes to the next hop towards it, and confirmations come back from
+//! beyond it (see `confirm`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use automerge::ChangeHash;
 
+mod confirm;
+
 use super::reads::Parked;
 use super::Replica;
 use crate::core::docs::Need;
-use crate::core::peers::Wanted;
 use crate::core::Effect;
-use crate::placement::{Partition, PartitionSet, PARTITIONS};
+use crate::placement::{Partition, PartitionSet, Placement, PARTITIONS};
 use crate::wire::{HandoffDoc, Message};
+use confirm::Known;
 
 /// How long partitions taken over may fill before they serve anyway, in ms.
 pub(crate) const FILL_LIMIT_MS: u64 = 60_000;
@@ -53,13 +59,20 @@ pub(super) struct Handoffs {
     /// The last round offered a full batch: the next one comes soon, not a period later.
     more: bool,
     /// This node is leaving the cluster (see [`Replica::set_leaving`]).
-    leaving: bool,
+    pub(super) leaving: bool,
     /// Partitions this node took over and is still filling from their other replicas, and
     /// until when at most (see [`Replica::filling`]).
     pub(super) filling: PartitionSet,
     filling_until: u64,
     /// Documents dropped after their handoff, since start.
     pub(super) dropped: u64,
+    /// Per document: replicas known to hold these heads durably, from confirmations of
+    /// offers this node passed on (as a replica or a carrier), answered on their behalf
+    /// for [`KNOWN_PERIODS`] anti-entropy periods.
+    known: HashMap<String, Known>,
+    /// Documents this node asked for to carry them (see the module doc), and when: their
+    /// changes are taken although this node neither replicates nor has them.
+    pub(super) carrying: HashMap<String, u64>,
 }
 
 impl Replica {
@@ -90,8 +103,9 @@ impl Replica {
     }
 
     /// Whether every document this node stores but does not replicate is held durably by
-    /// each of its replicas this node is connected to, and by at least one (what a node
-    /// leaving the cluster waits for: its documents' other replicas take them from there).
+    /// each of its replicas this node is connected to, and by at least one node that took
+    /// it (what a node leaving the cluster waits for: from there its documents go on to
+    /// their replicas, hop by hop on a ring).
     pub fn handoff_settled(&self) -> bool {
         let (Some(held), Some(placement)) = (&self.handoff.held, self.router.placement()) else {
             return true;
@@ -104,12 +118,11 @@ impl Replica {
                 let Some((offered, by)) = self.handoff.offered.get(&doc) else {
                     return false;
                 };
-                let mut reachable = placement
-                    .replicas_of(&doc)
-                    .filter(|r| self.peers.contains_key(*r))
-                    .peekable();
-                reachable.peek().is_some()
-                    && reachable.all(|r| by.contains(r))
+                !by.is_empty()
+                    && placement
+                        .replicas_of(&doc)
+                        .filter(|r| self.peers.contains_key(*r))
+                        .all(|r| by.contains(r))
                     && self.docs.heads(&doc).as_ref() == Some(offered)
             })
     }
@@ -120,8 +133,9 @@ impl Replica {
     }
 
     /// This node is leaving the cluster (or no longer): its router places documents as
-    /// they will be without it, and the nodes it hands them to take them even where they
-    /// are not replicas yet (they will be once the removal is known). A node never drops a
+    /// they will be without it, it takes no more pushed changes (see `receive_push`), and
+    /// the nodes it hands them to take them even where they are not replicas yet (they
+    /// will be once the removal is known). A node never drops a
     /// document on the word of a leaving node alone: it takes it but confirms a handoff of
     /// its own only to its replicas, and the leaving node, which holds nothing in its own
     /// placement, confirms none.
@@ -217,6 +231,8 @@ impl Replica {
         else {
             return;
         };
+        self.forget_known(now);
+        let connected: Vec<String> = self.peers.keys().cloned().collect();
         let mut by_peer: BTreeMap<String, Vec<HandoffDoc>> = BTreeMap::new();
         let mut confirmed = Vec::new();
         let mut budget = HANDOFF_BATCH;
@@ -247,33 +263,19 @@ impl Replica {
                     continue;
                 }
                 budget -= 1;
-                let Some(heads) = self.docs.heads(&doc) else {
-                    // Its heads are read now, for the next round.
-                    self.ready(&doc, Need::Heads);
-                    continue;
-                };
-                let entry = self
-                    .handoff
-                    .offered
-                    .entry(doc.clone())
-                    .or_insert_with(|| (heads.clone(), BTreeSet::new()));
-                if entry.0 != heads {
-                    *entry = (heads.clone(), BTreeSet::new());
-                }
-                if placement.replicas_of(&doc).all(|r| entry.1.contains(r)) {
-                    // Every replica confirmed these heads, but the drop had to wait.
-                    confirmed.push(doc);
+                if !self.ready(&doc, Need::Heads) {
+                    // Offered once its heads are read.
+                    self.park(&doc, Parked::Offer);
                     continue;
                 }
-                for r in placement.replicas_of(&doc) {
-                    if self.peers.contains_key(r) && !entry.1.contains(r) {
-                        by_peer.entry(r.to_string()).or_default().push(HandoffDoc {
-                            doc: doc.clone(),
-                            heads: heads.iter().map(|h| h.0).collect(),
-                        });
+                match self.offer(&placement, &doc, now, &connected) {
+                    Offer::Confirmed => confirmed.push(doc),
+                    Offer::To(hops, offer) => {
+                        for hop in hops {
+                            by_peer.entry(hop).or_default().push(offer.clone());
+                        }
                     }
                 }
-                self.handoff.offered_at.insert(doc, now);
             }
         }
         for doc in confirmed {
@@ -281,109 +283,64 @@ impl Replica {
         }
         self.handoff.more = budget == 0;
         for (peer, docs) in by_peer {
-            self.effects.push(Effect::Send {
-                to: peer,
-                msg: Message::Handoff {
-                    docs,
-                    leaving: self.handoff.leaving,
-                },
-            });
+            self.send_offers(peer, docs);
         }
     }
 
-    /// A peer hands documents to this node: confirmed where this node holds every change
-    /// of their heads durably, asked for where it lacks some. Only documents this node
-    /// replicates, unless the peer is leaving (see [`Replica::set_leaving`]).
-    pub(super) fn receive_handoff(&mut self, from: &str, docs: Vec<HandoffDoc>, leaving: bool) {
+    /// Stray `doc`, in memory with its heads: where to offer it (the next hops towards
+    /// the replicas that have not confirmed its heads), or confirmed by all of them.
+    fn offer(&mut self, placement: &Placement, doc: &str, now: u64, connected: &[String]) -> Offer {
+        let Some(heads) = self.docs.heads(doc) else {
+            return Offer::To(BTreeSet::new(), offer_of(doc, &[]));
+        };
+        let entry = self
+            .handoff
+            .offered
+            .entry(doc.to_string())
+            .or_insert_with(|| (heads.clone(), BTreeSet::new()));
+        if entry.0 != heads {
+            *entry = (heads.clone(), BTreeSet::new());
+        }
+        if placement.replicas_of(doc).all(|r| entry.1.contains(r)) {
+            // Every replica confirmed these heads, but the drop had to wait.
+            return Offer::Confirmed;
+        }
+        let hops: BTreeSet<String> = placement
+            .replicas_of(doc)
+            .filter(|r| !entry.1.contains(*r))
+            .filter_map(|r| self.router.next_hop(&self.id, r, connected))
+            .collect();
+        self.handoff.offered_at.insert(doc.to_string(), now);
+        Offer::To(hops, offer_of(doc, &heads))
+    }
+
+    /// A stray whose heads were read for a handoff round: offered now.
+    pub(super) fn offer_read(&mut self, doc: &str, now: u64) {
         let Some(placement) = self.router.placement().cloned() else {
             return;
         };
-        let mut confirmed = Vec::new();
-        for offer in docs {
-            let mine = placement.holds_doc(&self.id, &offer.doc);
-            // A leaving node holds nothing in its own placement: it confirms nothing.
-            if (!mine && (!leaving || self.handoff.leaving))
-                || !crate::doc_id::is_valid_doc_id(&offer.doc)
-            {
-                continue;
-            }
-            if let Some(offer) = self.same_heads_settled(offer.clone()) {
-                confirmed.push(offer);
-                continue;
-            }
-            if !self.ready(&offer.doc, Need::Doc) {
-                let from = from.to_string();
-                let doc = offer.doc.clone();
-                self.park(&doc, Parked::Handoff { from, offer });
-                continue;
-            }
-            if let Some(offer) = self.check_offer(from, offer) {
-                confirmed.push(offer);
-            }
-        }
-        if !confirmed.is_empty() {
-            self.effects.push(Effect::Send {
-                to: from.to_string(),
-                msg: Message::HandedOff(confirmed),
-            });
-        }
-    }
-
-    /// The offer back if this node has exactly its heads, durably: no need to read the
-    /// document (most offers, once a partition has moved).
-    fn same_heads_settled(&self, offer: HandoffDoc) -> Option<HandoffDoc> {
-        let doc = offer.doc.as_str();
-        let same = self.docs.index().get(doc) == Some(crate::wire::heads_digest(&offer.heads));
-        (same && !offer.heads.is_empty() && self.settled(doc)).then_some(offer)
-    }
-
-    /// Whether every change of `doc` here is durable.
-    fn settled(&self, doc: &str) -> bool {
-        let (batches, retry) = (&self.batches, &self.retry);
-        !self.dirty.contains(doc)
-            && !retry.holds(doc)
-            && self.docs.is_settled(doc, |d| batches.pins(d.persist_token))
-    }
-
-    /// A handed document in memory here (or new here): the offer back if this node holds
-    /// every change of its heads durably; else its missing changes are asked of `from`.
-    pub(super) fn check_offer(&mut self, from: &str, offer: HandoffDoc) -> Option<HandoffDoc> {
-        let doc = offer.doc.as_str();
-        let has_all = offer
-            .heads
-            .iter()
-            .all(|h| self.docs.has_change(doc, &ChangeHash(*h)));
-        if !has_all {
-            if let Some(p) = self.peers.get_mut(from) {
-                p.want(Wanted {
-                    doc: doc.to_string(),
-                    reply: false,
-                    theirs: None,
-                });
-            }
-            return None;
-        }
-        self.settled(doc).then_some(offer)
-    }
-
-    /// A replica confirms documents this node offered: those confirmed by every replica
-    /// at the heads this node still has are dropped here.
-    pub(super) fn receive_handed_off(&mut self, from: &str, docs: Vec<HandoffDoc>) {
-        let Some(placement) = self.router.placement().cloned() else {
+        if placement.holds_doc(&self.id, doc) {
             return;
-        };
-        for confirmed in docs {
-            let doc = confirmed.doc;
-            let heads: Vec<ChangeHash> = confirmed.heads.into_iter().map(ChangeHash).collect();
-            let Some((offered, by)) = self.handoff.offered.get_mut(&doc) else {
-                continue;
-            };
-            if *offered != heads || self.docs.heads(&doc).as_ref() != Some(&heads) {
-                continue;
-            }
-            by.insert(from.to_string());
-            self.try_drop(&placement, doc);
         }
+        let connected: Vec<String> = self.peers.keys().cloned().collect();
+        match self.offer(&placement, doc, now, &connected) {
+            Offer::Confirmed => self.try_drop(&placement, doc.to_string()),
+            Offer::To(hops, offer) => {
+                for hop in hops {
+                    self.send_offers(hop, vec![offer.clone()]);
+                }
+            }
+        }
+    }
+
+    pub(super) fn send_offers(&mut self, to: String, docs: Vec<HandoffDoc>) {
+        self.effects.push(Effect::Send {
+            to,
+            msg: Message::Handoff {
+                docs,
+                leaving: self.handoff.leaving,
+            },
+        });
     }
 
     /// Drops `doc` here if every replica has confirmed the heads this node still has
@@ -392,7 +349,7 @@ impl Replica {
     /// while something pins it, since the replicas have nothing more to confirm. Changes
     /// held back for a dependency that never came do not pin it: the replicas hold them
     /// back too, or never got them from this node alone.
-    fn try_drop(&mut self, placement: &crate::placement::Placement, doc: String) {
+    fn try_drop(&mut self, placement: &Placement, doc: String) {
         let Some((offered, by)) = self.handoff.offered.get(&doc) else {
             return;
         };
@@ -408,10 +365,34 @@ impl Replica {
         let pinned =
             |d: &crate::core::docs::DocState| retry.holds(&doc) || batches.pins(d.persist_token);
         if !self.dirty.contains(&doc) && self.docs.forget(&doc, pinned) {
-            self.handoff.offered.remove(&doc);
+            if let Some((heads, by)) = self.handoff.offered.remove(&doc) {
+                // Answered on the replicas' behalf to a node this one carried it for.
+                let at = self.now.max(1);
+                self.handoff
+                    .known
+                    .insert(doc.clone(), Known { heads, by, at });
+            }
+            self.handoff.carrying.remove(&doc);
             self.handoff.offered_at.remove(&doc);
             self.handoff.dropped += 1;
             self.effects.push(Effect::Drop { doc });
         }
+    }
+}
+
+/// Where a stray goes (see `Replica::offer`).
+enum Offer {
+    /// To these hops, offered so.
+    To(BTreeSet<String>, HandoffDoc),
+    /// Nowhere: every replica confirmed it.
+    Confirmed,
+}
+
+/// An offer of `doc` at `heads`.
+fn offer_of(doc: &str, heads: &[ChangeHash]) -> HandoffDoc {
+    HandoffDoc {
+        doc: doc.to_string(),
+        heads: heads.iter().map(|h| h.0).collect(),
+        by: Vec::new(),
     }
 }

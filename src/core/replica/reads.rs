@@ -47,10 +47,15 @@ pub(super) enum Parked {
     Serve,
     /// A document to ask `peer` for, once its heads are read (see `pump_wants`).
     Wanted { peer: String, wanted: Wanted },
+    /// A document this node stores but does not replicate, to offer to its replicas
+    /// once its heads are read (see `handoff`).
+    Offer,
     /// A document `from` hands to this node (see `handoff`).
     Handoff {
         from: String,
         offer: crate::wire::HandoffDoc,
+        /// This node takes it as a replica (else it carries it on).
+        holder: bool,
     },
 }
 
@@ -168,9 +173,14 @@ impl Replica {
                 }
             }
             Parked::Serve => self.clients.mark(doc),
-            Parked::Handoff { from, offer } => {
+            Parked::Offer => self.offer_read(doc, now),
+            Parked::Handoff {
+                from,
+                offer,
+                holder,
+            } => {
                 if self.peers.contains_key(&from) {
-                    if let Some(offer) = self.check_offer(&from, offer) {
+                    if let Some(offer) = self.check_offer(&from, offer, holder) {
                         self.effects.push(Effect::Send {
                             to: from,
                             msg: crate::wire::Message::HandedOff(vec![offer]),

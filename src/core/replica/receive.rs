@@ -29,6 +29,11 @@ impl Replica {
         if self.gate.answered(&doc, from) {
             self.release_held(now, &doc);
         }
+        if self.foreign(&doc) || self.handoff.leaving {
+            // A leaving node takes (and acknowledges) no more changes: its copies are
+            // handed off as they are, and writers count their documents' other replicas.
+            return;
+        }
         let mut decoded = Vec::with_capacity(changes.len());
         for bytes in changes {
             match Change::from_bytes(bytes.into_vec()) {
@@ -47,6 +52,24 @@ impl Replica {
             };
             self.park(&doc, work);
         }
+    }
+
+    /// True for a document this node neither replicates nor has, nor asked for (for its
+    /// clients or watchers, or to carry it on to its replicas): the answer to a repair
+    /// asked before it handed the document off, or a push from a peer with another
+    /// topology. Taken, changes without their history would wait here for it forever: a
+    /// stored document with no heads, which no handoff offers or drops. Its replicas have
+    /// them or get them.
+    fn foreign(&self, doc: &str) -> bool {
+        let elsewhere = self
+            .router
+            .placement()
+            .is_some_and(|p| !p.holds_doc(&self.id, doc));
+        elsewhere
+            && !self.docs.has_doc(doc)
+            && !self.followed_here(doc)
+            && !self.clients.waiting.contains_key(doc)
+            && !self.handoff.carrying.contains_key(doc)
     }
 
     /// Pushed changes of a document whose heads are known: taken without loading it where

@@ -407,3 +407,106 @@ fn a_document_read_with_held_back_changes_now_applied_records_its_heads() {
         .unwrap();
     assert_eq!(recorded, [("d".to_string(), vec![hash(2).0])]);
 }
+
+#[test]
+fn a_node_takes_no_push_of_a_document_it_neither_replicates_nor_holds_nor_watches() {
+    let (mut c, t) = cluster();
+    let d = doc_not_on(&t, "c");
+    let changes = written_elsewhere("w", &["k"]);
+    // From a peer with another topology, or the answer to a repair c asked for before it
+    // handed the document off: kept, it would be a copy nothing hands off.
+    push_from_x(&mut c, "c", &d, changes.clone());
+    assert!(holders(&c, &d).is_empty());
+    assert!(!c.stored.get("c").is_some_and(|s| s.contains_key(&d)));
+    // A replica takes it, and so does c once it holds the document (a hint).
+    let r = t.replicas_of(&d)[0].to_string();
+    push_from_x(&mut c, &r, &d, changes.clone());
+    assert_eq!(holders(&c, &d), [r]);
+    c.put("c", &d, "hinted", 1, false);
+    c.pump("c");
+    push_from_x(&mut c, "c", &d, changes);
+    let doc = c.node("c").doc(&d).unwrap();
+    assert!(doc.get(ROOT, "k").unwrap().is_some());
+}
+
+#[test]
+fn a_node_takes_the_push_of_a_document_it_watches_without_replicating_it() {
+    let (mut c, t) = cluster();
+    let d = doc_not_on(&t, "c");
+    // What the replicas answer when c asks for the document it watches.
+    c.node("c").set_watched(&d, true);
+    push_from_x(&mut c, "c", &d, written_elsewhere("w", &["k"]));
+    let doc = c.node("c").doc(&d).unwrap();
+    assert!(doc.get(ROOT, "k").unwrap().is_some());
+}
+
+#[test]
+fn on_a_ring_a_stray_far_from_its_replicas_is_carried_to_them_hop_by_hop() {
+    use crate::config::RingDirection;
+    const RING: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+    let ids = RING.iter().map(|s| s.to_string()).collect();
+    let t = Topology::new(TopologyKind::Ring(RingDirection::Both), ids, Vec::new())
+        .with_replicas(Some(2))
+        .unwrap();
+    // A document whose replicas are c and d: two hops from a either way round.
+    let d = (0..)
+        .map(|i| format!("doc-{i}"))
+        .find(|d| replicas(&t, d) == ["c", "d"])
+        .unwrap();
+    let mut c = Cluster::new(&RING, CoreConfig::default());
+    for id in RING {
+        c.node(id).set_router(Box::new(t.clone()));
+    }
+    for (i, id) in RING.iter().enumerate() {
+        c.link(id, RING[(i + 1) % RING.len()]);
+    }
+    // a takes a write of it (a hint: a is linked to neither replica).
+    c.put("a", &d, "hinted", 7, false);
+    c.pump("a");
+    c.run();
+    assert_eq!(c.node("a").stray_count(), 1);
+    for _ in 0..10 {
+        c.tick_all(10_000);
+    }
+    let holders: Vec<String> = RING
+        .iter()
+        .filter(|id| c.heads(id).iter().any(|(doc, _)| *doc == d))
+        .map(|id| id.to_string())
+        .collect();
+    assert_eq!(
+        holders,
+        ["c", "d"],
+        "carried to both replicas, dropped elsewhere"
+    );
+    assert!(!c.stored["a"].contains_key(&d), "deleted from a's store");
+    for id in RING {
+        assert_eq!(c.node(id).stray_count(), 0, "{id} holds no stray");
+    }
+    assert_eq!(c.node("a").handed_off(), 1);
+    for r in ["c", "d"] {
+        let doc = c.node(r).load(&d).unwrap().unwrap();
+        assert_eq!(
+            doc.get(ROOT, "hinted").unwrap().unwrap().0.as_i64(),
+            Some(7)
+        );
+    }
+}
+
+#[test]
+fn a_leaving_node_takes_no_more_pushed_changes() {
+    let (mut c, t) = cluster();
+    let d = (0..)
+        .map(|i| format!("doc-{i}"))
+        .find(|d| t.holds("c", d))
+        .unwrap();
+    c.put("c", &d, "before", 1, false);
+    c.pump("c");
+    let heads = c.node("c").heads();
+    // Draining: its copy is handed off as it is; writers count the other replicas.
+    c.node("c").set_leaving(true);
+    push_from_x(&mut c, "c", &d, written_elsewhere("w", &["k"]));
+    assert_eq!(c.node("c").heads(), heads);
+    c.node("c").set_leaving(false);
+    push_from_x(&mut c, "c", &d, written_elsewhere("w", &["k"]));
+    assert_ne!(c.node("c").heads(), heads, "taken again once it stays");
+}
