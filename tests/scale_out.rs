@@ -11,7 +11,9 @@
 //!   503 naming the replicas; once they are back they have the write and the hint is gone;
 //! - a 7th node added, then an original node removed, while writers write (mesh with 2
 //!   copies and with 1, ring with 2): nothing acknowledged is lost and every document ends
-//!   on exactly its replicas under the final topology file.
+//!   on exactly its replicas under the final topology file;
+//! - a node killed while it fills partitions it took over (their other replicas down) fills
+//!   them again after its restart, and is filled once they are back.
 //!
 //! Every wait is bounded and polls a condition; a failure reports every node's status and
 //! the tail of its log. The scenarios run one at a time (each runs six or seven nodes).
@@ -1009,4 +1011,69 @@ async fn grows_and_shrinks(kind: &str, r: usize) {
         report(&running, &all, &logs).await
     );
     eprintln!("membership scenario took {:?}", t.elapsed());
+}
+
+/// `partitions_moving.in` of `id` (partitions taken over and still filling).
+async fn filling_at(nodes: &Nodes, id: &str) -> u64 {
+    let status = nodes.access(id).status().await.expect("status");
+    status["partitions_moving"]["in"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{id}: no partitions_moving.in in {status}"))
+}
+
+/// A node killed while it fills partitions it took over fills them again after its
+/// restart (it keeps them in its data directory) instead of serving partial copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_while_filling_fills_again_after_restart() {
+    let _serial = SERIAL.lock().await;
+    let mut nodes = Nodes {
+        init: ProcCluster::init_with(4, "mesh", Some(2)),
+        children: BTreeMap::new(),
+        clients: BTreeMap::new(),
+        starts: BTreeMap::new(),
+    };
+    let file = nodes.file();
+    let file_s = file.display().to_string();
+    nodes.learn(&file);
+    // Only n1 runs: n4 is removed through it, so n1 takes over partitions that only n2 or
+    // n3, which are down, can fill.
+    nodes.start("n1", &file).await;
+    let ran = cli_ok(&["remove-node", "--config", &file_s, "--id", "n4"]).await;
+    eprintln!("remove-node n4:\n{}", ran.text.trim_end());
+    let t = Instant::now();
+    let taken = loop {
+        let n = filling_at(&nodes, "n1").await;
+        if n > 0 {
+            break n;
+        }
+        assert!(
+            t.elapsed() < SETTLE,
+            "n1 took over no partition after n4's removal"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    eprintln!("n1 fills {taken} partitions; killed");
+    nodes.kill("n1").await;
+    nodes.start("n1", &file).await;
+    assert_eq!(
+        filling_at(&nodes, "n1").await,
+        taken,
+        "after its restart n1 should still fill the partitions it took over"
+    );
+    // n2 and n3 back: n1 fills from them, and once filled it stays so across a restart.
+    nodes.start("n2", &file).await;
+    nodes.start("n3", &file).await;
+    let t = Instant::now();
+    while filling_at(&nodes, "n1").await > 0 {
+        assert!(t.elapsed() < SETTLE, "n1 did not fill within {SETTLE:?}");
+        tokio::time::sleep(POLL).await;
+    }
+    eprintln!("n1 filled {:?} after n2 and n3 started", t.elapsed());
+    nodes.stop("n1").await;
+    nodes.start("n1", &file).await;
+    assert_eq!(
+        filling_at(&nodes, "n1").await,
+        0,
+        "filled before the restart"
+    );
 }

@@ -100,13 +100,28 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         (super::StorageChoice::Dir(dir), Some(_)) => Some(dir.join(super::TOPOLOGY_FILE)),
         _ => None,
     };
+    let filling_file = topology_file
+        .as_ref()
+        .map(|t| t.with_file_name(super::filling::FILLING_FILE));
+    let mut replica = replica;
+    let mut filling_stored = crate::placement::PartitionSet::empty();
+    if let Some(path) = &filling_file {
+        filling_stored = super::filling::read(path).map_err(|detail| Error::StoredFilling {
+            path: path.clone(),
+            detail,
+        })?;
+        replica.resume_filling(&filling_stored);
+        if !replica.filling().is_empty() {
+            tracing::info!(node = %config.id, partitions = replica.filling().len(), "partitions taken over before the restart fill before they serve");
+        }
+    }
     let (done_tx, dones) = mpsc::unbounded_channel();
     let (health_tx, health) = watch::channel(Health::Ok);
     let health_tx = std::sync::Arc::new(health_tx);
     let jobs = store_thread::spawn(store, tuning.compact_after, done_tx, health_tx.clone());
     let (commands_tx, commands) = mpsc::channel(1024);
     let (topology_tx, topology_rx) = watch::channel(config.topology.clone());
-    let (filling_tx, filling_rx) = watch::channel(crate::placement::PartitionSet::empty());
+    let (filling_tx, filling_rx) = watch::channel(replica.filling().clone());
     let node = Node {
         id: config.id.clone(),
         max_change_ops: config.tuning.max_change_ops,
@@ -148,6 +163,8 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         clients_dropped: 0,
         membership: config.membership.clone(),
         topology_file,
+        filling_file,
+        filling_stored,
         removed: false,
         relink_at: None,
         draining: None,
@@ -214,6 +231,9 @@ struct Driver {
     /// whether it removed this node.
     membership: Option<crate::membership::Membership>,
     topology_file: Option<std::path::PathBuf>,
+    /// Where the partitions still filling are kept (see `node::filling`), and what it holds.
+    filling_file: Option<std::path::PathBuf>,
+    filling_stored: crate::placement::PartitionSet,
     removed: bool,
     /// When links follow a topology change that removed a connected node (see `topology`).
     relink_at: Option<u64>,
@@ -233,6 +253,24 @@ enum Input {
 }
 
 impl Driver {
+    /// Keeps the partitions still filling in the data directory when some start filling
+    /// or all have filled (see `node::filling`).
+    fn store_filling(&mut self) {
+        let Some(path) = &self.filling_file else {
+            return;
+        };
+        let now = self.replica.filling();
+        if !super::filling::must_write(&self.filling_stored, now) {
+            return;
+        }
+        match super::filling::write(path, now) {
+            Ok(()) => self.filling_stored = now.clone(),
+            Err(e) => {
+                tracing::error!(node = %self.id, path = %path.display(), "cannot store the partitions still filling: {e}")
+            }
+        }
+    }
+
     fn now(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -308,6 +346,7 @@ impl Driver {
             self.run_effects();
             if *self.filling.borrow() != *self.replica.filling() {
                 self.filling.send_replace(self.replica.filling().clone());
+                self.store_filling();
             }
         }
     }

@@ -32,6 +32,7 @@
 mod builder;
 pub(crate) mod client_queue;
 mod driver;
+mod filling;
 mod forward;
 mod links;
 mod listing;
@@ -141,6 +142,17 @@ pub enum Error {
     /// The live topology stored in the data directory cannot be read.
     #[error("{path}: the stored live topology cannot be read: {detail}")]
     StoredTopology {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The partitions this node was filling, stored in its data directory, cannot be read.
+    #[error(
+        "{path}: the partitions this node was filling cannot be read: {detail} (remove the \
+         file to serve them as they are)"
+    )]
+    StoredFilling {
         /// The file.
         path: std::path::PathBuf,
         /// What is wrong.

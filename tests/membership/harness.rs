@@ -248,6 +248,16 @@ impl Nodes {
         child.terminate().await
     }
 
+    /// SIGKILL, then waits for the exit.
+    #[allow(dead_code)] // by tests/scale_out.rs only
+    pub(crate) async fn kill(&mut self, id: &str) -> ExitStatus {
+        let mut child = self
+            .children
+            .remove(id)
+            .unwrap_or_else(|| panic!("{id} does not run"));
+        child.kill().await
+    }
+
     /// The ids of the running children.
     pub(crate) fn running(&self) -> Vec<String> {
         self.children.keys().cloned().collect()

@@ -211,7 +211,8 @@ impl Sim {
                     .entry((i, life, token))
                     .or_default()
                     .push(self.writes.len());
-                self.write_index.insert(hash, self.writes.len());
+                self.write_index
+                    .insert((doc.to_string(), hash), self.writes.len());
                 self.writes.push(WriteRecord {
                     node: i,
                     want_ack,

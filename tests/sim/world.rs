@@ -291,7 +291,9 @@ pub(crate) struct Sim {
     /// Bumped when everything heals, so older Heal events do nothing.
     pub(crate) era: u64,
     pub(crate) writes: Vec<WriteRecord>,
-    pub(crate) write_index: BTreeMap<ChangeHash, usize>,
+    /// Writes by document and hash (two documents may get the same change: a node's first
+    /// change to each of two documents it did not have, with equal ops and time).
+    pub(crate) write_index: BTreeMap<(String, ChangeHash), usize>,
     /// Writes waiting for their persist: (node, life, token) → indexes into `writes`.
     pub(crate) awaiting: BTreeMap<(usize, u64, u64), Vec<usize>>,
     pub(crate) config: CoreConfig,
@@ -710,7 +712,7 @@ impl Sim {
                 self.acked_effects += 1;
                 let w = self
                     .write_index
-                    .get(&hash)
+                    .get(&(doc.clone(), hash))
                     .map(|&w| &self.writes[w])
                     .unwrap_or_else(|| panic!("n{i} got an ack for {hash}, not a write"));
                 assert!(
@@ -723,7 +725,7 @@ impl Sim {
                     self.nodes[j].durable.contains(&hash),
                     "n{i} got an ack from n{j} for {hash}, which n{j} has not persisted"
                 );
-                let w = self.write_index[&hash];
+                let w = self.write_index[&(doc.clone(), hash)];
                 self.writes[w].acks.insert(j);
                 if let Err(e) = self.check_copies(Some(&doc)) {
                     panic!("after n{j} acked {hash} of {doc} to n{i}: {e}");

@@ -169,6 +169,22 @@ impl Replica {
         self.handoff.filling = filling;
     }
 
+    /// Partitions this node was filling when it stopped (kept by its driver): those it
+    /// still replicates fill again, for at most [`FILL_LIMIT_MS`] from now.
+    pub fn resume_filling(&mut self, stored: &PartitionSet) {
+        let Some(held) = &self.handoff.held else {
+            return;
+        };
+        let mut filling = self.handoff.filling.clone();
+        for p in stored.iter().filter(|&p| held.contains(p)) {
+            filling.insert(p);
+        }
+        if filling != self.handoff.filling {
+            self.handoff.filling = filling;
+            self.handoff.filling_until = self.now.saturating_add(FILL_LIMIT_MS);
+        }
+    }
+
     /// Partitions this node replicates since a change of the topology but has not yet
     /// filled: until a reconciliation with one of their other replicas finds nothing
     /// different (or [`FILL_LIMIT_MS`] has passed), reads and writes of their documents go
