@@ -70,9 +70,11 @@ pub(super) struct Handoffs {
     /// offers this node passed on (as a replica or a carrier), answered on their behalf
     /// for [`KNOWN_PERIODS`] anti-entropy periods.
     known: HashMap<String, Known>,
-    /// Documents this node asked for to carry them (see the module doc), and when: their
+    /// Documents this node asked for to carry them (see `confirm`), and when: their
     /// changes are taken although this node neither replicates nor has them.
     pub(super) carrying: HashMap<String, u64>,
+    /// When `known` and `carrying` were last pruned.
+    forgot_at: u64,
 }
 
 impl Replica {
@@ -247,7 +249,6 @@ impl Replica {
         else {
             return;
         };
-        self.forget_known(now);
         let connected: Vec<String> = self.peers.keys().cloned().collect();
         let mut by_peer: BTreeMap<String, Vec<HandoffDoc>> = BTreeMap::new();
         let mut confirmed = Vec::new();

@@ -60,6 +60,9 @@ impl Replica {
         if let Some(t) = self.fill_due() {
             at(t);
         }
+        if let Some(t) = self.forget_due() {
+            at(t);
+        }
         next
     }
 
@@ -76,6 +79,7 @@ impl Replica {
         self.retry_failed(now);
         self.handoff_tick(now);
         self.fill_tick(now);
+        self.forget_known(now);
         for (id, peer) in self.peers.iter_mut() {
             if peer.owed_at.is_some_and(|t| t <= now) {
                 peer.owed_at = None;

@@ -105,13 +105,7 @@ impl Replica {
             }
         }
         for (hop, docs) in passed {
-            self.effects.push(Effect::Send {
-                to: hop,
-                msg: Message::Handoff {
-                    docs,
-                    leaving: false,
-                },
-            });
+            self.send_offers(hop, docs);
         }
         if !confirmed.is_empty() {
             self.effects.push(Effect::Send {
@@ -219,11 +213,25 @@ impl Replica {
     }
 
     /// Confirmations passed on, and documents asked for to carry them, are forgotten
-    /// [`KNOWN_PERIODS`] anti-entropy periods on.
-    pub(super) fn forget_known(&mut self, now: u64) {
+    /// [`KNOWN_PERIODS`] anti-entropy periods on (looked at once a period).
+    pub(in crate::core::replica) fn forget_known(&mut self, now: u64) {
+        if self.forget_due().is_none_or(|at| at > now) {
+            return;
+        }
+        self.handoff.forgot_at = now;
         let horizon = now.saturating_sub(KNOWN_PERIODS * self.config.anti_entropy_ms);
         self.handoff.known.retain(|_, k| k.at >= horizon);
         self.handoff.carrying.retain(|_, &mut at| at >= horizon);
+    }
+
+    /// When `forget_known` is next due, if anything is remembered.
+    pub(in crate::core::replica) fn forget_due(&self) -> Option<u64> {
+        let remembered = !self.handoff.known.is_empty() || !self.handoff.carrying.is_empty();
+        remembered.then(|| {
+            self.handoff
+                .forgot_at
+                .saturating_add(self.config.anti_entropy_ms)
+        })
     }
 
     /// Whether every change of `doc` here is durable.
