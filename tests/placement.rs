@@ -406,17 +406,34 @@ async fn bad_forwarded_requests_are_refused_and_change_nothing() {
 /// follows it at its replicas, so changes written anywhere reach the watcher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_at_a_node_that_does_not_replicate_a_document_sees_its_changes() {
-    let cluster = cluster(TopologyKind::Mesh).await;
+    watch_at_an_outsider(TopologyKind::Mesh).await;
+}
+
+/// The same on a ring, at a node linked to neither replica: it follows through the node
+/// between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_ring_a_watch_two_hops_from_the_replicas_sees_the_documents_changes() {
+    watch_at_an_outsider(TopologyKind::Ring(RingDirection::Both)).await;
+}
+
+async fn watch_at_an_outsider(kind: TopologyKind) {
+    let cluster = cluster(kind).await;
     let d = doc(3);
+    let t = &cluster.topology;
     let replica = cluster
         .ids
         .iter()
-        .position(|id| cluster.topology.holds(id, &d))
+        .position(|id| t.holds(id, &d))
         .expect("a replica");
+    // Not a replica, and on a ring not a neighbour of one either.
     let outsider = cluster
         .ids
         .iter()
-        .position(|id| !cluster.topology.holds(id, &d))
+        .position(|id| {
+            !t.holds(id, &d)
+                && (kind == TopologyKind::Mesh
+                    || t.neighbours(id).iter().all(|n| !t.holds(n, &d)))
+        })
         .expect("a node that does not replicate it");
     let writer = cluster.node(replica);
     ops(

@@ -9,6 +9,12 @@
 //! written elsewhere). Once no client follows the document, the node stops following and
 //! its copy is handed off and dropped like any document it does not replicate (see
 //! `handoff`).
+//!
+//! Where the node is not linked to a replica (a ring of more than three nodes), it follows
+//! at the next hop towards the replicas instead, which relays: it follows the document
+//! itself in turn, keeps a copy, and passes changes on both ways (a node pushes a
+//! document's changes to the peers it follows it at as well as to those that follow it
+//! there).
 
 use std::collections::BTreeSet;
 
@@ -18,8 +24,10 @@ use crate::core::Effect;
 use crate::wire::Message;
 
 impl Replica {
-    /// At each flush: follows of the documents this node's clients follow but it does not
-    /// replicate are asked of their connected replicas, and ended where no client follows.
+    /// At each flush: follows of the documents this node's clients follow (or wait for),
+    /// watchers watch or peers follow here but it does not replicate are asked of the
+    /// next hops towards their replicas (the replicas themselves where linked), and ended
+    /// where nothing follows any more.
     pub(super) fn sync_follows(&mut self) {
         let Some(placement) = self.router.placement() else {
             return;
@@ -27,7 +35,9 @@ impl Replica {
         let wanted: BTreeSet<String> = self
             .clients
             .followed_docs()
+            .chain(self.clients.waiting.keys())
             .chain(self.watched.iter())
+            .chain(self.remote_followers.keys())
             .filter(|doc| !placement.holds_doc(&self.id, doc))
             .cloned()
             .collect();
@@ -35,8 +45,15 @@ impl Replica {
         for doc in &wanted {
             let asked = self.following.entry(doc.clone()).or_default();
             for r in placement.replicas_of(doc) {
-                if self.peers.contains_key(r) && asked.insert(r.to_string()) {
-                    sends.push((r.to_string(), doc.clone(), true));
+                let Some(hop) = self.router.next_hop(&self.id, r, &self.connected) else {
+                    continue;
+                };
+                let relayed_by_it = self
+                    .remote_followers
+                    .get(doc)
+                    .is_some_and(|f| f.contains(&hop));
+                if !relayed_by_it && asked.insert(hop.clone()) {
+                    sends.push((hop, doc.clone(), true));
                 }
             }
         }
@@ -80,21 +97,23 @@ impl Replica {
         }
     }
 
-    /// Whether clients or watchers here follow `doc`.
+    /// Whether clients, watchers or peers here follow `doc`.
     pub(super) fn followed_here(&self, doc: &str) -> bool {
-        self.clients.is_followed(doc) || self.watched.contains(doc)
+        self.clients.is_followed(doc)
+            || self.watched.contains(doc)
+            || self.remote_followers.contains_key(doc)
     }
 
-    /// A peer follows (or no longer) documents this node replicates.
+    /// A peer follows (or no longer) documents this node replicates, or relays towards
+    /// their replicas.
     pub(super) fn receive_follow(&mut self, from: &str, docs: Vec<String>, follow: bool) {
-        let Some(placement) = self.router.placement() else {
+        if self.router.placement().is_none() {
             return;
-        };
-        let mine: Vec<String> = docs
+        }
+        for doc in docs
             .into_iter()
-            .filter(|d| crate::doc_id::is_valid_doc_id(d) && placement.holds_doc(&self.id, d))
-            .collect();
-        for doc in mine {
+            .filter(|d| crate::doc_id::is_valid_doc_id(d))
+        {
             if !follow {
                 if let Some(set) = self.remote_followers.get_mut(&doc) {
                     set.remove(from);
@@ -109,9 +128,15 @@ impl Replica {
                 .entry(doc.clone())
                 .or_default()
                 .insert(from.to_string());
-            if added {
+            let here = self
+                .router
+                .placement()
+                .is_some_and(|p| p.holds_doc(&self.id, &doc))
+                || self.docs.has_doc(&doc);
+            if added && here {
                 // Compare heads with the follower: each side then sends what the other
-                // lacks.
+                // lacks. (A relay without a copy yet has nothing to compare: what it gets
+                // from the replicas goes on to the follower.)
                 if let Some(p) = self.peers.get_mut(from) {
                     p.want(Wanted {
                         doc,
@@ -135,8 +160,13 @@ impl Replica {
         }
     }
 
-    /// The peers following `doc` here (empty but for documents this node replicates).
+    /// The peers following `doc` here, and those this node follows it at: its changes go
+    /// to both (see the module doc).
     pub(super) fn followers_of(&self, doc: &str) -> impl Iterator<Item = &String> {
-        self.remote_followers.get(doc).into_iter().flatten()
+        self.remote_followers
+            .get(doc)
+            .into_iter()
+            .flatten()
+            .chain(self.following.get(doc).into_iter().flatten())
     }
 }
