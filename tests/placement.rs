@@ -431,8 +431,7 @@ async fn watch_at_an_outsider(kind: TopologyKind) {
         .iter()
         .position(|id| {
             !t.holds(id, &d)
-                && (kind == TopologyKind::Mesh
-                    || t.neighbours(id).iter().all(|n| !t.holds(n, &d)))
+                && (kind == TopologyKind::Mesh || t.neighbours(id).iter().all(|n| !t.holds(n, &d)))
         })
         .expect("a node that does not replicate it");
     let writer = cluster.node(replica);

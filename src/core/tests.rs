@@ -158,7 +158,40 @@ struct Cluster {
     to_clients: Vec<(String, u64, ClientMsg)>,
 }
 
+/// The six nodes of [`Cluster::ring`].
+const RING: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+
 impl Cluster {
+    /// Six nodes linked in a two-way ring (a–b–c–d–e–f–a), each document on two of them,
+    /// and a document whose replicas are c and d (two hops from a and from f).
+    fn ring() -> (Cluster, crate::topology::Topology, String) {
+        use crate::config::{RingDirection, TopologyKind};
+        let ids = RING.iter().map(|s| s.to_string()).collect();
+        let t = crate::topology::Topology::new(
+            TopologyKind::Ring(RingDirection::Both),
+            ids,
+            Vec::new(),
+        )
+        .with_replicas(Some(2))
+        .unwrap();
+        let doc = (0..)
+            .map(|i| format!("doc-{i}"))
+            .find(|d| {
+                let mut r = t.replicas_of(d);
+                r.sort();
+                r == ["c", "d"]
+            })
+            .unwrap();
+        let mut c = Cluster::new(&RING, CoreConfig::default());
+        for id in RING {
+            c.node(id).set_router(Box::new(t.clone()));
+        }
+        for (i, id) in RING.iter().enumerate() {
+            c.link(id, RING[(i + 1) % RING.len()]);
+        }
+        (c, t, doc)
+    }
+
     fn new(ids: &[&str], config: CoreConfig) -> Self {
         Cluster {
             nodes: ids

@@ -362,72 +362,39 @@ fn clients_of_two_non_replicas_edit_a_document_together() {
     c.put("c", &doc, "base", 1, false);
     c.pump("c");
     c.run();
-    let mut x = Client::new(&mut c, "a", 1);
-    let mut y = Client::new(&mut c, "b", 2);
-    x.sync(&mut c, &doc, true);
-    y.sync(&mut c, &doc, true);
-    assert_eq!(x.get("base"), Some(1), "x found it through a");
-    assert_eq!(y.get("base"), Some(1), "y found it through b");
-    x.put("x", 2);
-    x.sync(&mut c, &doc, false);
-    y.sync(&mut c, &doc, false);
-    assert_eq!(y.get("x"), Some(2), "x's edit reached y");
-    y.put("y", 3);
-    y.sync(&mut c, &doc, false);
-    x.sync(&mut c, &doc, false);
-    assert_eq!(x.get("y"), Some(3), "y's edit reached x");
-    let at_c = c.node("c").load(&doc).unwrap().unwrap().get_heads();
-    assert_eq!(at_c, x.doc.get_heads(), "the replica has both");
+    edit_together(&mut c, &doc, ["a", "b"], &["c"]);
 }
 
 #[test]
 fn on_a_ring_clients_two_hops_from_the_replicas_edit_a_document_together() {
-    use crate::config::{RingDirection, TopologyKind};
-    use crate::topology::Topology;
-    const RING: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
-    let t = Topology::new(
-        TopologyKind::Ring(RingDirection::Both),
-        RING.iter().map(|s| s.to_string()).collect(),
-        Vec::new(),
-    )
-    .with_replicas(Some(2))
-    .unwrap();
-    let mut c = Cluster::new(&RING, CoreConfig::default());
-    for id in RING {
-        c.node(id).set_router(Box::new(t.clone()));
-    }
-    for (i, id) in RING.iter().enumerate() {
-        c.link(id, RING[(i + 1) % RING.len()]);
-    }
-    // Replicas c and d: a and f are two hops from them, linked to neither.
-    let doc = (0..)
-        .map(|i| format!("d{i}"))
-        .find(|d| {
-            let mut r = t.replicas_of(d);
-            r.sort();
-            r == ["c", "d"]
-        })
-        .unwrap();
+    // Replicas c and d: a and f are two hops from them, linked to neither. Edits travel
+    // along the follows, without waiting for handoff rounds.
+    let (mut c, _, doc) = Cluster::ring();
     c.put("c", &doc, "base", 1, false);
     c.pump("c");
     c.run();
-    let mut x = Client::new(&mut c, "a", 1);
-    let mut y = Client::new(&mut c, "f", 2);
-    x.sync(&mut c, &doc, true);
-    y.sync(&mut c, &doc, true);
-    assert_eq!(x.get("base"), Some(1), "x found it through a (via b)");
-    assert_eq!(y.get("base"), Some(1), "y found it through f (via e)");
-    // Edits travel along the follows, without waiting for handoff rounds.
+    edit_together(&mut c, &doc, ["a", "f"], &["c", "d"]);
+}
+
+/// Clients on nodes `at` find `doc` (which has `base` = 1), and each sees the other's
+/// edit; the `replicas` end with both.
+fn edit_together(c: &mut Cluster, doc: &str, at: [&'static str; 2], replicas: &[&str]) {
+    let mut x = Client::new(c, at[0], 1);
+    let mut y = Client::new(c, at[1], 2);
+    x.sync(c, doc, true);
+    y.sync(c, doc, true);
+    assert_eq!(x.get("base"), Some(1), "x found it through {}", at[0]);
+    assert_eq!(y.get("base"), Some(1), "y found it through {}", at[1]);
     x.put("x", 2);
-    x.sync(&mut c, &doc, false);
-    y.sync(&mut c, &doc, false);
+    x.sync(c, doc, false);
+    y.sync(c, doc, false);
     assert_eq!(y.get("x"), Some(2), "x's edit reached y");
     y.put("y", 3);
-    y.sync(&mut c, &doc, false);
-    x.sync(&mut c, &doc, false);
+    y.sync(c, doc, false);
+    x.sync(c, doc, false);
     assert_eq!(x.get("y"), Some(3), "y's edit reached x");
-    for r in ["c", "d"] {
-        let at = c.node(r).load(&doc).unwrap().unwrap().get_heads();
+    for r in replicas {
+        let at = c.node(r).load(doc).unwrap().unwrap().get_heads();
         assert_eq!(at, x.doc.get_heads(), "replica {r} has both edits");
     }
 }

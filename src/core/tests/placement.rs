@@ -442,24 +442,7 @@ fn a_node_takes_the_push_of_a_document_it_watches_without_replicating_it() {
 
 #[test]
 fn on_a_ring_a_stray_far_from_its_replicas_is_carried_to_them_hop_by_hop() {
-    use crate::config::RingDirection;
-    const RING: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
-    let ids = RING.iter().map(|s| s.to_string()).collect();
-    let t = Topology::new(TopologyKind::Ring(RingDirection::Both), ids, Vec::new())
-        .with_replicas(Some(2))
-        .unwrap();
-    // A document whose replicas are c and d: two hops from a either way round.
-    let d = (0..)
-        .map(|i| format!("doc-{i}"))
-        .find(|d| replicas(&t, d) == ["c", "d"])
-        .unwrap();
-    let mut c = Cluster::new(&RING, CoreConfig::default());
-    for id in RING {
-        c.node(id).set_router(Box::new(t.clone()));
-    }
-    for (i, id) in RING.iter().enumerate() {
-        c.link(id, RING[(i + 1) % RING.len()]);
-    }
+    let (mut c, _, d) = Cluster::ring();
     // a takes a write of it (a hint: a is linked to neither replica).
     c.put("a", &d, "hinted", 7, false);
     c.pump("a");
