@@ -816,7 +816,7 @@ impl Node {
     /// A stream of change notifications for `doc` (local and remote changes). A receiver
     /// that falls behind loses old events (`Lagged`); it never slows the node. A node that
     /// does not replicate `doc` keeps a copy and follows it at its replicas while it is
-    /// watched (changes reach it from the replicas it is linked to).
+    /// watched (on a ring, through the nodes between).
     pub async fn subscribe(&self, doc: &str) -> Result<broadcast::Receiver<DocEvent>, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Subscribe {
