@@ -384,8 +384,12 @@ impl Driver {
                 self.gather
                     .event("peer-down", format!("link to {peer} down"));
                 self.replica.peer_down(now, &peer);
-                let changes = self.links.mark_down(&peer);
-                self.apply_links(changes);
+                // A link this node closed itself (healing no longer needed) says nothing
+                // about the peer: believed down, it would be routed around for good.
+                if self.links.wants(&peer) {
+                    let changes = self.links.mark_down(&peer);
+                    self.apply_links(changes);
+                }
             }
             Input::Event(TransportEvent::DialFailed(peer)) => {
                 let changes = self.links.mark_down(&peer);
