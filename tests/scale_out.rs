@@ -833,15 +833,9 @@ async fn grows_and_shrinks(kind: &str, r: usize) {
     };
     let _serial = SERIAL.lock().await;
     let t = Instant::now();
-    let mut nodes = Nodes {
-        init: ProcCluster::init_with(NODES, kind, Some(r)),
-        children: BTreeMap::new(),
-        clients: BTreeMap::new(),
-        starts: BTreeMap::new(),
-    };
+    let mut nodes = Nodes::of(ProcCluster::init_with(NODES, kind, Some(r)));
     let file = nodes.file();
     let file_s = file.display().to_string();
-    nodes.learn(&file);
     let ids: Vec<String> = nodes.init.ids();
     for id in &ids {
         nodes.start(id, &file).await;
@@ -1026,15 +1020,9 @@ async fn filling_at(nodes: &Nodes, id: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_while_filling_fills_again_after_restart() {
     let _serial = SERIAL.lock().await;
-    let mut nodes = Nodes {
-        init: ProcCluster::init_with(4, "mesh", Some(2)),
-        children: BTreeMap::new(),
-        clients: BTreeMap::new(),
-        starts: BTreeMap::new(),
-    };
+    let mut nodes = Nodes::of(ProcCluster::init_with(4, "mesh", Some(2)));
     let file = nodes.file();
     let file_s = file.display().to_string();
-    nodes.learn(&file);
     // Only n1 runs: n4 is removed through it, so n1 takes over partitions that only n2 or
     // n3, which are down, can fill.
     nodes.start("n1", &file).await;

@@ -623,15 +623,9 @@ async fn tenth_node_joins_a_mesh_of_nine_under_writes() {
         "the process tests' tuning is appended"
     );
     init.write_config(&format!("{}{tuning}", &text[..text.len() - TUNING.len()]));
-    let mut nodes = Nodes {
-        init,
-        children: BTreeMap::new(),
-        clients: BTreeMap::new(),
-        starts: BTreeMap::new(),
-    };
+    let mut nodes = Nodes::of(init);
     let file = nodes.file();
     let file_s = file.display().to_string();
-    nodes.learn(&file);
     let before_config = Config::load(&file).expect("the file init wrote");
     let before = before_config.topology();
     let ids: Vec<String> = nodes.init.ids();

@@ -57,7 +57,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         core_config,
     );
     let storage = config.storage.clone();
-    let (store, replica) =
+    let (store, mut replica) =
         tokio::task::spawn_blocking(move || super::load::open_store(storage, replica))
             .await
             .map_err(|_| Error::Stopped)??;
@@ -103,7 +103,6 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     let filling_file = topology_file
         .as_ref()
         .map(|t| t.with_file_name(super::filling::FILLING_FILE));
-    let mut replica = replica;
     let mut filling_stored = crate::placement::PartitionSet::empty();
     if let Some(path) = &filling_file {
         filling_stored = super::filling::read(path).map_err(|detail| Error::StoredFilling {
@@ -384,12 +383,8 @@ impl Driver {
                 self.gather
                     .event("peer-down", format!("link to {peer} down"));
                 self.replica.peer_down(now, &peer);
-                // A link this node closed itself (healing no longer needed) says nothing
-                // about the peer: believed down, it would be routed around for good.
-                if self.links.wants(&peer) {
-                    let changes = self.links.mark_down(&peer);
-                    self.apply_links(changes);
-                }
+                let changes = self.links.mark_down(&peer);
+                self.apply_links(changes);
             }
             Input::Event(TransportEvent::DialFailed(peer)) => {
                 let changes = self.links.mark_down(&peer);

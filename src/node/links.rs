@@ -36,8 +36,13 @@ impl Links {
         self.recompute()
     }
 
-    /// A dial failed or a connection was lost.
+    /// A dial failed or a connection was lost. Not for a link this node no longer wants
+    /// (closed by itself once ring healing was no longer needed): that says nothing about
+    /// the peer, and believed down it would be routed around for good.
     pub(crate) fn mark_down(&mut self, peer: &str) -> LinkChanges {
+        if !self.wanted.contains(peer) {
+            return LinkChanges::default();
+        }
         if self.down.insert(peer.to_string()) {
             tracing::info!(node = %self.me, peer, "peer down");
             self.recompute()

@@ -2,7 +2,7 @@
 //! topology and link checks, joins timed until the new node holds everything.
 
 use super::common::checker::{check, Effect, History, ReplicaState, SharedHistory};
-use super::common::procs::access::{linked_peers, links_up, Access};
+use super::common::procs::access::{linked_peers, links_up, listing_heads, Access};
 use super::common::procs::workload::{Workload, WriteSpec};
 use super::common::procs::{free_base_port, peers_line, ChildGuard, ProcCluster, BIN, POLL};
 use concordant::client::Client;
@@ -137,8 +137,14 @@ pub(crate) struct Nodes {
 impl Nodes {
     /// `concordant init --nodes n --topology <topology>` on free ports; nothing started.
     pub(crate) fn init(n: usize, topology: &str) -> Nodes {
+        Nodes::of(ProcCluster::init(n, topology))
+    }
+
+    /// The nodes of a cluster `init` wrote, its file's API addresses learnt; nothing
+    /// started.
+    pub(crate) fn of(init: ProcCluster) -> Nodes {
         let mut nodes = Nodes {
-            init: ProcCluster::init(n, topology),
+            init,
             children: BTreeMap::new(),
             clients: BTreeMap::new(),
             starts: BTreeMap::new(),
@@ -530,22 +536,7 @@ pub(crate) async fn state_now(nodes: &Nodes, id: &str) -> Result<ReplicaState, S
     let list = concordant::client::docs(&client)
         .await
         .map_err(|e| e.to_string())?;
-    let entries: Vec<(String, Vec<String>)> = list
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-        .iter()
-        .map(|d| {
-            let heads = d["heads"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or(&[])
-                .iter()
-                .filter_map(|h| h.as_str().map(str::to_string))
-                .collect();
-            (d["id"].as_str().unwrap_or_default().to_string(), heads)
-        })
-        .collect();
+    let entries: Vec<(String, Vec<String>)> = listing_heads(&list);
     let reads = entries
         .iter()
         .map(|(doc, _)| concordant::client::get(&client, doc));

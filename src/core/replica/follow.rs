@@ -87,14 +87,18 @@ impl Replica {
             self.watched.remove(doc);
             return;
         }
-        let elsewhere = self
-            .router
-            .placement()
-            .is_some_and(|p| !p.holds_doc(&self.id, doc));
+        let elsewhere = self.placed_elsewhere(doc);
         if self.watched.insert(doc.to_string()) && elsewhere && self.docs.index().get(doc).is_none()
         {
             self.ask_peers(doc);
         }
+    }
+
+    /// Whether a placement puts `doc` on other nodes than this one.
+    pub(super) fn placed_elsewhere(&self, doc: &str) -> bool {
+        self.router
+            .placement()
+            .is_some_and(|p| !p.holds_doc(&self.id, doc))
     }
 
     /// Whether clients, watchers or peers here follow `doc`.
@@ -128,11 +132,7 @@ impl Replica {
                 .entry(doc.clone())
                 .or_default()
                 .insert(from.to_string());
-            let here = self
-                .router
-                .placement()
-                .is_some_and(|p| p.holds_doc(&self.id, &doc))
-                || self.docs.has_doc(&doc);
+            let here = !self.placed_elsewhere(&doc) || self.docs.has_doc(&doc);
             if added && here {
                 // Compare heads with the follower: each side then sends what the other
                 // lacks. (A relay without a copy yet has nothing to compare: what it gets

@@ -286,12 +286,13 @@ impl Replica {
                     continue;
                 }
                 match self.offer(&placement, &doc, now, &connected) {
-                    Offer::Confirmed => confirmed.push(doc),
-                    Offer::To(hops, offer) => {
+                    Some(Offer::Confirmed) => confirmed.push(doc),
+                    Some(Offer::To(hops, offer)) => {
                         for hop in hops {
                             by_peer.entry(hop).or_default().push(offer.clone());
                         }
                     }
+                    None => {}
                 }
             }
         }
@@ -304,12 +305,16 @@ impl Replica {
         }
     }
 
-    /// Stray `doc`, in memory with its heads: where to offer it (the next hops towards
-    /// the replicas that have not confirmed its heads), or confirmed by all of them.
-    fn offer(&mut self, placement: &Placement, doc: &str, now: u64, connected: &[String]) -> Offer {
-        let Some(heads) = self.docs.heads(doc) else {
-            return Offer::To(BTreeSet::new(), offer_of(doc, &[]));
-        };
+    /// Stray `doc`: where to offer it (the next hops towards the replicas that have not
+    /// confirmed its heads), or confirmed by all of them; `None` if its heads are not known.
+    fn offer(
+        &mut self,
+        placement: &Placement,
+        doc: &str,
+        now: u64,
+        connected: &[String],
+    ) -> Option<Offer> {
+        let heads = self.docs.heads(doc)?;
         let entry = self
             .handoff
             .offered
@@ -320,7 +325,7 @@ impl Replica {
         }
         if placement.replicas_of(doc).all(|r| entry.1.contains(r)) {
             // Every replica confirmed these heads, but the drop had to wait.
-            return Offer::Confirmed;
+            return Some(Offer::Confirmed);
         }
         let hops: BTreeSet<String> = placement
             .replicas_of(doc)
@@ -328,7 +333,7 @@ impl Replica {
             .filter_map(|r| self.router.next_hop(&self.id, r, connected))
             .collect();
         self.handoff.offered_at.insert(doc.to_string(), now);
-        Offer::To(hops, offer_of(doc, &heads))
+        Some(Offer::To(hops, offer_of(doc, &heads)))
     }
 
     /// A stray whose heads were read for a handoff round: offered now.
@@ -341,12 +346,13 @@ impl Replica {
         }
         let connected: Vec<String> = self.peers.keys().cloned().collect();
         match self.offer(&placement, doc, now, &connected) {
-            Offer::Confirmed => self.try_drop(&placement, doc.to_string()),
-            Offer::To(hops, offer) => {
+            Some(Offer::Confirmed) => self.try_drop(&placement, doc.to_string()),
+            Some(Offer::To(hops, offer)) => {
                 for hop in hops {
                     self.send_offers(hop, vec![offer.clone()]);
                 }
             }
+            None => {}
         }
     }
 

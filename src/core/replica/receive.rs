@@ -61,11 +61,7 @@ impl Replica {
     /// stored document with no heads, which no handoff offers or drops. Its replicas have
     /// them or get them.
     fn foreign(&self, doc: &str) -> bool {
-        let elsewhere = self
-            .router
-            .placement()
-            .is_some_and(|p| !p.holds_doc(&self.id, doc));
-        elsewhere
+        self.placed_elsewhere(doc)
             && !self.docs.has_doc(doc)
             && !self.followed_here(doc)
             && !self.clients.waiting.contains_key(doc)

@@ -181,11 +181,7 @@ impl Replica {
             // A document this node neither has nor replicates (dropped after its handoff
             // while the ask was on its way): nothing to send, nothing to ask for, unless
             // something here follows it (then it is asked for below).
-            None if !self.followed_here(&want.doc)
-                && self
-                    .router
-                    .placement()
-                    .is_some_and(|p| !p.holds_doc(&self.id, &want.doc)) => {}
+            None if !self.followed_here(&want.doc) && self.placed_elsewhere(&want.doc) => {}
             // We lack some of theirs: ask with our heads, once.
             Some(false) | None if !want.reply && !theirs.is_empty() => {
                 if let Some(p) = self.peers.get_mut(from) {

@@ -257,11 +257,7 @@ impl Replica {
             .iter()
             .all(|h| self.docs.has_change(doc, &ChangeHash(*h)));
         if !has_all {
-            let elsewhere = self
-                .router
-                .placement()
-                .is_some_and(|p| !p.holds_doc(&self.id, doc));
-            if elsewhere {
+            if self.placed_elsewhere(doc) {
                 // Carried on, or taken from a leaving node: its changes are let in.
                 self.handoff
                     .carrying
@@ -290,11 +286,11 @@ impl Replica {
         let Some(placement) = self.router.placement().cloned() else {
             return;
         };
+        // A leaving node counts every node that took a document (see `handoff_settled`).
+        let leaving = self.handoff.leaving;
         for confirmed in docs {
             let doc = confirmed.doc;
             let heads: Vec<ChangeHash> = confirmed.heads.into_iter().map(ChangeHash).collect();
-            // A leaving node counts every node that took a document (see `handoff_settled`).
-            let leaving = self.handoff.leaving;
             let named = confirmed
                 .by
                 .into_iter()
