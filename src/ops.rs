@@ -219,7 +219,7 @@ impl fmt::Display for PathDisplay<'_> {
 }
 
 /// The write concern of a request: who must have the change durably before the answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Ack {
     /// Durable on this node (`"local"`, the default, or `0`).
     Local,

@@ -63,6 +63,13 @@ impl PartitionSet {
         }
     }
 
+    /// Every partition.
+    pub fn full() -> PartitionSet {
+        PartitionSet {
+            bits: [u64::MAX; PARTITIONS as usize / 64],
+        }
+    }
+
     /// Adds `p` (ignored past [`PARTITIONS`]).
     pub fn insert(&mut self, p: Partition) {
         if let Some(word) = self.bits.get_mut(usize::from(p.0) / 64) {
@@ -87,6 +94,11 @@ impl PartitionSet {
         self.bits
             .get(usize::from(p.0) / 64)
             .is_some_and(|w| w & (1 << (p.0 % 64)) != 0)
+    }
+
+    /// Whether every partition of this set is in `other`.
+    pub fn is_subset(&self, other: &PartitionSet) -> bool {
+        self.bits.iter().zip(&other.bits).all(|(a, b)| a & !b == 0)
     }
 
     /// How many partitions the set holds.

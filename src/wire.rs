@@ -285,8 +285,18 @@ pub enum ForwardRequest {
     /// `POST /v1/docs/{id}/ops`: the write request as JSON
     /// ([`crate::ops::WriteRequest::to_json`]).
     Ops(String),
-    /// Merge Automerge data (a saved document or changes).
-    Merge(ByteBuf),
+    /// Merge Automerge data (a saved document or changes), with a write concern among
+    /// the document's replicas (`ack` other than local waits for the acknowledgements of
+    /// the data's last new change: meant for one change, a change function's, see
+    /// [`crate::Node::change_with`]), waiting at most `timeout_ms` for it.
+    Merge {
+        /// The data.
+        data: ByteBuf,
+        /// The write concern.
+        ack: crate::ops::Ack,
+        /// How long the write concern may take, in ms.
+        timeout_ms: u64,
+    },
     /// The document as JSON.
     Json,
     /// The document saved in Automerge's binary format.
@@ -319,12 +329,15 @@ pub enum ForwardOutcome {
         /// Replicas that acknowledged it.
         acked_by: Vec<String>,
     },
-    /// The merge is durable: new changes, and the heads after it.
+    /// The merge is durable (with its write concern met): new changes, the heads after it,
+    /// and the replicas that acknowledged it besides the one that answers.
     Merged {
         /// Changes new to the document.
         new_changes: u64,
         /// Heads after the merge.
         heads: Vec<[u8; 32]>,
+        /// Replicas that acknowledged it.
+        acked_by: Vec<String>,
     },
     /// The document as JSON text (`None`: the replica has no such document).
     Json(Option<String>),
@@ -394,7 +407,7 @@ impl Message {
             Message::Ephemeral(e) => e.data.len(),
             Message::Forward(f) => match &f.request {
                 ForwardRequest::Ops(json) => json.len(),
-                ForwardRequest::Merge(data) => data.len(),
+                ForwardRequest::Merge { data, .. } => data.len(),
                 _ => 0,
             },
             Message::Reply(r) => match &r.outcome {

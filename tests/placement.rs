@@ -147,7 +147,7 @@ async fn every_node_serves_every_document(kind: TopologyKind) {
         assert_eq!(node.json("never-written").await.expect("read"), None);
     }
     // Write concern among the document's replicas: `all` at a non-replica is acknowledged
-    // by both replicas.
+    // by both replicas, with a change function and with JSON ops.
     let d = doc(0);
     let outsider = nodes
         .iter()
@@ -161,13 +161,18 @@ async fn every_node_serves_every_document(kind: TopologyKind) {
         Duration::from_secs(5),
     )
     .await;
-    // A change function at a non-replica can wait only for one replica.
-    assert!(
-        written.is_err(),
-        "ack all with a change function at a non-replica"
+    // A change function at a non-replica: merged at a replica, which waits for the other.
+    let mut acked = written
+        .expect("ack all with a change function at a non-replica")
+        .acked_by;
+    acked.sort();
+    assert_eq!(
+        acked,
+        replicas(&cluster, &d),
+        "a change function's change acknowledged by every replica"
     );
     let request = concordant::ops::parse_write_request(
-        br#"{"ops":[{"op":"set","path":["acked"],"value":true}],"ack":"all"}"#,
+        br#"{"ops":[{"op":"set","path":["acked_ops"],"value":true}],"ack":"all"}"#,
     )
     .expect("request");
     let written = outsider.apply_ops(&d, request).await.expect("ack all");
@@ -196,7 +201,7 @@ async fn with_both_replicas_down_reads_answer_503_and_writes_are_hinted_then_han
     let mut cluster = cluster(TopologyKind::Mesh).await;
     let d = doc(7);
     let request = concordant::ops::parse_write_request(
-        br#"{"ops":[{"op":"set","path":["x"],"value":1}],"ack":"all"}"#,
+        br#"{"ops":[{"op":"set","path":["x"],"value":1},{"op":"set","path":["obj"],"value":{}}],"ack":"all"}"#,
     )
     .expect("request");
     cluster
@@ -241,6 +246,29 @@ async fn with_both_replicas_down_reads_answer_503_and_writes_are_hinted_then_han
         "the hint is stored"
     );
     assert_eq!(survivor.status().await.expect("status").hints, 1);
+    // A write through an object only the replicas have cannot be kept as a hint: 503
+    // naming them, nothing changed.
+    let request = concordant::ops::parse_write_request(
+        br#"{"ops":[{"op":"set","path":["obj","k"],"value":3}]}"#,
+    )
+    .expect("request");
+    let heads_here = |list: Vec<(String, Vec<automerge::ChangeHash>)>| {
+        list.into_iter().find(|(id, _)| *id == d).map(|(_, h)| h)
+    };
+    let heads = heads_here(survivor.docs().await.expect("listing"));
+    let e = survivor
+        .apply_ops(&d, request)
+        .await
+        .expect_err("a path the survivor's copy lacks");
+    assert_eq!(e.status(), 503, "{e}");
+    for r in &down {
+        assert!(e.to_string().contains(r.as_str()), "{e} names {r}");
+    }
+    assert_eq!(
+        heads_here(survivor.docs().await.expect("listing")),
+        heads,
+        "nothing changed"
+    );
     // The replicas come back: the hinted write reaches both, and the survivor drops it.
     for r in &down {
         let k = cluster.ids.iter().position(|id| id == r).expect("a node");
@@ -252,7 +280,7 @@ async fn with_both_replicas_down_reads_answer_503_and_writes_are_hinted_then_han
         for r in &down {
             let k = cluster.ids.iter().position(|id| id == r).expect("a node");
             let json = cluster.node(k).json(&d).await.expect("read");
-            on_replicas &= json == Some(json!({"x": 1, "hinted": 2}));
+            on_replicas &= json == Some(json!({"x": 1, "obj": {}, "hinted": 2}));
         }
         let kept = survivor.docs().await.expect("listing");
         if on_replicas && kept.iter().all(|(id, _)| *id != d) {
@@ -267,7 +295,7 @@ async fn with_both_replicas_down_reads_answer_503_and_writes_are_hinted_then_han
     assert_eq!(survivor.status().await.expect("status").hints, 0);
     assert_eq!(
         survivor.json(&d).await.expect("read"),
-        Some(json!({"x": 1, "hinted": 2}))
+        Some(json!({"x": 1, "obj": {}, "hinted": 2}))
     );
     cluster.shutdown().await;
 }

@@ -1065,3 +1065,109 @@ async fn a_node_killed_while_filling_fills_again_after_restart() {
         "filled before the restart"
     );
 }
+
+/// A node added to a running cluster fills its partitions from their other replicas
+/// before it serves them (on its first start it learns from its first peer that it was
+/// added, not one of the file's first nodes): with a replica down, the partitions it shares
+/// with that replica wait to fill; once it is back they fill, and every document reads the
+/// same through the new node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_to_a_running_cluster_fills_before_it_serves() {
+    fills_before_serving(Some(R)).await;
+}
+
+/// The same where every node stores every document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_to_a_fully_replicated_cluster_fills_before_it_serves() {
+    fills_before_serving(None).await;
+}
+
+async fn fills_before_serving(r: Option<usize>) {
+    let _serial = SERIAL.lock().await;
+    let mut nodes = Nodes::of(ProcCluster::init_with(3, "mesh", r));
+    let file = nodes.file();
+    let file_s = file.display().to_string();
+    for id in ["n1", "n2", "n3"] {
+        nodes.start(id, &file).await;
+    }
+    nodes.wait_links(&mesh_links(&["n1", "n2", "n3"])).await;
+    let docs: Vec<String> = (0..DOCS).map(doc).collect();
+    for (i, d) in docs.iter().enumerate() {
+        let request = json!({"ops": [{"op": "set", "path": ["v"], "value": i}], "ack": "all"});
+        nodes.access("n1").op(d, &request).await.expect("written");
+    }
+    // The three first nodes have nothing to fill.
+    for id in ["n1", "n2", "n3"] {
+        assert_eq!(filling_at(&nodes, id).await, 0, "{id} fills partitions");
+    }
+    let base = free_base_port(1);
+    let (peer, api) = (
+        format!("127.0.0.1:{}", base + 1),
+        format!("127.0.0.1:{}", base + 1001),
+    );
+    let ran = cli_ok(&[
+        "add-node", "--config", &file_s, "--id", "n4", "--peer", &peer, "--api", &api,
+    ])
+    .await;
+    eprintln!("add-node n4:\n{}", ran.text.trim_end());
+    if r.is_some() {
+        nodes.stop("n2").await;
+        nodes.start("n4", &file).await;
+        nodes.wait_links(&mesh_links(&["n1", "n3", "n4"])).await;
+        // n4 shares some partitions with n2 alone: those cannot fill while n2 is down.
+        let four = Topology::new(
+            concordant::config::TopologyKind::Mesh,
+            ["n1", "n2", "n3", "n4"].map(String::from).to_vec(),
+            Vec::new(),
+        )
+        .with_replicas(r)
+        .expect("a placement");
+        let shared = docs
+            .iter()
+            .filter(|d| four.holds("n4", d) && four.holds("n2", d))
+            .count();
+        assert!(shared > 0, "no document on n2 and n4 to test with");
+        let t = Instant::now();
+        loop {
+            let n = filling_at(&nodes, "n4").await;
+            assert!(
+                n > 0,
+                "n4 serves partitions it never filled (n2, their other replica, is down)"
+            );
+            if t.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        nodes.start("n2", &file).await;
+    } else {
+        nodes.start("n4", &file).await;
+        nodes
+            .wait_links(&mesh_links(&["n1", "n2", "n3", "n4"]))
+            .await;
+        // Every read through n4 finds the document, filled or not.
+        for (i, d) in docs.iter().enumerate() {
+            let got = nodes.access("n4").get(d).await.expect("read through n4");
+            assert_eq!(got, json!({"v": i}), "{d} through n4 right after it linked");
+        }
+    }
+    let t = Instant::now();
+    while filling_at(&nodes, "n4").await > 0 {
+        assert!(t.elapsed() < MOVES, "n4 did not fill within {MOVES:?}");
+        tokio::time::sleep(POLL).await;
+    }
+    eprintln!(
+        "n4 filled {:?} after its partitions' replicas were up",
+        t.elapsed()
+    );
+    let log = std::fs::read_to_string(nodes.path("logs").join("n4-1.log")).expect("n4's log");
+    assert!(
+        log.contains("this node joined a running cluster"),
+        "n4 does not know it joined: {}",
+        tail(&log, LOG_LINES)
+    );
+    for (i, d) in docs.iter().enumerate() {
+        let got = nodes.access("n4").get(d).await.expect("read through n4");
+        assert_eq!(got, json!({"v": i}), "{d} through n4");
+    }
+}

@@ -101,7 +101,18 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (arb_string(), any::<u16>()),
         prop_oneof![
             arb_string().prop_map(ForwardRequest::Ops),
-            arb_bytes().prop_map(ForwardRequest::Merge),
+            (arb_bytes(), 0..4usize, any::<u64>()).prop_map(|(data, k, timeout_ms)| {
+                let ack = match k {
+                    0 => concordant::ops::Ack::Local,
+                    3 => concordant::ops::Ack::All,
+                    k => concordant::ops::Ack::Peers(k),
+                };
+                ForwardRequest::Merge {
+                    data,
+                    ack,
+                    timeout_ms,
+                }
+            }),
             Just(ForwardRequest::Json),
             Just(ForwardRequest::Save),
         ],
@@ -121,8 +132,16 @@ fn arb_message() -> impl Strategy<Value = Message> {
     let outcome = prop_oneof![
         (heads(), prop::collection::vec(arb_string(), 0..3))
             .prop_map(|(heads, acked_by)| ForwardOutcome::Written { heads, acked_by }),
-        (any::<u64>(), heads())
-            .prop_map(|(new_changes, heads)| ForwardOutcome::Merged { new_changes, heads }),
+        (
+            any::<u64>(),
+            heads(),
+            prop::collection::vec(arb_string(), 0..3)
+        )
+            .prop_map(|(new_changes, heads, acked_by)| ForwardOutcome::Merged {
+                new_changes,
+                heads,
+                acked_by
+            }),
         prop::option::of(arb_string()).prop_map(ForwardOutcome::Json),
         prop::option::of(arb_bytes()).prop_map(ForwardOutcome::Saved),
         (any::<u16>(), arb_string(), heads()).prop_map(|(status, message, heads)| {

@@ -100,9 +100,13 @@ impl HttpError {
                 StatusCode::CONFLICT,
                 format!("topology change refused: {why}"),
             ),
-            Error::Unreachable { doc, replicas } => {
-                let listed = json!(replicas);
-                let e = Error::Unreachable { doc, replicas };
+            e @ (Error::Unreachable { .. } | Error::NotHinted { .. }) => {
+                let listed = match &e {
+                    Error::Unreachable { replicas, .. } | Error::NotHinted { replicas, .. } => {
+                        json!(replicas)
+                    }
+                    _ => json!([]),
+                };
                 let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
                 err.extra.insert("replicas".into(), listed);
                 err

@@ -459,35 +459,60 @@ impl Replica {
         self.apply_doc(doc);
         let state = self.docs.get_or_create(doc)?;
         let merged = lend::merge_into(doc, state, data);
-        self.merged(now, doc, merged)
+        self.merged(now, doc, merged, false)
+            .map(|w| (w.value, w.persist_token))
     }
 
     /// After a merge into `doc` in memory: its new changes are pushed and queued for
-    /// persistence.
+    /// persistence; with `want_ack`, the acknowledgements of the last new change are
+    /// awaited (its `hash`: a change function's single change merged at a replica, see
+    /// [`crate::wire::ForwardRequest::Merge`]). The value is the number of new changes.
     fn merged(
         &mut self,
         now: u64,
         doc: &str,
         merged: Result<Merged, CoreError>,
-    ) -> Result<(usize, Option<u64>), CoreError> {
+        want_ack: bool,
+    ) -> Result<LocalWrite<usize>, CoreError> {
+        let nothing = |heads| LocalWrite {
+            value: 0,
+            hash: None,
+            heads,
+            persist_token: None,
+        };
         let bytes = match merged {
             Ok(m) if !m.bytes.is_empty() => m.bytes,
             other => {
                 self.docs.remove_if_empty(doc);
-                return other.map(|_| (0, None));
+                let heads = self.docs.heads(doc).unwrap_or_default();
+                return other.map(|_| nothing(heads));
             }
         };
         let Some(state) = self.docs.peek_mut(doc) else {
-            return Ok((0, None));
+            return Ok(nothing(Vec::new()));
         };
         state.last_change_ms = now;
         let heads = state.doc.get_heads();
         let count = bytes.len();
         self.docs.refresh(doc);
+        // Bytes this replica encoded from a change it holds: they parse.
+        let hash = bytes
+            .last()
+            .and_then(|b| automerge::Change::try_from(b.as_slice()).ok())
+            .map(|c| c.hash())
+            .filter(|_| want_ack);
+        if let Some(hash) = hash {
+            self.awaited.insert(hash, doc.to_string());
+        }
         let me = self.id.clone();
-        self.accept_new(doc, &me, None, false, bytes);
-        self.notify(doc.to_string(), heads);
-        Ok((count, Some(self.batches.token())))
+        self.accept_new(doc, &me, None, want_ack, bytes);
+        self.notify(doc.to_string(), heads.clone());
+        Ok(LocalWrite {
+            value: count,
+            hash,
+            heads,
+            persist_token: Some(self.batches.token()),
+        })
     }
 
     /// A link to `peer` is up: it becomes a push target, and the node of the two with the

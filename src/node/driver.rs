@@ -104,6 +104,10 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         .as_ref()
         .map(|t| t.with_file_name(super::filling::FILLING_FILE));
     let mut filling_stored = crate::placement::PartitionSet::empty();
+    // A first start (no live topology stored yet): whether this node is one of the
+    // cluster's first nodes or was added to a running cluster is known once a peer's
+    // topology comes (see `topology`); until then it serves nothing it could forward.
+    let joining = topology_file.as_ref().is_some_and(|t| !t.exists());
     if let Some(path) = &filling_file {
         filling_stored = super::filling::read(path).map_err(|detail| Error::StoredFilling {
             path: path.clone(),
@@ -120,7 +124,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     let jobs = store_thread::spawn(store, tuning.compact_after, done_tx, health_tx.clone());
     let (commands_tx, commands) = mpsc::channel(1024);
     let (topology_tx, topology_rx) = watch::channel(config.topology.clone());
-    let (filling_tx, filling_rx) = watch::channel(replica.filling().clone());
+    let (filling_tx, filling_rx) = watch::channel(served_filling(&replica, joining));
     let node = Node {
         id: config.id.clone(),
         max_change_ops: config.tuning.max_change_ops,
@@ -164,6 +168,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         topology_file,
         filling_file,
         filling_stored,
+        joining,
         removed: false,
         relink_at: None,
         draining: None,
@@ -185,6 +190,17 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         }
     });
     Ok(node)
+}
+
+/// The partitions whose reads and writes go to other replicas while they are reachable:
+/// those still filling, or all of them while a first start waits to know whether the node
+/// joined a running cluster (see `topology`).
+fn served_filling(replica: &Replica, joining: bool) -> crate::placement::PartitionSet {
+    if joining {
+        crate::placement::PartitionSet::full()
+    } else {
+        replica.filling().clone()
+    }
 }
 
 struct Driver {
@@ -233,6 +249,9 @@ struct Driver {
     /// Where the partitions still filling are kept (see `node::filling`), and what it holds.
     filling_file: Option<std::path::PathBuf>,
     filling_stored: crate::placement::PartitionSet,
+    /// First start, and no peer's topology heard yet: every partition this node
+    /// replicates counts as filling for reads and writes (see `topology`).
+    joining: bool,
     removed: bool,
     /// When links follow a topology change that removed a connected node (see `topology`).
     relink_at: Option<u64>,
@@ -259,7 +278,7 @@ impl Driver {
             return;
         };
         let now = self.replica.filling();
-        if !super::filling::must_write(&self.filling_stored, now) {
+        if *now == self.filling_stored || !super::filling::must_write(&self.filling_stored, now) {
             return;
         }
         match super::filling::write(path, now) {
@@ -343,10 +362,11 @@ impl Driver {
             }
             self.replica.flush();
             self.run_effects();
-            if *self.filling.borrow() != *self.replica.filling() {
-                self.filling.send_replace(self.replica.filling().clone());
-                self.store_filling();
+            let served = served_filling(&self.replica, self.joining);
+            if *self.filling.borrow() != served {
+                self.filling.send_replace(served);
             }
+            self.store_filling();
         }
     }
 
@@ -485,7 +505,13 @@ impl Driver {
                     let _ = reply.send(Err(refused));
                 }
             }
-            Command::Merge { doc, data, reply } => self.lend_merge(&doc, data, reply),
+            Command::Merge {
+                doc,
+                data,
+                ack,
+                timeout,
+                reply,
+            } => self.lend_merge(&doc, data, (ack, timeout), reply),
             Command::Read { doc, f } => {
                 if let Err(f) = self.lend_read(&doc, f) {
                     f(self.replica.load(&doc));

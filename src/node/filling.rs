@@ -45,7 +45,7 @@ pub(crate) fn write(path: &Path, set: &PartitionSet) -> std::io::Result<()> {
 /// Whether a change of the filling partitions from `stored` to `now` must be written: some
 /// partition started filling, or every one has filled.
 pub(crate) fn must_write(stored: &PartitionSet, now: &PartitionSet) -> bool {
-    now.iter().any(|p| !stored.contains(p)) || (now.is_empty() && !stored.is_empty())
+    !now.is_subset(stored) || (now.is_empty() && !stored.is_empty())
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@
 //! A write for which no replica is reachable is made here instead and kept as a hint: the
 //! node stores it like any document and hands it to the document's replicas once they
 //! are back (see the core's `handoff`). It is made on this node's copy of the document:
-//! none (an empty document) unless it took hinted writes of it before, so a path through
-//! objects that only the replicas have is refused (409). A read answers 503 then.
+//! none (an empty document) unless it took hinted writes of it before, so JSON ops whose
+//! path goes through objects that only the replicas have cannot be kept so: refused with
+//! 503 naming the replicas ([`Error::NotHinted`]), like a read then.
 //!
 //! This module owns the conversion between the [`Node`] API and the forwarded requests and
 //! their outcomes ([`crate::wire::Forward`]); it sends nothing itself.
@@ -93,20 +94,33 @@ impl Node {
         }
     }
 
-    /// [`Node::merge`] at a replica.
-    pub(super) async fn forward_merge(&self, doc: &str, data: Vec<u8>) -> Result<usize, Error> {
-        let request = ForwardRequest::Merge(ByteBuf::from(data));
-        let reply = self
-            .forward(
-                doc,
-                request,
-                crate::ops::DEFAULT_TIMEOUT_MS + WRITE_MARGIN_MS,
-            )
-            .await?;
+    /// [`Node::merge`] at a replica, with a write concern among the document's replicas:
+    /// the number of new changes, and the replicas that have them durably.
+    pub(super) async fn forward_merge(
+        &self,
+        doc: &str,
+        data: Vec<u8>,
+        ack: Ack,
+        timeout: std::time::Duration,
+    ) -> Result<(usize, Vec<String>), Error> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let request = ForwardRequest::Merge {
+            data: ByteBuf::from(data),
+            ack,
+            timeout_ms,
+        };
+        let wait = timeout_ms.saturating_add(WRITE_MARGIN_MS);
+        let reply = self.forward(doc, request, wait).await?;
         match reply.outcome {
-            ForwardOutcome::Merged { new_changes, .. } => {
-                Ok(usize::try_from(new_changes).unwrap_or(usize::MAX))
-            }
+            // The replica that merged it has it durably too.
+            ForwardOutcome::Merged {
+                new_changes,
+                acked_by,
+                ..
+            } => Ok((
+                usize::try_from(new_changes).unwrap_or(usize::MAX),
+                std::iter::once(reply.by).chain(acked_by).collect(),
+            )),
             other => Err(failure(doc, reply.by, other)),
         }
     }
@@ -149,8 +163,8 @@ impl Node {
     }
 
     /// [`Node::change_with`] on a copy read from a replica: `f` runs here, its change is
-    /// merged at the replica (durable there). Only [`Ack::Local`] can be waited for so.
-    /// With no replica reachable, `f` runs on this node's copy (a hint).
+    /// merged at the replica, which waits for the write concern among the document's
+    /// replicas. With no replica reachable, `f` runs on this node's copy (a hint).
     pub(super) async fn forward_change<R, E, F>(
         &self,
         doc: &str,
@@ -163,17 +177,6 @@ impl Node {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
         F: FnOnce(&mut Transaction<'_>) -> Result<R, E> + Send + 'static,
     {
-        if ack != Ack::Local {
-            return Err(Error::Change(
-                format!(
-                    "node {:?} does not replicate document {doc:?}: a change function run \
-                     here can only wait for ack local (durable on one replica); write \
-                     through a replica (Node::replicates) or with JSON ops (Node::apply_ops)",
-                    self.id
-                )
-                .into(),
-            ));
-        }
         let mut copy = match self.forward_save(doc).await {
             Ok(Some(saved)) => load_copy(doc, &saved)?,
             Ok(None) => Automerge::new(),
@@ -197,13 +200,14 @@ impl Node {
             .into_iter()
             .flat_map(|c| c.raw_bytes().to_vec())
             .collect();
+        let mut acked_by = Vec::new();
         if !change.is_empty() {
-            self.forward_merge(doc, change).await?;
+            acked_by = self.forward_merge(doc, change, ack, timeout).await?.1;
         }
         Ok(Written {
             value,
             heads: copy.get_heads(),
-            acked_by: Vec::new(),
+            acked_by,
         })
     }
 }
@@ -223,17 +227,25 @@ pub(crate) async fn serve(node: Node, doc: String, request: ForwardRequest) -> F
                 })
                 .map_err(outcome_of),
         },
-        ForwardRequest::Merge(data) => match node.merge_here(&doc, data.into_vec()).await {
-            Ok(new_changes) => node
-                .with_doc_here(&doc, |d| d.get_heads())
-                .await
-                .map(|heads| ForwardOutcome::Merged {
-                    new_changes: new_changes as u64,
-                    heads: raw(&heads.unwrap_or_default()),
-                })
-                .map_err(outcome_of),
-            Err(e) => Err(outcome_of(e)),
-        },
+        ForwardRequest::Merge {
+            data,
+            ack,
+            timeout_ms,
+        } => {
+            let timeout = std::time::Duration::from_millis(timeout_ms);
+            match node.merge_here(&doc, data.into_vec(), ack, timeout).await {
+                Ok((new_changes, acked_by)) => node
+                    .with_doc_here(&doc, |d| d.get_heads())
+                    .await
+                    .map(|heads| ForwardOutcome::Merged {
+                        new_changes: new_changes as u64,
+                        heads: raw(&heads.unwrap_or_default()),
+                        acked_by,
+                    })
+                    .map_err(outcome_of),
+                Err(e) => Err(outcome_of(e)),
+            }
+        }
         ForwardRequest::Json => node
             .with_doc_here(&doc, crate::json::doc_to_json)
             .await

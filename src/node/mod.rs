@@ -170,6 +170,22 @@ pub enum Error {
         /// Its replicas.
         replicas: Vec<String>,
     },
+    /// No replica of the document can be reached, and the write cannot be kept here as a
+    /// hint: it does not fit this node's copy, which holds only the document's earlier
+    /// hints (a path through objects only the replicas have); nothing was done.
+    #[error(
+        "document {doc:?}: no replica is reachable (its replicas: {}), and the write cannot \
+         be kept as a hint on this node, which lacks the document's content: {detail}",
+        replicas.join(", ")
+    )]
+    NotHinted {
+        /// The document.
+        doc: String,
+        /// Its replicas.
+        replicas: Vec<String>,
+        /// Why the write does not fit this node's copy.
+        detail: String,
+    },
     /// The replica a request was forwarded to refused it or failed (see
     /// [`Node::replicates`]), with the HTTP status it gave.
     #[error("replica {by:?}: {message}")]
@@ -197,7 +213,8 @@ impl Error {
             | Error::StorageBusy { .. }
             | Error::Removed(_)
             | Error::Leaving(_)
-            | Error::Unreachable { .. } => 503,
+            | Error::Unreachable { .. }
+            | Error::NotHinted { .. } => 503,
             Error::Topology(_) => 409,
             Error::Remote { status, .. } => *status,
             _ => 500,
@@ -393,6 +410,8 @@ pub(crate) enum Command {
     Merge {
         doc: String,
         data: Vec<u8>,
+        ack: Ack,
+        timeout: Duration,
         reply: oneshot::Sender<Result<MergeStarted, Error>>,
     },
     Read {
@@ -612,8 +631,8 @@ impl Node {
     /// Like [`Node::change`], with a write concern: also durable on `ack` peers, waiting at
     /// most `timeout` for them ([`Error::AckTimeout`] past it; the write stays accepted).
     /// On a node that does not replicate `doc` ([`Node::replicates`]), `f` runs on a copy
-    /// read from a replica and its change is merged there; only [`Ack::Local`] (durable on
-    /// that replica) can be asked for so.
+    /// read from a replica and its change is merged there, with the write concern counted
+    /// among the document's replicas.
     pub async fn change_with<R, E, F>(
         &self,
         doc: &str,
@@ -693,6 +712,16 @@ impl Node {
         if !self.replicates(doc) {
             match self.forward_ops(doc, &request).await {
                 // No replica reachable: the write is kept here as a hint (see `forward`).
+                Err(Error::Unreachable { doc, replicas }) if !self.holds(&doc) => {
+                    return match self.apply_ops_here(&doc, request).await {
+                        Err(e) if e.status() == 409 => Err(Error::NotHinted {
+                            doc,
+                            replicas,
+                            detail: e.to_string(),
+                        }),
+                        other => other,
+                    };
+                }
                 Err(Error::Unreachable { .. }) => {}
                 other => return other,
             }
@@ -722,29 +751,46 @@ impl Node {
     /// of new changes once they are durable (on a replica of `doc`). Bad data is refused and
     /// changes nothing.
     pub async fn merge(&self, doc: &str, data: Vec<u8>) -> Result<usize, Error> {
+        let timeout = Duration::from_millis(crate::ops::DEFAULT_TIMEOUT_MS);
         if !self.replicates(doc) {
-            match self.forward_merge(doc, data.clone()).await {
+            match self
+                .forward_merge(doc, data.clone(), Ack::Local, timeout)
+                .await
+            {
                 Err(Error::Unreachable { .. }) => {}
-                other => return other,
+                other => return other.map(|(count, _)| count),
             }
         }
-        self.merge_here(doc, data).await
+        self.merge_here(doc, data, Ack::Local, timeout)
+            .await
+            .map(|(count, _)| count)
     }
 
-    /// [`Node::merge`] into this node's copy.
-    async fn merge_here(&self, doc: &str, data: Vec<u8>) -> Result<usize, Error> {
+    /// [`Node::merge`] into this node's copy, with a write concern (met by the
+    /// acknowledgements of the data's last new change: meant for one change). Returns the
+    /// number of new changes and the replicas that acknowledged.
+    async fn merge_here(
+        &self,
+        doc: &str,
+        data: Vec<u8>,
+        ack: Ack,
+        timeout: Duration,
+    ) -> Result<(usize, Vec<String>), Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Merge {
             doc: doc.to_string(),
             data,
+            ack,
+            timeout,
             reply: tx,
         })
         .await?;
         let (count, outcome) = rx.await.map_err(|_| Error::Stopped)??;
+        let mut acked_by = Vec::new();
         if let Some(outcome) = outcome {
-            finish(outcome.await.map_err(|_| Error::Stopped)?, ())?;
+            acked_by = finish(outcome.await.map_err(|_| Error::Stopped)?, ())?.acked_by;
         }
-        Ok(count)
+        Ok((count, acked_by))
     }
 
     /// Runs `f` on the document, if this node has it (read from storage if it is not in

@@ -92,10 +92,10 @@ impl Replica {
     }
 
     /// Partitions moving: in (taken over here, still filling: see [`Replica::filling`])
-    /// and out (stored here but held elsewhere). Both 0 without a placement.
+    /// and out (stored here but held elsewhere; 0 without a placement).
     pub fn partitions_moving(&self) -> (usize, usize) {
         let Some(held) = &self.handoff.held else {
-            return (0, 0);
+            return (self.handoff.filling.len(), 0);
         };
         let out = (0..PARTITIONS)
             .map(Partition)
@@ -155,13 +155,15 @@ impl Replica {
             }
             set
         });
-        // Partitions taken over from other nodes fill before they serve.
+        // Partitions taken over from other nodes fill before they serve; those still
+        // filling and still held go on filling (every one, where every node holds all).
         let mut filling = PartitionSet::empty();
+        let held = self.handoff.held.clone().unwrap_or_else(PartitionSet::full);
+        for p in self.handoff.filling.iter().filter(|&p| held.contains(p)) {
+            filling.insert(p);
+        }
         if let (Some(before), Some(now)) = (&before, &self.handoff.held) {
             for p in now.iter().filter(|&p| !before.contains(p)) {
-                filling.insert(p);
-            }
-            for p in self.handoff.filling.iter().filter(|&p| now.contains(p)) {
                 filling.insert(p);
             }
         }
@@ -174,9 +176,7 @@ impl Replica {
     /// Partitions this node was filling when it stopped (kept by its driver): those it
     /// still replicates fill again, for at most [`FILL_LIMIT_MS`] from now.
     pub fn resume_filling(&mut self, stored: &PartitionSet) {
-        let Some(held) = &self.handoff.held else {
-            return;
-        };
+        let held = self.handoff.held.clone().unwrap_or_else(PartitionSet::full);
         let mut filling = self.handoff.filling.clone();
         for p in stored.iter().filter(|&p| held.contains(p)) {
             filling.insert(p);
@@ -201,10 +201,14 @@ impl Replica {
         if self.handoff.filling.is_empty() {
             return;
         }
-        if let Some(shared) = self.router.placement().map(|p| p.shared(&self.id, peer)) {
-            for p in shared.iter() {
-                self.handoff.filling.remove(p);
+        match self.router.placement().map(|p| p.shared(&self.id, peer)) {
+            Some(shared) => {
+                for p in shared.iter() {
+                    self.handoff.filling.remove(p);
+                }
             }
+            // Every node holds every partition: the two share them all.
+            None => self.handoff.filling = PartitionSet::empty(),
         }
     }
 

@@ -55,16 +55,19 @@ impl Replica {
     }
 
     /// A lent document comes back after [`Lent::merge`]: what [`Replica::merge`] does
-    /// after merging, then the work that waited runs.
+    /// after merging (with `want_ack`, the last new change's acknowledgements are
+    /// awaited: its hash is the write's), then the work that waited runs. The value is the
+    /// number of new changes.
     pub fn return_merge(
         &mut self,
         now: u64,
         lent: Lent,
         merged: Result<Merged, CoreError>,
-    ) -> Result<(usize, Option<u64>), CoreError> {
+        want_ack: bool,
+    ) -> Result<LocalWrite<usize>, CoreError> {
         self.now = self.now.max(now);
         let doc = self.docs.give_back(lent);
-        let answer = self.merged(now, &doc, merged);
+        let answer = self.merged(now, &doc, merged, want_ack);
         self.resume_parked(now, &doc, false);
         answer
     }

@@ -77,9 +77,10 @@ fn a_merge_on_a_lent_new_document_is_persisted_and_pushed_on_return() {
     let mut lent = c.node("b").lend("new").unwrap();
     let merged = lent.merge(&data);
     let now = c.now;
-    let (count, token) = c.node("b").return_merge(now, lent, merged).unwrap();
-    assert_eq!(count, 1);
-    assert!(token.is_some());
+    let write = c.node("b").return_merge(now, lent, merged, false).unwrap();
+    assert_eq!(write.value, 1);
+    assert!(write.persist_token.is_some());
+    assert!(write.hash.is_none(), "no acknowledgement awaited");
     c.pump("b");
     c.run();
     assert_eq!(value(&c.nodes["a"], "new", "n"), Some(5));
@@ -100,7 +101,7 @@ fn a_refused_change_or_bad_merge_on_a_lent_new_document_leaves_nothing() {
 
     let mut lent = r.lend("z").unwrap();
     let merged = lent.merge(b"not automerge");
-    let answer = r.return_merge(2, lent, merged);
+    let answer = r.return_merge(2, lent, merged, false);
     assert!(matches!(answer, Err(CoreError::BadAutomergeData { .. })));
     assert!(r.heads().is_empty());
     assert!(effects(&mut r).is_empty(), "nothing persisted or sent");

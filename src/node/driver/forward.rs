@@ -68,7 +68,10 @@ impl Driver {
         reply: oneshot::Sender<Result<Reply, Error>>,
     ) {
         // A removed node serves nothing; a leaving one takes no more writes.
-        let write = matches!(request, ForwardRequest::Ops(_) | ForwardRequest::Merge(_));
+        let write = matches!(
+            request,
+            ForwardRequest::Ops(_) | ForwardRequest::Merge { .. }
+        );
         if self.removed {
             let _ = reply.send(Err(Error::Removed(self.id.clone())));
             return;
@@ -145,10 +148,11 @@ impl Driver {
             return self.answer(refused);
         }
         let holds = self.topology.borrow().holds(&self.id, &f.doc);
-        let filling = self
-            .replica
-            .filling()
-            .contains(crate::placement::Partition(partition));
+        let filling = self.joining
+            || self
+                .replica
+                .filling()
+                .contains(crate::placement::Partition(partition));
         if holds && !filling {
             return self.serve(f);
         }

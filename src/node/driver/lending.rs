@@ -36,6 +36,7 @@ pub(super) enum Returned {
     Merge {
         lent: Lent,
         merged: Result<Merged, CoreError>,
+        concern: (Ack, Duration),
         reply: oneshot::Sender<Result<MergeStarted, Error>>,
     },
     Read {
@@ -79,6 +80,7 @@ impl Driver {
         &mut self,
         doc: &str,
         data: Vec<u8>,
+        concern: (Ack, Duration),
         reply: oneshot::Sender<Result<MergeStarted, Error>>,
     ) {
         let mut lent = match self.replica.lend(doc) {
@@ -93,6 +95,7 @@ impl Driver {
             Returned::Merge {
                 lent,
                 merged,
+                concern,
                 reply,
             }
         });
@@ -172,11 +175,13 @@ impl Driver {
             Returned::Merge {
                 lent,
                 merged,
+                concern,
                 reply,
             } => {
                 let doc = lent.id().to_string();
-                let answer = self.replica.return_merge(now, lent, merged);
-                let _ = reply.send(self.merge_started(answer));
+                let want_ack = concern.0 != Ack::Local;
+                let answer = self.replica.return_merge(now, lent, merged, want_ack);
+                let _ = reply.send(self.merge_started(now, &doc, answer, concern));
                 doc
             }
             Returned::Read { lent } => {
@@ -224,19 +229,29 @@ impl Driver {
         let _ = reply.started.send(Ok(true));
     }
 
-    /// A merge's answer: how many changes were new and, if any, when they are durable.
+    /// A merge's answer: how many changes were new and, if any, when they are durable
+    /// (and, with a write concern beyond local, acknowledged by enough replicas).
     pub(super) fn merge_started(
         &mut self,
-        answer: Result<(usize, Option<u64>), CoreError>,
+        now: u64,
+        doc: &str,
+        answer: Result<LocalWrite<usize>, CoreError>,
+        (ack, timeout): (Ack, Duration),
     ) -> Result<MergeStarted, Error> {
-        match answer {
-            Err(e) => Err(Error::Merge(Box::new(e))),
-            Ok((count, None)) => Ok((count, None)),
-            Ok((count, Some(token))) => {
-                let (tx, rx) = oneshot::channel();
-                self.writes.wait_durable(token, tx);
-                Ok((count, Some(rx)))
+        let write = answer.map_err(|e| Error::Merge(Box::new(e)))?;
+        let Some(token) = write.persist_token else {
+            return Ok((write.value, None));
+        };
+        let (tx, rx) = oneshot::channel();
+        match write.hash {
+            Some(hash) => {
+                let deadline = now.saturating_add(timeout.as_millis() as u64);
+                let others = self.other_replicas(doc);
+                self.writes
+                    .wait(token, doc, hash, write.heads, ack, others, deadline, tx);
             }
+            None => self.writes.wait_durable(token, tx),
         }
+        Ok((write.value, Some(rx)))
     }
 }

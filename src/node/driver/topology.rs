@@ -31,6 +31,39 @@ impl Driver {
             tracing::info!(node = %self.id, from, version = mine.version(), "live topology changed");
             self.topology_changed();
         }
+        if self.joining {
+            self.joined();
+        }
+    }
+
+    /// The first peer's topology came to a node on its first start (a peer sends it
+    /// before anything else on a link, so nothing a peer sent was taken before): a node
+    /// the cluster added while it ran (`add-node`) fills its partitions from their other
+    /// replicas before it serves them; one of the topology file's first nodes has nothing
+    /// to fill.
+    fn joined(&mut self) {
+        self.joining = false;
+        let Some(m) = &self.membership else {
+            return;
+        };
+        let added_live = m
+            .member(&self.id)
+            .is_some_and(|me| me.added != crate::membership::Stamp::file());
+        if added_live {
+            self.replica
+                .resume_filling(&crate::placement::PartitionSet::full());
+            tracing::info!(node = %self.id, partitions = self.replica.filling().len(), "this node joined a running cluster: its partitions fill from their other replicas before they serve");
+        }
+        self.store_topology(m);
+    }
+
+    /// Keeps the live topology in the data directory.
+    fn store_topology(&self, m: &Membership) {
+        if let Some(path) = &self.topology_file {
+            if let Err(e) = crate::node::builder::write_stored_topology(path, m) {
+                tracing::error!(node = %self.id, path = %path.display(), "cannot store the live topology: {e}");
+            }
+        }
     }
 
     /// The live topology as `GET /v1/topology` shows it; `None` without one.
@@ -90,11 +123,7 @@ impl Driver {
         let Some(m) = self.membership.clone() else {
             return;
         };
-        if let Some(path) = &self.topology_file {
-            if let Err(e) = crate::node::builder::write_stored_topology(path, &m) {
-                tracing::error!(node = %self.id, path = %path.display(), "cannot store the live topology: {e}");
-            }
-        }
+        self.store_topology(&m);
         for member in m.live() {
             if member.id != self.id {
                 self.addrs.insert(member.id.clone(), member.peer);
