@@ -1,5 +1,6 @@
 //! Growing and shrinking a running cluster from the command line: `concordant add-node`,
-//! `remove-node` and `topology`.
+//! `remove-node` and `topology`; and the keys and tokens of user access (`init-tokens`,
+//! `token`: `admin/tokens.rs`).
 //!
 //! `add-node` issues the new node's certificate from the cluster CA (the `ca.key` that
 //! `init` wrote beside `ca.pem`), records the node in the running cluster through any live
@@ -28,6 +29,9 @@ use crate::config::Config;
 use crate::files::{self, Access};
 
 mod file;
+mod tokens;
+
+pub use tokens::{init_tokens, mint_token, parse_ttl, revoke, TokenRequest};
 
 /// Errors of the administration commands; each says what was left unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,12 @@ pub enum AdminError {
     /// The certificate could not be issued.
     #[error(transparent)]
     Cert(#[from] crate::certs::CertError),
+    /// Token keys could not be written.
+    #[error(transparent)]
+    Init(#[from] crate::init::InitError),
+    /// A token could not be minted.
+    #[error("{0}")]
+    Token(String),
     /// No node of the cluster answered.
     #[error("no node answered ({0}); nothing was changed")]
     NoNode(String),

@@ -179,8 +179,11 @@ pub struct Config {
     pub replicas: Option<usize>,
     /// Cluster CA certificate (PEM), resolved against the file's directory.
     pub ca: PathBuf,
-    /// Bearer token every HTTP request must present, if set.
+    /// Bearer token every HTTP request must present, if set: the admin token.
     pub api_token: Option<String>,
+    /// The public key that verifies user tokens (`[api] token_key`, SPKI PEM), resolved
+    /// against the file's directory; read by [`Config::token_verifier`].
+    pub api_token_key: Option<PathBuf>,
     /// The nodes in file order (the ring order for a ring).
     pub nodes: Vec<NodeSpec>,
     /// Undirected links (only for [`TopologyKind::Edges`]).
@@ -199,6 +202,7 @@ impl fmt::Debug for Config {
             .field("replicas", &self.replicas)
             .field("ca", &self.ca)
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("api_token_key", &self.api_token_key)
             .field("nodes", &self.nodes)
             .field("links", &self.links)
             .field("tuning", &self.tuning)
@@ -295,6 +299,7 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawApi {
     token: Option<String>,
+    token_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -327,6 +332,23 @@ pub fn is_valid_node_id(id: &str) -> bool {
 }
 
 impl Config {
+    /// The verifier of user tokens, if the file names a key (`[api] token_key`): read
+    /// now; a missing or invalid key is refused naming the field.
+    pub fn token_verifier(&self) -> Result<Option<crate::tokens::Verifier>, ConfigError> {
+        let Some(path) = &self.api_token_key else {
+            return Ok(None);
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: self.path.clone(),
+            field: "api.token_key".into(),
+            message: format!("{}: {message}", path.display()),
+        };
+        let pem = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+        crate::tokens::Verifier::from_pem(&pem)
+            .map(Some)
+            .map_err(|e| invalid(e.to_string()))
+    }
+
     /// Reads and validates the topology file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -399,7 +421,18 @@ impl Checker<'_> {
             Some(ca) => base.join(ca),
             None => base.join("certs").join("ca.pem"),
         };
-        let api_token = self.token(raw.api.and_then(|a| a.token))?;
+        let (api_token, token_key) = match raw.api {
+            Some(api) => (api.token, api.token_key),
+            None => (None, None),
+        };
+        let api_token = self.token(api_token)?;
+        let api_token_key = match token_key {
+            Some(key) if key.trim().is_empty() => {
+                return Err(self.invalid("api.token_key", "empty path"));
+            }
+            Some(key) => Some(base.join(key)),
+            None => None,
+        };
         let nodes = self.nodes(raw.node, &base)?;
         let links = self.links(raw.link, topology, &nodes)?;
         let replicas = self.replicas(raw.replicas.map(|r| r.0), topology, &nodes, &links)?;
@@ -411,6 +444,7 @@ impl Checker<'_> {
             replicas,
             ca,
             api_token,
+            api_token_key,
             nodes,
             links,
             tuning: raw.tuning,

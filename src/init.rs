@@ -1,5 +1,6 @@
 //! `concordant init`: writes a new cluster directory: `cluster.toml`, a cluster CA and one
-//! certificate and key per node under `certs/`, and a random API token.
+//! certificate and key per node under `certs/`, a random API token (the admin token), and
+//! the token-signing key pair of user tokens (`certs/tokens.key`, `certs/tokens.pub`).
 //!
 //! It owns the layout of a freshly made cluster directory. It writes only inside the
 //! directory it is given, refuses to overwrite an existing cluster unless forced, and never
@@ -89,6 +90,19 @@ pub enum InitError {
         /// The existing `cluster.toml`.
         path: PathBuf,
     },
+    /// A token-signing key exists there and `force` was not given.
+    #[error(
+        "{}: a token key is there already; pass --force to replace it (every token it signed \
+         stops working)",
+        path.display()
+    )]
+    KeyExists {
+        /// The existing key.
+        path: PathBuf,
+    },
+    /// The token-signing pair could not be made.
+    #[error("cannot make the token-signing key pair: {0}")]
+    Tokens(String),
     /// A directory or file could not be written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -159,6 +173,8 @@ pub fn init_cluster(opts: &InitOptions) -> Result<PathBuf, InitError> {
         write_file(&certs_dir.join(format!("{id}.pem")), &cert, false)?;
         write_file(&certs_dir.join(format!("{id}.key")), &key, true)?;
     }
+    // A new cluster's old keys are replaced like its certificates (`force`).
+    write_token_keys(&certs_dir, true)?;
     write_file(&toml_path, &text, false)?;
     Ok(toml_path)
 }
@@ -266,6 +282,11 @@ fn cluster_toml(opts: &InitOptions, cluster: &str, ids: &[String], token: &str) 
         "\n[api]  # every HTTP request needs `Authorization: Bearer <token>`"
     );
     let _ = writeln!(out, "token = {}", quote(token));
+    let _ = writeln!(
+        out,
+        "# user tokens (JWT, EdDSA) are verified with this key; certs/{TOKENS_PRIVATE_KEY} signs them"
+    );
+    let _ = writeln!(out, "token_key = \"certs/{TOKENS_PUBLIC_KEY}\"");
     for (i, id) in ids.iter().enumerate() {
         // Port arithmetic was checked by the caller.
         let offset = u32::try_from(i + 1).unwrap_or(u32::MAX);
@@ -334,6 +355,29 @@ fn cluster_toml(opts: &InitOptions, cluster: &str, ids: &[String], token: &str) 
 
     let _ = writeln!(out, "# compress_links = {}", t.compress_links);
     out
+}
+
+/// The token-signing private key's file name, next to the cluster CA.
+pub const TOKENS_PRIVATE_KEY: &str = "tokens.key";
+/// The token-signing public key's file name, next to the cluster CA.
+pub const TOKENS_PUBLIC_KEY: &str = "tokens.pub";
+
+/// Writes a new token-signing pair into `dir` (see [`crate::tokens`]); refused if one is
+/// there, unless `force`. Returns the paths of the private and the public key.
+pub fn write_token_keys(dir: &Path, force: bool) -> Result<(PathBuf, PathBuf), InitError> {
+    let (private, public) = (dir.join(TOKENS_PRIVATE_KEY), dir.join(TOKENS_PUBLIC_KEY));
+    if !force {
+        if let Some(existing) = [&private, &public].into_iter().find(|p| p.exists()) {
+            return Err(InitError::KeyExists {
+                path: existing.clone(),
+            });
+        }
+    }
+    let (private_pem, public_pem) =
+        crate::tokens::generate_key_pair().map_err(|e| InitError::Tokens(e.to_string()))?;
+    write_file(&private, &private_pem, true)?;
+    write_file(&public, &public_pem, false)?;
+    Ok((private, public))
 }
 
 /// Writes `text` to `path`, replacing it atomically; secret files are made readable by the

@@ -61,6 +61,8 @@
 //!   tells about itself, its events, and the assembled picture (nodes, links, healing).
 //! - [`sync`]: automerge-repo clients over WebSocket (`GET /v1/sync`): the protocol's
 //!   messages, document ids and one client connection.
+//! - [`tokens`]: per-user access tokens (JWT, EdDSA): claims, verifying, minting, keys;
+//!   [`revocations`]: the revoked ones, as cluster data every node holds.
 //! - [`client`]: an HTTP client for the API and the command line's client commands; the
 //!   cluster status table of `concordant status`, which compares nodes by their
 //!   fingerprints (`client/status.rs`).
@@ -93,9 +95,11 @@ pub mod node;
 pub mod ops;
 mod panics;
 pub mod placement;
+pub mod revocations;
 pub mod serve;
 pub mod storage;
 pub mod sync;
+pub mod tokens;
 pub mod topology;
 pub mod transport;
 pub mod wire;

@@ -128,6 +128,45 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Add the token-signing key pair to an existing cluster (next to its CA:
+    /// tokens.key, private, for the app's backend; tokens.pub, named in the file as
+    /// `[api] token_key`); nodes verify user tokens once restarted with the file.
+    InitTokens {
+        /// The topology file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Replace an existing pair (every token it signed stops working).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a user token (a JWT signed with the cluster's tokens.key) for the documents
+    /// given.
+    Token {
+        /// The topology file (its certs/tokens.key signs the token).
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        request: concordant::admin::TokenRequest,
+    },
+    /// Revoke user tokens on every node: one token by its id, or every token of a user
+    /// issued until now.
+    Revoke {
+        /// The topology file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The token's id (its `jti` claim).
+        #[arg(long, conflicts_with = "sub", required_unless_present = "sub")]
+        jti: Option<String>,
+        /// The user (its `sub` claim).
+        #[arg(long)]
+        sub: Option<String>,
+        /// The node to ask (default: the first of the file that answers).
+        #[arg(long, conflicts_with = "url")]
+        node: Option<String>,
+        /// A node's API URL to ask instead.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Add a node to the running cluster: issues its certificate from the cluster CA,
     /// records it through a live node (every node relinks at once) and adds it to the file,
     /// from which the new host then starts with `concordant node --config F --id ID`.
@@ -422,9 +461,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .node(&id)
                 .map(|n| n.api)
                 .context("node missing from the topology")?;
+            let verifier = config.token_verifier()?;
             runtime.block_on(run_nodes(
                 vec![(node_config, api)],
-                config.api_token.clone(),
+                (config.api_token.clone(), verifier),
                 config.path.clone(),
             ))
         }
@@ -439,9 +479,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .iter()
                 .map(|n| Ok((NodeConfig::from_file(&config, &n.id)?, n.api)))
                 .collect::<Result<Vec<_>>>()?;
+            let verifier = config.token_verifier()?;
             runtime.block_on(run_nodes(
                 configs,
-                config.api_token.clone(),
+                (config.api_token.clone(), verifier),
                 config.path.clone(),
             ))
         }
@@ -565,6 +606,48 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let request = client::op_request(&ops, ack.as_deref(), timeout_ms)?;
             print_json(&client::op(&target.client()?, &doc, &request).await?)
         }),
+        Command::InitTokens { config, force } => {
+            let (private, public) = concordant::admin::init_tokens(&config, force)?;
+            println!(
+                "wrote {} (private: keep it with the app's backend) and {}; {} names it as \
+                 [api] token_key: restart the nodes with it",
+                private.display(),
+                public.display(),
+                config.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { config, request } => {
+            println!("{}", concordant::admin::mint_token(&config, &request)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Revoke {
+            config,
+            jti,
+            sub,
+            node,
+            url,
+        } => runtime.block_on(async {
+            let target = concordant::admin::Target { url, node };
+            let loaded = Config::load(&config)?;
+            let what = match (jti, sub) {
+                (Some(jti), _) => concordant::revocations::Revoke::Jti(jti),
+                (None, Some(sub)) => concordant::revocations::Revoke::Sub(sub),
+                (None, None) => bail!("give --jti or --sub"),
+            };
+            let answer = concordant::admin::revoke(&loaded, &target, &what).await?;
+            let revoked = match &what {
+                concordant::revocations::Revoke::Jti(jti) => format!("token {jti}"),
+                concordant::revocations::Revoke::Sub(sub) => {
+                    format!("every token of {sub} issued until now")
+                }
+            };
+            println!(
+                "revoked {revoked}; the revocation reaches every node (the node asked holds {})",
+                answer["revocations"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::AddNode {
             config,
             id,
@@ -674,9 +757,10 @@ fn print_json(value: &serde_json::Value) -> Result<ExitCode> {
 /// topology are proposed as changes.
 async fn run_nodes(
     configs: Vec<(NodeConfig, SocketAddr)>,
-    token: Option<String>,
+    (token, verifier): (Option<String>, Option<concordant::tokens::Verifier>),
     path: PathBuf,
 ) -> Result<ExitCode> {
+    let verifier = verifier.map(std::sync::Arc::new);
     let mut listeners = Vec::new();
     for (config, api) in &configs {
         let listener = concordant::api::bind(*api)
@@ -690,6 +774,7 @@ async fn run_nodes(
     for ((config, _), listener) in configs.into_iter().zip(listeners) {
         let id = config.id.clone();
         let mut options = concordant::api::ApiOptions::new(token.clone());
+        options.verifier = verifier.clone();
         options.sync = concordant::sync::SyncOptions::from(&config.tuning);
         options.limits = concordant::api::ConnLimits::from_tuning(&config.tuning, nodes);
         let node = Node::start(config)

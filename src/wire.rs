@@ -246,6 +246,9 @@ pub enum Message {
         /// Start (true) or stop following.
         follow: bool,
     },
+    /// The sender's revoked user tokens (sent on link-up and after every change; merged by
+    /// the receiver, see [`crate::revocations`]).
+    Revocations(Box<crate::revocations::Revocations>),
 }
 
 /// A document and its heads at the node that hands it off.
@@ -378,6 +381,7 @@ impl Message {
             Message::Handoff { .. } => "handoff",
             Message::HandedOff(_) => "handed-off",
             Message::Follow { .. } => "follow",
+            Message::Revocations(_) => "revocations",
         }
     }
 }

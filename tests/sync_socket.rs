@@ -24,6 +24,14 @@ use repo_socket::{join, next, open, send, Socket};
 const TOKEN: &str = "s3cret";
 /// One node with its API on 127.0.0.1:0; returns the node and the API's address.
 async fn node(max_clients: usize) -> (Node, String) {
+    node_with(max_clients, None).await
+}
+
+/// [`node`], verifying user tokens with `verifier`.
+async fn node_with(
+    max_clients: usize,
+    verifier: Option<std::sync::Arc<concordant::tokens::Verifier>>,
+) -> (Node, String) {
     let identities = in_memory_identities("synctest", &["n1"]).unwrap();
     let topology = Topology::new(TopologyKind::Mesh, vec!["n1".into()], Vec::new());
     let node = NodeBuilder::new("n1", "synctest", identities.into_iter().next().unwrap())
@@ -34,6 +42,7 @@ async fn node(max_clients: usize) -> (Node, String) {
     let listener = api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let mut options = ApiOptions::new(Some(TOKEN.into()));
+    options.verifier = verifier;
     options.sync = SyncOptions {
         max_clients,
         ..SyncOptions::default()
@@ -49,7 +58,12 @@ async fn node(max_clients: usize) -> (Node, String) {
 
 /// Opens a socket and joins as `peer`; returns the socket and the server's peer id.
 async fn joined(addr: &str, peer: &str) -> (Socket, String) {
-    let mut socket = open(addr, &format!("?token={TOKEN}")).await.unwrap();
+    joined_with(addr, peer, TOKEN).await
+}
+
+/// [`joined`] with `token`.
+async fn joined_with(addr: &str, peer: &str, token: &str) -> (Socket, String) {
+    let mut socket = open(addr, &format!("?token={token}")).await.unwrap();
     send(&mut socket, &join(peer, &["1"])).await;
     match next(&mut socket).await {
         Some(RepoMessage::Peer {
@@ -223,4 +237,94 @@ async fn the_client_limit_and_a_second_join_of_one_peer() {
         next(&mut first).await.is_none(),
         "the earlier socket is closed"
     );
+}
+
+/// A user token over `/v1/sync`: its document syncs; another is unavailable (as one nobody
+/// has); a read-only token receives the document but its changes are refused with an
+/// error and change nothing; a socket closes when its token expires.
+#[tokio::test]
+async fn a_user_token_reaches_only_its_documents_over_sync() {
+    use concordant::tokens::{self, Rights, UserToken, Verifier};
+    let (private, public) = tokens::generate_key_pair().unwrap();
+    let verifier = std::sync::Arc::new(Verifier::from_pem(public.as_bytes()).unwrap());
+    let (node, addr) = node_with(100, Some(verifier)).await;
+    node.change("doc-b", |tx| tx.put(ROOT, "secret", "b"))
+        .await
+        .unwrap();
+    let now = tokens::unix_now();
+    let mint = |sub: &str, rights: Rights, exp: u64| {
+        let token = UserToken {
+            sub: sub.into(),
+            exp,
+            iat: None,
+            jti: None,
+            docs: ["doc-a".to_string()].into_iter().collect(),
+            owner: false,
+            rights,
+            create: false,
+        };
+        tokens::mint(private.as_bytes(), &token, now).unwrap()
+    };
+    let alice = mint("alice", Rights::Write, now + 3600);
+    let (mut socket, server) = joined_with(&addr, "alice", &alice).await;
+    sync_doc(&mut socket, "alice", &server, "doc-a").await;
+    let request = |doc: &str, from: &str| RepoMessage::Request {
+        sender_id: from.into(),
+        target_id: server.clone(),
+        document_id: doc.into(),
+        data: Automerge::new()
+            .generate_sync_message(&mut sync::State::new())
+            .unwrap()
+            .encode(),
+    };
+    send(&mut socket, &request("doc-b", "alice")).await;
+    match next(&mut socket).await {
+        Some(RepoMessage::DocUnavailable { document_id, .. }) => assert_eq!(document_id, "doc-b"),
+        other => panic!("expected doc-unavailable, got {other:?}"),
+    }
+
+    // A read-only token: doc-a comes, a change to it is refused.
+    let bob = mint("bob", Rights::Read, now + 3600);
+    let (mut socket, _) = joined_with(&addr, "bob", &bob).await;
+    send(&mut socket, &request("doc-a", "bob")).await;
+    match next(&mut socket).await {
+        Some(RepoMessage::Sync { document_id, .. }) => assert_eq!(document_id, "doc-a"),
+        other => panic!("expected doc-a's content, got {other:?}"),
+    }
+    let mut mine = Automerge::new();
+    let mut tx = mine.transaction();
+    tx.put(ROOT, "bob", 1).unwrap();
+    tx.commit();
+    let change = mine.generate_sync_message(&mut sync::State::new()).unwrap();
+    let mut with_changes = change.clone();
+    with_changes.changes = mine.save().into();
+    send(
+        &mut socket,
+        &RepoMessage::Sync {
+            sender_id: "bob".into(),
+            target_id: server.clone(),
+            document_id: "doc-a".into(),
+            data: with_changes.encode(),
+        },
+    )
+    .await;
+    expect_error(&mut socket, "read-only").await;
+    let json = node.json("doc-a").await.unwrap().unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"k": 1}),
+        "bob's change was not applied"
+    );
+
+    // A revoked token's socket closes.
+    let (mut socket, _) = joined_with(&addr, "alice", &alice).await;
+    node.revoke(concordant::revocations::Revoke::Sub("alice".into()))
+        .await
+        .unwrap();
+    expect_error(&mut socket, "revoked").await;
+
+    // A token about to expire: the socket closes when it does.
+    let short = mint("carol", Rights::Write, now + 2 - tokens::LEEWAY_S);
+    let (mut socket, _) = joined_with(&addr, "carol", &short).await;
+    expect_error(&mut socket, "expired").await;
 }

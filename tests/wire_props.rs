@@ -182,6 +182,20 @@ fn arb_message() -> impl Strategy<Value = Message> {
     let handed_off = offers().prop_map(Message::HandedOff);
     let follow = (prop::collection::vec(arb_string(), 0..4), any::<bool>())
         .prop_map(|(docs, follow)| Message::Follow { docs, follow });
+    let revocations = prop::collection::vec((arb_string(), any::<bool>(), any::<u64>()), 0..4)
+        .prop_map(|entries| {
+            use concordant::revocations::{Revocations, Revoke};
+            let mut set = Revocations::default();
+            for (key, by_sub, at) in entries {
+                let what = if by_sub {
+                    Revoke::Sub(key)
+                } else {
+                    Revoke::Jti(key)
+                };
+                let _ = set.revoke(&what, at);
+            }
+            Message::Revocations(Box::new(set))
+        });
     prop_oneof![
         hello,
         push,
@@ -195,7 +209,8 @@ fn arb_message() -> impl Strategy<Value = Message> {
         reply,
         handoff,
         handed_off,
-        follow
+        follow,
+        revocations
     ]
 }
 

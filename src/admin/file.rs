@@ -1,6 +1,6 @@
-//! The topology file's edits by `add-node` and `remove-node`: a node's `[[node]]` table and
-//! its `[[link]]` tables added or removed, everything else (comments, order, formatting,
-//! `[tuning]`) left as it was.
+//! The topology file's edits by `add-node` and `remove-node` (a node's `[[node]]` table and
+//! its `[[link]]` tables added or removed) and by `init-tokens` (`[api] token_key` set),
+//! everything else (comments, order, formatting, `[tuning]`) left as it was.
 //!
 //! The file is edited as a TOML document (`toml_edit`), never line by line, after the
 //! cluster recorded the change (the cluster's rules decide; the file follows), and checked
@@ -65,9 +65,30 @@ pub(super) fn without_node(text: &str, id: &str) -> Result<String, String> {
     Ok(doc.to_string())
 }
 
+/// `text` with `token_key = key` in its `[api]` table (made if the file has none).
+pub(super) fn with_token_key(text: &str, key: &str) -> Result<String, String> {
+    let mut doc = parse(text)?;
+    let api = doc
+        .entry("api")
+        .or_insert_with(|| {
+            let mut t = Table::new();
+            t.decor_mut().set_prefix("\n");
+            Item::Table(t)
+        })
+        .as_table_mut()
+        .ok_or("`api` is not written as an [api] table; edit it by hand")?;
+    api["token_key"] = value(key);
+    Ok(doc.to_string())
+}
+
 /// A change to the topology file.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Change<'a> {
+    /// The public key of user tokens named (see [`with_token_key`]).
+    TokenKey {
+        /// Its path, as written in the file.
+        key: &'a str,
+    },
     /// A node and its links added (see [`with_node`]).
     AddNode {
         /// The new node's id.
@@ -99,6 +120,7 @@ impl Change<'_> {
                 links,
             } => with_node(&old, id, peer, api, links),
             Change::RemoveNode { id } => without_node(&old, id),
+            Change::TokenKey { key } => with_token_key(&old, key),
         }
         .map_err(|detail| AdminError::Edit {
             path: path.to_path_buf(),

@@ -1,50 +1,169 @@
-//! The bearer-token check: with a token configured, every request but `GET /v1/health`
-//! and the page at `/` needs `Authorization: Bearer <token>`, compared in constant time. `GET /v1/sync` (a
-//! WebSocket, which browsers open without custom headers) may give it as `?token=<token>`.
+//! Who a request acts for, and what it may reach.
+//!
+//! With an admin token configured (`[api] token`), every request but `GET /v1/health` and
+//! the page at `/` needs a token: `Authorization: Bearer <token>`, or for `GET /v1/sync` (a
+//! WebSocket, which browsers open without custom headers) `?token=<token>`. The admin token
+//! (compared in constant time) reaches everything. With a token key (`[api] token_key`), a
+//! user token (a JWT, see [`crate::tokens`]) is verified offline: a missing, malformed,
+//! badly signed, expired or revoked token answers 401 saying which; a valid one reaches
+//! only the document endpoints and `/v1/sync`, and of the documents only those in its
+//! scope (403 otherwise, whether the document exists or not; 403 for a write with a
+//! read-only token, or a creation without `create`). The request carries its access
+//! ([`crate::tokens::Access`]) on to the handlers (the listing shows a user only its documents; `/v1/sync` checks each
+//! message). Refusals are counted by reason; a token is never logged.
+
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{AppState, HttpError};
+use crate::tokens::{Access, Refusal, UserToken, Verifier};
 
-/// Middleware: refuses with 401 a request without the configured token.
+/// A refused request: the reason counted, the status and what it says.
+struct Refused {
+    reason: &'static str,
+    status: StatusCode,
+    message: String,
+}
+
+impl Refused {
+    fn unauthorized(reason: &'static str, message: impl Into<String>) -> Refused {
+        Refused {
+            reason,
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+        }
+    }
+
+    fn forbidden(message: impl Into<String>) -> Refused {
+        Refused {
+            reason: "forbidden",
+            status: StatusCode::FORBIDDEN,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Refusal> for Refused {
+    fn from(r: Refusal) -> Refused {
+        Refused::unauthorized(r.reason(), r.to_string())
+    }
+}
+
+/// Middleware: finds who the request acts for and refuses what that may not reach.
 pub(crate) async fn require_token(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = state.token.as_deref() else {
-        return next.run(request).await;
-    };
     // The page asks for the token itself; the data behind it needs it.
     if matches!(request.uri().path(), "/v1/health" | "/") {
         return next.run(request).await;
     }
+    let checked = authenticate(&state, &request).and_then(|access| {
+        if let Some(user) = access.user() {
+            authorize(user, request.method(), request.uri().path())?;
+        }
+        Ok(access)
+    });
+    match checked {
+        Ok(access) => {
+            request.extensions_mut().insert(access);
+            next.run(request).await
+        }
+        Err(refused) => {
+            state.sync.counters().auth_refused.count(refused.reason);
+            let unauthorized = refused.status == StatusCode::UNAUTHORIZED;
+            let mut response = HttpError::new(refused.status, refused.message).into_response();
+            if unauthorized {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            response
+        }
+    }
+}
+
+/// The request's access from the token it presents.
+fn authenticate(state: &AppState, request: &Request) -> Result<Access, Refused> {
     let in_query = (request.uri().path() == "/v1/sync")
         .then(|| query_token(request.uri().query().unwrap_or("")))
         .flatten();
-    let problem = match (request.headers().get(header::AUTHORIZATION), in_query) {
-        (None, Some(given)) if constant_time_eq(given.as_bytes(), token.as_bytes()) => None,
-        (None, Some(_)) => Some("wrong API token"),
-        (None, None) => Some("missing \"Authorization: Bearer <token>\" header"),
+    let presented = match (request.headers().get(header::AUTHORIZATION), in_query) {
+        (None, given) => given,
         (Some(value), _) => match value.to_str().ok().and_then(bearer) {
-            None => Some("the Authorization header is not \"Bearer <token>\""),
-            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => None,
-            Some(_) => Some("wrong API token"),
+            Some(given) => Some(given.to_string()),
+            None => {
+                return Err(Refused::unauthorized(
+                    "malformed",
+                    "the Authorization header is not \"Bearer <token>\"",
+                ))
+            }
         },
     };
-    match problem {
-        None => next.run(request).await,
-        Some(why) => {
-            let mut response = HttpError::new(StatusCode::UNAUTHORIZED, why).into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            response
+    let admin = state.token.as_deref();
+    let Some(given) = presented else {
+        return match admin {
+            None => Ok(Access::Admin),
+            Some(_) => Err(Refused::unauthorized(
+                "missing",
+                "missing \"Authorization: Bearer <token>\" header",
+            )),
+        };
+    };
+    if admin.is_some_and(|t| constant_time_eq(given.as_bytes(), t.as_bytes())) {
+        return Ok(Access::Admin);
+    }
+    match &state.verifier {
+        Some(verifier) if Verifier::looks_like_jwt(&given) => {
+            let user = verifier.verify(&given, crate::tokens::unix_now())?;
+            if state.node.revokes(&user) {
+                return Err(Refusal::Revoked.into());
+            }
+            Ok(Access::User(Arc::new(user)))
         }
+        // Without authentication a token is not looked at.
+        _ if admin.is_none() => Ok(Access::Admin),
+        _ => Err(Refused::unauthorized("wrong-token", "wrong API token")),
+    }
+}
+
+/// What a user token may reach: the document endpoints within its scope, and `/v1/sync`.
+fn authorize(user: &UserToken, method: &Method, path: &str) -> Result<(), Refused> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (read, write) = (method == Method::GET, method == Method::POST);
+    let doc = |id: &str| percent_decode(id);
+    let scope = |id: &str, writing: bool| {
+        let id = doc(id);
+        if !user.names(&id) {
+            Err(Refused::forbidden(format!(
+                "this token does not reach document {id:?}"
+            )))
+        } else if writing && !user.writes() {
+            Err(Refused::forbidden(format!(
+                "this token is read-only: it cannot change document {id:?}"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    match parts.as_slice() {
+        ["v1", "sync"] if read => Ok(()),
+        ["v1", "docs"] if read => Ok(()),
+        ["v1", "docs"] if write && user.create => Ok(()),
+        ["v1", "docs"] if write => Err(Refused::forbidden("this token may not create documents")),
+        ["v1", "docs", id] | ["v1", "docs", id, "automerge" | "watch" | "history"] if read => {
+            scope(id, false)
+        }
+        ["v1", "docs", id, "ops" | "automerge"] if write => scope(id, true),
+        _ => Err(Refused::forbidden(
+            "a user token reaches the document endpoints and /v1/sync only",
+        )),
     }
 }
 

@@ -96,6 +96,7 @@ impl HttpError {
                 format!("node {id:?} has been removed from the cluster: it takes no writes"),
             ),
             e @ Error::Leaving(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            e @ Error::Revoke(_) => Self::new(StatusCode::BAD_REQUEST, e.to_string()),
             Error::Topology(why) => Self::new(
                 StatusCode::CONFLICT,
                 format!("topology change refused: {why}"),

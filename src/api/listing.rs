@@ -10,6 +10,8 @@
 //!   page is read before the answer starts (an error then has its status); a failure later
 //!   ends the body early, so the client sees a truncated, invalid JSON text, never a short
 //!   valid one.
+//! - With a user token: only the documents the token names that are stored here, in id
+//!   order, in one answer (a token names at most [`crate::tokens::MAX_DOCS`]).
 //!
 //! Owns: the query parameters and the JSON of the listing. Must not touch: storage (pages
 //! come from [`crate::node::Node::docs_page`]).
@@ -18,6 +20,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use futures_util::stream;
 use serde_json::{json, Value};
@@ -26,6 +29,7 @@ use super::auth::percent_decode;
 use super::error::heads_json;
 use super::{is_valid_doc_id, AppState, HttpError, MAX_DOC_ID};
 use crate::node::{DocsPage, Node, LIST_PAGE};
+use crate::tokens::Access;
 
 /// The largest `limit` of a paged listing.
 pub const MAX_PAGE: usize = 10_000;
@@ -33,11 +37,34 @@ pub const MAX_PAGE: usize = 10_000;
 /// `GET /v1/docs`.
 pub(crate) async fn list_docs(
     State(state): State<AppState>,
+    access: Option<Extension<Access>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
     let (limit, after) = parse_query(query.as_deref().unwrap_or(""))?;
     let node = &state.node;
     let error = |e| HttpError::from_node("", e);
+    if let Some(Extension(Access::User(user))) = access {
+        // A user sees only the documents its token names (those stored here).
+        let named = user
+            .docs
+            .iter()
+            .filter(|d| after.as_ref().is_none_or(|a| d.as_str() > a.as_str()))
+            .cloned()
+            .collect();
+        let mut docs = node.docs_named(named).await.map_err(error)?;
+        return Ok(match limit {
+            Some(limit) => {
+                let next = (docs.len() > limit).then(|| docs[limit - 1].0.clone());
+                docs.truncate(limit);
+                let docs: Vec<Value> = docs.iter().map(|(id, h)| item(id, h)).collect();
+                Json(json!({"docs": docs, "next": next})).into_response()
+            }
+            None => {
+                let docs: Vec<Value> = docs.iter().map(|(id, h)| item(id, h)).collect();
+                Json(Value::from(docs)).into_response()
+            }
+        });
+    }
     match limit {
         Some(limit) => {
             let page = node

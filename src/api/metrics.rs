@@ -276,6 +276,14 @@ pub fn render_sync(s: &NodeStatus, sync: &SyncCounters) -> String {
     ] {
         m.counter(name, help, &[], value);
     }
+    for (reason, n) in sync.auth_refused.snapshot() {
+        m.counter(
+            "concordant_auth_refused_total",
+            "Requests and sync sockets refused for their token, by reason.",
+            &[("reason", reason)],
+            n,
+        );
+    }
     m.out
 }
 

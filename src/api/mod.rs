@@ -24,6 +24,7 @@
 //! | `POST /v1/docs/{id}/automerge` | merges the raw body: `{"new_changes":n,"heads":[...]}`; 400 if not Automerge data |
 //! | `GET /v1/docs/{id}/watch` | server-sent events `change` with `{"doc","heads"}` per change; 503 past `watch_streams` |
 //! | `GET /metrics` | Prometheus text format (see [`metrics`]) |
+//! | `POST /v1/revocations` | admin: `{"jti"}` or `{"sub"}` revokes user tokens on every node: `{"revocations": n}` |
 //!
 //! # Decisions
 //! - Document ids are `[A-Za-z0-9_.~-]{1,256}` after percent-decoding; anything else is 400.
@@ -37,9 +38,11 @@
 //!   is applied in memory on this node and may have replicated, but it is not durable here
 //!   (see [`crate::node`]). While storage fails, or while more than the node's bound waits
 //!   to be written, writes are 503 with the reason and change nothing.
-//! - The token is compared in constant time; only `GET /v1/health` is exempt.
-//!   `GET /v1/sync` also takes it as `?token=<token>` (browsers cannot set headers on a
-//!   WebSocket), and refuses a wrong one with 401 before any upgrade.
+//! - The admin token is compared in constant time; only `GET /v1/health` and `/` are
+//!   exempt. `GET /v1/sync` also takes it as `?token=<token>` (browsers cannot set headers
+//!   on a WebSocket), and refuses a wrong one with 401 before any upgrade. User tokens
+//!   (JWTs verified with `[api] token_key`) reach the document endpoints and `/v1/sync`
+//!   within their scope, 403 elsewhere (see `auth.rs`).
 //! - Connections, their timeouts and watch streams are capped (see [`limits`] and
 //!   `conns.rs`): past a cap the answer is 503 with `Retry-After`, never a hung accept, and
 //!   `GET /v1/health` is still answered on a reserve of connections.
@@ -56,6 +59,7 @@ mod handlers;
 pub mod limits;
 mod listing;
 pub mod metrics;
+mod revocations;
 mod sync;
 mod topology;
 mod watch;
@@ -109,8 +113,12 @@ pub enum ApiError {
 /// Settings of the API server.
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
-    /// If set, every request but `GET /v1/health` needs `Authorization: Bearer <token>`.
+    /// The admin token: if set, every request but `GET /v1/health` needs
+    /// `Authorization: Bearer <token>` (this one, or a user token).
     pub token: Option<String>,
+    /// Verifies user tokens (`[api] token_key`; see [`crate::tokens`]); without it, only
+    /// the admin token is accepted.
+    pub verifier: Option<Arc<crate::tokens::Verifier>>,
     /// The largest request body accepted, in bytes.
     pub body_limit: usize,
     /// Limits of `GET /v1/sync` (automerge-repo clients).
@@ -124,6 +132,7 @@ impl ApiOptions {
     pub fn new(token: Option<String>) -> Self {
         ApiOptions {
             token,
+            verifier: None,
             body_limit: DEFAULT_BODY_LIMIT,
             sync: crate::sync::SyncOptions::default(),
             limits: ConnLimits::default(),
@@ -135,6 +144,7 @@ impl ApiOptions {
 pub(crate) struct Shared {
     pub(crate) node: Node,
     pub(crate) token: Option<String>,
+    pub(crate) verifier: Option<Arc<crate::tokens::Verifier>>,
     pub(crate) counters: metrics::ApiCounters,
     /// The automerge-repo sync endpoint's shared state.
     pub(crate) sync: Arc<crate::sync::Server>,
@@ -181,6 +191,7 @@ pub async fn serve_with(
     let shared = Arc::new(Shared {
         node: node.clone(),
         token: options.token,
+        verifier: options.verifier,
         counters: metrics::ApiCounters::default(),
         sync: Arc::new(crate::sync::Server::new(
             &status.cluster,
@@ -217,6 +228,7 @@ fn router(state: AppState, body_limit: usize) -> Router {
         )
         .route("/v1/sync", get(sync::upgrade))
         .route("/v1/topology", get(topology::get))
+        .route("/v1/revocations", post(revocations::post))
         .route("/v1/topology/nodes", post(topology::add))
         .route(
             "/v1/topology/nodes/{id}",

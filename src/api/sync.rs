@@ -6,14 +6,18 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use super::{AppState, HttpError};
+use crate::tokens::Access;
 
 /// `GET /v1/sync`.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
+    access: Option<Extension<Access>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let access = access.map_or(Access::Admin, |Extension(a)| a);
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
@@ -43,6 +47,6 @@ pub(crate) async fn upgrade(
         .max_message_size(server.options.max_message)
         .max_frame_size(server.options.max_message)
         .on_upgrade(move |socket| {
-            crate::sync::connection::serve(socket, node, server, place, stopping)
+            crate::sync::connection::serve(socket, node, server, place, stopping, access)
         })
 }

@@ -569,3 +569,37 @@ fn load_reads_files_and_names_missing_ones() {
     assert_eq!(c.nodes[1].data, dir.path().join("data/n2"));
     assert_eq!(c.ca, dir.path().join("certs/ca.pem"));
 }
+
+#[test]
+fn the_token_key_resolves_and_a_bad_one_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let path = dir.path().join("cluster.toml");
+    let text = file(
+        "topology = \"mesh\"\n[api]\ntoken_key = \"keys/tokens.pub\"",
+        1,
+        "",
+    );
+    let c = Config::parse(&text, &path).unwrap();
+    let key = dir.path().join("keys/tokens.pub");
+    assert_eq!(c.api_token_key.as_deref(), Some(key.as_path()));
+    let missing = c.token_verifier().unwrap_err().to_string();
+    assert!(missing.contains("api.token_key"), "{missing}");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, "not a key").unwrap();
+    let bad = c.token_verifier().unwrap_err().to_string();
+    assert!(
+        bad.contains("api.token_key") && bad.contains("Ed25519"),
+        "{bad}"
+    );
+    let (_, public) = crate::tokens::generate_key_pair().unwrap();
+    std::fs::write(&key, public).unwrap();
+    assert!(c.token_verifier().unwrap().is_some());
+    let empty = file("topology = \"mesh\"\n[api]\ntoken_key = \" \"", 1, "");
+    assert!(refused(&empty).contains("api.token_key"));
+    // No key named: no verifier.
+    assert!(parse(&file("topology = \"mesh\"", 1, ""))
+        .unwrap()
+        .token_verifier()
+        .unwrap()
+        .is_none());
+}

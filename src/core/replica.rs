@@ -645,12 +645,13 @@ impl Replica {
                     p.lag.confirm(changes, bytes);
                 }
             }
-            // The handshake is the transport's; the topology, cluster view and forwarded
-            // requests the driver's.
+            // The handshake is the transport's; the topology, revocations, cluster view and
+            // forwarded requests the driver's.
             Message::Hello(_)
             | Message::Forward(_)
             | Message::Reply(_)
             | Message::Topology(_)
+            | Message::Revocations(_)
             | Message::ClusterAsk { .. }
             | Message::ClusterTell { .. } => self.stats.unexpected_messages += 1,
         }

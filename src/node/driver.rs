@@ -11,6 +11,7 @@ mod cluster_view;
 mod drain;
 mod forward;
 mod lending;
+mod revocations;
 mod storage;
 mod topology;
 
@@ -118,6 +119,20 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
             tracing::info!(node = %config.id, partitions = replica.filling().len(), "partitions taken over before the restart fill before they serve");
         }
     }
+    let revocations_file = match &config.storage {
+        super::StorageChoice::Dir(dir) => Some(dir.join(super::revocations::REVOCATIONS_FILE)),
+        _ => None,
+    };
+    let revocations = match &revocations_file {
+        Some(path) => {
+            super::revocations::read(path).map_err(|detail| Error::StoredRevocations {
+                path: path.clone(),
+                detail,
+            })?
+        }
+        None => crate::revocations::Revocations::default(),
+    };
+    let (revoked_tx, revoked_rx) = watch::channel(std::sync::Arc::new(revocations.clone()));
     let (done_tx, dones) = mpsc::unbounded_channel();
     let (health_tx, health) = watch::channel(Health::Ok);
     let health_tx = std::sync::Arc::new(health_tx);
@@ -134,6 +149,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         reader,
         topology: topology_rx,
         filling: filling_rx,
+        revoked: revoked_rx,
     };
     let (served_tx, served) = mpsc::unbounded_channel();
     let driver = Driver {
@@ -169,6 +185,9 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         filling_file,
         filling_stored,
         joining,
+        revocations,
+        revocations_file,
+        revoked: revoked_tx,
         removed: false,
         relink_at: None,
         draining: None,
@@ -252,6 +271,10 @@ struct Driver {
     /// First start, and no peer's topology heard yet: every partition this node
     /// replicates counts as filling for reads and writes (see `topology`).
     joining: bool,
+    /// The revoked user tokens, where they are kept, and as the node's handles see them.
+    revocations: crate::revocations::Revocations,
+    revocations_file: Option<std::path::PathBuf>,
+    revoked: watch::Sender<std::sync::Arc<crate::revocations::Revocations>>,
     removed: bool,
     /// When links follow a topology change that removed a connected node (see `topology`).
     relink_at: Option<u64>,
@@ -394,6 +417,7 @@ impl Driver {
                 tracing::info!(node = %self.id, peer = %peer, "peer up");
                 self.gather.event("peer-up", format!("link to {peer} up"));
                 self.send_topology(&peer);
+                self.send_revocations(&peer);
                 self.replica.peer_up(now, &peer);
                 let changes = self.links.mark_up(&peer);
                 self.apply_links(changes);
@@ -414,6 +438,10 @@ impl Driver {
                 from,
                 msg: crate::wire::Message::Topology(theirs),
             }) => self.receive_topology(&from, &theirs),
+            Input::Event(TransportEvent::Message {
+                from,
+                msg: crate::wire::Message::Revocations(theirs),
+            }) => self.receive_revocations(&from, &theirs),
             Input::Event(TransportEvent::Message {
                 from,
                 msg:
@@ -531,6 +559,7 @@ impl Driver {
                     .or_insert_with(|| broadcast::channel(1024).0);
                 let _ = reply.send(sender.subscribe());
             }
+            Command::Revoke { what, reply } => self.revoke(what, reply),
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }

@@ -66,6 +66,35 @@ impl Node {
         })
     }
 
+    /// Those of `ids` durable on this node, with their heads, in the order given (one
+    /// blocking read of the index per id; for the few documents a user token names).
+    pub async fn docs_named(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<Vec<(String, Vec<ChangeHash>)>, Error> {
+        if self.commands.is_closed() {
+            return Err(Error::Stopped);
+        }
+        let reader = Arc::clone(&self.reader);
+        let read = move || -> Result<Vec<(String, Vec<ChangeHash>)>, StorageError> {
+            let mut found = Vec::new();
+            for id in ids {
+                match reader.heads(&id)? {
+                    Some(heads) if !heads.is_empty() => found.push((id, hashes(heads))),
+                    _ => {}
+                }
+            }
+            Ok(found)
+        };
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|_| Error::Stopped)?
+            .map_err(|e| match e {
+                StorageError::Closed { .. } => Error::Stopped,
+                e => Error::Storage(e),
+            })
+    }
+
     /// Every document durable on this node with its heads, in id order (see
     /// [`Node::docs_page`], which this pages through; the whole list is in memory at the
     /// end: for large stores, page instead).

@@ -38,6 +38,7 @@ mod links;
 mod listing;
 mod load;
 mod read_pool;
+mod revocations;
 mod store_thread;
 mod writes;
 
@@ -158,6 +159,17 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// The revoked tokens stored in the data directory cannot be read.
+    #[error("{path}: the revoked tokens cannot be read: {detail}")]
+    StoredRevocations {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A revocation was refused; nothing changed.
+    #[error("revocation refused: {0}")]
+    Revoke(crate::revocations::RevokeError),
     /// A change of the live topology was refused; nothing changed.
     #[error("topology change refused: {0}")]
     Topology(String),
@@ -206,7 +218,7 @@ impl Error {
             Error::Change(inner) => inner
                 .downcast_ref::<crate::ops::OpError>()
                 .map_or(500, |op| op.status()),
-            Error::Merge(_) => 400,
+            Error::Merge(_) | Error::Revoke(_) => 400,
             Error::AckTimeout { .. } => 504,
             Error::Stopped
             | Error::StorageFailing(_)
@@ -431,6 +443,10 @@ pub(crate) enum Command {
         reply: oneshot::Sender<broadcast::Receiver<DocEvent>>,
     },
     Status(oneshot::Sender<NodeStatus>),
+    Revoke {
+        what: crate::revocations::Revoke,
+        reply: oneshot::Sender<Result<usize, Error>>,
+    },
     SetPeerAddr(String, SocketAddr),
     ClientOpen(oneshot::Sender<(u64, client_queue::ClientReceiver)>),
     ClientSync {
@@ -528,6 +544,8 @@ pub struct Node {
     topology: watch::Receiver<crate::topology::Topology>,
     /// Partitions this node took over and is still filling (served by other replicas).
     filling: watch::Receiver<crate::placement::PartitionSet>,
+    /// The revoked user tokens this node knows (see [`Node::revokes`]).
+    revoked: watch::Receiver<Arc<crate::revocations::Revocations>>,
 }
 
 /// A [`Node`] that does not keep the node running: the driver's own handle, for the

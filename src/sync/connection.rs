@@ -24,6 +24,7 @@ use super::{Place, Server, SyncCounters};
 use crate::core::ClientMsg;
 use crate::node::client_queue::ClientReceiver;
 use crate::node::{ClientEvent, Node};
+use crate::tokens::Access;
 use crate::wire::Ephemeral;
 
 /// How long a client may take to send `join` after the upgrade.
@@ -45,6 +46,7 @@ pub(crate) async fn serve(
     server: Arc<Server>,
     place: Place,
     mut stopping: watch::Receiver<bool>,
+    access: Access,
 ) {
     let client_peer = match handshake(&mut socket, &server).await {
         Ok(peer) => peer,
@@ -59,7 +61,7 @@ pub(crate) async fn serve(
     };
     let (ticket, replaced) = server.joined(&client_peer);
     let end = tokio::select! {
-        end = run(&mut socket, &node, &server, client, &client_peer, events, replaced) => end,
+        end = run(&mut socket, &node, &server, &access, client, &client_peer, events, replaced) => end,
         _ = stopping.wait_for(|s| *s) => End::Gone,
     };
     let _ = node.client_close(client).await;
@@ -101,17 +103,22 @@ async fn handshake(socket: &mut WebSocket, server: &Server) -> Result<String, En
     Ok(sender_id)
 }
 
-/// Relays messages both ways until the connection ends.
+/// Relays messages both ways until the connection ends (or, with a user token, until the
+/// token expires or is revoked).
+#[allow(clippy::too_many_arguments)]
 async fn run(
     socket: &mut WebSocket,
     node: &Node,
     server: &Server,
+    access: &Access,
     client: u64,
     peer: &str,
     mut events: ClientReceiver,
     mut replaced: tokio::sync::oneshot::Receiver<()>,
 ) -> End {
     let mut pace = Pace::new(&server.options);
+    let expires = access.user().map(|user| expiry(user.exp));
+    let mut revocations = node.watch_revocations();
     loop {
         let read = pace.may_read(events.queued());
         let held = pace.held_by_requests();
@@ -121,8 +128,21 @@ async fn run(
                     Ok(msg) => check_data(server, msg).await,
                     Err(end) => Err(end),
                 };
-                let msg = match msg {
-                    Ok(msg) => msg,
+                let msg = match msg.and_then(|msg| admit(access, msg)) {
+                    Ok(Admitted::Pass(msg)) => msg,
+                    Ok(Admitted::Drop) => continue,
+                    Ok(Admitted::Unavailable(document_id)) => {
+                        server.counters.auth_refused.count("forbidden");
+                        let answer = RepoMessage::DocUnavailable {
+                            sender_id: server.peer_id.clone(),
+                            target_id: peer.to_string(),
+                            document_id,
+                        };
+                        if let Err(end) = send(socket, server, &answer).await {
+                            return end;
+                        }
+                        continue;
+                    }
                     Err(end) => return end,
                 };
                 if let RepoMessage::Request { document_id, .. } = &msg {
@@ -133,6 +153,8 @@ async fn run(
                 }
             }
             event = events.recv() => match event {
+                // Nothing of a document outside the token's scope reaches the client.
+                Some(ClientEvent::Msg(msg)) if !access.may_read(doc_of(&msg)) => {}
                 Some(ClientEvent::Msg(msg)) => {
                     pace.sending(&msg);
                     let out = to_client(server, peer, msg);
@@ -150,7 +172,89 @@ async fn run(
             },
             () = tokio::time::sleep_until(pace.stalls_at()), if held => pace.stalled(),
             _ = &mut replaced => return End::Gone,
+            () = tokio::time::sleep_until(expires.unwrap_or_else(tokio::time::Instant::now)),
+                if expires.is_some() =>
+            {
+                server.counters.auth_refused.count("expired");
+                return End::Error("the token expired".into());
+            }
+            changed = revocations.changed(), if access.user().is_some() => {
+                let revoked = access.user().is_some_and(|user| node.revokes(user));
+                if changed.is_err() {
+                    return End::Gone;
+                }
+                if revoked {
+                    server.counters.auth_refused.count("revoked");
+                    return End::Error("the token was revoked".into());
+                }
+            }
         }
+    }
+}
+
+/// When a token that expires at `exp` (seconds since the Unix epoch) stops being accepted
+/// (the clock skew allowed included).
+fn expiry(exp: u64) -> tokio::time::Instant {
+    let now = crate::tokens::unix_now();
+    let left = exp
+        .saturating_add(crate::tokens::LEEWAY_S)
+        .saturating_sub(now);
+    tokio::time::Instant::now() + Duration::from_secs(left)
+}
+
+/// What becomes of a client's message under its token.
+enum Admitted {
+    /// Handed to the node.
+    Pass(RepoMessage),
+    /// A request or sync for a document outside the token's scope: answered
+    /// `doc-unavailable`, as for a document nobody has.
+    Unavailable(String),
+    /// An ephemeral message for a document outside the scope: dropped.
+    Drop,
+}
+
+/// Checks a client's message against its access: documents outside the scope are
+/// unavailable, and changes sent with a read-only token end the connection with an error
+/// (nothing of them is applied anywhere).
+fn admit(access: &Access, msg: RepoMessage) -> Result<Admitted, End> {
+    let Access::User(_) = access else {
+        return Ok(Admitted::Pass(msg));
+    };
+    match &msg {
+        RepoMessage::Request {
+            document_id, data, ..
+        }
+        | RepoMessage::Sync {
+            document_id, data, ..
+        } => {
+            if !access.may_read(document_id) {
+                return Ok(Admitted::Unavailable(document_id.clone()));
+            }
+            if !access.may_write(document_id) && carries_changes(data) {
+                return Err(End::Error(format!(
+                    "this token is read-only: the changes to document {document_id} were refused"
+                )));
+            }
+            Ok(Admitted::Pass(msg))
+        }
+        RepoMessage::Ephemeral { document_id, .. } if !access.may_read(document_id) => {
+            Ok(Admitted::Drop)
+        }
+        _ => Ok(Admitted::Pass(msg)),
+    }
+}
+
+/// Whether Automerge sync data carries changes (data that does not decode counts as
+/// carrying some: it is refused).
+fn carries_changes(data: &[u8]) -> bool {
+    automerge::sync::Message::decode(data).map_or(true, |m| !m.changes.is_empty())
+}
+
+/// The document a node's message for the client is about.
+fn doc_of(msg: &ClientMsg) -> &str {
+    match msg {
+        ClientMsg::Sync { doc, .. } | ClientMsg::Unavailable { doc } => doc,
+        ClientMsg::Ephemeral(e) => &e.doc,
     }
 }
 

@@ -94,6 +94,8 @@ pub struct SyncCounters {
     pub limits: crate::limits::LimitCounters,
     /// Connections closed because the client's socket took no write within the timeout.
     pub write_timeouts: AtomicU64,
+    /// Requests and sockets refused for their token (the API's too).
+    pub auth_refused: crate::tokens::Refusals,
 }
 
 impl SyncCounters {

@@ -110,6 +110,7 @@ pub(crate) fn describe(msg: &wire::Message) -> String {
         wire::Message::Hello(_) => "hello".into(),
         wire::Message::Ephemeral(e) => format!("ephemeral {} from {}", e.doc, e.sender),
         wire::Message::Topology(t) => format!("topology v{}", t.version()),
+        wire::Message::Revocations(r) => format!("{} revocations", r.len()),
         wire::Message::Receipt { changes, bytes } => {
             format!("receipt of {changes} changes, {bytes} bytes")
         }
