@@ -62,7 +62,8 @@
 //! - [`sync`]: automerge-repo clients over WebSocket (`GET /v1/sync`): the protocol's
 //!   messages, document ids and one client connection.
 //! - [`tokens`]: per-user access tokens (JWT, EdDSA): claims, verifying, minting, keys;
-//!   [`revocations`]: the revoked ones, as cluster data every node holds.
+//!   [`revocations`]: the revoked ones, as cluster data every node holds; [`owners`]: the
+//!   owner records of documents users created.
 //! - [`client`]: an HTTP client for the API and the command line's client commands; the
 //!   cluster status table of `concordant status`, which compares nodes by their
 //!   fingerprints (`client/status.rs`).
@@ -93,6 +94,7 @@ pub mod local;
 pub mod membership;
 pub mod node;
 pub mod ops;
+pub mod owners;
 mod panics;
 pub mod placement;
 pub mod revocations;

@@ -262,6 +262,54 @@ async fn tokens_reach_what_they_allow_and_nothing_else() {
     });
     let (status, made) = call(&c.client(1, Some(maker)), Method::POST, "/v1/docs", None).await;
     assert_eq!(status, 201, "{made}");
+    // It is carol's: her `owner` token opens it on the other node, nobody else's does.
+    let made = made["id"].as_str().expect("an id").to_string();
+    let owner = |sub: &str| {
+        c.mint(&UserToken {
+            owner: true,
+            ..user(sub, &[], Rights::Write)
+        })
+    };
+    let carol_at_n1 = c.client(0, Some(owner("carol")));
+    let start = Instant::now();
+    loop {
+        let (status, answer) =
+            call(&carol_at_n1, Method::GET, &format!("/v1/docs/{made}"), None).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 403, "{answer}");
+        assert!(start.elapsed() < LIMIT, "carol's document never reached n1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, answer) = call(
+        &carol_at_n1,
+        Method::POST,
+        &format!("/v1/docs/{made}/ops"),
+        Some(set("title", 1)),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = call(&carol_at_n1, Method::GET, "/v1/docs/doc-a", None).await;
+    assert_eq!(status, 403, "owner reaches only what carol created");
+    let (status, _) = call(
+        &c.client(0, Some(owner("dave"))),
+        Method::GET,
+        &format!("/v1/docs/{made}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "not dave's");
+    // Users cannot write owner records themselves.
+    let forged = concordant::owners::record("alice", 1);
+    let answer = c
+        .client(0, Some(alice.clone()))
+        .request(Method::POST, "/v1/docs/doc-a/automerge", Some(forged))
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status, 403, "{:?}", answer.json());
+    let (_, owners_of_a) = (0, c.nodes[0].owners("doc-a").await.expect("read"));
+    assert_eq!(owners_of_a, Some(Default::default()), "doc-a has no owner");
 
     // A revocation made at one node reaches the other: alice's token is refused there.
     let (status, answer) = call(

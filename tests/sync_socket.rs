@@ -316,6 +316,83 @@ async fn a_user_token_reaches_only_its_documents_over_sync() {
         "bob's change was not applied"
     );
 
+    // A token with `create` makes a document by syncing it (a request for one nobody has
+    // makes none); with `owner` its user opens it again later; another user does not.
+    let maker = UserToken {
+        create: true,
+        docs: Default::default(),
+        ..tokens::Verifier::from_pem(public.as_bytes())
+            .unwrap()
+            .verify(&alice, now)
+            .unwrap()
+    };
+    let maker = tokens::mint(private.as_bytes(), &maker, now).unwrap();
+    let (mut socket, _) = joined_with(&addr, "maker", &maker).await;
+    send(&mut socket, &request("doc-ghost", "maker")).await;
+    match next(&mut socket).await {
+        Some(RepoMessage::DocUnavailable { document_id, .. }) => {
+            assert_eq!(document_id, "doc-ghost")
+        }
+        other => panic!("expected doc-unavailable, got {other:?}"),
+    }
+    assert_eq!(
+        node.json("doc-ghost").await.unwrap(),
+        None,
+        "a request makes nothing"
+    );
+    sync_doc(&mut socket, "maker", &server, "doc-new").await;
+    assert_eq!(
+        node.owners("doc-new").await.unwrap(),
+        Some(["alice".to_string()].into_iter().collect())
+    );
+    drop(socket);
+    let owner_of = |sub: &str| {
+        let token = UserToken {
+            sub: sub.into(),
+            exp: now + 3600,
+            iat: None,
+            jti: None,
+            docs: Default::default(),
+            owner: true,
+            rights: Rights::Read,
+            create: false,
+        };
+        tokens::mint(private.as_bytes(), &token, now).unwrap()
+    };
+    let (mut socket, _) = joined_with(&addr, "alice-again", &owner_of("alice")).await;
+    send(&mut socket, &request("doc-new", "alice-again")).await;
+    match next(&mut socket).await {
+        Some(RepoMessage::Sync { document_id, .. }) => assert_eq!(document_id, "doc-new"),
+        other => panic!("expected doc-new's content, got {other:?}"),
+    }
+    let (mut socket, _) = joined_with(&addr, "dave", &owner_of("dave")).await;
+    send(&mut socket, &request("doc-new", "dave")).await;
+    match next(&mut socket).await {
+        Some(RepoMessage::DocUnavailable { .. }) => {}
+        other => panic!("expected doc-unavailable, got {other:?}"),
+    }
+    // Owner records from users are refused.
+    let (mut socket, _) = joined_with(&addr, "alice-forger", &alice).await;
+    let mut forged = Automerge::new();
+    forged
+        .load_incremental(&concordant::owners::record("alice", 1))
+        .unwrap();
+    let mut message = forged
+        .generate_sync_message(&mut sync::State::new())
+        .unwrap();
+    message.changes = forged.save().into();
+    send(
+        &mut socket,
+        &RepoMessage::Sync {
+            sender_id: "alice-forger".into(),
+            target_id: server.clone(),
+            document_id: "doc-a".into(),
+            data: message.encode(),
+        },
+    )
+    .await;
+    expect_error(&mut socket, "owner records").await;
+
     // A revoked token's socket closes.
     let (mut socket, _) = joined_with(&addr, "alice", &alice).await;
     node.revoke(concordant::revocations::Revoke::Sub("alice".into()))

@@ -63,12 +63,15 @@ pub(crate) async fn require_token(
     if matches!(request.uri().path(), "/v1/health" | "/") {
         return next.run(request).await;
     }
-    let checked = authenticate(&state, &request).and_then(|access| {
-        if let Some(user) = access.user() {
-            authorize(user, request.method(), request.uri().path())?;
-        }
-        Ok(access)
-    });
+    let checked = match authenticate(&state, &request) {
+        Ok(access) => match access.user() {
+            Some(user) => authorize(&state, user, request.method(), request.uri().path())
+                .await
+                .map(|()| access),
+            None => Ok(access),
+        },
+        Err(refused) => Err(refused),
+    };
     match checked {
         Ok(access) => {
             request.extensions_mut().insert(access);
@@ -133,38 +136,52 @@ fn authenticate(state: &AppState, request: &Request) -> Result<Access, Refused> 
     }
 }
 
-/// What a user token may reach: the document endpoints within its scope, and `/v1/sync`.
-fn authorize(user: &UserToken, method: &Method, path: &str) -> Result<(), Refused> {
+/// What a user token may reach: the document endpoints within its scope (the documents
+/// it names, and with `owner` those its user created), and `/v1/sync`.
+async fn authorize(
+    state: &AppState,
+    user: &UserToken,
+    method: &Method,
+    path: &str,
+) -> Result<(), Refused> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (read, write) = (method == Method::GET, method == Method::POST);
-    let doc = |id: &str| percent_decode(id);
-    let scope = |id: &str, writing: bool| {
-        let id = doc(id);
-        if !user.names(&id) {
-            Err(Refused::forbidden(format!(
-                "this token does not reach document {id:?}"
-            )))
-        } else if writing && !user.writes() {
-            Err(Refused::forbidden(format!(
-                "this token is read-only: it cannot change document {id:?}"
-            )))
-        } else {
-            Ok(())
+    let (id, writing) = match parts.as_slice() {
+        ["v1", "sync"] | ["v1", "docs"] if read => return Ok(()),
+        ["v1", "docs"] if write && user.create => return Ok(()),
+        ["v1", "docs"] if write => {
+            return Err(Refused::forbidden("this token may not create documents"))
+        }
+        ["v1", "docs", id] | ["v1", "docs", id, "automerge" | "watch" | "history"] if read => {
+            (percent_decode(id), false)
+        }
+        ["v1", "docs", id, "ops" | "automerge"] if write => (percent_decode(id), true),
+        _ => {
+            return Err(Refused::forbidden(
+                "a user token reaches the document endpoints and /v1/sync only",
+            ))
         }
     };
-    match parts.as_slice() {
-        ["v1", "sync"] if read => Ok(()),
-        ["v1", "docs"] if read => Ok(()),
-        ["v1", "docs"] if write && user.create => Ok(()),
-        ["v1", "docs"] if write => Err(Refused::forbidden("this token may not create documents")),
-        ["v1", "docs", id] | ["v1", "docs", id, "automerge" | "watch" | "history"] if read => {
-            scope(id, false)
-        }
-        ["v1", "docs", id, "ops" | "automerge"] if write => scope(id, true),
-        _ => Err(Refused::forbidden(
-            "a user token reaches the document endpoints and /v1/sync only",
-        )),
+    if !user.names(&id) && !(user.owner && owns(state, user, &id).await) {
+        return Err(Refused::forbidden(format!(
+            "this token does not reach document {id:?}"
+        )));
     }
+    if writing && !user.writes() {
+        return Err(Refused::forbidden(format!(
+            "this token is read-only: it cannot change document {id:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `user` created `doc` (its owner records name the user). A document that cannot
+/// be read now counts as not created by the user.
+async fn owns(state: &AppState, user: &UserToken, doc: &str) -> bool {
+    if !crate::doc_id::is_valid_doc_id(doc) {
+        return false;
+    }
+    matches!(state.node.owners(doc).await, Ok(Some(owners)) if owners.contains(&user.sub))
 }
 
 /// The token of a `Bearer <token>` header value (scheme case-insensitive).

@@ -6,13 +6,14 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::{json, Value};
 
 use super::error::heads_json;
 use super::{is_valid_doc_id, AppState, HttpError, MAX_DOC_ID, MAX_TIMEOUT_MS};
 use crate::node::{Health, NodeStatus};
 use crate::ops::{parse_write_request, Ack};
+use crate::tokens::Access;
 
 type Answer = Result<Response, HttpError>;
 
@@ -170,10 +171,19 @@ fn status_json(s: &NodeStatus) -> Value {
 
 /// `POST /v1/docs`: a new empty document (one empty change, so that it has heads and
 /// replicates) under a fresh automerge-repo id; answered once durable here.
-pub(crate) async fn create_doc(State(state): State<AppState>) -> Answer {
+pub(crate) async fn create_doc(
+    State(state): State<AppState>,
+    access: Option<Extension<Access>>,
+) -> Answer {
     let id = crate::sync::doc_id::new_document_id();
     let mut scratch = automerge::Automerge::new();
-    scratch.empty_commit(automerge::transaction::CommitOptions::default());
+    // A user's document records its owner (its first change: see `crate::owners`).
+    let options = automerge::transaction::CommitOptions::default();
+    let options = match access.as_ref().and_then(|Extension(a)| a.user()) {
+        Some(user) => options.with_message(format!("{}{}", crate::owners::PREFIX, user.sub)),
+        None => options,
+    };
+    scratch.empty_commit(options);
     state
         .node
         .merge(&id, scratch.save())
@@ -265,6 +275,7 @@ pub(crate) async fn get_automerge(
 /// `POST /v1/docs/{id}/automerge`.
 pub(crate) async fn post_automerge(
     State(state): State<AppState>,
+    access: Option<Extension<Access>>,
     path: Result<Path<String>, PathRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Answer {
@@ -277,6 +288,19 @@ pub(crate) async fn post_automerge(
         )));
     }
     check_data(&state, &id, raw.clone()).await?;
+    if access.is_some_and(|Extension(a)| a.user().is_some()) {
+        let Some(named) = crate::owners::named_in_data(&raw) else {
+            return Err(HttpError::bad_request(format!(
+                "document {id:?}: the body is not Automerge data"
+            )));
+        };
+        if !state.node.knows_owners(&id, &named).await {
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                format!("document {id:?}: owner records are written by the cluster, not by users"),
+            ));
+        }
+    }
     let new_changes = state.node.merge(&id, raw.to_vec()).await.map_err(|e| {
         if let crate::node::Error::Merge(why) = &e {
             // Automerge's own line about it is at debug level: one line per request here.

@@ -37,6 +37,7 @@ mod forward;
 mod links;
 mod listing;
 mod load;
+mod owners;
 mod read_pool;
 mod revocations;
 mod store_thread;

@@ -12,6 +12,7 @@
 //! the socket closes, its place and its queue are released. It syncs again when it
 //! reconnects.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,6 +120,8 @@ async fn run(
     let mut pace = Pace::new(&server.options);
     let expires = access.user().map(|user| expiry(user.exp));
     let mut revocations = node.watch_revocations();
+    // Documents a user token reaches beyond those it names (see `admit`).
+    let mut reached = HashSet::new();
     loop {
         let read = pace.may_read(events.queued());
         let held = pace.held_by_requests();
@@ -128,7 +131,11 @@ async fn run(
                     Ok(msg) => check_data(server, msg).await,
                     Err(end) => Err(end),
                 };
-                let msg = match msg.and_then(|msg| admit(access, msg)) {
+                let msg = match msg {
+                    Ok(msg) => admit(node, access, &mut reached, msg).await,
+                    Err(end) => Err(end),
+                };
+                let msg = match msg {
                     Ok(Admitted::Pass(msg)) => msg,
                     Ok(Admitted::Drop) => continue,
                     Ok(Admitted::Unavailable(document_id)) => {
@@ -154,7 +161,8 @@ async fn run(
             }
             event = events.recv() => match event {
                 // Nothing of a document outside the token's scope reaches the client.
-                Some(ClientEvent::Msg(msg)) if !access.may_read(doc_of(&msg)) => {}
+                Some(ClientEvent::Msg(msg))
+                    if !access.may_read(doc_of(&msg)) && !reached.contains(doc_of(&msg)) => {}
                 Some(ClientEvent::Msg(msg)) => {
                     pace.sending(&msg);
                     let out = to_client(server, peer, msg);
@@ -213,34 +221,72 @@ enum Admitted {
     Drop,
 }
 
-/// Checks a client's message against its access: documents outside the scope are
-/// unavailable, and changes sent with a read-only token end the connection with an error
-/// (nothing of them is applied anywhere).
-fn admit(access: &Access, msg: RepoMessage) -> Result<Admitted, End> {
-    let Access::User(_) = access else {
+/// Checks a client's message against its access. A user token reaches the documents it
+/// names, and with `owner` those its user created, with `create` the ones it makes (a
+/// document nobody has, recorded as its user's: see [`crate::owners`]); those it reaches
+/// so are kept in `reached`. Other documents are unavailable. Changes sent with a
+/// read-only token, and owner records in any user's changes, end the connection with an
+/// error (nothing of them is applied anywhere).
+async fn admit(
+    node: &Node,
+    access: &Access,
+    reached: &mut HashSet<String>,
+    msg: RepoMessage,
+) -> Result<Admitted, End> {
+    let Access::User(user) = access else {
         return Ok(Admitted::Pass(msg));
     };
+    let readable = |doc: &str, reached: &HashSet<String>| user.names(doc) || reached.contains(doc);
     match &msg {
         RepoMessage::Request {
             document_id, data, ..
         }
         | RepoMessage::Sync {
             document_id, data, ..
-        } => {
-            if !access.may_read(document_id) {
-                return Ok(Admitted::Unavailable(document_id.clone()));
+        } if crate::doc_id::is_valid_doc_id(document_id) => {
+            if !readable(document_id, reached) {
+                // A client makes a document by syncing it; a request asks for one it lacks.
+                let making = matches!(msg, RepoMessage::Sync { .. });
+                if !reach(node, user, document_id, making).await {
+                    return Ok(Admitted::Unavailable(document_id.clone()));
+                }
+                reached.insert(document_id.clone());
             }
-            if !access.may_write(document_id) && carries_changes(data) {
+            if !user.writes() && carries_changes(data) {
                 return Err(End::Error(format!(
                     "this token is read-only: the changes to document {document_id} were refused"
                 )));
             }
+            let known = match crate::owners::named_in_sync_message(data) {
+                Some(named) => node.knows_owners(document_id, &named).await,
+                None => false,
+            };
+            if !known {
+                return Err(End::Error(format!(
+                    "document {document_id}: owner records are written by the cluster, not by \
+                     users (or the sync message does not decode)"
+                )));
+            }
             Ok(Admitted::Pass(msg))
         }
-        RepoMessage::Ephemeral { document_id, .. } if !access.may_read(document_id) => {
+        RepoMessage::Ephemeral { document_id, .. } if !readable(document_id, reached) => {
             Ok(Admitted::Drop)
         }
         _ => Ok(Admitted::Pass(msg)),
+    }
+}
+
+/// Whether `user` reaches `doc` though its token does not name it: as its creator (its
+/// owner records name the user, with `owner`), or as the one who makes it now (`making`:
+/// nobody has it, with `create`: its owner record is written first).
+async fn reach(node: &Node, user: &crate::tokens::UserToken, doc: &str, making: bool) -> bool {
+    if !(user.owner || user.create) {
+        return false;
+    }
+    match node.owners(doc).await {
+        Ok(Some(owners)) => user.owner && owners.contains(&user.sub),
+        Ok(None) if user.create && making => node.record_owner(doc, &user.sub).await.is_ok(),
+        _ => false,
     }
 }
 
