@@ -162,7 +162,8 @@ async fn authorize(
             ))
         }
     };
-    if !user.names(&id) && !(user.owner && owns(state, user, &id).await) {
+    let reaches = user.names(&id) || (user.owner && owns(state, user, &id).await);
+    if !reaches {
         return Err(Refused::forbidden(format!(
             "this token does not reach document {id:?}"
         )));
