@@ -337,15 +337,36 @@ pub fn mint(pem: &[u8], token: &UserToken, now: u64) -> Result<String, TokenErro
         .map_err(|e| TokenError::Sign(e.to_string()))
 }
 
-/// A new token-signing key pair: the private key (PKCS#8 PEM) and the public key (SPKI
-/// PEM).
+/// A new token-signing key pair: the private key (PKCS#8 v1 PEM, the form every JWT
+/// library and OpenSSL read) and the public key (SPKI PEM).
 pub fn generate_key_pair() -> Result<(String, String), TokenError> {
-    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| TokenError::Key {
+    let error = |detail: String| TokenError::Key {
         kind: "private",
-        detail: e.to_string(),
-    })?;
-    Ok((pair.serialize_pem(), pair.public_key_pem()))
+        detail,
+    };
+    let pair =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| error(e.to_string()))?;
+    // The generator writes PKCS#8 v2 (the public key after the seed, in an encoding some
+    // readers refuse); v1 is the same header with version 0 and the seed alone.
+    let der = pair.serialize_der();
+    let seed = der
+        .strip_prefix(&PKCS8_V2_HEAD[..])
+        .and_then(|rest| rest.get(..32))
+        .ok_or_else(|| error("the generated key is not the expected PKCS#8 form".into()))?;
+    let mut v1 = PKCS8_V1_HEAD.to_vec();
+    v1.extend_from_slice(seed);
+    let private = pem::encode(&pem::Pem::new("PRIVATE KEY", v1));
+    Ok((private, pair.public_key_pem()))
 }
+
+/// The DER before the 32-byte seed of an Ed25519 PKCS#8 v2 key (version 1) and of a v1 key
+/// (version 0): SEQUENCE, version, the Ed25519 algorithm, the seed's OCTET STRING.
+const PKCS8_V2_HEAD: [u8; 16] = [
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+const PKCS8_V1_HEAD: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
 
 #[cfg(test)]
 mod tests {

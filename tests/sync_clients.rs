@@ -9,6 +9,9 @@
 //! - a client connected to two nodes keeps working while one of them is SIGKILLed and catches
 //!   up with it when it is restarted: every client and every node end with every edit;
 //! - a document made by `POST /v1/docs` is found by a client;
+//! - user tokens minted with `jose` reach only their documents, on every node: read-only
+//!   tokens cannot change them, documents users create are theirs on any node, expired
+//!   tokens are refused and revoked ones' sockets close on every node;
 //! - in a cluster whose documents are each on one node (`replicas = 1`), clients on the two
 //!   nodes that do not hold a document edit it together.
 //!
@@ -99,6 +102,15 @@ fn client_env(cluster: &ProcCluster, scenarios: &str) -> Vec<(String, String)> {
         ("CONCORDANT_WS".into(), ws.join(",")),
         ("CONCORDANT_HTTP".into(), http.join(",")),
         ("CONCORDANT_TOKEN".into(), token),
+        (
+            "CONCORDANT_TOKEN_KEY".into(),
+            cluster
+                .config
+                .ca
+                .with_file_name("tokens.key")
+                .display()
+                .to_string(),
+        ),
         ("SYNC_SCENARIOS".into(), scenarios.into()),
     ]
 }
@@ -325,6 +337,11 @@ async fn automerge_repo_clients_share_documents_through_any_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_made_by_post_v1_docs_is_found_by_a_client() {
     run_scenarios("7").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_tokens_reach_only_their_documents_on_every_node() {
+    run_scenarios("9").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,9 @@
 //   CONCORDANT_TOKEN   the API token (sent as `Authorization: Bearer`), if the cluster has one
 //   SYNC_SCENARIOS     comma-separated scenario numbers, or "all" (1-7); default 1,2,3,5,6
 //   SYNC_DOC_URL       the document of scenario 8
+//   CONCORDANT_TOKEN_KEY  the cluster's token-signing private key (certs/tokens.key, PKCS#8
+//                      PEM): scenario 9 mints user tokens with it (`jose`), as an app's
+//                      backend would
 //   SYNC_SKIP_HTTP=1   self-check against a plain automerge-repo server: skips every HTTP API
 //                      check and the scenarios that need the HTTP API or a token (2, 6, 7)
 //   SYNC_TIMEOUT_MS    bound on each wait (default 20000)
@@ -39,6 +42,13 @@
 //      SYNC_DOC_URL names a document whose replicas do not include nodes 1 and 2; A (node 1)
 //      and B (node 2) find it, edit it together live both ways, and the last node's HTTP API
 //      (a replica) shows the merged document.
+//   9  User tokens (JWTs minted here with `jose`, EdDSA): alice's token for document A finds
+//      and edits A through nodes 1 and 2; her find() of B is unavailable and B's content never
+//      reaches her; bob's read-only token receives A's changes live, his own change ends his
+//      socket (the server's `error`) and A is unchanged on every node; carol's `create` token
+//      makes a document, and after she disconnects her `owner` token opens it on another
+//      node (dave's does not); an expired token's upgrade is refused with 401; alice's
+//      sockets on every node close within 2 s of her token's revocation at one node.
 //
 // Prints one line per passed scenario ("PASS <n> <what>"); exits 0 only if every requested
 // scenario passed; every wait is bounded.
@@ -53,6 +63,8 @@ import {
 } from "@automerge/automerge-repo"
 import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
 import WebSocket from "ws"
+import { SignJWT, importPKCS8 } from "jose"
+import { readFileSync } from "node:fs"
 
 // ---------------------------------------------------------------------------------------------
 // configuration
@@ -71,15 +83,16 @@ const TIMEOUT = Number(process.env.SYNC_TIMEOUT_MS ?? 20000)
 const UNAVAILABLE_BOUND = Number(process.env.SYNC_UNAVAILABLE_MS ?? 5000)
 const RETRY_MS = Number(process.env.SYNC_RETRY_MS ?? 1000)
 const ALL = [1, 2, 3, 4, 5, 6, 7]
-const NEEDS_HTTP = new Set([2, 6, 7, 8])
+const NEEDS_HTTP = new Set([2, 6, 7, 8, 9])
 const DOC_URL = process.env.SYNC_DOC_URL
+const TOKEN_KEY = process.env.CONCORDANT_TOKEN_KEY
 
 function scenarios() {
   const raw = process.env.SYNC_SCENARIOS ?? "1,2,3,5,6"
   if (raw.trim() === "all") return ALL
   const out = raw.split(",").map(s => Number(s.trim()))
   for (const n of out) {
-    if (!ALL.includes(n) && n !== 8) fatal(`SYNC_SCENARIOS=${raw}: unknown scenario ${n}`)
+    if (!ALL.includes(n) && n !== 8 && n !== 9) fatal(`SYNC_SCENARIOS=${raw}: unknown scenario ${n}`)
   }
   return out
 }
@@ -189,11 +202,12 @@ async function waitHttpEquals(i, documentId, expected, what) {
 
 const repos = new Set()
 
-/** An in-memory Repo connected to `urls` (one WebSocketClientAdapter each). */
-function makeRepo(name, urls) {
+/** An in-memory Repo connected to `urls` (one WebSocketClientAdapter each, reconnecting
+ * `retryMs` after losing its server). */
+function makeRepo(name, urls, retryMs = RETRY_MS) {
   const repo = new Repo({
     storage: undefined,
-    network: urls.map(url => new WebSocketClientAdapter(url, RETRY_MS)),
+    network: urls.map(url => new WebSocketClientAdapter(url, retryMs)),
   })
   repo.name = name
   repos.add(repo)
@@ -608,6 +622,141 @@ async function scenario7() {
   }
 }
 
+/** A user token signed with the cluster's token key (what an app's backend does). */
+async function mint(claims, expires = "1h") {
+  const key = await importPKCS8(readFileSync(TOKEN_KEY, "utf8"), "EdDSA")
+  return new SignJWT(claims).setProtectedHeader({ alg: "EdDSA" }).setIssuedAt().setExpirationTime(expires).sign(key)
+}
+
+/** Node `i`'s sync URL with `token` in place of the admin token. */
+function wsWith(i, token) {
+  const url = new URL(WS[i])
+  url.searchParams.set("token", token)
+  return url.href
+}
+
+/** Resolves when `repo`'s adapter number `k` loses its server (the socket closed). */
+function disconnected(repo, k = 0) {
+  const adapter = repo.networkSubsystem.adapters[k]
+  return new Promise(resolve => adapter.once("peer-disconnected", () => resolve(Date.now())))
+}
+
+async function scenario9() {
+  // A user's repo on node i; it does not reconnect within the scenario (a refused or
+  // revoked token's reconnection would be answered 401, which the adapter throws).
+  const user = (name, i, token) => makeRepo(name, [wsWith(i, token)], 600_000)
+  if (!TOKEN_KEY) throw new Failure("scenario 9 needs CONCORDANT_TOKEN_KEY (the cluster's tokens.key)")
+  if (WS.length < 3) throw new Failure("scenario 9 needs three nodes")
+  const [idA, idB] = [freshId(), freshId()]
+  await httpPostOps(0, idA, [{ op: "set", path: ["title"], value: "A" }])
+  await httpPostOps(0, idB, [{ op: "set", path: ["secret"], value: "B" }])
+  const urlA = stringifyAutomergeUrl({ documentId: idA })
+  const urlB = stringifyAutomergeUrl({ documentId: idB })
+  const alice = await mint({ sub: "alice", jti: "alice-1", docs: [idA], rights: "write" })
+  const bob = await mint({ sub: "bob", docs: [idA], rights: "read" })
+  const A1 = user("alice@1", 0, alice)
+  const A2 = user("alice@2", 1, alice)
+  const B3 = user("bob@3", 2, bob)
+  try {
+    await connected(A1)
+    await connected(A2)
+    const a1 = await find(A1, urlA)
+    const a2 = await find(A2, urlA)
+    await waitDoc(a2, "alice sees A on node 2", d => d.title === "A")
+    const seen = nextChange(a2, "A at alice@2", d => d.by === "alice@1")
+    a1.change(d => {
+      d.by = "alice@1"
+    })
+    await seen
+    await waitHttpEquals(2, idA, () => ({ title: "A", by: "alice@1" }), "alice's edit of A")
+    // B is not hers: unavailable, and nothing of it reaches her.
+    const started = Date.now()
+    let refused
+    try {
+      await within(UNAVAILABLE_BOUND, "find() of B to reject", A1.find(urlB))
+    } catch (e) {
+      refused = e
+    }
+    if (!refused || refused instanceof Failure) {
+      throw new Failure(`alice's find() of B ${refused ? refused.message : "resolved"}; expected unavailable`)
+    }
+    const b = A1.handles[idB]
+    if (b?.isReady() && json(b).secret) throw new Failure("B's content reached alice")
+    log(`find(B) with alice's token rejected after ${Date.now() - started} ms: ${refused.message}`)
+
+    // bob reads A live; his own change is refused.
+    await connected(B3)
+    const b3 = await find(B3, urlA)
+    await waitDoc(b3, "bob sees A", d => d.by === "alice@1")
+    const live = nextChange(b3, "A at bob@3", d => d.again === true)
+    a1.change(d => {
+      d.again = true
+    })
+    await live
+    const lost = disconnected(B3)
+    b3.change(d => {
+      d.bob = "was here"
+    })
+    await within(TIMEOUT, "the server to end bob's socket after his change", lost)
+    await sleep(500)
+    for (let i = 0; i < 3; i++) {
+      const { status, body } = await httpGetDoc(i, idA)
+      if (status !== 200 || "bob" in body) throw new Failure(`node ${i + 1} shows A as ${status} ${show(body)}`)
+    }
+    await closeRepo(B3)
+
+    // carol makes a document, and opens it again elsewhere as its owner.
+    const carolMaker = await mint({ sub: "carol", create: true, rights: "write" })
+    const C1 = user("carol@1", 0, carolMaker)
+    await connected(C1)
+    const made = C1.create({ title: "carol's" })
+    await serverHas(C1, made)
+    await closeRepo(C1)
+    const carolOwner = await mint({ sub: "carol", owner: true, rights: "write" })
+    const C2 = user("carol@2", 1, carolOwner)
+    await connected(C2)
+    const again = await find(C2, made.url)
+    await waitDoc(again, "carol's document on node 2", d => d.title === "carol's")
+    const daveOwner = await mint({ sub: "dave", owner: true, rights: "write" })
+    const D3 = user("dave@3", 2, daveOwner)
+    await connected(D3)
+    let daveRefused = false
+    try {
+      await within(UNAVAILABLE_BOUND, "dave's find() to reject", D3.find(made.url))
+    } catch (e) {
+      daveRefused = !(e instanceof Failure)
+    }
+    if (!daveRefused) throw new Failure("dave's owner token opened carol's document")
+
+    // An expired token is refused at the upgrade.
+    const expired = await mint({ sub: "alice", docs: [idA] }, Math.floor(Date.now() / 1000) - 600)
+    const r = await rawUpgrade(wsWith(0, expired))
+    if (r.status !== 401) throw new Failure(`the upgrade with an expired token gave ${show(r)}`)
+
+    // Revoked at node 1: alice's sockets on every node close within 2 s.
+    const A3 = user("alice@3", 2, alice)
+    await connected(A3)
+    const closed = [disconnected(A1), disconnected(A2), disconnected(A3)]
+    const res = await fetch(`${HTTP[0]}/v1/revocations`, {
+      method: "POST",
+      headers: authHeaders({ "Content-Type": "application/json" }),
+      body: JSON.stringify({ jti: "alice-1" }),
+      signal: AbortSignal.timeout(5000),
+    })
+    if (res.status !== 200) throw new Failure(`POST /v1/revocations answered ${res.status}: ${await res.text()}`)
+    const revokedAt = Date.now()
+    const at = await within(2000, "alice's sockets on every node to close after the revocation", Promise.all(closed))
+    const slowest = Math.max(...at) - revokedAt
+    return (
+      `alice edits A through nodes 1 and 2, B unavailable to her; bob's read-only token gets A live, ` +
+      `his change refused; carol's document reopened by her owner token on node 2 (not dave's); ` +
+      `expired token refused; revocation closed alice's sockets on 3 nodes in ${slowest} ms`
+    )
+  } finally {
+    for (const repo of [...repos]) await closeRepo(repo)
+  }
+}
+
 async function scenario8() {
   if (!DOC_URL) throw new Failure("scenario 8 needs SYNC_DOC_URL")
   if (WS.length < 2) throw new Failure("scenario 8 needs two WebSocket URLs")
@@ -648,7 +797,17 @@ async function scenario8() {
   }
 }
 
-const SCENARIOS = { 1: scenario1, 2: scenario2, 3: scenario3, 4: scenario4, 5: scenario5, 6: scenario6, 7: scenario7, 8: scenario8 }
+const SCENARIOS = {
+  1: scenario1,
+  2: scenario2,
+  3: scenario3,
+  4: scenario4,
+  5: scenario5,
+  6: scenario6,
+  7: scenario7,
+  8: scenario8,
+  9: scenario9,
+}
 
 // ---------------------------------------------------------------------------------------------
 // main
