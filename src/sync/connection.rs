@@ -206,9 +206,13 @@ fn expiry(exp: u64) -> tokio::time::Instant {
     let now = crate::tokens::unix_now();
     let left = exp
         .saturating_add(crate::tokens::LEEWAY_S)
-        .saturating_sub(now);
+        .saturating_sub(now)
+        .min(MAX_TOKEN_LIFE_S);
     tokio::time::Instant::now() + Duration::from_secs(left)
 }
+
+/// A token valid for longer than this (100 years) is treated as valid for this long.
+const MAX_TOKEN_LIFE_S: u64 = 100 * 365 * 86_400;
 
 /// What becomes of a client's message under its token.
 enum Admitted {
