@@ -183,12 +183,44 @@ async fn authorize(
 }
 
 /// Whether `user` created `doc` (its owner records name the user). A document that cannot
-/// be read now counts as not created by the user.
+/// be read now counts as not created by the user. A document's owners are only ever added
+/// to (at its creation), so a user found among them is remembered ([`OwnedCache`]).
 async fn owns(state: &AppState, user: &UserToken, doc: &str) -> bool {
     if !crate::doc_id::is_valid_doc_id(doc) {
         return false;
     }
-    matches!(state.node.owners(doc).await, Ok(Some(owners)) if owners.contains(&user.sub))
+    let key = (doc.to_string(), user.sub.clone());
+    if state.owned.contains(&key) {
+        return true;
+    }
+    let owns =
+        matches!(state.node.owners(doc).await, Ok(Some(owners)) if owners.contains(&user.sub));
+    if owns {
+        state.owned.insert(key);
+    }
+    owns
+}
+
+/// The (document, user) pairs found owned lately, at most [`OwnedCache::MAX`] (then it
+/// starts again empty): an owner token's requests read the document's history once.
+#[derive(Debug, Default)]
+pub(crate) struct OwnedCache(std::sync::Mutex<std::collections::HashSet<(String, String)>>);
+
+impl OwnedCache {
+    const MAX: usize = 100_000;
+
+    fn contains(&self, key: &(String, String)) -> bool {
+        self.0.lock().is_ok_and(|set| set.contains(key))
+    }
+
+    fn insert(&self, key: (String, String)) {
+        if let Ok(mut set) = self.0.lock() {
+            if set.len() >= Self::MAX {
+                set.clear();
+            }
+            set.insert(key);
+        }
+    }
 }
 
 /// The token of a `Bearer <token>` header value (scheme case-insensitive).

@@ -145,6 +145,8 @@ pub(crate) struct Shared {
     pub(crate) node: Node,
     pub(crate) token: Option<String>,
     pub(crate) verifier: Option<Arc<crate::tokens::Verifier>>,
+    /// Documents found owned by the users of owner tokens (see `auth.rs`).
+    pub(crate) owned: auth::OwnedCache,
     pub(crate) counters: metrics::ApiCounters,
     /// The automerge-repo sync endpoint's shared state.
     pub(crate) sync: Arc<crate::sync::Server>,
@@ -192,6 +194,7 @@ pub async fn serve_with(
         node: node.clone(),
         token: options.token,
         verifier: options.verifier,
+        owned: auth::OwnedCache::default(),
         counters: metrics::ApiCounters::default(),
         sync: Arc::new(crate::sync::Server::new(
             &status.cluster,
