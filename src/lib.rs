@@ -61,6 +61,7 @@
 //!   tells about itself, its events, and the assembled picture (nodes, links, healing).
 //! - [`sync`]: automerge-repo clients over WebSocket (`GET /v1/sync`): the protocol's
 //!   messages, document ids and one client connection.
+//! - [`history`]: a document as it was, and its changes with their origin node.
 //! - [`tokens`]: per-user access tokens (JWT, EdDSA): claims, verifying, minting, keys;
 //!   [`revocations`]: the revoked ones, as cluster data every node holds; [`owners`]: the
 //!   owner records of documents users created.
@@ -87,6 +88,7 @@ pub mod demo;
 pub mod doc_id;
 mod files;
 mod fnv;
+pub mod history;
 pub mod init;
 pub mod json;
 pub mod limits;

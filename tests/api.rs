@@ -855,3 +855,81 @@ async fn a_stopped_run_ends_ok_with_the_node_shut_down() {
 
 #[path = "api/listing.rs"]
 mod listing;
+
+/// History: a document as it was at given heads, and its changes newest first with the
+/// node each was made at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_documents_history_and_the_document_as_it_was() {
+    let mut nodes = cluster(2, None).await;
+    wait_connected(&nodes[0].node, &["n2"]).await;
+    let (a, b) = (nodes[0].client(), nodes[1].client());
+    let write = |c: &Client, v: i64| {
+        let body = json!({"ops": [{"op": "set", "path": ["v"], "value": v}], "ack": "all"});
+        let c = c.clone();
+        async move {
+            c.json(
+                Method::POST,
+                "/v1/docs/hist/ops",
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+            .expect("written")
+        }
+    };
+    let first = write(&a, 1).await;
+    write(&b, 2).await;
+    let heads: Vec<String> = first["heads"]
+        .as_array()
+        .expect("heads")
+        .iter()
+        .map(|h| h.as_str().expect("hex").to_string())
+        .collect();
+    let then = a
+        .json(
+            Method::GET,
+            &format!("/v1/docs/hist?at={}", heads.join(",")),
+            None,
+        )
+        .await
+        .expect("the document then");
+    assert_eq!(then, json!({"v": 1}));
+    let now = a
+        .json(Method::GET, "/v1/docs/hist", None)
+        .await
+        .expect("now");
+    assert_eq!(now, json!({"v": 2}));
+    let history = a
+        .json(Method::GET, "/v1/docs/hist/history", None)
+        .await
+        .expect("history");
+    let origins: Vec<&str> = history
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| c["origin"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(origins, ["n2", "n1"], "{history}");
+    assert_eq!(history[1]["hash"], json!(heads[0]));
+    assert_eq!(history[1]["seq"], 1);
+    let one = a
+        .json(Method::GET, "/v1/docs/hist/history?limit=1", None)
+        .await
+        .expect("history");
+    assert_eq!(one.as_array().map(Vec::len), Some(1));
+    for (path, status) in [
+        (format!("/v1/docs/hist?at={}", "ab".repeat(32)), 400),
+        ("/v1/docs/hist?at=zz".to_string(), 400),
+        ("/v1/docs/hist?at=".to_string(), 400),
+        ("/v1/docs/hist/history?limit=0".to_string(), 400),
+        ("/v1/docs/never/history".to_string(), 404),
+    ] {
+        let answer = a
+            .request(Method::GET, &path, None)
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status, status, "{path}: {:?}", answer.json());
+    }
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}

@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -197,13 +197,71 @@ pub(crate) async fn create_doc(
 pub(crate) async fn get_doc(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Answer {
     let id = doc_id(path)?;
-    match state.node.json(&id).await {
+    let at = query_value(query.as_deref(), "at")
+        .map(|text| {
+            crate::history::parse_heads(&text)
+                .map_err(|e| HttpError::bad_request(format!("?at=: {e}")))
+        })
+        .transpose()?;
+    let found = match at {
+        None => state.node.json(&id).await,
+        Some(heads) => match state.node.json_at(&id, heads).await {
+            Ok(Some(Err(lacking))) => {
+                return Err(HttpError::bad_request(format!(
+                    "document {id:?}: ?at=: {lacking}"
+                )))
+            }
+            other => other.map(|then| then.and_then(Result::ok)),
+        },
+    };
+    match found {
         Ok(Some(doc)) => Ok(Json(doc).into_response()),
         Ok(None) => Err(no_such_doc(&id)),
         Err(e) => Err(HttpError::from_node(&id, e)),
     }
+}
+
+/// `GET /v1/docs/{id}/history?limit=N`: the document's changes, newest first (at most
+/// `limit`, 1 to [`MAX_HISTORY`], default [`DEFAULT_HISTORY`]).
+pub(crate) async fn get_history(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Answer {
+    let id = doc_id(path)?;
+    let limit = match query_value(query.as_deref(), "limit") {
+        None => DEFAULT_HISTORY,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_HISTORY).contains(&n) => n,
+            _ => {
+                return Err(HttpError::bad_request(format!(
+                    "?limit={text}: expected 1 to {MAX_HISTORY}"
+                )))
+            }
+        },
+    };
+    match state.node.history(&id, limit).await {
+        Ok(Some(changes)) => Ok(Json(changes).into_response()),
+        Ok(None) => Err(no_such_doc(&id)),
+        Err(e) => Err(HttpError::from_node(&id, e)),
+    }
+}
+
+/// The changes `GET /v1/docs/{id}/history` lists without `limit`, and at most.
+const DEFAULT_HISTORY: usize = 100;
+const MAX_HISTORY: usize = 10_000;
+
+/// The value of `key=` in a query string (percent-decoded; the last one counts).
+fn query_value(query: Option<&str>, key: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| super::auth::percent_decode(v))
+        .next_back()
 }
 
 pub(crate) fn no_such_doc(id: &str) -> HttpError {

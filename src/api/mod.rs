@@ -18,7 +18,8 @@
 //! | `GET /v1/topology` | the live topology: nodes in order, removed nodes, version, digest |
 //! | `POST /v1/topology/nodes` | `{"id","peer","api","links"?}`: a node joins; 409 if invalid |
 //! | `DELETE /v1/topology/nodes/{id}` | the node leaves; 409 if invalid |
-//! | `GET /v1/docs/{id}` | the document as JSON; 404 if absent |
+//! | `GET /v1/docs/{id}` | the document as JSON; 404 if absent; `?at=<hex heads, comma-separated>` as it was then (400 for heads it lacks) |
+//! | `GET /v1/docs/{id}/history` | its changes newest first, `?limit=N` (default 100, at most 10,000): `[{"hash","actor","seq","time","message","origin"}]` |
 //! | `POST /v1/docs/{id}/ops` | `{"heads","acked_by"}`; 400 malformed, 409 does not fit, 504 write concern not met, 500 outcome uncertain (storage failed), 503 storage failing or busy |
 //! | `GET /v1/docs/{id}/automerge` | `application/octet-stream` saved document; 404 if absent |
 //! | `POST /v1/docs/{id}/automerge` | merges the raw body: `{"new_changes":n,"heads":[...]}`; 400 if not Automerge data |
@@ -238,6 +239,7 @@ fn router(state: AppState, body_limit: usize) -> Router {
             axum::routing::delete(topology::remove),
         )
         .route("/v1/docs/{id}", get(handlers::get_doc))
+        .route("/v1/docs/{id}/history", get(handlers::get_history))
         .route("/v1/docs/{id}/ops", post(handlers::post_ops))
         .route(
             "/v1/docs/{id}/automerge",

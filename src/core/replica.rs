@@ -305,22 +305,27 @@ pub struct Replica {
 
 impl Replica {
     /// A replica for node `id`. `actor_seed` makes the Automerge actor id of this run's
-    /// local changes: it must be fresh for every start of the node (random bytes in
-    /// production, seeded in a simulation), so a restarted node never reuses a sequence
-    /// number of a change it lost before persisting.
+    /// local changes: its last 8 bytes must be fresh for every start of the node (random
+    /// bytes in production, seeded in a simulation), so a restarted node never reuses a
+    /// sequence number of a change it lost before persisting; its first 8 are replaced by
+    /// [`crate::history::actor_prefix`] of `id`.
     pub fn new(
         id: impl Into<String>,
         actor_seed: [u8; 16],
         router: Box<dyn Router>,
         config: CoreConfig,
     ) -> Self {
+        let id = id.into();
+        // The node's changes tell where they came from (see `crate::history`).
+        let mut actor_seed = actor_seed;
+        actor_seed[..8].copy_from_slice(&crate::history::actor_prefix(&id));
         let ack_memory = config.ack_memory;
         let budget = Budget {
             docs: config.cache_docs,
             bytes: config.cache_bytes,
         };
         let mut replica = Replica {
-            id: id.into(),
+            id,
             docs: Docs::new(ActorId::from(actor_seed), budget),
             peers: BTreeMap::new(),
             connected: Vec::new(),

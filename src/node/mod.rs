@@ -34,6 +34,7 @@ pub(crate) mod client_queue;
 mod driver;
 mod filling;
 mod forward;
+mod history;
 mod links;
 mod listing;
 mod load;
