@@ -234,11 +234,17 @@ fn bearer(value: &str) -> Option<&str> {
 
 /// The value of `token=` in a query string (percent-decoded; the last one counts).
 fn query_token(query: &str) -> Option<String> {
+    query_value(query, "token")
+}
+
+/// The value of `key=` in a query string (percent-decoded; the last one counts).
+pub(super) fn query_value(query: &str, key: &str) -> Option<String> {
     query
         .split('&')
-        .filter_map(|pair| pair.strip_prefix("token="))
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| percent_decode(v))
         .next_back()
-        .map(percent_decode)
 }
 
 /// Decodes `%XX` escapes and `+` (a malformed escape is kept as it is).

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 
+use super::auth::query_value;
 use super::error::heads_json;
 use super::{is_valid_doc_id, AppState, HttpError, MAX_DOC_ID, MAX_TIMEOUT_MS};
 use crate::node::{Health, NodeStatus};
@@ -200,7 +201,7 @@ pub(crate) async fn get_doc(
     RawQuery(query): RawQuery,
 ) -> Answer {
     let id = doc_id(path)?;
-    let at = query_value(query.as_deref(), "at")
+    let at = query_value(query.as_deref().unwrap_or(""), "at")
         .map(|text| {
             crate::history::parse_heads(&text)
                 .map_err(|e| HttpError::bad_request(format!("?at=: {e}")))
@@ -232,7 +233,7 @@ pub(crate) async fn get_history(
     RawQuery(query): RawQuery,
 ) -> Answer {
     let id = doc_id(path)?;
-    let limit = match query_value(query.as_deref(), "limit") {
+    let limit = match query_value(query.as_deref().unwrap_or(""), "limit") {
         None => DEFAULT_HISTORY,
         Some(text) => match text.parse::<usize>() {
             Ok(n) if (1..=MAX_HISTORY).contains(&n) => n,
@@ -253,16 +254,6 @@ pub(crate) async fn get_history(
 /// The changes `GET /v1/docs/{id}/history` lists without `limit`, and at most.
 const DEFAULT_HISTORY: usize = 100;
 const MAX_HISTORY: usize = 10_000;
-
-/// The value of `key=` in a query string (percent-decoded; the last one counts).
-fn query_value(query: Option<&str>, key: &str) -> Option<String> {
-    query?
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .filter(|(k, _)| *k == key)
-        .map(|(_, v)| super::auth::percent_decode(v))
-        .next_back()
-}
 
 pub(crate) fn no_such_doc(id: &str) -> HttpError {
     HttpError::not_found(format!("this node has no document {id:?}"))
