@@ -107,7 +107,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     let mut filling_stored = crate::placement::PartitionSet::empty();
     // A first start (no live topology stored yet): whether this node is one of the
     // cluster's first nodes or was added to a running cluster is known once a peer's
-    // topology comes (see `topology`); until then it serves nothing it could forward.
+    // topology comes (see `topology`).
     let joining = topology_file.as_ref().is_some_and(|t| !t.exists());
     if let Some(path) = &filling_file {
         filling_stored = super::filling::read(path).map_err(|detail| Error::StoredFilling {
@@ -139,7 +139,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     let jobs = store_thread::spawn(store, tuning.compact_after, done_tx, health_tx.clone());
     let (commands_tx, commands) = mpsc::channel(1024);
     let (topology_tx, topology_rx) = watch::channel(config.topology.clone());
-    let (filling_tx, filling_rx) = watch::channel(served_filling(&replica, joining));
+    let (filling_tx, filling_rx) = watch::channel(replica.filling().clone());
     let node = Node {
         id: config.id.clone(),
         max_change_ops: config.tuning.max_change_ops,
@@ -211,17 +211,6 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
     Ok(node)
 }
 
-/// The partitions whose reads and writes go to other replicas while they are reachable:
-/// those still filling, or all of them while a first start waits to know whether the node
-/// joined a running cluster (see `topology`).
-fn served_filling(replica: &Replica, joining: bool) -> crate::placement::PartitionSet {
-    if joining {
-        crate::placement::PartitionSet::full()
-    } else {
-        replica.filling().clone()
-    }
-}
-
 struct Driver {
     id: String,
     cluster: String,
@@ -268,8 +257,7 @@ struct Driver {
     /// Where the partitions still filling are kept (see `node::filling`), and what it holds.
     filling_file: Option<std::path::PathBuf>,
     filling_stored: crate::placement::PartitionSet,
-    /// First start, and no peer's topology heard yet: every partition this node
-    /// replicates counts as filling for reads and writes (see `topology`).
+    /// First start, and no peer's topology heard yet (see `topology`).
     joining: bool,
     /// The revoked user tokens, where they are kept, and as the node's handles see them.
     revocations: crate::revocations::Revocations,
@@ -385,9 +373,8 @@ impl Driver {
             }
             self.replica.flush();
             self.run_effects();
-            let served = served_filling(&self.replica, self.joining);
-            if *self.filling.borrow() != served {
-                self.filling.send_replace(served);
+            if *self.filling.borrow() != *self.replica.filling() {
+                self.filling.send_replace(self.replica.filling().clone());
             }
             self.store_filling();
         }

@@ -148,11 +148,10 @@ impl Driver {
             return self.answer(refused);
         }
         let holds = self.topology.borrow().holds(&self.id, &f.doc);
-        let filling = self.joining
-            || self
-                .replica
-                .filling()
-                .contains(crate::placement::Partition(partition));
+        let filling = self
+            .replica
+            .filling()
+            .contains(crate::placement::Partition(partition));
         if holds && !filling {
             return self.serve(f);
         }

@@ -40,7 +40,7 @@ impl Driver {
     /// before anything else on a link, so nothing a peer sent was taken before): a node
     /// the cluster added while it ran (`add-node`) fills its partitions from their other
     /// replicas before it serves them; one of the topology file's first nodes has nothing
-    /// to fill.
+    /// to fill. (Until then the node serves its own copies, as any node with no link.)
     fn joined(&mut self) {
         self.joining = false;
         let Some(m) = &self.membership else {
