@@ -61,6 +61,8 @@
 //!   tells about itself, its events, and the assembled picture (nodes, links, healing).
 //! - [`sync`]: automerge-repo clients over WebSocket (`GET /v1/sync`): the protocol's
 //!   messages, document ids and one client connection.
+//! - [`backup`]: `concordant backup` and `restore`: every document of a node into one file
+//!   (`backup/format.rs`), and merged back.
 //! - [`history`]: a document as it was, and its changes with their origin node.
 //! - [`tokens`]: per-user access tokens (JWT, EdDSA): claims, verifying, minting, keys;
 //!   [`revocations`]: the revoked ones, as cluster data every node holds; [`owners`]: the
@@ -77,6 +79,7 @@ pub use node::{Error, Node, NodeBuilder};
 
 pub mod admin;
 pub mod api;
+pub mod backup;
 #[cfg(feature = "cli")]
 pub mod bench;
 pub mod certs;

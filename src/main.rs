@@ -148,6 +148,32 @@ enum Command {
         #[command(flatten)]
         request: concordant::admin::TokenRequest,
     },
+    /// Write every document of a running node (Automerge save format) into one file,
+    /// with progress on stderr.
+    Backup {
+        /// The topology file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The node to back up.
+        #[arg(long)]
+        node: String,
+        /// The backup file to write (replaced only once complete).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Merge a backup into a running cluster through one of its nodes (a merge never
+    /// removes newer changes); the whole file is checked first.
+    Restore {
+        /// The topology file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The node to merge through.
+        #[arg(long)]
+        node: String,
+        /// The backup file.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+    },
     /// Revoke user tokens on every node: one token by its id, or every token of a user
     /// issued until now.
     Revoke {
@@ -621,6 +647,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", concordant::admin::mint_token(&config, &request)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backup { config, node, out } => runtime.block_on(async {
+            let config = Config::load(&config)?;
+            let client = Client::for_node(&config, &node)?.with_timeout(BACKUP_TIMEOUT);
+            let done = concordant::backup::backup(&client, &out).await?;
+            println!(
+                "{}: {} documents of {node} ({} bytes of data; {} moved away meanwhile)",
+                out.display(),
+                done.docs,
+                done.bytes,
+                done.skipped
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Restore {
+            config,
+            node,
+            input,
+        } => runtime.block_on(async {
+            let config = Config::load(&config)?;
+            let client = Client::for_node(&config, &node)?.with_timeout(BACKUP_TIMEOUT);
+            let done = concordant::backup::restore(&client, &input).await?;
+            println!(
+                "{}: {} documents merged through {node} ({} bytes of data)",
+                input.display(),
+                done.docs,
+                done.bytes
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Revoke {
             config,
             jti,
@@ -755,6 +810,9 @@ fn print_json(value: &serde_json::Value) -> Result<ExitCode> {
 /// shuts the nodes down cleanly. Every API address is bound before any node starts. On
 /// SIGHUP the topology file `path` is read again and its differences from the live
 /// topology are proposed as changes.
+/// The longest a backup or restore waits for one answer of the node.
+const BACKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn run_nodes(
     configs: Vec<(NodeConfig, SocketAddr)>,
     (token, verifier): (Option<String>, Option<concordant::tokens::Verifier>),
