@@ -6,13 +6,15 @@
 //! [`format`], written beside the target and renamed over it only once complete. A restore
 //! first reads the whole file and checks it (a cut or corrupt file is refused before
 //! anything changes), then merges each document (`POST /v1/docs/{id}/automerge`): a merge
-//! never removes newer changes, so restoring is always safe. Both hold one document at a
-//! time, whatever the number of documents, and report progress on stderr.
+//! never removes newer changes, so restoring is always safe. Both hold at most
+//! [`IN_FLIGHT`] documents at a time (that many requests in flight), whatever the number of
+//! documents, and report progress on stderr.
 
 use std::io::{BufReader, BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hyper::Method;
 
 use crate::client::{doc_path, Client, ClientError};
@@ -21,6 +23,8 @@ pub mod format;
 
 /// Documents per listing page.
 const PAGE: usize = 1000;
+/// Documents saved or merged at once.
+const IN_FLIGHT: usize = 16;
 /// Progress lines at most this often.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -98,10 +102,17 @@ pub async fn backup(client: &Client, out: &Path) -> Result<Done, BackupError> {
             .flatten()
             .filter_map(|d| d["id"].as_str().map(str::to_string))
             .collect();
-        for id in &ids {
-            let answer = client
-                .request(Method::GET, &doc_path(id, "/automerge"), None)
-                .await?;
+        // A few documents in flight at once, written in listing order.
+        let mut saves = futures_util::stream::iter(ids.iter())
+            .map(|id| async move {
+                let answer = client
+                    .request(Method::GET, &doc_path(id, "/automerge"), None)
+                    .await;
+                (id, answer)
+            })
+            .buffered(IN_FLIGHT);
+        while let Some((id, answer)) = saves.next().await {
+            let answer = answer?;
             match answer.status {
                 200 => {
                     writer.doc(id, &answer.body).map_err(file_error)?;
@@ -143,15 +154,32 @@ pub async fn restore(client: &Client, input: &Path) -> Result<Done, BackupError>
         skipped: 0,
     };
     let mut progress = Progress::new("restore");
-    while let Some((id, data)) = read_next(input, &mut reader)? {
-        let bytes = data.len() as u64;
-        let answer = client
-            .request(Method::POST, &doc_path(&id, "/automerge"), Some(data))
-            .await?;
+    // A few merges in flight at once (their fsyncs are shared), the file read as they end.
+    let mut merges = FuturesUnordered::new();
+    let mut more = true;
+    while more || !merges.is_empty() {
+        while more && merges.len() < IN_FLIGHT {
+            match read_next(input, &mut reader)? {
+                Some((id, data)) => merges.push(async move {
+                    let bytes = data.len() as u64;
+                    let path = doc_path(&id, "/automerge");
+                    (
+                        id,
+                        bytes,
+                        client.request(Method::POST, &path, Some(data)).await,
+                    )
+                }),
+                None => more = false,
+            }
+        }
+        let Some((id, bytes, answer)) = merges.next().await else {
+            break;
+        };
+        let answer = answer?;
         if answer.status != 200 {
             return Err(refused(
                 format!(
-                    "merging document {id:?} ({} of {checked} restored before it)",
+                    "merging document {id:?} ({} of {checked} restored)",
                     done.docs
                 ),
                 answer.status,
