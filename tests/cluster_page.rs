@@ -11,7 +11,7 @@
 //! - a burst of 300 writes through n1: within 5 s the writes/s plot moves (`data-max` > 0).
 //!
 //! A screenshot of the last picture goes to `CARGO_TARGET_TMPDIR/cluster-page.png`, and with
-//! `CONCORDANT_SCREENSHOT=1` to `docs/cluster-page.png` as well (the README shows it).
+//! `CONCORDANT_SCREENSHOT=1` to `docs/cluster-page.png` as well (docs/operating.md shows it).
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver`; the test fails without them
 //! (`.ci/run` installs them).
@@ -517,7 +517,7 @@ async fn the_page_shows_the_ring_its_healing_and_a_write_burst_in_a_real_browser
         plot_max(&page, "lag")
     );
 
-    // The picture for the README: a little after the burst, n3 still down and healed.
+    // The picture for docs/operating.md: a little after the burst, n3 still down and healed.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     scene
         .wait_for(
