@@ -43,22 +43,23 @@ pub struct ChangeInfo {
 /// change comes after those it depends on), with their origin among `nodes`.
 pub fn changes(doc: &Automerge, nodes: &[String], limit: usize) -> Vec<ChangeInfo> {
     let prefixes: Vec<([u8; 8], &String)> = nodes.iter().map(|n| (actor_prefix(n), n)).collect();
-    doc.get_changes(&[])
+    // The changes' metadata, without encoding their operations.
+    doc.get_changes_meta(&[])
         .iter()
         .rev()
         .take(limit)
         .map(|c| {
-            let actor = c.actor_id().to_bytes();
+            let actor = c.actor.to_bytes();
             let origin = prefixes
                 .iter()
                 .find(|(p, _)| actor.starts_with(p))
                 .map(|(_, n)| (*n).clone());
             ChangeInfo {
-                hash: c.hash().to_string(),
+                hash: c.hash.to_string(),
                 actor: hex::encode(actor),
-                seq: c.seq(),
-                time: c.timestamp(),
-                message: c.message().map(str::to_string),
+                seq: c.seq,
+                time: c.timestamp,
+                message: c.message.as_deref().map(str::to_string),
                 origin,
             }
         })

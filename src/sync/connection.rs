@@ -256,12 +256,18 @@ async fn admit(
                 }
                 reached.insert(document_id.clone());
             }
-            if !user.writes() && carries_changes(data) {
+            // Data that does not decode is refused as carrying changes and records.
+            let message = automerge::sync::Message::decode(data).ok();
+            let carries_changes = message.as_ref().is_none_or(|m| !m.changes.is_empty());
+            if !user.writes() && carries_changes {
                 return Err(End::Error(format!(
                     "this token is read-only: the changes to document {document_id} were refused"
                 )));
             }
-            let known = match crate::owners::named_in_sync_message(data) {
+            let known = match message
+                .as_ref()
+                .and_then(crate::owners::named_in_sync_message)
+            {
                 Some(named) => node.knows_owners(document_id, &named).await,
                 None => false,
             };
@@ -292,12 +298,6 @@ async fn reach(node: &Node, user: &crate::tokens::UserToken, doc: &str, making: 
         Ok(None) if user.create && making => node.record_owner(doc, &user.sub).await.is_ok(),
         _ => false,
     }
-}
-
-/// Whether Automerge sync data carries changes (data that does not decode counts as
-/// carrying some: it is refused).
-fn carries_changes(data: &[u8]) -> bool {
-    automerge::sync::Message::decode(data).map_or(true, |m| !m.changes.is_empty())
 }
 
 /// The document a node's message for the client is about.

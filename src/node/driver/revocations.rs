@@ -53,9 +53,9 @@ impl Driver {
         }
         self.revoked
             .send_replace(Arc::new(self.revocations.clone()));
+        let msg = Message::Revocations(Box::new(self.revocations.clone()));
         for peer in self.transport.connected() {
-            let msg = Message::Revocations(Box::new(self.revocations.clone()));
-            let _ = self.transport.send(&peer, msg);
+            let _ = self.transport.send(&peer, msg.clone());
         }
     }
 }
