@@ -846,9 +846,8 @@ impl Fnv {
 
 /// The serialized form of a [`Membership`]: lists, so that JSON (string keys only) can
 /// hold it; the clock is derived from the stamps. Fields are only ever added at the end
-/// with a default, so that a topology stored (JSON) by an older version still loads. Bincode
-/// on the wire has no defaults: a peer's state carries every field, which the protocol
-/// version guards.
+/// with a default, so that a topology stored (JSON) by an older version still loads. On the
+/// wire it is JSON too, but for peers of protocol version 5 ([`V5Form`]).
 #[derive(Serialize, Deserialize)]
 struct Repr {
     cluster: String,
@@ -916,6 +915,59 @@ impl TryFrom<Repr> for Membership {
             state.join_link(&a, &b, &LinkEntry { added, removed });
         }
         Ok(state)
+    }
+}
+
+/// A [`Membership`] in the form protocol version 5 (release 0.1.0) carries it: [`Repr`]
+/// without `replicas`, which that release does not know (bincode has no defaults: it reads
+/// exactly these fields). A state read from it has no replicas.
+pub struct V5Form(pub Membership);
+
+#[derive(Serialize, Deserialize)]
+struct ReprV5 {
+    cluster: String,
+    kind: String,
+    members: Vec<Member>,
+    links: Vec<LinkRepr>,
+}
+
+impl Serialize for V5Form {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Repr {
+            cluster,
+            kind,
+            members,
+            links,
+            replicas: _,
+        } = Repr::from(self.0.clone());
+        ReprV5 {
+            cluster,
+            kind,
+            members,
+            links,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for V5Form {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<V5Form, D::Error> {
+        let ReprV5 {
+            cluster,
+            kind,
+            members,
+            links,
+        } = ReprV5::deserialize(d)?;
+        let repr = Repr {
+            cluster,
+            kind,
+            members,
+            links,
+            replicas: None,
+        };
+        Membership::try_from(repr)
+            .map(V5Form)
+            .map_err(serde::de::Error::custom)
     }
 }
 

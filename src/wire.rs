@@ -3,12 +3,29 @@
 //! A message is one or more frames. A frame is a 4-byte big-endian header followed by up to
 //! [`MAX_FRAME`] bytes: the header's low 31 bits are the frame's length and its top bit
 //! ([`MORE`]) says that the message continues in the next frame. The concatenated frames'
-//! bytes (the payload) are the protocol version ([`PROTOCOL_VERSION`]) followed by the
-//! bincode 2 (serde, standard config) encoding of a [`Message`]. Small messages are one
-//! frame; a large one (a big document's changes or sync message) is cut into frames of
-//! [`MAX_FRAME`] bytes, up to [`MAX_MESSAGE`] in all. Lengths are checked before anything is
-//! allocated and buffers grow only with bytes that arrive, so hostile bytes cannot make a
-//! node allocate more than they send, and never more than [`MAX_MESSAGE`] per message.
+//! bytes (the payload) are the protocol version followed by the bincode 2 (serde, standard
+//! config) encoding of a [`Message`]: its kind (the variant's index, one byte) and its fields
+//! in order. Small messages are one frame; a large one (a big document's changes or sync
+//! message) is cut into frames of [`MAX_FRAME`] bytes, up to [`MAX_MESSAGE`] in all. Lengths
+//! are checked before anything is allocated and buffers grow only with bytes that arrive, so
+//! hostile bytes cannot make a node allocate more than they send, and never more than
+//! [`MAX_MESSAGE`] per message.
+//!
+//! # Versions
+//! A node speaks [`PROTOCOL_VERSION`] and the one before it, [`PREVIOUS_VERSION`] (release
+//! 0.1.0's, see [`v5`]). The QUIC handshake picks the newest both speak (each side offers
+//! `concordant/<version>` ALPNs, newest first: [`alpns`]); both Hellos then state it, and
+//! every message on that connection is encoded in it ([`encode_as`], [`decode_payload_as`]).
+//! A message kind the older version lacks is not sent on such a link
+//! ([`WireError::NotInVersion`]).
+//!
+//! How the protocol grows without breaking older peers of the same version: a new message
+//! kind goes at the end of [`Message`] (a receiver skips kinds it does not know:
+//! [`WireError::UnknownKind`]), and a new field goes at the end of a message (a receiver
+//! ignores bytes after the fields it knows). The two structs that change most, the
+//! membership state ([`Message::Topology`]) and a node's view ([`Message::ClusterTell`]),
+//! travel as JSON, so they gain fields anywhere. Any other change needs a new version, and
+//! the golden fixtures (`tests/fixtures/wire/`) fail the tests until it has one.
 //!
 //! After the Hellos, a connection's frames may be compressed as one deflate stream per
 //! direction (see `transport`); that is below this format and invisible here.
@@ -22,11 +39,34 @@ use serde_bytes::ByteBuf;
 use crate::fnv::Fnv1a;
 pub use crate::wire_limits::{BATCH_BUDGET, MAX_FRAME, MAX_MESSAGE};
 
-/// Version of the peer protocol; also part of the QUIC ALPN.
+pub mod v5;
+
+/// Version of the peer protocol this release speaks natively; also part of the QUIC ALPN.
 pub const PROTOCOL_VERSION: u8 = 6;
 
-/// ALPN protocol id negotiated by QUIC; a peer speaking another version fails the handshake.
+/// The version before it (release 0.1.0's), still spoken with peers that speak no newer one.
+pub const PREVIOUS_VERSION: u8 = v5::VERSION;
+
+/// The versions this node speaks, newest first.
+pub const VERSIONS: [u8; 2] = [PROTOCOL_VERSION, PREVIOUS_VERSION];
+
+/// ALPN protocol id of [`PROTOCOL_VERSION`].
 pub const ALPN: &[u8] = b"concordant/6";
+
+/// The ALPN protocol id of `version`: `concordant/<version>`.
+pub fn alpn(version: u8) -> Vec<u8> {
+    format!("concordant/{version}").into_bytes()
+}
+
+/// The ALPN ids a node offers and accepts, newest first: QUIC picks the newest both speak.
+pub fn alpns() -> Vec<Vec<u8>> {
+    VERSIONS.iter().map(|&v| alpn(v)).collect()
+}
+
+/// The version of an ALPN id this node speaks (`None`: another protocol or version).
+pub fn version_of_alpn(id: &[u8]) -> Option<u8> {
+    VERSIONS.into_iter().find(|&v| alpn(v) == id)
+}
 
 /// Size of the header of every frame.
 pub const HEADER_LEN: usize = 4;
@@ -55,11 +95,25 @@ pub enum WireError {
     /// A frame of length zero.
     #[error("empty frame")]
     Empty,
-    /// The version byte is not one this build speaks.
-    #[error("unknown protocol version {found} (this node speaks {PROTOCOL_VERSION})")]
+    /// The version byte is not the one of the connection (or not one this build speaks).
+    #[error("protocol version {found} on a connection of version {expected}")]
     UnknownVersion {
         /// The version byte received.
         found: u8,
+        /// The connection's version.
+        expected: u8,
+    },
+    /// A message kind this build does not know (a newer peer's addition): skipped, not an
+    /// error of the connection.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// The message kind does not exist in the connection's (older) version: not sent.
+    #[error("{kind} messages do not exist in protocol version {version}")]
+    NotInVersion {
+        /// [`Message::kind`].
+        kind: &'static str,
+        /// The connection's version.
+        version: u8,
     },
     /// The bytes are not a valid message of this version.
     #[error("malformed message: {0}")]
@@ -189,8 +243,8 @@ pub enum Message {
     /// A client's ephemeral message for the clients of a document on other nodes.
     Ephemeral(Ephemeral),
     /// The sender's live topology (sent on link-up and after every change; merged by the
-    /// receiver, see [`crate::membership`]).
-    Topology(Box<crate::membership::Membership>),
+    /// receiver, see [`crate::membership`]). JSON on the wire, so it can gain fields.
+    Topology(#[serde(with = "json_bytes")] Box<crate::membership::Membership>),
     /// Confirms the pushes received on this connection so far: totals of changes and bytes
     /// (the sender's replication lag, see `core::lag`).
     Receipt {
@@ -213,7 +267,8 @@ pub enum Message {
         asker: String,
         /// The question's number.
         id: u64,
-        /// The answer.
+        /// The answer (JSON on the wire, so it can gain fields).
+        #[serde(with = "json_bytes")]
         view: Box<crate::cluster::NodeView>,
     },
     /// A client's request taken by a node that does not replicate its document, on its
@@ -443,12 +498,37 @@ fn too_large(what: &'static str, len: usize, max: usize) -> WireError {
     WireError::TooLarge { what, len, max }
 }
 
-/// Encodes `msg` as a complete message: one frame, or several if it is over [`MAX_FRAME`].
+/// Number of message kinds of [`PROTOCOL_VERSION`]: the variants of [`Message`], whose
+/// indices are the kinds on the wire.
+pub const KINDS: u8 = 18;
+
+/// Encodes `msg` in [`PROTOCOL_VERSION`] as a complete message: one frame, or several if it
+/// is over [`MAX_FRAME`].
 pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
+    encode_as(msg, PROTOCOL_VERSION)
+}
+
+/// Encodes `msg` in `version` (one of [`VERSIONS`]) as a complete message.
+/// [`WireError::NotInVersion`] if that version has no such message.
+pub fn encode_as(msg: &Message, version: u8) -> Result<Vec<u8>, WireError> {
     let mut out = vec![0u8; HEADER_LEN];
-    out.push(PROTOCOL_VERSION);
-    bincode::serde::encode_into_std_write(msg, &mut out, config())
-        .map_err(|e| WireError::Encode(e.to_string()))?;
+    out.push(version);
+    match version {
+        PROTOCOL_VERSION => bincode::serde::encode_into_std_write(msg, &mut out, config())
+            .map(drop)
+            .map_err(|e| WireError::Encode(e.to_string()))?,
+        v5::VERSION => v5::encode_into(msg, &mut out)?,
+        other => {
+            return Err(WireError::Encode(format!(
+                "protocol version {other} is not one this node speaks"
+            )))
+        }
+    }
+    frame(out)
+}
+
+/// Frames `out`, a payload after [`HEADER_LEN`] reserved bytes.
+fn frame(mut out: Vec<u8>) -> Result<Vec<u8>, WireError> {
     let len = out.len() - HEADER_LEN;
     if len > MAX_MESSAGE {
         return Err(too_large("message", len, MAX_MESSAGE));
@@ -526,19 +606,67 @@ pub fn check_message_len(so_far: usize, next: usize) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Decodes one payload (the bytes of a message's frames after their headers).
+/// Decodes one payload (the bytes of a message's frames after their headers) of
+/// [`PROTOCOL_VERSION`].
 pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
+    decode_payload_as(payload, PROTOCOL_VERSION)
+}
+
+/// Decodes one payload of a connection of `version` (one of [`VERSIONS`]): its version byte
+/// must be that one. In [`PROTOCOL_VERSION`], a kind past the known ones is
+/// [`WireError::UnknownKind`] (to skip) and bytes after the known fields are ignored (fields
+/// a newer peer appended); an older version's messages must be exact.
+pub fn decode_payload_as(payload: &[u8], version: u8) -> Result<Message, WireError> {
     check_message_len(0, payload.len())?;
-    let (&version, body) = payload.split_first().ok_or(WireError::Empty)?;
-    if version != PROTOCOL_VERSION {
-        return Err(WireError::UnknownVersion { found: version });
+    let (&found, body) = payload.split_first().ok_or(WireError::Empty)?;
+    if found != version {
+        return Err(WireError::UnknownVersion {
+            found,
+            expected: version,
+        });
     }
-    let (msg, used): (Message, usize) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    if used != body.len() {
-        return Err(WireError::Trailing(body.len() - used));
+    match version {
+        PROTOCOL_VERSION => {
+            if let Some(&kind) = body.first().filter(|&&k| k >= KINDS) {
+                return Err(WireError::UnknownKind(kind));
+            }
+            let (msg, _known): (Message, usize) =
+                bincode::serde::decode_from_slice(body, config()).map_err(malformed)?;
+            Ok(msg)
+        }
+        v5::VERSION => v5::decode(body),
+        _ => Err(WireError::UnknownVersion {
+            found,
+            expected: PROTOCOL_VERSION,
+        }),
     }
-    Ok(msg)
+}
+
+fn malformed(e: impl std::fmt::Display) -> WireError {
+    WireError::Malformed(e.to_string())
+}
+
+/// Serde adapter for the structs that travel as JSON (see the module docs): the value as
+/// the bytes of its JSON.
+mod json_bytes {
+    use serde::de::DeserializeOwned;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::ByteBuf;
+
+    pub(super) fn serialize<T: Serialize, S: Serializer>(
+        value: &T,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let json = serde_json::to_vec(value).map_err(serde::ser::Error::custom)?;
+        s.serialize_bytes(&json)
+    }
+
+    pub(super) fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        let bytes = ByteBuf::deserialize(d)?;
+        serde_json::from_slice(&bytes).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Decodes the first complete message of `buf`: `Ok(None)` if more bytes are needed,
@@ -748,7 +876,10 @@ mod tests {
         let mut bytes = encode(&sample()[0]).unwrap();
         bytes[HEADER_LEN] = 9;
         match decode_frame(&bytes) {
-            Err(WireError::UnknownVersion { found: 9 }) => {}
+            Err(WireError::UnknownVersion {
+                found: 9,
+                expected: PROTOCOL_VERSION,
+            }) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -782,14 +913,90 @@ mod tests {
     }
 
     #[test]
-    fn trailing_bytes_are_refused() {
+    fn bytes_after_a_message_are_fields_a_newer_peer_appended_but_not_in_version_5() {
         let bytes = encode(&sample()[3]).unwrap();
+        let mut payload = bytes[HEADER_LEN..].to_vec();
+        payload.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(decode_payload(&payload).unwrap(), sample()[3]);
+        let bytes = encode_as(&sample()[3], v5::VERSION).unwrap();
         let mut payload = bytes[HEADER_LEN..].to_vec();
         payload.push(0);
         assert!(matches!(
-            decode_payload(&payload),
+            decode_payload_as(&payload, v5::VERSION),
             Err(WireError::Trailing(1))
         ));
+    }
+
+    #[test]
+    fn an_unknown_kind_is_named_to_be_skipped_but_not_in_version_5() {
+        for kind in [KINDS, 200, 255] {
+            let payload = [PROTOCOL_VERSION, kind, 1, 2, 3];
+            assert!(matches!(
+                decode_payload(&payload),
+                Err(WireError::UnknownKind(k)) if k == kind
+            ));
+        }
+        let payload = [v5::VERSION, v5::KINDS, 0];
+        assert!(matches!(
+            decode_payload_as(&payload, v5::VERSION),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_last_kind_is_kinds_minus_one() {
+        let msg = Message::Revocations(Box::default());
+        let bytes = encode(&msg).unwrap();
+        assert_eq!(bytes[HEADER_LEN + 1], KINDS - 1);
+    }
+
+    #[test]
+    fn a_connection_decodes_only_its_own_version() {
+        let bytes = encode(&sample()[0]).unwrap();
+        assert!(matches!(
+            decode_payload_as(&bytes[HEADER_LEN..], v5::VERSION),
+            Err(WireError::UnknownVersion {
+                found: PROTOCOL_VERSION,
+                expected: v5::VERSION
+            })
+        ));
+    }
+
+    #[test]
+    fn version_5_carries_its_kinds_and_refuses_the_newer_ones() {
+        for msg in sample() {
+            let bytes = encode_as(&msg, v5::VERSION).unwrap();
+            assert_eq!(bytes[HEADER_LEN], v5::VERSION);
+            assert_eq!(decode_payload_as(&bytes[HEADER_LEN..], 5).unwrap(), msg);
+            // The kinds both versions share have the same bytes but for the version.
+            assert_eq!(
+                bytes[HEADER_LEN + 1..],
+                encode(&msg).unwrap()[HEADER_LEN + 1..]
+            );
+        }
+        let msg = Message::Follow {
+            docs: vec!["d".into()],
+            follow: true,
+        };
+        assert!(matches!(
+            encode_as(&msg, v5::VERSION),
+            Err(WireError::NotInVersion {
+                kind: "follow",
+                version: 5
+            })
+        ));
+    }
+
+    #[test]
+    fn alpn_ids_name_the_versions_newest_first() {
+        assert_eq!(
+            alpns(),
+            vec![b"concordant/6".to_vec(), b"concordant/5".to_vec()]
+        );
+        assert_eq!(alpn(PROTOCOL_VERSION), ALPN);
+        assert_eq!(version_of_alpn(b"concordant/5"), Some(5));
+        assert_eq!(version_of_alpn(b"concordant/7"), None);
+        assert_eq!(version_of_alpn(b"h3"), None);
     }
 
     #[test]

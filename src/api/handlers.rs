@@ -108,6 +108,7 @@ fn status_json(s: &NodeStatus) -> Value {
                 "bytes_received": t.bytes_received,
                 "messages_sent": t.messages_sent,
                 "messages_received": t.messages_received,
+                "protocol": t.protocol,
             })
         })
         .collect();
@@ -117,6 +118,8 @@ fn status_json(s: &NodeStatus) -> Value {
         "node": s.node,
         "cluster": s.cluster,
         "topology": s.topology,
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": crate::wire::PROTOCOL_VERSION,
         "peers": peers,
         "docs": s.docs,
         "replicas": s.replicas,

@@ -1,5 +1,6 @@
 //! The acceptor side: the accept loop and the acceptor's handshake. A dialer's Hello is
-//! checked (version, cluster, membership, certificate valid for the claimed id) before we
+//! checked (the connection's version, cluster, membership, certificate valid for the
+//! claimed id) before we
 //! send anything; a refusal closes the connection with an error code and reason and is
 //! counted. An accepted connection goes to `admit.rs` for admission, with our Hello as the
 //! first frame its writer sends.
@@ -16,9 +17,9 @@ use super::dial::{HANDSHAKE_TIMEOUT, HELLO_TIMEOUT};
 use super::frames::{FrameError, FrameReader};
 use super::state::{code, wait_closing, Inner};
 use super::stats::Reject;
-use super::tls::is_tls_failure;
+use super::tls::{is_no_common_version, is_tls_failure, negotiated_version};
 use crate::certs::cert_node_id_matches;
-use crate::wire::{Hello, Message, PROTOCOL_VERSION};
+use crate::wire::{Hello, Message};
 
 /// Most incoming connections in their handshake (TLS and Hello) at once; more are refused
 /// unanswered until one finishes. Peers are few, so this only bounds the work a flood of
@@ -90,9 +91,12 @@ enum HelloError {
     Frame(FrameError),
 }
 
-async fn read_hello(conn: &quinn::Connection) -> Result<(FrameReader, Message), HelloError> {
+async fn read_hello(
+    conn: &quinn::Connection,
+    version: u8,
+) -> Result<(FrameReader, Message), HelloError> {
     let recv = conn.accept_uni().await.map_err(|_| HelloError::Lost)?;
-    let mut frames = FrameReader::new(recv);
+    let mut frames = FrameReader::new(recv, version);
     match frames.read().await {
         Ok((msg, _)) => Ok((frames, msg)),
         Err(FrameError::Lost(_)) => Err(HelloError::Lost),
@@ -109,7 +113,16 @@ async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
             return;
         }
         Ok(Err(e)) => {
-            if is_tls_failure(&e) {
+            if is_no_common_version(&e) {
+                inner.rejected.inc(Reject::Tls);
+                tracing::warn!(
+                    %remote,
+                    speaks = ?crate::wire::VERSIONS,
+                    "refused a connection: the peer speaks no protocol version this node \
+                     speaks (a release more than one version apart: upgrade one release at \
+                     a time)"
+                );
+            } else if is_tls_failure(&e) {
                 inner.rejected.inc(Reject::Tls);
                 tracing::warn!(%remote, error = %e, "TLS handshake failed");
             } else {
@@ -119,7 +132,19 @@ async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
         }
         Ok(Ok(conn)) => conn,
     };
-    let (frames, msg) = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&conn)).await {
+    let Some(version) = negotiated_version(&conn) else {
+        let detail = "the handshake chose no protocol version".to_string();
+        return refuse(
+            &inner,
+            &conn,
+            remote,
+            Reject::BadHello,
+            "no version",
+            detail,
+        );
+    };
+    let hello = read_hello(&conn, version);
+    let (frames, msg) = match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
         Err(_) => {
             let detail = "no hello in time".to_string();
             return refuse(&inner, &conn, remote, Reject::BadHello, "no hello", detail);
@@ -142,7 +167,7 @@ async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
             detail,
         );
     };
-    if let Err((kind, reason)) = check_hello(&inner, &conn, &hello) {
+    if let Err((kind, reason)) = check_hello(&inner, &conn, &hello, version) {
         let detail = format!(
             "hello claims node {:?} of cluster {:?}, version {}",
             hello.node, hello.cluster, hello.version
@@ -156,7 +181,7 @@ async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let answer = match inner.hello_frame() {
+    let answer = match inner.hello_frame(version) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode our hello");
@@ -173,6 +198,7 @@ async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
         first_frame: Some(answer),
         dial_generation: None,
         compress: inner.compress_with(&hello),
+        version,
     };
     if let Err(refusal) = inner.admit(&hello.node, new).await {
         tracing::debug!(peer = hello.node, ?refusal, "incoming connection not kept");
@@ -184,9 +210,13 @@ fn check_hello(
     inner: &Inner,
     conn: &quinn::Connection,
     hello: &Hello,
+    version: u8,
 ) -> Result<(), (Reject, &'static str)> {
-    if hello.version != PROTOCOL_VERSION {
-        return Err((Reject::BadHello, "unsupported protocol version"));
+    if hello.version != version {
+        return Err((
+            Reject::BadHello,
+            "hello of another version than the connection's",
+        ));
     }
     if hello.cluster != inner.settings.cluster {
         return Err((Reject::WrongCluster, "wrong cluster"));

@@ -35,6 +35,8 @@ pub(crate) struct NewLink {
     pub(crate) dial_generation: Option<u64>,
     /// Both Hellos offered deflate: everything after them is compressed, both ways.
     pub(crate) compress: bool,
+    /// The protocol version of the connection (see [`crate::wire`]).
+    pub(crate) version: u8,
 }
 
 /// Why [`Inner::admit`] refused a connection (it has been closed).
@@ -78,12 +80,21 @@ impl Inner {
                 return Err(refusal);
             }
         };
-        tracing::debug!(
-            peer,
-            dialed_by_us = new.dial_generation.is_some(),
-            replaced,
-            "link up"
-        );
+        counters.set_protocol(new.version);
+        if new.version == crate::wire::PROTOCOL_VERSION {
+            tracing::debug!(
+                peer,
+                dialed_by_us = new.dial_generation.is_some(),
+                replaced,
+                "link up"
+            );
+        } else {
+            tracing::info!(
+                peer,
+                version = new.version,
+                "link up with a peer of an older release: speaking its protocol version"
+            );
+        }
         if replaced {
             self.emit(TransportEvent::Down(peer.to_string())).await;
         }
@@ -99,6 +110,7 @@ impl Inner {
                 queue,
                 counters: counters.clone(),
                 compress: new.compress,
+                version: new.version,
             },
             guard,
         ));

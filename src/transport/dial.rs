@@ -17,9 +17,9 @@ use super::frames::{FrameError, FrameReader};
 use super::peers::Wanted;
 use super::state::{code, wait_closing, Inner};
 use super::stats::{PeerCounters, Reject};
-use super::tls::is_tls_failure;
+use super::tls::{is_no_common_version, is_tls_failure, negotiated_version};
 use crate::certs::node_dns_name;
-use crate::wire::{Message, WireError, PROTOCOL_VERSION};
+use crate::wire::{Message, WireError, VERSIONS};
 
 /// Longest wait for an incoming connection's QUIC/TLS handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -136,6 +136,11 @@ enum DialError {
     Connect(#[from] quinn::ConnectError),
     #[error("connection failed: {0}")]
     Connection(quinn::ConnectionError),
+    #[error(
+        "the peer speaks no protocol version this node speaks ({VERSIONS:?}): a release more \
+         than one version apart; upgrade one release at a time"
+    )]
+    NoCommonVersion,
     #[error("refused by the peer (code {code}): {reason}")]
     Refused { code: u64, reason: String },
     #[error("timed out waiting for the {0}")]
@@ -182,7 +187,11 @@ pub(crate) async fn dial_loop(inner: Arc<Inner>, mut t: DialTarget) {
             Ok(Outcome::Duplicate) => delay = Some(backoff.next()),
             Ok(Outcome::Stopped) => return,
             Err(e) => {
-                if matches!(e, DialError::Refused { .. } | DialError::Hello(_)) {
+                let loud = matches!(
+                    e,
+                    DialError::Refused { .. } | DialError::Hello(_) | DialError::NoCommonVersion
+                );
+                if loud {
                     tracing::warn!(peer = t.peer, addr = %t.addr, error = %e, "dial failed");
                 } else {
                     tracing::debug!(peer = t.peer, addr = %t.addr, error = %e, "dial failed");
@@ -216,11 +225,12 @@ impl From<quinn::WriteError> for ExchangeError {
 async fn exchange_hellos(
     conn: &quinn::Connection,
     hello: &[u8],
+    version: u8,
 ) -> Result<(quinn::SendStream, FrameReader, Message), ExchangeError> {
     let mut send = conn.open_uni().await?;
     send.write_all(hello).await?;
     let recv = conn.accept_uni().await?;
-    let mut frames = FrameReader::new(recv);
+    let mut frames = FrameReader::new(recv, version);
     let (msg, _) = frames.read().await.map_err(ExchangeError::Frame)?;
     Ok((send, frames, msg))
 }
@@ -282,23 +292,30 @@ async fn dial_once(inner: &Arc<Inner>, t: &DialTarget) -> Result<Outcome, DialEr
             if is_tls_failure(&e) {
                 inner.rejected.inc(Reject::Tls);
             }
+            if is_no_common_version(&e) {
+                return Err(DialError::NoCommonVersion);
+            }
             return Err(DialError::Connection(e));
         }
         Ok(Ok(conn)) => conn,
     };
-    let hello = inner.hello_frame()?;
-    let (send, frames, answer) =
-        match tokio::time::timeout(HELLO_TIMEOUT, exchange_hellos(&conn, &hello)).await {
-            Err(_) => {
-                if let Some(reason) = conn.close_reason() {
-                    return Err(DialError::Connection(reason));
-                }
-                let why = "no hello from the peer in time".to_string();
-                return Err(refuse(inner, &conn, Reject::BadHello, why));
+    let Some(version) = negotiated_version(&conn) else {
+        let why = "the handshake chose no protocol version".to_string();
+        return Err(refuse(inner, &conn, Reject::BadHello, why));
+    };
+    let hello = inner.hello_frame(version)?;
+    let exchange = exchange_hellos(&conn, &hello, version);
+    let (send, frames, answer) = match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
+        Err(_) => {
+            if let Some(reason) = conn.close_reason() {
+                return Err(DialError::Connection(reason));
             }
-            Ok(Err(e)) => return exchange_failed(inner, &conn, e),
-            Ok(Ok(x)) => x,
-        };
+            let why = "no hello from the peer in time".to_string();
+            return Err(refuse(inner, &conn, Reject::BadHello, why));
+        }
+        Ok(Err(e)) => return exchange_failed(inner, &conn, e),
+        Ok(Ok(x)) => x,
+    };
     let Message::Hello(h) = answer else {
         let why = format!("expected a hello, got {}", answer.kind());
         return Err(refuse(inner, &conn, Reject::BadHello, why));
@@ -307,7 +324,7 @@ async fn dial_once(inner: &Arc<Inner>, t: &DialTarget) -> Result<Outcome, DialEr
         let why = format!("peer is in cluster {:?}", h.cluster);
         return Err(refuse(inner, &conn, Reject::WrongCluster, why));
     }
-    if h.version != PROTOCOL_VERSION || h.node != t.peer {
+    if h.version != version || h.node != t.peer {
         let why = format!("peer says it is {:?} version {}", h.node, h.version);
         return Err(refuse(inner, &conn, Reject::BadHello, why));
     }
@@ -318,6 +335,7 @@ async fn dial_once(inner: &Arc<Inner>, t: &DialTarget) -> Result<Outcome, DialEr
         first_frame: None,
         dial_generation: Some(t.generation),
         compress: inner.compress_with(&h),
+        version,
     };
     match inner.admit(&t.peer, new).await {
         Ok(()) => Ok(Outcome::Up),

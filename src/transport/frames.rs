@@ -3,7 +3,8 @@
 //! payload is read, and buffers grow only with the bytes that actually arrive (inflated at
 //! most [`INFLATE_STEP`] at a time), so neither a lying header nor a deflate bomb can make
 //! the node allocate more than [`crate::wire::MAX_MESSAGE`] plus a step. Decoding itself is
-//! [`crate::wire`]'s; this file only moves bytes.
+//! [`crate::wire`]'s, in the connection's protocol version; this file only moves bytes (and
+//! skips the messages of kinds a newer peer added, see [`crate::wire::WireError::UnknownKind`]).
 
 use flate2::{Decompress, FlushDecompress, Status};
 
@@ -58,10 +59,13 @@ pub(crate) struct FrameReader {
     inflate: Option<Decompress>,
     /// Bytes read from the stream and not yet reported by [`FrameReader::read`].
     wire_bytes: usize,
+    /// The connection's protocol version.
+    version: u8,
 }
 
 impl FrameReader {
-    pub(crate) fn new(stream: quinn::RecvStream) -> Self {
+    /// Messages of `stream`, a connection of protocol `version`.
+    pub(crate) fn new(stream: quinn::RecvStream, version: u8) -> Self {
         FrameReader {
             stream,
             raw: Vec::new(),
@@ -69,6 +73,7 @@ impl FrameReader {
             at: 0,
             inflate: None,
             wire_bytes: 0,
+            version,
         }
     }
 
@@ -102,14 +107,23 @@ impl FrameReader {
                     frames += 1;
                     self.at = start + head.len;
                     if !head.more {
-                        let msg = if joined.is_empty() {
-                            wire::decode_payload(body)?
+                        let decoded = if joined.is_empty() {
+                            wire::decode_payload_as(body, self.version)
                         } else {
                             joined.extend_from_slice(body);
-                            wire::decode_payload(&joined)?
+                            wire::decode_payload_as(&joined, self.version)
                         };
                         self.compact();
-                        return Ok((msg, std::mem::take(&mut self.wire_bytes)));
+                        match decoded {
+                            Ok(msg) => return Ok((msg, std::mem::take(&mut self.wire_bytes))),
+                            Err(WireError::UnknownKind(kind)) => {
+                                tracing::debug!(kind, "skipped a message of an unknown kind");
+                                joined.clear();
+                                frames = 0;
+                                continue;
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                     joined.extend_from_slice(body);
                     self.compact();

@@ -15,7 +15,7 @@ use super::peers::SharedQueue;
 use super::state::{code, wait_closing, Inner, WriterGuard};
 use super::stats::{PeerCounters, Reject};
 use super::TransportEvent;
-use crate::wire::{self, Message};
+use crate::wire::{self, Message, WireError};
 
 /// A batch is written once it holds this many bytes (or the queue is empty).
 const BATCH_BYTES: usize = 1024 * 1024;
@@ -35,6 +35,8 @@ pub(crate) struct WriterArgs {
     pub(crate) counters: Arc<PeerCounters>,
     /// Compress what follows the first frame (both Hellos offered deflate).
     pub(crate) compress: bool,
+    /// The protocol version messages are encoded in.
+    pub(crate) version: u8,
 }
 
 /// Reads frames until the connection ends, then tells the state the link is gone.
@@ -82,12 +84,24 @@ pub(crate) async fn run_reader(
     inner.link_gone(&peer, id).await;
 }
 
-/// Appends `msg`'s frame to `buf`; false (counted, logged) if it cannot be encoded.
-fn push_frame(buf: &mut Vec<u8>, msg: &Message, peer: &str, counters: &PeerCounters) -> bool {
-    match wire::encode(msg) {
+/// Appends `msg`'s frame in `version` to `buf`; false if it cannot be encoded (counted,
+/// logged) or does not exist in that older version (skipped: nothing an older peer cannot
+/// read is sent to it).
+fn push_frame(
+    buf: &mut Vec<u8>,
+    msg: &Message,
+    version: u8,
+    peer: &str,
+    counters: &PeerCounters,
+) -> bool {
+    match wire::encode_as(msg, version) {
         Ok(frame) => {
             buf.extend_from_slice(&frame);
             true
+        }
+        Err(e @ WireError::NotInVersion { .. }) => {
+            tracing::debug!(peer, error = %e, "not sent to a peer of an older release");
+            false
         }
         Err(e) => {
             counters.inc_dropped_unencodable();
@@ -102,17 +116,18 @@ fn fill_batch(
     buf: &mut Vec<u8>,
     first: Option<Message>,
     rx: &mut tokio::sync::mpsc::Receiver<Message>,
+    version: u8,
     peer: &str,
     counters: &PeerCounters,
 ) -> u64 {
     buf.clear();
     let mut count = 0;
     if let Some(m) = first {
-        count += u64::from(push_frame(buf, &m, peer, counters));
+        count += u64::from(push_frame(buf, &m, version, peer, counters));
     }
     while buf.len() < BATCH_BYTES {
         match rx.try_recv() {
-            Ok(m) => count += u64::from(push_frame(buf, &m, peer, counters)),
+            Ok(m) => count += u64::from(push_frame(buf, &m, version, peer, counters)),
             Err(_) => break,
         }
     }
@@ -130,6 +145,7 @@ pub(crate) async fn run_writer(inner: Arc<Inner>, args: WriterArgs, _guard: Writ
         queue,
         counters,
         compress,
+        version,
     } = args;
     let mut deflate = compress.then(Deflate::new);
     let mut closing = inner.closing_rx();
@@ -160,7 +176,7 @@ pub(crate) async fn run_writer(inner: Arc<Inner>, args: WriterArgs, _guard: Writ
             },
         };
         let flushing = next.is_none();
-        let count = fill_batch(&mut buf, next, &mut rx, &peer, &counters);
+        let count = fill_batch(&mut buf, next, &mut rx, version, &peer, &counters);
         if !buf.is_empty() {
             let wire = match deflate.as_mut() {
                 Some(d) => {

@@ -9,8 +9,10 @@
 //! # Protocol
 //! - Mutual TLS 1.3: each side presents a certificate signed by the cluster CA; the dialer
 //!   checks that the acceptor's certificate is valid for the node id it dialed (the TLS
-//!   server name is [`crate::certs::node_dns_name`] of the id); ALPN is
-//!   [`crate::wire::ALPN`].
+//!   server name is [`crate::certs::node_dns_name`] of the id). Both offer the ALPN ids of
+//!   the protocol versions they speak ([`crate::wire::alpns`]): the handshake picks the
+//!   newest both speak, which every message of the connection is then encoded in, and a
+//!   peer with none in common fails the handshake (logged as such).
 //! - The dialer opens a unidirectional stream and sends [`Message::Hello`]. The acceptor
 //!   checks cluster, version, membership and that the client certificate is valid for the
 //!   claimed id; it refuses by closing the connection (application error code and reason,

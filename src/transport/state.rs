@@ -128,18 +128,20 @@ fn validate(cfg: &TransportConfig) -> Result<(), TransportError> {
 }
 
 impl Inner {
-    /// Our Hello, framed: the one both sides of a new connection send (dialer first).
-    pub(crate) fn hello_frame(&self) -> Result<Vec<u8>, crate::wire::WireError> {
-        crate::wire::encode(&Message::Hello(crate::wire::Hello {
+    /// Our Hello in `version` (the connection's), framed: the one both sides of a new
+    /// connection send (dialer first).
+    pub(crate) fn hello_frame(&self, version: u8) -> Result<Vec<u8>, crate::wire::WireError> {
+        let hello = crate::wire::Hello {
             cluster: self.settings.cluster.clone(),
             node: self.settings.node.clone(),
-            version: crate::wire::PROTOCOL_VERSION,
+            version,
             compression: if self.settings.compress {
                 vec![crate::wire::DEFLATE.to_string()]
             } else {
                 Vec::new()
             },
-        }))
+        };
+        crate::wire::encode_as(&Message::Hello(hello), version)
     }
 
     /// Whether a link with the peer that sent `hello` is compressed: both offered deflate.

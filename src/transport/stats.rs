@@ -15,6 +15,8 @@ pub(crate) struct PeerCounters {
     pub(crate) dropped_full: AtomicU64,
     pub(crate) dropped_unencodable: AtomicU64,
     pub(crate) dial_failures: AtomicU64,
+    /// The protocol version of the last connection admitted (0: none yet).
+    pub(crate) protocol: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -48,6 +50,10 @@ impl PeerCounters {
         add(&self.dial_failures, 1);
     }
 
+    pub(crate) fn set_protocol(&self, version: u8) {
+        self.protocol.store(u64::from(version), Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self, connected: bool, queue_depth: usize) -> PeerStats {
         PeerStats {
             connected,
@@ -59,6 +65,8 @@ impl PeerCounters {
             dropped_full: get(&self.dropped_full),
             dropped_unencodable: get(&self.dropped_unencodable),
             dial_failures: get(&self.dial_failures),
+            protocol: (connected && get(&self.protocol) != 0)
+                .then(|| u8::try_from(get(&self.protocol)).unwrap_or(u8::MAX)),
         }
     }
 }
@@ -137,6 +145,9 @@ pub struct PeerStats {
     pub dropped_unencodable: u64,
     /// Failed dial attempts.
     pub dial_failures: u64,
+    /// The protocol version the connection speaks (while connected): older than
+    /// [`crate::wire::PROTOCOL_VERSION`] with a peer of an older release.
+    pub protocol: Option<u8>,
 }
 
 /// Connections refused or closed by this node, by reason.

@@ -13,7 +13,6 @@ use rustls::RootCertStore;
 
 use super::TransportError;
 use crate::certs::TlsIdentity;
-use crate::wire::ALPN;
 
 /// Receive window of one stream: large enough that a busy link never waits on flow control
 /// over loopback or a LAN, small enough to bound memory per connection.
@@ -93,7 +92,7 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| tls_error(node, format!("node certificate or key: {e}")))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = crate::wire::alpns();
     let quic = QuicServerConfig::try_from(tls).map_err(|e| tls_error(node, e))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(Arc::new(transport_params(timing)?));
@@ -112,6 +111,16 @@ pub fn client_config(
     identity: &TlsIdentity,
     timing: Timing,
 ) -> Result<quinn::ClientConfig, TransportError> {
+    client_config_offering(node, identity, timing, crate::wire::alpns())
+}
+
+/// [`client_config`] offering these ALPN ids (a test speaking as another version).
+pub fn client_config_offering(
+    node: &str,
+    identity: &TlsIdentity,
+    timing: Timing,
+    alpns: Vec<Vec<u8>>,
+) -> Result<quinn::ClientConfig, TransportError> {
     let roots = roots(node, identity)?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -119,11 +128,34 @@ pub fn client_config(
         .with_root_certificates(roots)
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| tls_error(node, format!("node certificate or key: {e}")))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpns;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| tls_error(node, e))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(Arc::new(transport_params(timing)?));
     Ok(cfg)
+}
+
+/// The protocol version QUIC negotiated for `conn` (its ALPN id); `None` if it is not one
+/// of [`crate::wire::VERSIONS`].
+pub fn negotiated_version(conn: &quinn::Connection) -> Option<u8> {
+    let data = conn.handshake_data()?;
+    let data = data
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?;
+    crate::wire::version_of_alpn(data.protocol.as_deref()?)
+}
+
+/// Whether a handshake failed because the two sides speak no common protocol version (TLS
+/// alert 120, no_application_protocol: no ALPN id in common).
+pub fn is_no_common_version(err: &quinn::ConnectionError) -> bool {
+    const NO_APPLICATION_PROTOCOL: u64 = 0x100 + 120;
+    match err {
+        quinn::ConnectionError::TransportError(e) => u64::from(e.code) == NO_APPLICATION_PROTOCOL,
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            u64::from(c.error_code) == NO_APPLICATION_PROTOCOL
+        }
+        _ => false,
+    }
 }
 
 /// Whether a connection error is a failed TLS handshake (a TLS alert, sent or received).

@@ -59,6 +59,11 @@ impl ChildGuard {
         ChildGuard::node_with(config, id, log, netns, |_| {})
     }
 
+    /// [`ChildGuard::node`] run by another `concordant` binary (another release).
+    pub fn node_of(bin: &Path, config: &Path, id: &str, log: PathBuf) -> ChildGuard {
+        ChildGuard::spawn(Command::new(bin), config, id, log)
+    }
+
     /// [`ChildGuard::node`], with `setup` applied to the command before it runs (limits
     /// set in `pre_exec`, say).
     pub fn node_with(
@@ -68,7 +73,6 @@ impl ChildGuard {
         netns: Option<&str>,
         setup: impl FnOnce(&mut Command),
     ) -> ChildGuard {
-        let stderr = File::create(&log).expect("log file");
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -78,6 +82,12 @@ impl ChildGuard {
             None => Command::new(BIN),
         };
         setup(&mut cmd);
+        ChildGuard::spawn(cmd, config, id, log)
+    }
+
+    /// Runs `cmd node --config <config> --id <id>` as [`ChildGuard::node`] does.
+    fn spawn(mut cmd: Command, config: &Path, id: &str, log: PathBuf) -> ChildGuard {
+        let stderr = File::create(&log).expect("log file");
         let child = cmd
             .args(["node", "--config"])
             .arg(config)
@@ -179,7 +189,12 @@ impl Drop for ChildGuard {
 
 /// Runs the binary with `args` (and `--dir <dir>` if given) to completion.
 pub fn run(args: &[&str], dir: Option<&Path>) -> Output {
-    let mut cmd = Command::new(BIN);
+    run_bin(Path::new(BIN), args, dir)
+}
+
+/// [`run`] with another `concordant` binary (another release).
+pub fn run_bin(bin: &Path, args: &[&str], dir: Option<&Path>) -> Output {
+    let mut cmd = Command::new(bin);
     cmd.args(args);
     if let Some(dir) = dir {
         cmd.arg("--dir").arg(dir);
@@ -244,6 +259,8 @@ pub struct ProcCluster {
     nodes: Vec<Option<ChildGuard>>,
     starts: Vec<usize>,
     netns: Vec<Option<String>>,
+    /// The binary each node runs (`None`: the one under test).
+    bins: Vec<Option<PathBuf>>,
 }
 
 impl ProcCluster {
@@ -255,8 +272,15 @@ impl ProcCluster {
 
     /// [`ProcCluster::init`] with each document on `replicas` of the nodes.
     pub fn init_with(n: usize, topology: &str, replicas: Option<usize>) -> ProcCluster {
+        ProcCluster::init_by(Path::new(BIN), n, topology, replicas)
+    }
+
+    /// [`ProcCluster::init_with`], written by `bin`'s `init` (another release's), whose
+    /// nodes run `bin` until [`ProcCluster::set_binary`] says otherwise.
+    pub fn init_by(bin: &Path, n: usize, topology: &str, replicas: Option<usize>) -> ProcCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = init_files(dir.path(), n, topology, replicas);
+        let config = init_files(bin, dir.path(), n, topology, replicas);
+        let own = bin == Path::new(BIN);
         ProcCluster {
             config_path: config.path.clone(),
             config,
@@ -264,7 +288,13 @@ impl ProcCluster {
             nodes: (0..n).map(|_| None).collect(),
             starts: vec![0; n],
             netns: vec![None; n],
+            bins: vec![(!own).then(|| bin.to_path_buf()); n],
         }
+    }
+
+    /// Node `i` runs `bin` from its next start on.
+    pub fn set_binary(&mut self, i: usize, bin: &Path) {
+        self.bins[i] = (bin != Path::new(BIN)).then(|| bin.to_path_buf());
     }
 
     /// [`ProcCluster::init`], every node started and answering; retried on other ports if
@@ -285,7 +315,8 @@ impl ProcCluster {
                         cluster.kill(i).await;
                     }
                     let _ = std::fs::remove_dir_all(cluster.dir.path().join("data"));
-                    cluster.config = init_files(cluster.dir.path(), n, topology, replicas);
+                    cluster.config =
+                        init_files(Path::new(BIN), cluster.dir.path(), n, topology, replicas);
                 }
                 Err(log) => panic!("a node exited early:\n{log}"),
             }
@@ -390,12 +421,15 @@ impl ProcCluster {
         let logs = self.dir.path().join("logs");
         std::fs::create_dir_all(&logs).expect("logs dir");
         let log = logs.join(format!("{}-{}.log", self.id(i), self.starts[i]));
-        let child = ChildGuard::node(
-            &self.config_path,
-            &self.id(i),
-            log,
-            self.netns[i].as_deref(),
-        );
+        let child = match &self.bins[i] {
+            Some(bin) => ChildGuard::node_of(bin, &self.config_path, &self.id(i), log),
+            None => ChildGuard::node(
+                &self.config_path,
+                &self.id(i),
+                log,
+                self.netns[i].as_deref(),
+            ),
+        };
         self.nodes[i] = Some(child);
     }
 
@@ -546,9 +580,9 @@ impl ProcCluster {
     }
 }
 
-/// Runs `concordant init` for `n` nodes into `dir` on free loopback ports (over an existing
+/// Runs `bin init` for `n` nodes into `dir` on free loopback ports (over an existing
 /// cluster), appends the test tuning; the loaded file.
-fn init_files(dir: &Path, n: usize, topology: &str, replicas: Option<usize>) -> Config {
+fn init_files(bin: &Path, dir: &Path, n: usize, topology: &str, replicas: Option<usize>) -> Config {
     let base = free_base_port(u16::try_from(n).expect("node count")).to_string();
     let nodes = n.to_string();
     let mut args = vec![
@@ -565,7 +599,7 @@ fn init_files(dir: &Path, n: usize, topology: &str, replicas: Option<usize>) -> 
     if let Some(r) = &r {
         args.extend(["--replicas", r.as_str()]);
     }
-    let out = run(&args, Some(dir));
+    let out = run_bin(bin, &args, Some(dir));
     assert!(out.status.success(), "init failed: {out:?}");
     let path = dir.join("cluster.toml");
     let text = std::fs::read_to_string(&path).expect("cluster.toml");
