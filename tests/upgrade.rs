@@ -4,7 +4,7 @@
 //! unknown one is refused with a clear log line).
 //!
 //! Release 0.1.0 is built from this repository's history once (`git archive` of the commit,
-//! `cargo build --locked`) into the target directory's `tmp/concordant-0.1.0/`, and reused
+//! `cargo build --locked`) into `~/.cache/concordant-tests/concordant-0.1.0/`, and reused
 //! while that build is there.
 
 mod common;
@@ -30,7 +30,7 @@ const RELEASE_0_1_0: &str = "8962ab3616e7bae79b484d32933064a63421b070";
 fn release_0_1_0() -> PathBuf {
     static BUILD: Mutex<()> = Mutex::new(());
     let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("concordant-0.1.0");
+    let root = cache_dir().join("concordant-0.1.0");
     let bin = root.join("target/debug/concordant");
     let stamp = root.join("built-from");
     if bin.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == RELEASE_0_1_0) {
@@ -78,6 +78,17 @@ fn release_0_1_0() -> PathBuf {
     assert!(built.success(), "building release 0.1.0 failed");
     std::fs::write(&stamp, RELEASE_0_1_0).expect("stamp");
     bin
+}
+
+/// Where the build of an older release is kept across runs and clones: the user's cache
+/// (`$XDG_CACHE_HOME` or `~/.cache`), else the target directory.
+fn cache_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache"));
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or(home)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")))
+        .join("concordant-tests")
 }
 
 /// The version `bin --version` prints.
