@@ -14,7 +14,7 @@ use concordant::node::{Node, NodeConfig};
 
 /// The program's allocator: glibc's malloc took about a quarter of a node's cycles under
 /// writes spread over a million documents (documents decoded on reader threads and freed
-/// on the event loop; `perf record`, see "Scale in documents" in docs/benchmarks.md). The
+/// on the event loop; `perf record`, see "Performance since 0.1.0" in CHANGELOG.md). The
 /// library leaves the choice to the program that embeds it.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
