@@ -9,6 +9,7 @@
 
 pub mod checker;
 pub mod faults;
+pub mod js;
 pub mod metrics_text;
 pub mod procs;
 pub mod workload;
