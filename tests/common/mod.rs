@@ -9,6 +9,7 @@
 
 pub mod checker;
 pub mod faults;
+pub mod haproxy;
 pub mod js;
 pub mod metrics_text;
 pub mod procs;
