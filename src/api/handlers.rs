@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::auth::query_value;
 use super::error::heads_json;
 use super::{is_valid_doc_id, AppState, HttpError, MAX_DOC_ID, MAX_TIMEOUT_MS};
-use crate::node::{Health, NodeStatus};
+use crate::node::{Health, MemberState, NodeStatus};
 use crate::ops::{parse_write_request, Ack};
 use crate::tokens::Access;
 
@@ -46,8 +46,10 @@ fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, HttpError> {
     })
 }
 
-/// `GET /v1/health`: 200 `{"status":"ok"}`; 503 with `"status":"storage-failing"` while
-/// storage fails (recoverable) or `"status":"failed"` for a node that stopped working.
+/// `GET /v1/health`: 200 `{"status":"ok"}`; 503 with `"status"` saying why it should get
+/// no traffic: `"storage-failing"` while storage fails (recoverable), `"failed"` for a node
+/// that stopped working, `"leaving"` while `remove-node` drains it, `"removed"` once it is out
+/// of the live topology. A load balancer checking it takes such a node out by itself.
 pub(crate) async fn health(State(state): State<AppState>) -> Answer {
     let unhealthy = |status: &str, message: String| {
         let mut err = HttpError::new(StatusCode::SERVICE_UNAVAILABLE, message);
@@ -68,12 +70,29 @@ pub(crate) async fn health(State(state): State<AppState>) -> Answer {
         }
         Health::Ok => {}
     }
-    state
+    let status = state
         .node
         .status()
         .await
         .map_err(|e| HttpError::from_node("", e))?;
-    Ok(Json(json!({"status": "ok", "node": state.node.id()})).into_response())
+    let id = state.node.id();
+    match status.member {
+        MemberState::Member => Ok(Json(json!({"status": "ok", "node": id})).into_response()),
+        MemberState::Leaving => Err(unhealthy(
+            "leaving",
+            format!(
+                "node {id:?} is leaving the cluster (remove-node): it hands its documents to \
+                 its neighbours and takes no writes; send requests to another node"
+            ),
+        )),
+        MemberState::Removed => Err(unhealthy(
+            "removed",
+            format!(
+                "node {id:?} has been removed from the cluster: it takes no writes and no \
+                 longer replicates; send requests to another node"
+            ),
+        )),
+    }
 }
 
 /// `GET /v1/status`.
@@ -142,6 +161,7 @@ fn status_json(s: &NodeStatus) -> Value {
             "queued_bytes": s.storage_queued_bytes,
             "failing": s.storage_failing,
         },
+        "membership": s.member.as_str(),
         "core": {
             "local_changes": c.local_changes,
             "remote_changes": c.remote_changes,

@@ -10,8 +10,8 @@
 //! | --- | --- |
 //! | `GET /` | the live cluster page (self-contained HTML; see [`cluster`]); needs no token, the data behind it does |
 //! | `GET /v1/cluster` | every node's view gathered over the peer links, links (configured and healed) up or down, recent events (see [`crate::cluster`]) |
-//! | `GET /v1/health` | `{"status":"ok","node":id}`; never needs the token; 503 `{"error","status":"storage-failing"}` while storage fails (recovers by itself), 503 `{"error","status":"failed"}` once the node stopped working |
-//! | `GET /v1/status` | node, cluster, topology, `version`, `protocol`, peers (`id`, `protocol`, `connected`, `linked`, `down`, `healed`, `queued_bytes`, `unacked_changes`, `unacked_bytes`, `unacked_oldest_ms`, `divergent`, traffic), `docs`, `fingerprint` (16 hex digits: equal on two nodes exactly when they hold the same documents at the same heads), `pending_writes`, `storage` (`queued_bytes`, `failing`), core counters |
+//! | `GET /v1/health` | `{"status":"ok","node":id}`; never needs the token; 503 `{"error","status":"storage-failing"}` while storage fails (recovers by itself), 503 `{"error","status":"failed"}` once the node stopped working, 503 `"leaving"` while `remove-node` drains it, 503 `"removed"` once it is out of the live topology |
+//! | `GET /v1/status` | node, cluster, topology, `version`, `protocol`, peers (`id`, `protocol`, `connected`, `linked`, `down`, `healed`, `queued_bytes`, `unacked_changes`, `unacked_bytes`, `unacked_oldest_ms`, `divergent`, traffic), `docs`, `fingerprint` (16 hex digits: equal on two nodes exactly when they hold the same documents at the same heads), `pending_writes`, `storage` (`queued_bytes`, `failing`), `membership` (`member`, `leaving`, `removed`), core counters |
 //! | `GET /v1/docs` | the documents durable here, in id order: `[{"id","heads":[hex...]}]` streamed; with `?limit=N[&after=ID]` one page `{"docs":[...],"next":<id or null>}` (see [`listing`]) |
 //! | `POST /v1/docs` | creates an empty document under a fresh automerge-repo id: `{"id","url"}` |
 //! | `GET /v1/sync` | WebSocket for automerge-repo clients (see [`crate::sync`]); 503 past `sync_clients` |

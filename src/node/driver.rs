@@ -26,7 +26,9 @@ use super::links::{LinkChanges, Links};
 use super::read_pool::{self, ReadDone, ReadPool};
 use super::store_thread::{self, StoreDone, StoreJob};
 use super::writes::Writes;
-use super::{Ack, Command, DocEvent, Error, Health, Node, NodeConfig, NodeStatus, PeerStatus};
+use super::{
+    Ack, Command, DocEvent, Error, Health, MemberState, Node, NodeConfig, NodeStatus, PeerStatus,
+};
 use crate::core::{ChangeError, CoreConfig, CoreError, Effect, Replica, Unsent};
 use crate::panics::panic_text;
 use crate::transport::{SendError, Transport, TransportConfig, TransportEvent};
@@ -794,6 +796,13 @@ impl Driver {
             pending_writes: self.writes.len(),
             storage_queued_bytes: self.storage_queued(),
             storage_failing: self.storage_failing().cloned(),
+            member: if self.removed {
+                MemberState::Removed
+            } else if self.draining.is_some() {
+                MemberState::Leaving
+            } else {
+                MemberState::Member
+            },
             fingerprint: self.replica.fingerprint(),
             sync_clients: self.clients.len(),
             sync_clients_dropped: self.clients_dropped,

@@ -332,6 +332,8 @@ pub struct NodeStatus {
     pub storage_queued_bytes: usize,
     /// Why storage is failing, if it is (see [`Health::StorageFailing`]).
     pub storage_failing: Option<String>,
+    /// Whether the node is a member of the live topology, leaving it, or removed.
+    pub member: MemberState,
     /// The fingerprint of every (document, heads) pair this node holds (the root of its
     /// reconciliation tree, in memory: changes count from the moment they are applied):
     /// equal on two nodes exactly when they hold the same documents at the same heads (up
@@ -365,6 +367,31 @@ impl NodeStatus {
             .filter(|p| p.connected)
             .map(|p| p.id.as_str())
             .collect()
+    }
+}
+
+/// A node's place in its cluster's live topology (`membership` in `/v1/status`; a node
+/// leaving or removed answers `GET /v1/health` with 503, so load balancers take it out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberState {
+    /// In the live topology (or started without one): it serves.
+    Member,
+    /// Being removed (`remove-node`): it hands what it holds to its neighbours and takes
+    /// no writes ([`Error::Leaving`]).
+    Leaving,
+    /// Removed from the live topology: it takes no writes and no longer replicates
+    /// ([`Error::Removed`]).
+    Removed,
+}
+
+impl MemberState {
+    /// `"member"`, `"leaving"` or `"removed"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Member => "member",
+            MemberState::Leaving => "leaving",
+            MemberState::Removed => "removed",
+        }
     }
 }
 

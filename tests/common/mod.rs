@@ -9,6 +9,8 @@
 
 pub mod checker;
 pub mod faults;
+pub mod haproxy;
+pub mod js;
 pub mod metrics_text;
 pub mod procs;
 pub mod workload;

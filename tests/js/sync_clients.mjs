@@ -11,6 +11,8 @@
 //   CONCORDANT_TOKEN   the API token (sent as `Authorization: Bearer`), if the cluster has one
 //   SYNC_SCENARIOS     comma-separated scenario numbers, or "all" (1-7); default 1,2,3,5,6
 //   SYNC_DOC_URL       the document of scenario 8
+//   CONCORDANT_NODES   comma-separated node ids in CONCORDANT_HTTP's order (scenario 10)
+//   SYNC_LB_CLIENTS    clients of scenario 10 (default 4)
 //   CONCORDANT_TOKEN_KEY  the cluster's token-signing private key (certs/tokens.key, PKCS#8
 //                      PEM): scenario 9 mints user tokens with it (`jose`), as an app's
 //                      backend would
@@ -49,6 +51,12 @@
 //      makes a document, and after she disconnects her `owner` token opens it on another
 //      node (dave's does not); an expired token's upgrade is refused with 401; alice's
 //      sockets on every node close within 2 s of her token's revocation at one node.
+//   10 Behind a load balancer: CONCORDANT_WS is one URL, the balancer's (docs/haproxy.cfg).
+//      SYNC_LB_CLIENTS clients connect through it one after the other (spread over the nodes)
+//      and edit one document, each every 150 ms. Prints READY-TO-KILL <node> naming the node
+//      of the first client (the harness SIGKILLs it and answers KILLED on stdin) while they
+//      keep editing; every client that was on it reconnects through the balancer to another
+//      node; then every client and every other node's HTTP API show every edit.
 //
 // Prints one line per passed scenario ("PASS <n> <what>"); exits 0 only if every requested
 // scenario passed; every wait is bounded.
@@ -83,16 +91,18 @@ const TIMEOUT = Number(process.env.SYNC_TIMEOUT_MS ?? 20000)
 const UNAVAILABLE_BOUND = Number(process.env.SYNC_UNAVAILABLE_MS ?? 5000)
 const RETRY_MS = Number(process.env.SYNC_RETRY_MS ?? 1000)
 const ALL = [1, 2, 3, 4, 5, 6, 7]
-const NEEDS_HTTP = new Set([2, 6, 7, 8, 9])
+const NEEDS_HTTP = new Set([2, 6, 7, 8, 9, 10])
 const DOC_URL = process.env.SYNC_DOC_URL
 const TOKEN_KEY = process.env.CONCORDANT_TOKEN_KEY
+const NODES = list("CONCORDANT_NODES")
+const LB_CLIENTS = Number(process.env.SYNC_LB_CLIENTS ?? 4)
 
 function scenarios() {
   const raw = process.env.SYNC_SCENARIOS ?? "1,2,3,5,6"
   if (raw.trim() === "all") return ALL
   const out = raw.split(",").map(s => Number(s.trim()))
   for (const n of out) {
-    if (!ALL.includes(n) && n !== 8 && n !== 9) fatal(`SYNC_SCENARIOS=${raw}: unknown scenario ${n}`)
+    if (!ALL.includes(n) && ![8, 9, 10].includes(n)) fatal(`SYNC_SCENARIOS=${raw}: unknown scenario ${n}`)
   }
   return out
 }
@@ -797,6 +807,97 @@ async function scenario8() {
   }
 }
 
+/** The node `repo`'s one server peer is (its peer id is `concordant-<cluster>-<node>`). */
+function nodeOf(repo) {
+  if (repo.peers.length !== 1) return undefined
+  return NODES.find(id => repo.peers[0].endsWith(`-${id}`))
+}
+
+async function scenario10() {
+  if (WS.length !== 1) throw new Failure("scenario 10 needs one WebSocket URL, the balancer's")
+  if (NODES.length !== HTTP.length) throw new Failure("CONCORDANT_NODES must name the nodes of CONCORDANT_HTTP")
+  const clients = []
+  const handles = []
+  const expected = []
+  let editing = true
+  const loops = []
+  try {
+    // One after the other, so that the balancer (leastconn) spreads them over the nodes.
+    for (let i = 0; i < LB_CLIENTS; i++) {
+      const repo = makeRepo(`C${i}`, [WS[0]])
+      await connected(repo)
+      clients.push(repo)
+    }
+    const first = clients[0].create({ log: [] })
+    await serverHas(clients[0], first)
+    handles.push(first)
+    for (const repo of clients.slice(1)) {
+      const h = await find(repo, first.url)
+      await waitDoc(h, `${repo.name} has the document`, doc => Array.isArray(doc.log))
+      handles.push(h)
+    }
+    const before = clients.map(nodeOf)
+    log(`10: clients on ${show(before)} through ${WS[0].replace(/\?.*/, "")}`)
+    if (before.some(n => !n)) throw new Failure(`a client's server is not one of ${show(NODES)}: ${show(clients.map(r => r.peers))}`)
+    if (new Set(before).size < 2) throw new Failure(`the balancer put every client on ${before[0]}`)
+
+    // Every client edits every 150 ms (further apart than the client's 100 ms sync throttle).
+    clients.forEach((repo, i) => {
+      loops.push(
+        (async () => {
+          for (let k = 0; editing; k++) {
+            const entry = `${repo.name}-${k}`
+            handles[i].change(d => {
+              d.log.push(entry)
+            })
+            expected.push(entry)
+            await sleep(150)
+          }
+        })()
+      )
+    })
+    await sleep(1000)
+    const victim = before[0]
+    const moved = clients.filter((_, i) => before[i] === victim)
+    console.log(`READY-TO-KILL ${victim}`)
+    await stdinLine("KILLED", 60000)
+    const killedAt = Date.now()
+    await waitUntil(
+      `every client of ${victim} reconnects through the balancer to another node`,
+      () => clients.every(repo => nodeOf(repo) && nodeOf(repo) !== victim),
+      { describe: () => show(clients.map(r => [r.name, r.peers])) }
+    )
+    const reconnectMs = Date.now() - killedAt
+    await sleep(1000)
+    editing = false
+    await Promise.all(loops)
+    const hasAll = doc => Array.isArray(doc.log) && expected.every(e => doc.log.includes(e))
+    const missing = doc => show(expected.filter(e => !(doc.log ?? []).includes(e)))
+    for (const h of handles) {
+      await waitUntil(`a client has all ${expected.length} edits`, () => hasAll(json(h)), {
+        describe: () => `missing ${missing(json(h))}`,
+      })
+    }
+    await waitUntil("every client agrees", () => handles.every(h => isDeepStrictEqual(json(h), json(first))), {
+      describe: () => show(handles.map(h => json(h).log.length)),
+    })
+    for (let i = 0; i < HTTP.length; i++) {
+      if (NODES[i] === victim) continue
+      await waitHttpEquals(i, first.documentId, () => json(first), `all ${expected.length} edits`)
+    }
+    const after = clients.map(nodeOf)
+    return `${clients.length} clients through the balancer on ${show(before)}; ${victim} killed under ` +
+      `them: ${moved.map(r => r.name).join(", ")} reconnected to ${show(after.filter((_, i) => before[i] === victim))} ` +
+      `within ${reconnectMs} ms; ${expected.length} edits, none lost; every client and the other ` +
+      `nodes' HTTP APIs agree`
+  } finally {
+    editing = false
+    await Promise.allSettled(loops)
+    closeStdin()
+    for (const repo of clients) await closeRepo(repo)
+  }
+}
+
 const SCENARIOS = {
   1: scenario1,
   2: scenario2,
@@ -807,6 +908,7 @@ const SCENARIOS = {
   7: scenario7,
   8: scenario8,
   9: scenario9,
+  10: scenario10,
 }
 
 // ---------------------------------------------------------------------------------------------

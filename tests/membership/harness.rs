@@ -675,6 +675,18 @@ pub(crate) async fn wait_knows_removed(nodes: &Nodes, id: &str) {
         answer.status,
         String::from_utf8_lossy(&answer.body)
     );
+    // Its health check fails, so a load balancer takes it out of its pool.
+    let health = nodes
+        .client(id)
+        .request(Method::GET, "/v1/health", None)
+        .await
+        .unwrap_or_else(|e| panic!("health of the removed {id}: {e}"));
+    let body = health.json().unwrap_or_default();
+    assert!(
+        health.status == 503 && body["status"] == "removed",
+        "the removed {id} answered GET /v1/health with {}: {body}",
+        health.status
+    );
 }
 
 /// Checks that the running `removed` node is cut off from `live`: no live node and not
