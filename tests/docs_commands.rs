@@ -575,6 +575,15 @@ fn every_command_in_the_docs_parses_and_runs() {
     let mut code = String::new();
     sources(&root().join("src"), &mut code);
     sources(&root().join("tests"), &mut code);
+    // The variables HAProxy reads from the configuration the docs ship ("${NAME-default}").
+    let haproxy = std::fs::read_to_string(root().join("docs/haproxy.cfg")).unwrap();
+    for var in haproxy
+        .split("${")
+        .skip(1)
+        .filter_map(|r| r.split(['-', '}']).next())
+    {
+        code.push_str(&format!("\"{var}\"\n"));
+    }
     let mut failures = Vec::new();
     let mut checked = 0;
     for command in &shown {

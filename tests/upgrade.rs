@@ -195,14 +195,18 @@ async fn a_rolling_upgrade_from_release_0_1_0_under_writes_loses_nothing() {
     }
     // Every node new: they speak this release's protocol with each other.
     for i in 0..3 {
-        let status = cluster.access(i).status().await.expect("status");
-        for p in status["peers"].as_array().cloned().unwrap_or_default() {
-            assert_eq!(
-                p["protocol"],
-                wire::PROTOCOL_VERSION,
-                "{}: {p}",
-                cluster.id(i)
-            );
+        let start = Instant::now();
+        loop {
+            let status = cluster.access(i).status().await.expect("status");
+            let peers = status["peers"].as_array().cloned().unwrap_or_default();
+            if peers
+                .iter()
+                .all(|p| p["protocol"] == wire::PROTOCOL_VERSION)
+            {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "{}: {status}", cluster.id(i));
+            tokio::time::sleep(POLL).await;
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
