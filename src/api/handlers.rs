@@ -108,6 +108,8 @@ fn status_json(s: &NodeStatus) -> Value {
                 "bytes_received": t.bytes_received,
                 "messages_sent": t.messages_sent,
                 "messages_received": t.messages_received,
+                "links_lost": t.links_lost,
+                "rtt_ms": t.rtt.map(|r| r.as_secs_f64() * 1000.0),
             })
         })
         .collect();

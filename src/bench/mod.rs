@@ -16,8 +16,16 @@
 //! least D preloaded documents, to preloaded ones spread evenly over them (every N/D-th),
 //! else to new documents `doc-*`.
 //!
+//! With `--link-delay-ms D [--link-jitter-ms J] [--link-loss PCT]` every directed link
+//! crosses a relay that delays each datagram by D ± J ms and drops PCT % of them (see
+//! [`links`]); the report then adds the options, `messages_per_write` (peer messages every
+//! node sent during the throughput phase / W), the round-trip times QUIC measured, the
+//! links lost and what the cluster view saw. `--topology tree --fanout K` runs an `edges`
+//! topology laid out as a tree ([`links::tree_links`]).
+//!
 //! Phases: (1) latency — single writes at one node, writers rotating, each timed until
-//! every node (every replica of the document) shows it; (2) throughput — W single-op writes spread over D documents and
+//! every node (every replica of the document) shows it, then `--ack-samples` writes with
+//! `ack: all`, each timed until answered ([`acks`]); (2) throughput — W single-op writes spread over D documents and
 //! all nodes, timed until every node's counters show all of them, then every replica's
 //! listing is compared (should they differ, the time runs on until they agree);
 //! (3) idle — once converged and settled (1 s), the peer bytes every node sends over a
@@ -42,7 +50,9 @@
 //! configuration in its own process; [`clients`] measures automerge-repo clients over
 //! `GET /v1/sync` (`--sync-clients`, `--sync-hold`).
 
+mod acks;
 pub mod clients;
+pub mod links;
 mod phases;
 pub mod plot;
 mod preload;
@@ -54,6 +64,7 @@ pub mod sweep;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use links::LinkOptions;
 pub use probe::LatencyProbe;
 pub use report::BenchReport;
 
@@ -66,8 +77,16 @@ use crate::topology::Topology;
 pub struct BenchOptions {
     /// Number of nodes.
     pub nodes: usize,
-    /// Topology.
+    /// Topology. [`TopologyKind::Edges`] is laid out as a tree ([`links::tree_links`]) of
+    /// `tree_fanout` children per node.
     pub topology: TopologyKind,
+    /// Children per node of the tree of an `edges` topology (`--fanout`).
+    pub tree_fanout: usize,
+    /// Every directed link through a relay with these delays and losses (`--link-*`);
+    /// `None`: nodes talk directly.
+    pub link: Option<LinkOptions>,
+    /// Writes with `ack: all` timed in the latency phase.
+    pub ack_samples: usize,
     /// Documents the writes are spread over.
     pub docs: usize,
     /// Writes in the throughput and catch-up phases.
@@ -99,11 +118,14 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     /// The CLI's defaults: 5 nodes in a mesh, 100 documents, 20,000 writes, 500 latency
-    /// samples, no preload, a 5 s idle window (10 s with the default anti-entropy period).
+    /// samples and 100 with `ack: all`, links without relays, no preload, a 5 s idle window (10 s with the default anti-entropy period).
     fn default() -> Self {
         BenchOptions {
             nodes: 5,
             topology: TopologyKind::Mesh,
+            tree_fanout: 4,
+            link: None,
+            ack_samples: 100,
             docs: 100,
             writes: 20_000,
             rate: None,
@@ -184,10 +206,11 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             "--anti-entropy-ms must be at least 1 and --idle-secs a number".into(),
         ));
     }
-    if matches!(opts.topology, TopologyKind::Edges) {
-        return Err(BenchError::Options(
-            "the benchmark runs mesh or ring topologies".into(),
-        ));
+    if opts.topology == TopologyKind::Edges && opts.tree_fanout == 0 {
+        return Err(BenchError::Options("--fanout must be at least 1".into()));
+    }
+    if let Some(link) = &opts.link {
+        link.check()?;
     }
     check_replicas(opts)?;
     let tuning = Tuning {
@@ -203,17 +226,27 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         "bench",
         opts.nodes,
         opts.topology,
-        Vec::new(),
+        bench_links(opts),
         opts.replicas,
         tuning,
     )?;
+    if let Some(link) = &opts.link {
+        cluster.relay_links(link.faults(), rand::random()).await?;
+    }
     let preload_s = preload_stores(&cluster, opts).await?;
     progress(format!(
-        "starting {} nodes ({}{}) over QUIC on 127.0.0.1, storage redb with fsync",
+        "starting {} nodes ({}{}) over QUIC on 127.0.0.1{}, storage redb with fsync",
         opts.nodes,
-        opts.topology,
+        topology_name(opts),
         match opts.replicas {
             Some(r) => format!(", each document on {r} of them"),
+            None => String::new(),
+        },
+        match &opts.link {
+            Some(l) => format!(
+                ", every link through a relay: {} ± {} ms one way, {} % lost",
+                l.delay_ms, l.jitter_ms, l.loss_pct
+            ),
             None => String::new(),
         }
     ));
@@ -224,8 +257,14 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         ));
     }
     let latency = phases::latency(&cluster, opts, &progress).await?;
+    let rtt = links::rtt_ms(&cluster).await?;
+    let ack_all = acks::ack_all(&cluster, opts.ack_samples, &progress).await?;
     let throughput = phases::throughput(&cluster, opts, &progress).await?;
     let idle = phases::idle(&cluster, opts, &progress).await?;
+    let links = match &opts.link {
+        Some(_) => Some(measure_links(&cluster, rtt, &progress).await?),
+        None => None,
+    };
     let mut memory = phases::memory_per_node_bytes(opts.nodes);
     let catchup = phases::catchup(&mut cluster, opts, &progress).await?;
     memory = memory.max(phases::memory_per_node_bytes(opts.nodes));
@@ -242,6 +281,8 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         opts,
         report::Measured {
             latencies: latency.samples,
+            ack_all,
+            links,
             stored_docs_per_node,
             throughput,
             idle,
@@ -251,6 +292,49 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             preload_s,
         },
     ))
+}
+
+/// What the run saw of its relayed links, once idle (before the catch-up phase stops a
+/// node on purpose): the round-trip times `rtt` (mean, max) sampled after the latency
+/// phase, the links lost so far, and the cluster view.
+async fn measure_links(
+    cluster: &LocalCluster,
+    rtt: Option<(f64, f64)>,
+    progress: &dyn Fn(String),
+) -> Result<report::Links, BenchError> {
+    let lost = links::links_lost(cluster).await?;
+    let (view_up, view_ms) = links::cluster_view(cluster).await?;
+    progress(format!(
+        "links: round trips {}, {lost} links lost, the cluster view showed {view_up} of {} \
+         nodes up in {view_ms:.0} ms",
+        rtt.map_or("n/a".into(), |(mean, max)| format!(
+            "{mean:.1} ms on average, {max:.1} ms at most"
+        )),
+        cluster.ids().len()
+    ));
+    Ok(report::Links {
+        rtt_ms: rtt.map(|r| r.0),
+        rtt_max_ms: rtt.map(|r| r.1),
+        lost,
+        view_up,
+        view_ms,
+    })
+}
+
+/// The links of an `edges` topology (a tree); none for the others.
+fn bench_links(opts: &BenchOptions) -> Vec<(String, String)> {
+    match opts.topology {
+        TopologyKind::Edges => links::tree_links(opts.nodes, opts.tree_fanout),
+        _ => Vec::new(),
+    }
+}
+
+/// The topology as the report names it: a tree says its fanout.
+pub(crate) fn topology_name(opts: &BenchOptions) -> String {
+    match opts.topology {
+        TopologyKind::Edges => format!("edges (a tree, fanout {})", opts.tree_fanout),
+        kind => kind.to_string(),
+    }
 }
 
 /// Refuses `opts.replicas` if the topology cannot place documents on that many nodes

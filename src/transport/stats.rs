@@ -15,6 +15,7 @@ pub(crate) struct PeerCounters {
     pub(crate) dropped_full: AtomicU64,
     pub(crate) dropped_unencodable: AtomicU64,
     pub(crate) dial_failures: AtomicU64,
+    pub(crate) links_lost: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -48,10 +49,20 @@ impl PeerCounters {
         add(&self.dial_failures, 1);
     }
 
-    pub(crate) fn snapshot(&self, connected: bool, queue_depth: usize) -> PeerStats {
+    pub(crate) fn inc_links_lost(&self) {
+        add(&self.links_lost, 1);
+    }
+
+    pub(crate) fn snapshot(
+        &self,
+        connected: bool,
+        queue_depth: usize,
+        rtt: Option<std::time::Duration>,
+    ) -> PeerStats {
         PeerStats {
             connected,
             queue_depth,
+            rtt,
             bytes_sent: get(&self.bytes_sent),
             bytes_received: get(&self.bytes_received),
             messages_sent: get(&self.messages_sent),
@@ -59,6 +70,7 @@ impl PeerCounters {
             dropped_full: get(&self.dropped_full),
             dropped_unencodable: get(&self.dropped_unencodable),
             dial_failures: get(&self.dial_failures),
+            links_lost: get(&self.links_lost),
         }
     }
 }
@@ -122,6 +134,8 @@ pub struct PeerStats {
     pub connected: bool,
     /// Messages waiting in the send queue.
     pub queue_depth: usize,
+    /// The link's round-trip time as QUIC estimates it (smoothed), while connected.
+    pub rtt: Option<std::time::Duration>,
     /// Stream bytes written to the peer.
     pub bytes_sent: u64,
     /// Stream bytes read from the peer.
@@ -137,6 +151,9 @@ pub struct PeerStats {
     pub dropped_unencodable: u64,
     /// Failed dial attempts.
     pub dial_failures: u64,
+    /// Links to the peer that went down (each a Down event: the connection closed, timed
+    /// out or was replaced), since start.
+    pub links_lost: u64,
 }
 
 /// Connections refused or closed by this node, by reason.
