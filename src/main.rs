@@ -293,7 +293,7 @@ impl Target {
         .conflicts_with_all([
             "sweep", "nodes", "topology", "docs", "writes", "rate", "samples", "preload",
             "preload_into", "replicas", "idle_secs", "out", "plot", "link_delay_ms",
-            "ack_samples", "fanout",
+            "ack_samples", "fanout", "keep_alive_ms", "idle_timeout_ms",
         ])
 ))]
 struct BenchArgs {
@@ -328,6 +328,14 @@ struct BenchArgs {
     /// Writes with `ack: all` timed after the latency phase (each until answered).
     #[arg(long, default_value_t = 100, conflicts_with = "sweep")]
     ack_samples: usize,
+    /// The links' QUIC keep-alive interval, ms (a node's default is 250; the bench's nodes
+    /// share its cores, so a busy moment must not look like a dead peer).
+    #[arg(long, default_value_t = concordant::bench::IN_PROCESS_KEEP_ALIVE_MS, conflicts_with = "sweep")]
+    keep_alive_ms: u64,
+    /// The links' idle timeout, ms, after which a silent link is down (a node's default is
+    /// 1000).
+    #[arg(long, default_value_t = concordant::bench::IN_PROCESS_IDLE_TIMEOUT_MS, conflicts_with = "sweep")]
+    idle_timeout_ms: u64,
     /// Documents the writes are spread over.
     #[arg(long, default_value_t = 100, conflicts_with = "sweep")]
     docs: usize,
@@ -626,6 +634,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 replicas: args.replicas,
                 idle_secs: args.idle_secs,
                 anti_entropy_ms: args.anti_entropy_ms,
+                keep_alive_ms: args.keep_alive_ms,
+                idle_timeout_ms: args.idle_timeout_ms,
                 compress_links: !args.no_compress,
                 preload_exe: Some(std::env::current_exe().context("cannot find this executable")?),
             };

@@ -107,6 +107,12 @@ pub struct BenchOptions {
     pub idle_secs: f64,
     /// Period of the nodes' anti-entropy, ms.
     pub anti_entropy_ms: u64,
+    /// The links' QUIC keep-alive interval, ms (`--keep-alive-ms`; default 1,000, see
+    /// [`in_process_tuning`]).
+    pub keep_alive_ms: u64,
+    /// The links' idle timeout, ms (`--idle-timeout-ms`; default 10,000, see
+    /// [`in_process_tuning`]).
+    pub idle_timeout_ms: u64,
     /// Compressed peer links (`[tuning] compress_links`; `--no-compress` turns it off).
     pub compress_links: bool,
     /// The `concordant` executable to run the preload in (`concordant bench --preload N
@@ -135,6 +141,8 @@ impl Default for BenchOptions {
             replicas: None,
             idle_secs: 5.0,
             anti_entropy_ms: Tuning::default().anti_entropy_ms,
+            keep_alive_ms: IN_PROCESS_KEEP_ALIVE_MS,
+            idle_timeout_ms: IN_PROCESS_IDLE_TIMEOUT_MS,
             compress_links: true,
             preload_exe: None,
         }
@@ -213,8 +221,16 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         link.check()?;
     }
     check_replicas(opts)?;
+    if opts.keep_alive_ms == 0 || opts.keep_alive_ms >= opts.idle_timeout_ms {
+        return Err(BenchError::Options(format!(
+            "--keep-alive-ms ({}) must be at least 1 and below --idle-timeout-ms ({})",
+            opts.keep_alive_ms, opts.idle_timeout_ms
+        )));
+    }
     let tuning = Tuning {
         compress_links: opts.compress_links,
+        keep_alive_ms: opts.keep_alive_ms,
+        idle_timeout_ms: opts.idle_timeout_ms,
         ..in_process_tuning(opts.anti_entropy_ms)
     };
     let progress = |msg: String| {
@@ -468,6 +484,12 @@ fn cli_topology(kind: TopologyKind) -> Result<&'static str, BenchError> {
     }
 }
 
+/// The keep-alive of links between nodes of one process, ms (see [`in_process_tuning`]).
+pub const IN_PROCESS_KEEP_ALIVE_MS: u64 = 1_000;
+
+/// The idle timeout of links between nodes of one process, ms (see [`in_process_tuning`]).
+pub const IN_PROCESS_IDLE_TIMEOUT_MS: u64 = 10_000;
+
 /// The tuning of nodes that share this process's cores with each other (and with a
 /// benchmark's clients): a busy moment must not look like a dead peer (a dropped link
 /// resyncs and inflates the bytes). Graceful stops (the catch-up phase) close links at once,
@@ -475,8 +497,8 @@ fn cli_topology(kind: TopologyKind) -> Result<&'static str, BenchError> {
 pub(crate) fn in_process_tuning(anti_entropy_ms: u64) -> Tuning {
     Tuning {
         anti_entropy_ms,
-        keep_alive_ms: 1_000,
-        idle_timeout_ms: 10_000,
+        keep_alive_ms: IN_PROCESS_KEEP_ALIVE_MS,
+        idle_timeout_ms: IN_PROCESS_IDLE_TIMEOUT_MS,
         send_queue: 8192,
         ..Tuning::default()
     }

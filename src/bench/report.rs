@@ -87,6 +87,10 @@ pub struct BenchReport {
     pub idle_window_s: f64,
     /// Period of the nodes' anti-entropy during every phase, ms.
     pub anti_entropy_ms: u64,
+    /// The links' QUIC keep-alive interval, ms.
+    pub keep_alive_ms: u64,
+    /// The links' idle timeout (a silent link is down after it), ms.
+    pub idle_timeout_ms: u64,
     /// Documents put into every node's store before the nodes started.
     pub preload: usize,
     /// Seconds the preload took (no part of any phase).
@@ -202,6 +206,8 @@ impl BenchReport {
             idle_bytes_per_s: idle.bytes_per_s,
             idle_window_s: idle.window_s,
             anti_entropy_ms: opts.anti_entropy_ms,
+            keep_alive_ms: opts.keep_alive_ms,
+            idle_timeout_ms: opts.idle_timeout_ms,
             preload: opts.preload,
             preload_s,
             converged,
@@ -276,11 +282,14 @@ impl BenchReport {
             (Some(d), Some(j), Some(l)) => format!(
                 "links: every directed link through a relay, {d} ± {j} ms one way, {l} % \
                  lost; QUIC round trips {} ms on average, {} ms at most; {} messages per \
-                 write; {} links lost; the cluster view showed {} of {} nodes up in {} ms\n",
+                 write; {} links lost (keep-alive {} ms, idle timeout {} ms); the cluster \
+                 view showed {} of {} nodes up in {} ms\n",
                 opt_f64(self.link_rtt_ms, 1),
                 opt_f64(self.link_rtt_max_ms, 1),
                 opt_f64(self.messages_per_write, 2),
                 self.links_lost.unwrap_or(0),
+                self.keep_alive_ms,
+                self.idle_timeout_ms,
                 self.cluster_view_up.unwrap_or(0),
                 self.nodes,
                 opt_f64(self.cluster_view_ms, 0),
