@@ -47,7 +47,11 @@
 //!   its document listing, paged from the store off the driver (`node/listing.rs`); reads
 //!   and writes of documents it does not replicate, forwarded to a replica over the peer
 //!   links (`node/forward.rs`, routed by `node/driver/forward.rs`).
-//! - [`local`]: a local cluster of N nodes in one process (demo, bench, experiments).
+//! - [`local`]: a local cluster of N nodes in one process (demo, bench, experiments),
+//!   optionally with every link through the relays of [`netem`].
+//! - [`netem`]: a network emulator on loopback: UDP relays per directed pair of nodes that
+//!   delay, drop, duplicate and reorder datagrams or cut links (the chaos tests, and
+//!   `concordant bench --link-delay-ms`).
 //! - [`membership`]: the live topology every node holds and gossips (a state-based CRDT:
 //!   nodes added and removed while the cluster runs, links, ring order, version, digest).
 //! - `bench`: `concordant bench`, the convergence benchmark (feature `cli`, on by
@@ -97,6 +101,7 @@ pub mod json;
 pub mod limits;
 pub mod local;
 pub mod membership;
+pub mod netem;
 pub mod node;
 pub mod ops;
 pub mod owners;

@@ -2,7 +2,8 @@
 //! certificates and durable storage in a temporary directory. Used by `concordant demo`
 //! and `concordant bench`; handy for tests and experiments. Each document lives on every
 //! node, or on R of them ([`Topology::with_replicas`]); the cluster compares documents
-//! across their replicas only.
+//! across their replicas only. With [`LocalCluster::relay_links`] every link crosses the
+//! relays of [`crate::netem`] (slow or lossy links on loopback).
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::certs::{in_memory_identities, TlsIdentity};
 use crate::config::{TopologyKind, Tuning};
+use crate::netem::{LinkFaults, Relays};
 use crate::node::{Error, Node, NodeBuilder};
 use crate::placement::{Partition, PlacementError};
 use crate::topology::Topology;
@@ -50,6 +52,8 @@ pub struct LocalCluster {
     tuning: Tuning,
     nodes: Vec<Option<Node>>,
     addrs: Vec<SocketAddr>,
+    /// The relays every link crosses, if any ([`LocalCluster::relay_links`]).
+    relays: Option<Relays>,
 }
 
 impl LocalCluster {
@@ -99,7 +103,30 @@ impl LocalCluster {
             tuning,
             nodes: (0..n).map(|_| None).collect(),
             addrs: vec![any; n],
+            relays: None,
         })
+    }
+
+    /// Routes every link through a relay per direction ([`crate::netem::Relays`]) that
+    /// applies `faults` (decisions seeded by `seed`); nodes then never learn each other's
+    /// own addresses. Call before any node starts; refused afterwards.
+    pub async fn relay_links(&mut self, faults: LinkFaults, seed: u64) -> Result<(), LocalError> {
+        if self.live().next().is_some() {
+            return Err(LocalError::Setup(
+                "links can be relayed only before the nodes start".into(),
+            ));
+        }
+        let relays = Relays::bind(self.ids.len(), seed)
+            .await
+            .map_err(|e| LocalError::Setup(format!("cannot bind the link relays: {e}")))?;
+        relays.set_all(faults);
+        self.relays = Some(relays);
+        Ok(())
+    }
+
+    /// The relays every link crosses, if [`LocalCluster::relay_links`] set them up.
+    pub fn relays(&self) -> Option<&Relays> {
+        self.relays.as_ref()
     }
 
     /// Starts every node that is not running, in order.
@@ -160,6 +187,14 @@ impl LocalCluster {
             .start()
             .await?;
         self.addrs[i] = node.peer_addr();
+        if let Some(relays) = &self.relays {
+            relays.set_target(i, node.peer_addr());
+            for (j, id) in self.ids.iter().enumerate().filter(|(j, _)| *j != i) {
+                node.set_peer_addr(id, relays.route(i, j)).await?;
+            }
+            self.nodes[i] = Some(node);
+            return Ok(self.nodes[i].as_ref().expect("stored just above"));
+        }
         for (j, other) in self.nodes.iter().enumerate() {
             if let Some(other) = other {
                 other.set_peer_addr(&self.ids[i], node.peer_addr()).await?;

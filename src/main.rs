@@ -292,16 +292,50 @@ impl Target {
         .args(["sync_clients", "sync_hold"])
         .conflicts_with_all([
             "sweep", "nodes", "topology", "docs", "writes", "rate", "samples", "preload",
-            "preload_into", "replicas", "idle_secs", "out", "plot",
+            "preload_into", "replicas", "idle_secs", "out", "plot", "link_delay_ms",
+            "ack_samples", "fanout", "keep_alive_ms", "idle_timeout_ms",
         ])
 ))]
 struct BenchArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 5, conflicts_with = "sweep")]
     nodes: usize,
-    /// Topology (ring: both directions).
+    /// Topology (ring: both directions; tree: an `edges` topology laid out as a tree of
+    /// --fanout children per node, n1 its root).
     #[arg(long, value_enum, default_value = "mesh", conflicts_with = "sweep")]
     topology: BenchTopology,
+    /// Children per node of --topology tree (24 with 25 nodes: a star).
+    #[arg(long, default_value_t = 4, conflicts_with = "sweep")]
+    fanout: usize,
+    /// Put a relay on every directed link that delays each UDP datagram by this many ms
+    /// (one way; a round trip is twice it): slow links on loopback. Adds link_delay_ms,
+    /// messages_per_write and what was seen of the links to the report.
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "sweep")]
+    link_delay_ms: Option<i64>,
+    /// With --link-delay-ms: each datagram's delay is uniform in the delay ± this many ms
+    /// (at most the delay; datagrams may overtake each other).
+    #[arg(long, allow_negative_numbers = true, requires = "link_delay_ms")]
+    link_jitter_ms: Option<i64>,
+    /// With --link-delay-ms: the percentage of datagrams every link drops, at least 0 and
+    /// below 100 (1 is 1 %).
+    #[arg(
+        long,
+        value_name = "PCT",
+        allow_negative_numbers = true,
+        requires = "link_delay_ms"
+    )]
+    link_loss: Option<f64>,
+    /// Writes with `ack: all` timed after the latency phase (each until answered).
+    #[arg(long, default_value_t = 100, conflicts_with = "sweep")]
+    ack_samples: usize,
+    /// The links' QUIC keep-alive interval, ms (a node's default is 250; the bench's nodes
+    /// share its cores, so a busy moment must not look like a dead peer).
+    #[arg(long, default_value_t = concordant::bench::IN_PROCESS_KEEP_ALIVE_MS, conflicts_with = "sweep")]
+    keep_alive_ms: u64,
+    /// The links' idle timeout, ms, after which a silent link is down (a node's default is
+    /// 1000).
+    #[arg(long, default_value_t = concordant::bench::IN_PROCESS_IDLE_TIMEOUT_MS, conflicts_with = "sweep")]
+    idle_timeout_ms: u64,
     /// Documents the writes are spread over.
     #[arg(long, default_value_t = 100, conflicts_with = "sweep")]
     docs: usize,
@@ -412,6 +446,7 @@ enum BenchTopology {
     Mesh,
     Ring,
     RingForward,
+    Tree,
 }
 
 impl From<BenchTopology> for TopologyKind {
@@ -420,6 +455,7 @@ impl From<BenchTopology> for TopologyKind {
             BenchTopology::Mesh => TopologyKind::Mesh,
             BenchTopology::Ring => TopologyKind::Ring(RingDirection::Both),
             BenchTopology::RingForward => TopologyKind::Ring(RingDirection::Forward),
+            BenchTopology::Tree => TopologyKind::Edges,
         }
     }
 }
@@ -589,9 +625,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for path in [&args.out, &args.plot].into_iter().flatten() {
                 check_parent_dir(path)?;
             }
+            let link = match args.link_delay_ms {
+                Some(delay) => Some(concordant::bench::LinkOptions::new(
+                    delay,
+                    args.link_jitter_ms.unwrap_or(0),
+                    args.link_loss.unwrap_or(0.0),
+                )?),
+                None => None,
+            };
             let opts = concordant::bench::BenchOptions {
                 nodes: args.nodes,
                 topology: args.topology.into(),
+                tree_fanout: args.fanout,
+                link,
+                ack_samples: args.ack_samples,
                 docs: args.docs,
                 writes: args.writes.unwrap_or(20_000),
                 rate: args.rate,
@@ -601,6 +648,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 replicas: args.replicas,
                 idle_secs: args.idle_secs,
                 anti_entropy_ms: args.anti_entropy_ms,
+                keep_alive_ms: args.keep_alive_ms,
+                idle_timeout_ms: args.idle_timeout_ms,
                 compress_links: !args.no_compress,
                 preload_exe: Some(std::env::current_exe().context("cannot find this executable")?),
             };

@@ -66,6 +66,8 @@ async fn tiny_bench_runs_and_reports_every_field() {
             "first_link_s",
             "preload",
             "preload_s",
+            "ack_all_p50_us",
+            "ack_all_p99_us",
         ]) {
             assert!(
                 json.get(field).is_some_and(serde_json::Value::is_number),
@@ -190,6 +192,109 @@ fn run_bench(base: &[&str], args: &[&str]) -> (bool, String, String) {
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     )
+}
+
+/// `--link-delay-ms 20`: every directed link through a relay delaying each datagram by
+/// 20 ms. The run completes and reports its links; nothing can be seen sooner than one
+/// delay after it was written, nor acknowledged by every node sooner than a round trip.
+#[test]
+fn a_bench_over_slow_links_completes_and_reports_them() {
+    let (ok, stdout, stderr) = tiny_bench(&[
+        "--nodes",
+        "3",
+        "--ack-samples",
+        "5",
+        "--link-delay-ms",
+        "20",
+        "--json",
+    ]);
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let line = stdout.lines().last().expect("a JSON line");
+    let json: serde_json::Value = serde_json::from_str(line).expect("one line of JSON");
+    assert_eq!(json["converged"], true, "{json}");
+    assert_eq!(json["link_delay_ms"], 20, "{json}");
+    assert_eq!(json["link_jitter_ms"], 0, "{json}");
+    assert_eq!(json["link_loss_pct"], 0.0, "{json}");
+    let number = |field: &str| {
+        json[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field} is not a number in {json}"))
+    };
+    assert!(number("messages_per_write") > 0.0, "{json}");
+    for field in ["latency_p50_us", "latency_p99_us", "latency_max_us"] {
+        assert!(number(field) >= 20_000.0, "{field} below the delay: {json}");
+    }
+    assert!(
+        number("ack_all_p50_us") >= 40_000.0,
+        "acknowledged by every node in less than a round trip: {json}"
+    );
+    assert!(number("link_rtt_ms") >= 40.0, "{json}");
+    assert_eq!(json["cluster_view_up"], 3, "{json}");
+    assert!(stdout.contains("every directed link through a relay, 20 ± 0 ms one way"));
+}
+
+#[test]
+fn link_flags_no_network_has_are_refused() {
+    for (args, message) in [
+        (
+            &["--link-delay-ms", "-5"][..],
+            "--link-delay-ms must be between 0 and 10000 ms, not -5",
+        ),
+        (
+            &["--link-delay-ms", "999999"][..],
+            "--link-delay-ms must be between 0 and 10000 ms",
+        ),
+        (
+            &["--link-delay-ms", "10", "--link-jitter-ms", "20"][..],
+            "--link-jitter-ms (20) must not exceed --link-delay-ms (10)",
+        ),
+        (
+            &["--link-delay-ms", "10", "--link-loss", "100"][..],
+            "--link-loss is a percentage of datagrams dropped, at least 0 and below 100",
+        ),
+        (
+            &["--link-delay-ms", "10", "--link-loss", "-1"][..],
+            "--link-loss is a percentage",
+        ),
+        (&["--link-loss", "1"][..], "--link-delay-ms"),
+    ] {
+        let (ok, stdout, stderr) = tiny_bench(args);
+        assert!(!ok, "{args:?} ran: {stdout}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!stdout.contains("latency"), "refused before any phase");
+    }
+}
+
+/// `--topology tree`: an `edges` topology laid out as a tree (here n1 with children n2 and
+/// n3, n4 under n2), so writes cross up to three links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_bench_over_a_tree_converges() {
+    let opts = BenchOptions {
+        nodes: 4,
+        topology: TopologyKind::Edges,
+        tree_fanout: 2,
+        docs: 2,
+        writes: 40,
+        latency_samples: 4,
+        ack_samples: 4,
+        idle_secs: 0.5,
+        anti_entropy_ms: 500,
+        ..BenchOptions::default()
+    };
+    let report = tokio::time::timeout(std::time::Duration::from_secs(60), run(&opts))
+        .await
+        .expect("bench finished within 60 s")
+        .expect("bench ran");
+    assert!(report.converged, "{}", report.human());
+    assert_eq!(report.tree_fanout, Some(2));
+    assert_eq!(report.ack_all_samples, 4);
+    assert!(report.human().contains("edges (a tree, fanout 2)"));
+    let json: serde_json::Value = serde_json::from_str(&report.summary_json()).unwrap();
+    assert_eq!(json["topology"], "edges");
+    assert!(
+        json.get("link_delay_ms").is_none() && json.get("messages_per_write").is_none(),
+        "no relays, no link figures: {json}"
+    );
 }
 
 #[test]

@@ -128,6 +128,8 @@ fn status_json(s: &NodeStatus) -> Value {
                 "messages_sent": t.messages_sent,
                 "messages_received": t.messages_received,
                 "protocol": t.protocol,
+                "links_lost": t.links_lost,
+                "rtt_ms": t.rtt.map(|r| r.as_secs_f64() * 1000.0),
             })
         })
         .collect();

@@ -35,7 +35,8 @@
 //! `concordant_peer_messages_sent_total{peer}`, `concordant_peer_messages_received_total{peer}`
 //! (stream bytes, compressed when the link is, and messages),
 //! `concordant_peer_dropped_messages_total{peer}` (refused by a full send queue),
-//! `concordant_peer_dial_failures_total{peer}`, `concordant_pushes_dropped_total`, `concordant_messages_dropped_total{kind}` (messages a
+//! `concordant_peer_dial_failures_total{peer}`, `concordant_peer_links_lost_total{peer}`,
+//! `concordant_pushes_dropped_total`, `concordant_messages_dropped_total{kind}` (messages a
 //! full link could not take, by kind; acknowledgements among them are sent again at the
 //! `tick_ms` later), `concordant_messages_too_large_total{kind}` (messages over the wire's
 //! message limit, never sent; the log names their documents),
@@ -460,7 +461,7 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
     }
 
     type PeerValue = fn(&PeerStatus, &PeerStats) -> u64;
-    let per_peer: [(&str, &str, &str, PeerValue); 13] = [
+    let per_peer: [(&str, &str, &str, PeerValue); 14] = [
         (
             "concordant_peer_connected",
             "gauge",
@@ -538,6 +539,12 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
             "counter",
             "Failed dial attempts to the peer.",
             |_, t| t.dial_failures,
+        ),
+        (
+            "concordant_peer_links_lost_total",
+            "counter",
+            "Links to the peer that went down (closed, timed out or replaced).",
+            |_, t| t.links_lost,
         ),
     ];
     for (name, kind, help, value) in per_peer {

@@ -16,8 +16,16 @@
 //! least D preloaded documents, to preloaded ones spread evenly over them (every N/D-th),
 //! else to new documents `doc-*`.
 //!
+//! With `--link-delay-ms D [--link-jitter-ms J] [--link-loss PCT]` every directed link
+//! crosses a relay that delays each datagram by D ± J ms and drops PCT % of them (see
+//! [`links`]); the report then adds the options, `messages_per_write` (peer messages every
+//! node sent during the throughput phase / W), the round-trip times QUIC measured, the
+//! links lost and what the cluster view saw. `--topology tree --fanout K` runs an `edges`
+//! topology laid out as a tree ([`links::tree_links`]).
+//!
 //! Phases: (1) latency — single writes at one node, writers rotating, each timed until
-//! every node (every replica of the document) shows it; (2) throughput — W single-op writes spread over D documents and
+//! every node (every replica of the document) shows it, then `--ack-samples` writes with
+//! `ack: all`, each timed until answered ([`acks`]); (2) throughput — W single-op writes spread over D documents and
 //! all nodes, timed until every node's counters show all of them, then every replica's
 //! listing is compared (should they differ, the time runs on until they agree);
 //! (3) idle — once converged and settled (1 s), the peer bytes every node sends over a
@@ -42,7 +50,9 @@
 //! configuration in its own process; [`clients`] measures automerge-repo clients over
 //! `GET /v1/sync` (`--sync-clients`, `--sync-hold`).
 
+mod acks;
 pub mod clients;
+pub mod links;
 mod phases;
 pub mod plot;
 mod preload;
@@ -54,6 +64,7 @@ pub mod sweep;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use links::LinkOptions;
 pub use probe::LatencyProbe;
 pub use report::BenchReport;
 
@@ -66,8 +77,16 @@ use crate::topology::Topology;
 pub struct BenchOptions {
     /// Number of nodes.
     pub nodes: usize,
-    /// Topology.
+    /// Topology. [`TopologyKind::Edges`] is laid out as a tree ([`links::tree_links`]) of
+    /// `tree_fanout` children per node.
     pub topology: TopologyKind,
+    /// Children per node of the tree of an `edges` topology (`--fanout`).
+    pub tree_fanout: usize,
+    /// Every directed link through a relay with these delays and losses (`--link-*`);
+    /// `None`: nodes talk directly.
+    pub link: Option<LinkOptions>,
+    /// Writes with `ack: all` timed in the latency phase.
+    pub ack_samples: usize,
     /// Documents the writes are spread over.
     pub docs: usize,
     /// Writes in the throughput and catch-up phases.
@@ -88,6 +107,12 @@ pub struct BenchOptions {
     pub idle_secs: f64,
     /// Period of the nodes' anti-entropy, ms.
     pub anti_entropy_ms: u64,
+    /// The links' QUIC keep-alive interval, ms (`--keep-alive-ms`; default 1,000, see
+    /// [`in_process_tuning`]).
+    pub keep_alive_ms: u64,
+    /// The links' idle timeout, ms (`--idle-timeout-ms`; default 10,000, see
+    /// [`in_process_tuning`]).
+    pub idle_timeout_ms: u64,
     /// Compressed peer links (`[tuning] compress_links`; `--no-compress` turns it off).
     pub compress_links: bool,
     /// The `concordant` executable to run the preload in (`concordant bench --preload N
@@ -99,11 +124,14 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     /// The CLI's defaults: 5 nodes in a mesh, 100 documents, 20,000 writes, 500 latency
-    /// samples, no preload, a 5 s idle window (10 s with the default anti-entropy period).
+    /// samples and 100 with `ack: all`, links without relays, no preload, a 5 s idle window (10 s with the default anti-entropy period).
     fn default() -> Self {
         BenchOptions {
             nodes: 5,
             topology: TopologyKind::Mesh,
+            tree_fanout: 4,
+            link: None,
+            ack_samples: 100,
             docs: 100,
             writes: 20_000,
             rate: None,
@@ -113,6 +141,8 @@ impl Default for BenchOptions {
             replicas: None,
             idle_secs: 5.0,
             anti_entropy_ms: Tuning::default().anti_entropy_ms,
+            keep_alive_ms: IN_PROCESS_KEEP_ALIVE_MS,
+            idle_timeout_ms: IN_PROCESS_IDLE_TIMEOUT_MS,
             compress_links: true,
             preload_exe: None,
         }
@@ -184,14 +214,23 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             "--anti-entropy-ms must be at least 1 and --idle-secs a number".into(),
         ));
     }
-    if matches!(opts.topology, TopologyKind::Edges) {
-        return Err(BenchError::Options(
-            "the benchmark runs mesh or ring topologies".into(),
-        ));
+    if opts.topology == TopologyKind::Edges && opts.tree_fanout == 0 {
+        return Err(BenchError::Options("--fanout must be at least 1".into()));
+    }
+    if let Some(link) = &opts.link {
+        link.check()?;
     }
     check_replicas(opts)?;
+    if opts.keep_alive_ms == 0 || opts.keep_alive_ms >= opts.idle_timeout_ms {
+        return Err(BenchError::Options(format!(
+            "--keep-alive-ms ({}) must be at least 1 and below --idle-timeout-ms ({})",
+            opts.keep_alive_ms, opts.idle_timeout_ms
+        )));
+    }
     let tuning = Tuning {
         compress_links: opts.compress_links,
+        keep_alive_ms: opts.keep_alive_ms,
+        idle_timeout_ms: opts.idle_timeout_ms,
         ..in_process_tuning(opts.anti_entropy_ms)
     };
     let progress = |msg: String| {
@@ -203,17 +242,27 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         "bench",
         opts.nodes,
         opts.topology,
-        Vec::new(),
+        bench_links(opts),
         opts.replicas,
         tuning,
     )?;
+    if let Some(link) = &opts.link {
+        cluster.relay_links(link.faults(), rand::random()).await?;
+    }
     let preload_s = preload_stores(&cluster, opts).await?;
     progress(format!(
-        "starting {} nodes ({}{}) over QUIC on 127.0.0.1, storage redb with fsync",
+        "starting {} nodes ({}{}) over QUIC on 127.0.0.1{}, storage redb with fsync",
         opts.nodes,
-        opts.topology,
+        topology_name(opts),
         match opts.replicas {
             Some(r) => format!(", each document on {r} of them"),
+            None => String::new(),
+        },
+        match &opts.link {
+            Some(l) => format!(
+                ", every link through a relay: {} ± {} ms one way, {} % lost",
+                l.delay_ms, l.jitter_ms, l.loss_pct
+            ),
             None => String::new(),
         }
     ));
@@ -224,8 +273,14 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         ));
     }
     let latency = phases::latency(&cluster, opts, &progress).await?;
+    let rtt = links::rtt_ms(&cluster).await?;
+    let ack_all = acks::ack_all(&cluster, opts.ack_samples, &progress).await?;
     let throughput = phases::throughput(&cluster, opts, &progress).await?;
     let idle = phases::idle(&cluster, opts, &progress).await?;
+    let links = match &opts.link {
+        Some(_) => Some(measure_links(&cluster, rtt, &progress).await?),
+        None => None,
+    };
     let mut memory = phases::memory_per_node_bytes(opts.nodes);
     let catchup = phases::catchup(&mut cluster, opts, &progress).await?;
     memory = memory.max(phases::memory_per_node_bytes(opts.nodes));
@@ -242,6 +297,8 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         opts,
         report::Measured {
             latencies: latency.samples,
+            ack_all,
+            links,
             stored_docs_per_node,
             throughput,
             idle,
@@ -251,6 +308,49 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             preload_s,
         },
     ))
+}
+
+/// What the run saw of its relayed links, once idle (before the catch-up phase stops a
+/// node on purpose): the round-trip times `rtt` (mean, max) sampled after the latency
+/// phase, the links lost so far, and the cluster view.
+async fn measure_links(
+    cluster: &LocalCluster,
+    rtt: Option<(f64, f64)>,
+    progress: &dyn Fn(String),
+) -> Result<report::Links, BenchError> {
+    let lost = links::links_lost(cluster).await?;
+    let (view_up, view_ms) = links::cluster_view(cluster).await?;
+    progress(format!(
+        "links: round trips {}, {lost} links lost, the cluster view showed {view_up} of {} \
+         nodes up in {view_ms:.0} ms",
+        rtt.map_or("n/a".into(), |(mean, max)| format!(
+            "{mean:.1} ms on average, {max:.1} ms at most"
+        )),
+        cluster.ids().len()
+    ));
+    Ok(report::Links {
+        rtt_ms: rtt.map(|r| r.0),
+        rtt_max_ms: rtt.map(|r| r.1),
+        lost,
+        view_up,
+        view_ms,
+    })
+}
+
+/// The links of an `edges` topology (a tree); none for the others.
+fn bench_links(opts: &BenchOptions) -> Vec<(String, String)> {
+    match opts.topology {
+        TopologyKind::Edges => links::tree_links(opts.nodes, opts.tree_fanout),
+        _ => Vec::new(),
+    }
+}
+
+/// The topology as the report names it: a tree says its fanout.
+pub(crate) fn topology_name(opts: &BenchOptions) -> String {
+    match opts.topology {
+        TopologyKind::Edges => format!("edges (a tree, fanout {})", opts.tree_fanout),
+        kind => kind.to_string(),
+    }
 }
 
 /// Refuses `opts.replicas` if the topology cannot place documents on that many nodes
@@ -384,6 +484,12 @@ fn cli_topology(kind: TopologyKind) -> Result<&'static str, BenchError> {
     }
 }
 
+/// The keep-alive of links between nodes of one process, ms (see [`in_process_tuning`]).
+pub const IN_PROCESS_KEEP_ALIVE_MS: u64 = 1_000;
+
+/// The idle timeout of links between nodes of one process, ms (see [`in_process_tuning`]).
+pub const IN_PROCESS_IDLE_TIMEOUT_MS: u64 = 10_000;
+
 /// The tuning of nodes that share this process's cores with each other (and with a
 /// benchmark's clients): a busy moment must not look like a dead peer (a dropped link
 /// resyncs and inflates the bytes). Graceful stops (the catch-up phase) close links at once,
@@ -391,8 +497,8 @@ fn cli_topology(kind: TopologyKind) -> Result<&'static str, BenchError> {
 pub(crate) fn in_process_tuning(anti_entropy_ms: u64) -> Tuning {
     Tuning {
         anti_entropy_ms,
-        keep_alive_ms: 1_000,
-        idle_timeout_ms: 10_000,
+        keep_alive_ms: IN_PROCESS_KEEP_ALIVE_MS,
+        idle_timeout_ms: IN_PROCESS_IDLE_TIMEOUT_MS,
         send_queue: 8192,
         ..Tuning::default()
     }

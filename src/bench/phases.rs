@@ -24,6 +24,8 @@ const IN_FLIGHT: usize = 256;
 pub(crate) struct Throughput {
     pub(crate) seconds: f64,
     pub(crate) bytes: u64,
+    /// Peer messages every node sent meanwhile.
+    pub(crate) messages: u64,
     pub(crate) progress: Vec<(u64, usize, u64)>,
 }
 
@@ -61,13 +63,15 @@ async fn changes_seen(node: &Node) -> Result<u64, BenchError> {
     Ok(s.core.local_changes + s.core.remote_changes + s.core.repaired_changes)
 }
 
-/// Bytes written to the wire by every running node.
-async fn wire_bytes(cluster: &LocalCluster) -> Result<u64, BenchError> {
-    let mut total = 0;
+/// Bytes written to the wire by every running node, and the messages they made.
+async fn wire_sent(cluster: &LocalCluster) -> Result<(u64, u64), BenchError> {
+    let (mut bytes, mut messages) = (0, 0);
     for node in cluster.live() {
-        total += node.status().await?.transport.totals.bytes_sent;
+        let totals = node.status().await?.transport.totals;
+        bytes += totals.bytes_sent;
+        messages += totals.messages_sent;
     }
-    Ok(total)
+    Ok((bytes, messages))
 }
 
 /// Single writes at one node (writers rotating), each timed until every node shows it (with
@@ -311,7 +315,7 @@ pub(crate) async fn throughput(
     for node in &nodes {
         target.push(changes_seen(node).await? + plan.expected_of(cluster.topology(), node.id()));
     }
-    let bytes_before = wire_bytes(cluster).await?;
+    let before = wire_sent(cluster).await?;
     progress(format!(
         "throughput: {} writes over {} {}docs from {} nodes",
         opts.writes,
@@ -345,10 +349,11 @@ pub(crate) async fn throughput(
     while let Some(done) = writers.join_next().await {
         done.map_err(|_| crate::node::Error::Stopped)??;
     }
-    let bytes = wire_bytes(cluster).await? - bytes_before;
+    let after = wire_sent(cluster).await?;
     Ok(Throughput {
         seconds,
-        bytes,
+        bytes: after.0.saturating_sub(before.0),
+        messages: after.1.saturating_sub(before.1),
         progress: samples,
     })
 }
@@ -367,10 +372,10 @@ pub(crate) async fn idle(
         opts.anti_entropy_ms
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = wire_bytes(cluster).await?;
+    let before = wire_sent(cluster).await?.0;
     let start = Instant::now();
     tokio::time::sleep(window).await;
-    let bytes = wire_bytes(cluster).await?.saturating_sub(before);
+    let bytes = wire_sent(cluster).await?.0.saturating_sub(before);
     let window_s = start.elapsed().as_secs_f64();
     let nodes = cluster.live().count().max(1);
     let bytes_per_s = bytes as f64 / nodes as f64 / window_s;

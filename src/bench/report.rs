@@ -24,6 +24,45 @@ pub struct BenchReport {
     pub latency_p99_us: u64,
     /// Maximum, µs.
     pub latency_max_us: u64,
+    /// Writes with `ack: all` (at each node in turn): median time until answered, µs.
+    pub ack_all_p50_us: u64,
+    /// 99th percentile, µs.
+    pub ack_all_p99_us: u64,
+    /// Samples of `ack: all` writes.
+    pub ack_all_samples: usize,
+    /// Children per node of the tree an `edges` topology is laid out as (only then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree_fanout: Option<usize>,
+    /// One-way delay of every datagram on every directed link, ms (only with relays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_delay_ms: Option<u64>,
+    /// Each datagram's delay varied by ± this, ms (only with relays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_jitter_ms: Option<u64>,
+    /// Datagrams dropped on every link, percent (only with relays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_loss_pct: Option<f64>,
+    /// Throughput phase: peer messages every node sent / writes (only with relays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_per_write: Option<f64>,
+    /// Mean of QUIC's smoothed round-trip time over every link after the latency phase, ms
+    /// (only with relays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_rtt_ms: Option<f64>,
+    /// The largest of those, ms (only with relays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_rtt_max_ms: Option<f64>,
+    /// Links that went down during the latency, throughput and idle phases, every node's
+    /// count summed (only with relays; 0 means no peer was ever reported down).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub links_lost: Option<u64>,
+    /// Nodes the cluster view (`GET /v1/cluster` of n1) showed up after the idle phase
+    /// (only with relays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_view_up: Option<usize>,
+    /// How long that cluster view took to answer, ms (only with relays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_view_ms: Option<f64>,
     /// Throughput phase: seconds from the first write until every node has all.
     pub converge_s: f64,
     /// Throughput phase: writes / converge_s.
@@ -48,6 +87,10 @@ pub struct BenchReport {
     pub idle_window_s: f64,
     /// Period of the nodes' anti-entropy during every phase, ms.
     pub anti_entropy_ms: u64,
+    /// The links' QUIC keep-alive interval, ms.
+    pub keep_alive_ms: u64,
+    /// The links' idle timeout (a silent link is down after it), ms.
+    pub idle_timeout_ms: u64,
     /// Documents put into every node's store before the nodes started.
     pub preload: usize,
     /// Seconds the preload took (no part of any phase).
@@ -82,6 +125,8 @@ pub struct BenchReport {
 /// What a run measured, phase by phase.
 pub(crate) struct Measured {
     pub(crate) latencies: Vec<u64>,
+    pub(crate) ack_all: Vec<u64>,
+    pub(crate) links: Option<Links>,
     pub(crate) throughput: Throughput,
     pub(crate) idle: Idle,
     pub(crate) catchup: Catchup,
@@ -91,10 +136,30 @@ pub(crate) struct Measured {
     pub(crate) stored_docs_per_node: Option<f64>,
 }
 
+/// What a run with relays saw of its links (see `bench::measure_links`).
+pub(crate) struct Links {
+    pub(crate) rtt_ms: Option<f64>,
+    pub(crate) rtt_max_ms: Option<f64>,
+    pub(crate) lost: u64,
+    pub(crate) view_up: usize,
+    pub(crate) view_ms: f64,
+}
+
+/// The `p`-quantile of `sorted` (nearest rank), 0 if empty.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
 impl BenchReport {
     pub(crate) fn new(opts: &BenchOptions, measured: Measured) -> Self {
         let Measured {
             mut latencies,
+            mut ack_all,
+            links,
             throughput,
             idle,
             catchup,
@@ -105,13 +170,9 @@ impl BenchReport {
         } = measured;
         let samples = latencies.clone();
         latencies.sort_unstable();
-        let pct = |p: f64| -> u64 {
-            if latencies.is_empty() {
-                return 0;
-            }
-            let idx = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-            latencies[idx.min(latencies.len() - 1)]
-        };
+        ack_all.sort_unstable();
+        let pct = |p: f64| percentile(&latencies, p);
+        let link = opts.link;
         BenchReport {
             system: "concordant",
             nodes: opts.nodes,
@@ -121,6 +182,20 @@ impl BenchReport {
             latency_p50_us: pct(0.50),
             latency_p99_us: pct(0.99),
             latency_max_us: latencies.last().copied().unwrap_or(0),
+            ack_all_p50_us: percentile(&ack_all, 0.50),
+            ack_all_p99_us: percentile(&ack_all, 0.99),
+            ack_all_samples: ack_all.len(),
+            tree_fanout: (opts.topology == crate::config::TopologyKind::Edges)
+                .then_some(opts.tree_fanout),
+            link_delay_ms: link.map(|l| l.delay_ms),
+            link_jitter_ms: link.map(|l| l.jitter_ms),
+            link_loss_pct: link.map(|l| l.loss_pct),
+            messages_per_write: link.map(|_| throughput.messages as f64 / opts.writes as f64),
+            link_rtt_ms: links.as_ref().and_then(|l| l.rtt_ms),
+            link_rtt_max_ms: links.as_ref().and_then(|l| l.rtt_max_ms),
+            links_lost: links.as_ref().map(|l| l.lost),
+            cluster_view_up: links.as_ref().map(|l| l.view_up),
+            cluster_view_ms: links.as_ref().map(|l| l.view_ms),
             converge_s: throughput.seconds,
             writes_per_s: opts.writes as f64 / throughput.seconds.max(1e-9),
             bytes_per_write: throughput.bytes as f64 / opts.writes as f64,
@@ -131,6 +206,8 @@ impl BenchReport {
             idle_bytes_per_s: idle.bytes_per_s,
             idle_window_s: idle.window_s,
             anti_entropy_ms: opts.anti_entropy_ms,
+            keep_alive_ms: opts.keep_alive_ms,
+            idle_timeout_ms: opts.idle_timeout_ms,
             preload: opts.preload,
             preload_s,
             converged,
@@ -197,11 +274,35 @@ impl BenchReport {
             ),
             None => (String::new(), "all", "node"),
         };
+        let topology = match self.tree_fanout {
+            Some(k) => format!("{} (a tree, fanout {k})", self.topology),
+            None => self.topology.clone(),
+        };
+        let links = match (self.link_delay_ms, self.link_jitter_ms, self.link_loss_pct) {
+            (Some(d), Some(j), Some(l)) => format!(
+                "links: every directed link through a relay, {d} ± {j} ms one way, {l} % \
+                 lost; QUIC round trips {} ms on average, {} ms at most; {} messages per \
+                 write; {} links lost (keep-alive {} ms, idle timeout {} ms); the cluster \
+                 view showed {} of {} nodes up in {} ms\n",
+                opt_f64(self.link_rtt_ms, 1),
+                opt_f64(self.link_rtt_max_ms, 1),
+                opt_f64(self.messages_per_write, 2),
+                self.links_lost.unwrap_or(0),
+                self.keep_alive_ms,
+                self.idle_timeout_ms,
+                self.cluster_view_up.unwrap_or(0),
+                self.nodes,
+                opt_f64(self.cluster_view_ms, 0),
+            ),
+            _ => String::new(),
+        };
         format!(
-            "concordant bench: {} nodes, {}, {} docs, {} writes ({})\n\
+            "concordant bench: {} nodes, {topology}, {} docs, {} writes ({})\n\
+             {links}\
              {placement}\
              {preload}\
              latency (write at one node → visible on {visible_on}): p50 {} µs, p99 {} µs, max {} µs ({} samples)\n\
+             ack all (write at one node → durable on every {every}): p50 {} µs, p99 {} µs ({} samples)\n\
              throughput: {} writes converged on every {every} in {:.3} s = {:.0} writes/s\n\
              wire: {:.0} bytes per write\n\
              idle: {:.0} B/s of peer traffic per node over {:.1} s (anti-entropy every {} ms)\n\
@@ -210,7 +311,6 @@ impl BenchReport {
              memory: {} per node\n\
              converged: {}",
             self.nodes,
-            self.topology,
             self.docs,
             self.writes,
             self.storage,
@@ -218,6 +318,9 @@ impl BenchReport {
             self.latency_p99_us,
             self.latency_max_us,
             self.latency_samples,
+            self.ack_all_p50_us,
+            self.ack_all_p99_us,
+            self.ack_all_samples,
             self.writes,
             self.converge_s,
             self.writes_per_s,
@@ -233,4 +336,9 @@ impl BenchReport {
             self.converged
         )
     }
+}
+
+/// `v` with `digits` decimals, or "n/a".
+fn opt_f64(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{v:.digits$}"))
 }

@@ -51,6 +51,8 @@ pub(crate) struct Peer {
     pub(crate) receipt_at: Option<u64>,
     /// Acknowledgements that could not be sent, sent again at `owed_at`.
     owed_acks: Vec<Ack>,
+    /// The link's round-trip time, ms, as the driver last measured it (0: not yet).
+    pub(crate) rtt_ms: u64,
 }
 
 /// Acknowledged hashes kept for resending to one peer, at most (a peer that cannot take
@@ -89,6 +91,7 @@ impl Peer {
             ready_wants: Vec::new(),
             owed_at: None,
             receipt_at: None,
+            rtt_ms: 0,
         }
     }
 

@@ -12,6 +12,7 @@ mod drain;
 mod forward;
 mod lending;
 mod revocations;
+mod rtt;
 mod storage;
 mod topology;
 
@@ -194,6 +195,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, Error> {
         relink_at: None,
         draining: None,
         gather: cluster_view::Gather::new(&config.id),
+        rtts: rtt::Rtts::default(),
     };
     let driver = tokio::spawn(driver.run(commands, events, dones, read_dones, returned, served));
     let id = config.id.clone();
@@ -271,6 +273,8 @@ struct Driver {
     /// This node is leaving: it hands everything over first (see `drain`).
     draining: Option<drain::Drain>,
     gather: cluster_view::Gather,
+    /// The links' round-trip times (see `rtt`).
+    rtts: rtt::Rtts,
 }
 
 enum Input {
@@ -373,6 +377,7 @@ impl Driver {
                     None
                 };
             }
+            self.refresh_rtts(self.now());
             self.replica.flush();
             self.run_effects();
             if *self.filling.borrow() != *self.replica.filling() {
@@ -408,6 +413,7 @@ impl Driver {
                 self.send_topology(&peer);
                 self.send_revocations(&peer);
                 self.replica.peer_up(now, &peer);
+                self.rtts_stale();
                 let changes = self.links.mark_up(&peer);
                 self.apply_links(changes);
             }

@@ -96,6 +96,7 @@ impl Inner {
             );
         }
         if replaced {
+            counters.inc_links_lost();
             self.emit(TransportEvent::Down(peer.to_string())).await;
         }
         self.emit(TransportEvent::Up(peer.to_string())).await;
@@ -179,6 +180,7 @@ impl Inner {
                 Some(p) if p.link.as_ref().is_some_and(|l| l.id == id) => {
                     p.set_link(None);
                     p.session = None;
+                    p.counters.inc_links_lost();
                     true
                 }
                 _ => false,

@@ -347,7 +347,11 @@ impl Inner {
                     .session
                     .as_ref()
                     .map_or(0, |s| self.settings.send_queue - s.tx.capacity());
-                (id.clone(), p.counters.snapshot(p.link.is_some(), depth))
+                let rtt = p.link.as_ref().map(|l| l.conn.rtt());
+                (
+                    id.clone(),
+                    p.counters.snapshot(p.link.is_some(), depth, rtt),
+                )
             })
             .collect();
         TransportStats::new(by_peer, connections, self.rejected.snapshot())

@@ -17,6 +17,7 @@ pub(crate) struct PeerCounters {
     pub(crate) dial_failures: AtomicU64,
     /// The protocol version of the last connection admitted (0: none yet).
     pub(crate) protocol: AtomicU64,
+    pub(crate) links_lost: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -54,10 +55,20 @@ impl PeerCounters {
         self.protocol.store(u64::from(version), Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, connected: bool, queue_depth: usize) -> PeerStats {
+    pub(crate) fn inc_links_lost(&self) {
+        add(&self.links_lost, 1);
+    }
+
+    pub(crate) fn snapshot(
+        &self,
+        connected: bool,
+        queue_depth: usize,
+        rtt: Option<std::time::Duration>,
+    ) -> PeerStats {
         PeerStats {
             connected,
             queue_depth,
+            rtt,
             bytes_sent: get(&self.bytes_sent),
             bytes_received: get(&self.bytes_received),
             messages_sent: get(&self.messages_sent),
@@ -67,6 +78,7 @@ impl PeerCounters {
             dial_failures: get(&self.dial_failures),
             protocol: (connected && get(&self.protocol) != 0)
                 .then(|| u8::try_from(get(&self.protocol)).unwrap_or(u8::MAX)),
+            links_lost: get(&self.links_lost),
         }
     }
 }
@@ -130,6 +142,8 @@ pub struct PeerStats {
     pub connected: bool,
     /// Messages waiting in the send queue.
     pub queue_depth: usize,
+    /// The link's round-trip time as QUIC estimates it (smoothed), while connected.
+    pub rtt: Option<std::time::Duration>,
     /// Stream bytes written to the peer.
     pub bytes_sent: u64,
     /// Stream bytes read from the peer.
@@ -148,6 +162,9 @@ pub struct PeerStats {
     /// The protocol version the connection speaks (while connected): older than
     /// [`crate::wire::PROTOCOL_VERSION`] with a peer of an older release.
     pub protocol: Option<u8>,
+    /// Links to the peer that went down (each a Down event: the connection closed, timed
+    /// out or was replaced), since start.
+    pub links_lost: u64,
 }
 
 /// Connections refused or closed by this node, by reason.

@@ -6,12 +6,13 @@
 //!   with the item lists of the differing leaf buckets. Equal replicas exchange one small
 //!   message; d differences cost O(d log N) bytes whatever the number N of documents.
 //! - Bulk repair: for each differing document the comparing node sends its heads in a
-//!   `Want` (many documents per message, at most `want_window` awaiting an answer per
-//!   peer, the rest queued). A peer that has everything those heads name answers with the
-//!   changes after them (`get_changes`, no round trips), pushed in batches like any other
-//!   changes. A peer that lacks some of them answers with its own heads; if neither side
-//!   has all of the other's heads, the histories diverged and Automerge's sync protocol
-//!   repairs that document.
+//!   `Want` (many documents per message, at most a window awaiting an answer per peer,
+//!   the rest queued: `want_window`, or a round trip's worth on a slow link, see `rtt`).
+//!   A peer that has everything those heads name answers with the changes after them
+//!   (`get_changes`, no round trips), pushed in batches like any other changes. A peer
+//!   that lacks some of them answers with its own heads; if neither side has all of the
+//!   other's heads, the histories diverged and Automerge's sync protocol repairs that
+//!   document.
 //! - Of two peers, the one with the smaller id opens the reconciliations (on a new link and
 //!   periodically; either opens after it dropped a push to the other), so the other is the
 //!   one that compares and asks: asks seldom cross, and a crossing ask is left to the next
@@ -287,7 +288,8 @@ impl Replica {
     /// for now are queued again, and those whose heads are not known wait for a read of
     /// their log (at most a window of reads at once).
     fn next_want_to_send(&mut self, peer: &str, budget: &mut usize, now: u64) -> Option<Want> {
-        let window = self.config.want_window;
+        let window = self.want_window(peer);
+        let reads = self.config.want_window;
         while *budget > 0 && self.gate.awaiting_from(peer) < window {
             *budget -= 1;
             let wanted = self.peers.get_mut(peer)?.next_want()?;
@@ -295,7 +297,7 @@ impl Replica {
                 WantStep::Send(want) => return Some(want),
                 WantStep::Skip => {}
                 WantStep::Later(wanted) => self.want_again(peer, wanted),
-                WantStep::Read(wanted) if self.docs.reading_len() >= window => {
+                WantStep::Read(wanted) if self.docs.reading_len() >= reads => {
                     self.want_again(peer, wanted);
                     return None;
                 }

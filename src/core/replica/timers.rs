@@ -7,10 +7,10 @@
 //! What is timed: the periodic reconciliation, a reconciliation asked for by a failed send
 //! (with its backoff), acknowledgements a full link could not take and receipts of pushed
 //! changes (sent `retry_ms` later), sync sessions without a message for
-//! `session_timeout_ms`, repairs held for an answer for `repair_hold_ms`, client requests
-//! unanswered for `unavailable_after_ms`, changes of failed persist batches, and the
-//! handoff of documents stored here but replicated elsewhere (once per anti-entropy
-//! period while there are any).
+//! `session_timeout_ms`, repairs held for an answer (`repair_hold_ms`, longer on slow
+//! links: see `rtt`), client requests unanswered for `unavailable_after_ms`, changes of
+//! failed persist batches, and the handoff of documents stored here but replicated
+//! elsewhere (once per anti-entropy period while there are any).
 
 use super::Replica;
 use crate::core::Effect;
@@ -46,7 +46,7 @@ impl Replica {
             }
         }
         if let Some(t) = self.gate.oldest_wait() {
-            at(t.saturating_add(self.config.repair_hold_ms));
+            at(t.saturating_add(self.repair_hold_ms()));
         }
         if let Some(t) = self.clients.oldest_request() {
             at(t.saturating_add(self.config.unavailable_after_ms));
@@ -101,7 +101,7 @@ impl Replica {
                 }
             }
         }
-        for doc in self.gate.expire(now, self.config.repair_hold_ms) {
+        for doc in self.gate.expire(now, self.repair_hold_ms()) {
             self.release_held(now, &doc);
         }
         let periodic = now.saturating_sub(self.last_anti_entropy) >= self.config.anti_entropy_ms;

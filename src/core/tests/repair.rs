@@ -293,3 +293,41 @@ fn write_missed_by_a_partition_is_acked_by_every_node_once_repaired() {
         assert_eq!(c.reload(id).heads(), c.heads("a"), "storage of {id}");
     }
 }
+
+/// Bulk repair keeps a round trip's worth of documents asked of a peer: `want_window` on
+/// a fast link, `want_rate` per ms of round trip on a slow one.
+#[test]
+fn a_slow_link_keeps_a_round_trip_of_wants_in_flight() {
+    let config = CoreConfig::default();
+    let (floor, rate) = (config.want_window, config.want_rate);
+    assert!(
+        rate * 100 > floor,
+        "at 100 ms the round trip's worth is the larger"
+    );
+    for (rtt_ms, window) in [(0, floor), (10, floor), (100, rate * 100)] {
+        let mut c = Cluster::new(&["a", "b"], config.clone());
+        for i in 0..3_000 {
+            c.put("a", &format!("d{i}"), "k", i, false);
+        }
+        let now = c.now;
+        c.node("a").peer_up(now, "b");
+        c.node("b").peer_up(now, "a");
+        c.node("b").set_peer_rtt("a", rtt_ms);
+        assert_eq!(c.node("b").peer_rtt("a"), rtt_ms);
+        c.pump("a");
+        c.pump("b");
+        // b lacks every document and asks; no answer comes back.
+        let mut asked = 0;
+        while let Some((from, to, msg)) = c.net.pop_front() {
+            if let Message::Want(wants) = &msg {
+                assert_eq!(from, "b");
+                asked += wants.len();
+                continue;
+            }
+            let now = c.now;
+            c.node(&to).handle_message(now, &from, msg);
+            c.pump(&to);
+        }
+        assert_eq!(asked, window, "round trip {rtt_ms} ms");
+    }
+}

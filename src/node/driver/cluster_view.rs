@@ -5,8 +5,10 @@
 //! A question (`ClusterAsk`) floods: each node passes it to its other connected peers once
 //! and answers with a `ClusterTell`, sent straight to the asker when connected to it, else
 //! flooded the same way. The asker answers its caller when every node of the topology has
-//! told, or after [`ASK_WAIT_MS`] with those that did; the others are shown down. Nothing
-//! is sent while nobody asks.
+//! told, or after a wait with those that did; the others are shown down. The wait is
+//! [`ASK_WAIT_MS`], or on slow links the time a question and its answers take to cross
+//! the topology ([`Driver::ask_wait_ms`]): a live node is never shown down for being far.
+//! Nothing is sent while nobody asks.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,8 +19,11 @@ use super::Driver;
 use crate::cluster::{Events, NodeView, PeerView};
 use crate::wire::Message;
 
-/// The longest an asker waits for the other nodes' answers, ms.
+/// The longest an asker waits for the other nodes' answers on fast links, ms.
 const ASK_WAIT_MS: u64 = 400;
+
+/// What an asker waits on slow links beyond the round trips, ms (the nodes' work).
+const ASK_MARGIN_MS: u64 = 100;
 
 /// How often the write rate is measured, ms.
 const RATE_EVERY_MS: u64 = 1_000;
@@ -107,7 +112,7 @@ impl Driver {
         self.gather.asks.insert(
             id,
             Ask {
-                deadline: now + ASK_WAIT_MS,
+                deadline: now + self.ask_wait_ms(),
                 views,
                 reply,
             },
@@ -118,6 +123,23 @@ impl Driver {
         };
         self.flood(None, ask);
         self.finish_asks(now);
+    }
+
+    /// How long a question waits for answers, ms: [`ASK_WAIT_MS`], or, if longer, the
+    /// hops of the topology out to the farthest node and back at the longest round trip
+    /// of this node's links (each hop half a round trip), one round trip more for a lost
+    /// packet to be sent again, and [`ASK_MARGIN_MS`].
+    pub(super) fn ask_wait_ms(&self) -> u64 {
+        let rtt = self.max_rtt_ms();
+        let topology = self.links.topology();
+        let hops = |from: &str, to: &str| u64::from(topology.distance(from, to).unwrap_or(0));
+        let (out, back) = topology
+            .nodes()
+            .iter()
+            .map(|n| (hops(&self.id, n), hops(n, &self.id)))
+            .fold((0, 0), |(o, b), (x, y)| (o.max(x), b.max(y)));
+        let crossing = (out + back).saturating_mul(rtt) / 2;
+        ASK_WAIT_MS.max(crossing + rtt + ASK_MARGIN_MS)
     }
 
     /// A flooded question or answer from `from`.

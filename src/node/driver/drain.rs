@@ -1,6 +1,8 @@
 //! Leaving the cluster with nothing lost: a node asked to remove itself (`remove-node`
 //! sends the removal to the node itself when it answers) first drains. It takes no more
-//! writes (503), and in rounds of [`ROUND_MS`] it opens a reconciliation with every
+//! writes (503), and in rounds of [`ROUND_MS`] (on slow links [`ROUND_RTTS`] round trips
+//! of its slowest link, so that a round's requests arrive within two rounds) it opens a
+//! reconciliation with every
 //! connected neighbour, whichever side usually opens: a neighbour compares and asks
 //! (`Want`) for the documents that differ, and gets what it lacks. Once two rounds in a row
 //! brought no such request and nothing waits to be sent, the neighbours hold everything
@@ -21,8 +23,13 @@ use super::Driver;
 use crate::node::{Error, TopologyChange};
 use crate::wire::Message;
 
-/// One round of the drain, in ms.
+/// One round of the drain on fast links, in ms.
 const ROUND_MS: u64 = 500;
+
+/// One round of the drain on slow links, in round trips of the slowest link: a
+/// reconciliation descends its tree in a few round trips before the neighbour asks, and
+/// the drain ends after two rounds without a request.
+const ROUND_RTTS: u64 = 3;
 
 /// The longest a drain may take before the removal is refused, in ms.
 const DRAIN_LIMIT_MS: u64 = 30_000;
@@ -90,11 +97,17 @@ impl Driver {
         }
     }
 
+    /// One round of the drain, ms: [`ROUND_MS`], or [`ROUND_RTTS`] round trips of the
+    /// slowest link if longer.
+    fn drain_round_ms(&self) -> u64 {
+        ROUND_MS.max(self.max_rtt_ms().saturating_mul(ROUND_RTTS))
+    }
+
     /// At each tick: the next round, the end of the drain, or its failure.
     /// When the drain next has work (its next round or its limit), if one is under way.
     pub(super) fn drain_due(&self) -> Option<u64> {
         let d = self.draining.as_ref()?;
-        let round = d.round_started.map_or(0, |at| at + ROUND_MS);
+        let round = d.round_started.map_or(0, |at| at + self.drain_round_ms());
         Some(round.min(d.until))
     }
 
@@ -115,7 +128,11 @@ impl Driver {
             }
             return;
         }
-        if d.round_started.is_some_and(|at| now < at + ROUND_MS) {
+        let round_ms = self.drain_round_ms();
+        let Some(d) = self.draining.as_mut() else {
+            return;
+        };
+        if d.round_started.is_some_and(|at| now < at + round_ms) {
             return;
         }
         let neighbours: Vec<String> = self
