@@ -7,6 +7,16 @@ use std::process::Command;
 use concordant::bench::{plot, run, BenchOptions};
 use concordant::config::{RingDirection, TopologyKind};
 
+/// Runs the benchmark (within a minute) and checks that it converged.
+async fn converged_run(opts: &BenchOptions) -> concordant::bench::BenchReport {
+    let report = tokio::time::timeout(std::time::Duration::from_secs(60), run(opts))
+        .await
+        .expect("bench finished within 60 s")
+        .expect("bench ran");
+    assert!(report.converged, "{}", report.human());
+    report
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_bench_runs_and_reports_every_field() {
     // The mesh writes to preloaded documents, the ring to new ones.
@@ -26,11 +36,7 @@ async fn tiny_bench_runs_and_reports_every_field() {
             anti_entropy_ms: 500,
             ..BenchOptions::default()
         };
-        let report = tokio::time::timeout(std::time::Duration::from_secs(60), run(&opts))
-            .await
-            .expect("bench finished within 60 s")
-            .expect("bench ran");
-        assert!(report.converged, "{}", report.human());
+        let report = converged_run(&opts).await;
         assert_eq!(report.latency_samples, 5);
         assert!(report.latency_p50_us > 0 && report.latency_p50_us <= report.latency_max_us);
         assert!(report.writes_per_s > 0.0 && report.bytes_per_write > 0.0);
@@ -151,11 +157,7 @@ async fn tiny_bench_with_two_replicas_of_four_nodes_converges_on_half_the_docume
         anti_entropy_ms: 500,
         ..BenchOptions::default()
     };
-    let report = tokio::time::timeout(std::time::Duration::from_secs(60), run(&opts))
-        .await
-        .expect("bench finished within 60 s")
-        .expect("bench ran");
-    assert!(report.converged, "{}", report.human());
+    let report = converged_run(&opts).await;
     assert_eq!(report.replicas, Some(2));
     let stored = report.stored_docs_per_node.expect("measured");
     assert!((stored - 0.5).abs() <= 0.2, "{}", report.human());
@@ -281,11 +283,7 @@ async fn tiny_bench_over_a_tree_converges() {
         anti_entropy_ms: 500,
         ..BenchOptions::default()
     };
-    let report = tokio::time::timeout(std::time::Duration::from_secs(60), run(&opts))
-        .await
-        .expect("bench finished within 60 s")
-        .expect("bench ran");
-    assert!(report.converged, "{}", report.human());
+    let report = converged_run(&opts).await;
     assert_eq!(report.tree_fanout, Some(2));
     assert_eq!(report.ack_all_samples, 4);
     assert!(report.human().contains("edges (a tree, fanout 2)"));
