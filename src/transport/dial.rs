@@ -26,7 +26,8 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for the QUIC/TLS handshake of one dial attempt, whatever the idle timeout.
 /// QUIC resends an unanswered handshake ever more rarely (its probe timeout doubles), so an
 /// attempt begun while the peer was down reaches it late once it is back; a fresh attempt
-/// after this long finds it sooner. Ample for links with round trips up to ~300 ms.
+/// after this long finds it sooner. Enough for links with round trips below a second (a
+/// dialer's handshake takes one round trip).
 const DIAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait for the Hello exchange once the TLS handshake is done.
 pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
