@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::checker::shared_history;
-use common::procs::access::Access;
+use common::procs::access::{linked_peers, links_up, Access};
 use common::procs::workload::{create_docs, Workload, WriteSpec, SET};
 use common::procs::{run_bin, ProcCluster, BIN, POLL, WAIT};
 use concordant::certs::load_identity;
@@ -104,8 +104,7 @@ async fn wait_linked(cluster: &ProcCluster, i: usize) {
     let start = Instant::now();
     loop {
         if let Ok(status) = access.status().await {
-            let peers = status["peers"].as_array().cloned().unwrap_or_default();
-            if peers.len() + 1 == cluster.len() && peers.iter().all(|p| p["connected"] == true) {
+            if links_up(&status) && linked_peers(&status).len() + 1 == cluster.len() {
                 return;
             }
         }
