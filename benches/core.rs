@@ -25,7 +25,7 @@ fn changes(n: usize) -> Vec<Vec<u8>> {
 }
 
 fn push_message(changes: &[Vec<u8>]) -> Message {
-    Message::Push(vec![DocChanges {
+    Message::push(vec![DocChanges {
         doc: "doc-1".into(),
         origin: "n1".into(),
         changes: changes.iter().cloned().map(ByteBuf::from).collect(),

@@ -223,8 +223,15 @@ pub struct Ephemeral {
 pub enum Message {
     /// Connection handshake.
     Hello(Hello),
-    /// New changes, grouped by document and origin.
-    Push(Vec<DocChanges>),
+    /// New changes, grouped by document and origin, with the sender's receipt of what it
+    /// received on this connection when one is due (a receipt riding on a push costs no
+    /// message of its own; see [`Message::Receipt`]).
+    Push {
+        /// The changes.
+        groups: Vec<DocChanges>,
+        /// Totals of changes and bytes received so far, as a [`Message::Receipt`] states.
+        receipt: Option<(u64, u64)>,
+    },
     /// Durable acknowledgements, routed back toward the writers.
     Ack(Vec<Ack>),
     /// Reconciliation: fingerprints of tree nodes.
@@ -415,29 +422,64 @@ pub enum ForwardOutcome {
     },
 }
 
+/// The short name of each message kind, by its index on the wire (see [`Message::kind`]).
+pub const KIND_NAMES: [&str; KINDS as usize] = [
+    "hello",
+    "push",
+    "ack",
+    "fingerprints",
+    "items",
+    "want",
+    "sync",
+    "ephemeral",
+    "topology",
+    "receipt",
+    "cluster-ask",
+    "cluster-tell",
+    "forward",
+    "reply",
+    "handoff",
+    "handed-off",
+    "follow",
+    "revocations",
+];
+
 impl Message {
+    /// New changes, with no receipt.
+    pub fn push(groups: Vec<DocChanges>) -> Message {
+        Message::Push {
+            groups,
+            receipt: None,
+        }
+    }
+
+    /// The kind's index on the wire (the variant's index in [`Message`]).
+    pub fn kind_index(&self) -> usize {
+        match self {
+            Message::Hello(_) => 0,
+            Message::Push { .. } => 1,
+            Message::Ack(_) => 2,
+            Message::Fingerprints(_) => 3,
+            Message::Items(_) => 4,
+            Message::Want(_) => 5,
+            Message::Sync { .. } => 6,
+            Message::Ephemeral(_) => 7,
+            Message::Topology(_) => 8,
+            Message::Receipt { .. } => 9,
+            Message::ClusterAsk { .. } => 10,
+            Message::ClusterTell { .. } => 11,
+            Message::Forward(_) => 12,
+            Message::Reply(_) => 13,
+            Message::Handoff { .. } => 14,
+            Message::HandedOff(_) => 15,
+            Message::Follow { .. } => 16,
+            Message::Revocations(_) => 17,
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Message::Hello(_) => "hello",
-            Message::Push(_) => "push",
-            Message::Ack(_) => "ack",
-            Message::Fingerprints(_) => "fingerprints",
-            Message::Items(_) => "items",
-            Message::Want(_) => "want",
-            Message::Sync { .. } => "sync",
-            Message::Ephemeral(_) => "ephemeral",
-            Message::Topology(_) => "topology",
-            Message::Receipt { .. } => "receipt",
-            Message::ClusterAsk { .. } => "cluster-ask",
-            Message::ClusterTell { .. } => "cluster-tell",
-            Message::Forward(_) => "forward",
-            Message::Reply(_) => "reply",
-            Message::Handoff { .. } => "handoff",
-            Message::HandedOff(_) => "handed-off",
-            Message::Follow { .. } => "follow",
-            Message::Revocations(_) => "revocations",
-        }
+        KIND_NAMES[self.kind_index()]
     }
 }
 
@@ -446,7 +488,7 @@ impl Message {
     /// them when it cannot be sent.
     pub fn docs(&self) -> Vec<String> {
         match self {
-            Message::Push(batches) => batches.iter().map(|b| b.doc.clone()).collect(),
+            Message::Push { groups, .. } => groups.iter().map(|b| b.doc.clone()).collect(),
             Message::Sync { doc, .. } => vec![doc.clone()],
             Message::Ephemeral(e) => vec![e.doc.clone()],
             Message::Forward(f) => vec![f.doc.clone()],
@@ -457,7 +499,7 @@ impl Message {
     /// Bytes of document data the message carries; its encoding is a little larger.
     fn bulk_len(&self) -> usize {
         match self {
-            Message::Push(batches) => batches
+            Message::Push { groups, .. } => groups
                 .iter()
                 .flat_map(|b| b.changes.iter())
                 .map(|c| c.len())
@@ -508,8 +550,9 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
     encode_as(msg, PROTOCOL_VERSION)
 }
 
-/// Encodes `msg` in `version` (one of [`VERSIONS`]) as a complete message.
-/// [`WireError::NotInVersion`] if that version has no such message.
+/// Encodes `msg` in `version` (one of [`VERSIONS`]) as a complete message (in version 5,
+/// a push with a receipt is two: see [`v5::follow_up`]). [`WireError::NotInVersion`] if
+/// that version has no such message.
 pub fn encode_as(msg: &Message, version: u8) -> Result<Vec<u8>, WireError> {
     let mut out = vec![0u8; HEADER_LEN];
     out.push(version);
@@ -524,7 +567,13 @@ pub fn encode_as(msg: &Message, version: u8) -> Result<Vec<u8>, WireError> {
             )))
         }
     }
-    frame(out)
+    let mut framed = frame(out)?;
+    if version == v5::VERSION {
+        if let Some(next) = v5::follow_up(msg) {
+            framed.extend(encode_as(&next, version)?);
+        }
+    }
+    Ok(framed)
 }
 
 /// Frames `out`, a payload after [`HEADER_LEN`] reserved bytes.
@@ -728,7 +777,7 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 compression: vec![DEFLATE.into()],
             }),
-            Message::Push(vec![DocChanges {
+            Message::push(vec![DocChanges {
                 doc: "d".into(),
                 origin: "n2".into(),
                 changes: vec![ByteBuf::from(vec![1, 2, 3]), ByteBuf::from(vec![])],
@@ -968,11 +1017,11 @@ mod tests {
             let bytes = encode_as(&msg, v5::VERSION).unwrap();
             assert_eq!(bytes[HEADER_LEN], v5::VERSION);
             assert_eq!(decode_payload_as(&bytes[HEADER_LEN..], 5).unwrap(), msg);
-            // The kinds both versions share have the same bytes but for the version.
-            assert_eq!(
-                bytes[HEADER_LEN + 1..],
-                encode(&msg).unwrap()[HEADER_LEN + 1..]
-            );
+            // The kinds both versions share have the same bytes but for the version (and
+            // the push's receipt, absent here, one byte at the end in version 6).
+            let current = encode(&msg).unwrap();
+            let end = current.len() - usize::from(matches!(msg, Message::Push { .. }));
+            assert_eq!(bytes[HEADER_LEN + 1..], current[HEADER_LEN + 1..end]);
         }
         let msg = Message::Follow {
             docs: vec!["d".into()],

@@ -223,6 +223,19 @@ fn a_bench_over_slow_links_completes_and_reports_them() {
             .unwrap_or_else(|| panic!("{field} is not a number in {json}"))
     };
     assert!(number("messages_per_write") > 0.0, "{json}");
+    // The same by kind: pushes among them, summing to the whole.
+    let kinds = json["messages_by_kind"]
+        .as_object()
+        .expect("messages_by_kind");
+    assert!(
+        kinds.get("push").and_then(|n| n.as_f64()) > Some(0.0),
+        "{json}"
+    );
+    let sum: f64 = kinds.values().filter_map(|n| n.as_f64()).sum();
+    assert!(
+        (sum - number("messages_per_write")).abs() < 0.01 * kinds.len() as f64,
+        "{json}"
+    );
     for field in ["latency_p50_us", "latency_p99_us", "latency_max_us"] {
         assert!(number(field) >= 20_000.0, "{field} below the delay: {json}");
     }
@@ -233,6 +246,30 @@ fn a_bench_over_slow_links_completes_and_reports_them() {
     assert!(number("link_rtt_ms") >= 40.0, "{json}");
     assert_eq!(json["cluster_view_up"], 3, "{json}");
     assert!(stdout.contains("every directed link through a relay, 20 ± 0 ms one way"));
+}
+
+/// A link whose round trip is longer than a dial's first handshake wait (1 s) comes up:
+/// the next dials wait longer.
+#[test]
+fn links_with_round_trips_over_a_second_come_up() {
+    let (ok, stdout, stderr) = run_bench(
+        &["bench", "--docs", "5", "--writes", "20", "--samples", "3"],
+        &[
+            "--nodes",
+            "2",
+            "--ack-samples",
+            "2",
+            "--link-delay-ms",
+            "600",
+            "--json",
+        ],
+    );
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let line = stdout.lines().last().expect("a JSON line");
+    let json: serde_json::Value = serde_json::from_str(line).expect("one line of JSON");
+    assert_eq!(json["converged"], true, "{json}");
+    assert!(json["link_rtt_ms"].as_f64() >= Some(1_200.0), "{json}");
+    assert_eq!(json["links_lost"], 0, "{json}");
 }
 
 #[test]

@@ -87,12 +87,16 @@ fn samples(version: u8) -> Vec<Message> {
             version,
             compression: vec![wire::DEFLATE.into()],
         }),
-        Message::Push(vec![DocChanges {
-            doc: "d1".into(),
-            origin: "n2".into(),
-            changes: vec![ByteBuf::from(vec![1, 2, 3]), ByteBuf::from(vec![])],
-            want_ack: true,
-        }]),
+        Message::Push {
+            groups: vec![DocChanges {
+                doc: "d1".into(),
+                origin: "n2".into(),
+                changes: vec![ByteBuf::from(vec![1, 2, 3]), ByteBuf::from(vec![])],
+                want_ack: true,
+            }],
+            // Version 5's push has no receipt (it follows as a message of its own).
+            receipt: (version > 5).then_some((10, 2000)),
+        },
         Message::Ack(vec![Ack {
             doc: "d1".into(),
             by: "n3".into(),
@@ -267,6 +271,18 @@ fn the_current_version_is_byte_for_byte_its_fixtures() {
         usize::from(wire::KINDS),
         "a sample of every kind"
     );
+}
+
+#[test]
+fn version_5_sends_a_pushs_receipt_as_the_receipt_message_after_it() {
+    let mut push = samples(5).swap_remove(1);
+    let Message::Push { receipt, .. } = &mut push else {
+        panic!("the second sample is a push");
+    };
+    *receipt = Some((10, 2000));
+    let bytes = wire::encode_as(&push, 5).expect("encodable");
+    let read = |kind: &str| std::fs::read(dir(5).join(format!("{kind}.bin"))).expect("fixture");
+    assert_eq!(bytes, [read("push"), read("receipt")].concat());
 }
 
 #[test]

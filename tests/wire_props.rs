@@ -48,7 +48,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
             changes,
             want_ack,
         });
-    let push = prop::collection::vec(doc_changes, 0..4).prop_map(Message::Push);
+    let push = prop::collection::vec(doc_changes, 0..4).prop_map(Message::push);
     let ack = (
         arb_string(),
         arb_string(),

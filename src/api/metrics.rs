@@ -85,10 +85,11 @@
 //! left to anti-entropy: a rising count means peers lag behind this node.
 //!
 //! Past the link, `concordant_peer_unacked_changes` and `_bytes` count what was pushed to
-//! the peer on this connection and not yet confirmed by its receipts (sent every tick in
-//! which something arrived), `_oldest_ms` the age of the oldest of it; these are the lag
-//! figures of the cluster page. `concordant_peer_divergent_docs` is the number of
-//! documents the last anti-entropy round with the peer found different (0: they agree).
+//! the peer on this connection and not yet confirmed by its receipts (carried by its next
+//! push back, or sent alone 1 s after something arrived), `_oldest_ms` the age of the
+//! oldest of it; these are the lag figures of the cluster page.
+//! `concordant_peer_divergent_docs` is the number of documents the last anti-entropy round
+//! with the peer found different (0: they agree).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

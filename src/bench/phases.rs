@@ -15,17 +15,21 @@ use super::{BenchError, BenchOptions, LatencyProbe};
 use crate::local::{digests_match, partition_digests, LocalCluster};
 use crate::node::Node;
 use crate::topology::Topology;
+use crate::wire::KINDS;
 
 /// Writes in flight per node in the throughput phases (each waits for its fsync; under
 /// load many share one commit).
 const IN_FLIGHT: usize = 256;
 
 /// Result of the throughput phase.
+/// Counts by message kind.
+pub(crate) type ByKind = [u64; KINDS as usize];
+
 pub(crate) struct Throughput {
     pub(crate) seconds: f64,
     pub(crate) bytes: u64,
-    /// Peer messages every node sent meanwhile.
-    pub(crate) messages: u64,
+    /// Peer messages every node sent meanwhile, by kind (see [`crate::wire::KIND_NAMES`]).
+    pub(crate) messages: ByKind,
     pub(crate) progress: Vec<(u64, usize, u64)>,
 }
 
@@ -63,13 +67,15 @@ async fn changes_seen(node: &Node) -> Result<u64, BenchError> {
     Ok(s.core.local_changes + s.core.remote_changes + s.core.repaired_changes)
 }
 
-/// Bytes written to the wire by every running node, and the messages they made.
-async fn wire_sent(cluster: &LocalCluster) -> Result<(u64, u64), BenchError> {
-    let (mut bytes, mut messages) = (0, 0);
+/// Bytes written to the wire by every running node, and the messages they made by kind.
+async fn wire_sent(cluster: &LocalCluster) -> Result<(u64, ByKind), BenchError> {
+    let (mut bytes, mut messages) = (0, [0; KINDS as usize]);
     for node in cluster.live() {
         let totals = node.status().await?.transport.totals;
         bytes += totals.bytes_sent;
-        messages += totals.messages_sent;
+        for (m, n) in messages.iter_mut().zip(totals.sent_by_kind) {
+            *m += n;
+        }
     }
     Ok((bytes, messages))
 }
@@ -353,7 +359,7 @@ pub(crate) async fn throughput(
     Ok(Throughput {
         seconds,
         bytes: after.0.saturating_sub(before.0),
-        messages: after.1.saturating_sub(before.1),
+        messages: std::array::from_fn(|k| after.1[k].saturating_sub(before.1[k])),
         progress: samples,
     })
 }

@@ -45,6 +45,9 @@ pub struct BenchReport {
     /// Throughput phase: peer messages every node sent / writes (only with relays).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages_per_write: Option<f64>,
+    /// The same by message kind (those sent at all; only with relays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_by_kind: Option<std::collections::BTreeMap<String, f64>>,
     /// Mean of QUIC's smoothed round-trip time over every link after the latency phase, ms
     /// (only with relays).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -190,7 +193,17 @@ impl BenchReport {
             link_delay_ms: link.map(|l| l.delay_ms),
             link_jitter_ms: link.map(|l| l.jitter_ms),
             link_loss_pct: link.map(|l| l.loss_pct),
-            messages_per_write: link.map(|_| throughput.messages as f64 / opts.writes as f64),
+            messages_per_write: link
+                .map(|_| throughput.messages.iter().sum::<u64>() as f64 / opts.writes as f64),
+            messages_by_kind: link.map(|_| {
+                let per_write = |n: u64| (n as f64 / opts.writes as f64 * 1000.0).round() / 1000.0;
+                crate::wire::KIND_NAMES
+                    .iter()
+                    .zip(throughput.messages)
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(kind, n)| (kind.to_string(), per_write(n)))
+                    .collect()
+            }),
             link_rtt_ms: links.as_ref().and_then(|l| l.rtt_ms),
             link_rtt_max_ms: links.as_ref().and_then(|l| l.rtt_max_ms),
             links_lost: links.as_ref().map(|l| l.lost),
@@ -282,11 +295,20 @@ impl BenchReport {
             (Some(d), Some(j), Some(l)) => format!(
                 "links: every directed link through a relay, {d} ± {j} ms one way, {l} % \
                  lost; QUIC round trips {} ms on average, {} ms at most; {} messages per \
-                 write; {} links lost (keep-alive {} ms, idle timeout {} ms); the cluster \
+                 write{}; {} links lost (keep-alive {} ms, idle timeout {} ms); the cluster \
                  view showed {} of {} nodes up in {} ms\n",
                 opt_f64(self.link_rtt_ms, 1),
                 opt_f64(self.link_rtt_max_ms, 1),
                 opt_f64(self.messages_per_write, 2),
+                self.messages_by_kind
+                    .as_ref()
+                    .filter(|k| !k.is_empty())
+                    .map(|kinds| {
+                        let parts: Vec<String> =
+                            kinds.iter().map(|(k, n)| format!("{k} {n:.2}")).collect();
+                        format!(" ({})", parts.join(", "))
+                    })
+                    .unwrap_or_default(),
                 self.links_lost.unwrap_or(0),
                 self.keep_alive_ms,
                 self.idle_timeout_ms,

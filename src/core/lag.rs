@@ -4,8 +4,10 @@
 //! many documents the last anti-entropy round with the peer found different.
 //!
 //! Counts are cumulative per connection (both ends start at zero when the link comes up), so
-//! a receipt (`wire::Message::Receipt`, sent `retry_ms` after something new arrived) confirms
-//! everything up to its totals and a lost receipt is made good by the next one.
+//! a receipt confirms everything up to its totals and a lost receipt is made good by the
+//! next one. A receipt rides on the next push to the peer (`wire::Message::Push`), or goes
+//! alone (`wire::Message::Receipt`) [`RECEIPT_ALONE_MS`] after something new arrived if no
+//! push went meanwhile: a link with traffic both ways sends no message for its receipts.
 
 use std::collections::VecDeque;
 
@@ -39,6 +41,10 @@ pub struct LagView {
     /// Documents the last anti-entropy round found different, if one did.
     pub divergent: Option<u64>,
 }
+
+/// How long a receipt waits for a push to ride on before it goes alone, ms: at most this
+/// (and the round trip) of a link's lag is only a receipt on its way.
+pub(crate) const RECEIPT_ALONE_MS: u64 = 1_000;
 
 /// Pushes that never confirmed are remembered up to this many times, then the oldest
 /// age is kept by merging (the count and bytes stay exact).
@@ -84,6 +90,12 @@ impl Lag {
         }
         self.receipted = self.received;
         Some(self.received)
+    }
+
+    /// The last receipt may not have reached the peer: the next one is due even if
+    /// nothing new arrives.
+    pub(crate) fn receipt_lost(&mut self) {
+        self.receipted = (0, 0);
     }
 
     /// The lag at `now`.

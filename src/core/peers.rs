@@ -47,7 +47,8 @@ pub(crate) struct Peer {
     pub(crate) ready_wants: Vec<crate::wire::Want>,
     /// When acknowledgements owed are sent again (see `timers`).
     pub(crate) owed_at: Option<u64>,
-    /// When a receipt of the changes received is sent (see `timers`).
+    /// When a receipt of the changes received is sent alone (see `timers`), unless a push
+    /// to the peer carries it first.
     pub(crate) receipt_at: Option<u64>,
     /// Acknowledgements that could not be sent, sent again at `owed_at`.
     owed_acks: Vec<Ack>,
@@ -147,7 +148,8 @@ impl Peer {
     }
 
     /// Drains the outbox into as few Push messages as fit `budget` bytes each (at most
-    /// [`BATCH_BUDGET`]; one change larger than that goes alone).
+    /// [`BATCH_BUDGET`]; one change larger than that goes alone), the last carrying the
+    /// receipt owed to the peer, if one is.
     pub(crate) fn drain_pushes(&mut self, now: u64, budget: usize) -> Vec<Message> {
         let budget = budget.clamp(1, BATCH_BUDGET);
         let mut messages = Vec::new();
@@ -172,7 +174,7 @@ impl Peer {
                         };
                         current.push(std::mem::replace(&mut group, next));
                     }
-                    messages.push(Message::Push(std::mem::take(&mut current)));
+                    messages.push(Message::push(std::mem::take(&mut current)));
                     size = 0;
                 }
                 size += len;
@@ -184,12 +186,19 @@ impl Peer {
             }
         }
         if !current.is_empty() {
-            messages.push(Message::Push(current));
+            messages.push(Message::push(current));
         }
         for m in &messages {
-            if let Message::Push(groups) = m {
+            if let Message::Push { groups, .. } = m {
                 let (changes, bytes) = push_totals(groups);
                 self.lag.sent(changes, bytes, now);
+            }
+        }
+        // The receipt owed to the peer rides on the last push, instead of going alone.
+        if let Some(Message::Push { receipt, .. }) = messages.last_mut() {
+            *receipt = self.lag.receipt_due();
+            if receipt.is_some() {
+                self.receipt_at = None;
             }
         }
         self.outbox_bytes = 0;
@@ -275,7 +284,7 @@ mod tests {
 
     fn changes_of(m: &Message) -> usize {
         match m {
-            Message::Push(groups) => groups.iter().map(|g| g.changes.len()).sum(),
+            Message::Push { groups, .. } => groups.iter().map(|g| g.changes.len()).sum(),
             _ => 0,
         }
     }

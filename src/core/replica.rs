@@ -48,11 +48,10 @@ use crate::wire::{Ack, Message};
 /// Tuning of the core; every field has a default.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
-    /// Acknowledgements a full link could not take are sent again this long after, and
-    /// receipts of pushed changes go out this long after the first one they count, in ms
+    /// Acknowledgements a full link could not take are sent again this long after, in ms
     /// (`[tuning] tick_ms`).
     pub retry_ms: u64,
-    /// Period of the reconciliation opened with every peer, in ms.
+    /// Period of the reconciliation a node opens with one of its peers in turn, in ms.
     pub anti_entropy_ms: u64,
     /// Documents changed here more recently than this are not repaired when reconciliation
     /// finds them different (their pushes are still in flight), except on a link younger
@@ -291,6 +290,8 @@ pub struct Replica {
     /// Local changes whose writer waits for acks, with their document.
     awaited: Memory<String>,
     last_anti_entropy: u64,
+    /// Periodic reconciliations so far: whose turn it is (see `repair::peer_in_turn`).
+    anti_entropy_turn: usize,
     /// The latest `now` given to any input (for work done in `flush`).
     now: u64,
     gate: SyncGate,
@@ -350,6 +351,7 @@ impl Replica {
             relayed: Memory::new(ack_memory),
             awaited: Memory::new(ack_memory),
             last_anti_entropy: 0,
+            anti_entropy_turn: 0,
             now: 0,
             gate: SyncGate::default(),
             clients: Clients::default(),
@@ -541,10 +543,14 @@ impl Replica {
         }
     }
 
-    /// The link to `peer` is gone: its queue and sync sessions are dropped, and repairs
-    /// held for an answer from it go ahead.
+    /// The link to `peer` is gone: its queue and sync sessions are dropped, repairs held
+    /// for an answer from it go ahead, and every other peer is reconciled with at once
+    /// (the lost peer may have pushed its last changes to some nodes and not to others).
     pub fn peer_down(&mut self, now: u64, peer: &str) {
         self.peers.remove(peer);
+        for p in self.peers.values_mut() {
+            p.needs_reconcile = true;
+        }
         self.follows_peer_down(peer);
         self.refresh_connected();
         for doc in self.gate.peer_down(peer) {
@@ -557,10 +563,17 @@ impl Replica {
     /// to the reconciliation that opens then.
     pub fn send_failed(&mut self, peer: &str, unsent: Unsent) {
         *self.stats.sends_dropped.entry(unsent.kind).or_default() += 1;
-        if unsent.kind == "push" {
+        let push = unsent.kind == "push";
+        if push {
             self.stats.pushes_dropped += 1;
         }
         if let Some(p) = self.peers.get_mut(peer) {
+            if push {
+                // The receipt it may have carried goes again.
+                p.lag.receipt_lost();
+                p.receipt_at
+                    .get_or_insert(self.now.saturating_add(super::lag::RECEIPT_ALONE_MS));
+            }
             if unsent.acks.is_empty() {
                 p.needs_reconcile = true;
             } else {
@@ -635,12 +648,17 @@ impl Replica {
             return;
         }
         match msg {
-            Message::Push(groups) => {
+            Message::Push { groups, receipt } => {
                 if let Some(p) = self.peers.get_mut(from) {
+                    if let Some((changes, bytes)) = receipt {
+                        p.lag.confirm(changes, bytes);
+                    }
                     let (changes, bytes) = super::peers::push_totals(&groups);
-                    p.lag.received(changes, bytes);
-                    p.receipt_at
-                        .get_or_insert(now.saturating_add(self.config.retry_ms));
+                    if changes > 0 {
+                        p.lag.received(changes, bytes);
+                        p.receipt_at
+                            .get_or_insert(now.saturating_add(super::lag::RECEIPT_ALONE_MS));
+                    }
                 }
                 for g in groups {
                     self.receive_push(now, from, g.doc, g.origin, g.want_ack, g.changes);

@@ -130,7 +130,7 @@ fn pushes_to(effects: &[Effect], to: &str) -> Vec<DocChanges> {
         .into_iter()
         .filter(|(t, _)| t == to)
         .flat_map(|(_, m)| match m {
-            Message::Push(groups) => groups,
+            Message::Push { groups, .. } => groups,
             _ => Vec::new(),
         })
         .collect()

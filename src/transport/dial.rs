@@ -23,12 +23,22 @@ use crate::wire::{Message, WireError, VERSIONS};
 
 /// Longest wait for an incoming connection's QUIC/TLS handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait for the QUIC/TLS handshake of one dial attempt, whatever the idle timeout.
-/// QUIC resends an unanswered handshake ever more rarely (its probe timeout doubles), so an
-/// attempt begun while the peer was down reaches it late once it is back; a fresh attempt
-/// after this long finds it sooner. Enough for links with round trips below a second (a
-/// dialer's handshake takes one round trip).
+/// Wait for the QUIC/TLS handshake of a dial attempt after one that succeeded, whatever the
+/// idle timeout. QUIC resends an unanswered handshake ever more rarely (its probe timeout
+/// doubles), so an attempt begun while the peer was down reaches it late once it is back; a
+/// fresh attempt after this long finds it sooner. Enough for links with round trips below a
+/// second (a dialer's handshake takes one round trip); see [`handshake_wait`] for slower.
 const DIAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The handshake wait of a dial attempt after `timeouts` attempts in a row whose handshake
+/// timed out: 1, 2, 4 s, then 1 s again. A link with round trips of one to about two
+/// seconds comes up at the second or third attempt, and a peer that was down is still found
+/// by a short attempt soon after it is back.
+fn handshake_wait(timeouts: u32) -> Duration {
+    DIAL_HANDSHAKE_TIMEOUT
+        .saturating_mul(1 << (timeouts % 3))
+        .min(HANDSHAKE_TIMEOUT)
+}
 /// Longest wait for the Hello exchange once the TLS handshake is done.
 pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -157,6 +167,7 @@ pub(crate) async fn dial_loop(inner: Arc<Inner>, mut t: DialTarget) {
     let mut closing = inner.closing_rx();
     let mut backoff = Backoff::new(inner.settings.reconnect_min, inner.settings.reconnect_max);
     let mut delay: Option<Duration> = None;
+    let mut timeouts = 0;
     loop {
         let stop = tokio::select! {
             _ = t.cancel.changed() => true,
@@ -178,8 +189,12 @@ pub(crate) async fn dial_loop(inner: Arc<Inner>, mut t: DialTarget) {
             DialPermit::HasLink => continue,
             DialPermit::Stop => return,
         }
-        let outcome = dial_once(&inner, &t).await;
+        let outcome = dial_once(&inner, &t, handshake_wait(timeouts)).await;
         inner.end_dial(&t.peer);
+        timeouts = match outcome {
+            Err(DialError::Timeout(HANDSHAKE)) => timeouts.wrapping_add(1),
+            _ => 0,
+        };
         match outcome {
             Ok(Outcome::Up) => {
                 backoff.reset();
@@ -279,16 +294,24 @@ fn exchange_failed(
     }
 }
 
-/// One dial attempt: TLS handshake, Hello exchange, admission.
-async fn dial_once(inner: &Arc<Inner>, t: &DialTarget) -> Result<Outcome, DialError> {
+/// What [`DialError::Timeout`] names when the QUIC/TLS handshake timed out.
+const HANDSHAKE: &str = "TLS handshake";
+
+/// One dial attempt: TLS handshake (waited for at most `handshake`), Hello exchange,
+/// admission.
+async fn dial_once(
+    inner: &Arc<Inner>,
+    t: &DialTarget,
+    handshake: Duration,
+) -> Result<Outcome, DialError> {
     let Some(endpoint) = inner.endpoint() else {
         return Ok(Outcome::Stopped);
     };
     let server_name = node_dns_name(&t.peer);
     let connecting = endpoint.connect_with(inner.client_config.clone(), t.addr, &server_name)?;
     drop(endpoint);
-    let conn = match tokio::time::timeout(DIAL_HANDSHAKE_TIMEOUT, connecting).await {
-        Err(_) => return Err(DialError::Timeout("TLS handshake")),
+    let conn = match tokio::time::timeout(handshake, connecting).await {
+        Err(_) => return Err(DialError::Timeout(HANDSHAKE)),
         Ok(Err(e)) => {
             if is_tls_failure(&e) {
                 inner.rejected.inc(Reject::Tls);
@@ -365,5 +388,14 @@ mod tests {
         }
         b.reset();
         assert_eq!(b.next(), min);
+    }
+
+    #[test]
+    fn handshake_waits_grow_after_timeouts_then_start_short_again() {
+        let waits: Vec<u64> = (0..7)
+            .map(|k| handshake_wait(k).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [1_000, 2_000, 4_000, 1_000, 2_000, 4_000, 1_000]);
+        assert!(handshake_wait(u32::MAX) <= HANDSHAKE_TIMEOUT);
     }
 }

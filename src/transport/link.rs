@@ -97,6 +97,7 @@ fn push_frame(
     match wire::encode_as(msg, version) {
         Ok(frame) => {
             buf.extend_from_slice(&frame);
+            counters.sent_kind(msg.kind_index());
             true
         }
         Err(e @ WireError::NotInVersion { .. }) => {

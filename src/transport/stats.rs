@@ -5,6 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(doc)]
+use crate::wire::Message;
+use crate::wire::KINDS;
+
 /// Traffic counters of one peer, shared by its link tasks.
 #[derive(Debug, Default)]
 pub(crate) struct PeerCounters {
@@ -18,6 +22,8 @@ pub(crate) struct PeerCounters {
     /// The protocol version of the last connection admitted (0: none yet).
     pub(crate) protocol: AtomicU64,
     pub(crate) links_lost: AtomicU64,
+    /// Messages written, by kind (index [`Message::kind_index`]).
+    pub(crate) sent_by_kind: [AtomicU64; KINDS as usize],
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -32,6 +38,13 @@ impl PeerCounters {
     pub(crate) fn sent(&self, messages: u64, bytes: u64) {
         add(&self.messages_sent, messages);
         add(&self.bytes_sent, bytes);
+    }
+
+    /// A message of kind `kind` (its [`Message::kind_index`]) was encoded for the peer.
+    pub(crate) fn sent_kind(&self, kind: usize) {
+        if let Some(c) = self.sent_by_kind.get(kind) {
+            add(c, 1);
+        }
     }
 
     pub(crate) fn received(&self, bytes: u64) {
@@ -79,6 +92,7 @@ impl PeerCounters {
             protocol: (connected && get(&self.protocol) != 0)
                 .then(|| u8::try_from(get(&self.protocol)).unwrap_or(u8::MAX)),
             links_lost: get(&self.links_lost),
+            sent_by_kind: std::array::from_fn(|k| get(&self.sent_by_kind[k])),
         }
     }
 }
@@ -165,6 +179,8 @@ pub struct PeerStats {
     /// Links to the peer that went down (each a Down event: the connection closed, timed
     /// out or was replaced), since start.
     pub links_lost: u64,
+    /// Messages written to the peer, by kind (names in [`crate::wire::KIND_NAMES`]).
+    pub sent_by_kind: [u64; KINDS as usize],
 }
 
 /// Connections refused or closed by this node, by reason.
@@ -203,6 +219,8 @@ pub struct TrafficTotals {
     pub dropped_full: u64,
     /// Messages waiting in all send queues.
     pub queue_depth: usize,
+    /// Messages written, by kind (names in [`crate::wire::KIND_NAMES`]).
+    pub sent_by_kind: [u64; KINDS as usize],
 }
 
 /// A snapshot of the transport's counters.
@@ -233,6 +251,9 @@ impl TransportStats {
             totals.messages_received += p.messages_received;
             totals.dropped_full += p.dropped_full;
             totals.queue_depth += p.queue_depth;
+            for (total, n) in totals.sent_by_kind.iter_mut().zip(p.sent_by_kind) {
+                *total += n;
+            }
         }
         TransportStats {
             peers,

@@ -4,8 +4,9 @@
 //! Its messages are the first [`KINDS`] kinds of [`Message`] (hello to cluster-tell), with
 //! the same fields and bytes but for two structs, which travel as bincode in the form that
 //! release knows: the membership state without `replicas` ([`V5Form`]) and a node's view
-//! without its partition counts ([`NodeViewV5`]). Nothing else is sent on such a link, and
-//! what arrives must be exact (no unknown kinds, no bytes after the message): that release
+//! without its partition counts ([`NodeViewV5`]); a push has no receipt in it, which goes
+//! as a [`Message::Receipt`] after it ([`follow_up`]). Nothing else is sent on such a link,
+//! and what arrives must be exact (no unknown kinds, no bytes after the message): that release
 //! is frozen, and `tests/fixtures/wire/v5/` holds bytes it wrote itself.
 //!
 //! Owns only the translation between [`Message`] and version 5's bytes; framing is
@@ -23,6 +24,8 @@ pub const VERSION: u8 = 5;
 /// Message kinds of version 5: hello (0) to cluster-tell (11).
 pub const KINDS: u8 = 12;
 
+/// The kind of [`Message::Push`].
+const PUSH: u8 = 1;
 /// The kind of [`Message::Topology`].
 const TOPOLOGY: u8 = 8;
 /// The kind of [`Message::ClusterTell`].
@@ -95,6 +98,11 @@ fn take<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Wire
 /// kind version 5 does not have.
 pub(super) fn encode_into(msg: &Message, out: &mut Vec<u8>) -> Result<(), WireError> {
     match msg {
+        // Version 5's push has no receipt: it goes as a message of its own ([`follow_up`]).
+        Message::Push { groups, .. } => {
+            out.push(PUSH);
+            put(out, groups)
+        }
         Message::Topology(state) => {
             out.push(TOPOLOGY);
             put(out, &V5Form((**state).clone()))
@@ -105,7 +113,6 @@ pub(super) fn encode_into(msg: &Message, out: &mut Vec<u8>) -> Result<(), WireEr
         }
         // The same kinds, fields and bytes as in the current version.
         Message::Hello(_)
-        | Message::Push(_)
         | Message::Ack(_)
         | Message::Fingerprints(_)
         | Message::Items(_)
@@ -126,9 +133,27 @@ pub(super) fn encode_into(msg: &Message, out: &mut Vec<u8>) -> Result<(), WireEr
     }
 }
 
+/// The message version 5 needs after `msg` to say the same: a push's receipt.
+pub(super) fn follow_up(msg: &Message) -> Option<Message> {
+    match msg {
+        Message::Push {
+            receipt: Some((changes, bytes)),
+            ..
+        } => Some(Message::Receipt {
+            changes: *changes,
+            bytes: *bytes,
+        }),
+        _ => None,
+    }
+}
+
 /// Decodes the body (after the version byte) of a version 5 message, exactly.
 pub(super) fn decode(body: &[u8]) -> Result<Message, WireError> {
     let (msg, used) = match body.first() {
+        Some(&PUSH) => {
+            let (groups, used) = take(&body[1..])?;
+            (Message::push(groups), used + 1)
+        }
         Some(&TOPOLOGY) => {
             let (V5Form(state), used) = take(&body[1..])?;
             (Message::Topology(Box::new(state)), used + 1)

@@ -49,7 +49,7 @@ fn describe_handoff(docs: &[wire::HandoffDoc]) -> String {
 /// For the trace: a message with the documents and changes it carries.
 pub(crate) fn describe(msg: &wire::Message) -> String {
     match msg {
-        wire::Message::Push(groups) => {
+        wire::Message::Push { groups, .. } => {
             let parts: Vec<String> = groups
                 .iter()
                 .map(|g| {

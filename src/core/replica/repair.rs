@@ -46,6 +46,41 @@ impl Replica {
         self.router.placement().map(|p| p.shared(&self.id, peer))
     }
 
+    /// The peer whose turn it is for this period's reconciliation, if any. Each period a
+    /// node reconciles with one peer: in the list of itself and its peers in id order, the
+    /// one `d` places after it (going round), `d` taking the values 1 to n/2 in turn. In a
+    /// cluster whose nodes all link to each other every node has the same list, so each
+    /// pair is reconciled by one side once every n/2 periods (at a distance of exactly n/2,
+    /// by the smaller id): N rounds per period in all, not one per pair. Each round repairs
+    /// both sides, so a node missing changes that its peers hold has them after its next
+    /// round with any of them; lost links and failed sends ask for rounds of their own at
+    /// once ([`Replica::peer_down`], [`Replica::send_failed`]).
+    pub(super) fn peer_in_turn(&mut self) -> Option<String> {
+        let me = self.id.as_str();
+        let mut all: Vec<&str> = self.peers.keys().map(String::as_str).collect();
+        let m = all.partition_point(|id| *id < me);
+        all.insert(m, me);
+        let n = all.len();
+        let half = n / 2;
+        if half == 0 {
+            return None;
+        }
+        let d = 1 + self.anti_entropy_turn % half;
+        self.anti_entropy_turn = self.anti_entropy_turn.wrapping_add(1);
+        let peer = all[(m + d) % n];
+        (2 * d < n || me < peer).then(|| peer.to_string())
+    }
+
+    /// Whether this node opens periodic reconciliations at all (see
+    /// [`Replica::peer_in_turn`]): not the larger id of a node with one peer, unless it is
+    /// filling partitions (then it reconciles with every peer).
+    pub(super) fn opens_periodically(&self) -> bool {
+        let me = self.id.as_str();
+        self.peers.len() >= 2
+            || self.peers.keys().any(|id| me < id.as_str())
+            || (!self.peers.is_empty() && !self.filling().is_empty())
+    }
+
     /// Opens a reconciliation with `peer`.
     pub(super) fn open_reconcile(&mut self, peer: &str) {
         if let Some(p) = self.peers.get_mut(peer) {

@@ -1,16 +1,18 @@
 //! The replica's timers, asked for rather than ticked: [`Replica::poll_timeout`] says when
 //! the replica next has work that no input brings (as quinn-proto's `poll_timeout`), and
 //! [`Replica::handle_timeout`] does everything due by then. An idle replica with peers
-//! wakes once per anti-entropy period (only the side that opens reconciliations); one
-//! without peers and without pending work never.
+//! wakes once per anti-entropy period (but the larger id of two nodes, which never opens
+//! a round); one without peers and without pending work never.
 //!
-//! What is timed: the periodic reconciliation, a reconciliation asked for by a failed send
-//! (with its backoff), acknowledgements a full link could not take and receipts of pushed
-//! changes (sent `retry_ms` later), sync sessions without a message for
-//! `session_timeout_ms`, repairs held for an answer (`repair_hold_ms`, longer on slow
-//! links: see `rtt`), client requests unanswered for `unavailable_after_ms`, changes of
-//! failed persist batches, and the handoff of documents stored here but replicated
-//! elsewhere (once per anti-entropy period while there are any).
+//! What is timed: the periodic reconciliation (with one peer per period, in turn), a
+//! reconciliation asked for by a failed send or a lost link (with its backoff),
+//! acknowledgements a full link could not take (sent `retry_ms` later), receipts of pushed
+//! changes that no push carried (sent alone `lag::RECEIPT_ALONE_MS` later), sync sessions
+//! without a message for `session_timeout_ms`, repairs held for an answer
+//! (`repair_hold_ms`, longer on slow links: see `rtt`), client requests unanswered for
+//! `unavailable_after_ms`, changes of failed persist batches, and the handoff of documents
+//! stored here but replicated elsewhere (once per anti-entropy period while there are
+//! any).
 
 use super::Replica;
 use crate::core::Effect;
@@ -23,8 +25,7 @@ impl Replica {
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut next: Option<u64> = None;
         let mut at = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
-        let me = self.id.as_str();
-        if self.peers.keys().any(|id| me < id.as_str()) {
+        if self.opens_periodically() {
             at(self
                 .last_anti_entropy
                 .saturating_add(self.config.anti_entropy_ms));
@@ -105,20 +106,26 @@ impl Replica {
             self.release_held(now, &doc);
         }
         let periodic = now.saturating_sub(self.last_anti_entropy) >= self.config.anti_entropy_ms;
-        if periodic {
+        let turn = if periodic {
             self.last_anti_entropy = now;
-        }
+            self.peer_in_turn()
+        } else {
+            None
+        };
         // A peer still being asked for documents is not reconciled again until that ends.
-        // One whose sends failed is reconciled at once, then less and less often while they
-        // keep failing (see `Peer::reconcile_due`).
-        let me = self.id.as_str();
+        // One whose sends failed, or every one after a link to another was lost, is
+        // reconciled at once, then less and less often while that goes on (see
+        // `Peer::reconcile_due`). A node filling partitions it took over reconciles with
+        // every peer each period (the rounds with their other replicas fill them, see
+        // `handoff::filled_from`).
+        let every = periodic && !self.filling().is_empty();
         let max_wait = self.config.anti_entropy_ms;
         let due: Vec<String> = self
             .peers
             .iter_mut()
             .filter_map(|(id, p)| {
                 let asked = p.reconcile_due(now);
-                if !((periodic && me < id.as_str()) || asked) || p.wants_queued() {
+                if !(turn.as_ref() == Some(id) || every || asked) || p.wants_queued() {
                     return None;
                 }
                 if asked {

@@ -263,7 +263,7 @@ fn a_message_over_the_size_limit_is_counted_by_kind_and_names_its_document_once(
     let at = c
         .net
         .iter()
-        .position(|(from, _, m)| from == "a" && matches!(m, Message::Push(_)))
+        .position(|(from, _, m)| from == "a" && matches!(m, Message::Push { .. }))
         .expect("a pushes");
     let (_, _, push) = c.net.remove(at).expect("the push");
     for _ in 0..2 {
@@ -305,11 +305,16 @@ fn an_idle_replica_asks_to_be_woken_only_for_anti_entropy() {
         c.nodes["a"].poll_timeout(),
         Some(next + config.anti_entropy_ms)
     );
-    // A write adds a receipt (b confirms what it got) and nothing else that stays.
+    // A write adds a receipt (b confirms what it got, alone since b pushes nothing back)
+    // and nothing else that stays.
     put(c.node("a"), next, "d", "k", 1, false);
     c.pump("a");
     c.run();
-    assert_eq!(c.nodes["b"].poll_timeout(), Some(next + config.retry_ms));
-    c.tick_all(config.retry_ms);
+    assert_eq!(
+        c.nodes["b"].poll_timeout(),
+        Some(next + crate::core::lag::RECEIPT_ALONE_MS)
+    );
+    c.tick_all(crate::core::lag::RECEIPT_ALONE_MS);
     assert_eq!(c.nodes["b"].poll_timeout(), None);
+    assert_eq!(c.nodes["a"].peer_lag("b").map(|l| l.changes), Some(0));
 }

@@ -48,7 +48,7 @@ fn garbage_changes_and_sync_are_counted_and_change_nothing() {
     b.handle_message(
         1,
         "a",
-        Message::Push(vec![DocChanges {
+        Message::push(vec![DocChanges {
             doc: "d".into(),
             origin: "a".into(),
             changes: vec![ByteBuf::from(b"not a change".to_vec()), ByteBuf::new()],
@@ -84,7 +84,7 @@ fn messages_from_unconnected_peers_are_ignored() {
     put(&mut a, 1, "d", "k", 1, false);
     let doc = a.doc("d").unwrap();
     let bytes = doc.get_changes(&[])[0].raw_bytes().to_vec();
-    let push = Message::Push(vec![DocChanges {
+    let push = Message::push(vec![DocChanges {
         doc: "d".into(),
         origin: "a".into(),
         changes: vec![ByteBuf::from(bytes)],
@@ -238,7 +238,7 @@ fn snapshot_round_trip_keeps_heads_and_orphans() {
     b.handle_message(
         2,
         "a",
-        Message::Push(vec![DocChanges {
+        Message::push(vec![DocChanges {
             doc: "d".into(),
             origin: "a".into(),
             changes: vec![last],
@@ -259,7 +259,7 @@ fn snapshot_round_trip_keeps_heads_and_orphans() {
     r.handle_message(
         4,
         "a",
-        Message::Push(vec![DocChanges {
+        Message::push(vec![DocChanges {
             doc: "d".into(),
             origin: "a".into(),
             changes: rest,
@@ -311,7 +311,7 @@ fn conflicting_seq(config: CoreConfig) {
     b.peer_up(0, "c");
     effects(&mut b);
     let push = |changes: Vec<Vec<u8>>| {
-        Message::Push(vec![DocChanges {
+        Message::push(vec![DocChanges {
             doc: "d".into(),
             origin: "a".into(),
             changes: changes.into_iter().map(ByteBuf::from).collect(),

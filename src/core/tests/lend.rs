@@ -135,7 +135,7 @@ fn heavy() -> CoreConfig {
 }
 
 fn push_of(a: &Replica, doc: &str, hash: ChangeHash, want_ack: bool) -> Message {
-    Message::Push(vec![DocChanges {
+    Message::push(vec![DocChanges {
         doc: doc.into(),
         origin: "a".into(),
         changes: vec![ByteBuf::from(change_bytes(a.doc(doc).unwrap(), hash))],

@@ -29,7 +29,7 @@ fn acks_in(list: &[Effect]) -> usize {
 /// Delivers `from`'s pushes to `to`.
 fn deliver(from: &mut Replica, to: &mut Replica, now: u64) {
     for (peer, m) in sends(&effects(from)) {
-        if peer == to.id() && matches!(m, Message::Push(_)) {
+        if peer == to.id() && matches!(m, Message::Push { .. }) {
             to.handle_message(now, from.id(), via_wire(&m));
         }
     }

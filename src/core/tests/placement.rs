@@ -234,7 +234,7 @@ fn written_elsewhere(actor: &str, keys: &[&str]) -> Vec<Vec<u8>> {
 fn push_from_x(c: &mut Cluster, to: &str, doc: &str, changes: Vec<Vec<u8>>) {
     let now = c.now;
     c.node(to).peer_up(now, "x");
-    let msg = Message::Push(vec![DocChanges {
+    let msg = Message::push(vec![DocChanges {
         doc: doc.to_string(),
         origin: "x".to_string(),
         changes: changes.into_iter().map(ByteBuf::from).collect(),
@@ -369,7 +369,7 @@ fn a_document_read_with_held_back_changes_now_applied_records_its_heads() {
             .hash()
     };
     let push = |r: &mut Replica, i: usize| {
-        let msg = Message::Push(vec![DocChanges {
+        let msg = Message::push(vec![DocChanges {
             doc: "d".into(),
             origin: "x".into(),
             changes: vec![ByteBuf::from(changes[i].clone())],

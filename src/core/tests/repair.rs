@@ -72,7 +72,7 @@ fn send_failed_triggers_reconciliation_on_next_tick() {
     let push = sends(&effects(c.node("a")))
         .into_iter()
         .map(|(_, m)| m)
-        .find(|m| matches!(m, Message::Push(_)))
+        .find(|m| matches!(m, Message::Push { .. }))
         .expect("a push");
     c.node("a").send_failed("b", Unsent::of(&push));
     assert_eq!(c.nodes["a"].stats().pushes_dropped, 1);
@@ -110,7 +110,7 @@ fn a_peer_whose_sends_keep_failing_is_not_sent_a_digest_every_tick() {
     effects(&mut a);
     a.handle_timeout(30_000);
     effects(&mut a);
-    let push = Message::Push(Vec::new());
+    let push = Message::push(Vec::new());
     a.send_failed("b", Unsent::of(&push));
     a.handle_timeout(30_100);
     assert!(sends(&effects(&mut a))
@@ -183,7 +183,7 @@ fn change_queued_by_sync_then_unblocked_by_push_is_persisted_and_forwarded() {
     c.node("b").handle_message(
         now,
         "a",
-        Message::Push(vec![DocChanges {
+        Message::push(vec![DocChanges {
             doc: "d".into(),
             origin: "a".into(),
             changes: vec![ByteBuf::from(c1_bytes)],
@@ -330,4 +330,138 @@ fn a_slow_link_keeps_a_round_trip_of_wants_in_flight() {
         }
         assert_eq!(asked, window, "round trip {rtt_ms} ms");
     }
+}
+
+#[test]
+fn each_period_every_node_opens_one_round_and_every_pair_has_its_turn() {
+    let ids = ["a", "b", "c", "d", "e"];
+    let config = CoreConfig::default();
+    let period = config.anti_entropy_ms;
+    let mut c = Cluster::new(&ids, config);
+    for (i, x) in ids.iter().enumerate() {
+        for y in &ids[i + 1..] {
+            c.link(x, y);
+        }
+    }
+    c.run();
+    let mut pairs = BTreeMap::new();
+    // Five nodes: every pair once in two (5 / 2) periods, by one side.
+    for _ in 0..2 {
+        c.now += period;
+        for id in ids {
+            let now = c.now;
+            c.node(id).handle_timeout(now);
+            c.pump(id);
+        }
+        let openings: Vec<(String, String)> = c
+            .net
+            .iter()
+            .filter(|(_, _, m)| matches!(m, Message::Fingerprints(_)))
+            .map(|(from, to, _)| (from.clone(), to.clone()))
+            .collect();
+        assert_eq!(
+            openings.len(),
+            ids.len(),
+            "one round per node: {openings:?}"
+        );
+        for (from, to) in openings {
+            let pair = if from < to { (from, to) } else { (to, from) };
+            *pairs.entry(pair).or_insert(0) += 1;
+        }
+        c.run();
+    }
+    assert_eq!(pairs.len(), 10, "{pairs:?}");
+    assert!(pairs.values().all(|&n| n == 1), "{pairs:?}");
+    // Two nodes: only the smaller id opens, every period.
+    let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
+    c.link("a", "b");
+    c.run();
+    for _ in 0..3 {
+        let rounds = (
+            c.nodes["a"].stats().reconcile_rounds,
+            c.nodes["b"].stats().reconcile_rounds,
+        );
+        c.tick_all(period);
+        assert_eq!(c.nodes["a"].stats().reconcile_rounds, rounds.0 + 1);
+        assert_eq!(c.nodes["b"].stats().reconcile_rounds, rounds.1);
+    }
+}
+
+#[test]
+fn a_lost_link_makes_the_others_reconcile_at_once() {
+    // Periodic rounds far away: only the lost link can open one.
+    let config = CoreConfig {
+        anti_entropy_ms: 3_600_000,
+        ..CoreConfig::default()
+    };
+    let ids = ["a", "b", "c"];
+    let mut c = Cluster::new(&ids, config);
+    // A mesh: nobody forwards c's changes, each node has them from c itself.
+    let mesh = crate::topology::Topology::new(
+        crate::config::TopologyKind::Mesh,
+        ids.iter().map(|s| s.to_string()).collect(),
+        Vec::new(),
+    );
+    for id in ids {
+        c.node(id).set_router(Box::new(mesh.clone()));
+    }
+    for (x, y) in [("a", "b"), ("a", "c"), ("b", "c")] {
+        c.link(x, y);
+    }
+    c.run();
+    // c's write reaches a, and c is gone before its push to b is sent.
+    c.put("c", "d", "k", 1, false);
+    let list: Vec<Effect> = effects(c.node("c"))
+        .into_iter()
+        .filter(|e| !matches!(e, Effect::Send { to, .. } if to == "b"))
+        .collect();
+    c.carry_out("c", list);
+    c.run();
+    assert!(c.heads("b").is_empty());
+    c.unlink("a", "c");
+    c.unlink("b", "c");
+    c.tick_all(1);
+    assert_eq!(c.heads("b"), c.heads("a"));
+    assert_eq!(c.heads("a").len(), 1);
+}
+
+#[test]
+fn receipts_ride_on_pushes_the_other_way() {
+    let mut c = Cluster::new(&["a", "b"], CoreConfig::default());
+    c.link("a", "b");
+    c.run();
+    let receipts = |c: &Cluster| {
+        c.net
+            .iter()
+            .filter(|(_, _, m)| matches!(m, Message::Receipt { .. }))
+            .count()
+    };
+    for i in 0..5 {
+        c.put("a", "d", "a", i, false);
+        c.pump("a");
+        c.run();
+        c.now += 100;
+        c.put("b", "d", "b", i, false);
+        c.pump("b");
+        // b's push carries its receipt of a's change: nothing goes alone.
+        let carried = c.net.iter().any(|(from, _, m)| {
+            from == "b"
+                && matches!(
+                    m,
+                    Message::Push {
+                        receipt: Some(_),
+                        ..
+                    }
+                )
+        });
+        assert!(carried);
+        assert_eq!(receipts(&c), 0);
+        c.run();
+        assert_eq!(c.nodes["a"].peer_lag("b").map(|l| l.changes), Some(0));
+        c.now += 100;
+    }
+    // With nothing to push back, the receipt goes alone a while later.
+    c.tick_all(crate::core::lag::RECEIPT_ALONE_MS);
+    assert_eq!(c.nodes["b"].peer_lag("a").map(|l| l.changes), Some(0));
+    assert_eq!(c.nodes["a"].peer_lag("b").map(|l| l.changes), Some(0));
 }
