@@ -211,6 +211,13 @@ fn check_version(version: u8, bless: bool) {
     for msg in &samples {
         let path = dir(version).join(format!("{}.bin", msg.kind()));
         let bytes = wire::encode_as(msg, version).expect("encodable");
+        // The kind's index (by which messages are counted) is its byte on the wire.
+        assert_eq!(
+            usize::from(bytes[HEADER_LEN + 1]),
+            msg.kind_index(),
+            "{}",
+            msg.kind()
+        );
         let golden = std::fs::read(&path).unwrap_or_default();
         if golden != bytes {
             if bless {

@@ -39,6 +39,7 @@ fn handshake_wait(timeouts: u32) -> Duration {
         .saturating_mul(1 << (timeouts % 3))
         .min(HANDSHAKE_TIMEOUT)
 }
+
 /// Longest wait for the Hello exchange once the TLS handshake is done.
 pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
