@@ -155,8 +155,8 @@ enum DialError {
     NoCommonVersion,
     #[error("refused by the peer (code {code}): {reason}")]
     Refused { code: u64, reason: String },
-    #[error("timed out waiting for the {0}")]
-    Timeout(&'static str),
+    #[error("timed out waiting for the TLS handshake")]
+    HandshakeTimeout,
     #[error("bad hello from the peer: {0}")]
     Hello(String),
     #[error("cannot encode our hello: {0}")]
@@ -193,7 +193,7 @@ pub(crate) async fn dial_loop(inner: Arc<Inner>, mut t: DialTarget) {
         let outcome = dial_once(&inner, &t, handshake_wait(timeouts)).await;
         inner.end_dial(&t.peer);
         timeouts = match outcome {
-            Err(DialError::Timeout(HANDSHAKE)) => timeouts.wrapping_add(1),
+            Err(DialError::HandshakeTimeout) => timeouts.wrapping_add(1),
             _ => 0,
         };
         match outcome {
@@ -295,9 +295,6 @@ fn exchange_failed(
     }
 }
 
-/// What [`DialError::Timeout`] names when the QUIC/TLS handshake timed out.
-const HANDSHAKE: &str = "TLS handshake";
-
 /// One dial attempt: TLS handshake (waited for at most `handshake`), Hello exchange,
 /// admission.
 async fn dial_once(
@@ -312,7 +309,7 @@ async fn dial_once(
     let connecting = endpoint.connect_with(inner.client_config.clone(), t.addr, &server_name)?;
     drop(endpoint);
     let conn = match tokio::time::timeout(handshake, connecting).await {
-        Err(_) => return Err(DialError::Timeout(HANDSHAKE)),
+        Err(_) => return Err(DialError::HandshakeTimeout),
         Ok(Err(e)) => {
             if is_tls_failure(&e) {
                 inner.rejected.inc(Reject::Tls);
