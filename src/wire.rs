@@ -224,13 +224,17 @@ pub enum Message {
     /// Connection handshake.
     Hello(Hello),
     /// New changes, grouped by document and origin, with the sender's receipt of what it
-    /// received on this connection when one is due (a receipt riding on a push costs no
-    /// message of its own; see [`Message::Receipt`]).
+    /// received on this connection when one is due and the fingerprints of a routine
+    /// anti-entropy round (what rides on a push costs no message of its own; see
+    /// [`Message::Receipt`] and `core::replica::repair`).
     Push {
         /// The changes.
         groups: Vec<DocChanges>,
         /// Totals of changes and bytes received so far, as a [`Message::Receipt`] states.
         receipt: Option<(u64, u64)>,
+        /// Reconciliation: what [`Message::Fingerprints`] says, one per message, answered
+        /// on a push again.
+        fingerprints: Vec<Fingerprints>,
     },
     /// Durable acknowledgements, routed back toward the writers.
     Ack(Vec<Ack>),
@@ -445,11 +449,12 @@ pub const KIND_NAMES: [&str; KINDS as usize] = [
 ];
 
 impl Message {
-    /// New changes, with no receipt.
+    /// New changes, with nothing riding on them.
     pub fn push(groups: Vec<DocChanges>) -> Message {
         Message::Push {
             groups,
             receipt: None,
+            fingerprints: Vec::new(),
         }
     }
 
@@ -551,7 +556,7 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
 }
 
 /// Encodes `msg` in `version` (one of [`VERSIONS`]) as a complete message (in version 5,
-/// a push with a receipt is two: see [`v5::follow_up`]). [`WireError::NotInVersion`] if
+/// what rides on a push follows it as messages of their own: see [`v5::follow_up`]). [`WireError::NotInVersion`] if
 /// that version has no such message.
 pub fn encode_as(msg: &Message, version: u8) -> Result<Vec<u8>, WireError> {
     let mut out = vec![0u8; HEADER_LEN];
@@ -567,9 +572,12 @@ pub fn encode_as(msg: &Message, version: u8) -> Result<Vec<u8>, WireError> {
             )))
         }
     }
-    let mut framed = frame(out)?;
+    // Version 5 has no use for a push without changes: only what rides on it goes.
+    let bare =
+        version == v5::VERSION && matches!(msg, Message::Push { groups, .. } if groups.is_empty());
+    let mut framed = if bare { Vec::new() } else { frame(out)? };
     if version == v5::VERSION {
-        if let Some(next) = v5::follow_up(msg) {
+        for next in v5::follow_up(msg) {
             framed.extend(encode_as(&next, version)?);
         }
     }
@@ -1018,9 +1026,10 @@ mod tests {
             assert_eq!(bytes[HEADER_LEN], v5::VERSION);
             assert_eq!(decode_payload_as(&bytes[HEADER_LEN..], 5).unwrap(), msg);
             // The kinds both versions share have the same bytes but for the version (and
-            // the push's receipt, absent here, one byte at the end in version 6).
+            // the push's receipt and fingerprints, absent here, two bytes at the end in
+            // version 6).
             let current = encode(&msg).unwrap();
-            let end = current.len() - usize::from(matches!(msg, Message::Push { .. }));
+            let end = current.len() - 2 * usize::from(matches!(msg, Message::Push { .. }));
             assert_eq!(bytes[HEADER_LEN + 1..], current[HEADER_LEN + 1..end]);
         }
         let msg = Message::Follow {

@@ -94,8 +94,17 @@ fn samples(version: u8) -> Vec<Message> {
                 changes: vec![ByteBuf::from(vec![1, 2, 3]), ByteBuf::from(vec![])],
                 want_ack: true,
             }],
-            // Version 5's push has no receipt (it follows as a message of its own).
+            // Version 5's push has no receipt nor fingerprints (they follow as messages of
+            // their own).
             receipt: (version > 5).then_some((10, 2000)),
+            fingerprints: if version > 5 {
+                vec![Fingerprints {
+                    level: 2,
+                    nodes: vec![(17, 7)],
+                }]
+            } else {
+                Vec::new()
+            },
         },
         Message::Ack(vec![Ack {
             doc: "d1".into(),
@@ -281,15 +290,28 @@ fn the_current_version_is_byte_for_byte_its_fixtures() {
 }
 
 #[test]
-fn version_5_sends_a_pushs_receipt_as_the_receipt_message_after_it() {
-    let mut push = samples(5).swap_remove(1);
-    let Message::Push { receipt, .. } = &mut push else {
+fn version_5_sends_what_rides_on_a_push_as_messages_after_it() {
+    let mut samples = samples(5);
+    let Message::Fingerprints(rider) = samples[3].clone() else {
+        panic!("the fourth sample is fingerprints");
+    };
+    let mut push = samples.swap_remove(1);
+    let Message::Push {
+        receipt,
+        fingerprints,
+        ..
+    } = &mut push
+    else {
         panic!("the second sample is a push");
     };
     *receipt = Some((10, 2000));
+    *fingerprints = vec![rider];
     let bytes = wire::encode_as(&push, 5).expect("encodable");
     let read = |kind: &str| std::fs::read(dir(5).join(format!("{kind}.bin"))).expect("fixture");
-    assert_eq!(bytes, [read("push"), read("receipt")].concat());
+    assert_eq!(
+        bytes,
+        [read("push"), read("receipt"), read("fingerprints")].concat()
+    );
 }
 
 #[test]

@@ -628,7 +628,7 @@ pub fn render(s: &NodeStatus, api: &ApiCounters) -> String {
         ),
         (
             "concordant_reconcile_messages_total",
-            "Reconciliation messages sent (fingerprints, bucket items, wants).",
+            "Reconciliation messages sent (fingerprints, bucket items, wants), alone or riding on pushes.",
             c.reconcile_messages,
         ),
         (

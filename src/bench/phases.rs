@@ -432,6 +432,10 @@ pub(crate) async fn catchup(
     let state = RandomState::new();
     let (_, _, reference) = wait_agree(cluster, &state, Instant::now(), limit).await?;
     let topology = cluster.topology().clone();
+    let mut served = Vec::new();
+    for node in &nodes {
+        served.push(node.status().await?.core.repair_changes_sent);
+    }
     progress(format!(
         "catch-up: restarting {victim_id} ({behind} writes behind)"
     ));
@@ -521,6 +525,15 @@ pub(crate) async fn catchup(
         core.sync_sent,
         core.repaired_changes,
         core.duplicates
+    ));
+    let mut by_peer = Vec::new();
+    for (node, before) in nodes.iter().zip(served) {
+        let sent = node.status().await?.core.repair_changes_sent;
+        by_peer.push(format!("{} {}", node.id(), sent.saturating_sub(before)));
+    }
+    progress(format!(
+        "catch-up: changes sent by bulk repair: {}",
+        by_peer.join(", ")
     ));
     Ok(Catchup {
         seconds,

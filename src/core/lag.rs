@@ -6,8 +6,9 @@
 //! Counts are cumulative per connection (both ends start at zero when the link comes up), so
 //! a receipt confirms everything up to its totals and a lost receipt is made good by the
 //! next one. A receipt rides on the next push to the peer (`wire::Message::Push`), or goes
-//! alone (`wire::Message::Receipt`) [`RECEIPT_ALONE_MS`] after something new arrived if no
-//! push went meanwhile: a link with traffic both ways sends no message for its receipts.
+//! alone (`wire::Message::Receipt`) `core::peers::ALONE_AFTER_MS` after something new arrived
+//! if no push went meanwhile (at most that, and the round trip, of a link's lag is only a
+//! receipt on its way): a link with traffic both ways sends no message for its receipts.
 
 use std::collections::VecDeque;
 
@@ -41,10 +42,6 @@ pub struct LagView {
     /// Documents the last anti-entropy round found different, if one did.
     pub divergent: Option<u64>,
 }
-
-/// How long a receipt waits for a push to ride on before it goes alone, ms: at most this
-/// (and the round trip) of a link's lag is only a receipt on its way.
-pub(crate) const RECEIPT_ALONE_MS: u64 = 1_000;
 
 /// Pushes that never confirmed are remembered up to this many times, then the oldest
 /// age is kept by merging (the count and bytes stay exact).

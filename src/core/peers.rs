@@ -1,6 +1,6 @@
 //! What a replica keeps per connected peer: the changes waiting to be pushed to it (its
-//! dirty documents), the Automerge sync sessions in progress with it, the documents to ask
-//! it for (bulk repair), and whether it is due a reconciliation.
+//! dirty documents) and what rides on them, the Automerge sync sessions in progress with
+//! it, the documents to ask it for (bulk repair), and whether it is due a reconciliation.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -8,7 +8,7 @@ use automerge::sync;
 use serde_bytes::ByteBuf;
 
 use super::lag::Lag;
-use crate::wire::{Ack, DocChanges, Message, BATCH_BUDGET};
+use crate::wire::{Ack, DocChanges, Fingerprints, Message, BATCH_BUDGET};
 
 /// Key of one group of outgoing changes: (document, origin, want_ack).
 type GroupKey = (String, String, bool);
@@ -21,6 +21,78 @@ pub(crate) struct Wanted {
     /// The peer's heads digest of it, where known: once ours equals it, nothing is asked.
     pub(crate) theirs: Option<u64>,
 }
+
+/// A routine anti-entropy round's messages to one peer, which ride on pushes (see
+/// `replica::repair`).
+#[derive(Default)]
+pub(crate) struct Ride {
+    /// A routine round's opening is due.
+    open: bool,
+    /// Fingerprints that came on pushes from the peer, to answer on a push.
+    answer: Vec<Fingerprints>,
+    /// When what waits goes on a push of its own, if no push to the peer carried it by
+    /// then.
+    alone_at: Option<u64>,
+    /// Fingerprints made (at the time of the push) for the next push to carry.
+    pub(crate) ready: Vec<Fingerprints>,
+}
+
+impl Ride {
+    /// Whether anything waits for a push.
+    pub(crate) fn waits(&self) -> bool {
+        self.open || !self.answer.is_empty()
+    }
+
+    /// `f` came on a push at `now`: answered on a push too, unless [`RIDING_ANSWERS`]
+    /// wait already (then it is returned, to answer at once).
+    pub(crate) fn answer_later(&mut self, f: Fingerprints, now: u64) -> Option<Fingerprints> {
+        if self.answer.len() >= RIDING_ANSWERS {
+            return Some(f);
+        }
+        self.answer.push(f);
+        self.alone_at
+            .get_or_insert(now.saturating_add(ALONE_AFTER_MS));
+        None
+    }
+
+    /// The routine round's opening is not due after all (a round opens at once instead).
+    pub(crate) fn cancel_open(&mut self) {
+        self.open = false;
+        if self.answer.is_empty() {
+            self.alone_at = None;
+        }
+    }
+
+    /// What waits, taken: whether an opening is due, and the fingerprints to answer.
+    pub(crate) fn take(&mut self) -> (bool, Vec<Fingerprints>) {
+        self.alone_at = None;
+        (
+            std::mem::take(&mut self.open),
+            std::mem::take(&mut self.answer),
+        )
+    }
+
+    /// When what waits goes on a push of its own, if anything waits.
+    pub(crate) fn alone_at(&self) -> Option<u64> {
+        self.alone_at.filter(|_| self.waits())
+    }
+
+    /// A routine round's opening is due at `now`.
+    pub(crate) fn open_later(&mut self, now: u64) {
+        self.open = true;
+        self.alone_at
+            .get_or_insert(now.saturating_add(ALONE_AFTER_MS));
+    }
+}
+
+/// How long what can ride on a push to a peer (a receipt, a routine round's fingerprints)
+/// waits for one, ms, before it goes alone (a receipt as a `Receipt`, fingerprints on a
+/// push without changes): on a link with traffic both ways it costs no message of its own.
+pub(crate) const ALONE_AFTER_MS: u64 = 1_000;
+
+/// Fingerprints from a peer waiting for a push to answer on, at most (an honest peer has a
+/// round or two in progress with this node; what a peer sends beyond is answered at once).
+const RIDING_ANSWERS: usize = 16;
 
 /// A peer with a live link.
 pub(crate) struct Peer {
@@ -50,6 +122,8 @@ pub(crate) struct Peer {
     /// When a receipt of the changes received is sent alone (see `timers`), unless a push
     /// to the peer carries it first.
     pub(crate) receipt_at: Option<u64>,
+    /// A routine anti-entropy round's messages waiting for a push to the peer.
+    pub(crate) ride: Ride,
     /// Acknowledgements that could not be sent, sent again at `owed_at`.
     owed_acks: Vec<Ack>,
     /// The link's round-trip time, ms, as the driver last measured it (0: not yet).
@@ -92,6 +166,7 @@ impl Peer {
             ready_wants: Vec::new(),
             owed_at: None,
             receipt_at: None,
+            ride: Ride::default(),
             rtt_ms: 0,
         }
     }
@@ -149,7 +224,7 @@ impl Peer {
 
     /// Drains the outbox into as few Push messages as fit `budget` bytes each (at most
     /// [`BATCH_BUDGET`]; one change larger than that goes alone), the last carrying the
-    /// receipt owed to the peer, if one is.
+    /// receipt owed to the peer, if one is, and the fingerprints made ready to ride.
     pub(crate) fn drain_pushes(&mut self, now: u64, budget: usize) -> Vec<Message> {
         let budget = budget.clamp(1, BATCH_BUDGET);
         let mut messages = Vec::new();
@@ -194,15 +269,39 @@ impl Peer {
                 self.lag.sent(changes, bytes, now);
             }
         }
-        // The receipt owed to the peer rides on the last push, instead of going alone.
-        if let Some(Message::Push { receipt, .. }) = messages.last_mut() {
+        // The receipt owed to the peer and the fingerprints made ready ride on the last
+        // push, instead of going alone.
+        if let Some(Message::Push {
+            receipt,
+            fingerprints,
+            ..
+        }) = messages.last_mut()
+        {
             *receipt = self.lag.receipt_due();
             if receipt.is_some() {
                 self.receipt_at = None;
             }
+            *fingerprints = std::mem::take(&mut self.ride.ready);
         }
         self.outbox_bytes = 0;
         messages
+    }
+
+    /// A push without changes for the fingerprints made ready to ride when no changes wait
+    /// to be pushed (with the receipt owed, if one is).
+    pub(crate) fn lone_push(&mut self) -> Option<Message> {
+        if self.ride.ready.is_empty() || self.has_pushes() {
+            return None;
+        }
+        let receipt = self.lag.receipt_due();
+        if receipt.is_some() {
+            self.receipt_at = None;
+        }
+        Some(Message::Push {
+            groups: Vec::new(),
+            receipt,
+            fingerprints: std::mem::take(&mut self.ride.ready),
+        })
     }
 
     /// Drops queued changes of `doc` that turned out to be invalid.
@@ -264,6 +363,11 @@ impl Peer {
 
     pub(crate) fn outbox_bytes(&self) -> usize {
         self.outbox_bytes
+    }
+
+    /// Whether changes wait to be pushed (the next `drain_pushes` makes a push).
+    pub(crate) fn has_pushes(&self) -> bool {
+        !self.outbox.is_empty()
     }
 }
 

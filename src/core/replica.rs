@@ -162,7 +162,8 @@ pub struct CoreStats {
     pub unexpected_messages: u64,
     /// Reconciliations opened with a peer.
     pub reconcile_rounds: u64,
-    /// Reconciliation messages (fingerprints, bucket items, wants) sent.
+    /// Reconciliation messages (fingerprints, bucket items, wants) sent, alone or riding on
+    /// pushes.
     pub reconcile_messages: u64,
     /// Encoded bytes of those messages.
     pub reconcile_bytes: u64,
@@ -572,7 +573,7 @@ impl Replica {
                 // The receipt it may have carried goes again.
                 p.lag.receipt_lost();
                 p.receipt_at
-                    .get_or_insert(self.now.saturating_add(super::lag::RECEIPT_ALONE_MS));
+                    .get_or_insert(self.now.saturating_add(super::peers::ALONE_AFTER_MS));
             }
             if unsent.acks.is_empty() {
                 p.needs_reconcile = true;
@@ -648,7 +649,11 @@ impl Replica {
             return;
         }
         match msg {
-            Message::Push { groups, receipt } => {
+            Message::Push {
+                groups,
+                receipt,
+                fingerprints,
+            } => {
                 if let Some(p) = self.peers.get_mut(from) {
                     if let Some((changes, bytes)) = receipt {
                         p.lag.confirm(changes, bytes);
@@ -657,12 +662,13 @@ impl Replica {
                     if changes > 0 {
                         p.lag.received(changes, bytes);
                         p.receipt_at
-                            .get_or_insert(now.saturating_add(super::lag::RECEIPT_ALONE_MS));
+                            .get_or_insert(now.saturating_add(super::peers::ALONE_AFTER_MS));
                     }
                 }
                 for g in groups {
                     self.receive_push(now, from, g.doc, g.origin, g.want_ack, g.changes);
                 }
+                self.receive_riding(now, from, fingerprints);
             }
             Message::Ack(acks) => self.receive_acks(from, acks),
             Message::Fingerprints(f) => self.receive_fingerprints(from, f),
@@ -717,6 +723,7 @@ impl Replica {
             self.effects.push(Effect::Persist { token, docs });
         }
         self.pump_wants();
+        self.ride(self.now);
         let (now, budget) = (self.now, self.config.batch_bytes);
         for (id, peer) in self.peers.iter_mut() {
             for msg in peer.drain_pushes(now, budget) {

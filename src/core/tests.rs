@@ -156,6 +156,8 @@ struct Cluster {
     now: u64,
     /// Messages for automerge-repo clients: (node, client, message).
     to_clients: Vec<(String, u64, ClientMsg)>,
+    /// Every message sent so far, (from, to, message), for tests that count messages.
+    sent: Vec<(String, String, Message)>,
 }
 
 /// The six nodes of [`Cluster::ring`].
@@ -205,6 +207,7 @@ impl Cluster {
             auto_persist: true,
             now: 1_000,
             to_clients: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
@@ -238,6 +241,7 @@ impl Cluster {
         for effect in list {
             match effect {
                 Effect::Send { to, msg } => {
+                    self.sent.push((id.to_string(), to.clone(), msg.clone()));
                     self.net.push_back((id.to_string(), to, via_wire(&msg)))
                 }
                 Effect::Persist { token, docs } => {
@@ -314,6 +318,29 @@ impl Cluster {
             self.pump(&id);
         }
         self.run();
+    }
+
+    /// Runs `ms` of time: wakes each node at the times it asks for (`poll_timeout`), as a
+    /// driver does, delivering until quiet after each.
+    fn run_for(&mut self, ms: u64) {
+        let end = self.now + ms;
+        for _ in 0..10_000 {
+            let due = |n: &Replica| n.poll_timeout().filter(|&t| t <= end);
+            let Some(next) = self.nodes.values().filter_map(due).min() else {
+                break;
+            };
+            self.now = self.now.max(next);
+            let ids: Vec<String> = self.nodes.keys().cloned().collect();
+            for id in ids {
+                let now = self.now;
+                if self.nodes[&id].poll_timeout().is_some_and(|t| t <= now) {
+                    self.node(&id).handle_timeout(now);
+                    self.pump(&id);
+                }
+            }
+            self.run();
+        }
+        self.now = end;
     }
 
     fn put(&mut self, id: &str, doc: &str, key: &str, value: i64, want_ack: bool) -> ChangeHash {

@@ -4,8 +4,9 @@
 //! Its messages are the first [`KINDS`] kinds of [`Message`] (hello to cluster-tell), with
 //! the same fields and bytes but for two structs, which travel as bincode in the form that
 //! release knows: the membership state without `replicas` ([`V5Form`]) and a node's view
-//! without its partition counts ([`NodeViewV5`]); a push has no receipt in it, which goes
-//! as a [`Message::Receipt`] after it ([`follow_up`]). Nothing else is sent on such a link,
+//! without its partition counts ([`NodeViewV5`]); a push carries changes only, and what
+//! rides on it in version 6 (a receipt, fingerprints) follows it as messages of their own
+//! ([`follow_up`]). Nothing else is sent on such a link,
 //! and what arrives must be exact (no unknown kinds, no bytes after the message): that
 //! release is frozen, and `tests/fixtures/wire/v5/` holds bytes it wrote itself.
 //!
@@ -98,7 +99,7 @@ fn take<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Wire
 /// kind version 5 does not have.
 pub(super) fn encode_into(msg: &Message, out: &mut Vec<u8>) -> Result<(), WireError> {
     match msg {
-        // Version 5's push has no receipt: it goes as a message of its own ([`follow_up`]).
+        // Version 5's push carries changes only: the rest follows ([`follow_up`]).
         Message::Push { groups, .. } => {
             out.push(PUSH);
             put(out, groups)
@@ -133,18 +134,22 @@ pub(super) fn encode_into(msg: &Message, out: &mut Vec<u8>) -> Result<(), WireEr
     }
 }
 
-/// The message version 5 needs after `msg` to say the same: a push's receipt.
-pub(super) fn follow_up(msg: &Message) -> Option<Message> {
-    match msg {
-        Message::Push {
-            receipt: Some((changes, bytes)),
-            ..
-        } => Some(Message::Receipt {
-            changes: *changes,
-            bytes: *bytes,
-        }),
-        _ => None,
-    }
+/// The messages version 5 needs after `msg` to say the same: what rides on a push (its
+/// receipt, then its fingerprints, each a message of its own).
+pub(super) fn follow_up(msg: &Message) -> Vec<Message> {
+    let Message::Push {
+        receipt,
+        fingerprints,
+        ..
+    } = msg
+    else {
+        return Vec::new();
+    };
+    let receipt = receipt.map(|(changes, bytes)| Message::Receipt { changes, bytes });
+    receipt
+        .into_iter()
+        .chain(fingerprints.iter().cloned().map(Message::Fingerprints))
+        .collect()
 }
 
 /// Decodes the body (after the version byte) of a version 5 message, exactly.

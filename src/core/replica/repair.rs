@@ -13,10 +13,15 @@
 //!   that lacks some of them answers with its own heads; if neither side has all of the
 //!   other's heads, the histories diverged and Automerge's sync protocol repairs that
 //!   document.
-//! - Of two peers, the one with the smaller id opens the reconciliations (on a new link and
-//!   periodically; either opens after it dropped a push to the other), so the other is the
-//!   one that compares and asks: asks seldom cross, and a crossing ask is left to the next
-//!   round rather than answered twice.
+//! - Of two peers, the one with the smaller id opens the reconciliations on a new link (and
+//!   either after it dropped a push to the other), so the other is the one that compares
+//!   and asks: asks seldom cross, and a crossing ask is left to the next round rather than
+//!   answered twice. Periodic rounds go in turn ([`Replica::peer_in_turn`]).
+//! - A periodic round rides on pushes ([`Replica::ride`]): its fingerprints go with the
+//!   next push to the peer (on a push without changes when none went for
+//!   `peers::ALONE_AFTER_MS`), and fingerprints that came on a push are answered on one. On
+//!   a link with writes both ways, anti-entropy then costs no message of its own. Rounds
+//!   asked for by failures, on new links and of a node filling partitions go at once.
 //! - As before, a document is repaired with one peer at a time (`gate`).
 
 use automerge::sync::{self, SyncDoc};
@@ -81,18 +86,101 @@ impl Replica {
             || (!self.peers.is_empty() && !self.filling().is_empty())
     }
 
-    /// Opens a reconciliation with `peer`.
+    /// Opens a reconciliation with `peer` at once.
     pub(super) fn open_reconcile(&mut self, peer: &str) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.needs_reconcile = false;
+            p.ride.cancel_open();
         }
+        self.stats.reconcile_rounds += 1;
+        let opening = self.opening(peer);
+        self.send_reconcile(peer, Message::Fingerprints(opening));
+    }
+
+    /// Opens a routine reconciliation with `peer` (its turn came, see
+    /// [`Replica::peer_in_turn`]): its messages ride on pushes ([`Replica::ride`]).
+    pub(super) fn open_routine(&mut self, now: u64, peer: &str) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.ride.open_later(now);
+            self.stats.reconcile_rounds += 1;
+        }
+    }
+
+    /// The opening of a round with `peer`: the top of the tree over what both replicate.
+    fn opening(&self, peer: &str) -> Fingerprints {
         let mask = self.shared_with(peer);
         let (level, nodes) = self.docs.index().opening(mask.as_ref());
-        self.stats.reconcile_rounds += 1;
-        self.send_reconcile(peer, Message::Fingerprints(Fingerprints { level, nodes }));
+        Fingerprints { level, nodes }
     }
 
     pub(super) fn receive_fingerprints(&mut self, from: &str, f: Fingerprints) {
+        for msg in self.answer_fingerprints(from, f) {
+            self.send_reconcile(from, msg);
+        }
+    }
+
+    /// Fingerprints that came from `from` on a push: answered on a push too (a routine
+    /// round), or at once if too many wait already.
+    pub(super) fn receive_riding(&mut self, now: u64, from: &str, fingerprints: Vec<Fingerprints>) {
+        for f in fingerprints {
+            let over = match self.peers.get_mut(from) {
+                Some(p) => p.ride.answer_later(f, now),
+                None => return,
+            };
+            if let Some(f) = over {
+                self.receive_fingerprints(from, f);
+            }
+        }
+    }
+
+    /// A routine round's messages waiting for a push to a peer ride on the push about to go
+    /// to it: they are made now (from the index as it is after this flush's changes) and
+    /// left in `Peer::ride` for `drain_pushes`. Those that waited `ALONE_AFTER_MS` for a
+    /// push go at `now` on a push without changes (so that the peer still answers on a
+    /// push: a round stays routine to its end), and answers that are items go alone (large,
+    /// and rare).
+    pub(super) fn ride(&mut self, now: u64) {
+        let due: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.ride.waits() && (p.has_pushes() || p.ride.alone_at().is_some_and(|t| t <= now))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let Some(p) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let (open, answer) = p.ride.take();
+            let mut out = Vec::new();
+            if open {
+                out.push(Message::Fingerprints(self.opening(&id)));
+            }
+            for f in answer {
+                out.extend(self.answer_fingerprints(&id, f));
+            }
+            for msg in out {
+                match msg {
+                    Message::Fingerprints(f) => {
+                        self.count_reconcile(&Message::Fingerprints(f.clone()));
+                        if let Some(p) = self.peers.get_mut(&id) {
+                            p.ride.ready.push(f);
+                        }
+                    }
+                    msg => self.send_reconcile(&id, msg),
+                }
+            }
+            if let Some(msg) = self.peers.get_mut(&id).and_then(|p| p.lone_push()) {
+                self.effects.push(Effect::Send { to: id, msg });
+            }
+        }
+    }
+
+    /// The answer to fingerprints from `from`: nothing (the replicas agree, said once to
+    /// the opener), the fingerprints one level down where they differ, or the items of the
+    /// leaf buckets that differ (in messages of bounded size).
+    fn answer_fingerprints(&mut self, from: &str, f: Fingerprints) -> Vec<Message> {
         let mask = self.shared_with(from);
         match self.docs.index().answer(f.level, &f.nodes, mask.as_ref()) {
             Answer::Equal => {
@@ -110,13 +198,15 @@ impl Replica {
                         level: 0,
                         nodes: Vec::new(),
                     };
-                    self.send_reconcile(from, Message::Fingerprints(agreed));
+                    return vec![Message::Fingerprints(agreed)];
                 }
+                Vec::new()
             }
             Answer::Fingerprints(level, nodes) => {
-                self.send_reconcile(from, Message::Fingerprints(Fingerprints { level, nodes }))
+                vec![Message::Fingerprints(Fingerprints { level, nodes })]
             }
             Answer::Buckets(buckets) => {
+                let mut out = Vec::new();
                 let mut chunk = Vec::new();
                 let mut size = 0;
                 for (bucket, docs) in buckets {
@@ -124,12 +214,13 @@ impl Replica {
                     chunk.push(Bucket { bucket, docs });
                     if size >= BATCH_BUDGET / 4 {
                         size = 0;
-                        self.send_reconcile(from, Message::Items(std::mem::take(&mut chunk)));
+                        out.push(Message::Items(std::mem::take(&mut chunk)));
                     }
                 }
                 if !chunk.is_empty() {
-                    self.send_reconcile(from, Message::Items(chunk));
+                    out.push(Message::Items(chunk));
                 }
+                out
             }
         }
     }
@@ -384,12 +475,17 @@ impl Replica {
     }
 
     pub(super) fn send_reconcile(&mut self, to: &str, msg: Message) {
-        self.stats.reconcile_messages += 1;
-        self.stats.reconcile_bytes += wire::encoded_len(&msg) as u64;
+        self.count_reconcile(&msg);
         self.effects.push(Effect::Send {
             to: to.to_string(),
             msg,
         });
+    }
+
+    /// Counts a reconciliation message, alone or riding on a push.
+    fn count_reconcile(&mut self, msg: &Message) {
+        self.stats.reconcile_messages += 1;
+        self.stats.reconcile_bytes += wire::encoded_len(msg) as u64;
     }
 
     pub(super) fn start_sync(&mut self, now: u64, peer: &str, doc: &str) {

@@ -7,7 +7,7 @@
 //! What is timed: the periodic reconciliation (with one peer per period, in turn), a
 //! reconciliation asked for by a failed send or a lost link (with its backoff),
 //! acknowledgements a full link could not take (sent `retry_ms` later), receipts of pushed
-//! changes that no push carried (sent alone `lag::RECEIPT_ALONE_MS` later), sync sessions
+//! changes that no push carried (sent alone `peers::ALONE_AFTER_MS` later), sync sessions
 //! without a message for `session_timeout_ms`, repairs held for an answer
 //! (`repair_hold_ms`, longer on slow links: see `rtt`), client requests unanswered for
 //! `unavailable_after_ms`, changes of failed persist batches, and the handoff of documents
@@ -40,6 +40,9 @@ impl Replica {
                 at(t);
             }
             if let Some(t) = p.receipt_at {
+                at(t);
+            }
+            if let Some(t) = p.ride.alone_at() {
                 at(t);
             }
             if let Some(last) = p.sessions.values().map(|(_, last)| *last).min() {
@@ -105,6 +108,7 @@ impl Replica {
         for doc in self.gate.expire(now, self.repair_hold_ms()) {
             self.release_held(now, &doc);
         }
+        self.ride(now);
         let periodic = now.saturating_sub(self.last_anti_entropy) >= self.config.anti_entropy_ms;
         let turn = if periodic {
             self.last_anti_entropy = now;
@@ -120,7 +124,7 @@ impl Replica {
         // `handoff::filled_from`).
         let every = periodic && !self.filling().is_empty();
         let max_wait = self.config.anti_entropy_ms;
-        let due: Vec<String> = self
+        let due: Vec<(String, bool)> = self
             .peers
             .iter_mut()
             .filter_map(|(id, p)| {
@@ -131,11 +135,17 @@ impl Replica {
                 if asked {
                     p.reconcile_opened(now, max_wait);
                 }
-                Some(id.clone())
+                Some((id.clone(), asked || every))
             })
             .collect();
-        for peer in due {
-            self.open_reconcile(&peer);
+        // A round in turn rides on pushes; one asked for, or of a node filling partitions,
+        // opens at once.
+        for (peer, at_once) in due {
+            if at_once {
+                self.open_reconcile(&peer);
+            } else {
+                self.open_routine(now, &peer);
+            }
         }
     }
 }

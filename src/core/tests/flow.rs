@@ -246,7 +246,7 @@ fn change_waiting_for_dependencies_is_acked_only_once_applicable_and_durable() {
         "b cannot show the change from its storage either"
     );
     // Anti-entropy brings the dependency: then both are durable and b acknowledges.
-    c.tick_all(10_000);
+    c.run_for(10_000);
     assert_eq!(c.acked, vec![("a".into(), "d".into(), second, "b".into())]);
     let reloaded = c.reload("b").heads();
     assert_eq!(reloaded, c.heads("a"));
@@ -294,11 +294,23 @@ fn an_idle_replica_asks_to_be_woken_only_for_anti_entropy() {
         "{next}"
     );
     assert_eq!(c.nodes["b"].poll_timeout(), None);
-    // Handling that timeout opens a round and moves the next one a period on.
+    // Handling that timeout opens a round, whose opening waits for a push to ride on and
+    // goes on a push without changes when none went; then the next round is a period on.
     c.now = next;
     let rounds = c.nodes["a"].stats().reconcile_rounds;
     c.node("a").handle_timeout(next);
     c.pump("a");
+    assert!(c.net.is_empty());
+    let alone = next + crate::core::peers::ALONE_AFTER_MS;
+    assert_eq!(c.nodes["a"].poll_timeout(), Some(alone));
+    c.now = alone;
+    c.node("a").handle_timeout(alone);
+    c.pump("a");
+    assert!(matches!(
+        c.net.front(),
+        Some((_, _, Message::Push { groups, fingerprints, .. }))
+            if groups.is_empty() && fingerprints.len() == 1
+    ));
     c.run();
     assert_eq!(c.nodes["a"].stats().reconcile_rounds, rounds + 1);
     assert_eq!(
@@ -307,14 +319,14 @@ fn an_idle_replica_asks_to_be_woken_only_for_anti_entropy() {
     );
     // A write adds a receipt (b confirms what it got, alone since b pushes nothing back)
     // and nothing else that stays.
-    put(c.node("a"), next, "d", "k", 1, false);
+    put(c.node("a"), alone, "d", "k", 1, false);
     c.pump("a");
     c.run();
     assert_eq!(
         c.nodes["b"].poll_timeout(),
-        Some(next + crate::core::lag::RECEIPT_ALONE_MS)
+        Some(alone + crate::core::peers::ALONE_AFTER_MS)
     );
-    c.tick_all(crate::core::lag::RECEIPT_ALONE_MS);
+    c.tick_all(crate::core::peers::ALONE_AFTER_MS);
     assert_eq!(c.nodes["b"].poll_timeout(), None);
     assert_eq!(c.nodes["a"].peer_lag("b").map(|l| l.changes), Some(0));
 }

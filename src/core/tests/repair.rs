@@ -53,7 +53,10 @@ fn lost_push_is_repaired_by_reconciliation_on_tick() {
     let list = effects(c.node("a"));
     assert_eq!(pushes_to(&list, "b").len(), 1);
     assert!(c.heads("b").is_empty());
-    c.tick_all(1_000);
+    // The round opens after a period; with no changes to push, each of its five steps
+    // (three levels of fingerprints, the items, the ask) waits for a push to ride on and
+    // then goes on a push of its own.
+    c.run_for(500 + 5 * crate::core::peers::ALONE_AFTER_MS);
     assert_eq!(c.heads("a"), c.heads("b"));
     let (sa, sb) = (c.nodes["a"].stats(), c.nodes["b"].stats());
     assert!(sa.reconcile_rounds >= 1, "a opens: its id is the smaller");
@@ -345,18 +348,25 @@ fn each_period_every_node_opens_one_round_and_every_pair_has_its_turn() {
     }
     c.run();
     let mut pairs = BTreeMap::new();
-    // Five nodes: every pair once in two (5 / 2) periods, by one side.
+    // Five nodes: every pair once in two (5 / 2) periods, by one side (the openings go
+    // alone once they waited for a push to ride on).
     for _ in 0..2 {
-        c.now += period;
-        for id in ids {
-            let now = c.now;
-            c.node(id).handle_timeout(now);
-            c.pump(id);
+        for wait in [period, crate::core::peers::ALONE_AFTER_MS] {
+            c.now += wait;
+            for id in ids {
+                let now = c.now;
+                c.node(id).handle_timeout(now);
+                c.pump(id);
+            }
         }
         let openings: Vec<(String, String)> = c
             .net
             .iter()
-            .filter(|(_, _, m)| matches!(m, Message::Fingerprints(_)))
+            .filter(|(_, _, m)| {
+                // An opening (level 1), not the answer of a round before (level 0).
+                matches!(m, Message::Push { groups, fingerprints, .. }
+                    if groups.is_empty() && fingerprints.iter().any(|f| f.level == 1))
+            })
             .map(|(from, to, _)| (from.clone(), to.clone()))
             .collect();
         assert_eq!(
@@ -461,7 +471,62 @@ fn receipts_ride_on_pushes_the_other_way() {
         c.now += 100;
     }
     // With nothing to push back, the receipt goes alone a while later.
-    c.tick_all(crate::core::lag::RECEIPT_ALONE_MS);
+    c.tick_all(crate::core::peers::ALONE_AFTER_MS);
     assert_eq!(c.nodes["b"].peer_lag("a").map(|l| l.changes), Some(0));
     assert_eq!(c.nodes["a"].peer_lag("b").map(|l| l.changes), Some(0));
+}
+
+#[test]
+fn routine_rounds_ride_on_pushes_and_find_a_lost_push() {
+    let config = CoreConfig::default();
+    let period = config.anti_entropy_ms;
+    let mut c = Cluster::new(&["a", "b"], config);
+    c.link("a", "b");
+    c.run();
+    // a's push of "lost" never arrives.
+    c.put("a", "lost", "k", 1, false);
+    c.pump("a");
+    c.net.clear();
+    c.sent.clear();
+    let rounds = c.nodes["a"].stats().reconcile_rounds;
+    // Both write every 250 ms for three periods, so pushes go both ways all the time.
+    let step = 250;
+    for i in 0..3 * period / step {
+        c.now += step;
+        c.put("a", &format!("a{}", i % 4), "k", i as i64, false);
+        c.put("b", &format!("b{}", i % 4), "k", i as i64, false);
+        for id in ["a", "b"] {
+            let now = c.now;
+            c.node(id).handle_timeout(now);
+            c.pump(id);
+        }
+        c.run();
+    }
+    assert_eq!(c.heads("a"), c.heads("b"), "the lost push was repaired");
+    assert!(c.nodes["a"].stats().reconcile_rounds >= rounds + 2);
+    let rode = |from: &str| {
+        c.sent
+            .iter()
+            .filter(|(f, _, m)| {
+                f == from
+                    && matches!(m, Message::Push { groups, fingerprints, .. }
+                        if !groups.is_empty() && !fingerprints.is_empty())
+            })
+            .count()
+    };
+    assert!(
+        rode("a") > 0 && rode("b") > 0,
+        "fingerprints rode both ways"
+    );
+    // Nothing but pushes with changes, and the items, ask and acknowledgement of the
+    // repair.
+    let other: Vec<_> = c
+        .sent
+        .iter()
+        .filter(|(_, _, m)| match m {
+            Message::Push { groups, .. } => groups.is_empty(),
+            m => !matches!(m, Message::Items(_) | Message::Want(_) | Message::Ack(_)),
+        })
+        .collect();
+    assert!(other.is_empty(), "{other:?}");
 }
