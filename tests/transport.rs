@@ -513,6 +513,46 @@ async fn simultaneous_dialing_ends_with_one_connection() {
     }
 }
 
+/// A dial still waiting for its QUIC handshake (as one begun while the peer was down, whose
+/// packets QUIC resends ever more rarely) does not hold up the peer's own dial: the smaller
+/// id admits the larger's connection at once and abandons its attempt, which so never
+/// fails (before, it refused that connection until its attempt ended, a second or more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_waiting_for_its_handshake_yields_to_the_peers_connection() {
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    // n1 dials an address where nothing answers: its attempt waits 1 s for a handshake.
+    let dead = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
+    a.t.connect("n2", dead);
+    let mut b = start("n2", &ids[1], &["n1", "n2"]).await;
+    b.t.connect("n1", a.t.local_addr());
+    expect_up(&mut a, "n2").await;
+    expect_up(&mut b, "n1").await;
+    assert_eq!(
+        a.t.stats().peers["n2"].dial_failures,
+        0,
+        "n1's attempt ended before the link came up"
+    );
+    b.t.send("n1", msg(3)).unwrap();
+    assert_eq!(seq(&receive(&mut a, "n2", 1).await[0]), 3);
+    // The abandoned attempt neither fails nor disturbs the link.
+    let seen = collect_for(&mut a, Duration::from_millis(1_500)).await;
+    assert!(
+        !seen.iter().any(|e| matches!(
+            e,
+            TransportEvent::Up(_) | TransportEvent::Down(_) | TransportEvent::DialFailed(_)
+        )),
+        "{seen:?}"
+    );
+    assert_eq!(a.t.stats().peers["n2"].dial_failures, 0);
+    assert_eq!(a.t.connected(), vec!["n2".to_string()]);
+    a.t.shutdown().await;
+    b.t.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_refuses_messages_and_keeps_order() {
     let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();

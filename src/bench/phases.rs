@@ -460,6 +460,7 @@ pub(crate) async fn catchup(
     let mut compared_since_counted = false;
     let mut last_seen = (0, Instant::now());
     let mut next_listing = Instant::now() + STALL;
+    let mut next_report = Instant::now() + Duration::from_secs(1);
     let (seconds, listing_took) = loop {
         if first_link_s.is_none() && status.peers.iter().any(|p| p.connected) {
             let at = start.elapsed().as_secs_f64();
@@ -471,6 +472,13 @@ pub(crate) async fn catchup(
         }
         let seen =
             status.core.local_changes + status.core.remote_changes + status.core.repaired_changes;
+        if Instant::now() >= next_report && counted.is_none() {
+            next_report += Duration::from_secs(1);
+            progress(format!(
+                "catch-up: {seen} of {behind} changes after {:.1} s",
+                start.elapsed().as_secs_f64()
+            ));
+        }
         if seen != last_seen.0 && counted.is_none() {
             last_seen = (seen, Instant::now());
             next_listing = next_listing.max(last_seen.1 + STALL);

@@ -4,9 +4,12 @@
 //! The rules keep at most one link per peer on each side, and the same one on both sides:
 //! - A dial starts only while the peer has no link (`begin_dial`, atomically with admission).
 //! - Simultaneous dials: the node with the smaller id refuses the larger's connection while
-//!   its own dial is in progress or has succeeded (`Refusal::Duplicate`); it waits (bounded)
-//!   for its own attempt before deciding, so the refused connection was never used and no
-//!   message is lost in it. The larger node only ever admits the survivor.
+//!   its own handshaken dial exchanges Hellos or has succeeded (`Refusal::Duplicate`); it
+//!   waits (bounded) for that attempt before deciding, so the refused connection was never
+//!   used and no message is lost in it. The larger node only ever admits the survivor. A
+//!   dial of ours still waiting for its QUIC handshake yields: the larger's connection is
+//!   admitted, and ours, once handshaken, finds the link and closes before its Hello
+//!   (`dial_handshaken`).
 //! - Any other admitted connection replaces the existing link, which is then stale: its
 //!   dialer only dialed because it had lost it (for example after a restart). The peer
 //!   sees Down then Up in that case.
@@ -19,7 +22,7 @@ use std::time::Duration;
 
 use super::frames::FrameReader;
 use super::link;
-use super::peers::{Link, Session, SharedQueue};
+use super::peers::{Dialing, Link, Session, SharedQueue};
 use super::state::{code, Inner, WriterGuard};
 use super::stats::PeerCounters;
 use super::TransportEvent;
@@ -152,7 +155,7 @@ impl Inner {
             }
         }
         let own_link = p.link.as_ref().is_some_and(|l| l.dialed_by_us);
-        if we_are_smaller && !dialed_by_us && (*p.dialing.borrow() || own_link) {
+        if we_are_smaller && !dialed_by_us && (*p.dialing.borrow() == Dialing::Hello || own_link) {
             return Err(Refusal::Duplicate);
         }
         let old = p.set_link(Some(Link {
@@ -222,25 +225,42 @@ impl Inner {
         if p.link.is_some() {
             return DialPermit::HasLink;
         }
-        p.dialing.send_replace(true);
+        p.dialing.send_replace(Dialing::Handshake);
         DialPermit::Go
+    }
+
+    /// Our dial attempt to `peer` is handshaken: true (and it goes on to the Hellos) unless
+    /// a link came up meanwhile (the peer dialed us), atomically with admissions.
+    pub(crate) fn dial_handshaken(&self, peer: &str) -> bool {
+        let peers = self.peers();
+        let Some(p) = peers.by_id.get(peer) else {
+            return false;
+        };
+        if p.link.is_some() {
+            return false;
+        }
+        p.dialing.send_replace(Dialing::Hello);
+        true
     }
 
     /// Ends the dial attempt marked by [`Inner::begin_dial`].
     pub(crate) fn end_dial(&self, peer: &str) {
         if let Some(p) = self.peers().by_id.get(peer) {
-            p.dialing.send_replace(false);
+            p.dialing.send_replace(Dialing::No);
         }
     }
 
-    /// When a peer with a larger id dials us while we are dialing it, waits (at most
-    /// `limit`) for our own attempt to end, so that admission can keep ours and refuse
-    /// theirs before either is used. Returns at once when we are not dialing.
+    /// When a peer with a larger id dials us while our own handshaken attempt exchanges
+    /// Hellos, waits (at most `limit`) for that attempt to end, so that admission can keep
+    /// ours and refuse theirs before either is used. Returns at once when we are not
+    /// dialing, or still wait for our QUIC handshake: theirs is done, so it is kept, and
+    /// ours gives up once handshaken (see [`Inner::dial_handshaken`]), as an attempt begun
+    /// while the peer was down can take seconds to reach it once it is back.
     pub(crate) async fn await_own_dial(&self, peer: &str, limit: Duration) {
         if self.settings.node.as_str() >= peer {
             return;
         }
         let mut dialing = self.peers().get_or_create(peer).dialing.subscribe();
-        let _ = tokio::time::timeout(limit, dialing.wait_for(|d| !*d)).await;
+        let _ = tokio::time::timeout(limit, dialing.wait_for(|d| *d != Dialing::Hello)).await;
     }
 }

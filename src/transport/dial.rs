@@ -308,7 +308,13 @@ async fn dial_once(
     let server_name = node_dns_name(&t.peer);
     let connecting = endpoint.connect_with(inner.client_config.clone(), t.addr, &server_name)?;
     drop(endpoint);
-    let conn = match tokio::time::timeout(handshake, connecting).await {
+    // A link that comes up meanwhile (the peer dialed us) ends the attempt.
+    let mut connected = t.connected.clone();
+    let handshaken = tokio::select! {
+        r = tokio::time::timeout(handshake, connecting) => r,
+        _ = connected.wait_for(|c| *c) => return Ok(Outcome::Duplicate),
+    };
+    let conn = match handshaken {
         Err(_) => return Err(DialError::HandshakeTimeout),
         Ok(Err(e)) => {
             if is_tls_failure(&e) {
@@ -321,6 +327,10 @@ async fn dial_once(
         }
         Ok(Ok(conn)) => conn,
     };
+    if !inner.dial_handshaken(&t.peer) {
+        conn.close(code::DUPLICATE, b"linked meanwhile");
+        return Ok(Outcome::Duplicate);
+    }
     let Some(version) = negotiated_version(&conn) else {
         let why = "the handshake chose no protocol version".to_string();
         return Err(refuse(inner, &conn, Reject::BadHello, why));

@@ -54,8 +54,20 @@ pub(super) struct Peer {
     pub(super) counters: Arc<PeerCounters>,
     /// Whether `link` is set; the dial loop waits for it to become false.
     pub(super) connected: watch::Sender<bool>,
-    /// A dial attempt of ours is in progress (see `Inner::begin_dial`).
-    pub(super) dialing: watch::Sender<bool>,
+    /// Where a dial attempt of ours is (see `Inner::begin_dial`).
+    pub(super) dialing: watch::Sender<Dialing>,
+}
+
+/// Where our dial attempt to a peer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dialing {
+    /// None in progress.
+    No,
+    /// Waiting for the QUIC handshake (which, for an attempt begun while the peer was down,
+    /// may only complete seconds after it is back).
+    Handshake,
+    /// Handshaken, exchanging Hellos: about to be admitted.
+    Hello,
 }
 
 impl Peer {
@@ -66,7 +78,7 @@ impl Peer {
             session: None,
             counters: Arc::default(),
             connected: watch::Sender::new(false),
-            dialing: watch::Sender::new(false),
+            dialing: watch::Sender::new(Dialing::No),
         }
     }
 
