@@ -224,9 +224,10 @@ pub enum Message {
     /// Connection handshake.
     Hello(Hello),
     /// New changes, grouped by document and origin, with the sender's receipt of what it
-    /// received on this connection when one is due and the fingerprints of a routine
+    /// received on this connection when one is due and the fingerprints of a periodic
     /// anti-entropy round (what rides on a push costs no message of its own; see
-    /// [`Message::Receipt`] and `core::replica::repair`).
+    /// [`Message::Receipt`] and `core::replica::repair`). A push may carry no changes, only
+    /// fingerprints that waited too long for changes to ride with.
     Push {
         /// The changes.
         groups: Vec<DocChanges>,

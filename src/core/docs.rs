@@ -286,6 +286,11 @@ pub(crate) struct Docs {
     lent: HashMap<String, Vec<ChangeHash>>,
     /// Changes accepted without loading their document, until durable.
     unsaved: HashMap<String, Unsaved>,
+    /// The documents of `unsaved` by the persist batch that took their last changes, so
+    /// that a batch made durable settles its own documents without a look at all the others
+    /// ([`Docs::settle_unsaved`]; a catching-up node may hold 100,000). Entries of documents
+    /// since batched again, loaded or settled are stale and skipped.
+    settling: BTreeMap<u64, HashSet<String>>,
     /// A stored log read for the work resumed now (see [`Docs::read_done`]).
     fetched: Option<(String, StoredLog)>,
     /// Heads of documents not in memory learnt lately (from a log read, or changes taken
@@ -314,6 +319,7 @@ impl Docs {
             reading: HashMap::new(),
             lent: HashMap::new(),
             unsaved: HashMap::new(),
+            settling: BTreeMap::new(),
             fetched: None,
             known: HashMap::new(),
             budget,
@@ -576,6 +582,10 @@ impl Docs {
             self.resize(id);
         } else if let Some(u) = self.unsaved.get_mut(id) {
             u.token = token;
+            self.settling
+                .entry(token)
+                .or_default()
+                .insert(id.to_string());
         }
     }
 
@@ -628,20 +638,39 @@ impl Docs {
         Some((fresh, heads))
     }
 
-    /// Forgets accepted unloaded changes once durable (`durable(doc, token)` is true); the
-    /// store has them then.
-    /// A read under way may have missed them: they stay until it is done.
-    pub(crate) fn settle_unsaved(&mut self, durable: impl Fn(&str, u64) -> bool) {
-        let settled: Vec<String> = self
-            .unsaved
-            .iter()
-            .filter(|(doc, u)| !self.reading.contains_key(*doc) && durable(doc, u.token))
-            .map(|(doc, _)| doc.clone())
+    /// Forgets accepted unloaded changes once durable (the batch that took the last of them
+    /// is `durable`), unless `held` (written again after a failed batch): the store has
+    /// them then. A read under way may have missed them: they stay until it is done. Looks
+    /// only at the documents of durable batches.
+    pub(crate) fn settle_unsaved(
+        &mut self,
+        durable: impl Fn(u64) -> bool,
+        held: impl Fn(&str) -> bool,
+    ) {
+        let tokens: Vec<u64> = self
+            .settling
+            .keys()
+            .copied()
+            .filter(|&t| durable(t))
             .collect();
-        for doc in settled {
-            if let Some(u) = self.unsaved.remove(&doc) {
-                // Durable: the store's heads now.
-                self.learn(&doc, u.heads);
+        for token in tokens {
+            let Some(docs) = self.settling.remove(&token) else {
+                continue;
+            };
+            let mut keep = HashSet::new();
+            for doc in docs {
+                if self.unsaved.get(&doc).is_none_or(|u| u.token != token) {
+                    continue; // stale
+                }
+                if self.reading.contains_key(&doc) || held(&doc) {
+                    keep.insert(doc);
+                } else if let Some(u) = self.unsaved.remove(&doc) {
+                    // Durable: the store's heads now.
+                    self.learn(&doc, u.heads);
+                }
+            }
+            if !keep.is_empty() {
+                self.settling.insert(token, keep);
             }
         }
     }

@@ -621,7 +621,7 @@ impl Replica {
         // with changes of a failed batch still to write).
         let (batches, retry) = (&self.batches, &self.retry);
         self.docs
-            .settle_unsaved(|doc, t| batches.is_durable(t) && !retry.holds(doc));
+            .settle_unsaved(|t| batches.is_durable(t), |doc| retry.holds(doc));
         let Some(work) = work else {
             return;
         };

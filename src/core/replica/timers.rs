@@ -7,12 +7,13 @@
 //! What is timed: the periodic reconciliation (with one peer per period, in turn), a
 //! reconciliation asked for by a failed send or a lost link (with its backoff),
 //! acknowledgements a full link could not take (sent `retry_ms` later), receipts of pushed
-//! changes that no push carried (sent alone `peers::ALONE_AFTER_MS` later), sync sessions
-//! without a message for `session_timeout_ms`, repairs held for an answer
-//! (`repair_hold_ms`, longer on slow links: see `rtt`), client requests unanswered for
-//! `unavailable_after_ms`, changes of failed persist batches, and the handoff of documents
-//! stored here but replicated elsewhere (once per anti-entropy period while there are
-//! any).
+//! changes that no push carried (sent alone `peers::ALONE_AFTER_MS` later), a periodic
+//! round's fingerprints that no push carried (sent on a push of their own as long after
+//! they were due), sync sessions without a message for `session_timeout_ms`, repairs held
+//! for an answer (`repair_hold_ms`, longer on slow links: see `rtt`), client requests
+//! unanswered for `unavailable_after_ms`, changes of failed persist batches, and the
+//! handoff of documents stored here but replicated elsewhere (once per anti-entropy period
+//! while there are any).
 
 use super::Replica;
 use crate::core::Effect;

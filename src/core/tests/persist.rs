@@ -1,10 +1,11 @@
 //! Persist batches that storage failed: no acknowledgement, no bookkeeping left behind, and
-//! the changes written again (their documents kept in memory meanwhile).
+//! the changes written again (their documents kept in memory meanwhile); changes taken
+//! without loading their document kept until the batch with the last of them is durable.
 
 use super::cache::{linked_to_stored, loaded, settle, stored_replica};
 use super::*;
 use crate::core::Fetched;
-use crate::storage::{DocAppend, Store};
+use crate::storage::{DocAppend, MemoryStore, Store};
 
 /// The one persist batch among `list`, taken.
 fn take_persist(list: Vec<Effect>) -> (u64, Vec<DocAppend>) {
@@ -112,8 +113,8 @@ fn a_document_whose_persist_failed_stays_in_memory_until_it_is_written() {
     assert_eq!(loaded(&mut a, &mut store, "d0").get_heads(), vec![hash]);
 }
 
-#[test]
-fn changes_taken_unloaded_whose_persist_failed_are_kept_until_written() {
+/// `linked_to_stored`, with a document "d" written by a, stored by b and evicted there.
+fn d_stored_and_evicted() -> (Replica, Replica, MemoryStore) {
     let (mut a, mut b, mut store) = linked_to_stored();
     put(&mut a, 1, "d", "k", 1, false);
     deliver(&mut a, &mut b, 1);
@@ -122,10 +123,11 @@ fn changes_taken_unloaded_whose_persist_failed_are_kept_until_written() {
     put(&mut b, 2, "other", "k", 1, false);
     settle(&mut b, &mut store);
     assert!(b.doc("d").is_none(), "evicted");
-    // a's second change is taken without loading "d" (its stored log is read), and its
-    // batch fails.
-    let second = put(&mut a, 3, "d", "k", 2, false);
-    deliver(&mut a, &mut b, 3);
+    (a, b, store)
+}
+
+/// Flushes `b` and serves its reads, which must be of logs only, from `store`.
+fn read_logs(b: &mut Replica, store: &MemoryStore) {
     b.flush();
     for e in b.drain_effects() {
         if let Effect::Read { doc, kind } = e {
@@ -134,6 +136,16 @@ fn changes_taken_unloaded_whose_persist_failed_are_kept_until_written() {
             b.read_done(3, &doc, fetched);
         }
     }
+}
+
+#[test]
+fn changes_taken_unloaded_whose_persist_failed_are_kept_until_written() {
+    let (mut a, mut b, mut store) = d_stored_and_evicted();
+    // a's second change is taken without loading "d" (its stored log is read), and its
+    // batch fails.
+    let second = put(&mut a, 3, "d", "k", 2, false);
+    deliver(&mut a, &mut b, 3);
+    read_logs(&mut b, &store);
     let (token, docs) = take_persist(effects(&mut b));
     b.persist_failed(&[token], docs);
     assert!(b.doc("d").is_none(), "taken without loading it");
@@ -151,4 +163,31 @@ fn changes_taken_unloaded_whose_persist_failed_are_kept_until_written() {
     let doc = loaded(&mut b, &mut store, "d");
     assert_eq!(doc.get_heads(), vec![third]);
     assert!(doc.get_change_meta_by_hash(&second).is_some());
+}
+
+#[test]
+fn changes_taken_unloaded_stay_until_the_batch_with_the_last_of_them_is_durable() {
+    let (mut a, mut b, mut store) = d_stored_and_evicted();
+    // A second change is taken without loading "d" (its log read first) into one batch,
+    // a third on top of it into the next.
+    put(&mut a, 3, "d", "k", 2, false);
+    deliver(&mut a, &mut b, 3);
+    read_logs(&mut b, &store);
+    let (first, docs) = take_persist(effects(&mut b));
+    let third = put(&mut a, 4, "d", "k", 3, false);
+    deliver(&mut a, &mut b, 4);
+    let (second, later) = take_persist(effects(&mut b));
+    assert!(b.doc("d").is_none(), "taken without loading it");
+    // The first batch is durable, the second not yet: the third change is only in memory,
+    // and must stay there.
+    store.append(&docs).unwrap();
+    b.persisted(first);
+    assert_eq!(loaded(&mut b, &mut store, "d").get_heads(), vec![third]);
+    store.append(&later).unwrap();
+    b.persisted(second);
+    let stored = store.load_all().unwrap();
+    assert_eq!(
+        stored.iter().find(|s| s.id == "d").unwrap().changes.len(),
+        3
+    );
 }
