@@ -557,9 +557,27 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
 }
 
 /// Encodes `msg` in `version` (one of [`VERSIONS`]) as a complete message (in version 5,
-/// what rides on a push follows it as messages of their own: see [`v5::follow_up`]). [`WireError::NotInVersion`] if
-/// that version has no such message.
+/// what rides on a push follows it as messages of their own: see [`v5::follow_up`]).
+/// [`WireError::NotInVersion`] if that version has no such message.
 pub fn encode_as(msg: &Message, version: u8) -> Result<Vec<u8>, WireError> {
+    if version == v5::VERSION {
+        // Version 5 has no use for a push without changes: only what rides on it goes.
+        let bare = matches!(msg, Message::Push { groups, .. } if groups.is_empty());
+        let mut framed = if bare {
+            Vec::new()
+        } else {
+            encode_one(msg, version)?
+        };
+        for next in v5::follow_up(msg) {
+            framed.extend(encode_one(&next, version)?);
+        }
+        return Ok(framed);
+    }
+    encode_one(msg, version)
+}
+
+/// Encodes `msg` in `version` as one complete message.
+fn encode_one(msg: &Message, version: u8) -> Result<Vec<u8>, WireError> {
     let mut out = vec![0u8; HEADER_LEN];
     out.push(version);
     match version {
@@ -573,16 +591,7 @@ pub fn encode_as(msg: &Message, version: u8) -> Result<Vec<u8>, WireError> {
             )))
         }
     }
-    // Version 5 has no use for a push without changes: only what rides on it goes.
-    let bare =
-        version == v5::VERSION && matches!(msg, Message::Push { groups, .. } if groups.is_empty());
-    let mut framed = if bare { Vec::new() } else { frame(out)? };
-    if version == v5::VERSION {
-        for next in v5::follow_up(msg) {
-            framed.extend(encode_as(&next, version)?);
-        }
-    }
-    Ok(framed)
+    frame(out)
 }
 
 /// Frames `out`, a payload after [`HEADER_LEN`] reserved bytes.

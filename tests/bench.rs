@@ -196,6 +196,12 @@ fn run_bench(base: &[&str], args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The report's JSON: the last line of a bench's stdout.
+fn last_json(stdout: &str) -> serde_json::Value {
+    let line = stdout.lines().last().expect("a JSON line");
+    serde_json::from_str(line).expect("one line of JSON")
+}
+
 /// `--link-delay-ms 20`: every directed link through a relay delaying each datagram by
 /// 20 ms. The run completes and reports its links; nothing can be seen sooner than one
 /// delay after it was written, nor acknowledged by every node sooner than a round trip.
@@ -211,8 +217,7 @@ fn a_bench_over_slow_links_completes_and_reports_them() {
         "--json",
     ]);
     assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let line = stdout.lines().last().expect("a JSON line");
-    let json: serde_json::Value = serde_json::from_str(line).expect("one line of JSON");
+    let json = last_json(&stdout);
     assert_eq!(json["converged"], true, "{json}");
     assert_eq!(json["link_delay_ms"], 20, "{json}");
     assert_eq!(json["link_jitter_ms"], 0, "{json}");
@@ -265,8 +270,7 @@ fn links_with_round_trips_over_a_second_come_up() {
         ],
     );
     assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let line = stdout.lines().last().expect("a JSON line");
-    let json: serde_json::Value = serde_json::from_str(line).expect("one line of JSON");
+    let json = last_json(&stdout);
     assert_eq!(json["converged"], true, "{json}");
     assert!(json["link_rtt_ms"].as_f64() >= Some(1_200.0), "{json}");
     assert_eq!(json["links_lost"], 0, "{json}");
@@ -352,8 +356,7 @@ fn the_cli_places_preloaded_documents_on_their_replicas() {
         ),
         "{stderr}"
     );
-    let line = stdout.lines().last().expect("a JSON line");
-    let json: serde_json::Value = serde_json::from_str(line).expect("one line of JSON");
+    let json = last_json(&stdout);
     assert_eq!(json["converged"], true);
     assert_eq!(json["replicas"], 2);
     let stored = json["stored_docs_per_node"].as_f64().expect("a number");
@@ -485,8 +488,7 @@ fn the_cli_preloads_in_a_child_process_and_reports_the_new_fields() {
         stderr.contains("preload: 150/150 documents in each of 2 stores"),
         "the child's progress is shown: {stderr}"
     );
-    let line = stdout.lines().last().expect("a JSON line");
-    let json: serde_json::Value = serde_json::from_str(line).expect("one line of JSON");
+    let json = last_json(&stdout);
     assert_eq!(json["preload"], 150);
     assert_eq!(json["converged"], true);
     assert!(json["preload_s"].as_f64().unwrap() > 0.0);
@@ -510,8 +512,7 @@ fn tiny_sync_clients_bench_reports_latency_and_held_clients() {
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stderr.contains("bench: sync: "), "progress lines: {stderr}");
     assert!(stdout.contains("hold: 20/20 clients on n1"), "{stdout}");
-    let line = stdout.lines().last().expect("a JSON line");
-    let json: serde_json::Value = serde_json::from_str(line).expect("one line of JSON");
+    let json = last_json(&stdout);
     assert_eq!(json["sync_clients_per_node"], 3);
     assert_eq!(json["nodes"], 3);
     let samples = json["sync_latency_samples"].as_u64().unwrap();

@@ -44,6 +44,14 @@ fn init_tracing() {
         .try_init();
 }
 
+/// A loopback address with a free port (reserved, then freed): nothing listens there.
+fn free_addr() -> std::net::SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 async fn start_cfg(cfg: TransportConfig, events: usize) -> Node {
     init_tracing();
     let (tx, rx) = mpsc::channel(events);
@@ -521,10 +529,7 @@ async fn simultaneous_dialing_ends_with_one_connection() {
 async fn a_dial_waiting_for_its_handshake_yields_to_the_peers_connection() {
     let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
     // n1 dials an address where nothing answers: its attempt waits 1 s for a handshake.
-    let dead = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = free_addr();
     let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
     a.t.connect("n2", dead);
     let mut b = start("n2", &ids[1], &["n1", "n2"]).await;
@@ -638,11 +643,8 @@ async fn disconnect_stops_redialing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialing_a_dead_address_reports_failures_and_connects_later() {
     let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
-    // Reserve a port, free it, and dial it before anything listens there.
-    let addr = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Dial a free port before anything listens there.
+    let addr = free_addr();
     let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
     a.t.connect("n2", addr);
     expect(&mut a, "DialFailed", |e| {

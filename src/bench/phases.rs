@@ -21,10 +21,10 @@ use crate::wire::KINDS;
 /// load many share one commit).
 const IN_FLIGHT: usize = 256;
 
-/// Result of the throughput phase.
 /// Counts by message kind.
 pub(crate) type ByKind = [u64; KINDS as usize];
 
+/// Result of the throughput phase.
 pub(crate) struct Throughput {
     pub(crate) seconds: f64,
     pub(crate) bytes: u64,

@@ -277,10 +277,7 @@ impl Peer {
             ..
         }) = messages.last_mut()
         {
-            *receipt = self.lag.receipt_due();
-            if receipt.is_some() {
-                self.receipt_at = None;
-            }
+            *receipt = self.take_receipt();
             *fingerprints = std::mem::take(&mut self.ride.ready);
         }
         self.outbox_bytes = 0;
@@ -293,15 +290,21 @@ impl Peer {
         if self.ride.ready.is_empty() || self.has_pushes() {
             return None;
         }
+        Some(Message::Push {
+            groups: Vec::new(),
+            receipt: self.take_receipt(),
+            fingerprints: std::mem::take(&mut self.ride.ready),
+        })
+    }
+
+    /// The receipt owed to the peer, if one is, for a message about to go: none is then
+    /// owed alone.
+    pub(crate) fn take_receipt(&mut self) -> Option<(u64, u64)> {
         let receipt = self.lag.receipt_due();
         if receipt.is_some() {
             self.receipt_at = None;
         }
-        Some(Message::Push {
-            groups: Vec::new(),
-            receipt,
-            fingerprints: std::mem::take(&mut self.ride.ready),
-        })
+        receipt
     }
 
     /// Drops queued changes of `doc` that turned out to be invalid.

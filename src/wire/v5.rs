@@ -6,9 +6,9 @@
 //! release knows: the membership state without `replicas` ([`V5Form`]) and a node's view
 //! without its partition counts ([`NodeViewV5`]); a push carries changes only, and what
 //! rides on it in version 6 (a receipt, fingerprints) follows it as messages of their own
-//! ([`follow_up`]). Nothing else is sent on such a link,
-//! and what arrives must be exact (no unknown kinds, no bytes after the message): that
-//! release is frozen, and `tests/fixtures/wire/v5/` holds bytes it wrote itself.
+//! ([`follow_up`]). Nothing else is sent on such a link, and what arrives must be exact
+//! (no unknown kinds, no bytes after the message): that release is frozen, and
+//! `tests/fixtures/wire/v5/` holds bytes it wrote itself.
 //!
 //! Owns only the translation between [`Message`] and version 5's bytes; framing is
 //! [`super`]'s.

@@ -98,7 +98,7 @@ impl Replica {
             }
             if peer.receipt_at.is_some_and(|t| t <= now) {
                 peer.receipt_at = None;
-                if let Some((changes, bytes)) = peer.lag.receipt_due() {
+                if let Some((changes, bytes)) = peer.take_receipt() {
                     self.effects.push(Effect::Send {
                         to: id.clone(),
                         msg: Message::Receipt { changes, bytes },
