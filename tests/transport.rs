@@ -857,3 +857,49 @@ async fn a_message_larger_than_a_frame_crosses_plain_and_compressed_links() {
         b.t.shutdown().await;
     }
 }
+
+/// Waits up to `within` for `node`'s link to `peer` to come up.
+async fn expect_up_within(node: &mut Node, peer: &str, within: Duration) {
+    let want = TransportEvent::Up(peer.to_string());
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, node.rx.recv()).await {
+            Ok(Some(ev)) if ev == want => return,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{}: event channel closed", node.id),
+            Err(_) => panic!("{}: no link to {peer} within {within:?}", node.id),
+        }
+    }
+}
+
+/// Round trips of 2.5 s (1.25 s each way through the relays of `concordant::netem`): the
+/// dial that waits 4 s for its handshake gets one, and the Hello exchange after it waits
+/// three of the round trips the handshake measured, not the 2 s a fast link gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_with_round_trips_of_two_and_a_half_seconds_comes_up() {
+    use concordant::netem::{LinkFaults, Relays};
+    let ids = in_memory_identities(CLUSTER, &["n1", "n2"]).unwrap();
+    let relays = Relays::bind(2, 25).await.unwrap();
+    relays.set_all(LinkFaults::slow(
+        Duration::from_millis(1_250),
+        Duration::ZERO,
+        0.0,
+    ));
+    let mut a = start("n1", &ids[0], &["n1", "n2"]).await;
+    let mut b = start("n2", &ids[1], &["n1", "n2"]).await;
+    relays.set_target(0, a.t.local_addr());
+    relays.set_target(1, b.t.local_addr());
+    a.t.connect("n2", relays.route(0, 1));
+    b.t.connect("n1", relays.route(1, 0));
+    expect_up_within(&mut a, "n2", Duration::from_secs(60)).await;
+    expect_up_within(&mut b, "n1", Duration::from_secs(60)).await;
+    let rtt = a.t.stats().peers["n2"]
+        .rtt
+        .expect("the link's round trip time");
+    assert!(rtt >= Duration::from_millis(2_500), "{rtt:?}");
+    a.t.send("n2", msg(7)).unwrap();
+    assert_eq!(seq(&receive(&mut b, "n1", 1).await[0]), 7);
+    a.t.shutdown().await;
+    b.t.shutdown().await;
+}

@@ -1,6 +1,6 @@
 //! Rolling upgrades: a cluster of release 0.1.0 (commit 8962ab3, peer protocol 5) replaced
-//! one node at a time by this release under writes, with real `concordant node` processes
-//! of both; and the versions a node links with (the one before its own is served, an
+//! one node at a time by this release under writes, then one node rolled back to 0.1.0,
+//! with real `concordant node` processes of both; and the versions a node links with (the one before its own is served, an
 //! unknown one is refused with a clear log line).
 //!
 //! Release 0.1.0 is built from this repository's history once (`git archive` of the commit,
@@ -134,8 +134,22 @@ async fn replicates(from: &Access, to: &Access, doc: &str, key: &str) {
     }
 }
 
+/// [`replicates`] from `a` to `b`, then from `b` to `a`.
+async fn replicates_both_ways(a: &Access, b: &Access, doc: &str, tag: &str) {
+    replicates(a, b, doc, &format!("{tag}-there")).await;
+    replicates(b, a, doc, &format!("{tag}-back")).await;
+}
+
+/// The protocol version of `status`'s link to `peer` (null without one).
+fn protocol_with(status: &Value, peer: &str) -> Value {
+    status["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["id"] == peer))
+        .map_or(Value::Null, |p| p["protocol"].clone())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_upgrade_from_release_0_1_0_under_writes_loses_nothing() {
+async fn a_rolling_upgrade_from_release_0_1_0_and_a_roll_back_under_writes_lose_nothing() {
     let old = release_0_1_0();
     let new = PathBuf::from(BIN);
     assert_eq!(version_of(&old), "concordant 0.1.0");
@@ -180,16 +194,9 @@ async fn a_rolling_upgrade_from_release_0_1_0_under_writes_loses_nothing() {
         assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
         if i < 2 {
             // Mixed: the new node speaks protocol 5 with the last old node, both ways.
-            let last = cluster.access(2);
-            let peer = status["peers"]
-                .as_array()
-                .and_then(|p| p.iter().find(|p| p["id"] == "n3").cloned())
-                .unwrap_or(Value::Null);
-            assert_eq!(peer["protocol"], 5, "n{} to n3: {peer}", i + 1);
-            let up = format!("from-new-{i}");
-            replicates(&cluster.access(i), &last, &mixed, &up).await;
-            let down = format!("from-old-{i}");
-            replicates(&last, &cluster.access(i), &mixed, &down).await;
+            assert_eq!(protocol_with(&status, "n3"), 5, "n{} to n3", i + 1);
+            let tag = format!("new-{i}");
+            replicates_both_ways(&cluster.access(i), &cluster.access(2), &mixed, &tag).await;
         }
     }
     // Every node new: they speak this release's protocol with each other.
@@ -208,6 +215,15 @@ async fn a_rolling_upgrade_from_release_0_1_0_under_writes_loses_nothing() {
             tokio::time::sleep(POLL).await;
         }
     }
+    // Rolling back: n3 runs release 0.1.0 again on the store this release wrote (the same
+    // format), links in protocol 5, and replicates both ways while the writes go on.
+    cluster.terminate(2).await;
+    cluster.set_binary(2, &old);
+    cluster.restart(2).await;
+    wait_linked(&cluster, 2).await;
+    let status = cluster.access(0).status().await.expect("status");
+    assert_eq!(protocol_with(&status, "n3"), 5, "n1 to n3 rolled back");
+    replicates_both_ways(&cluster.access(0), &cluster.access(2), &mixed, "back").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     load.stop().await;
     let (verdict, _) = cluster.check(&load.history, Duration::from_secs(30)).await;

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use rustls_pki_types::CertificateDer;
 
 use super::admit::NewLink;
-use super::dial::{HANDSHAKE_TIMEOUT, HELLO_TIMEOUT};
+use super::dial::{hello_wait, HANDSHAKE_TIMEOUT};
 use super::frames::{FrameError, FrameReader};
 use super::state::{code, wait_closing, Inner};
 use super::stats::Reject;
@@ -143,8 +143,9 @@ async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
             detail,
         );
     };
+    let wait = hello_wait(&conn);
     let hello = read_hello(&conn, version);
-    let (frames, msg) = match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
+    let (frames, msg) = match tokio::time::timeout(wait, hello).await {
         Err(_) => {
             let detail = "no hello in time".to_string();
             return refuse(&inner, &conn, remote, Reject::BadHello, "no hello", detail);
@@ -174,7 +175,7 @@ async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
         );
         return refuse(&inner, &conn, remote, kind, reason, detail);
     }
-    let send = match tokio::time::timeout(HELLO_TIMEOUT, conn.open_uni()).await {
+    let send = match tokio::time::timeout(wait, conn.open_uni()).await {
         Ok(Ok(send)) => send,
         _ => {
             conn.close(code::DONE, b"cannot open a stream");
@@ -189,8 +190,8 @@ async fn accept_one(inner: Arc<Inner>, incoming: quinn::Incoming) {
             return;
         }
     };
-    // Well within the dialer's own hello timeout.
-    inner.await_own_dial(&hello.node, HELLO_TIMEOUT / 2).await;
+    // Well within the dialer's own hello wait.
+    inner.await_own_dial(&hello.node, wait / 2).await;
     let new = NewLink {
         conn,
         send,

@@ -31,17 +31,27 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const DIAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The handshake wait of a dial attempt after `timeouts` attempts in a row whose handshake
-/// timed out: 1, 2, 4 s, then 1 s again. A link with round trips of one to about two
-/// seconds comes up at the second or third attempt, and a peer that was down is still found
-/// by a short attempt soon after it is back.
+/// timed out: 1, 2, 4 s, then 1 s again. A link with round trips of one to four seconds
+/// comes up at the second or third attempt (those use
+/// [`super::tls::patient_transport_params`]), and a peer that was down is still found by a
+/// short attempt soon after it is back.
 fn handshake_wait(timeouts: u32) -> Duration {
     DIAL_HANDSHAKE_TIMEOUT
         .saturating_mul(1 << (timeouts % 3))
-        .min(HANDSHAKE_TIMEOUT)
+        .min(super::tls::PATIENT_HANDSHAKE)
 }
 
-/// Longest wait for the Hello exchange once the TLS handshake is done.
-pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Wait for the Hello exchange once the TLS handshake is done, on links with round trips
+/// below about 0.7 s; see [`hello_wait`].
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Wait for the Hello exchange on `conn`: [`HELLO_TIMEOUT`], or three of the round trips the
+/// handshake measured when that is longer (the exchange takes one, and the accepting side
+/// may hold its answer for up to half this wait; see [`Inner::await_own_dial`]), so that a
+/// link whose handshake came through also exchanges its Hellos.
+pub(crate) fn hello_wait(conn: &quinn::Connection) -> Duration {
+    HELLO_TIMEOUT.max(conn.rtt().saturating_mul(3))
+}
 
 /// A dial loop's peer and its controls.
 pub(crate) struct DialTarget {
@@ -306,7 +316,12 @@ async fn dial_once(
         return Ok(Outcome::Stopped);
     };
     let server_name = node_dns_name(&t.peer);
-    let connecting = endpoint.connect_with(inner.client_config.clone(), t.addr, &server_name)?;
+    let config = if handshake > DIAL_HANDSHAKE_TIMEOUT {
+        &inner.patient_client_config
+    } else {
+        &inner.client_config
+    };
+    let connecting = endpoint.connect_with(config.clone(), t.addr, &server_name)?;
     drop(endpoint);
     // A link that comes up meanwhile (the peer dialed us) ends the attempt.
     let mut connected = t.connected.clone();
@@ -315,7 +330,10 @@ async fn dial_once(
         _ = connected.wait_for(|c| *c) => return Ok(Outcome::Duplicate),
     };
     let conn = match handshaken {
-        Err(_) => return Err(DialError::HandshakeTimeout),
+        // QUIC's own idle timeout (heard nothing) ends a handshake as ours does.
+        Err(_) | Ok(Err(quinn::ConnectionError::TimedOut)) => {
+            return Err(DialError::HandshakeTimeout)
+        }
         Ok(Err(e)) => {
             if is_tls_failure(&e) {
                 inner.rejected.inc(Reject::Tls);
@@ -337,7 +355,7 @@ async fn dial_once(
     };
     let hello = inner.hello_frame(version)?;
     let exchange = exchange_hellos(&conn, &hello, version);
-    let (send, frames, answer) = match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
+    let (send, frames, answer) = match tokio::time::timeout(hello_wait(&conn), exchange).await {
         Err(_) => {
             if let Some(reason) = conn.close_reason() {
                 return Err(DialError::Connection(reason));

@@ -69,6 +69,9 @@ pub(crate) struct Inner {
     pub(crate) settings: Settings,
     pub(crate) local_addr: SocketAddr,
     pub(crate) client_config: quinn::ClientConfig,
+    /// [`Inner::client_config`] for dials after one whose handshake timed out: see
+    /// [`tls::patient_transport_params`].
+    pub(crate) patient_client_config: quinn::ClientConfig,
     pub(crate) rejected: RejectCounters,
     events: mpsc::Sender<TransportEvent>,
     endpoint: Mutex<Option<quinn::Endpoint>>,
@@ -161,6 +164,8 @@ impl Inner {
         };
         let server = tls::server_config(&cfg.node, &cfg.identity, timing)?;
         let client_config = tls::client_config(&cfg.node, &cfg.identity, timing)?;
+        let mut patient_client_config = client_config.clone();
+        patient_client_config.transport_config(Arc::new(tls::patient_transport_params(timing)?));
         let bind_error = |source| TransportError::Bind {
             addr: cfg.listen,
             source,
@@ -181,6 +186,7 @@ impl Inner {
             },
             local_addr,
             client_config,
+            patient_client_config,
             rejected: RejectCounters::default(),
             events,
             endpoint: Mutex::new(Some(endpoint)),

@@ -49,21 +49,42 @@ fn roots(node: &str, identity: &TlsIdentity) -> Result<Arc<RootCertStore>, Trans
 }
 
 /// Round-trip time assumed before the first sample.
-const INITIAL_RTT: std::time::Duration = std::time::Duration::from_millis(25);
+const INITIAL_RTT: Duration = Duration::from_millis(25);
+
+/// The longest round trip a patient handshake survives ([`patient_transport_params`]).
+pub const PATIENT_HANDSHAKE: Duration = Duration::from_secs(4);
 
 /// QUIC transport parameters: keep-alive and idle timeout from `timing`, one incoming
 /// unidirectional stream, no bidirectional streams, generous receive windows.
+///
+/// QUIC assumes 333 ms before it has measured the path, so a handshake packet lost to a
+/// peer that was down is resent only after about a second, which delays reconnecting to a
+/// restarted node. Cluster links are mostly short (the idle timeout is already about a
+/// second), so these start from a LAN-sized estimate; a real sample replaces it at once.
+/// A handshake then gives up when no answer came within the idle timeout: for slower
+/// links, see [`patient_transport_params`].
 pub fn transport_params(timing: Timing) -> Result<quinn::TransportConfig, TransportError> {
+    params(timing, INITIAL_RTT)
+}
+
+/// [`transport_params`] for a handshake that may wait up to [`PATIENT_HANDSHAKE`] for each
+/// answer. A QUIC connection that hears nothing for the longer of its idle timeout and
+/// three probe timeouts is dropped, and before its first sample a probe timeout is three
+/// times the assumed round trip: this assumes a ninth of [`PATIENT_HANDSHAKE`] (444 ms). The
+/// acceptor uses these (it must wait a round trip for the dialer's last handshake
+/// message), and so does a dial after one whose handshake timed out. Once the handshake
+/// has measured the round trip, the two are the same.
+pub fn patient_transport_params(timing: Timing) -> Result<quinn::TransportConfig, TransportError> {
+    params(timing, PATIENT_HANDSHAKE / 9)
+}
+
+fn params(timing: Timing, initial_rtt: Duration) -> Result<quinn::TransportConfig, TransportError> {
     let idle = IdleTimeout::try_from(timing.idle_timeout).map_err(|e| TransportError::Config {
         field: "idle_timeout",
         reason: e.to_string(),
     })?;
     let mut t = quinn::TransportConfig::default();
-    // QUIC assumes 333 ms before it has measured the path, so a handshake packet lost to a
-    // peer that was down is resent only after about a second, which delays reconnecting to
-    // a restarted node. Cluster links are short (the idle timeout is already about a
-    // second), so start from a LAN-sized estimate; a real sample replaces it at once.
-    t.initial_rtt(INITIAL_RTT)
+    t.initial_rtt(initial_rtt)
         .keep_alive_interval(Some(timing.keep_alive))
         .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
@@ -95,7 +116,7 @@ pub fn server_config(
     tls.alpn_protocols = crate::wire::alpns();
     let quic = QuicServerConfig::try_from(tls).map_err(|e| tls_error(node, e))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_params(timing)?));
+    cfg.transport_config(Arc::new(patient_transport_params(timing)?));
     // Connection attempts not yet taken by the accept loop (which takes them at once and
     // caps the handshakes in progress): far below quinn's defaults of 65,536 and 100 MiB.
     cfg.max_incoming(1024)
