@@ -259,6 +259,15 @@ struct Unsaved {
     token: u64,
 }
 
+/// Whether every dependency of `changes` is among them: applied to an empty document, they
+/// leave nothing waiting.
+fn self_contained(changes: &[Change]) -> bool {
+    let hashes: HashSet<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
+    changes
+        .iter()
+        .all(|c| c.deps().iter().all(|d| hashes.contains(d)))
+}
+
 /// What [`Docs::append_unloaded`] took: the indexes of the new changes, and the heads.
 pub(crate) type Appended = (Vec<usize>, Vec<ChangeHash>);
 
@@ -358,6 +367,17 @@ impl Docs {
         if known || !self.stored || self.index.get(id).is_none() {
             return Residency::Ready;
         }
+        if need == Need::Doc
+            && self
+                .unsaved
+                .get(id)
+                .is_some_and(|u| self_contained(&u.changes))
+        {
+            // New here, and every change of it taken unloaded (their batch is not durable
+            // yet, or the store has them and nothing else): they are the whole document.
+            self.join(id, LoadedDoc::empty(id));
+            return Residency::Ready;
+        }
         let kind = match need {
             Need::Doc => ReadKind::Doc,
             Need::Heads | Need::Log => ReadKind::Log,
@@ -401,34 +421,7 @@ impl Docs {
             return false;
         }
         match result {
-            Ok(Fetched::Doc(Some(loaded))) => {
-                self.stats.loads += 1;
-                let LoadedDoc {
-                    mut doc,
-                    changes,
-                    mut data,
-                    ..
-                } = *loaded;
-                let mut persist_token = 0;
-                if let Some(u) = self.unsaved.remove(id) {
-                    // Accepted while unloaded: a change the store already has is a no-op.
-                    data += u.changes.iter().map(|c| c.raw_bytes().len()).sum::<usize>();
-                    if doc.apply_changes(u.changes).is_err() {
-                        self.stats.load_errors += 1;
-                        return false;
-                    }
-                    persist_token = u.token;
-                }
-                let mut state = DocState::new(doc.with_actor(self.actor.clone()));
-                state.track_orphans(changes);
-                state.data = data;
-                state.persist_token = persist_token;
-                self.insert_state(id.to_string(), state);
-                self.resize(id);
-                let before = self.index.get(id);
-                self.refresh(id);
-                return self.index.get(id) != before;
-            }
+            Ok(Fetched::Doc(Some(loaded))) => return self.join(id, *loaded),
             Ok(Fetched::Log(Some(log))) => {
                 if !self.unsaved.contains_key(id) {
                     self.learn(id, log.heads.clone());
@@ -443,6 +436,38 @@ impl Docs {
             Err(_) => self.stats.load_errors += 1,
         }
         false
+    }
+
+    /// `loaded` joins the cache with the changes accepted unloaded since (the store may
+    /// not have them yet). True if that gave it other heads than the index had (see
+    /// [`Docs::read_done`]).
+    fn join(&mut self, id: &str, loaded: LoadedDoc) -> bool {
+        self.stats.loads += 1;
+        let LoadedDoc {
+            mut doc,
+            changes,
+            mut data,
+            ..
+        } = loaded;
+        let mut persist_token = 0;
+        if let Some(u) = self.unsaved.remove(id) {
+            // Accepted while unloaded: a change the store already has is a no-op.
+            data += u.changes.iter().map(|c| c.raw_bytes().len()).sum::<usize>();
+            if doc.apply_changes(u.changes).is_err() {
+                self.stats.load_errors += 1;
+                return false;
+            }
+            persist_token = u.token;
+        }
+        let mut state = DocState::new(doc.with_actor(self.actor.clone()));
+        state.track_orphans(changes);
+        state.data = data;
+        state.persist_token = persist_token;
+        self.insert_state(id.to_string(), state);
+        self.resize(id);
+        let before = self.index.get(id);
+        self.refresh(id);
+        self.index.get(id) != before
     }
 
     /// Takes the document in memory out of the cache until [`Docs::give_back`]; meanwhile

@@ -85,6 +85,16 @@ impl LoadedDoc {
         &self.id
     }
 
+    /// A document with no changes.
+    pub(crate) fn empty(id: &str) -> LoadedDoc {
+        LoadedDoc {
+            id: id.to_string(),
+            doc: Automerge::new(),
+            changes: Vec::new(),
+            data: 0,
+        }
+    }
+
     /// Reads `doc` from the store and decodes it; `None` if not stored.
     pub fn read(reader: &dyn DocReader, doc: &str) -> Result<Option<LoadedDoc>, CoreError> {
         let stored = reader.read(doc).map_err(|e| storage_error(doc, e))?;

@@ -4,7 +4,7 @@
 
 use super::cache::{linked_to_stored, loaded, settle, stored_replica};
 use super::*;
-use crate::core::Fetched;
+use crate::core::{Fetched, ReadKind};
 use crate::storage::{DocAppend, MemoryStore, Store};
 
 /// The one persist batch among `list`, taken.
@@ -131,7 +131,7 @@ fn read_logs(b: &mut Replica, store: &MemoryStore) {
     b.flush();
     for e in b.drain_effects() {
         if let Effect::Read { doc, kind } = e {
-            assert_eq!(kind, crate::core::ReadKind::Log, "only its log is read");
+            assert_eq!(kind, ReadKind::Log, "only its log is read");
             let fetched = Fetched::read(store.reader().as_ref(), &doc, kind);
             b.read_done(3, &doc, fetched);
         }
@@ -190,4 +190,36 @@ fn changes_taken_unloaded_stay_until_the_batch_with_the_last_of_them_is_durable(
         stored.iter().find(|s| s.id == "d").unwrap().changes.len(),
         3
     );
+}
+
+#[test]
+fn a_new_document_taken_unloaded_is_made_of_its_changes_without_a_read() {
+    let (mut a, mut b, mut store) = linked_to_stored();
+    // a creates "n" in two changes; b takes both without loading "n" (new to it) into a
+    // batch that is not durable yet.
+    put(&mut a, 1, "n", "k", 1, false);
+    let second = put(&mut a, 1, "n", "k", 2, false);
+    deliver(&mut a, &mut b, 2);
+    let (token, docs) = take_persist(effects(&mut b));
+    assert!(b.doc("n").is_none(), "taken without loading it");
+    // A local write needs "n": the changes taken are the whole document, so it is made of
+    // them at once, without a read (the store has nothing of it yet).
+    assert!(b.prepare("n"), "made of the changes taken");
+    assert!(
+        !effects(&mut b)
+            .iter()
+            .any(|e| matches!(e, Effect::Read { .. })),
+        "no read"
+    );
+    assert_eq!(b.load("n").unwrap().unwrap().get_heads(), vec![second]);
+    let mine = put(&mut b, 4, "n", "k", 3, false);
+    // The batch becomes durable; "n" is kept in memory until its own write is too, and
+    // the store ends with all three changes.
+    store.append(&docs).unwrap();
+    b.persisted(token);
+    settle(&mut b, &mut store);
+    let stored = store.load_all().unwrap();
+    let n = stored.iter().find(|s| s.id == "n").unwrap();
+    assert_eq!(n.changes.len(), 3);
+    assert_eq!(loaded(&mut b, &mut store, "n").get_heads(), vec![mine]);
 }
