@@ -1,7 +1,8 @@
 //! TLS and QUIC configuration of the transport: mutual TLS 1.3 (ring) against the cluster
 //! CA only, the wire ALPN, and the QUIC transport parameters (keep-alive, idle timeout,
-//! receive windows, initial round trip and congestion window). Public so that tests and tools can speak to a node with a raw quinn
-//! endpoint. Builds configurations only; it opens no sockets.
+//! receive windows, initial round trip and congestion window). Public so that tests and
+//! tools can speak to a node with a raw quinn endpoint. Builds configurations only; it
+//! opens no sockets.
 
 use std::sync::Arc;
 use std::time::Duration;
