@@ -84,7 +84,17 @@ async fn expect(
     what: &str,
     pred: impl Fn(&TransportEvent) -> bool,
 ) -> (TransportEvent, Vec<TransportEvent>) {
-    let deadline = Instant::now() + WAIT;
+    expect_within(node, what, WAIT, pred).await
+}
+
+/// [`expect`], waiting up to `within`.
+async fn expect_within(
+    node: &mut Node,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&TransportEvent) -> bool,
+) -> (TransportEvent, Vec<TransportEvent>) {
+    let deadline = Instant::now() + within;
     let mut skipped = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -858,21 +868,6 @@ async fn a_message_larger_than_a_frame_crosses_plain_and_compressed_links() {
     }
 }
 
-/// Waits up to `within` for `node`'s link to `peer` to come up.
-async fn expect_up_within(node: &mut Node, peer: &str, within: Duration) {
-    let want = TransportEvent::Up(peer.to_string());
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, node.rx.recv()).await {
-            Ok(Some(ev)) if ev == want => return,
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("{}: event channel closed", node.id),
-            Err(_) => panic!("{}: no link to {peer} within {within:?}", node.id),
-        }
-    }
-}
-
 /// Round trips of 2.5 s (1.25 s each way through the relays of `concordant::netem`): the
 /// dial that waits 4 s for its handshake gets one, and the Hello exchange after it waits
 /// three of the round trips the handshake measured, not the 2 s a fast link gets.
@@ -892,8 +887,15 @@ async fn a_link_with_round_trips_of_two_and_a_half_seconds_comes_up() {
     relays.set_target(1, b.t.local_addr());
     a.t.connect("n2", relays.route(0, 1));
     b.t.connect("n1", relays.route(1, 0));
-    expect_up_within(&mut a, "n2", Duration::from_secs(60)).await;
-    expect_up_within(&mut b, "n1", Duration::from_secs(60)).await;
+    let slow = Duration::from_secs(60);
+    expect_within(&mut a, "Up(n2)", slow, |e| {
+        *e == TransportEvent::Up("n2".into())
+    })
+    .await;
+    expect_within(&mut b, "Up(n1)", slow, |e| {
+        *e == TransportEvent::Up("n1".into())
+    })
+    .await;
     let rtt = a.t.stats().peers["n2"]
         .rtt
         .expect("the link's round trip time");
