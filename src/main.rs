@@ -19,7 +19,7 @@ use concordant::node::{Node, NodeConfig};
 ///
 /// Built without transparent huge pages (mimalloc's `no_thp`: it does not `madvise` its
 /// memory as huge): with them the kernel zeroed a whole 2 MiB page at each first touch of
-/// fresh memory, 17–23% of the cycles of a 5-node benchmark under writes, and every node
+/// fresh memory, 17–23% of the cycles of a 5-node benchmark under writes, whose nodes
 /// held a third more memory. Where the kernel gives huge pages to every process
 /// (`/sys/kernel/mm/transparent_hugepage/enabled` is `always`), `MIMALLOC_ALLOW_THP=0` in
 /// the environment turns them off for this process (docs/operating.md).
