@@ -260,7 +260,9 @@ struct Unsaved {
 }
 
 /// Whether every dependency of `changes` is among them: applied to an empty document, they
-/// leave nothing waiting.
+/// leave nothing waiting. For a document's [`Unsaved`] changes that means the document was
+/// empty when they came: a change without dependencies is taken unloaded only into an
+/// empty document (`history::fast_forward`), so those taken onto stored heads depend on them.
 fn self_contained(changes: &[Change]) -> bool {
     let hashes: HashSet<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
     changes
